@@ -1,0 +1,263 @@
+"""The zfraud command line: a thin layer over the library. Commands parse, call, print.
+
+Every option can also come from the environment as ZFRAUD_<COMMAND>_<OPTION> (click's
+auto_envvar_prefix), e.g. ZFRAUD_SEND_CONNECT. Library errors become one-line messages.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import signal
+import socket
+import sys
+import time
+
+import click
+
+from . import __version__
+from . import protocol as P
+
+CONNECT_HELP = "Endpoint of any one worker's ROUTER, e.g. tcp://127.0.0.1:5555; the rest are found from it."
+
+
+def friendly_errors(fn):
+    """Turn the library's expected errors into a one-line message and exit status 2."""
+    from .client import MeshError
+    from .model import ModelError
+    from .sources import InputError
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (MeshError, ModelError, InputError, ValueError, OSError) as e:
+            raise click.ClickException(str(e)) from None
+    return wrapper
+
+
+class Progress:
+    """A one-line live counter on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, total: int | None = None, label: str = "answered", enabled: bool | None = None):
+        self.total, self.label = total, label
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.done = 0
+        self.t0 = time.perf_counter()
+        self._next = 0.0
+
+    def __call__(self, rows: int) -> None:
+        self.done += rows
+        now = time.perf_counter()
+        if self.enabled and now >= self._next:
+            self._next = now + 0.1
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        rate = self.done / max(now - self.t0, 1e-9)
+        if self.total:
+            frac = min(self.done / self.total, 1.0)
+            bar = "#" * int(frac * 30)
+            text = f"[{bar:<30}] {frac:6.1%}  {self.done:,}/{self.total:,} tx {self.label}  {rate:,.0f} tx/s"
+        else:
+            text = f"{self.done:,} tx {self.label}  {rate:,.0f} tx/s"
+        sys.stderr.write("\r" + text)
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._draw(time.perf_counter())
+            sys.stderr.write("\n")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "ZFRAUD",
+                               "show_default": True})
+@click.version_option(__version__, prog_name="zfraud")
+def main():
+    """zfraud: real-time card-fraud scoring on a broker-less ZeroMQ mesh.
+
+    Start workers with `zfraud worker`, push transactions with `zfraud send`, follow verdicts
+    with `zfraud tail`. `zfraud demo` does all of it on this machine in one command.
+    """
+
+
+@main.command()
+@click.option("--name", default=lambda: f"{socket.gethostname()}-{__import__('os').getpid()}",
+              show_default="HOSTNAME-PID", help="Member name; unique in the mesh.")
+@click.option("--bind", default="tcp://127.0.0.1:5555", help="ROUTER endpoint: batches and control requests.")
+@click.option("--pub", default="tcp://127.0.0.1:5556", help="PUB endpoint: verdicts and mesh gossip.")
+@click.option("--seed", "seeds", multiple=True, metavar="ENDPOINT",
+              help="ROUTER endpoint of any existing member (repeatable). Omit for the first worker.")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="Model file. Default: the model shipped with zfraud.")
+@click.option("--review-at", type=click.FloatRange(0, 1), default=0.2, help="Score at or above which to review.")
+@click.option("--decline-at", type=click.FloatRange(0, 1), default=0.8, help="Score at or above which to decline.")
+@click.option("--heartbeat", type=click.FloatRange(0.05, 60), default=1.0,
+              help="Seconds between gossip heartbeats; a member silent for 3 heartbeats is dropped.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info")
+@friendly_errors
+def worker(name, bind, pub, seeds, model_path, review_at, decline_at, heartbeat, log_level):
+    """Run a worker: bind a ROUTER and a PUB, join the mesh, score batches until SIGINT/SIGTERM."""
+    from .model import load_model
+    from .scoring import Thresholds
+    from .worker import Worker
+
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
+    w = Worker(name, bind, pub, seeds=seeds, model=load_model(model_path),
+               thresholds=Thresholds(review_at, decline_at), heartbeat=heartbeat)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: w.stop())
+    w.run()
+
+
+def _verdict_lines(v: dict, h: dict):
+    reasons = h.get("reasons") or []
+    for tx, score, d, r in zip(v["tx_id"].tolist(), v["score"].tolist(), v["decision"].tolist(), v["reason"].tolist()):
+        yield json.dumps({"tx_id": tx, "score": round(score, 6) if score == score else None,
+                          "decision": P.DECISIONS[d], "reason": reasons[r] if 0 <= r < len(reasons) else None,
+                          "worker": h.get("worker"), "model": h.get("model"), "rules": h.get("rules")})
+
+
+def print_summary(s, out=sys.stdout) -> None:
+    d = s.decisions
+    rows = [
+        ("transactions sent", f"{s.sent:,}"),
+        ("verdicts", f"{s.verdicts:,}"),
+        ("  approve / review / decline", f"{d.get('approve', 0):,} / {d.get('review', 0):,} / {d.get('decline', 0):,}"),
+        ("errors (rejected with a reason)", f"{s.errors:,}"),
+        ("lost", f"{s.lost:,}"),
+        ("resent", f"{s.resent:,}"),
+        ("workers", f"{s.workers}"),
+        ("elapsed", f"{s.elapsed_s:.2f} s"),
+        ("throughput", f"{s.tx_per_s:,.0f} tx/s"),
+        ("latency p50 / p99 / p99.9", f"{s.p50_ms:.2f} / {s.p99_ms:.2f} / {s.p999_ms:.2f} ms"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{width}}  {v}", file=out)
+
+
+@main.command()
+@click.argument("file", required=False, type=click.Path(allow_dash=True, dir_okay=False))
+@click.option("--connect", required=True, help=CONNECT_HELP)
+@click.option("--synthetic", type=click.IntRange(1), default=None, metavar="N",
+              help="Generate N synthetic transactions instead of reading FILE.")
+@click.option("--batch", type=click.IntRange(1, P.MAX_ROWS), default=1024,
+              help="Transactions per batch before partitioning by card owner.")
+@click.option("--rate", type=click.FloatRange(min=1), default=None, metavar="TX_PER_S",
+              help="Offered load in transactions per second. Default: as fast as the mesh answers.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
+              help="Input format. Default: from the file name (.jsonl/.json/.ndjson, else CSV).")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write every verdict as a JSON line to this file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object (the last line).")
+@click.option("--window", type=click.IntRange(1, 1024), default=8, help="Batches in flight per worker (credit).")
+@click.option("--deadline", type=click.FloatRange(0.1), default=5.0,
+              help="Seconds a worker has to answer a batch before it is resent elsewhere.")
+@click.option("--dead-letter", type=click.Path(dir_okay=False), default="zfraud-dead-letter.jsonl",
+              help="Where batches that failed every attempt are written, with the reason.")
+@friendly_errors
+def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadline, dead_letter):
+    """Send transactions (Handbook CSV, JSON lines, or synthetic) and wait for every verdict.
+
+    FILE is a CSV with the Fraud Detection Handbook's columns (TRANSACTION_ID, TX_DATETIME,
+    CUSTOMER_ID, TERMINAL_ID, TX_AMOUNT, ...) or JSON lines with the same fields (or tx_id, ts_ms,
+    card, terminal, amount); - reads standard input.
+
+    Exit status: 0 every transaction got a verdict; 1 some were lost or dead-lettered;
+    3 all were answered but some were rejected as invalid (see the messages on stderr).
+    """
+    from .client import Client
+    from .sources import open_source
+
+    if synthetic is None and file is None:
+        raise click.UsageError("give a FILE (or - for stdin) or --synthetic N")
+    source = open_source(file, synthetic, batch, fmt)
+    sink = open(out, "w") if out else None
+    on_verdicts = (lambda v, h: sink.write("\n".join(_verdict_lines(v, h)) + "\n")) if sink else None
+    progress = Progress(total=synthetic)
+    try:
+        with Client(connect, window=window, deadline_s=deadline, dead_letter_path=dead_letter) as client:
+            summary = client.stream(source, rate=rate, progress=progress, on_verdicts=on_verdicts,
+                                    input_errors=lambda: source.error_count)
+    finally:
+        progress.close()
+        if sink:
+            sink.close()
+    for line, message in source.errors[:10]:
+        click.echo(f"input line {line}: {message}", err=True)
+    if source.error_count > 10:
+        click.echo(f"... and {source.error_count - 10} more unreadable records", err=True)
+    if summary.dead_letter:
+        click.echo(f"{summary.dead_letter} transactions failed every attempt: see {dead_letter}", err=True)
+    if as_json:
+        print_summary(summary, out=sys.stderr)
+        click.echo(json.dumps(summary.to_dict()))
+    else:
+        print_summary(summary)
+    if summary.lost or summary.dead_letter:
+        sys.exit(1)
+    if summary.errors:
+        sys.exit(3)
+
+
+@main.command()
+@click.option("--connect", required=True, help=CONNECT_HELP)
+@click.option("--decision", default="approve,review,decline,rejected",
+              help="Comma-separated decisions to follow.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "text"]), default="jsonl")
+@click.option("--count", type=click.IntRange(1), default=None, help="Exit after N verdicts.")
+@click.option("--timeout", type=click.FloatRange(0.1), default=None,
+              help="Exit after this many seconds without a verdict.")
+@friendly_errors
+def tail(connect, decision, fmt, count, timeout):
+    """Follow the verdict stream of every worker in the mesh."""
+    from .tail import Tail
+
+    decisions = [d.strip() for d in decision.split(",") if d.strip()]
+    seen = 0
+    with Tail(connect, decisions) as t:
+        try:
+            for v in t.verdicts(timeout_s=timeout):
+                if fmt == "jsonl":
+                    click.echo(json.dumps(v))
+                else:
+                    score = "  nan " if v["score"] is None else f"{v['score']:.4f}"
+                    click.echo(f"{v['tx_id']:>12}  {v['decision']:<8} {score}  {v['worker']:<10} {v['reason']}")
+                seen += 1
+                if count is not None and seen >= count:
+                    break
+        except KeyboardInterrupt:
+            pass
+    if count is not None and seen < count:
+        click.echo(f"stopped after {seen} of {count} verdicts ({timeout:g} s without one)", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--workers", type=click.IntRange(1, 16), default=2, help="Worker processes to start.")
+@click.option("--transactions", type=click.IntRange(1), default=200_000, help="Synthetic transactions to score.")
+@click.option("--batch", type=click.IntRange(1, P.MAX_ROWS), default=1024, help="Transactions per batch.")
+@friendly_errors
+def demo(workers, transactions, batch):
+    """Start a local mesh, stream synthetic transactions through it, print what happened."""
+    from .client import Client
+    from .local import LocalMesh
+    from .sources import SyntheticReader
+
+    click.echo(f"starting {workers} workers on 127.0.0.1 ...")
+    with LocalMesh(workers) as mesh:
+        for name in mesh.names:
+            click.echo(f"  {name}: ROUTER {mesh.routers[name]}  PUB {mesh.pubs[name]}  (log {mesh.log_dir}/{name}.log)")
+        click.echo(f"scoring {transactions:,} synthetic transactions in batches of {batch} ...")
+        progress = Progress(total=transactions)
+        with Client(mesh.endpoint) as client:
+            summary = client.stream(SyntheticReader(transactions, batch), progress=progress)
+        progress.close()
+        click.echo("")
+        print_summary(summary)
+        click.echo("stopping workers ...")
+    click.echo("done.")
+    if summary.lost:
+        sys.exit(1)

@@ -1,0 +1,382 @@
+"""The zfraud client: partitions batches by card owner, keeps a ledger, collects verdicts.
+
+    with Client("tcp://127.0.0.1:5555") as client:
+        verdicts = client.score(columns)            # one batch, verdicts in input order
+        summary = client.stream(chunks, rate=50_000) # many batches, pipelined, with a summary
+
+The ledger (`self.pending`, keyed by batch id) holds every sub-batch sent and not yet answered,
+with the worker it went to, its deadline and its attempt count. Only a RESULT (or an ERROR naming
+the batch) takes an entry out. A worker that misses a deadline or leaves the member list is
+marked down and its entries are re-partitioned over the remaining owners and resent; after
+`max_attempts` an entry goes to the dead-letter list (and file), with the reason. Credit: at most
+`window` sub-batches are in flight per worker, so a slow mesh slows the sender.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import zmq
+
+from . import protocol as P
+from .mesh import owners
+from .sockets import configure
+
+
+class MeshError(RuntimeError):
+    """The mesh cannot be reached or cannot take the work; the message says what to check."""
+
+
+@dataclass
+class Pending:
+    batch: int
+    worker: str
+    arrays: dict          # the TX_COLUMNS arrays of this sub-batch
+    origin: np.ndarray    # row positions in the caller's batch (for score())
+    sent_at: float        # perf_counter at send
+    deadline: float       # monotonic deadline for the RESULT
+    attempt: int
+
+
+@dataclass
+class Summary:
+    """What a stream did. `lost` = sent - verdicts - errors: transactions with no answer at all."""
+
+    sent: int = 0
+    verdicts: int = 0     # distinct transactions answered with approve/review/decline
+    errors: int = 0       # transactions rejected with a reason (bad row, unreadable input, dead letter)
+    lost: int = 0
+    resent: int = 0       # transactions sent again after a worker missed a deadline or left
+    dead_letter: int = 0  # transactions given up on after max_attempts
+    decisions: dict = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    tx_per_s: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    p999_ms: float = 0.0
+    workers: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Client:
+    def __init__(self, connect, window: int = 8, deadline_s: float = 5.0, max_attempts: int = 3,
+                 hello_timeout_s: float = 5.0, dead_letter_path=None, context: zmq.Context | None = None):
+        self.window = window
+        self.deadline_s = deadline_s
+        self.max_attempts = max_attempts
+        self.dead_letter_path = dead_letter_path
+        self.ctx = context or zmq.Context()
+        self._own_ctx = context is None
+        self.peers: dict[str, zmq.Socket] = {}       # worker name -> DEALER connected to its ROUTER
+        self.routers: dict[str, str] = {}            # worker name -> ROUTER endpoint
+        self.pubs: dict[str, str] = {}               # worker name -> PUB endpoint
+        self.down: set[str] = set()                  # workers that missed a deadline, until they answer again
+        self.pending: dict[int, Pending] = {}        # batch id -> unanswered sub-batch
+        self.inflight: dict[str, set] = {}           # worker name -> batch ids in flight there
+        self.dead_letters: list[dict] = []         # sub-batches given up on, with the reason
+        self.resent = 0                              # transactions sent again
+        self.poller = zmq.Poller()
+        self._ids = iter(range(random.getrandbits(31) << 32, 1 << 64))
+        self._next_refresh = 0.0
+        self.on_result = None  # callable(verdicts: dict, header: dict) for each RESULT
+        self._bootstrap([connect] if isinstance(connect, str) else list(connect), hello_timeout_s)
+
+    # -- membership -------------------------------------------------------------------------
+    def _bootstrap(self, endpoints: list[str], timeout_s: float) -> None:
+        sock = configure(self.ctx.socket(zmq.DEALER))
+        for ep in endpoints:
+            sock.connect(ep)
+        try:
+            for _ in endpoints:
+                sock.send_multipart(P.encode(P.HELLO, {"role": "client", "pid": os.getpid()}), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        try:
+            if not sock.poll(int(timeout_s * 1000)):
+                raise MeshError(f"no zfraud worker answered at {', '.join(endpoints)} within {timeout_s:g} s: "
+                                f"check that `zfraud worker` runs there and the endpoint is right")
+            msg = P.parse(sock.recv_multipart())
+            if msg.command == P.ERROR:
+                raise MeshError(f"the worker at {endpoints[0]} refused us: {msg.header.get('message')}")
+            if msg.command != P.MEMBERS:
+                raise MeshError(f"expected MEMBERS from {endpoints[0]}, got {msg.command.decode()}")
+        except P.ProtocolError as e:
+            raise MeshError(f"{endpoints[0]} does not speak the zfraud protocol: {e}") from None
+        finally:
+            sock.close()
+        self._update_members(msg.header.get("members") or [])
+
+    def _update_members(self, members: list) -> None:
+        seen = set()
+        for m in members:
+            name, router, pub = str(m["name"]), str(m["router"]), str(m["pub"])
+            seen.add(name)
+            if self.routers.get(name) != router:
+                self._drop_peer(name)
+                sock = configure(self.ctx.socket(zmq.DEALER), linger_ms=0)
+                sock.connect(router)
+                self.peers[name], self.routers[name] = sock, router
+                self.inflight[name] = set()
+                self.poller.register(sock, zmq.POLLIN)
+            self.pubs[name] = pub
+        for name in list(self.peers):
+            if name not in seen:
+                self._worker_down(name, "left the mesh")
+                self._drop_peer(name)
+
+    def _drop_peer(self, name: str) -> None:
+        sock = self.peers.pop(name, None)
+        if sock is not None:
+            self.poller.unregister(sock)
+            sock.close()
+        self.routers.pop(name, None)
+        self.pubs.pop(name, None)
+        self.down.discard(name)
+
+    @property
+    def members(self) -> list[str]:
+        """Live workers, sorted: the order every client uses for rendezvous hashing."""
+        return sorted(n for n in self.peers if n not in self.down)
+
+    def _refresh(self) -> None:
+        """Ask one live worker for the member list (answered asynchronously, as MEMBERS)."""
+        for name in self.members or list(self.peers):
+            try:
+                self.peers[name].send_multipart(P.encode(P.HELLO, {"role": "client"}), zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                continue
+
+    # -- sending ----------------------------------------------------------------------------
+    def submit(self, arrays: dict, origin: np.ndarray | None = None, attempt: int = 0) -> None:
+        """Partition one batch by card owner and send each part, waiting for credit if needed."""
+        n = len(arrays["tx_id"])
+        if n == 0:
+            return
+        if origin is None:
+            origin = np.arange(n)
+        while True:
+            names = self.members
+            if not names:
+                self.poll(100)
+                if not self.members:
+                    self._dead_letter(arrays, attempt, "no live workers")
+                    return
+                continue
+            break
+        owner = owners(arrays["card"], names)
+        order = np.argsort(owner, kind="stable")
+        bounds = np.searchsorted(owner[order], np.arange(len(names) + 1))
+        for k, name in enumerate(names):
+            lo, hi = bounds[k], bounds[k + 1]
+            if lo == hi:
+                continue
+            idx = order[lo:hi]
+            part = {col: np.ascontiguousarray(arrays[col][idx]) for col, _ in P.TX_COLUMNS}
+            self._send(name, part, origin[idx], attempt)
+
+    def _send(self, name: str, part: dict, origin: np.ndarray, attempt: int) -> None:
+        while len(self.inflight.get(name, ())) >= self.window and name in self.members:
+            self.poll(50)  # wait for credit: a RESULT from this worker, or its deadline
+        if name not in self.members:  # it went down while we waited: route again
+            self.submit(part, origin, attempt)
+            return
+        batch = next(self._ids)
+        now = time.monotonic()
+        deadline_ms = int((time.time() + self.deadline_s) * 1000)
+        self.peers[name].send_multipart(P.batch_message(batch, attempt, part, deadline_ms), copy=False)
+        self.pending[batch] = Pending(batch, name, part, origin, time.perf_counter(), now + self.deadline_s, attempt)
+        self.inflight[name].add(batch)
+
+    # -- receiving --------------------------------------------------------------------------
+    def poll(self, timeout_ms: int = 0) -> int:
+        """Handle replies that arrive within timeout_ms, and deadlines. Returns messages handled."""
+        handled = 0
+        for sock, _ in self.poller.poll(timeout_ms):
+            while True:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._on_reply(frames)
+                handled += 1
+        now = time.monotonic()
+        if now >= self._next_refresh:
+            self._next_refresh = now + 1.0
+            self._refresh()
+        for p in [p for p in self.pending.values() if p.deadline <= now]:
+            if p.batch in self.pending:  # an earlier _worker_down may have moved it already
+                self._worker_down(p.worker, f"no RESULT for batch {p.batch} within {self.deadline_s:g} s")
+        return handled
+
+    def _on_reply(self, frames) -> None:
+        try:
+            msg = P.parse(frames)
+        except P.ProtocolError:
+            return
+        h = msg.header
+        if msg.command == P.MEMBERS:
+            self._update_members(h.get("members") or [])
+            return
+        worker = h.get("worker")
+        if worker in self.down:
+            self.down.discard(worker)  # it answered: it is alive again
+        if msg.command == P.RESULT:
+            p = self.pending.pop(h.get("batch"), None)
+            if p is None:
+                return  # a late answer to a batch already resent elsewhere
+            self.inflight[p.worker].discard(p.batch)
+            try:
+                v = P.read_columns(msg.frames, int(h["rows"]), P.VERDICT_COLUMNS)
+            except (P.ProtocolError, KeyError, TypeError, ValueError) as e:
+                self._dead_letter(p.arrays, p.attempt, f"unreadable RESULT from {worker}: {e}")
+                return
+            h["latency_ms"] = (time.perf_counter() - p.sent_at) * 1000
+            h["origin"] = p.origin
+            if self.on_result is not None:
+                self.on_result(v, h)
+        elif msg.command == P.ERROR:
+            p = self.pending.pop(h.get("batch"), None)
+            if p is not None:
+                self.inflight[p.worker].discard(p.batch)
+                self._dead_letter(p.arrays, p.attempt, f"{h.get('code')}: {h.get('message')}")
+
+    def _worker_down(self, name: str, reason: str) -> None:
+        """Stop routing to `name` and resend everything it had in flight to the remaining owners."""
+        self.down.add(name)
+        stranded = [self.pending.pop(b) for b in sorted(self.inflight.get(name, ()))]
+        self.inflight[name] = set()
+        for p in stranded:
+            if p.attempt + 1 >= self.max_attempts:
+                self._dead_letter(p.arrays, p.attempt, f"{name}: {reason}; gave up after {p.attempt + 1} attempts")
+            else:
+                self.resent += len(p.arrays["tx_id"])
+                self.submit(p.arrays, p.origin, p.attempt + 1)
+
+    def _dead_letter(self, arrays: dict, attempt: int, reason: str) -> None:
+        entry = {"reason": reason, "attempts": attempt + 1, "tx_id": arrays["tx_id"].tolist()}
+        self.dead_letters.append(entry)
+        if self.dead_letter_path:
+            with open(self.dead_letter_path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    def drain(self, timeout_s: float = 60.0) -> bool:
+        """Wait until every sent sub-batch is answered or dead-lettered; False on timeout."""
+        end = time.monotonic() + timeout_s
+        while self.pending and time.monotonic() < end:
+            self.poll(50)
+        return not self.pending
+
+    # -- convenience APIs -------------------------------------------------------------------
+    def score(self, arrays: dict, timeout_s: float = 30.0) -> dict:
+        """Score one batch; returns VERDICT_COLUMNS arrays (plus "worker") in input order."""
+        n = len(arrays["tx_id"])
+        out = {name: np.zeros(n, dtype=dt) for name, dt in P.VERDICT_COLUMNS}
+        out["score"][:] = np.nan
+        out["decision"][:] = P.REJECTED
+        answered = np.zeros(n, dtype=bool)
+
+        def collect(v, h):
+            for name, _ in P.VERDICT_COLUMNS:
+                out[name][h["origin"]] = v[name]
+            answered[h["origin"]] = True
+
+        previous, self.on_result = self.on_result, collect
+        try:
+            self.submit(arrays)
+            if not self.drain(timeout_s):
+                raise MeshError(f"{int((~answered).sum())} of {n} transactions unanswered after {timeout_s:g} s")
+        finally:
+            self.on_result = previous
+        if not answered.all():
+            raise MeshError(f"{int((~answered).sum())} of {n} transactions went to the dead-letter list: "
+                            f"{self.dead_letters[-1]['reason']}")
+        return out
+
+    def stream(self, chunks, rate: float | None = None, progress=None, on_verdicts=None,
+               drain_timeout_s: float = 120.0, input_errors=lambda: 0) -> Summary:
+        """Send every chunk (dicts of TX_COLUMNS arrays), pipelined, at most `rate` tx/s; wait for
+        every answer. progress(answered_rows) is called as answers arrive; on_verdicts(v, header)
+        sees each RESULT. input_errors() reports rows the reader could not parse."""
+        answered_ids, rejected_ids, latencies, rows_per = [], [], [], []
+        decisions = np.zeros(len(P.DECISIONS), dtype=np.int64)
+        resent0 = self.resent
+        dead0 = len(self.dead_letters)
+
+        def collect(v, h):
+            ok = v["decision"] != P.REJECTED
+            answered_ids.append(v["tx_id"][ok])
+            rejected_ids.append(v["tx_id"][~ok])
+            decisions[:] += np.bincount(v["decision"], minlength=len(P.DECISIONS))
+            latencies.append(h["latency_ms"])
+            rows_per.append(len(v["tx_id"]))
+            if progress is not None:
+                progress(len(v["tx_id"]))
+            if on_verdicts is not None:
+                on_verdicts(v, h)
+
+        previous, self.on_result = self.on_result, collect
+        sent = 0
+        t0 = time.perf_counter()
+        try:
+            for chunk in chunks:
+                if rate:
+                    due = t0 + sent / rate
+                    while (wait := due - time.perf_counter()) > 0:
+                        self.poll(max(1, int(wait * 1000)) if wait > 0.001 else 0)
+                self.submit(chunk)
+                sent += len(chunk["tx_id"])
+                self.poll(0)
+            self.drain(drain_timeout_s)
+        finally:
+            self.on_result = previous
+        elapsed = time.perf_counter() - t0
+        s = Summary(workers=len(self.members))
+        s.sent = sent + input_errors()
+        s.verdicts = int(np.unique(np.concatenate(answered_ids)).size) if answered_ids else 0
+        rejected = int(np.unique(np.concatenate(rejected_ids)).size) if rejected_ids else 0
+        s.dead_letter = sum(len(e["tx_id"]) for e in self.dead_letters[dead0:])
+        s.errors = rejected + s.dead_letter + input_errors()
+        s.lost = s.sent - s.verdicts - s.errors
+        s.resent = self.resent - resent0
+        s.decisions = dict(zip(P.DECISIONS, decisions.tolist()))
+        s.elapsed_s = round(elapsed, 3)
+        s.tx_per_s = round(s.verdicts / elapsed, 1) if elapsed > 0 else 0.0
+        if latencies:
+            lat = np.repeat(np.array(latencies), rows_per)
+            s.p50_ms, s.p99_ms, s.p999_ms = (round(float(x), 3) for x in np.percentile(lat, [50, 99, 99.9]))
+        return s
+
+    # -- control ------------------------------------------------------------------------------
+    def control(self, name: str, op: str, timeout_s: float = 5.0, **args) -> dict:
+        """Send a CONTROL request to one worker and wait for its answer (on a socket of its own)."""
+        sock = configure(self.ctx.socket(zmq.DEALER))
+        try:
+            sock.connect(self.routers[name])
+            sock.send_multipart(P.encode(P.CONTROL, {"op": op, **args}))
+            if not sock.poll(int(timeout_s * 1000)):
+                raise MeshError(f"worker {name} did not answer {op} within {timeout_s:g} s")
+            msg = P.parse(sock.recv_multipart())
+            if msg.command == P.ERROR:
+                raise MeshError(f"worker {name} refused {op}: {msg.header.get('message')}")
+            return msg.header
+        finally:
+            sock.close()
+
+    def close(self) -> None:
+        for name in list(self.peers):
+            self._drop_peer(name)
+        if self._own_ctx:
+            self.ctx.term()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

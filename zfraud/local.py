@@ -1,0 +1,137 @@
+"""A local mesh of real worker processes on loopback: for `zfraud demo`, tests and benchmarks.
+
+    with LocalMesh(2) as mesh:
+        with Client(mesh.endpoint) as client: ...
+
+Each worker is `python -m zfraud worker` in its own process with free loopback ports. Start-up
+waits (with a deadline) until every worker lists every other as a member; shutdown sends SIGTERM,
+waits, and kills whatever has not gone.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import zmq
+
+from . import protocol as P
+from .sockets import configure
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class LocalMesh:
+    def __init__(self, workers: int = 2, extra_args=(), start_timeout_s: float = 30.0, log_dir=None,
+                 names=None):
+        self.n = workers
+        self.extra_args = list(extra_args)
+        self.start_timeout_s = start_timeout_s
+        self.log_dir = log_dir or tempfile.mkdtemp(prefix="zfraud-mesh-")
+        self.names = list(names or [f"w{i + 1}" for i in range(workers)])
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.routers: dict[str, str] = {}
+        self.pubs: dict[str, str] = {}
+
+    @property
+    def endpoint(self) -> str:
+        """The ROUTER endpoint of the first worker: the one address a client needs."""
+        return self.routers[self.names[0]]
+
+    def start_worker(self, name: str, seed: str | None = None, router: str | None = None,
+                     pub: str | None = None, extra_args=()) -> subprocess.Popen:
+        router = router or self.routers.get(name) or f"tcp://127.0.0.1:{free_port()}"
+        pub = pub or self.pubs.get(name) or f"tcp://127.0.0.1:{free_port()}"
+        cmd = [sys.executable, "-m", "zfraud", "worker", "--name", name, "--bind", router, "--pub", pub,
+               *self.extra_args, *extra_args]
+        if seed:
+            cmd += ["--seed", seed]
+        log = open(os.path.join(self.log_dir, f"{name}.log"), "ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=env, cwd=self.log_dir)
+        log.close()
+        self.routers[name], self.pubs[name] = router, pub
+        return self.procs[name]
+
+    def start(self) -> "LocalMesh":
+        for i, name in enumerate(self.names):
+            self.start_worker(name, seed=self.routers[self.names[0]] if i else None)
+        self.wait_members(self.names)
+        return self
+
+    def members_of(self, name: str, timeout_s: float = 1.0) -> list[str] | None:
+        """The member names worker `name` reports, or None if it does not answer in time."""
+        ctx = zmq.Context.instance()
+        sock = configure(ctx.socket(zmq.DEALER))
+        try:
+            sock.connect(self.routers[name])
+            sock.send_multipart(P.encode(P.HELLO, {"role": "client"}))
+            if not sock.poll(int(timeout_s * 1000)):
+                return None
+            msg = P.parse(sock.recv_multipart())
+            return sorted(m["name"] for m in msg.header.get("members", []))
+        finally:
+            sock.close()
+
+    def wait_members(self, names, timeout_s: float | None = None) -> None:
+        """Wait until each named worker lists exactly `names` as members."""
+        want = sorted(names)
+        end = time.monotonic() + (timeout_s or self.start_timeout_s)
+        while time.monotonic() < end:
+            for name, proc in self.procs.items():
+                if name in names and proc.poll() is not None:
+                    raise RuntimeError(f"worker {name} exited with {proc.returncode} during start-up:\n{self.log(name)}")
+            if all(self.members_of(n, 0.5) == want for n in names):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"workers {want} did not all see each other within {timeout_s or self.start_timeout_s:g} s")
+
+    def log(self, name: str) -> str:
+        try:
+            with open(os.path.join(self.log_dir, f"{name}.log"), errors="replace") as f:
+                return f.read()[-4000:]
+        except OSError:
+            return ""
+
+    def signal(self, name: str, sig: int) -> None:
+        self.procs[name].send_signal(sig)
+
+    def stop_worker(self, name: str, timeout_s: float = 10.0) -> int | None:
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            return proc.returncode if proc else None
+        proc.send_signal(signal.SIGCONT)  # a stopped process cannot handle SIGTERM
+        proc.terminate()
+        try:
+            return proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait(5)
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            proc = self.procs[name]
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.terminate()
+        for name in list(self.procs):
+            self.stop_worker(name)
+
+    def __enter__(self) -> "LocalMesh":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

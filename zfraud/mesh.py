@@ -1,0 +1,128 @@
+"""Membership by gossip, and card ownership by rendezvous hashing.
+
+Every worker keeps a `Membership`: itself plus the peers it has heard from. A peer is *heard*
+when its own `mesh.hello` arrives (first-hand) and *reported* when another member lists it
+(second-hand, with the age the reporter last heard it). A peer silent for `timeout` seconds is
+dropped, and a second-hand report older than that cannot bring it back.
+
+Ownership: each card is owned by the live member with the highest hash of (card, member name).
+Every process that sees the same member list computes the same owner, and a member that comes or
+goes moves only its own share of the cards.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, vectorised over a uint64 array (wrapping arithmetic)."""
+    x = np.asarray(x, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = x + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        return z ^ (z >> np.uint64(31))
+
+
+def name_seed(name: str) -> np.uint64:
+    """A stable 64-bit seed for a member name (the same in every process and on every machine)."""
+    return np.uint64(int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little"))
+
+
+def owners(cards: np.ndarray, names: list[str]) -> np.ndarray:
+    """Index into `names` of the member owning each card (rendezvous hashing). `names` must be
+    given in the same order by every caller; sorted order is the convention."""
+    if not names:
+        raise ValueError("no live members to own the cards")
+    cards = np.asarray(cards, dtype=np.uint64)
+    if len(names) == 1:
+        return np.zeros(len(cards), dtype=np.intp)
+    weights = np.empty((len(names), len(cards)), dtype=np.uint64)
+    for k, name in enumerate(names):
+        weights[k] = mix64(cards ^ name_seed(name))
+    return weights.argmax(axis=0)
+
+
+@dataclass
+class Member:
+    name: str
+    router: str
+    pub: str
+    last_heard: float = field(default_factory=time.monotonic)
+    info: dict = field(default_factory=dict)  # the latest load/status the member announced
+
+    def public(self, now: float) -> dict:
+        return {"name": self.name, "router": self.router, "pub": self.pub,
+                "age_ms": int((now - self.last_heard) * 1000)}
+
+
+class Membership:
+    """The members one worker knows of, itself included."""
+
+    def __init__(self, me: Member, timeout: float = 3.0):
+        self.me = me
+        self.timeout = timeout
+        self.members: dict[str, Member] = {me.name: me}  # keyed by member name
+
+    def heard(self, name: str, router: str, pub: str, info: dict | None = None, now: float | None = None,
+              age: float = 0.0) -> str | None:
+        """Record news of a member; returns "joined", "moved" (new endpoints) or None."""
+        now = time.monotonic() if now is None else now
+        if name == self.me.name or age >= self.timeout:
+            return None
+        m = self.members.get(name)
+        heard_at = now - age
+        if m is None:
+            self.members[name] = Member(name, router, pub, heard_at, info or {})
+            return "joined"
+        if (m.router, m.pub) != (router, pub):
+            if heard_at < m.last_heard:
+                return None  # an older report of endpoints it has since left
+            m.router, m.pub = router, pub
+            m.last_heard = heard_at
+            return "moved"
+        if heard_at > m.last_heard:
+            m.last_heard = heard_at
+            if info:
+                m.info = info
+        return None
+
+    def gossip(self, members: list, now: float | None = None) -> list[tuple[str, Member]]:
+        """Merge a member list received from another member; returns [(event, member)]."""
+        now = time.monotonic() if now is None else now
+        events = []
+        for entry in members:
+            try:
+                name, router, pub = str(entry["name"]), str(entry["router"]), str(entry["pub"])
+                age = max(0.0, float(entry.get("age_ms", 0)) / 1000)
+            except (KeyError, TypeError, ValueError):
+                continue  # a malformed entry is skipped, never trusted
+            event = self.heard(name, router, pub, now=now, age=age)
+            if event:
+                events.append((event, self.members[name]))
+        return events
+
+    def expire(self, now: float | None = None) -> list[Member]:
+        """Drop members not heard from within the timeout; returns them."""
+        now = time.monotonic() if now is None else now
+        self.me.last_heard = now
+        gone = [m for m in self.members.values() if now - m.last_heard > self.timeout]
+        for m in gone:
+            del self.members[m.name]
+        return gone
+
+    def leave(self, name: str) -> Member | None:
+        return self.members.pop(name, None) if name != self.me.name else None
+
+    def public(self, now: float | None = None) -> list[dict]:
+        now = time.monotonic() if now is None else now
+        self.me.last_heard = now
+        return [m.public(now) for m in sorted(self.members.values(), key=lambda m: m.name)]

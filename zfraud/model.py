@@ -1,0 +1,110 @@
+"""Model files: self-describing JSON, validated when loaded.
+
+    {"format": "zfraud-model", "format_version": 1, "kind": "logistic", "version": "...",
+     "feature_set": "basic-v1", "features": [...], "source": "...", ...kind-specific arrays}
+
+`load_model(path)` returns an object with `features`, `version`, `predict_proba(X)` and
+`explain(X)`, where X is a C-contiguous float32 (n, len(features)) matrix.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import _linear
+
+FORMAT = "zfraud-model"
+FORMAT_VERSION = 1
+DEFAULT_MODEL = Path(__file__).with_name("models") / "default.json"
+
+
+class ModelError(ValueError):
+    """A model file that cannot be used: says which file and what is wrong."""
+
+
+def _check_matrix(X, n_features: int) -> np.ndarray:
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if X.ndim != 2 or X.shape[1] != n_features:
+        raise ValueError(f"expected a (n, {n_features}) float32 matrix, got shape {X.shape}")
+    return X
+
+
+class LogisticModel:
+    """logit = intercept + sum_j coef[j] * (x[j] - center[j])."""
+
+    kind = "logistic"
+
+    def __init__(self, features, coef, center, intercept, version="unversioned",
+                 feature_set="basic-v1", source=""):
+        self.features = tuple(features)
+        self.coef = np.ascontiguousarray(coef, dtype=np.float64)
+        self.center = np.ascontiguousarray(center, dtype=np.float64)
+        self.intercept = float(intercept)
+        self.version = str(version)
+        self.feature_set = feature_set
+        self.source = source
+        f = len(self.features)
+        if self.coef.shape != (f,) or self.center.shape != (f,):
+            raise ModelError(f"expected coef and center of length {f} (one per feature), "
+                             f"got {self.coef.shape} and {self.center.shape}")
+        if not (np.isfinite(self.coef).all() and np.isfinite(self.center).all() and np.isfinite(self.intercept)):
+            raise ModelError("coef, center and intercept must be finite numbers")
+
+    def score(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities (n,) float64, top contributing feature index (n,) int32, -1 for none)."""
+        X = _check_matrix(X, len(self.features))
+        proba = np.empty(len(X), dtype=np.float64)
+        top = np.empty(len(X), dtype=np.int32)
+        _linear.predict_linear(X, self.coef, self.center, self.intercept, proba, top)
+        return proba, top
+
+    def predict_proba(self, X) -> np.ndarray:
+        return self.score(X)[0]
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind,
+                "version": self.version, "feature_set": self.feature_set,
+                "features": list(self.features), "source": self.source,
+                "coef": self.coef.tolist(), "center": self.center.tolist(), "intercept": self.intercept}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LogisticModel":
+        return cls(d["features"], d["coef"], d["center"], d["intercept"], d.get("version", "unversioned"),
+                   d.get("feature_set", "basic-v1"), d.get("source", ""))
+
+
+KINDS = {"logistic": LogisticModel}
+
+
+def model_from_dict(d: dict, where: str = "model"):
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise ModelError(f"{where}: not a zfraud model file (expected \"format\": \"{FORMAT}\")")
+    if d.get("format_version") != FORMAT_VERSION:
+        raise ModelError(f"{where}: format_version {d.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+    kind = d.get("kind")
+    if kind not in KINDS:
+        raise ModelError(f"{where}: unknown model kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+    try:
+        return KINDS[kind].from_dict(d)
+    except ModelError as e:
+        raise ModelError(f"{where}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"{where}: malformed {kind} model: {type(e).__name__}: {e}") from None
+
+
+def load_model(path=None):
+    """Load and validate a model file; None loads the default model shipped with the package."""
+    path = Path(path) if path is not None else DEFAULT_MODEL
+    try:
+        d = json.loads(path.read_text())
+    except OSError as e:
+        raise ModelError(f"cannot read model file {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise ModelError(f"{path}: not valid JSON: {e}") from None
+    return model_from_dict(d, str(path))
+
+
+def save_model(model, path) -> None:
+    Path(path).write_text(json.dumps(model.to_dict(), indent=1) + "\n")

@@ -1,0 +1,178 @@
+"""zfraud wire protocol, version 1 (docs/PROTOCOL.md is the spec; this module is its code).
+
+Every message is a ZeroMQ multipart message. On ROUTER/DEALER (after the ROUTER's routing-id
+frame, which the sockets add and remove):
+
+    frame 0   b"ZF1"                  protocol and version
+    frame 1   command                 b"HELLO", b"MEMBERS", b"BATCH", b"RESULT", b"HEARTBEAT",
+                                      b"ERROR" or b"CONTROL"
+    frame 2   header                  a msgpack map (string keys), at most MAX_HEADER_BYTES
+    frame 3+  columns                 one raw little-endian array per column, in the order the
+                                      header's "columns" list gives, each exactly rows x itemsize
+
+On PUB/SUB the first frame is the topic (b"verdict.approve", b"mesh.hello", ...) and the rest is
+the same layout without the command frame: [topic, b"ZF1", header, columns...].
+
+Column sets are defined once, here, as (name, numpy dtype string) pairs; the header names them so
+a receiver can check them, and numpy views the frames without a copy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgpack
+import numpy as np
+
+VERSION = b"ZF1"
+
+HELLO = b"HELLO"
+MEMBERS = b"MEMBERS"
+BATCH = b"BATCH"
+RESULT = b"RESULT"
+HEARTBEAT = b"HEARTBEAT"
+ERROR = b"ERROR"
+CONTROL = b"CONTROL"
+COMMANDS = frozenset({HELLO, MEMBERS, BATCH, RESULT, HEARTBEAT, ERROR, CONTROL})
+
+# A transaction batch (BATCH). The card is the unit of ownership; ids are opaque 64-bit integers.
+TX_COLUMNS = (
+    ("tx_id", "<u8"),     # transaction id, unique per transaction
+    ("card", "<u8"),      # card (customer) id: decides which worker owns the row
+    ("terminal", "<u8"),  # terminal (merchant point of sale) id
+    ("ts_ms", "<i8"),     # event time, epoch milliseconds UTC
+    ("amount", "<f8"),    # amount in the card's currency
+)
+
+# Verdicts (RESULT and verdict.* topics): one row per transaction of the batch, in batch order.
+VERDICT_COLUMNS = (
+    ("tx_id", "<u8"),
+    ("score", "<f4"),     # fraud probability in [0, 1]; NaN for a rejected row
+    ("decision", "u1"),   # index into DECISIONS
+    ("reason", "<i2"),    # index into the header's "reasons" list, -1 for none
+)
+
+DECISIONS = ("approve", "review", "decline", "rejected")
+APPROVE, REVIEW, DECLINE, REJECTED = range(4)
+
+# Error codes carried by ERROR messages ("code") and, for single rows, by rejected verdicts.
+BAD_VERSION = "BAD_VERSION"
+BAD_COMMAND = "BAD_COMMAND"
+BAD_FRAMES = "BAD_FRAMES"
+BAD_HEADER = "BAD_HEADER"
+BAD_SCHEMA = "BAD_SCHEMA"
+BAD_COLUMN = "BAD_COLUMN"
+TOO_LARGE = "TOO_LARGE"
+BAD_CONTROL = "BAD_CONTROL"
+INTERNAL = "INTERNAL"
+
+# Limits. A receiver checks them before it unpacks anything.
+MAX_HEADER_BYTES = 64 * 1024
+MAX_ROWS = 65536
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # ZMQ_MAXMSGSIZE on every socket
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol. `code` is one of the error codes above."""
+
+    def __init__(self, code: str, message: str, batch: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.batch = batch
+
+
+def pack(header: dict) -> bytes:
+    return msgpack.packb(header, use_bin_type=True)
+
+
+def unpack(raw: bytes) -> dict:
+    """Decode a header frame, refusing anything that is not a small msgpack map."""
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError(TOO_LARGE, f"header is {len(raw)} bytes, the limit is {MAX_HEADER_BYTES}")
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types for garbage
+        raise ProtocolError(BAD_HEADER, f"header is not valid msgpack: {e}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError(BAD_HEADER, f"header must be a msgpack map, got {type(header).__name__}")
+    return header
+
+
+def schema(columns) -> list:
+    """The header form of a column set: [[name, dtype], ...]."""
+    return [[name, dtype] for name, dtype in columns]
+
+
+def column_frames(arrays, columns) -> list:
+    """Little-endian, contiguous buffers of `arrays` in the order of `columns` (no copy if possible)."""
+    return [np.ascontiguousarray(arrays[name], dtype=dtype) for name, dtype in columns]
+
+
+def read_columns(frames, rows: int, columns, batch: int | None = None) -> dict:
+    """View each frame as its column's dtype; every frame must hold exactly `rows` values."""
+    if len(frames) != len(columns):
+        raise ProtocolError(BAD_FRAMES, f"expected {len(columns)} column frames, got {len(frames)}", batch)
+    out = {}
+    for (name, dtype), frame in zip(columns, frames):
+        dt = np.dtype(dtype)
+        buf = frame.buffer if hasattr(frame, "buffer") else frame
+        if len(buf) != rows * dt.itemsize:
+            raise ProtocolError(
+                BAD_COLUMN,
+                f"column {name!r} has {len(buf)} bytes, expected {rows} rows x {dt.itemsize} = {rows * dt.itemsize}",
+                batch,
+            )
+        out[name] = np.frombuffer(buf, dtype=dt)
+    return out
+
+
+def _int_field(header: dict, key: str, lo: int, hi: int, batch: int | None = None) -> int:
+    value = header.get(key)
+    if type(value) is not int or not lo <= value <= hi:
+        raise ProtocolError(BAD_HEADER, f"header field {key!r} must be an integer in [{lo}, {hi}], got {value!r}", batch)
+    return value
+
+
+@dataclass(frozen=True)
+class Message:
+    command: bytes
+    header: dict
+    frames: list  # the column frames, still raw
+
+
+def parse(frames) -> Message:
+    """Check version, command and header of a DEALER/ROUTER message (routing id already removed)."""
+    if len(frames) < 3:
+        raise ProtocolError(BAD_FRAMES, f"a message has at least 3 frames (version, command, header), got {len(frames)}")
+    version, command = bytes(frames[0]), bytes(frames[1])
+    if version != VERSION:
+        raise ProtocolError(BAD_VERSION, f"unsupported protocol version {version[:16]!r}, this peer speaks {VERSION!r}")
+    if command not in COMMANDS:
+        raise ProtocolError(BAD_COMMAND, f"unknown command {command[:16]!r}")
+    return Message(command, unpack(bytes(frames[2])), list(frames[3:]))
+
+
+def parse_batch(msg: Message) -> tuple[int, int, dict]:
+    """Validate a BATCH: returns (batch id, attempt, columns as numpy views)."""
+    h = msg.header
+    batch = _int_field(h, "batch", 0, 2**64 - 1)
+    attempt = _int_field(h, "attempt", 0, 1000, batch)
+    rows = _int_field(h, "rows", 1, MAX_ROWS, batch)
+    if h.get("columns") != schema(TX_COLUMNS):
+        raise ProtocolError(BAD_SCHEMA, f"columns must be {schema(TX_COLUMNS)}, got {h.get('columns')!r}", batch)
+    return batch, attempt, read_columns(msg.frames, rows, TX_COLUMNS, batch)
+
+
+def encode(command: bytes, header: dict, columns: list = ()) -> list:
+    return [VERSION, command, pack(header), *columns]
+
+
+def batch_message(batch: int, attempt: int, arrays: dict, deadline_ms: int | None = None) -> list:
+    rows = len(arrays["tx_id"])
+    header = {"batch": batch, "attempt": attempt, "rows": rows, "columns": schema(TX_COLUMNS)}
+    if deadline_ms is not None:
+        header["deadline_ms"] = deadline_ms
+    return encode(BATCH, header, column_frames(arrays, TX_COLUMNS))
+
+
+def error_message(code: str, message: str, batch: int | None = None) -> list:
+    return encode(ERROR, {"code": code, "message": message, "batch": batch})

@@ -1,0 +1,186 @@
+"""Transaction sources: the Handbook's CSV schema, JSON lines, or the synthetic generator, each
+yielding dicts of TX_COLUMNS arrays of at most `batch` rows.
+
+A record that cannot be read is counted and reported with its line number (`reader.errors`) and
+never takes the records around it down: good records are still yielded.
+
+Field names: the Handbook's raw schema (TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID, TERMINAL_ID,
+TX_AMOUNT; DESIGN.md "Evaluation and data") or zfraud's own (tx_id, ts_ms, card, terminal, amount).
+TX_DATETIME is read as UTC, "YYYY-MM-DD HH:MM:SS".
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+
+import numpy as np
+
+from .synthetic import synthetic
+
+FIELDS = {  # zfraud column -> accepted field names, in order of preference
+    "tx_id": ("tx_id", "TRANSACTION_ID"),
+    "card": ("card", "CUSTOMER_ID"),
+    "terminal": ("terminal", "TERMINAL_ID"),
+    "ts_ms": ("ts_ms", "TX_DATETIME"),
+    "amount": ("amount", "TX_AMOUNT"),
+}
+MAX_REPORTED = 1000
+
+
+class InputError(ValueError):
+    """The input as a whole cannot be read (missing columns, unknown format)."""
+
+
+def _to_ts_ms(values) -> np.ndarray:
+    a = np.asarray(values)
+    if a.dtype.kind in "iu":
+        return a.astype(np.int64)
+    if a.dtype.kind == "f":
+        if not np.isfinite(a).all() or (a != np.round(a)).any():
+            raise ValueError("ts_ms must be whole epoch milliseconds")
+        return a.astype(np.int64)
+    return a.astype("datetime64[ms]").astype(np.int64)
+
+
+def _convert(cols: dict) -> dict:
+    """Lists of raw values -> TX_COLUMNS arrays; raises ValueError if any value is bad."""
+    out = {
+        "tx_id": np.array(cols["tx_id"], dtype=np.int64).astype(np.uint64),
+        "card": np.array(cols["card"], dtype=np.int64).astype(np.uint64),
+        "terminal": np.array(cols["terminal"], dtype=np.int64).astype(np.uint64),
+        "ts_ms": _to_ts_ms(cols["ts_ms"]),
+        "amount": np.array(cols["amount"], dtype=np.float64),
+    }
+    for name in ("tx_id", "card", "terminal"):
+        if (np.array(cols[name], dtype=np.int64) < 0).any():
+            raise ValueError(f"{name} must be a non-negative integer")
+    return out
+
+
+class Reader:
+    """Base: turns records into column chunks, isolating bad records."""
+
+    def __init__(self, batch: int = 1024):
+        self.batch = batch
+        self.errors: list[tuple[int, str]] = []  # (line number, message), the first MAX_REPORTED
+        self.error_count = 0
+
+    def _error(self, line: int, message: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_REPORTED:
+            self.errors.append((line, message))
+
+    def _chunk(self, records: list[tuple[int, dict]]):
+        """records: (line number, {column: raw value}). Returns the arrays of the good ones."""
+        if not records:
+            return None
+        try:
+            return _convert({c: [r[c] for _, r in records] for c in FIELDS})
+        except (ValueError, TypeError, OverflowError):
+            pass
+        good = []  # the fast path failed: find the bad records one by one
+        for line, r in records:
+            try:
+                _convert({c: [r[c]] for c in FIELDS})
+                good.append((line, r))
+            except (ValueError, TypeError, OverflowError) as e:
+                self._error(line, f"{e}")
+        return _convert({c: [r[c] for _, r in good] for c in FIELDS}) if good else None
+
+    def _records(self):
+        raise NotImplementedError
+
+    def __iter__(self):
+        buf = []
+        for rec in self._records():
+            buf.append(rec)
+            if len(buf) >= self.batch:
+                chunk = self._chunk(buf)
+                buf = []
+                if chunk is not None:
+                    yield chunk
+        chunk = self._chunk(buf)
+        if chunk is not None:
+            yield chunk
+
+
+def _open(path):
+    if path in (None, "-"):
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="")
+    return open(path, newline="", encoding="utf-8")
+
+
+class CsvReader(Reader):
+    def __init__(self, path, batch: int = 1024):
+        super().__init__(batch)
+        self.path = path
+
+    def _records(self):
+        with _open(self.path) as f:
+            rows = csv.reader(f)
+            header = next(rows, None)
+            if header is None:
+                return
+            index = {}
+            for col, names in FIELDS.items():
+                found = [header.index(n) for n in names if n in header]
+                if not found:
+                    raise InputError(f"{self.path}: no column {' or '.join(names)} in the header {header}")
+                index[col] = found[0]
+            width = max(index.values()) + 1
+            for line, row in enumerate(rows, start=2):
+                if len(row) < width:
+                    if row:
+                        self._error(line, f"expected at least {width} fields, got {len(row)}")
+                    continue
+                yield line, {c: row[i] for c, i in index.items()}
+
+
+class JsonLinesReader(Reader):
+    def __init__(self, path, batch: int = 1024):
+        super().__init__(batch)
+        self.path = path
+
+    def _records(self):
+        with _open(self.path) as f:
+            for line, text in enumerate(f, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    obj = json.loads(text)
+                    if not isinstance(obj, dict):
+                        raise ValueError("a line must be a JSON object")
+                    rec = {}
+                    for col, names in FIELDS.items():
+                        key = next((n for n in names if n in obj), None)
+                        if key is None:
+                            raise ValueError(f"missing field {' or '.join(names)}")
+                        rec[col] = obj[key]
+                except ValueError as e:
+                    self._error(line, str(e))
+                    continue
+                yield line, rec
+
+
+class SyntheticReader(Reader):
+    def __init__(self, n: int, batch: int = 1024, seed: int = 0):
+        super().__init__(batch)
+        self.n, self.seed = n, seed
+
+    def __iter__(self):
+        return synthetic(self.n, batch=self.batch, seed=self.seed)
+
+
+def open_source(path=None, synthetic_n: int | None = None, batch: int = 1024, fmt: str | None = None) -> Reader:
+    """Pick a reader: synthetic if synthetic_n, else by `fmt` ("csv" or "jsonl") or the file suffix."""
+    if synthetic_n is not None:
+        return SyntheticReader(synthetic_n, batch)
+    if fmt is None:
+        fmt = "jsonl" if str(path).endswith((".jsonl", ".json", ".ndjson")) else "csv"
+    if fmt == "jsonl":
+        return JsonLinesReader(path, batch)
+    if fmt == "csv":
+        return CsvReader(path, batch)
+    raise InputError(f"unknown input format {fmt!r}: use csv or jsonl")

@@ -1,0 +1,120 @@
+"""Following the verdict stream: subscribe to every member's verdict.<decision> topics.
+
+The member list comes from any one worker (HELLO -> MEMBERS) and is refreshed every second, so a
+worker that joins later is followed too. PUB/SUB is best-effort fan-out: each publisher numbers its
+messages (`seq`), and `Tail.gaps` counts the messages known to be missed.
+"""
+from __future__ import annotations
+
+import time
+
+import zmq
+
+from . import protocol as P
+from .client import MeshError
+from .sockets import configure
+
+
+class Tail:
+    def __init__(self, connect: str, decisions=P.DECISIONS, hello_timeout_s: float = 5.0,
+                 context: zmq.Context | None = None):
+        unknown = set(decisions) - set(P.DECISIONS)
+        if unknown:
+            raise ValueError(f"unknown decision {', '.join(sorted(unknown))}; choose from {', '.join(P.DECISIONS)}")
+        self.ctx = context or zmq.Context()
+        self._own_ctx = context is None
+        self.sub = configure(self.ctx.socket(zmq.SUB), rcvhwm=100_000)
+        for d in decisions:
+            self.sub.setsockopt(zmq.SUBSCRIBE, b"verdict." + d.encode())
+        self.hello = configure(self.ctx.socket(zmq.DEALER))
+        self.hello.connect(connect)
+        self.connect = connect
+        self.pubs: dict[str, str] = {}  # worker name -> PUB endpoint we are connected to
+        self.last_seq: dict[tuple, int] = {}  # (worker, topic) -> last sequence number seen
+        self.gaps = 0
+        self._ask()
+        if not self.hello.poll(int(hello_timeout_s * 1000)):
+            self.close()
+            raise MeshError(f"no zfraud worker answered at {connect} within {hello_timeout_s:g} s: "
+                            f"check that `zfraud worker` runs there and the endpoint is right")
+        self._on_hello()
+        self._next_refresh = time.monotonic() + 1.0
+
+    def _ask(self) -> None:
+        try:
+            self.hello.send_multipart(P.encode(P.HELLO, {"role": "client"}), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def _on_hello(self) -> None:
+        try:
+            msg = P.parse(self.hello.recv_multipart())
+        except P.ProtocolError:
+            return
+        if msg.command != P.MEMBERS:
+            return
+        for m in msg.header.get("members") or []:
+            name, pub = str(m["name"]), str(m["pub"])
+            if self.pubs.get(name) != pub:
+                if name in self.pubs:
+                    self.sub.disconnect(self.pubs[name])
+                self.sub.connect(pub)
+                self.pubs[name] = pub
+
+    def batches(self, timeout_s: float | None = None):
+        """Yield (header, verdict columns) per published message; stop after timeout_s of silence."""
+        poller = zmq.Poller()
+        poller.register(self.sub, zmq.POLLIN)
+        poller.register(self.hello, zmq.POLLIN)
+        silent_since = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= self._next_refresh:
+                self._ask()
+                self._next_refresh = now + 1.0
+            if timeout_s is not None and now - silent_since > timeout_s:
+                return
+            events = dict(poller.poll(200))
+            if self.hello in events:
+                self._on_hello()
+            if self.sub not in events:
+                continue
+            frames = self.sub.recv_multipart()
+            try:
+                if len(frames) < 3 or frames[1] != P.VERSION:
+                    raise P.ProtocolError(P.BAD_VERSION, "not a zfraud verdict message")
+                h = P.unpack(frames[2])
+                cols = P.read_columns(frames[3:], int(h["rows"]), P.VERDICT_COLUMNS)
+            except (P.ProtocolError, KeyError, TypeError, ValueError):
+                continue
+            key, seq = (str(h.get("worker")), frames[0]), h.get("seq")
+            if isinstance(seq, int):
+                last = self.last_seq.get(key)
+                if last is not None and seq > last + 1:
+                    self.gaps += seq - last - 1
+                self.last_seq[key] = seq
+            silent_since = time.monotonic()
+            yield h, cols
+
+    def verdicts(self, timeout_s: float | None = None):
+        """Yield one dict per verdict: tx_id, score, decision, reason, worker, model, rules."""
+        for h, cols in self.batches(timeout_s):
+            reasons = h.get("reasons") or []
+            for tx, score, d, r in zip(cols["tx_id"].tolist(), cols["score"].tolist(),
+                                       cols["decision"].tolist(), cols["reason"].tolist()):
+                yield {"tx_id": tx, "score": round(score, 6) if score == score else None,
+                       "decision": P.DECISIONS[d] if d < len(P.DECISIONS) else str(d),
+                       "reason": reasons[r] if 0 <= r < len(reasons) else None,
+                       "worker": h.get("worker"), "model": h.get("model"), "rules": h.get("rules")}
+
+    def close(self) -> None:
+        self.sub.close()
+        self.hello.close()
+        if self._own_ctx:
+            self.ctx.term()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,283 @@
+"""A zfraud worker: one process, one thread, one poll loop.
+
+Sockets:
+    ROUTER (bound, --bind)  BATCH -> RESULT, HELLO -> MEMBERS, HEARTBEAT -> HEARTBEAT, CONTROL
+    PUB    (bound, --pub)   verdict.<decision> for every scored batch; mesh.hello every heartbeat;
+                            mesh.bye on shutdown
+    SUB    (connected)      mesh.* from every other member's PUB
+    DEALER (one per seed)   HELLO to a seed until it answers with MEMBERS, then closed
+
+A message that breaks the protocol gets an ERROR reply naming the problem; nothing a peer sends
+can stop the loop. Verdicts are published before the RESULT is sent: a crash between the two
+means a resend and a repeated verdict, never a lost one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections import deque
+from urllib.parse import urlsplit
+
+import numpy as np
+import zmq
+
+from . import __version__
+from . import protocol as P
+from .mesh import Member, Membership
+from .model import load_model
+from .scoring import Scorer, Thresholds
+from .sockets import configure
+
+log = logging.getLogger("zfraud.worker")
+
+VERDICT_TOPICS = tuple(b"verdict." + d.encode() for d in P.DECISIONS)
+
+
+def _advertised(endpoint: str) -> str:
+    """The endpoint peers should connect to: a wildcard host becomes this machine's name."""
+    parts = urlsplit(endpoint)
+    if parts.hostname in ("0.0.0.0", "*", "::"):
+        return f"{parts.scheme}://{socket.getfqdn()}:{parts.port}"
+    return endpoint
+
+
+class Worker:
+    """Scores batches and takes part in the mesh. `run()` blocks until `stop()` or a signal."""
+
+    def __init__(self, name: str, bind: str, pub: str, seeds=(), model=None, thresholds: Thresholds = Thresholds(),
+                 heartbeat: float = 1.0, liveness: int = 3, context: zmq.Context | None = None):
+        self.name = name
+        self.scorer = Scorer(model if model is not None else load_model(), thresholds)
+        self.heartbeat = heartbeat
+        self.ctx = context or zmq.Context()
+        self._own_ctx = context is None
+        self.router = configure(self.ctx.socket(zmq.ROUTER), linger_ms=1000)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a vanished client raises, not vanishes
+        self.router.bind(bind)
+        self.pub = configure(self.ctx.socket(zmq.PUB), sndhwm=100_000, linger_ms=200)
+        self.pub.bind(pub)
+        self.sub = configure(self.ctx.socket(zmq.SUB), rcvhwm=100_000)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"mesh.")
+        me = Member(name, _advertised(self.router.getsockopt_string(zmq.LAST_ENDPOINT)),
+                    _advertised(self.pub.getsockopt_string(zmq.LAST_ENDPOINT)))
+        self.members = Membership(me, timeout=heartbeat * liveness)
+        self.seeds = {}  # seed endpoint -> DEALER still waiting for its MEMBERS
+        for seed in seeds:
+            if seed != me.router:
+                self.seeds[seed] = self._seed_socket(seed)
+        self._stopping = False
+        self._seq = {}  # topic -> last PUB sequence number, for gap detection by subscribers
+        self.started = time.time()
+        self.stats = {"batches": 0, "rows": 0, "errors": 0, "decisions": [0] * len(P.DECISIONS)}
+        self._batch_ms = deque(maxlen=2048)  # recent per-batch processing times
+
+    # -- life cycle -------------------------------------------------------------------------
+    @property
+    def endpoints(self) -> tuple[str, str]:
+        return self.members.me.router, self.members.me.pub
+
+    def stop(self) -> None:
+        """Ask the loop to finish: safe from a signal handler or another thread."""
+        self._stopping = True
+
+    def run(self) -> None:
+        log.info("ready name=%s router=%s pub=%s model=%s pid=%d", self.name, *self.endpoints,
+                 self.scorer.model_version, os.getpid())
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.sub, zmq.POLLIN)
+        next_beat = 0.0
+        next_seed = 0.0
+        try:
+            while not self._stopping:
+                now = time.monotonic()
+                if now >= next_beat:
+                    self._beat(now)
+                    next_beat = now + self.heartbeat
+                if self.seeds and now >= next_seed:
+                    self._hello_seeds()
+                    next_seed = now + self.heartbeat
+                events = dict(poller.poll(timeout=100))
+                if self.router in events:
+                    self._drain(self.router, self._on_request)
+                if self.sub in events:
+                    self._drain(self.sub, self._on_mesh)
+                for seed, sock in list(self.seeds.items()):
+                    if sock.poll(0):
+                        self._on_seed_reply(seed, sock)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        try:
+            self.pub.send_multipart([b"mesh.bye", P.VERSION, P.pack({"name": self.name})])
+        except zmq.ZMQError:
+            pass
+        for sock in (*self.seeds.values(), self.sub, self.pub, self.router):
+            sock.close()
+        if self._own_ctx:
+            self.ctx.term()
+        log.info("stopped name=%s batches=%d rows=%d", self.name, self.stats["batches"], self.stats["rows"])
+
+    @staticmethod
+    def _drain(sock, handler, limit: int = 256) -> None:
+        for _ in range(limit):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            handler(frames)
+
+    # -- membership -------------------------------------------------------------------------
+    def _seed_socket(self, seed: str):
+        sock = configure(self.ctx.socket(zmq.DEALER))
+        sock.connect(seed)
+        return sock
+
+    def _hello_seeds(self) -> None:
+        me = self.members.me
+        for sock in self.seeds.values():
+            try:
+                sock.send_multipart(P.encode(P.HELLO, {"role": "worker", "name": me.name, "router": me.router,
+                                                       "pub": me.pub}), zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # the seed is not there yet; the next heartbeat tries again
+
+    def _on_seed_reply(self, seed: str, sock) -> None:
+        try:
+            msg = P.parse(sock.recv_multipart())
+        except P.ProtocolError as e:
+            log.warning("seed %s answered badly: %s", seed, e)
+            return
+        if msg.command == P.MEMBERS:
+            self._merge(msg.header.get("members") or [])
+            sock.close()
+            del self.seeds[seed]
+            log.info("joined via seed=%s members=%d", seed, len(self.members.members))
+
+    def _beat(self, now: float) -> None:
+        for m in self.members.expire(now):
+            self.sub.disconnect(m.pub)
+            log.warning("member lost name=%s (silent for over %.1fs)", m.name, self.members.timeout)
+        me = self.members.me
+        self._publish(b"mesh.hello", {"name": me.name, "router": me.router, "pub": me.pub,
+                                      "members": self.members.public(now), "load": self._load()})
+
+    def _merge(self, members: list) -> None:
+        for event, m in self.members.gossip(members):
+            self._on_member(event, m)
+
+    def _on_member(self, event: str, m: Member) -> None:
+        self.sub.connect(m.pub)
+        log.info("member %s name=%s router=%s pub=%s", event, m.name, m.router, m.pub)
+
+    def _on_mesh(self, frames) -> None:
+        if len(frames) != 3 or frames[1] != P.VERSION:
+            return  # not ours; PUB/SUB cannot answer, so it is dropped
+        try:
+            h = P.unpack(frames[2])
+            name = str(h["name"])
+            if frames[0] == b"mesh.bye":
+                m = self.members.leave(name)
+                if m is not None:
+                    self.sub.disconnect(m.pub)
+                    log.info("member left name=%s", name)
+                return
+            if frames[0] == b"mesh.hello":
+                event = self.members.heard(name, str(h["router"]), str(h["pub"]), h.get("load"))
+                if event:
+                    self._on_member(event, self.members.members[name])
+                self._merge(h.get("members") or [])
+        except (P.ProtocolError, KeyError, TypeError, ValueError) as e:
+            log.warning("ignored a malformed mesh message: %s", e)
+
+    # -- requests ---------------------------------------------------------------------------
+    def _on_request(self, frames) -> None:
+        ident, body = frames[0], frames[1:]
+        batch = None
+        try:
+            msg = P.parse(body)
+            if msg.command == P.BATCH:
+                batch, attempt, cols = P.parse_batch(msg)
+                reply = self._score(batch, attempt, cols)
+            elif msg.command == P.HELLO:
+                reply = self._hello(msg.header)
+            elif msg.command == P.HEARTBEAT:
+                reply = P.encode(P.HEARTBEAT, {"worker": self.name, "t": msg.header.get("t"), "load": self._load()})
+            elif msg.command == P.CONTROL:
+                reply = self._control(msg.header)
+            else:
+                raise P.ProtocolError(P.BAD_COMMAND, f"a worker does not accept {msg.command.decode()}")
+        except P.ProtocolError as e:
+            self.stats["errors"] += 1
+            log.warning("error reply code=%s batch=%s: %s", e.code, e.batch, e)
+            reply = P.error_message(e.code, str(e), e.batch)
+        except Exception as e:  # a bug must cost one reply, not the worker
+            self.stats["errors"] += 1
+            log.exception("internal error while handling a request")
+            reply = P.error_message(P.INTERNAL, f"internal error: {type(e).__name__}: {e}", batch)
+        try:
+            self.router.send_multipart([ident, *reply])
+        except zmq.ZMQError as e:
+            log.warning("reply not delivered (%s): the client has gone", e.strerror)
+
+    def _score(self, batch: int, attempt: int, cols: dict) -> list:
+        t0 = time.perf_counter()
+        v = self.scorer.score(cols)
+        counts = np.bincount(v["decision"], minlength=len(P.DECISIONS))
+        base = {"worker": self.name, "model": self.scorer.model_version, "rules": self.scorer.rules_version,
+                "reasons": self.scorer.reasons, "columns": P.schema(P.VERDICT_COLUMNS)}
+        frames = P.column_frames(v, P.VERDICT_COLUMNS)
+        if counts.max() == len(v["tx_id"]):  # the common case: one decision for the whole batch
+            d = int(counts.argmax())
+            self._publish(VERDICT_TOPICS[d], {**base, "rows": int(counts[d])}, frames)
+        else:
+            for d in np.flatnonzero(counts):
+                idx = np.flatnonzero(v["decision"] == d)
+                self._publish(VERDICT_TOPICS[d], {**base, "rows": len(idx)}, [f[idx] for f in frames])
+        stats = self.stats
+        stats["batches"] += 1
+        stats["rows"] += len(v["tx_id"])
+        for d, c in enumerate(counts.tolist()):
+            stats["decisions"][d] += c
+        self._batch_ms.append((time.perf_counter() - t0) * 1000)
+        return P.encode(P.RESULT, {**base, "batch": batch, "attempt": attempt, "rows": len(v["tx_id"])}, frames)
+
+    def _publish(self, topic: bytes, header: dict, columns=()) -> None:
+        header["seq"] = self._seq[topic] = self._seq.get(topic, 0) + 1
+        try:
+            self.pub.send_multipart([topic, P.VERSION, P.pack(header), *columns], zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # PUB is best-effort fan-out; the RESULT is the authoritative answer
+
+    def _hello(self, h: dict) -> list:
+        if h.get("role") == "worker":
+            try:
+                event = self.members.heard(str(h["name"]), str(h["router"]), str(h["pub"]))
+            except KeyError as e:
+                raise P.ProtocolError(P.BAD_HEADER, f"a worker HELLO needs name, router and pub; missing {e}") from None
+            if event:
+                self._on_member(event, self.members.members[str(h["name"])])
+        return P.encode(P.MEMBERS, {"worker": self.name, "members": self.members.public()})
+
+    def _load(self) -> dict:
+        return {"batches": self.stats["batches"], "rows": self.stats["rows"]}
+
+    def status(self) -> dict:
+        ms = np.array(self._batch_ms) if self._batch_ms else np.zeros(1)
+        return {"name": self.name, "router": self.members.me.router, "pub": self.members.me.pub,
+                "version": __version__, "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
+                "model": self.scorer.model_version, "rules": self.scorer.rules_version,
+                "batches": self.stats["batches"], "rows": self.stats["rows"], "errors": self.stats["errors"],
+                "decisions": dict(zip(P.DECISIONS, self.stats["decisions"])),
+                "batch_ms_p50": round(float(np.percentile(ms, 50)), 4),
+                "batch_ms_p99": round(float(np.percentile(ms, 99)), 4),
+                "members": [m["name"] for m in self.members.public()]}
+
+    def _control(self, h: dict) -> list:
+        op = h.get("op")
+        if op == "status":
+            return P.encode(P.CONTROL, {"op": "status", "ok": True, "status": self.status()})
+        raise P.ProtocolError(P.BAD_CONTROL, f"unknown control op {op!r}; known: status")
