@@ -34,6 +34,7 @@ class InputError(ValueError):
 
 
 def _to_ts_ms(values) -> np.ndarray:
+    """Epoch milliseconds from integers, digit strings, or "YYYY-MM-DD HH:MM:SS" strings (UTC)."""
     a = np.asarray(values)
     if a.dtype.kind in "iu":
         return a.astype(np.int64)
@@ -41,7 +42,12 @@ def _to_ts_ms(values) -> np.ndarray:
         if not np.isfinite(a).all() or (a != np.round(a)).any():
             raise ValueError("ts_ms must be whole epoch milliseconds")
         return a.astype(np.int64)
-    return a.astype("datetime64[ms]").astype(np.int64)
+    a = a.astype(str)
+    digits = np.char.isdigit(a)
+    out = np.empty(len(a), dtype=np.int64)
+    out[digits] = a[digits].astype(np.int64)
+    out[~digits] = a[~digits].astype("datetime64[ms]").astype(np.int64)
+    return out
 
 
 def _convert(cols: dict) -> dict:

@@ -1,0 +1,204 @@
+"""The mesh with real worker processes on loopback, driven through the Python API and the CLI."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from zfraud import Client, load_model
+from zfraud import protocol as P
+from zfraud.client import MeshError
+from zfraud.local import LocalMesh, free_port
+from zfraud.scoring import Scorer
+from zfraud.synthetic import synthetic
+
+from conftest import request, run_cli
+
+
+def status(mesh, name):
+    with Client(mesh.endpoint) as c:
+        return c.control(name, "status")["status"]
+
+
+def test_workers_find_each_other(mesh2):
+    assert mesh2.members_of("w1") == ["w1", "w2"]
+    assert mesh2.members_of("w2") == ["w1", "w2"]
+
+
+def test_score_returns_verdicts_in_input_order_equal_to_in_process_scoring(mesh2):
+    b = next(synthetic(5000, batch=5000, seed=11))
+    order = np.random.default_rng(0).permutation(5000)
+    b = {k: v[order] for k, v in b.items()}
+    with Client(mesh2.endpoint) as c:
+        assert c.members == ["w1", "w2"]
+        v = c.score(b)
+    expected = Scorer(load_model()).score(b)
+    np.testing.assert_array_equal(v["tx_id"], b["tx_id"])
+    for col in ("score", "decision", "reason"):
+        np.testing.assert_array_equal(v[col], expected[col])
+    assert (v["decision"] == P.DECLINE).sum() > 0
+
+
+def test_cli_send_synthetic_is_fully_answered_by_both_workers(mesh2):
+    before = {n: status(mesh2, n)["rows"] for n in mesh2.names}
+    r = run_cli("send", "--connect", mesh2.endpoint, "--synthetic", "30000", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (s["sent"], s["verdicts"], s["lost"], s["errors"]) == (30000, 30000, 0, 0)
+    assert sum(s["decisions"].values()) == 30000
+    assert s["tx_per_s"] > 0 and 0 < s["p50_ms"] <= s["p99_ms"]
+    done = {n: status(mesh2, n)["rows"] - before[n] for n in mesh2.names}
+    assert sum(done.values()) == 30000
+    assert all(rows > 5000 for rows in done.values()), done  # both owners got their share
+
+
+def test_the_same_card_always_goes_to_the_same_worker(mesh2):
+    b = next(synthetic(3000, batch=3000, seed=5))
+    seen = {}
+    with Client(mesh2.endpoint) as c:
+        c.on_result = lambda v, h: seen.setdefault(h["worker"], set()).update(b["card"][h["origin"]].tolist())
+        c.submit(b)
+        assert c.drain(10)
+        c.submit(b)
+        assert c.drain(10)
+    assert set(seen) == {"w1", "w2"} and not (seen["w1"] & seen["w2"])
+
+
+@pytest.mark.parametrize("frames, code, message", [
+    ([b"ZF2", P.BATCH, P.pack({})], P.BAD_VERSION, "unsupported protocol version"),
+    ([P.VERSION, b"BOGUS", P.pack({})], P.BAD_COMMAND, "unknown command"),
+    ([P.VERSION], P.BAD_FRAMES, "at least 3 frames"),
+    ([P.VERSION, P.BATCH, b"\xc1"], P.BAD_HEADER, "not valid msgpack"),
+    ([P.VERSION, P.RESULT, P.pack({})], P.BAD_COMMAND, "does not accept RESULT"),
+    ([P.VERSION, P.CONTROL, P.pack({"op": "explode"})], P.BAD_CONTROL, "unknown control op"),
+])
+def test_malformed_messages_get_an_error_and_the_worker_keeps_serving(mesh2, ctx, frames, code, message):
+    reply = request(ctx, mesh2.endpoint, frames)
+    assert reply.command == P.ERROR and reply.header["code"] == code
+    assert message in reply.header["message"]
+    with Client(mesh2.endpoint) as c:
+        assert len(c.score(next(synthetic(100, batch=100)))["tx_id"]) == 100
+
+
+def test_wrong_frame_count_and_short_column_name_the_batch(mesh2, ctx):
+    frames = [bytes(f) for f in P.batch_message(42, 0, next(synthetic(10, batch=10)))]
+    reply = request(ctx, mesh2.endpoint, frames[:-1])
+    assert (reply.header["code"], reply.header["batch"]) == (P.BAD_FRAMES, 42)
+    frames[4] = frames[4][:-3]
+    reply = request(ctx, mesh2.endpoint, frames)
+    assert reply.header["code"] == P.BAD_COLUMN and "column 'card' has 77 bytes" in reply.header["message"]
+    frames = [bytes(f) for f in P.batch_message(43, 0, next(synthetic(10, batch=10)))]
+    reply = request(ctx, mesh2.endpoint, frames)
+    assert reply.command == P.RESULT and reply.header["batch"] == 43 and reply.header["rows"] == 10
+
+
+def test_bad_rows_are_rejected_and_their_neighbours_scored(mesh2):
+    b = next(synthetic(200, batch=200, seed=2))
+    b["amount"][[5, 6]] = [np.nan, -1]
+    with Client(mesh2.endpoint) as c:
+        v = c.score(b)
+    assert v["decision"][[5, 6]].tolist() == [P.REJECTED, P.REJECTED]
+    assert (v["decision"][np.r_[0:5, 7:200]] != P.REJECTED).all()
+
+
+def test_tail_follows_verdicts_of_every_worker(mesh2):
+    tail = subprocess.Popen([sys.executable, "-m", "zfraud", "tail", "--connect", mesh2.endpoint, "--count", "5000",
+                             "--timeout", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)  # let the subscriptions reach both workers (PUB/SUB slow joiner)
+        r = run_cli("send", "--connect", mesh2.endpoint, "--synthetic", "5000", "--json")
+        assert r.returncode == 0, r.stderr
+        out, err = tail.communicate(timeout=60)
+    finally:
+        tail.kill()
+    assert tail.returncode == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert sorted(r["tx_id"] for r in rows) == list(range(5000))  # every verdict, once
+    assert {r["worker"] for r in rows} == {"w1", "w2"}
+    assert all(r["decision"] in P.DECISIONS and r["model"] == "default-1" for r in rows)
+
+
+def test_tail_filters_by_decision(mesh2):
+    tail = subprocess.Popen([sys.executable, "-m", "zfraud", "tail", "--connect", mesh2.endpoint, "--count", "20",
+                             "--decision", "decline", "--format", "text", "--timeout", "30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        assert run_cli("send", "--connect", mesh2.endpoint, "--synthetic", "20000").returncode == 0
+        out, err = tail.communicate(timeout=60)
+    finally:
+        tail.kill()
+    lines = out.splitlines()
+    assert tail.returncode == 0 and len(lines) == 20, err
+    assert all(line.split()[1] == "decline" for line in lines)
+
+
+def test_send_reads_a_handbook_csv_and_reports_a_bad_line(mesh2, tmp_path):
+    path = tmp_path / "tx.csv"
+    rows = ["TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_TIME_SECONDS,TX_TIME_DAYS,TX_FRAUD,TX_FRAUD_SCENARIO"]
+    rows += [f"{i},2018-04-0{1 + i % 7} 1{i % 10}:00:00,{i % 97},{i % 13},{10 + i % 300}.5,0,0,0,0" for i in range(3000)]
+    rows[1500] = "1499,2018-04-01 10:00:00,7,7,not-a-number,0,0,0,0"
+    path.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "verdicts.jsonl"
+    r = run_cli("send", str(path), "--connect", mesh2.endpoint, "--json", "--out", str(out))
+    assert r.returncode == 3, r.stderr  # all answered, one rejected
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (s["sent"], s["verdicts"], s["errors"], s["lost"]) == (3000, 2999, 1, 0)
+    assert "input line 1501" in r.stderr
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(written) == 2999 and len({w["tx_id"] for w in written}) == 2999
+
+
+def test_send_without_a_mesh_fails_fast_with_one_line():
+    t0 = time.monotonic()
+    r = run_cli("send", "--connect", f"tcp://127.0.0.1:{free_port()}", "--synthetic", "10", timeout=30)
+    assert r.returncode != 0 and time.monotonic() - t0 < 15
+    assert "no zfraud worker answered" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_client_api_refuses_nothing_listening():
+    with pytest.raises(MeshError, match="no zfraud worker answered"):
+        Client(f"tcp://127.0.0.1:{free_port()}", hello_timeout_s=0.5)
+
+
+def test_a_third_worker_joins_by_seed_and_gets_traffic(tmp_path):
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh:
+        mesh.start_worker("w3", seed=mesh.routers["w2"])
+        mesh.wait_members(["w1", "w2", "w3"], timeout_s=15)
+        with Client(mesh.endpoint) as c:
+            assert c.members == ["w1", "w2", "w3"]
+            s = c.stream(synthetic(20000, batch=1000))
+        assert (s.verdicts, s.lost) == (20000, 0)
+        assert status(mesh, "w3")["rows"] > 3000
+
+
+def test_a_killed_worker_leaves_the_membership(tmp_path):
+    with LocalMesh(3, log_dir=str(tmp_path)) as mesh:
+        mesh.signal("w3", signal.SIGKILL)
+        mesh.procs["w3"].wait(5)
+        mesh.wait_members(["w1", "w2"], timeout_s=15)  # aged out after 3 missed heartbeats
+        with Client(mesh.endpoint) as c:
+            assert c.members == ["w1", "w2"]
+            s = c.stream(synthetic(5000, batch=500))
+        assert (s.verdicts, s.lost) == (5000, 0)
+
+
+def test_sigterm_stops_a_worker_cleanly_and_it_says_goodbye(tmp_path):
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh:
+        t0 = time.monotonic()
+        assert mesh.stop_worker("w2") == 0
+        mesh.wait_members(["w1"], timeout_s=2.5)  # mesh.bye: faster than the 3 s age-out
+        assert time.monotonic() - t0 < 5
+        assert "stopped name=w2" in mesh.log("w2")
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    r = run_cli("demo", "--transactions", "20000", cwd=str(tmp_path), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "verdicts                         20,000" in r.stdout
+    assert "lost                             0" in r.stdout
+    assert r.stdout.rstrip().endswith("done.")

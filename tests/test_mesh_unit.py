@@ -1,0 +1,50 @@
+"""Ownership by rendezvous hashing and membership by gossip, in one process."""
+import numpy as np
+
+from zfraud.mesh import Member, Membership, mix64, name_seed, owners
+
+
+def test_owners_are_deterministic_and_balanced():
+    cards = np.arange(100_000, dtype=np.uint64)
+    names = ["w1", "w2", "w3"]
+    a = owners(cards, names)
+    np.testing.assert_array_equal(a, owners(cards.copy(), list(names)))
+    share = np.bincount(a, minlength=3) / len(cards)
+    assert np.all(np.abs(share - 1 / 3) < 0.01), share
+
+
+def test_a_leaving_member_moves_only_its_own_cards():
+    cards = np.arange(50_000, dtype=np.uint64) * 7919
+    before = np.array(["w1", "w2", "w3"])[owners(cards, ["w1", "w2", "w3"])]
+    after = np.array(["w1", "w3"])[owners(cards, ["w1", "w3"])]
+    moved = before != after
+    assert np.all(before[moved] == "w2")
+    assert np.all(after[before == "w2"] != "w2")
+
+
+def test_hashes_are_stable_across_versions():
+    # Pinned values: every client, in any language, must compute the same owners (docs/PROTOCOL.md).
+    assert int(mix64(np.array([0], np.uint64))[0]) == 0xE220A8397B1DCDAF
+    assert int(name_seed("w1")) == int.from_bytes(__import__("hashlib").blake2b(b"w1", digest_size=8).digest(), "little")
+
+
+def test_membership_joins_ages_and_refuses_stale_gossip():
+    ms = Membership(Member("a", "tcp://a:1", "tcp://a:2", 0.0), timeout=3.0)
+    assert ms.heard("b", "tcp://b:1", "tcp://b:2", now=10.0) == "joined"
+    events = ms.gossip([{"name": "c", "router": "tcp://c:1", "pub": "tcp://c:2", "age_ms": 500},
+                        {"name": "d", "router": "tcp://d:1", "pub": "tcp://d:2", "age_ms": 5000},
+                        {"name": "broken"}], now=10.0)
+    assert [(e, m.name) for e, m in events] == [("joined", "c")]
+    assert sorted(ms.members) == ["a", "b", "c"]
+    # c was heard second-hand, 0.5 s before 10.0: it ages out first.
+    assert [m.name for m in ms.expire(now=12.8)] == ["c"]
+    assert [m.name for m in ms.expire(now=13.2)] == ["b"]
+    assert "a" in ms.members
+
+
+def test_a_member_that_moved_is_followed():
+    ms = Membership(Member("a", "tcp://a:1", "tcp://a:2", 0.0))
+    ms.heard("b", "tcp://b:1", "tcp://b:2", now=1.0)
+    assert ms.heard("b", "tcp://b:9", "tcp://b:8", now=2.0) == "moved"
+    assert ms.members["b"].router == "tcp://b:9"
+    assert ms.heard("b", "tcp://b:1", "tcp://b:2", now=3.0, age=2.5) is None  # older news of the old address

@@ -1,0 +1,54 @@
+"""Model files: the default loads, round-trips, and every corruption gives a clear ModelError."""
+import json
+
+import numpy as np
+import pytest
+
+from zfraud import load_model
+from zfraud.model import DEFAULT_MODEL, ModelError, save_model
+
+
+def test_default_model_loads_and_scores():
+    m = load_model()
+    assert m.kind == "logistic" and m.version == "default-1"
+    X = np.array([[20.0, np.log1p(20.0), 12, 0, 0], [900.0, np.log1p(900.0), 3, 1, 0]], dtype=np.float32)
+    p = m.predict_proba(X)
+    assert p.shape == (2,) and p[0] < 0.05 < 0.9 < p[1]
+
+
+def test_round_trip(tmp_path):
+    m = load_model()
+    save_model(m, tmp_path / "m.json")
+    m2 = load_model(tmp_path / "m.json")
+    X = np.random.default_rng(0).uniform(0, 300, (100, 5)).astype(np.float32)
+    np.testing.assert_array_equal(m.predict_proba(X), m2.predict_proba(X))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(format="other"), "not a zfraud model file"),
+    (lambda d: d.update(format_version=99), "format_version 99 is not supported"),
+    (lambda d: d.update(kind="forest"), "unknown model kind 'forest'"),
+    (lambda d: d.update(coef=d["coef"][:3]), "expected coef and center of length 5"),
+    (lambda d: d.update(intercept=float("nan")), "must be finite"),
+    (lambda d: d.pop("center"), "malformed logistic model: KeyError"),
+])
+def test_corrupt_model_files_are_refused(tmp_path, change, message):
+    d = json.loads(DEFAULT_MODEL.read_text())
+    change(d)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(ModelError, match=message):
+        load_model(path)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(ModelError, match="cannot read model file"):
+        load_model(tmp_path / "missing.json")
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        load_model(tmp_path / "junk.json")
+
+
+def test_predict_checks_the_feature_count():
+    with pytest.raises(ValueError, match=r"expected a \(n, 5\) float32 matrix"):
+        load_model().predict_proba(np.zeros((2, 4), np.float32))

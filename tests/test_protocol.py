@@ -1,0 +1,54 @@
+"""Protocol encoding and validation, without sockets."""
+import msgpack
+import numpy as np
+import pytest
+
+from zfraud import protocol as P
+
+
+def arrays(n=4):
+    return {"tx_id": np.arange(n, dtype=np.uint64), "card": np.arange(n, dtype=np.uint64) % 3,
+            "terminal": np.arange(n, dtype=np.uint64), "ts_ms": np.full(n, 1_522_540_800_000, np.int64),
+            "amount": np.linspace(1, 100, n)}
+
+
+def test_batch_round_trip():
+    frames = P.batch_message(7, 1, arrays(), deadline_ms=123)
+    assert frames[0] == b"ZF1" and frames[1] == b"BATCH" and len(frames) == 3 + len(P.TX_COLUMNS)
+    batch, attempt, cols = P.parse_batch(P.parse([bytes(f) for f in frames]))
+    assert (batch, attempt) == (7, 1)
+    for name, dtype in P.TX_COLUMNS:
+        assert cols[name].dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(cols[name], arrays()[name])
+
+
+def good():
+    return [bytes(f) for f in P.batch_message(1, 0, arrays())]
+
+
+@pytest.mark.parametrize("mutate, code, message", [
+    (lambda f: f.__setitem__(0, b"ZF9"), P.BAD_VERSION, "unsupported protocol version"),
+    (lambda f: f.__setitem__(1, b"NOPE"), P.BAD_COMMAND, "unknown command"),
+    (lambda f: f.__setitem__(2, b"\xc1\xc1"), P.BAD_HEADER, "not valid msgpack"),
+    (lambda f: f.__setitem__(2, msgpack.packb([1, 2])), P.BAD_HEADER, "must be a msgpack map"),
+    (lambda f: f.__setitem__(2, b"\x00" * (P.MAX_HEADER_BYTES + 1)), P.TOO_LARGE, "header is 65537 bytes"),
+    (lambda f: f.pop(), P.BAD_FRAMES, "expected 5 column frames, got 4"),
+    (lambda f: f.append(b"x"), P.BAD_FRAMES, "expected 5 column frames, got 6"),
+    (lambda f: f.__setitem__(7, f[7][:-8]), P.BAD_COLUMN, "column 'amount' has 24 bytes, expected 4 rows"),
+    (lambda f: f.__setitem__(2, P.pack({**msgpack.unpackb(f[2]), "rows": 0})), P.BAD_HEADER, "'rows' must be an integer in \\[1, 65536\\]"),
+    (lambda f: f.__setitem__(2, P.pack({**msgpack.unpackb(f[2]), "rows": 10**9})), P.BAD_HEADER, "'rows'"),
+    (lambda f: f.__setitem__(2, P.pack({**msgpack.unpackb(f[2]), "batch": "x"})), P.BAD_HEADER, "'batch'"),
+    (lambda f: f.__setitem__(2, P.pack({**msgpack.unpackb(f[2]), "columns": [["tx_id", "<f8"]]})), P.BAD_SCHEMA, "columns must be"),
+])
+def test_bad_batches_are_named(mutate, code, message):
+    frames = good()
+    mutate(frames)
+    with pytest.raises(P.ProtocolError, match=message) as e:
+        P.parse_batch(P.parse(frames))
+    assert e.value.code == code
+
+
+def test_too_few_frames():
+    with pytest.raises(P.ProtocolError, match="at least 3 frames") as e:
+        P.parse([b"ZF1", b"BATCH"])
+    assert e.value.code == P.BAD_FRAMES

@@ -1,0 +1,57 @@
+"""Row validation and decisions: bad rows are rejected with reasons, their neighbours are scored."""
+import numpy as np
+import pytest
+
+from zfraud import load_model
+from zfraud import protocol as P
+from zfraud.scoring import Scorer, Thresholds
+from zfraud.synthetic import synthetic
+
+
+def batch(n=256):
+    return next(synthetic(n, batch=n, seed=3))
+
+
+def test_bad_rows_do_not_change_good_ones():
+    scorer = Scorer(load_model())
+    clean = batch()
+    expected = scorer.score(clean)
+    dirty = {k: v.copy() for k, v in clean.items()}
+    dirty["amount"][[3, 10]] = [np.nan, -5.0]
+    dirty["ts_ms"][20] = 1_522_540_800  # seconds, not milliseconds: still >= 0 so it is accepted...
+    dirty["ts_ms"][30] = -1
+    dirty["amount"][40] = np.inf
+    got = scorer.score(dirty)
+    bad = [3, 10, 30, 40]
+    assert got["decision"][bad].tolist() == [P.REJECTED] * 4
+    assert np.isnan(got["score"][bad]).all()
+    reasons = [scorer.reasons[r] for r in got["reason"][bad]]
+    assert reasons == ["error: amount is NaN or infinite", "error: amount is negative",
+                       "error: ts_ms is outside 1970..2200 (epoch milliseconds expected)",
+                       "error: amount is NaN or infinite"]
+    good = np.setdiff1d(np.arange(256), bad + [20])
+    for col in ("score", "decision", "reason"):
+        np.testing.assert_array_equal(got[col][good], expected[col][good])
+    np.testing.assert_array_equal(got["tx_id"], clean["tx_id"])
+
+
+def test_all_rows_bad():
+    b = batch(8)
+    b["amount"][:] = np.nan
+    v = Scorer(load_model()).score(b)
+    assert (v["decision"] == P.REJECTED).all()
+
+
+def test_decisions_follow_thresholds():
+    b = batch(2000)
+    scorer = Scorer(load_model(), Thresholds(review=0.3, decline=0.6))
+    v = scorer.score(b)
+    s = v["score"].astype(np.float64)
+    expected = np.where(s >= 0.6, P.DECLINE, np.where(s >= 0.3, P.REVIEW, P.APPROVE))
+    np.testing.assert_array_equal(v["decision"], expected)
+    assert (v["decision"] == P.DECLINE).any() and (v["decision"] == P.APPROVE).any()
+
+
+def test_thresholds_must_be_ordered():
+    with pytest.raises(ValueError, match="0 <= review <= decline <= 1"):
+        Thresholds(review=0.9, decline=0.5)

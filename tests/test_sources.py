@@ -1,0 +1,44 @@
+"""Readers: Handbook CSV and JSON lines; a bad record is reported, its neighbours are kept."""
+import json
+
+import numpy as np
+import pytest
+
+from zfraud.sources import InputError, open_source
+
+HEADER = "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_TIME_SECONDS,TX_TIME_DAYS,TX_FRAUD,TX_FRAUD_SCENARIO\n"
+
+
+def test_handbook_csv(tmp_path):
+    p = tmp_path / "tx.csv"
+    p.write_text(HEADER + "0,2018-04-01 00:00:31,596,3156,57.16,31,0,0,0\n"
+                          "1,2018-04-01 00:02:10,4961,3412,81.51,130,0,0,0\n"
+                          "2,2018-04-01 00:07:56,oops,1365,146.00,476,0,0,0\n"
+                          "3,2018-04-01 00:09:29,4128,8737,64.49,569,0,0,0\n")
+    reader = open_source(p, batch=2)
+    chunks = list(reader)
+    cols = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    assert cols["tx_id"].tolist() == [0, 1, 3]
+    assert cols["card"].tolist() == [596, 4961, 4128]
+    assert cols["ts_ms"].tolist() == [1522540831000, 1522540930000, 1522541369000]
+    assert cols["amount"].tolist() == [57.16, 81.51, 64.49]
+    assert reader.error_count == 1 and reader.errors[0][0] == 4
+
+
+def test_missing_column(tmp_path):
+    p = tmp_path / "tx.csv"
+    p.write_text("TRANSACTION_ID,TX_AMOUNT\n1,2\n")
+    with pytest.raises(InputError, match="no column card or CUSTOMER_ID"):
+        list(open_source(p))
+
+
+def test_json_lines(tmp_path):
+    p = tmp_path / "tx.jsonl"
+    lines = [{"tx_id": 1, "card": 2, "terminal": 3, "ts_ms": 1522540831000, "amount": 5.5},
+             {"TRANSACTION_ID": 2, "CUSTOMER_ID": 9, "TERMINAL_ID": 1, "TX_DATETIME": "2018-04-01 00:00:31", "TX_AMOUNT": 7},
+             "not an object", {"tx_id": 4}]
+    p.write_text("\n".join(json.dumps(x) for x in lines) + "\n{broken\n")
+    reader = open_source(p)
+    (chunk,) = list(reader)
+    assert chunk["tx_id"].tolist() == [1, 2] and chunk["ts_ms"].tolist() == [1522540831000] * 2
+    assert [line for line, _ in reader.errors] == [3, 4, 5]
