@@ -15,13 +15,13 @@ def batch(n=256):
 def test_bad_rows_do_not_change_good_ones():
     scorer = Scorer(load_model())
     clean = batch()
-    expected = scorer.score(clean)
+    expected = scorer.score(clean)[0]
     dirty = {k: v.copy() for k, v in clean.items()}
     dirty["amount"][[3, 10]] = [np.nan, -5.0]
     dirty["ts_ms"][20] = 1_522_540_800  # seconds, not milliseconds: still >= 0 so it is accepted...
     dirty["ts_ms"][30] = -1
     dirty["amount"][40] = np.inf
-    got = scorer.score(dirty)
+    got = scorer.score(dirty)[0]
     bad = [3, 10, 30, 40]
     assert got["decision"][bad].tolist() == [P.REJECTED] * 4
     assert np.isnan(got["score"][bad]).all()
@@ -38,14 +38,14 @@ def test_bad_rows_do_not_change_good_ones():
 def test_all_rows_bad():
     b = batch(8)
     b["amount"][:] = np.nan
-    v = Scorer(load_model()).score(b)
+    v, _ = Scorer(load_model()).score(b)
     assert (v["decision"] == P.REJECTED).all()
 
 
 def test_decisions_follow_thresholds():
     b = batch(2000)
     scorer = Scorer(load_model(), Thresholds(review=0.3, decline=0.6))
-    v = scorer.score(b)
+    v = scorer.score(b)[0]
     s = v["score"].astype(np.float64)
     expected = np.where(s >= 0.6, P.DECLINE, np.where(s >= 0.3, P.REVIEW, P.APPROVE))
     np.testing.assert_array_equal(v["decision"], expected)

@@ -90,33 +90,30 @@ def main():
               help="ROUTER endpoint of any existing member (repeatable). Omit for the first worker.")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
               help="Model file. Default: the model shipped with zfraud.")
+@click.option("--rules", "rules_path", type=click.Path(dir_okay=False), default=None,
+              help="Rules file (TOML, see conf/rules.toml). Default: no rules.")
 @click.option("--review-at", type=click.FloatRange(0, 1), default=0.2, help="Score at or above which to review.")
 @click.option("--decline-at", type=click.FloatRange(0, 1), default=0.8, help="Score at or above which to decline.")
 @click.option("--heartbeat", type=click.FloatRange(0.05, 60), default=1.0,
               help="Seconds between gossip heartbeats; a member silent for 3 heartbeats is dropped.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info")
 @friendly_errors
-def worker(name, bind, pub, seeds, model_path, review_at, decline_at, heartbeat, log_level):
+def worker(name, bind, pub, seeds, model_path, rules_path, review_at, decline_at, heartbeat, log_level):
     """Run a worker: bind a ROUTER and a PUB, join the mesh, score batches until SIGINT/SIGTERM."""
     from .model import load_model
+    from .rules import RuleSet
     from .scoring import Thresholds
     from .worker import Worker
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
-    w = Worker(name, bind, pub, seeds=seeds, model=load_model(model_path),
+    model = load_model(model_path)
+    rules = RuleSet.load(rules_path, model.features) if rules_path else None
+    w = Worker(name, bind, pub, seeds=seeds, model=model, rules=rules,
                thresholds=Thresholds(review_at, decline_at), heartbeat=heartbeat)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: w.stop())
     w.run()
-
-
-def _verdict_lines(v: dict, h: dict):
-    reasons = h.get("reasons") or []
-    for tx, score, d, r in zip(v["tx_id"].tolist(), v["score"].tolist(), v["decision"].tolist(), v["reason"].tolist()):
-        yield json.dumps({"tx_id": tx, "score": round(score, 6) if score == score else None,
-                          "decision": P.DECISIONS[d], "reason": reasons[r] if 0 <= r < len(reasons) else None,
-                          "worker": h.get("worker"), "model": h.get("model"), "rules": h.get("rules")})
 
 
 def print_summary(s, out=sys.stdout) -> None:
@@ -170,12 +167,13 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
     """
     from .client import Client
     from .sources import open_source
+    from .tail import records
 
     if synthetic is None and file is None:
         raise click.UsageError("give a FILE (or - for stdin) or --synthetic N")
     source = open_source(file, synthetic, batch, fmt)
     sink = open(out, "w") if out else None
-    on_verdicts = (lambda v, h: sink.write("\n".join(_verdict_lines(v, h)) + "\n")) if sink else None
+    on_verdicts = (lambda v, h: sink.writelines(json.dumps(r) + "\n" for r in records(v, h))) if sink else None
     progress = Progress(total=synthetic)
     try:
         with Client(connect, window=window, deadline_s=deadline, dead_letter_path=dead_letter) as client:
@@ -224,7 +222,8 @@ def tail(connect, decision, fmt, count, timeout):
                     click.echo(json.dumps(v))
                 else:
                     score = "  nan " if v["score"] is None else f"{v['score']:.4f}"
-                    click.echo(f"{v['tx_id']:>12}  {v['decision']:<8} {score}  {v['worker']:<10} {v['reason']}")
+                    fired = f"  rules: {','.join(v['fired'])}" if v["fired"] else ""
+                    click.echo(f"{v['tx_id']:>12}  {v['decision']:<8} {score}  {v['worker']:<10} {v['reason']}{fired}")
                 seen += 1
                 if count is not None and seen >= count:
                     break
@@ -296,3 +295,75 @@ def gen(out, customers, terminals, days, seed, start):
     frauds = int(columns["TX_FRAUD"].sum())
     click.echo(f"{n:,} transactions, {frauds:,} fraudulent ({frauds / max(n, 1):.3%}), "
                f"{time.perf_counter() - t0:.1f} s -> {out}", err=True)
+
+
+@main.command()
+@click.option("--connect", required=True, help=CONNECT_HELP)
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Model file to deploy (see `zfraud model import`).")
+@click.option("--rules", "rules_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Rules file (TOML) to deploy.")
+@click.option("--shadow", is_flag=True, help="Score with the model beside the live one, publishing on the "
+                                            "`shadow` topic, without changing any decision.")
+@click.option("--timeout", type=click.FloatRange(0.1), default=10.0, help="Seconds to wait for each worker.")
+@friendly_errors
+def deploy(connect, model_path, rules_path, shadow, timeout):
+    """Validate a model and/or rules here, then swap them in on every worker without a restart."""
+    from .client import Client
+    from .deploy import deploy as ship
+
+    with Client(connect) as client:
+        answers = ship(client, model_path, rules_path, shadow, timeout)
+    for name, a in sorted(answers.items()):
+        click.echo(f"{name:<12} model={a['model']}  rules={a['rules']}  shadow={a['shadow']}")
+
+
+@main.group()
+def model():
+    """Import and inspect model files."""
+
+
+@model.command("import")
+@click.argument("kind", type=click.Choice(["lightgbm", "xgboost"]))
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="zfraud model file to write.")
+@click.option("--version", "version", default=None, help="Model version to record. Default: from the file name.")
+@click.option("--feature-set", default="basic-v1", help="The worker feature set the model was trained on.")
+@friendly_errors
+def model_import(kind, source, out, version, feature_set):
+    """Convert a LightGBM text dump or an XGBoost JSON model into a zfraud model file."""
+    from pathlib import Path
+
+    from .importers import from_lightgbm_text, from_xgboost_json
+    from .model import save_model
+
+    version = version or Path(source).stem
+    convert = from_lightgbm_text if kind == "lightgbm" else from_xgboost_json
+    m = convert(source, version=version, feature_set=feature_set)
+    save_model(m, out)
+    click.echo(f"wrote {out}: {describe(m)}")
+
+
+def describe(m) -> str:
+    trees = f", {m.n_trees} trees" if hasattr(m, "n_trees") else ""
+    return f"{m.kind}{trees}, {len(m.features)} features, version {m.version}"
+
+
+@model.command("info")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@friendly_errors
+def model_info(path, as_json):
+    """Show a model file's kind, size, features, version and origin."""
+    from .model import load_model
+
+    m = load_model(path)
+    info = {"path": path, "kind": m.kind, "version": m.version, "feature_set": m.feature_set,
+            "features": list(m.features), "source": m.source}
+    if hasattr(m, "n_trees"):
+        info["trees"] = m.n_trees
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    for k, v in info.items():
+        click.echo(f"{k:<12} {', '.join(v) if isinstance(v, list) else v}")

@@ -354,12 +354,13 @@ class Client:
         return s
 
     # -- control ------------------------------------------------------------------------------
-    def control(self, name: str, op: str, timeout_s: float = 5.0, **args) -> dict:
-        """Send a CONTROL request to one worker and wait for its answer (on a socket of its own)."""
+    def control(self, name: str, op: str, timeout_s: float = 5.0, payload=(), **args) -> dict:
+        """Send a CONTROL request (header fields `args`, extra frames `payload`) to one worker and
+        wait for its answer, on a socket of its own."""
         sock = configure(self.ctx.socket(zmq.DEALER))
         try:
             sock.connect(self.routers[name])
-            sock.send_multipart(P.encode(P.CONTROL, {"op": op, **args}))
+            sock.send_multipart(P.encode(P.CONTROL, {"op": op, **args}, list(payload)))
             if not sock.poll(int(timeout_s * 1000)):
                 raise MeshError(f"worker {name} did not answer {op} within {timeout_s:g} s")
             msg = P.parse(sock.recv_multipart())

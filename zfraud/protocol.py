@@ -49,6 +49,7 @@ VERDICT_COLUMNS = (
     ("score", "<f4"),     # fraud probability in [0, 1]; NaN for a rejected row
     ("decision", "u1"),   # index into DECISIONS
     ("reason", "<i2"),    # index into the header's "reasons" list, -1 for none
+    ("rules", "<u8"),     # bit k set: rule k of the header's "rule_names" fired
 )
 
 DECISIONS = ("approve", "review", "decline", "rejected")

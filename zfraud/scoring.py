@@ -1,8 +1,13 @@
-"""From a batch of transaction columns to verdicts: validate rows, build features, score, decide.
+"""From a batch of transaction columns to verdicts: validate rows, build features, score, apply
+rules, decide.
 
 Bad rows never take good ones down with them: each invalid row gets decision "rejected" and a
 reason naming the problem; the rest of the batch is scored as usual. All of it is vectorised:
 no per-row Python.
+
+Decision = the most severe of the score thresholds (approve < review < decline) and the actions of
+the rules that fired. Reasons: `reason` names the model feature that pushed the score up most (or
+the row's error), `rules` is a bit mask of the rules that fired.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import numpy as np
 
 from . import protocol as P
 from .features import FeatureEngine
+from .rules import RuleSet
 
 # Event times must fall in [1970, 2200): anything else is a unit mistake (seconds vs ms) or garbage.
 MAX_TS_MS = 7_258_118_400_000
@@ -39,29 +45,40 @@ class Thresholds:
             raise ValueError(f"thresholds must satisfy 0 <= review <= decline <= 1, got review={self.review}, "
                              f"decline={self.decline}")
 
+    def decide(self, proba: np.ndarray) -> np.ndarray:
+        return (proba >= self.review).astype(np.uint8) + (proba >= self.decline)
+
 
 class Scorer:
-    """Scores batches with one model and one set of thresholds. Swappable as a whole."""
+    """One model, one rule set, one set of thresholds, and optionally a shadow model: the unit a
+    deploy swaps. Everything is validated in the constructor, so a Scorer that exists is whole."""
 
-    def __init__(self, model, thresholds: Thresholds = Thresholds()):
+    def __init__(self, model, thresholds: Thresholds = Thresholds(), rules: RuleSet | None = None,
+                 shadow=None, features: FeatureEngine | None = None):
         self.model = model
         self.thresholds = thresholds
-        self.features = FeatureEngine(getattr(model, "feature_set", "basic-v1"))
-        if tuple(self.features.names) != tuple(model.features):
-            raise ValueError(f"model {model.version} expects features {list(model.features)}, "
-                             f"the worker computes {list(self.features.names)}")
+        self.rules = rules if rules is not None else RuleSet.empty()
+        self.shadow = shadow
+        self.features = features or FeatureEngine(getattr(model, "feature_set", "basic-v1"))
+        for m in (model, shadow):
+            if m is not None and tuple(self.features.names) != tuple(m.features):
+                raise ValueError(f"model {m.version} expects features {list(m.features)}, "
+                                 f"the worker computes {list(self.features.names)}")
         # The reason table: model features first (index = feature index), then row errors.
         self.reasons = [*model.features, *(text for text, _ in ROW_CHECKS)]
         self._error_base = len(model.features)
         self.model_version = model.version
-        self.rules_version = "none"
+        self.rules_version = self.rules.version
+        self.shadow_version = shadow.version if shadow is not None else None
 
-    def score(self, cols: dict) -> dict:
-        """cols: the TX_COLUMNS arrays of one batch -> the VERDICT_COLUMNS arrays, in batch order."""
+    def score(self, cols: dict) -> tuple[dict, dict | None]:
+        """cols: the TX_COLUMNS arrays of one batch -> (VERDICT_COLUMNS arrays in batch order,
+        the shadow model's verdicts or None). The shadow's verdicts never change a decision."""
         n = len(cols["tx_id"])
         score = np.full(n, np.nan, dtype=np.float32)
         decision = np.full(n, P.REJECTED, dtype=np.uint8)
         reason = np.full(n, -1, dtype=np.int16)
+        fired = np.zeros(n, dtype=np.uint64)
 
         bad = np.zeros(n, dtype=bool)
         for k, (_, check) in enumerate(ROW_CHECKS):
@@ -71,16 +88,25 @@ class Scorer:
                 bad |= hit
         if bad.any():
             good = np.flatnonzero(~bad)
-            sub = {name: cols[name][good] for name in ("ts_ms", "amount", "card", "terminal")}
+            sub = {name: cols[name][good] for name, _ in P.TX_COLUMNS}
         else:
             good = slice(None)
             sub = cols
 
+        shadow = None
         if n - int(bad.sum()):
             X = self.features.transform(sub)
             proba, top = self.model.score(X)
-            t = self.thresholds
+            action = np.zeros(len(X), dtype=np.uint8)
+            if self.rules.rules:
+                env = {**sub, **{name: X[:, j] for j, name in enumerate(self.features.names)}}
+                action, fired[good] = self.rules.evaluate(env, len(X))
             score[good] = proba
-            decision[good] = (proba >= t.review).astype(np.uint8) + (proba >= t.decline)
+            decision[good] = np.maximum(self.thresholds.decide(proba), action)
             reason[good] = top
-        return {"tx_id": cols["tx_id"], "score": score, "decision": decision, "reason": reason}
+            if self.shadow is not None:
+                s_proba, s_top = self.shadow.score(X)
+                shadow = {"tx_id": sub["tx_id"], "score": s_proba.astype(np.float32),
+                          "decision": np.maximum(self.thresholds.decide(s_proba), action),
+                          "reason": s_top.astype(np.int16), "rules": fired[good]}
+        return {"tx_id": cols["tx_id"], "score": score, "decision": decision, "reason": reason, "rules": fired}, shadow

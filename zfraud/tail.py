@@ -15,6 +15,21 @@ from .client import MeshError
 from .sockets import configure
 
 
+def records(cols: dict, h: dict):
+    """One dict per verdict: tx_id, score, decision, reason, fired (rule names), worker, model, rules."""
+    reasons = h.get("reasons") or []
+    rule_names = h.get("rule_names") or []
+    fired = cols["rules"]
+    for i, (tx, score, d, r) in enumerate(zip(cols["tx_id"].tolist(), cols["score"].tolist(),
+                                              cols["decision"].tolist(), cols["reason"].tolist())):
+        mask = int(fired[i])
+        yield {"tx_id": tx, "score": round(score, 6) if score == score else None,
+               "decision": P.DECISIONS[d] if d < len(P.DECISIONS) else str(d),
+               "reason": reasons[r] if 0 <= r < len(reasons) else None,
+               "fired": [n for k, n in enumerate(rule_names) if mask >> k & 1] if mask else [],
+               "worker": h.get("worker"), "model": h.get("model"), "rules": h.get("rules")}
+
+
 class Tail:
     def __init__(self, connect: str, decisions=P.DECISIONS, hello_timeout_s: float = 5.0,
                  context: zmq.Context | None = None):
@@ -97,15 +112,9 @@ class Tail:
             yield h, cols
 
     def verdicts(self, timeout_s: float | None = None):
-        """Yield one dict per verdict: tx_id, score, decision, reason, worker, model, rules."""
+        """Yield one dict per verdict (see `records`)."""
         for h, cols in self.batches(timeout_s):
-            reasons = h.get("reasons") or []
-            for tx, score, d, r in zip(cols["tx_id"].tolist(), cols["score"].tolist(),
-                                       cols["decision"].tolist(), cols["reason"].tolist()):
-                yield {"tx_id": tx, "score": round(score, 6) if score == score else None,
-                       "decision": P.DECISIONS[d] if d < len(P.DECISIONS) else str(d),
-                       "reason": reasons[r] if 0 <= r < len(reasons) else None,
-                       "worker": h.get("worker"), "model": h.get("model"), "rules": h.get("rules")}
+            yield from records(cols, h)
 
     def close(self) -> None:
         self.sub.close()

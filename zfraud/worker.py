@@ -13,6 +13,7 @@ means a resend and a repeated verdict, never a lost one.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -26,7 +27,8 @@ import zmq
 from . import __version__
 from . import protocol as P
 from .mesh import Member, Membership
-from .model import load_model
+from .model import load_model, model_from_dict
+from .rules import RuleSet
 from .scoring import Scorer, Thresholds
 from .sockets import configure
 
@@ -47,9 +49,10 @@ class Worker:
     """Scores batches and takes part in the mesh. `run()` blocks until `stop()` or a signal."""
 
     def __init__(self, name: str, bind: str, pub: str, seeds=(), model=None, thresholds: Thresholds = Thresholds(),
-                 heartbeat: float = 1.0, liveness: int = 3, context: zmq.Context | None = None):
+                 rules: RuleSet | None = None, heartbeat: float = 1.0, liveness: int = 3,
+                 context: zmq.Context | None = None):
         self.name = name
-        self.scorer = Scorer(model if model is not None else load_model(), thresholds)
+        self.scorer = Scorer(model if model is not None else load_model(), thresholds, rules)
         self.heartbeat = heartbeat
         self.ctx = context or zmq.Context()
         self._own_ctx = context is None
@@ -207,7 +210,7 @@ class Worker:
             elif msg.command == P.HEARTBEAT:
                 reply = P.encode(P.HEARTBEAT, {"worker": self.name, "t": msg.header.get("t"), "load": self._load()})
             elif msg.command == P.CONTROL:
-                reply = self._control(msg.header)
+                reply = self._control(msg.header, msg.frames)
             else:
                 raise P.ProtocolError(P.BAD_COMMAND, f"a worker does not accept {msg.command.decode()}")
         except P.ProtocolError as e:
@@ -225,10 +228,11 @@ class Worker:
 
     def _score(self, batch: int, attempt: int, cols: dict) -> list:
         t0 = time.perf_counter()
-        v = self.scorer.score(cols)
+        scorer = self.scorer  # one scorer for the whole batch, even if a deploy lands meanwhile
+        v, shadow = scorer.score(cols)
         counts = np.bincount(v["decision"], minlength=len(P.DECISIONS))
-        base = {"worker": self.name, "model": self.scorer.model_version, "rules": self.scorer.rules_version,
-                "reasons": self.scorer.reasons, "columns": P.schema(P.VERDICT_COLUMNS)}
+        base = {"worker": self.name, "model": scorer.model_version, "rules": scorer.rules_version,
+                "reasons": scorer.reasons, "rule_names": scorer.rules.names, "columns": P.schema(P.VERDICT_COLUMNS)}
         frames = P.column_frames(v, P.VERDICT_COLUMNS)
         if counts.max() == len(v["tx_id"]):  # the common case: one decision for the whole batch
             d = int(counts.argmax())
@@ -237,6 +241,9 @@ class Worker:
             for d in np.flatnonzero(counts):
                 idx = np.flatnonzero(v["decision"] == d)
                 self._publish(VERDICT_TOPICS[d], {**base, "rows": len(idx)}, [f[idx] for f in frames])
+        if shadow is not None:
+            self._publish(b"shadow", {**base, "model": scorer.shadow_version, "live_model": scorer.model_version,
+                                      "rows": len(shadow["tx_id"])}, P.column_frames(shadow, P.VERDICT_COLUMNS))
         stats = self.stats
         stats["batches"] += 1
         stats["rows"] += len(v["tx_id"])
@@ -270,14 +277,40 @@ class Worker:
         return {"name": self.name, "router": self.members.me.router, "pub": self.members.me.pub,
                 "version": __version__, "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
                 "model": self.scorer.model_version, "rules": self.scorer.rules_version,
+                "shadow": self.scorer.shadow_version,
                 "batches": self.stats["batches"], "rows": self.stats["rows"], "errors": self.stats["errors"],
                 "decisions": dict(zip(P.DECISIONS, self.stats["decisions"])),
                 "batch_ms_p50": round(float(np.percentile(ms, 50)), 4),
                 "batch_ms_p99": round(float(np.percentile(ms, 99)), 4),
                 "members": [m["name"] for m in self.members.public()]}
 
-    def _control(self, h: dict) -> list:
+    def _control(self, h: dict, payload: list) -> list:
         op = h.get("op")
         if op == "status":
             return P.encode(P.CONTROL, {"op": "status", "ok": True, "status": self.status()})
-        raise P.ProtocolError(P.BAD_CONTROL, f"unknown control op {op!r}; known: status")
+        if op == "deploy":
+            self.scorer = self._deployed(h, payload)  # validated whole first; swapped between batches
+            s = self.scorer
+            log.info("deployed model=%s rules=%s shadow=%s", s.model_version, s.rules_version, s.shadow_version)
+            return P.encode(P.CONTROL, {"op": "deploy", "ok": True, "worker": self.name, "model": s.model_version,
+                                        "rules": s.rules_version, "shadow": s.shadow_version})
+        raise P.ProtocolError(P.BAD_CONTROL, f"unknown control op {op!r}; known: status, deploy")
+
+    def _deployed(self, h: dict, payload: list) -> Scorer:
+        """The Scorer a deploy asks for: payload = [model JSON or b"", rules TOML or b""]."""
+        if len(payload) != 2:
+            raise P.ProtocolError(P.BAD_FRAMES, f"deploy carries 2 payload frames (model, rules), got {len(payload)}")
+        cur = self.scorer
+        try:
+            model = model_from_dict(json.loads(bytes(payload[0])), "deployed model") if len(payload[0]) else None
+            if h.get("shadow"):
+                if model is None:
+                    raise ValueError("a shadow deploy needs a model")
+                return Scorer(cur.model, cur.thresholds, cur.rules, shadow=model, features=cur.features)
+            model = model or cur.model
+            features = cur.features if model.feature_set == cur.features.feature_set else None
+            names = features.names if features else model.features
+            rules = RuleSet.from_toml(bytes(payload[1]).decode(), names, "deployed rules") if len(payload[1]) else cur.rules
+            return Scorer(model, cur.thresholds, rules, features=features)
+        except (ValueError, UnicodeDecodeError) as e:  # ModelError and RulesError are ValueErrors
+            raise P.ProtocolError(P.BAD_CONTROL, f"deploy refused: {e}") from None

@@ -1,0 +1,140 @@
+"""Hot reload and shadow on a live mesh of real worker processes."""
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from zfraud import Client, load_model
+from zfraud import protocol as P
+from zfraud.deploy import deploy
+from zfraud.local import LocalMesh
+from zfraud.model import LogisticModel, save_model
+from zfraud.scoring import Scorer
+from zfraud.sockets import configure
+from zfraud.synthetic import synthetic
+
+from conftest import request, run_cli
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    with LocalMesh(2, log_dir=str(tmp_path_factory.mktemp("deploy"))) as m:
+        yield m
+
+
+def second_model(tmp_path, version="default-2", scale=1.1, shift=0.5):
+    m = load_model()
+    m2 = LogisticModel(m.features, m.coef * scale, m.center, m.intercept + shift, version=version)
+    path = tmp_path / f"{version}.json"
+    save_model(m2, path)
+    return m2, path
+
+
+def versions(mesh):
+    with Client(mesh.endpoint) as c:
+        return {n: (s["model"], s["rules"], s["shadow"]) for n in c.members
+                for s in [c.control(n, "status")["status"]]}
+
+
+def test_deploy_during_a_send_loses_nothing_and_switches_cleanly(mesh, tmp_path):
+    m2, path = second_model(tmp_path)
+    out = tmp_path / "verdicts.jsonl"
+    send = subprocess.Popen([sys.executable, "-m", "zfraud", "send", "--connect", mesh.endpoint, "--synthetic",
+                             "150000", "--rate", "50000", "--json", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.2)
+        r = run_cli("deploy", "--connect", mesh.endpoint, "--model", str(path))
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.count("model=default-2") == 2
+        stdout, stderr = send.communicate(timeout=60)
+    finally:
+        send.kill()
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert send.returncode == 0, stderr
+    assert (summary["verdicts"], summary["lost"]) == (150000, 0)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["model"] for r in rows} == {"default-1", "default-2"}
+    for worker in ("w1", "w2"):  # per worker, answers arrive in order: old, then new, never back
+        seq = [r["model"] for r in rows if r["worker"] == worker]
+        switch = seq.index("default-2")
+        assert set(seq[switch:]) == {"default-2"} and set(seq[:switch]) == {"default-1"}
+    # every score is exactly the one the model it names would give: nothing half-loaded
+    b = {k: np.concatenate(v) for k, v in _columns(150000).items()}
+    old, _ = Scorer(load_model()).score(b)
+    new, _ = Scorer(m2).score(b)
+    got = np.array([r["score"] for r in rows])
+    ids = np.array([r["tx_id"] for r in rows])
+    is_new = np.array([r["model"] == "default-2" for r in rows])
+    np.testing.assert_allclose(got[~is_new], old["score"][ids[~is_new]], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got[is_new], new["score"][ids[is_new]], rtol=0, atol=1e-6)
+    assert versions(mesh) == {"w1": ("default-2", "none", None), "w2": ("default-2", "none", None)}
+
+
+def _columns(n):
+    cols = {}
+    for c in synthetic(n, batch=1024):
+        for k, v in c.items():
+            cols.setdefault(k, []).append(v)
+    return cols
+
+
+def test_rules_deploy_changes_decisions_and_names_the_rule(mesh):
+    with Client(mesh.endpoint) as c:
+        answers = deploy(c, rules_path="conf/rules.toml")
+        assert {a["rules"] for a in answers.values()} == {"example-1"}
+        b = next(synthetic(400, batch=400, seed=9))
+        b["terminal"][:50] = 9002
+        v = c.score(b)
+    assert (v["decision"][:50] == P.DECLINE).all()
+    assert (v["rules"][:50] == 0b100).all()
+
+
+def test_shadow_scores_beside_the_live_model_without_changing_decisions(mesh, tmp_path, ctx):
+    m3, path = second_model(tmp_path, "challenger-1", scale=0.9, shift=-0.3)
+    sub = configure(ctx.socket(zmq.SUB))
+    sub.setsockopt(zmq.SUBSCRIBE, b"shadow")
+    for pub in mesh.pubs.values():
+        sub.connect(pub)
+    r = run_cli("deploy", "--connect", mesh.endpoint, "--model", str(path), "--shadow")
+    assert r.returncode == 0, r.stderr
+    assert {v[2] for v in versions(mesh).values()} == {"challenger-1"}
+    time.sleep(0.5)  # slow joiner
+    b = next(synthetic(2000, batch=2000, seed=12))
+    with Client(mesh.endpoint) as c:
+        live = c.score(b)
+    shadow_scores = {}
+    end = time.monotonic() + 10
+    while len(shadow_scores) < 2000 and time.monotonic() < end:
+        if sub.poll(200):
+            frames = sub.recv_multipart()
+            h = P.unpack(frames[2])
+            assert h["model"] == "challenger-1" and h["live_model"] != "challenger-1"
+            cols = P.read_columns(frames[3:], h["rows"], P.VERDICT_COLUMNS)
+            shadow_scores.update(zip(cols["tx_id"].tolist(), cols["score"].tolist()))
+    sub.close()
+    assert len(shadow_scores) == 2000
+    expected, _ = Scorer(m3).score(b)
+    got = np.array([shadow_scores[t] for t in b["tx_id"].tolist()], dtype=np.float32)
+    np.testing.assert_array_equal(got, expected["score"])
+    assert not np.array_equal(got, live["score"])  # the live decisions came from the live model
+
+
+def test_a_bad_model_is_refused_locally_and_by_the_worker(mesh, tmp_path, ctx):
+    bad = tmp_path / "bad.json"
+    d = load_model().to_dict()
+    d["coef"] = d["coef"][:2]
+    bad.write_text(json.dumps(d))
+    r = run_cli("deploy", "--connect", mesh.endpoint, "--model", str(bad))
+    assert r.returncode != 0 and "expected coef and center of length 5" in r.stderr and "Traceback" not in r.stderr
+    before = versions(mesh)
+    reply = request(ctx, mesh.endpoint, P.encode(P.CONTROL, {"op": "deploy"}, [json.dumps(d).encode(), b""]))
+    assert reply.command == P.ERROR and reply.header["code"] == P.BAD_CONTROL
+    assert "deploy refused" in reply.header["message"]
+    reply = request(ctx, mesh.endpoint, P.encode(P.CONTROL, {"op": "deploy"}, [b"", b"[[rule]]\nname='x'\nwhen='nope > 1'\naction='review'\n"]))
+    assert reply.header["code"] == P.BAD_CONTROL and "unknown name 'nope'" in reply.header["message"]
+    assert versions(mesh) == before

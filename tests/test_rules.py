@@ -1,0 +1,100 @@
+"""The rules language: whitelist parsing, vectorised evaluation, clear load-time errors."""
+import numpy as np
+import pytest
+
+from zfraud import load_model
+from zfraud import protocol as P
+from zfraud.rules import RuleSet, RulesError
+from zfraud.scoring import Scorer
+from zfraud.synthetic import synthetic
+
+NAMES = ("amount", "log_amount", "hour", "is_night", "is_weekend")
+
+
+def rules(*entries, version="t1"):
+    body = "".join(f'[[rule]]\nname = "{n}"\nwhen = "{w}"\naction = "{a}"\n\n' for n, w, a in entries)
+    return RuleSet.from_toml(f'version = "{version}"\n\n' + body, NAMES)
+
+
+ENV = {"amount": np.array([10.0, 600.0, 1500.0, 3000.0]), "hour": np.array([1.0, 3.0, 12.0, 23.0]),
+       "is_night": np.array([1.0, 1.0, 0.0, 0.0]), "terminal": np.array([5, 9001, 7, 2**63 + 1], dtype=np.uint64),
+       "card": np.array([1, 2, 3, 4], dtype=np.uint64)}
+
+
+@pytest.mark.parametrize("expr, expected", [
+    ("amount > 500", [0, 1, 1, 1]),
+    ("amount > 500 and is_night == 1", [0, 1, 0, 0]),
+    ("not (amount > 500) or hour >= 23", [1, 0, 0, 1]),
+    ("500 < amount <= 1500", [0, 1, 1, 0]),
+    ("amount * 2 - 100 >= 2900", [0, 0, 1, 1]),
+    ("amount / hour > 100", [0, 1, 1, 1]),
+    ("amount % 1000 == 500", [0, 0, 1, 0]),
+    ("-amount < -1000", [0, 0, 1, 1]),
+    ("terminal in (9001, 9223372036854775809)", [0, 1, 0, 1]),
+    ("terminal not in [9001]", [1, 0, 1, 1]),
+    ("hour in (1, 23.0)", [1, 0, 0, 1]),
+    ("card == 3", [0, 0, 1, 0]),
+])
+def test_expressions(expr, expected):
+    action, fired = rules(("r", expr, "review")).evaluate(ENV, 4)
+    assert fired.tolist() == expected
+    assert action.tolist() == expected  # review = 1
+
+
+def test_most_severe_action_wins_and_all_fired_rules_are_named():
+    rs = rules(("big", "amount > 500", "review"), ("huge", "amount > 2000", "decline"), ("night", "is_night == 1", "review"))
+    action, fired = rs.evaluate(ENV, 4)
+    assert action.tolist() == [1, 1, 1, 2]
+    assert fired.tolist() == [0b100, 0b101, 0b001, 0b011]
+    assert rs.names == ["big", "huge", "night"] and rs.version == "t1"
+
+
+@pytest.mark.parametrize("expr, message", [
+    ("amount > limit", "unknown name 'limit'"),
+    ("__import__('os').system('true')", "Call is not allowed"),
+    ("amount.real > 1", "Attribute is not allowed"),
+    ("amount > 'x'", "only numbers are allowed"),
+    ("amount >", "cannot parse"),
+    ("terminal in (1, card)", "`in` lists may hold numbers only"),
+    ("terminal in ()", "non-empty list"),
+    ("amount if amount else 1", "IfExp is not allowed"),
+    ("[x for x in amount]", "ListComp is not allowed"),
+    ("amount ** 2 > 1", "BinOp is not allowed"),
+    ("amount is 1", "operator Is is not allowed"),
+])
+def test_bad_expressions_are_named_at_load(expr, message):
+    with pytest.raises(RulesError, match="rule 'bad'") as e:
+        rules(("bad", expr, "review"))
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('[[rule]]\nname = "a"\nwhen = "amount > 1"\naction = "block"\n', "action 'block'"),
+    ('[[rule]]\nwhen = "amount > 1"\naction = "review"\n', "needs a name"),
+    ('[[rule]]\nname = "a"\naction = "review"\n', "needs a `when`"),
+    ('[[rule]]\nname = "a"\nwhen = "amount > 1"\naction = "review"\nwhem = 1\n', "unknown keys ['whem']"),
+    ('[[rule]]\nname = "a"\nwhen = "amount > 1"\naction = "review"\n' * 2, "used twice"),
+    ("version = ", "not valid TOML"),
+])
+def test_bad_rule_files(toml, message):
+    with pytest.raises(RulesError, match=None) as e:
+        RuleSet.from_toml(toml, NAMES)
+    assert message in str(e.value)
+
+
+def test_the_example_rule_file_loads():
+    rs = RuleSet.load("conf/rules.toml", NAMES)
+    assert rs.names == ["very_large_amount", "large_at_night", "blocked_terminals"]
+
+
+def test_rules_change_decisions_in_the_scorer():
+    b = next(synthetic(1000, batch=1000, seed=4))
+    b["terminal"][:10] = 9001
+    rs = RuleSet.load("conf/rules.toml", NAMES)
+    v, _ = Scorer(load_model(), rules=rs).score(b)
+    plain, _ = Scorer(load_model()).score(b)
+    assert (v["decision"][:10] == P.DECLINE).all()
+    assert (v["rules"][:10] & np.uint64(0b100) != 0).all()
+    np.testing.assert_array_equal(v["score"], plain["score"])  # rules never change the score
+    rest = slice(10, None)
+    assert (v["decision"][rest] >= plain["decision"][rest]).all()
