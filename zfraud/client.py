@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol as P
 from .mesh import owners
@@ -76,6 +77,7 @@ class Client:
         self.peers: dict[str, zmq.Socket] = {}       # worker name -> DEALER connected to its ROUTER
         self.routers: dict[str, str] = {}            # worker name -> ROUTER endpoint
         self.pubs: dict[str, str] = {}               # worker name -> PUB endpoint
+        self.monitors: dict[zmq.Socket, str] = {}    # monitor socket of a peer's DEALER -> worker name
         self.down: set[str] = set()                  # workers that missed a deadline, until they answer again
         self.pending: dict[int, Pending] = {}        # batch id -> unanswered sub-batch
         self.inflight: dict[str, set] = {}           # worker name -> batch ids in flight there
@@ -115,29 +117,67 @@ class Client:
     def _update_members(self, members: list) -> None:
         seen = set()
         for m in members:
-            name, router, pub = str(m["name"]), str(m["router"]), str(m["pub"])
+            try:
+                name, router, pub = str(m["name"]), str(m["router"]), str(m["pub"])
+            except (KeyError, TypeError):
+                continue
             seen.add(name)
             if self.routers.get(name) != router:
-                self._drop_peer(name)
-                sock = configure(self.ctx.socket(zmq.DEALER), linger_ms=0)
-                sock.connect(router)
-                self.peers[name], self.routers[name] = sock, router
-                self.inflight[name] = set()
-                self.poller.register(sock, zmq.POLLIN)
+                if name in self.peers:  # it moved: what it had in flight goes elsewhere
+                    self._worker_down(name, f"moved to {router}")
+                    self._drop_peer(name)
+                self._add_peer(name, router)
             self.pubs[name] = pub
         for name in list(self.peers):
             if name not in seen:
                 self._worker_down(name, "left the mesh")
                 self._drop_peer(name)
 
+    def _add_peer(self, name: str, router: str) -> None:
+        sock = configure(self.ctx.socket(zmq.DEALER), linger_ms=0)
+        # Connection events tell us at once when a worker's process dies (the kernel closes its
+        # sockets), long before a deadline would.
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        sock.connect(router)
+        self.peers[name], self.routers[name] = sock, router
+        self.inflight.setdefault(name, set())
+        self.monitors[monitor] = name
+        self.poller.register(sock, zmq.POLLIN)
+        self.poller.register(monitor, zmq.POLLIN)
+
     def _drop_peer(self, name: str) -> None:
         sock = self.peers.pop(name, None)
         if sock is not None:
+            for monitor in [mon for mon, n in self.monitors.items() if n == name]:
+                self.poller.unregister(monitor)
+                del self.monitors[monitor]
+                sock.disable_monitor()
+                monitor.close()
             self.poller.unregister(sock)
             sock.close()
         self.routers.pop(name, None)
         self.pubs.pop(name, None)
         self.down.discard(name)
+
+    def _on_monitor(self, monitor) -> None:
+        name = self.monitors.get(monitor)
+        while True:
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                return
+            if name not in self.peers:
+                return
+            if event == zmq.EVENT_DISCONNECTED:
+                self._worker_down(name, "connection lost")
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and name in self.down:
+                self._probe(name)  # (re)connected: it is back if it answers
+
+    def _probe(self, name: str) -> None:
+        try:
+            self.peers[name].send_multipart(P.encode(P.HEARTBEAT, {"t": time.time()}), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
 
     @property
     def members(self) -> list[str]:
@@ -145,7 +185,10 @@ class Client:
         return sorted(n for n in self.peers if n not in self.down)
 
     def _refresh(self) -> None:
-        """Ask one live worker for the member list (answered asynchronously, as MEMBERS)."""
+        """Ask one live worker for the member list (answered asynchronously, as MEMBERS), and
+        probe the workers marked down: any answer brings one back."""
+        for name in self.down & set(self.peers):
+            self._probe(name)
         for name in self.members or list(self.peers):
             try:
                 self.peers[name].send_multipart(P.encode(P.HELLO, {"role": "client"}), zmq.NOBLOCK)
@@ -199,6 +242,9 @@ class Client:
         """Handle replies that arrive within timeout_ms, and deadlines. Returns messages handled."""
         handled = 0
         for sock, _ in self.poller.poll(timeout_ms):
+            if sock in self.monitors:
+                self._on_monitor(sock)
+                continue
             while True:
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -221,18 +267,20 @@ class Client:
         except P.ProtocolError:
             return
         h = msg.header
-        if msg.command == P.MEMBERS:
-            self._update_members(h.get("members") or [])
-            return
         worker = h.get("worker")
         if worker in self.down:
             self.down.discard(worker)  # it answered: it is alive again
+        if msg.command == P.MEMBERS:
+            self._update_members(h.get("members") or [])
+            return
         if msg.command == P.RESULT:
             p = self.pending.pop(h.get("batch"), None)
             if p is None:
                 return  # a late answer to a batch already resent elsewhere
             self.inflight[p.worker].discard(p.batch)
             try:
+                if h.get("columns") != P.schema(P.VERDICT_COLUMNS):
+                    raise P.ProtocolError(P.BAD_SCHEMA, f"verdict columns {h.get('columns')!r} are not this client's")
                 v = P.read_columns(msg.frames, int(h["rows"]), P.VERDICT_COLUMNS)
             except (P.ProtocolError, KeyError, TypeError, ValueError) as e:
                 self._dead_letter(p.arrays, p.attempt, f"unreadable RESULT from {worker}: {e}")

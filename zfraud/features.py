@@ -23,8 +23,9 @@ class FeatureEngine:
         self.feature_set = feature_set
         self.names = FEATURE_SETS[feature_set]
 
-    def transform(self, columns: dict) -> np.ndarray:
-        """columns: "ts_ms" (n,) int64 and "amount" (n,) float64 -> (n, len(names)) float32."""
+    def transform(self, columns: dict, update=None) -> np.ndarray:
+        """columns: "ts_ms" (n,) int64 and "amount" (n,) float64 -> (n, len(names)) float32.
+        update: bool per row; False reads state without adding the row (stateful sets only)."""
         ts = np.ascontiguousarray(columns["ts_ms"], dtype=np.int64)
         amount = np.ascontiguousarray(columns["amount"], dtype=np.float64)
         out = np.empty((len(ts), len(self.names)), dtype=np.float32)

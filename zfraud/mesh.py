@@ -12,6 +12,7 @@ goes moves only its own share of the cards.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -51,6 +52,19 @@ def owners(cards: np.ndarray, names: list[str]) -> np.ndarray:
     return weights.argmax(axis=0)
 
 
+ENDPOINT = re.compile(r"^(tcp://[A-Za-z0-9_.\-:\[\]]+:\d{1,5}|ipc://[^\s]+|inproc://[^\s]+)$")
+NAME = re.compile(r"^[A-Za-z0-9_.@:\-]{1,64}$")
+
+
+def check_member(name: str, router: str, pub: str) -> None:
+    """Refuse names and endpoints that cannot be real before anything connects to them."""
+    if not NAME.match(name):
+        raise ValueError(f"member name {name[:80]!r} must be 1-64 characters of letters, digits, _ . @ : -")
+    for what, ep in (("router", router), ("pub", pub)):
+        if not ENDPOINT.match(ep):
+            raise ValueError(f"member {name}: {what} endpoint {ep[:80]!r} is not tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+
+
 @dataclass
 class Member:
     name: str
@@ -71,15 +85,21 @@ class Membership:
         self.me = me
         self.timeout = timeout
         self.members: dict[str, Member] = {me.name: me}  # keyed by member name
+        self.left: dict[str, float] = {}  # name -> when it said goodbye; older news of it is ignored
 
     def heard(self, name: str, router: str, pub: str, info: dict | None = None, now: float | None = None,
               age: float = 0.0) -> str | None:
-        """Record news of a member; returns "joined", "moved" (new endpoints) or None."""
+        """Record news of a member; returns "joined", "moved" (new endpoints) or None.
+        Raises ValueError for a malformed name or endpoint."""
+        check_member(name, router, pub)
         now = time.monotonic() if now is None else now
         if name == self.me.name or age >= self.timeout:
             return None
-        m = self.members.get(name)
         heard_at = now - age
+        if heard_at <= self.left.get(name, float("-inf")):
+            return None  # news from before it left: it must speak for itself to come back
+        self.left.pop(name, None)
+        m = self.members.get(name)
         if m is None:
             self.members[name] = Member(name, router, pub, heard_at, info or {})
             return "joined"
@@ -103,9 +123,9 @@ class Membership:
             try:
                 name, router, pub = str(entry["name"]), str(entry["router"]), str(entry["pub"])
                 age = max(0.0, float(entry.get("age_ms", 0)) / 1000)
+                event = self.heard(name, router, pub, now=now, age=age)
             except (KeyError, TypeError, ValueError):
                 continue  # a malformed entry is skipped, never trusted
-            event = self.heard(name, router, pub, now=now, age=age)
             if event:
                 events.append((event, self.members[name]))
         return events
@@ -119,8 +139,14 @@ class Membership:
             del self.members[m.name]
         return gone
 
-    def leave(self, name: str) -> Member | None:
-        return self.members.pop(name, None) if name != self.me.name else None
+    def leave(self, name: str, now: float | None = None) -> Member | None:
+        if name == self.me.name:
+            return None
+        self.left[name] = time.monotonic() if now is None else now
+        if len(self.left) > 1024:  # bounded: forget the oldest goodbyes
+            for old in sorted(self.left, key=self.left.get)[:512]:
+                del self.left[old]
+        return self.members.pop(name, None)
 
     def public(self, now: float | None = None) -> list[dict]:
         now = time.monotonic() if now is None else now

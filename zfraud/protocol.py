@@ -55,7 +55,8 @@ VERDICT_COLUMNS = (
 DECISIONS = ("approve", "review", "decline", "rejected")
 APPROVE, REVIEW, DECLINE, REJECTED = range(4)
 
-# Error codes carried by ERROR messages ("code") and, for single rows, by rejected verdicts.
+# Error codes carried by ERROR messages ("code"). A rejected row carries a reason text instead
+# (the header's "reasons" list; scoring.ROW_CHECKS).
 BAD_VERSION = "BAD_VERSION"
 BAD_COMMAND = "BAD_COMMAND"
 BAD_FRAMES = "BAD_FRAMES"
@@ -115,11 +116,11 @@ def read_columns(frames, rows: int, columns, batch: int | None = None) -> dict:
     out = {}
     for (name, dtype), frame in zip(columns, frames):
         dt = np.dtype(dtype)
-        buf = frame.buffer if hasattr(frame, "buffer") else frame
-        if len(buf) != rows * dt.itemsize:
+        buf = memoryview(frame.buffer if hasattr(frame, "buffer") else frame)
+        if buf.nbytes != rows * dt.itemsize:
             raise ProtocolError(
                 BAD_COLUMN,
-                f"column {name!r} has {len(buf)} bytes, expected {rows} rows x {dt.itemsize} = {rows * dt.itemsize}",
+                f"column {name!r} has {buf.nbytes} bytes, expected {rows} rows x {dt.itemsize} = {rows * dt.itemsize}",
                 batch,
             )
         out[name] = np.frombuffer(buf, dtype=dt)
@@ -175,5 +176,5 @@ def batch_message(batch: int, attempt: int, arrays: dict, deadline_ms: int | Non
     return encode(BATCH, header, column_frames(arrays, TX_COLUMNS))
 
 
-def error_message(code: str, message: str, batch: int | None = None) -> list:
-    return encode(ERROR, {"code": code, "message": message, "batch": batch})
+def error_message(code: str, message: str, batch: int | None = None, worker: str | None = None) -> list:
+    return encode(ERROR, {"code": code, "message": message, "batch": batch, "worker": worker})

@@ -71,9 +71,13 @@ class Scorer:
         self.rules_version = self.rules.version
         self.shadow_version = shadow.version if shadow is not None else None
 
-    def score(self, cols: dict) -> tuple[dict, dict | None]:
+    def score(self, cols: dict, update: np.ndarray | None = None) -> tuple[dict, dict | None]:
         """cols: the TX_COLUMNS arrays of one batch -> (VERDICT_COLUMNS arrays in batch order,
-        the shadow model's verdicts or None). The shadow's verdicts never change a decision."""
+        the shadow model's verdicts or None). The shadow's verdicts never change a decision.
+        update: bool per row, False for a transaction already seen (its features are read
+        without adding it to the streaming state again); default all True."""
+        if update is None:
+            update = np.ones(len(cols["tx_id"]), dtype=bool)
         n = len(cols["tx_id"])
         score = np.full(n, np.nan, dtype=np.float32)
         decision = np.full(n, P.REJECTED, dtype=np.uint8)
@@ -89,13 +93,14 @@ class Scorer:
         if bad.any():
             good = np.flatnonzero(~bad)
             sub = {name: cols[name][good] for name, _ in P.TX_COLUMNS}
+            update = update[good]
         else:
             good = slice(None)
             sub = cols
 
         shadow = None
         if n - int(bad.sum()):
-            X = self.features.transform(sub)
+            X = self.features.transform(sub, update)
             proba, top = self.model.score(X)
             action = np.zeros(len(X), dtype=np.uint8)
             if self.rules.rules:

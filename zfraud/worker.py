@@ -26,6 +26,7 @@ import zmq
 
 from . import __version__
 from . import protocol as P
+from ._dedup import SeenSet
 from .mesh import Member, Membership
 from .model import load_model, model_from_dict
 from .rules import RuleSet
@@ -50,8 +51,11 @@ class Worker:
 
     def __init__(self, name: str, bind: str, pub: str, seeds=(), model=None, thresholds: Thresholds = Thresholds(),
                  rules: RuleSet | None = None, heartbeat: float = 1.0, liveness: int = 3,
+                 remember: int = 1 << 20, drain_quiet_s: float = 1.5, drain_max_s: float = 10.0,
                  context: zmq.Context | None = None):
         self.name = name
+        self.seen = SeenSet(remember)  # recent transaction ids: a resent one never updates state twice
+        self.drain_quiet_s, self.drain_max_s = drain_quiet_s, drain_max_s
         self.scorer = Scorer(model if model is not None else load_model(), thresholds, rules)
         self.heartbeat = heartbeat
         self.ctx = context or zmq.Context()
@@ -66,14 +70,18 @@ class Worker:
         me = Member(name, _advertised(self.router.getsockopt_string(zmq.LAST_ENDPOINT)),
                     _advertised(self.pub.getsockopt_string(zmq.LAST_ENDPOINT)))
         self.members = Membership(me, timeout=heartbeat * liveness)
+        self.subscribed: dict[str, str] = {}  # member name -> PUB endpoint our SUB is connected to
         self.seeds = {}  # seed endpoint -> DEALER still waiting for its MEMBERS
         for seed in seeds:
             if seed != me.router:
                 self.seeds[seed] = self._seed_socket(seed)
         self._stopping = False
+        self._draining_since = None  # set when stop() is first noticed: leaving, still answering
+        self._last_request = time.monotonic()
         self._seq = {}  # topic -> last PUB sequence number, for gap detection by subscribers
         self.started = time.time()
-        self.stats = {"batches": 0, "rows": 0, "errors": 0, "decisions": [0] * len(P.DECISIONS)}
+        self.stats = {"batches": 0, "rows": 0, "repeats": 0, "errors": 0, "undelivered": 0,
+                      "decisions": [0] * len(P.DECISIONS)}
         self._batch_ms = deque(maxlen=2048)  # recent per-batch processing times
 
     # -- life cycle -------------------------------------------------------------------------
@@ -82,8 +90,19 @@ class Worker:
         return self.members.me.router, self.members.me.pub
 
     def stop(self) -> None:
-        """Ask the loop to finish: safe from a signal handler or another thread."""
+        """Ask the loop to drain and finish: safe from a signal handler or another thread.
+
+        Draining: say goodbye (mesh.bye; MEMBERS no longer lists this worker), keep answering
+        what is still sent or queued until `drain_quiet_s` pass without a request (clients
+        re-read the member list every second) or `drain_max_s` in all, then close."""
         self._stopping = True
+
+    def _drained(self, now: float) -> bool:
+        if self._draining_since is None:
+            self._draining_since = now
+            log.info("draining name=%s: leaving the mesh, answering what is in flight", self.name)
+            self._publish(b"mesh.bye", {"name": self.name})
+        return now - self._last_request > self.drain_quiet_s or now - self._draining_since > self.drain_max_s
 
     def run(self) -> None:
         log.info("ready name=%s router=%s pub=%s model=%s pid=%d", self.name, *self.endpoints,
@@ -94,8 +113,10 @@ class Worker:
         next_beat = 0.0
         next_seed = 0.0
         try:
-            while not self._stopping:
+            while True:
                 now = time.monotonic()
+                if self._stopping and self._drained(now):
+                    break
                 if now >= next_beat:
                     self._beat(now)
                     next_beat = now + self.heartbeat
@@ -114,10 +135,7 @@ class Worker:
             self._close()
 
     def _close(self) -> None:
-        try:
-            self.pub.send_multipart([b"mesh.bye", P.VERSION, P.pack({"name": self.name})])
-        except zmq.ZMQError:
-            pass
+        self._publish(b"mesh.bye", {"name": self.name})
         for sock in (*self.seeds.values(), self.sub, self.pub, self.router):
             sock.close()
         if self._own_ctx:
@@ -162,19 +180,39 @@ class Worker:
 
     def _beat(self, now: float) -> None:
         for m in self.members.expire(now):
-            self.sub.disconnect(m.pub)
             log.warning("member lost name=%s (silent for over %.1fs)", m.name, self.members.timeout)
+        self._sync_subscriptions()
+        if self._draining_since is not None:
+            return  # leaving: a hello would bring us back into the others' member lists
         me = self.members.me
         self._publish(b"mesh.hello", {"name": me.name, "router": me.router, "pub": me.pub,
                                       "members": self.members.public(now), "load": self._load()})
 
-    def _merge(self, members: list) -> None:
-        for event, m in self.members.gossip(members):
-            self._on_member(event, m)
+    def _sync_subscriptions(self) -> None:
+        """Make the SUB socket follow the member list: the one place that connects and disconnects."""
+        want = {m.name: m.pub for m in self.members.members.values() if m is not self.members.me}
+        for name, pub in list(self.subscribed.items()):
+            if want.get(name) != pub:
+                try:
+                    self.sub.disconnect(pub)
+                except zmq.ZMQError:
+                    pass
+                del self.subscribed[name]
+        for name, pub in want.items():
+            if name not in self.subscribed:
+                try:
+                    self.sub.connect(pub)
+                except zmq.ZMQError as e:  # an endpoint that passed the checks but cannot be used
+                    log.warning("cannot follow member %s at %s: %s; dropping it", name, pub, e.strerror)
+                    self.members.leave(name)
+                    continue
+                self.subscribed[name] = pub
+                m = self.members.members[name]
+                log.info("member joined name=%s router=%s pub=%s", name, m.router, m.pub)
 
-    def _on_member(self, event: str, m: Member) -> None:
-        self.sub.connect(m.pub)
-        log.info("member %s name=%s router=%s pub=%s", event, m.name, m.router, m.pub)
+    def _merge(self, members: list) -> None:
+        if self.members.gossip(members):
+            self._sync_subscriptions()
 
     def _on_mesh(self, frames) -> None:
         if len(frames) != 3 or frames[1] != P.VERSION:
@@ -183,21 +221,20 @@ class Worker:
             h = P.unpack(frames[2])
             name = str(h["name"])
             if frames[0] == b"mesh.bye":
-                m = self.members.leave(name)
-                if m is not None:
-                    self.sub.disconnect(m.pub)
+                if self.members.leave(name) is not None:
                     log.info("member left name=%s", name)
+                    self._sync_subscriptions()
                 return
             if frames[0] == b"mesh.hello":
-                event = self.members.heard(name, str(h["router"]), str(h["pub"]), h.get("load"))
-                if event:
-                    self._on_member(event, self.members.members[name])
+                if self.members.heard(name, str(h["router"]), str(h["pub"]), h.get("load")):
+                    self._sync_subscriptions()
                 self._merge(h.get("members") or [])
         except (P.ProtocolError, KeyError, TypeError, ValueError) as e:
             log.warning("ignored a malformed mesh message: %s", e)
 
     # -- requests ---------------------------------------------------------------------------
     def _on_request(self, frames) -> None:
+        self._last_request = time.monotonic()
         ident, body = frames[0], frames[1:]
         batch = None
         try:
@@ -216,20 +253,23 @@ class Worker:
         except P.ProtocolError as e:
             self.stats["errors"] += 1
             log.warning("error reply code=%s batch=%s: %s", e.code, e.batch, e)
-            reply = P.error_message(e.code, str(e), e.batch)
+            reply = P.error_message(e.code, str(e), e.batch, self.name)
         except Exception as e:  # a bug must cost one reply, not the worker
             self.stats["errors"] += 1
             log.exception("internal error while handling a request")
-            reply = P.error_message(P.INTERNAL, f"internal error: {type(e).__name__}: {e}", batch)
+            reply = P.error_message(P.INTERNAL, f"internal error: {type(e).__name__}: {e}", batch, self.name)
         try:
-            self.router.send_multipart([ident, *reply])
-        except zmq.ZMQError as e:
-            log.warning("reply not delivered (%s): the client has gone", e.strerror)
+            self.router.send_multipart([ident, *reply], zmq.NOBLOCK)
+        except zmq.ZMQError as e:  # gone (EHOSTUNREACH) or not reading (EAGAIN): its ledger resends
+            self.stats["undelivered"] += 1
+            log.debug("reply not delivered (%s)", e.strerror)
 
     def _score(self, batch: int, attempt: int, cols: dict) -> list:
         t0 = time.perf_counter()
         scorer = self.scorer  # one scorer for the whole batch, even if a deploy lands meanwhile
-        v, shadow = scorer.score(cols)
+        fresh = np.empty(len(cols["tx_id"]), dtype=np.uint8)
+        self.seen.check_and_add(cols["tx_id"], fresh)
+        v, shadow = scorer.score(cols, update=fresh.view(bool))
         counts = np.bincount(v["decision"], minlength=len(P.DECISIONS))
         base = {"worker": self.name, "model": scorer.model_version, "rules": scorer.rules_version,
                 "reasons": scorer.reasons, "rule_names": scorer.rules.names, "columns": P.schema(P.VERDICT_COLUMNS)}
@@ -247,6 +287,7 @@ class Worker:
         stats = self.stats
         stats["batches"] += 1
         stats["rows"] += len(v["tx_id"])
+        stats["repeats"] += len(fresh) - int(fresh.sum())
         for d, c in enumerate(counts.tolist()):
             stats["decisions"][d] += c
         self._batch_ms.append((time.perf_counter() - t0) * 1000)
@@ -265,9 +306,14 @@ class Worker:
                 event = self.members.heard(str(h["name"]), str(h["router"]), str(h["pub"]))
             except KeyError as e:
                 raise P.ProtocolError(P.BAD_HEADER, f"a worker HELLO needs name, router and pub; missing {e}") from None
+            except ValueError as e:
+                raise P.ProtocolError(P.BAD_HEADER, f"bad worker HELLO: {e}") from None
             if event:
-                self._on_member(event, self.members.members[str(h["name"])])
-        return P.encode(P.MEMBERS, {"worker": self.name, "members": self.members.public()})
+                self._sync_subscriptions()
+        members = self.members.public()
+        if self._draining_since is not None:
+            members = [m for m in members if m["name"] != self.name]
+        return P.encode(P.MEMBERS, {"worker": self.name, "members": members})
 
     def _load(self) -> dict:
         return {"batches": self.stats["batches"], "rows": self.stats["rows"]}
@@ -279,6 +325,7 @@ class Worker:
                 "model": self.scorer.model_version, "rules": self.scorer.rules_version,
                 "shadow": self.scorer.shadow_version,
                 "batches": self.stats["batches"], "rows": self.stats["rows"], "errors": self.stats["errors"],
+                "repeats": self.stats["repeats"], "undelivered": self.stats["undelivered"],
                 "decisions": dict(zip(P.DECISIONS, self.stats["decisions"])),
                 "batch_ms_p50": round(float(np.percentile(ms, 50)), 4),
                 "batch_ms_p99": round(float(np.percentile(ms, 99)), 4),
@@ -310,7 +357,8 @@ class Worker:
             model = model or cur.model
             features = cur.features if model.feature_set == cur.features.feature_set else None
             names = features.names if features else model.features
-            rules = RuleSet.from_toml(bytes(payload[1]).decode(), names, "deployed rules") if len(payload[1]) else cur.rules
+            text = bytes(payload[1]).decode() if len(payload[1]) else cur.rules.source
+            rules = RuleSet.from_toml(text, names, "deployed rules") if text else cur.rules  # re-checked
             return Scorer(model, cur.thresholds, rules, features=features)
         except (ValueError, UnicodeDecodeError) as e:  # ModelError and RulesError are ValueErrors
             raise P.ProtocolError(P.BAD_CONTROL, f"deploy refused: {e}") from None
