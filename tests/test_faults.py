@@ -1,0 +1,125 @@
+"""Failures on real processes: killed, hung, drained and restarted workers; nothing is lost."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from zfraud import Client
+from zfraud.local import LocalMesh
+from zfraud.synthetic import synthetic
+
+from conftest import run_cli
+
+
+def start_send(endpoint, *args):
+    return subprocess.Popen([sys.executable, "-m", "zfraud", "send", "--connect", endpoint, "--json", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc, timeout=120):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+    return proc.returncode, json.loads(out.strip().splitlines()[-1]), err
+
+
+def rows_of(mesh, name):
+    with Client(mesh.endpoint) as c:
+        return c.control(name, "status")["status"]["rows"]
+
+
+def test_sigkill_one_of_three_workers_mid_send_loses_nothing(tmp_path):
+    with LocalMesh(3, log_dir=str(tmp_path)) as mesh:
+        send = start_send(mesh.endpoint, "--synthetic", "300000", "--rate", "100000")
+        time.sleep(1.0)
+        mesh.signal("w3", signal.SIGKILL)
+        rc, s, err = finish(send)
+    assert rc == 0, err
+    assert (s["sent"], s["verdicts"], s["lost"], s["dead_letter"]) == (300000, 300000, 0, 0)
+    assert s["resent"] > 0  # w3's unanswered batches went to w1 and w2
+
+
+def test_a_hung_worker_is_detected_by_deadline_and_rejoins_after_sigcont(tmp_path):
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh:
+        mesh.signal("w2", signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            rc, s, err = finish(start_send(mesh.endpoint, "--synthetic", "20000", "--deadline", "1"))
+            assert rc == 0, err
+            assert (s["verdicts"], s["lost"]) == (20000, 0) and s["resent"] > 0
+            assert time.monotonic() - t0 < 20
+        finally:
+            mesh.signal("w2", signal.SIGCONT)
+        mesh.wait_members(["w1", "w2"], timeout_s=15)
+        before = rows_of(mesh, "w2")
+        rc, s, err = finish(start_send(mesh.endpoint, "--synthetic", "20000"))
+        assert rc == 0 and s["lost"] == 0, err
+        assert rows_of(mesh, "w2") - before > 5000  # given traffic again
+
+
+def test_sigterm_drains_a_worker_mid_send_without_loss(tmp_path):
+    with LocalMesh(3, log_dir=str(tmp_path)) as mesh:
+        send = start_send(mesh.endpoint, "--synthetic", "200000", "--rate", "80000")
+        time.sleep(1.0)
+        mesh.signal("w2", signal.SIGTERM)
+        rc, s, err = finish(send)
+        assert mesh.procs["w2"].wait(15) == 0
+    assert rc == 0, err
+    assert (s["verdicts"], s["lost"]) == (200000, 0)
+    assert "draining name=w2" in mesh.log("w2") and "stopped name=w2" in mesh.log("w2")
+
+
+def test_a_killed_worker_restarted_rejoins_and_gets_traffic(tmp_path):
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh:
+        mesh.signal("w2", signal.SIGKILL)
+        mesh.procs["w2"].wait(5)
+        mesh.wait_members(["w1"], timeout_s=15)
+        with Client(mesh.endpoint) as c:
+            s = c.stream(synthetic(10000, batch=1000))
+            assert (s.verdicts, s.lost) == (10000, 0)
+            mesh.start_worker("w2", seed=mesh.routers["w1"])  # same name, same endpoints
+            mesh.wait_members(["w1", "w2"], timeout_s=15)
+            end = time.monotonic() + 10
+            while c.members != ["w1", "w2"] and time.monotonic() < end:
+                c.poll(100)  # the client notices the member list change by itself
+            assert c.members == ["w1", "w2"]
+            s = c.stream(synthetic(10000, batch=1000, seed=1, first_id=10**6))
+            assert (s.verdicts, s.lost) == (10000, 0)
+        assert rows_of(mesh, "w2") > 2000
+
+
+def test_send_counts_dead_letters_and_exits_non_zero(tmp_path):
+    with LocalMesh(1, log_dir=str(tmp_path)) as mesh:
+        dead = tmp_path / "dead.jsonl"
+        send = start_send(mesh.endpoint, "--synthetic", "40000", "--rate", "20000", "--deadline", "0.5",
+                          "--dead-letter", str(dead))
+        time.sleep(1.0)
+        mesh.signal("w1", signal.SIGSTOP)
+        try:
+            rc, s, err = finish(send, timeout=90)
+        finally:
+            mesh.signal("w1", signal.SIGCONT)
+    assert rc == 1
+    assert s["dead_letter"] > 0 and s["verdicts"] > 0 and s["lost"] == 0
+    assert s["verdicts"] + s["errors"] == 40000  # every transaction is counted somewhere
+    assert f"failed every attempt: see {dead}" in err
+    assert sum(len(json.loads(line)["tx_id"]) for line in dead.read_text().splitlines()) == s["dead_letter"]
+
+
+def test_dead_letters_through_the_api(tmp_path):
+    with LocalMesh(1, log_dir=str(tmp_path)) as mesh:
+        dead = tmp_path / "dead.jsonl"
+        with Client(mesh.endpoint, deadline_s=0.5, max_attempts=2, dead_letter_path=str(dead)) as c:
+            mesh.signal("w1", signal.SIGSTOP)
+            try:
+                s = c.stream(synthetic(3000, batch=1000), drain_timeout_s=30)
+            finally:
+                mesh.signal("w1", signal.SIGCONT)
+    assert (s.sent, s.verdicts, s.dead_letter, s.lost) == (3000, 0, 3000, 0)
+    entries = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert sum(len(e["tx_id"]) for e in entries) == 3000
+    assert all(e["reason"] for e in entries)
