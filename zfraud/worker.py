@@ -52,7 +52,7 @@ class Worker:
     def __init__(self, name: str, bind: str, pub: str, seeds=(), model=None, thresholds: Thresholds = Thresholds(),
                  rules: RuleSet | None = None, heartbeat: float = 1.0, liveness: int = 3,
                  remember: int = 1 << 20, drain_quiet_s: float = 1.5, drain_max_s: float = 10.0,
-                 context: zmq.Context | None = None):
+                 metrics_port: int | None = None, context: zmq.Context | None = None):
         self.name = name
         self.seen = SeenSet(remember)  # recent transaction ids: a resent one never updates state twice
         self.drain_quiet_s, self.drain_max_s = drain_quiet_s, drain_max_s
@@ -83,6 +83,14 @@ class Worker:
         self.stats = {"batches": 0, "rows": 0, "repeats": 0, "errors": 0, "undelivered": 0,
                       "decisions": [0] * len(P.DECISIONS)}
         self._batch_ms = deque(maxlen=2048)  # recent per-batch processing times
+        self._rows_at = deque(maxlen=6)  # (monotonic, rows) at recent heartbeats, for the rate
+        self._backlog = 0       # most requests found queued at one read since the last heartbeat
+        self._in_flight = 0     # ... as of the last heartbeat
+        self.metrics = None     # zfraud.metrics.Metrics when --metrics-port is given
+        if metrics_port is not None:
+            from .metrics import Metrics
+            self.metrics = Metrics(metrics_port, name)
+            self.metrics.running(self.scorer.model_version, self.scorer.rules_version)
 
     # -- life cycle -------------------------------------------------------------------------
     @property
@@ -125,9 +133,9 @@ class Worker:
                     next_seed = now + self.heartbeat
                 events = dict(poller.poll(timeout=100))
                 if self.router in events:
-                    self._drain(self.router, self._on_request)
+                    self._backlog = max(self._backlog, self._read_all(self.router, self._on_request))
                 if self.sub in events:
-                    self._drain(self.sub, self._on_mesh)
+                    self._read_all(self.sub, self._on_mesh)
                 for seed, sock in list(self.seeds.items()):
                     if sock.poll(0):
                         self._on_seed_reply(seed, sock)
@@ -140,16 +148,20 @@ class Worker:
             sock.close()
         if self._own_ctx:
             self.ctx.term()
+        if self.metrics is not None:
+            self.metrics.close()
         log.info("stopped name=%s batches=%d rows=%d", self.name, self.stats["batches"], self.stats["rows"])
 
     @staticmethod
-    def _drain(sock, handler, limit: int = 256) -> None:
-        for _ in range(limit):
+    def _read_all(sock, handler, limit: int = 256) -> int:
+        """Handle up to `limit` queued messages; returns how many there were."""
+        for k in range(limit):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return k
             handler(frames)
+        return limit
 
     # -- membership -------------------------------------------------------------------------
     def _seed_socket(self, seed: str):
@@ -179,6 +191,10 @@ class Worker:
             log.info("joined via seed=%s members=%d", seed, len(self.members.members))
 
     def _beat(self, now: float) -> None:
+        self._rows_at.append((now, self.stats["rows"]))
+        self._in_flight, self._backlog = self._backlog, 0
+        if self.metrics is not None:
+            self.metrics.members(len(self.members.members))
         for m in self.members.expire(now):
             log.warning("member lost name=%s (silent for over %.1fs)", m.name, self.members.timeout)
         self._sync_subscriptions()
@@ -290,7 +306,10 @@ class Worker:
         stats["repeats"] += len(fresh) - int(fresh.sum())
         for d, c in enumerate(counts.tolist()):
             stats["decisions"][d] += c
-        self._batch_ms.append((time.perf_counter() - t0) * 1000)
+        elapsed = time.perf_counter() - t0
+        self._batch_ms.append(elapsed * 1000)
+        if self.metrics is not None:
+            self.metrics.batch(counts, elapsed, len(fresh) - int(fresh.sum()))
         return P.encode(P.RESULT, {**base, "batch": batch, "attempt": attempt, "rows": len(v["tx_id"])}, frames)
 
     def _publish(self, topic: bytes, header: dict, columns=()) -> None:
@@ -320,15 +339,19 @@ class Worker:
 
     def status(self) -> dict:
         ms = np.array(self._batch_ms) if self._batch_ms else np.zeros(1)
+        (t0, r0), (t1, r1) = (self._rows_at[0], self._rows_at[-1]) if self._rows_at else ((0, 0), (0, 0))
         return {"name": self.name, "router": self.members.me.router, "pub": self.members.me.pub,
                 "version": __version__, "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
                 "model": self.scorer.model_version, "rules": self.scorer.rules_version,
                 "shadow": self.scorer.shadow_version,
                 "batches": self.stats["batches"], "rows": self.stats["rows"], "errors": self.stats["errors"],
                 "repeats": self.stats["repeats"], "undelivered": self.stats["undelivered"],
+                "rate_tx_per_s": round((r1 - r0) / (t1 - t0), 1) if t1 > t0 else 0.0,
+                "in_flight": self._in_flight,
                 "decisions": dict(zip(P.DECISIONS, self.stats["decisions"])),
                 "batch_ms_p50": round(float(np.percentile(ms, 50)), 4),
                 "batch_ms_p99": round(float(np.percentile(ms, 99)), 4),
+                "state": self.scorer.features.state_info() | {"remembered_tx_ids": len(self.seen)},
                 "members": [m["name"] for m in self.members.public()]}
 
     def _control(self, h: dict, payload: list) -> list:
@@ -338,6 +361,8 @@ class Worker:
         if op == "deploy":
             self.scorer = self._deployed(h, payload)  # validated whole first; swapped between batches
             s = self.scorer
+            if self.metrics is not None:
+                self.metrics.running(s.model_version, s.rules_version)
             log.info("deployed model=%s rules=%s shadow=%s", s.model_version, s.rules_version, s.shadow_version)
             return P.encode(P.CONTROL, {"op": "deploy", "ok": True, "worker": self.name, "model": s.model_version,
                                         "rules": s.rules_version, "shadow": s.shadow_version})

@@ -1,0 +1,63 @@
+"""Seeing the mesh: status, top and Prometheus metrics on a live three-worker mesh."""
+import json
+import urllib.request
+
+import pytest
+
+from zfraud import Client
+from zfraud.local import LocalMesh, free_port
+from zfraud.synthetic import synthetic
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def mesh3(tmp_path_factory):
+    port = free_port()
+    mesh = LocalMesh(3, log_dir=str(tmp_path_factory.mktemp("ops")))
+    with mesh:
+        mesh.stop_worker("w3")
+        mesh.start_worker("w3", seed=mesh.endpoint, extra_args=["--metrics-port", str(port)])
+        mesh.wait_members(["w1", "w2", "w3"])
+        with Client(mesh.endpoint) as c:
+            s = c.stream(synthetic(30000, batch=1000))
+        assert s.lost == 0
+        mesh.metrics_port = port
+        yield mesh
+
+
+def test_status_json_has_a_row_per_member(mesh3):
+    r = run_cli("status", "--connect", mesh3.endpoint, "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["members"]
+    assert [m["name"] for m in rows] == ["w1", "w2", "w3"]
+    assert sum(m["rows"] for m in rows) == 30000
+    for m in rows:
+        assert m["model"] == "default-1" and m["rules"] == "none" and m["uptime_s"] > 0
+        assert m["batch_ms_p50"] > 0 and m["batch_ms_p99"] >= m["batch_ms_p50"]
+        assert sum(m["decisions"].values()) == m["rows"] and m["in_flight"] >= 0
+
+
+def test_status_and_top_tables(mesh3):
+    r = run_cli("status", "--connect", mesh3.endpoint)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and lines[0].split()[:3] == ["worker", "tx", "tx/s"]
+    assert [line.split()[0] for line in lines[1:]] == ["w1", "w2", "w3"]
+    r = run_cli("top", "--connect", mesh3.endpoint, "--iterations", "2", "--interval", "0.2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("3 members") == 2 and "approve" in r.stdout and r.stdout.count("%") >= 24
+
+
+def test_prometheus_metrics(mesh3):
+    pytest.importorskip("prometheus_client")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{mesh3.metrics_port}/metrics", timeout=5).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("zfraud_") and " " in line:
+            key, value = line.rsplit(" ", 1)
+            values[key] = float(value)
+    with Client(mesh3.endpoint) as c:
+        rows = c.control("w3", "status")["status"]["rows"]
+    assert sum(v for k, v in values.items() if k.startswith("zfraud_transactions_total")) == rows > 0
+    assert values["zfraud_members"] == 3
+    assert values['zfraud_info{model="default-1",rules="none",worker="w3"}'] == 1

@@ -1,0 +1,53 @@
+"""Prometheus metrics for a worker (`zfraud worker --metrics-port PORT`; the `metrics` extra).
+
+Updated once per batch, never per transaction:
+
+    zfraud_transactions_total{decision}   counter   verdicts by decision (approve/review/decline/rejected)
+    zfraud_repeats_total                  counter   transactions seen before (resent), not re-added to state
+    zfraud_batches_total                  counter   batches scored
+    zfraud_batch_seconds                  histogram time to score one batch, from reading it to the RESULT
+    zfraud_members                        gauge     members this worker knows, itself included
+    zfraud_info{worker, model, rules}     gauge     1, labelled with what this worker runs
+"""
+from __future__ import annotations
+
+from . import protocol as P
+
+
+class Metrics:
+    def __init__(self, port: int, worker: str, host: str = "127.0.0.1"):
+        try:
+            import prometheus_client as prom
+        except ImportError:
+            raise ValueError("--metrics-port needs prometheus-client: pip install 'zfraud[metrics]'") from None
+        self.registry = prom.CollectorRegistry()
+        r = self.registry
+        self.transactions = prom.Counter("zfraud_transactions", "Verdicts by decision.", ["decision"], registry=r)
+        self.repeats = prom.Counter("zfraud_repeats", "Transactions seen before (resent).", registry=r)
+        self.batches = prom.Counter("zfraud_batches", "Batches scored.", registry=r)
+        self.batch_seconds = prom.Histogram("zfraud_batch_seconds", "Seconds to score one batch.", registry=r,
+                                            buckets=(1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 1))
+        self._members = prom.Gauge("zfraud_members", "Members known, this worker included.", registry=r)
+        self.info = prom.Gauge("zfraud_info", "What this worker runs.", ["worker", "model", "rules"], registry=r)
+        self.worker = worker
+        self._by_decision = [self.transactions.labels(d) for d in P.DECISIONS]
+        self.server, self.thread = prom.start_http_server(port, addr=host, registry=r)
+
+    def batch(self, counts, seconds: float, repeats: int) -> None:
+        for child, c in zip(self._by_decision, counts.tolist()):
+            if c:
+                child.inc(c)
+        if repeats:
+            self.repeats.inc(repeats)
+        self.batches.inc()
+        self.batch_seconds.observe(seconds)
+
+    def members(self, n: int) -> None:
+        self._members.set(n)
+
+    def running(self, model: str, rules: str) -> None:
+        self.info.clear()
+        self.info.labels(self.worker, model, rules).set(1)
+
+    def close(self) -> None:
+        self.server.shutdown()
