@@ -38,7 +38,7 @@ class Pending:
     worker: str
     arrays: dict          # the TX_COLUMNS arrays of this sub-batch
     origin: np.ndarray    # row positions in the caller's batch (for score())
-    sent_at: float        # perf_counter at send
+    sent_at: float        # perf_counter when first sent (kept across resends)
     deadline: float       # monotonic deadline for the RESULT
     attempt: int
 
@@ -161,7 +161,7 @@ class Client:
 
     def _on_monitor(self, monitor) -> None:
         name = self.monitors.get(monitor)
-        while True:
+        while not monitor.closed:
             try:
                 event = recv_monitor_message(monitor, zmq.NOBLOCK)["event"]
             except zmq.Again:
@@ -197,7 +197,8 @@ class Client:
                 continue
 
     # -- sending ----------------------------------------------------------------------------
-    def submit(self, arrays: dict, origin: np.ndarray | None = None, attempt: int = 0) -> None:
+    def submit(self, arrays: dict, origin: np.ndarray | None = None, attempt: int = 0,
+               first_sent: float | None = None) -> None:
         """Partition one batch by card owner and send each part, waiting for credit if needed."""
         n = len(arrays["tx_id"])
         if n == 0:
@@ -222,19 +223,20 @@ class Client:
                 continue
             idx = order[lo:hi]
             part = {col: np.ascontiguousarray(arrays[col][idx]) for col, _ in P.TX_COLUMNS}
-            self._send(name, part, origin[idx], attempt)
+            self._send(name, part, origin[idx], attempt, first_sent)
 
-    def _send(self, name: str, part: dict, origin: np.ndarray, attempt: int) -> None:
+    def _send(self, name: str, part: dict, origin: np.ndarray, attempt: int, first_sent: float | None) -> None:
         while len(self.inflight.get(name, ())) >= self.window and name in self.members:
             self.poll(50)  # wait for credit: a RESULT from this worker, or its deadline
         if name not in self.members:  # it went down while we waited: route again
-            self.submit(part, origin, attempt)
+            self.submit(part, origin, attempt, first_sent)
             return
         batch = next(self._ids)
         now = time.monotonic()
         deadline_ms = int((time.time() + self.deadline_s) * 1000)
         self.peers[name].send_multipart(P.batch_message(batch, attempt, part, deadline_ms), copy=False)
-        self.pending[batch] = Pending(batch, name, part, origin, time.perf_counter(), now + self.deadline_s, attempt)
+        sent_at = time.perf_counter() if first_sent is None else first_sent
+        self.pending[batch] = Pending(batch, name, part, origin, sent_at, now + self.deadline_s, attempt)
         self.inflight[name].add(batch)
 
     # -- receiving --------------------------------------------------------------------------
@@ -245,7 +247,7 @@ class Client:
             if sock in self.monitors:
                 self._on_monitor(sock)
                 continue
-            while True:
+            while not sock.closed:  # a handler may drop this peer (it left or moved)
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
@@ -305,7 +307,7 @@ class Client:
                 self._dead_letter(p.arrays, p.attempt, f"{name}: {reason}; gave up after {p.attempt + 1} attempts")
             else:
                 self.resent += len(p.arrays["tx_id"])
-                self.submit(p.arrays, p.origin, p.attempt + 1)
+                self.submit(p.arrays, p.origin, p.attempt + 1, p.sent_at)
 
     def _dead_letter(self, arrays: dict, attempt: int, reason: str) -> None:
         entry = {"reason": reason, "attempts": attempt + 1, "tx_id": arrays["tx_id"].tolist()}
@@ -347,23 +349,33 @@ class Client:
                             f"{self.dead_letters[-1]['reason']}")
         return out
 
-    def stream(self, chunks, rate: float | None = None, progress=None, on_verdicts=None,
-               drain_timeout_s: float = 120.0, input_errors=lambda: 0) -> Summary:
-        """Send every chunk (dicts of TX_COLUMNS arrays), pipelined, at most `rate` tx/s; wait for
-        every answer. progress(answered_rows) is called as answers arrive; on_verdicts(v, header)
-        sees each RESULT. input_errors() reports rows the reader could not parse."""
-        answered_ids, rejected_ids, latencies, rows_per = [], [], [], []
+    def stream(self, chunks, rate: float | None = None, linger_s: float = 0.001, progress=None,
+               on_verdicts=None, drain_timeout_s: float = 120.0, input_errors=lambda: 0) -> Summary:
+        """Send every chunk (dicts of TX_COLUMNS arrays) and wait for every answer.
+
+        Without `rate`: closed loop, as fast as credit allows; latency is timed per sub-batch
+        from its first send to its RESULT. With `rate`: open loop; transaction j is due at
+        start + j / rate, a batch goes out when a chunk's worth of rows is due or when the oldest
+        due row has waited `linger_s`, and latency is timed per transaction from when it was due,
+        so a stall anywhere shows up instead of being hidden.
+
+        progress(rows) is called as answers arrive; on_verdicts(v, header) sees each RESULT;
+        input_errors() reports rows the reader could not parse."""
+        answered_ids, rejected_ids, latencies = [], [], []
         decisions = np.zeros(len(P.DECISIONS), dtype=np.int64)
         resent0 = self.resent
         dead0 = len(self.dead_letters)
+        t0 = time.perf_counter()
 
         def collect(v, h):
             ok = v["decision"] != P.REJECTED
             answered_ids.append(v["tx_id"][ok])
             rejected_ids.append(v["tx_id"][~ok])
             decisions[:] += np.bincount(v["decision"], minlength=len(P.DECISIONS))
-            latencies.append(h["latency_ms"])
-            rows_per.append(len(v["tx_id"]))
+            if rate:
+                latencies.append((time.perf_counter() - t0) * 1000 - h["origin"] * (1000 / rate))
+            else:
+                latencies.append(np.full(len(v["tx_id"]), h["latency_ms"]))
             if progress is not None:
                 progress(len(v["tx_id"]))
             if on_verdicts is not None:
@@ -371,16 +383,28 @@ class Client:
 
         previous, self.on_result = self.on_result, collect
         sent = 0
-        t0 = time.perf_counter()
         try:
             for chunk in chunks:
-                if rate:
-                    due = t0 + sent / rate
-                    while (wait := due - time.perf_counter()) > 0:
-                        self.poll(max(1, int(wait * 1000)) if wait > 0.001 else 0)
-                self.submit(chunk)
-                sent += len(chunk["tx_id"])
-                self.poll(0)
+                n = len(chunk["tx_id"])
+                if not rate:
+                    self.submit(chunk, np.arange(sent, sent + n))
+                    sent += n
+                    self.poll(0)
+                    continue
+                pos = 0
+                while pos < n:
+                    now = time.perf_counter() - t0
+                    due = min(int(now * rate) + 1 - sent, n - pos)  # rows of this chunk due by now
+                    if due == n - pos or (due > 0 and now - sent / rate >= linger_s):
+                        part = {k: v[pos:pos + due] for k, v in chunk.items()}
+                        self.submit(part, np.arange(sent, sent + due))
+                        sent += due
+                        pos += due
+                        self.poll(0)
+                        continue
+                    # wait until the chunk is all due, or the oldest due row has lingered enough
+                    wake = min((sent + n - pos - 1) / rate, sent / rate + linger_s)
+                    self.poll(max(0, int((wake - now) * 1000)))
             self.drain(drain_timeout_s)
         finally:
             self.on_result = previous
@@ -397,7 +421,7 @@ class Client:
         s.elapsed_s = round(elapsed, 3)
         s.tx_per_s = round(s.verdicts / elapsed, 1) if elapsed > 0 else 0.0
         if latencies:
-            lat = np.repeat(np.array(latencies), rows_per)
+            lat = np.concatenate(latencies)
             s.p50_ms, s.p99_ms, s.p999_ms = (round(float(x), 3) for x in np.percentile(lat, [50, 99, 99.9]))
         return s
 
