@@ -108,3 +108,10 @@ def load_model(path=None):
 
 def save_model(model, path) -> None:
     Path(path).write_text(json.dumps(model.to_dict(), indent=1) + "\n")
+
+
+# Registered last: zfraud.trees imports ModelError, FORMAT and _check_matrix from this module,
+# which are all defined by now.
+from .trees import TreeEnsemble  # noqa: E402
+
+KINDS["trees"] = TreeEnsemble
