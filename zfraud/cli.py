@@ -20,6 +20,11 @@ from . import protocol as P
 
 CONNECT_HELP = "Endpoint of any one worker's ROUTER, e.g. tcp://127.0.0.1:5555; the rest are found from it."
 
+curve_option = click.option(
+    "--curve-dir", type=click.Path(file_okay=False), default=None,
+    help="CURVE keys made by `zfraud keys init DIR`: encrypt every socket and, on workers, admit only "
+         "the public keys in DIR. Give the same directory (or a copy) to every worker and client.")
+
 
 def friendly_errors(fn):
     """Turn the library's expected errors into a one-line message and exit status 2."""
@@ -96,11 +101,22 @@ def main():
 @click.option("--decline-at", type=click.FloatRange(0, 1), default=0.8, help="Score at or above which to decline.")
 @click.option("--heartbeat", type=click.FloatRange(0.05, 60), default=1.0,
               help="Seconds between gossip heartbeats; a member silent for 3 heartbeats is dropped.")
+@click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+              help="Snapshot the streaming state here on SIGTERM and every --snapshot-every seconds; "
+                   "load it on start.")
+@click.option("--snapshot-every", type=click.FloatRange(1), default=60.0, help="Seconds between snapshots.")
+@click.option("--cards", type=click.IntRange(1024), default=1 << 18, help="Card table capacity (about 384 bytes each).")
+@click.option("--terminals", type=click.IntRange(1024), default=1 << 15,
+              help="Terminal table capacity (about 5.5 KB each).")
+@click.option("--delay", "delay_days", type=click.IntRange(0, 30), default=7,
+              help="Label delay in days: terminal risk uses windows that end this long ago.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
               help="Serve Prometheus metrics on 127.0.0.1:PORT (needs the `metrics` extra).")
+@curve_option
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info")
 @friendly_errors
-def worker(name, bind, pub, seeds, model_path, rules_path, review_at, decline_at, heartbeat, metrics_port, log_level):
+def worker(name, bind, pub, seeds, model_path, rules_path, review_at, decline_at, heartbeat, state_dir,
+           snapshot_every, cards, terminals, delay_days, metrics_port, curve_dir, log_level):
     """Run a worker: bind a ROUTER and a PUB, join the mesh, score batches until SIGINT/SIGTERM."""
     from .model import load_model
     from .rules import RuleSet
@@ -112,7 +128,9 @@ def worker(name, bind, pub, seeds, model_path, rules_path, review_at, decline_at
     model = load_model(model_path)
     rules = RuleSet.load(rules_path, model.features) if rules_path else None
     w = Worker(name, bind, pub, seeds=seeds, model=model, rules=rules,
-               thresholds=Thresholds(review_at, decline_at), heartbeat=heartbeat, metrics_port=metrics_port)
+               thresholds=Thresholds(review_at, decline_at), heartbeat=heartbeat, metrics_port=metrics_port,
+               state_dir=state_dir, snapshot_every_s=snapshot_every, cards=cards, terminals=terminals,
+               delay_days=delay_days, curve_dir=curve_dir)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: w.stop())
     w.run()
@@ -156,8 +174,9 @@ def print_summary(s, out=sys.stdout) -> None:
               help="Seconds a worker has to answer a batch before it is resent elsewhere.")
 @click.option("--dead-letter", type=click.Path(dir_okay=False), default="zfraud-dead-letter.jsonl",
               help="Where batches that failed every attempt are written, with the reason.")
+@curve_option
 @friendly_errors
-def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadline, dead_letter):
+def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadline, dead_letter, curve_dir):
     """Send transactions (Handbook CSV, JSON lines, or synthetic) and wait for every verdict.
 
     FILE is a CSV with the Fraud Detection Handbook's columns (TRANSACTION_ID, TX_DATETIME,
@@ -178,7 +197,8 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
     on_verdicts = (lambda v, h: sink.writelines(json.dumps(r) + "\n" for r in records(v, h))) if sink else None
     progress = Progress(total=synthetic)
     try:
-        with Client(connect, window=window, deadline_s=deadline, dead_letter_path=dead_letter) as client:
+        with Client(connect, window=window, deadline_s=deadline, dead_letter_path=dead_letter,
+                    curve_dir=curve_dir) as client:
             summary = client.stream(source, rate=rate, progress=progress, on_verdicts=on_verdicts,
                                     input_errors=lambda: source.error_count)
     finally:
@@ -210,14 +230,15 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
 @click.option("--count", type=click.IntRange(1), default=None, help="Exit after N verdicts.")
 @click.option("--timeout", type=click.FloatRange(0.1), default=None,
               help="Exit after this many seconds without a verdict.")
+@curve_option
 @friendly_errors
-def tail(connect, decision, fmt, count, timeout):
+def tail(connect, decision, fmt, count, timeout, curve_dir):
     """Follow the verdict stream of every worker in the mesh."""
     from .tail import Tail
 
     decisions = [d.strip() for d in decision.split(",") if d.strip()]
     seen = 0
-    with Tail(connect, decisions) as t:
+    with Tail(connect, decisions, curve_dir=curve_dir) as t:
         try:
             for v in t.verdicts(timeout_s=timeout):
                 if fmt == "jsonl":
@@ -308,13 +329,14 @@ def gen(out, customers, terminals, days, seed, start):
 @click.option("--shadow", is_flag=True, help="Score with the model beside the live one, publishing on the "
                                             "`shadow` topic, without changing any decision.")
 @click.option("--timeout", type=click.FloatRange(0.1), default=10.0, help="Seconds to wait for each worker.")
+@curve_option
 @friendly_errors
-def deploy(connect, model_path, rules_path, shadow, timeout):
+def deploy(connect, model_path, rules_path, shadow, timeout, curve_dir):
     """Validate a model and/or rules here, then swap them in on every worker without a restart."""
     from .client import Client
     from .deploy import deploy as ship
 
-    with Client(connect) as client:
+    with Client(connect, curve_dir=curve_dir) as client:
         answers = ship(client, model_path, rules_path, shadow, timeout)
     for name, a in sorted(answers.items()):
         click.echo(f"{name:<12} model={a['model']}  rules={a['rules']}  shadow={a['shadow']}")
@@ -408,12 +430,13 @@ def _status_table(rows: list[dict], mix: bool = False) -> str:
 @main.command()
 @click.option("--connect", required=True, help=CONNECT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: {\"members\": [...]}.")
+@curve_option
 @friendly_errors
-def status(connect, as_json):
+def status(connect, as_json, curve_dir):
     """One row per member: transactions, rate, batch latency, in-flight, versions, state, uptime."""
     from .client import Client
 
-    with Client(connect) as client:
+    with Client(connect, curve_dir=curve_dir) as client:
         rows = _statuses(client)
     if as_json:
         click.echo(json.dumps({"members": rows}))
@@ -425,12 +448,13 @@ def status(connect, as_json):
 @click.option("--connect", required=True, help=CONNECT_HELP)
 @click.option("--interval", type=click.FloatRange(0.2), default=1.0, help="Seconds between refreshes.")
 @click.option("--iterations", type=click.IntRange(1), default=None, help="Stop after N refreshes.")
+@curve_option
 @friendly_errors
-def top(connect, interval, iterations):
+def top(connect, interval, iterations, curve_dir):
     """`status`, refreshing live, with the decision mix. Ctrl-C to leave."""
     from .client import Client
 
-    with Client(connect) as client:
+    with Client(connect, curve_dir=curve_dir) as client:
         k = 0
         try:
             while iterations is None or k < iterations:
@@ -447,3 +471,47 @@ def top(connect, interval, iterations):
                     time.sleep(interval)
         except KeyboardInterrupt:
             pass
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--connect", required=True, help=CONNECT_HELP)
+@click.option("--batch", type=click.IntRange(1, P.MAX_ROWS), default=65536, help="Labels per message.")
+@curve_option
+@friendly_errors
+def label(file, connect, batch, curve_dir):
+    """Publish confirmed fraud / genuine labels (Handbook CSV with TX_FRAUD) to every worker.
+
+    Terminal risk counts a fraud on the day of its transaction; send labels when they are
+    revealed, not before, as a live system would learn them."""
+    from .client import Client
+    from .dataset import read_labelled
+
+    d = read_labelled(file)
+    n, frauds = len(d["tx_id"]), 0
+    with Client(connect, curve_dir=curve_dir) as client:
+        for lo in range(0, n, batch):
+            part = {k: d[k][lo:lo + batch] for k in ("tx_id", "card", "terminal", "ts_ms", "fraud")}
+            answers = client.label(part)
+            frauds += int(part["fraud"].sum())
+    click.echo(f"{n:,} labels ({frauds:,} frauds) applied by {len(answers)} workers: {', '.join(sorted(answers))}")
+
+
+@main.group()
+def keys():
+    """CURVE keys for the mesh."""
+
+
+@keys.command("init")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Replace existing keys (every worker and client must get the new ones).")
+@friendly_errors
+def keys_init(directory, force):
+    """Create worker.key / worker.key_secret and client.key / client.key_secret in DIRECTORY.
+
+    Secret files are mode 0600. Workers admit any public key (*.key) in their --curve-dir: copy a
+    client's .key file there to let it in, remove it to shut it out."""
+    from .security import keys_init as make
+
+    for name, path in make(directory, force=force).items():
+        click.echo(f"{name:<18} {path}")

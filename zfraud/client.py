@@ -25,6 +25,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol as P
 from .mesh import owners
+from .security import HANDSHAKE_EVENTS, Curve, check_handshake, describe_handshake_failure
 from .sockets import configure
 
 
@@ -67,13 +68,15 @@ class Summary:
 
 class Client:
     def __init__(self, connect, window: int = 8, deadline_s: float = 5.0, max_attempts: int = 3,
-                 hello_timeout_s: float = 5.0, dead_letter_path=None, context: zmq.Context | None = None):
+                 hello_timeout_s: float = 5.0, dead_letter_path=None, curve_dir=None,
+                 context: zmq.Context | None = None):
         self.window = window
         self.deadline_s = deadline_s
         self.max_attempts = max_attempts
         self.dead_letter_path = dead_letter_path
         self.ctx = context or zmq.Context()
         self._own_ctx = context is None
+        self.curve = Curve.from_dir(curve_dir, "client") if curve_dir else None
         self.peers: dict[str, zmq.Socket] = {}       # worker name -> DEALER connected to its ROUTER
         self.routers: dict[str, str] = {}            # worker name -> ROUTER endpoint
         self.pubs: dict[str, str] = {}               # worker name -> PUB endpoint
@@ -90,29 +93,41 @@ class Client:
         self._bootstrap([connect] if isinstance(connect, str) else list(connect), hello_timeout_s)
 
     # -- membership -------------------------------------------------------------------------
+    def _dealer(self, linger_ms: int = 0) -> zmq.Socket:
+        """A DEALER with our options, and our CURVE keys when the mesh uses them."""
+        sock = configure(self.ctx.socket(zmq.DEALER), linger_ms=linger_ms)
+        sock.setsockopt(zmq.SNDTIMEO, 2000)  # a send never blocks forever, even with no peer
+        return self.curve.client(sock) if self.curve is not None else sock
+
     def _bootstrap(self, endpoints: list[str], timeout_s: float) -> None:
-        sock = configure(self.ctx.socket(zmq.DEALER))
+        """Ask the first endpoint that completes a handshake for the member list."""
+        problems = []
         for ep in endpoints:
-            sock.connect(ep)
-        try:
-            for _ in endpoints:
-                sock.send_multipart(P.encode(P.HELLO, {"role": "client", "pid": os.getpid()}), zmq.NOBLOCK)
-        except zmq.Again:
-            pass
-        try:
-            if not sock.poll(int(timeout_s * 1000)):
-                raise MeshError(f"no zfraud worker answered at {', '.join(endpoints)} within {timeout_s:g} s: "
-                                f"check that `zfraud worker` runs there and the endpoint is right")
-            msg = P.parse(sock.recv_multipart())
-            if msg.command == P.ERROR:
-                raise MeshError(f"the worker at {endpoints[0]} refused us: {msg.header.get('message')}")
-            if msg.command != P.MEMBERS:
-                raise MeshError(f"expected MEMBERS from {endpoints[0]}, got {msg.command.decode()}")
-        except P.ProtocolError as e:
-            raise MeshError(f"{endpoints[0]} does not speak the zfraud protocol: {e}") from None
-        finally:
-            sock.close()
-        self._update_members(msg.header.get("members") or [])
+            sock = self._dealer()
+            try:
+                problem = check_handshake(sock, ep, timeout_s)
+                if problem is None:
+                    sock.send_multipart(P.encode(P.HELLO, {"role": "client", "pid": os.getpid()}), zmq.NOBLOCK)
+                    if sock.poll(int(timeout_s * 1000)):
+                        msg = P.parse(sock.recv_multipart())
+                        if msg.command == P.ERROR:
+                            raise MeshError(f"the worker at {ep} refused us: {msg.header.get('message')}")
+                        if msg.command != P.MEMBERS:
+                            raise MeshError(f"expected MEMBERS from {ep}, got {msg.command.decode()}")
+                        self._update_members(msg.header.get("members") or [])
+                        return
+                    problem = f"no answer to HELLO within {timeout_s:g} s"
+            except P.ProtocolError as e:
+                problem = f"it does not speak the zfraud protocol: {e}"
+            except zmq.Again:
+                problem = "cannot send to it"
+            finally:
+                sock.close()
+            problems.append(f"{ep}: {problem}")
+        if len(problems) == 1 and ("key" in problems[0] or "encryption" in problems[0]):
+            raise MeshError(f"cannot join the mesh at {problems[0]}")
+        raise MeshError(f"no zfraud worker answered at {'; '.join(problems)}. Check that `zfraud worker` runs "
+                        f"there and the endpoint is right")
 
     def _update_members(self, members: list) -> None:
         seen = set()
@@ -134,10 +149,10 @@ class Client:
                 self._drop_peer(name)
 
     def _add_peer(self, name: str, router: str) -> None:
-        sock = configure(self.ctx.socket(zmq.DEALER), linger_ms=0)
+        sock = self._dealer()
         # Connection events tell us at once when a worker's process dies (the kernel closes its
         # sockets), long before a deadline would.
-        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | HANDSHAKE_EVENTS)
         sock.connect(router)
         self.peers[name], self.routers[name] = sock, router
         self.inflight.setdefault(name, set())
@@ -163,12 +178,16 @@ class Client:
         name = self.monitors.get(monitor)
         while not monitor.closed:
             try:
-                event = recv_monitor_message(monitor, zmq.NOBLOCK)["event"]
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
             if name not in self.peers:
                 return
-            if event == zmq.EVENT_DISCONNECTED:
+            problem = describe_handshake_failure(event)
+            event = event["event"]
+            if problem is not None:
+                self._worker_down(name, problem)
+            elif event == zmq.EVENT_DISCONNECTED:
                 self._worker_down(name, "connection lost")
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and name in self.down:
                 self._probe(name)  # (re)connected: it is back if it answers
@@ -234,7 +253,12 @@ class Client:
         batch = next(self._ids)
         now = time.monotonic()
         deadline_ms = int((time.time() + self.deadline_s) * 1000)
-        self.peers[name].send_multipart(P.batch_message(batch, attempt, part, deadline_ms), copy=False)
+        try:
+            self.peers[name].send_multipart(P.batch_message(batch, attempt, part, deadline_ms), copy=False)
+        except zmq.Again:
+            self._worker_down(name, "not accepting batches")
+            self.submit(part, origin, attempt, first_sent)
+            return
         sent_at = time.perf_counter() if first_sent is None else first_sent
         self.pending[batch] = Pending(batch, name, part, origin, sent_at, now + self.deadline_s, attempt)
         self.inflight[name].add(batch)
@@ -425,14 +449,43 @@ class Client:
             s.p50_ms, s.p99_ms, s.p999_ms = (round(float(x), 3) for x in np.percentile(lat, [50, 99, 99.9]))
         return s
 
+    # -- labels -------------------------------------------------------------------------------
+    def label(self, arrays: dict, timeout_s: float = 10.0) -> dict:
+        """Send confirmed labels (LABEL_COLUMNS arrays) to every live worker and wait for each to
+        apply them: every worker keeps the terminal fraud counts. Returns {worker: frauds applied}."""
+        frames = P.encode(P.LABEL, {"rows": len(arrays["tx_id"]), "columns": P.schema(P.LABEL_COLUMNS)},
+                          P.column_frames(arrays, P.LABEL_COLUMNS))
+        socks = {}
+        try:
+            for name in self.members:
+                sock = socks[name] = self._dealer()
+                sock.connect(self.routers[name])
+                sock.send_multipart(frames, copy=False)
+            out, end = {}, time.monotonic() + timeout_s
+            for name, sock in socks.items():
+                if not sock.poll(max(0, int((end - time.monotonic()) * 1000))):
+                    raise MeshError(f"worker {name} did not acknowledge labels within {timeout_s:g} s")
+                msg = P.parse(sock.recv_multipart())
+                if msg.command == P.ERROR:
+                    raise MeshError(f"worker {name} refused labels: {msg.header.get('message')}")
+                out[name] = msg.header.get("frauds", 0)
+            return out
+        finally:
+            for sock in socks.values():
+                sock.close()
+
     # -- control ------------------------------------------------------------------------------
     def control(self, name: str, op: str, timeout_s: float = 5.0, payload=(), **args) -> dict:
         """Send a CONTROL request (header fields `args`, extra frames `payload`) to one worker and
         wait for its answer, on a socket of its own."""
-        sock = configure(self.ctx.socket(zmq.DEALER))
+        sock = self._dealer()
+        sock.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
         try:
             sock.connect(self.routers[name])
-            sock.send_multipart(P.encode(P.CONTROL, {"op": op, **args}, list(payload)))
+            try:
+                sock.send_multipart(P.encode(P.CONTROL, {"op": op, **args}, list(payload)))
+            except zmq.Again:
+                raise MeshError(f"worker {name} did not take {op} within {timeout_s:g} s") from None
             if not sock.poll(int(timeout_s * 1000)):
                 raise MeshError(f"worker {name} did not answer {op} within {timeout_s:g} s")
             msg = P.parse(sock.recv_multipart())

@@ -32,7 +32,8 @@ RESULT = b"RESULT"
 HEARTBEAT = b"HEARTBEAT"
 ERROR = b"ERROR"
 CONTROL = b"CONTROL"
-COMMANDS = frozenset({HELLO, MEMBERS, BATCH, RESULT, HEARTBEAT, ERROR, CONTROL})
+LABEL = b"LABEL"
+COMMANDS = frozenset({HELLO, MEMBERS, BATCH, RESULT, HEARTBEAT, ERROR, CONTROL, LABEL})
 
 # A transaction batch (BATCH). The card is the unit of ownership; ids are opaque 64-bit integers.
 TX_COLUMNS = (
@@ -50,6 +51,24 @@ VERDICT_COLUMNS = (
     ("decision", "u1"),   # index into DECISIONS
     ("reason", "<i2"),    # index into the header's "reasons" list, -1 for none
     ("rules", "<u8"),     # bit k set: rule k of the header's "rule_names" fired
+)
+
+# Confirmed labels (LABEL, client -> every worker): feed terminal risk once revealed.
+LABEL_COLUMNS = (
+    ("tx_id", "<u8"),     # the labelled transaction (labels are deduplicated by it)
+    ("card", "<u8"),
+    ("terminal", "<u8"),
+    ("ts_ms", "<i8"),     # the transaction's event time: the label counts on that day
+    ("fraud", "u1"),      # 1 confirmed fraud, 0 confirmed genuine
+)
+
+# Terminal counters shared on intel.terminal (worker PUB -> every worker SUB): cumulative counts
+# of the publisher's own transactions per (terminal key, day), and of confirmed frauds.
+INTEL_COLUMNS = (
+    ("tx_key", "<u8"), ("tx_day", "<i4"), ("tx_count", "<u4"),
+)
+FRAUD_COLUMNS = (
+    ("fraud_key", "<u8"), ("fraud_day", "<i4"), ("fraud_count", "<u4"),
 )
 
 DECISIONS = ("approve", "review", "decline", "rejected")
@@ -162,6 +181,14 @@ def parse_batch(msg: Message) -> tuple[int, int, dict]:
     if h.get("columns") != schema(TX_COLUMNS):
         raise ProtocolError(BAD_SCHEMA, f"columns must be {schema(TX_COLUMNS)}, got {h.get('columns')!r}", batch)
     return batch, attempt, read_columns(msg.frames, rows, TX_COLUMNS, batch)
+
+
+def parse_columns(msg: Message, columns) -> dict:
+    """Validate a message whose header says rows and columns, e.g. LABEL: returns the arrays."""
+    rows = _int_field(msg.header, "rows", 0, MAX_ROWS * 16)
+    if msg.header.get("columns") != schema(columns):
+        raise ProtocolError(BAD_SCHEMA, f"columns must be {schema(columns)}, got {msg.header.get('columns')!r}")
+    return read_columns(msg.frames, rows, columns)
 
 
 def encode(command: bytes, header: dict, columns: list = ()) -> list:

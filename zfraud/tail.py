@@ -12,6 +12,7 @@ import zmq
 
 from . import protocol as P
 from .client import MeshError
+from .security import Curve, check_handshake
 from .sockets import configure
 
 
@@ -31,18 +32,25 @@ def records(cols: dict, h: dict):
 
 
 class Tail:
-    def __init__(self, connect: str, decisions=P.DECISIONS, hello_timeout_s: float = 5.0,
+    def __init__(self, connect: str, decisions=P.DECISIONS, hello_timeout_s: float = 5.0, curve_dir=None,
                  context: zmq.Context | None = None):
         unknown = set(decisions) - set(P.DECISIONS)
         if unknown:
             raise ValueError(f"unknown decision {', '.join(sorted(unknown))}; choose from {', '.join(P.DECISIONS)}")
         self.ctx = context or zmq.Context()
         self._own_ctx = context is None
+        curve = Curve.from_dir(curve_dir, "client") if curve_dir else None
         self.sub = configure(self.ctx.socket(zmq.SUB), rcvhwm=100_000)
+        self.hello = configure(self.ctx.socket(zmq.DEALER))
+        if curve is not None:
+            curve.client(self.sub)
+            curve.client(self.hello)
         for d in decisions:
             self.sub.setsockopt(zmq.SUBSCRIBE, b"verdict." + d.encode())
-        self.hello = configure(self.ctx.socket(zmq.DEALER))
-        self.hello.connect(connect)
+        problem = check_handshake(self.hello, connect, hello_timeout_s)
+        if problem is not None:
+            self.close()
+            raise MeshError(f"cannot follow the mesh at {connect}: {problem}")
         self.connect = connect
         self.pubs: dict[str, str] = {}  # worker name -> PUB endpoint we are connected to
         self.last_seq: dict[tuple, int] = {}  # (worker, topic) -> last sequence number seen

@@ -19,6 +19,7 @@ import os
 import socket
 import time
 from collections import deque
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -28,13 +29,16 @@ from . import __version__
 from . import protocol as P
 from ._dedup import SeenSet
 from .mesh import Member, Membership
+from .features import FeatureEngine
 from .model import load_model, model_from_dict
 from .rules import RuleSet
 from .scoring import Scorer, Thresholds
+from .security import Curve
 from .sockets import configure
 
 log = logging.getLogger("zfraud.worker")
 
+DAY_MS = 86_400_000
 VERDICT_TOPICS = tuple(b"verdict." + d.encode() for d in P.DECISIONS)
 
 
@@ -52,21 +56,46 @@ class Worker:
     def __init__(self, name: str, bind: str, pub: str, seeds=(), model=None, thresholds: Thresholds = Thresholds(),
                  rules: RuleSet | None = None, heartbeat: float = 1.0, liveness: int = 3,
                  remember: int = 1 << 20, drain_quiet_s: float = 1.5, drain_max_s: float = 10.0,
-                 metrics_port: int | None = None, context: zmq.Context | None = None):
+                 metrics_port: int | None = None, delay_days: int = 7, cards: int = 1 << 18,
+                 terminals: int = 1 << 15, state_dir=None, snapshot_every_s: float = 60.0,
+                 curve_dir=None, context: zmq.Context | None = None):
         self.name = name
         self.seen = SeenSet(remember)  # recent transaction ids: a resent one never updates state twice
+        self.labels_seen = SeenSet(remember)  # labels already applied (a label is sent to every worker)
+        self.engine_args = (delay_days, cards, terminals)
+        model = model if model is not None else load_model()
+        features = FeatureEngine(model.feature_set, *self.engine_args)
+        self.state_path = Path(state_dir) / f"{name}.state.npz" if state_dir else None
+        if self.state_path is not None:
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            if self.state_path.exists():
+                try:
+                    features.load(self.state_path)
+                except ValueError as e:
+                    raise ValueError(f"cannot restore {self.state_path}: {e} (move it away to start empty)") from None
+                log.info("restored state from %s: %s", self.state_path, features.state_info())
+        self.snapshot_every_s = snapshot_every_s
+        self._next_snapshot = time.monotonic() + snapshot_every_s
+        self._intel_since = 0      # export version already published (0: publish everything)
+        self._intel_day = None     # newest event day published; a new day publishes at once
         self.drain_quiet_s, self.drain_max_s = drain_quiet_s, drain_max_s
-        self.scorer = Scorer(model if model is not None else load_model(), thresholds, rules)
+        self.scorer = Scorer(model, thresholds, rules, features=features)
         self.heartbeat = heartbeat
         self.ctx = context or zmq.Context()
         self._own_ctx = context is None
-        self.router = configure(self.ctx.socket(zmq.ROUTER), linger_ms=1000)
+        # CURVE: encryption on every socket; the authenticator (started before anything binds)
+        # admits only the public keys found in the curve directory.
+        self.curve = Curve.from_dir(curve_dir, "worker") if curve_dir else None
+        if self.curve is not None:
+            self.curve.start_authenticator(self.ctx)
+        self.router = self._secure(configure(self.ctx.socket(zmq.ROUTER), linger_ms=1000), server=True)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a vanished client raises, not vanishes
         self.router.bind(bind)
-        self.pub = configure(self.ctx.socket(zmq.PUB), sndhwm=100_000, linger_ms=200)
+        self.pub = self._secure(configure(self.ctx.socket(zmq.PUB), sndhwm=100_000, linger_ms=200), server=True)
         self.pub.bind(pub)
-        self.sub = configure(self.ctx.socket(zmq.SUB), rcvhwm=100_000)
+        self.sub = self._secure(configure(self.ctx.socket(zmq.SUB), rcvhwm=100_000))
         self.sub.setsockopt(zmq.SUBSCRIBE, b"mesh.")
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"intel.")
         me = Member(name, _advertised(self.router.getsockopt_string(zmq.LAST_ENDPOINT)),
                     _advertised(self.pub.getsockopt_string(zmq.LAST_ENDPOINT)))
         self.members = Membership(me, timeout=heartbeat * liveness)
@@ -80,7 +109,7 @@ class Worker:
         self._last_request = time.monotonic()
         self._seq = {}  # topic -> last PUB sequence number, for gap detection by subscribers
         self.started = time.time()
-        self.stats = {"batches": 0, "rows": 0, "repeats": 0, "errors": 0, "undelivered": 0,
+        self.stats = {"batches": 0, "rows": 0, "repeats": 0, "errors": 0, "undelivered": 0, "labels": 0,
                       "decisions": [0] * len(P.DECISIONS)}
         self._batch_ms = deque(maxlen=2048)  # recent per-batch processing times
         self._rows_at = deque(maxlen=6)  # (monotonic, rows) at recent heartbeats, for the rate
@@ -144,8 +173,11 @@ class Worker:
 
     def _close(self) -> None:
         self._publish(b"mesh.bye", {"name": self.name})
+        self._snapshot()
         for sock in (*self.seeds.values(), self.sub, self.pub, self.router):
             sock.close()
+        if self.curve is not None:
+            self.curve.stop()  # before the context ends: the authenticator thread lives in it
         if self._own_ctx:
             self.ctx.term()
         if self.metrics is not None:
@@ -164,8 +196,13 @@ class Worker:
         return limit
 
     # -- membership -------------------------------------------------------------------------
+    def _secure(self, sock, server: bool = False):
+        if self.curve is None:
+            return sock
+        return self.curve.server(sock) if server else self.curve.client(sock)
+
     def _seed_socket(self, seed: str):
-        sock = configure(self.ctx.socket(zmq.DEALER))
+        sock = self._secure(configure(self.ctx.socket(zmq.DEALER)))
         sock.connect(seed)
         return sock
 
@@ -190,7 +227,17 @@ class Worker:
             del self.seeds[seed]
             log.info("joined via seed=%s members=%d", seed, len(self.members.members))
 
+    def _snapshot(self) -> None:
+        if self.state_path is not None:
+            t0 = time.perf_counter()
+            self.scorer.features.save(self.state_path)
+            log.info("saved state to %s in %.0f ms", self.state_path, (time.perf_counter() - t0) * 1000)
+
     def _beat(self, now: float) -> None:
+        self._publish_intel()
+        if self.state_path is not None and now >= self._next_snapshot:
+            self._snapshot()
+            self._next_snapshot = now + self.snapshot_every_s
         self._rows_at.append((now, self.stats["rows"]))
         self._in_flight, self._backlog = self._backlog, 0
         if self.metrics is not None:
@@ -223,6 +270,7 @@ class Worker:
                     self.members.leave(name)
                     continue
                 self.subscribed[name] = pub
+                self._intel_since = 0  # a newcomer needs all our terminal counts, not just news
                 m = self.members.members[name]
                 log.info("member joined name=%s router=%s pub=%s", name, m.router, m.pub)
 
@@ -230,11 +278,42 @@ class Worker:
         if self.members.gossip(members):
             self._sync_subscriptions()
 
+    # -- shared intelligence ----------------------------------------------------------------
+    def _publish_intel(self) -> None:
+        deltas = self.scorer.features.export_intel(self._intel_since)
+        if deltas is None or not (len(deltas["tx_key"]) or len(deltas["fraud_key"])):
+            return
+        columns = [*P.column_frames(deltas, P.INTEL_COLUMNS), *P.column_frames(deltas, P.FRAUD_COLUMNS)]
+        self._publish(b"intel.terminal", {"source": self.name, "rows": len(deltas["tx_key"]),
+                                          "fraud_rows": len(deltas["fraud_key"])}, columns)
+        self._intel_since = deltas["version"]
+
+    def _on_intel(self, h: dict, frames) -> None:
+        source = str(h["source"])
+        if source == self.name or len(frames) != 6:
+            return
+        deltas = P.read_columns(frames[:3], int(h["rows"]), P.INTEL_COLUMNS)
+        deltas.update(P.read_columns(frames[3:], int(h["fraud_rows"]), P.FRAUD_COLUMNS))
+        if not self.scorer.features.merge_intel(source, {**deltas, "version": 0}):
+            log.warning("no terminal slot left for %s: its counts are not merged", source)
+
+    def _on_label(self, msg) -> list:
+        cols = P.parse_columns(msg, P.LABEL_COLUMNS)
+        fresh = np.empty(len(cols["tx_id"]), dtype=np.uint8)
+        self.labels_seen.check_and_add(cols["tx_id"], fresh)
+        new = fresh.view(bool)
+        frauds = self.scorer.features.apply_labels(cols["terminal"][new], cols["ts_ms"][new], cols["fraud"][new])
+        self.stats["labels"] += int(new.sum())
+        return P.encode(P.LABEL, {"worker": self.name, "rows": len(new), "applied": int(new.sum()), "frauds": frauds})
+
     def _on_mesh(self, frames) -> None:
-        if len(frames) != 3 or frames[1] != P.VERSION:
+        if len(frames) < 3 or frames[1] != P.VERSION:
             return  # not ours; PUB/SUB cannot answer, so it is dropped
         try:
             h = P.unpack(frames[2])
+            if frames[0] == b"intel.terminal":
+                self._on_intel(h, frames[3:])
+                return
             name = str(h["name"])
             if frames[0] == b"mesh.bye":
                 if self.members.leave(name) is not None:
@@ -260,6 +339,8 @@ class Worker:
                 reply = self._score(batch, attempt, cols)
             elif msg.command == P.HELLO:
                 reply = self._hello(msg.header)
+            elif msg.command == P.LABEL:
+                reply = self._on_label(msg)
             elif msg.command == P.HEARTBEAT:
                 reply = P.encode(P.HEARTBEAT, {"worker": self.name, "t": msg.header.get("t"), "load": self._load()})
             elif msg.command == P.CONTROL:
@@ -297,6 +378,12 @@ class Worker:
             for d in np.flatnonzero(counts):
                 idx = np.flatnonzero(v["decision"] == d)
                 self._publish(VERDICT_TOPICS[d], {**base, "rows": len(idx)}, [f[idx] for f in frames])
+        ok = v["decision"] != P.REJECTED
+        if ok.any():
+            day = int(cols["ts_ms"][ok].max()) // DAY_MS
+            if self._intel_day is None or day > self._intel_day:
+                self._intel_day = day
+                self._publish_intel()  # a new event day: peers need yesterday's counts now, not in a second
         if shadow is not None:
             self._publish(b"shadow", {**base, "model": scorer.shadow_version, "live_model": scorer.model_version,
                                       "rows": len(shadow["tx_id"])}, P.column_frames(shadow, P.VERDICT_COLUMNS))
@@ -378,9 +465,13 @@ class Worker:
             if h.get("shadow"):
                 if model is None:
                     raise ValueError("a shadow deploy needs a model")
+                if model.feature_set != cur.features.feature_set:
+                    raise ValueError(f"a shadow model must use the live feature set {cur.features.feature_set}, "
+                                     f"not {model.feature_set}")
                 return Scorer(cur.model, cur.thresholds, cur.rules, shadow=model, features=cur.features)
             model = model or cur.model
-            features = cur.features if model.feature_set == cur.features.feature_set else None
+            features = cur.features if model.feature_set == cur.features.feature_set else \
+                FeatureEngine(model.feature_set, *self.engine_args)  # a new feature set starts empty
             names = features.names if features else model.features
             text = bytes(payload[1]).decode() if len(payload[1]) else cur.rules.source
             rules = RuleSet.from_toml(text, names, "deployed rules") if text else cur.rules  # re-checked

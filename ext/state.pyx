@@ -1,0 +1,1102 @@
+# cython: language_level=3
+"""Streaming per-card and per-terminal state, in event time (epoch ms UTC, never the wall clock).
+
+Storage. Each table is a dense block of `capacity` rows held in numpy arrays that the object owns,
+plus an open-addressing index from key to row. Card rows are one record per card (CardRec below,
+368 bytes; its numpy dtype CARD_DTYPE is derived from the struct), because a card's rings are read
+whole on every transaction: one record is 6-7 cache lines where one array per field was ~13.
+Terminal rows are one array per field. A snapshot is a dict of plain arrays, one per field, of
+the used rows; the index is derived from the rows' keys and rebuilt on restore.
+
+Index. Linear probing over 2 slots per row, so the load never exceeds 1/2 and every probe ends at
+an empty slot. A slot holds (key's top 32 bits << 32) | (row + 1), 0 = empty; a candidate is
+confirmed against the full key in its row. A key's home slot is its top 32 bits scaled to the
+table size, so keys must arrive well mixed: zfraud.state passes them through `mix_keys`
+(splitmix64's finaliser). No key value is reserved.
+
+Capacity policy (EVICTION_POLICY), applied only when every row is in use and a new key arrives:
+1. expire idle: a clock hand inspects at most 64 rows for one idle longer than the table keeps
+   (cards: last event more than 31 days before the newest event time the table has seen;
+   terminals: no bucket left in the ring, i.e. idle for `days` days); the first found is reused
+   (counted as an expiry);
+2. otherwise evict the stalest key (oldest last event; ties: smallest key) among the keys whose
+   home lies in the new key's 64-slot probe window (an eviction; an expiry if it was idle);
+3. a window without keys (possible only in tiny tables) gives up the row under the clock hand.
+Victims depend only on the stored keys and times, not on the index layout, so a restored
+snapshot evicts what the original would have. Every loop is bounded; nothing grows or waits.
+
+CardState: per card an hourly ring of 24 buckets and a daily ring of 32 buckets (each bucket a
+uint16 count, saturating, and a float32 amount sum), the newest event time (which stamps both
+rings: its hour and day are the newest buckets), the event time before it and the newest amount.
+- update_and_read processes rows in order: if update[i], add the transaction, then read. Rows
+  with update[i] == 0 (duplicates already counted) only read. One loop in row order, so a batch
+  gives exactly what one-row calls give.
+- Windows include the current transaction, as in the Handbook, whose windows are the exact
+  rolling (t - n days, t]. Here, at bucket granularity:
+    1 day  = the row's UTC hour bucket and the 23 before it ((t - 1 day, t] to within an hour);
+    n days = the row's UTC day bucket and the n - 1 before it, n = 7, 30 (calendar days).
+- Out of order: an event older than the card's newest goes into its bucket while that bucket is
+  still in the ring (24 hours / 32 days back from the newest), otherwise it is not added (stats
+  hour_dropped / too_old); a ring never moves backward. A window only counts buckets still in the
+  ring, so a late row's window misses the buckets the ring has recycled since.
+- Seconds since the card's previous transaction, -1 if none is known: for a row newer than the
+  card's newest (or at the same ms, when added) the gap to the newest; for a re-read of the
+  newest (update 0, same time) the gap it had; for a late row the gap to the event before the
+  newest if that one is older, else -1. Idle cards keep their last time until their row is reused.
+- Ratios are amount / window average, 0 when that average is not positive; averages are 0 for an
+  empty window (possible only for a read-only row). Amounts must be finite (the caller checks).
+
+TerminalState: per terminal a ring of `days` daily buckets, each with one uint32 transaction
+count per source slot (a G-counter: worker s only increments slot s, merge takes the max per
+slot, so merges commute and may repeat; windows sum over the slots) and one uint32 fraud count.
+Fraud counts have no per-source slots: labels are a broadcast event stream that every worker
+applies itself (the caller deduplicates them by transaction id), so all copies count the same
+frauds. export/merge of FRAUD_SLOT take the max and serve catch-up (a worker that missed labels
+adopts a peer's higher count). Consequences: a worker must not add_fraud a label a merged count
+already holds, and labels split between workers (each seeing some) would be undercounted.
+read() gives the Handbook's terminal features (handbook.md 2.3) at day granularity: for the row's
+UTC day d the n-day window is days [d - delay - n, d - delay) over all slots, risk = frauds / txs
+(0 without transactions). Buckets older than the ring (`days` back from the terminal's newest day)
+are gone; days >= delay + 31 keeps every window of an in-order stream inside the ring.
+"""
+from libc.math cimport log1p
+from libc.stdint cimport (INT64_MIN, UINT16_MAX, UINT32_MAX, int32_t, int64_t, uint8_t, uint16_t,
+                          uint32_t, uint64_t)
+from libc.string cimport memset
+
+import numpy as np
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define ZF_PREFETCH(p) __builtin_prefetch((const void *)(p))
+    #else
+    #define ZF_PREFETCH(p) ((void)0)
+    #endif
+    #define ZF_GOLDEN 0x9E3779B97F4A7C15ULL
+    #define ZF_MIX1 0xBF58476D1CE4E5B9ULL
+    #define ZF_MIX2 0x94D049BB133111EBULL
+    #define ZF_LOW32 0xFFFFFFFFULL
+    """
+    void ZF_PREFETCH(const void* p) noexcept nogil
+    const uint64_t ZF_GOLDEN
+    const uint64_t ZF_MIX1
+    const uint64_t ZF_MIX2
+    const uint64_t ZF_LOW32
+
+cdef enum:
+    HOURS = 24            # hourly ring of a card: the 1-day window
+    DAYS = 32             # daily ring of a card: the 30-day window and 2 days of slack
+    K_CARD = 9            # columns of CardState.update_and_read's output
+    K_TERMINAL = 6        # columns of TerminalState.read's output
+    PROBE_WINDOW = 64     # index slots whose keys compete for eviction
+    SWEEP = 64            # rows the idle-expiry clock hand inspects per new key
+    AHEAD = 8             # rows of prefetch look-ahead in the card loop
+    # Compile-time constants, so that divisions by them compile to multiplications.
+    MS_PER_HOUR = 3600000
+    MS_PER_DAY = 86400000
+
+cdef int64_t CARD_IDLE_MS = <int64_t>31 * MS_PER_DAY   # idle longer than this: free for reuse
+cdef int64_t NONE = INT64_MIN                          # "no event" in a time field
+
+FRAUD_SLOT = -1
+EVICTION_POLICY = ("expire-idle (clock sweep of 64 rows), else evict-stalest in the 64-slot "
+                   "probe window")
+
+# Column order of CardState.update_and_read and TerminalState.read; zfraud.state mirrors these.
+CARD_NAMES = ("card_nb_tx_1d", "card_avg_amount_1d", "card_nb_tx_7d", "card_avg_amount_7d",
+              "card_nb_tx_30d", "card_avg_amount_30d", "amount_over_card_avg_7d",
+              "amount_over_card_avg_30d", "log1p_seconds_since_card_last_tx")
+TERMINAL_NAMES = ("terminal_nb_tx_1d", "terminal_risk_1d", "terminal_nb_tx_7d",
+                  "terminal_risk_7d", "terminal_nb_tx_30d", "terminal_risk_30d")
+CARD_STATS = ("evictions", "expiries", "late", "hour_dropped", "too_old", "read_missing")
+TERMINAL_STATS = ("evictions", "expiries", "too_old", "read_missing", "merged")
+
+# One card's state. Ring position of an hour (day) index is the index mod HOURS (DAYS).
+ctypedef struct CardRec:
+    uint64_t key                  # the (mixed) card key
+    int64_t last_ts               # newest event time (ms); its hour and day stamp the rings
+    int64_t prev_ts               # event time before last_ts, NONE if none
+    float last_amount             # amount of the newest event
+    float hour_sum[HOURS]         # amount sum per hour bucket
+    float day_sum[DAYS]           # amount sum per day bucket
+    uint16_t hour_count[HOURS]    # transactions per hour bucket (saturating)
+    uint16_t day_count[DAYS]      # transactions per day bucket (saturating)
+
+cdef CardRec _card_rec
+CARD_DTYPE = np.asarray(<CardRec[:1]>(&_card_rec)).dtype   # the numpy view of CardRec
+
+
+def terminal_row(days, max_sources):
+    """Per-row arrays of a TerminalState: (name, dtype, shape after the row axis). Ring position
+    of a day index is the index mod `days`."""
+    return (
+        ("key", np.uint64, ()),                       # the (mixed) terminal key
+        ("last_day", np.int64, ()),                   # newest day index; stamps the ring
+        ("tx", np.uint32, (days, max_sources)),       # transactions per day per source slot
+        ("fraud", np.uint32, (days,)),                # confirmed frauds per day (max-merged)
+        ("stamp", np.uint32, (days,)),                # version of the bucket's last local change
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared by both tables: key mixing, the index, row allocation and the capacity policy.
+
+ctypedef struct Table:
+    uint64_t* slots        # index: (key >> 32 << 32) | (row + 1), 0 = empty
+    uint64_t m             # index slots (2 x capacity)
+    char* keys             # key of row r at keys + r * key_stride
+    char* ages             # newest event time of row r (int64, the table's unit) at ages + r * age_stride
+    size_t key_stride
+    size_t age_stride
+    uint64_t capacity
+    uint64_t used          # rows 0..used-1 hold keys
+    uint64_t cursor        # clock hand of the idle sweep
+    int64_t evicted
+    int64_t expired
+
+
+cdef inline uint64_t splitmix64(uint64_t x) noexcept nogil:
+    cdef uint64_t z = x + ZF_GOLDEN
+    z = (z ^ (z >> 30)) * ZF_MIX1
+    z = (z ^ (z >> 27)) * ZF_MIX2
+    return z ^ (z >> 31)
+
+
+def mix_keys(const uint64_t[::1] keys, uint64_t[::1] out):
+    """splitmix64's finaliser of each key (the function zfraud.mesh.mix64 computes).
+
+    keys: (n,) uint64; out: (n,) uint64, may be the same array."""
+    cdef Py_ssize_t n = keys.shape[0], i
+    if out.shape[0] != n:
+        raise ValueError(f"expected out of length {n}, got {out.shape[0]}")
+    with nogil:
+        for i in range(n):
+            out[i] = splitmix64(keys[i])
+
+
+cdef inline int64_t floor_div(int64_t a, int64_t b) noexcept nogil:
+    cdef int64_t q = a // b
+    if (a % b != 0) and ((a < 0) != (b < 0)):
+        q -= 1
+    return q
+
+
+cdef inline int64_t pmod(int64_t a, int64_t m) noexcept nogil:
+    cdef int64_t r = a % m
+    if r < 0:
+        r += m
+    return r
+
+
+cdef inline uint64_t row_key(const Table* tb, uint64_t r) noexcept nogil:
+    return (<const uint64_t*>(tb.keys + r * tb.key_stride))[0]
+
+
+cdef inline int64_t row_age(const Table* tb, uint64_t r) noexcept nogil:
+    return (<const int64_t*>(tb.ages + r * tb.age_stride))[0]
+
+
+cdef inline uint64_t home(const Table* tb, uint64_t key_or_slot) noexcept nogil:
+    # The top 32 bits scaled to [0, m): no modulo, and m need not be a power of two.
+    return ((key_or_slot >> 32) * tb.m) >> 32
+
+
+cdef inline uint64_t slot_row(uint64_t e) noexcept nogil:
+    return (e & ZF_LOW32) - 1
+
+
+cdef inline int64_t tb_find(const Table* tb, uint64_t key) noexcept nogil:
+    """Index slot of key, or -1 - (the empty slot where it would go). At most m steps, as the
+    index is at most half full (-1 - m would mean a full index: impossible by construction)."""
+    cdef uint64_t s = home(tb, key), top = key >> 32, step, e
+    for step in range(tb.m):
+        e = tb.slots[s]
+        if e == 0:
+            return -1 - <int64_t>s
+        if (e >> 32) == top and row_key(tb, slot_row(e)) == key:
+            return <int64_t>s
+        s += 1
+        if s == tb.m:
+            s = 0
+    return -1 - <int64_t>tb.m
+
+
+cdef void tb_delete(Table* tb, uint64_t i) noexcept nogil:
+    """Empty slot i by backward shift: later slots of its run move up unless their home lies
+    cyclically in (i, j]. No tombstones, so probes stay short and the load exact."""
+    cdef uint64_t j = i, h, step
+    for step in range(tb.m):
+        j += 1
+        if j == tb.m:
+            j = 0
+        if tb.slots[j] == 0:
+            break
+        h = home(tb, tb.slots[j])
+        if i <= j:
+            if i < h <= j:
+                continue
+        elif h > i or h <= j:
+            continue
+        tb.slots[i] = tb.slots[j]
+        i = j
+    tb.slots[i] = 0
+
+
+cdef int64_t tb_stalest(const Table* tb, uint64_t key) noexcept nogil:
+    """Slot of the stalest key whose home is among the PROBE_WINDOW slots from key's home (ties:
+    smallest key), -1 if none. Those keys all sit before the first empty slot past the window."""
+    cdef uint64_t h = home(tb, key), w = PROBE_WINDOW, s = h, step, e, eh, dist, k
+    cdef uint64_t best_key = 0
+    cdef int64_t best = -1, best_age = 0, a
+    if w > tb.m:
+        w = tb.m
+    for step in range(tb.m):
+        e = tb.slots[s]
+        if e == 0:
+            if step >= w:
+                break
+        else:
+            eh = home(tb, e)
+            dist = eh - h if eh >= h else eh + tb.m - h
+            if dist < w:
+                a = row_age(tb, slot_row(e))
+                k = row_key(tb, slot_row(e))
+                if best < 0 or a < best_age or (a == best_age and k < best_key):
+                    best = <int64_t>s
+                    best_age = a
+                    best_key = k
+        s += 1
+        if s == tb.m:
+            s = 0
+    return best
+
+
+cdef inline uint64_t tb_hand(Table* tb) noexcept nogil:
+    cdef uint64_t r = tb.cursor
+    tb.cursor += 1
+    if tb.cursor >= tb.used:
+        tb.cursor = 0
+    return r
+
+
+cdef uint64_t tb_acquire(Table* tb, uint64_t key, int64_t ins, int64_t expire_before) noexcept nogil:
+    """A row for a key not in the index (ins: its insertion slot from tb_find), entered in the
+    index under key. The caller resets the row's data (and writes its key)."""
+    cdef uint64_t r = 0, step
+    cdef int64_t s = -1
+    if tb.used < tb.capacity:
+        r = tb.used
+        tb.used += 1
+    else:
+        for step in range(SWEEP if SWEEP < tb.used else tb.used):
+            r = tb_hand(tb)
+            if row_age(tb, r) < expire_before:
+                s = tb_find(tb, row_key(tb, r))
+                break
+        if s < 0:
+            s = tb_stalest(tb, key)
+            if s >= 0:
+                r = slot_row(tb.slots[s])
+            else:
+                r = tb_hand(tb)
+                s = tb_find(tb, row_key(tb, r))
+        if row_age(tb, r) < expire_before:
+            tb.expired += 1
+        else:
+            tb.evicted += 1
+        tb_delete(tb, <uint64_t>s)
+        ins = -1 - tb_find(tb, key)
+    tb.slots[ins] = ((key >> 32) << 32) | (r + 1)
+    return r
+
+
+cdef int64_t tb_rebuild(Table* tb) noexcept nogil:
+    """Enter rows 0..used-1 in an empty index: -1 on success, else the first row whose key
+    repeats an earlier row's."""
+    cdef uint64_t r, key
+    cdef int64_t s
+    for r in range(tb.used):
+        key = row_key(tb, r)
+        s = tb_find(tb, key)
+        if s >= 0:
+            return <int64_t>r
+        tb.slots[-1 - s] = ((key >> 32) << 32) | (r + 1)
+    return -1
+
+
+cdef inline char* data_of(a) except NULL:
+    cdef uint8_t[::1] v = a.reshape(-1).view(np.uint8)
+    return <char*>&v[0]
+
+
+def _check_capacity(capacity):
+    if not 1 <= capacity <= (1 << 31):
+        raise ValueError(f"expected a capacity in [1, 2**31], got {capacity}")
+    return int(capacity)
+
+
+def _expect(snap, name, dtype, shape):
+    """snap[name] as an ndarray of exactly this dtype and shape, else ValueError."""
+    if name not in snap:
+        raise ValueError(f"snapshot: expected array {name!r}, got keys {sorted(snap)}")
+    a = snap[name]
+    if not isinstance(a, np.ndarray) or a.dtype != np.dtype(dtype) or a.shape != tuple(shape):
+        got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+        raise ValueError(f"snapshot {name!r}: expected {np.dtype(dtype)} {tuple(shape)}, got {got}")
+    return a
+
+
+def _expect_rows(snap, kind, record, capacity):
+    """Check a snapshot's kind and per-row arrays; returns (rows, {name: array})."""
+    if not isinstance(snap, dict):
+        raise ValueError(f"snapshot: expected a dict of arrays, got {type(snap).__name__}")
+    k = snap.get("kind")
+    if not isinstance(k, np.ndarray) or k.shape != () or str(k) != kind:
+        raise ValueError(f"snapshot 'kind': expected {kind!r}, got {k!r}")
+    key = snap.get("key")
+    if not isinstance(key, np.ndarray) or key.ndim != 1:
+        raise ValueError(f"snapshot 'key': expected a 1-d uint64 array, got {key!r:.60}")
+    n = key.shape[0]
+    if n > capacity:
+        raise ValueError(f"snapshot: expected at most {capacity} rows (the capacity), got {n}")
+    return n, {name: _expect(snap, name, dtype, (n,) + tuple(shape)) for name, dtype, shape in record}
+
+
+def _expect_scalars(snap, names, rows):
+    out = [int(_expect(snap, name, np.int64, ())) for name in names]
+    cursor = int(_expect(snap, "cursor", np.int64, ()))
+    if not 0 <= cursor < max(rows, 1):
+        raise ValueError(f"snapshot 'cursor': expected 0 <= cursor < {max(rows, 1)}, got {cursor}")
+    return out, cursor
+
+
+# ------------------------------------------------------------------------------------------------
+# Cards.
+
+ctypedef struct CardStats:
+    int64_t late              # added while older than the card's newest event
+    int64_t hour_dropped      # too old for the hourly ring (still counted by day if in range)
+    int64_t too_old           # too old for the daily ring: not added at all
+    int64_t read_missing      # read-only rows of unknown cards
+
+
+cdef inline void card_reset(CardRec* c, uint64_t key) noexcept nogil:
+    memset(c, 0, sizeof(CardRec))
+    c.key = key
+    c.last_ts = NONE
+    c.prev_ts = NONE
+
+
+cdef inline int64_t card_gap(const CardRec* c, int64_t t, bint upd) noexcept nogil:
+    """Milliseconds since the card's transaction before one at t, -1 if none is known."""
+    if c.last_ts == NONE:
+        return -1
+    if t > c.last_ts or (t == c.last_ts and upd):
+        return t - c.last_ts
+    # A re-read of the newest (t == last_ts) gets the gap the newest had; a late row the gap to
+    # the event before the newest, when that one is older.
+    if c.prev_ts != NONE and (t > c.prev_ts or t == c.last_ts):
+        return t - c.prev_ts
+    return -1
+
+
+cdef inline void card_add(CardRec* c, CardStats* st, int64_t t, double amount) noexcept nogil:
+    cdef int64_t h = floor_div(t, MS_PER_HOUR), d = floor_div(t, MS_PER_DAY), nh = h, nd = d, k, j
+    cdef float a = <float>amount
+    if c.last_ts == NONE:
+        c.last_ts = t
+        c.last_amount = a
+    else:
+        nh = floor_div(c.last_ts, MS_PER_HOUR)
+        nd = floor_div(c.last_ts, MS_PER_DAY)
+        if t >= c.last_ts:
+            # Move the rings forward to t, clearing the buckets they wrap onto.
+            j = pmod(nh, HOURS)
+            for k in range(h - nh if h - nh < HOURS else HOURS):
+                j = j + 1 if j + 1 < HOURS else 0
+                c.hour_count[j] = 0
+                c.hour_sum[j] = 0
+            j = pmod(nd, DAYS)
+            for k in range(d - nd if d - nd < DAYS else DAYS):
+                j = j + 1 if j + 1 < DAYS else 0
+                c.day_count[j] = 0
+                c.day_sum[j] = 0
+            c.prev_ts = c.last_ts
+            c.last_ts = t
+            c.last_amount = a
+            nh = h
+            nd = d
+        else:
+            st.late += 1
+    if h >= nh - HOURS:
+        j = pmod(h, HOURS)
+        if c.hour_count[j] != UINT16_MAX:
+            c.hour_count[j] += 1
+        c.hour_sum[j] = c.hour_sum[j] + a
+    else:
+        st.hour_dropped += 1
+    if d > nd - DAYS:
+        j = pmod(d, DAYS)
+        if c.day_count[j] != UINT16_MAX:
+            c.day_count[j] += 1
+        c.day_sum[j] = c.day_sum[j] + a
+    else:
+        st.too_old += 1
+
+
+cdef inline void span_sum(const uint16_t* cnt, const float* sm, int64_t a, int64_t b,
+                          int64_t* c, double* s) noexcept nogil:
+    # Buckets a..b-1 of one ring; two accumulators halve the chain of dependent adds.
+    cdef int64_t k, cc = 0
+    cdef double s0 = 0, s1 = 0
+    for k in range(a, b):
+        cc += cnt[k]
+    k = a
+    while k + 1 < b:
+        s0 += sm[k]
+        s1 += sm[k + 1]
+        k += 2
+    if k < b:
+        s0 += sm[k]
+    c[0] += cc
+    s[0] += s0 + s1
+
+
+cdef inline void ring_sum(const uint16_t* cnt, const float* sm, int64_t ring, int64_t lo,
+                          int64_t hi, int64_t* c, double* s) noexcept nogil:
+    # Buckets of absolute indices lo..hi (inclusive, at most `ring` of them): one or two spans.
+    if hi < lo:
+        return
+    cdef int64_t a = pmod(lo, ring), b = a + (hi - lo + 1)
+    if b <= ring:
+        span_sum(cnt, sm, a, b, c, s)
+    else:
+        span_sum(cnt, sm, a, ring, c, s)
+        span_sum(cnt, sm, 0, b - ring, c, s)
+
+
+cdef inline void card_read(const CardRec* c, int64_t t, double amount, int64_t gap,
+                           float* o) noexcept nogil:
+    """The K_CARD features of a row at time t (after any add), from the buckets still in the
+    rings. The common case, a row in the card's newest hour (day), sums fixed sets of ring
+    positions without branches; any other row clips its window to the ring's range first."""
+    cdef int64_t nh = floor_div(c.last_ts, MS_PER_HOUR), nd = floor_div(c.last_ts, MS_PER_DAY)
+    cdef int64_t rh = floor_div(t, MS_PER_HOUR), rd = floor_div(t, MS_PER_DAY), lo, hi, a, j
+    cdef int64_t c1 = 0, c7 = 0, cold = 0, c30, c1b = 0, c7b = 0, coldb = 0
+    cdef double s1 = 0, s7 = 0, sold = 0, s30, avg1 = 0, avg7 = 0, avg30 = 0
+    cdef double s1b = 0, s7b = 0, soldb = 0
+    if rh == nh:
+        # The window is the whole hourly ring (the ring holds exactly hours nh-23..nh).
+        for j in range(0, HOURS, 2):
+            c1 += c.hour_count[j]
+            c1b += c.hour_count[j + 1]
+            s1 += c.hour_sum[j]
+            s1b += c.hour_sum[j + 1]
+        c1 += c1b
+        s1 += s1b
+    else:
+        lo = rh - (HOURS - 1) if rh > nh else nh - (HOURS - 1)
+        hi = rh if rh < nh else nh
+        ring_sum(c.hour_count, c.hour_sum, HOURS, lo, hi, &c1, &s1)
+    if rd == nd:
+        # Days nd-6..nd make the 7-day window; with nd-29..nd-7 ("cold") the 30-day one.
+        for a in range(0, 6, 2):
+            j = (nd - a) & (DAYS - 1)
+            c7 += c.day_count[j]
+            s7 += c.day_sum[j]
+            j = (nd - a - 1) & (DAYS - 1)
+            c7b += c.day_count[j]
+            s7b += c.day_sum[j]
+        j = (nd - 6) & (DAYS - 1)
+        c7 += c.day_count[j] + c7b
+        s7 += c.day_sum[j] + s7b
+        for a in range(7, 29, 2):
+            j = (nd - a) & (DAYS - 1)
+            cold += c.day_count[j]
+            sold += c.day_sum[j]
+            j = (nd - a - 1) & (DAYS - 1)
+            coldb += c.day_count[j]
+            soldb += c.day_sum[j]
+        j = (nd - 29) & (DAYS - 1)
+        cold += c.day_count[j] + coldb
+        sold += c.day_sum[j] + soldb
+    else:
+        lo = rd - 29 if rd - 29 > nd - (DAYS - 1) else nd - (DAYS - 1)
+        hi = rd if rd < nd else nd
+        ring_sum(c.day_count, c.day_sum, DAYS, lo if lo > rd - 6 else rd - 6, hi, &c7, &s7)
+        ring_sum(c.day_count, c.day_sum, DAYS, lo, hi if hi < rd - 7 else rd - 7, &cold, &sold)
+    c30 = c7 + cold
+    s30 = s7 + sold
+    if c1 > 0:
+        avg1 = s1 / c1
+    if c7 > 0:
+        avg7 = s7 / c7
+    if c30 > 0:
+        avg30 = s30 / c30
+    o[0] = <float>c1
+    o[1] = <float>avg1
+    o[2] = <float>c7
+    o[3] = <float>avg7
+    o[4] = <float>c30
+    o[5] = <float>avg30
+    o[6] = <float>(amount / avg7) if avg7 > 0 else 0
+    o[7] = <float>(amount / avg30) if avg30 > 0 else 0
+    o[8] = <float>log1p(gap / 1000.0) if gap >= 0 else -1
+
+
+cdef inline void card_missing(float* o) noexcept nogil:
+    cdef int j
+    for j in range(K_CARD - 1):
+        o[j] = 0
+    o[K_CARD - 1] = -1
+
+
+cdef inline void prefetch_card(const CardRec* c) noexcept nogil:
+    cdef const char* p = <const char*>c
+    cdef size_t off
+    for off in range(0, sizeof(CardRec), 64):
+        ZF_PREFETCH(p + off)
+    ZF_PREFETCH(p + sizeof(CardRec) - 1)
+
+
+cdef class CardState:
+    """Hourly and daily rings for up to `capacity` cards (see the module docstring).
+
+    CardState(capacity): capacity records of CARD_DTYPE and 2 x capacity index slots, allocated
+    zeroed (pages cost memory only once cards reach them).
+    """
+    cdef Table tb
+    cdef CardRec* recs
+    cdef CardStats st
+    cdef int64_t newest_ts
+    cdef object _recs, _slots
+
+    def __init__(self, capacity):
+        capacity = _check_capacity(capacity)
+        self._bind(np.zeros(capacity, CARD_DTYPE), 0)
+        self.newest_ts = NONE
+
+    cdef _bind(self, recs, uint64_t used):
+        """Own this record array and a fresh, empty index, and point the table at them."""
+        cdef uint64_t capacity = recs.shape[0]
+        self._recs = recs
+        self._slots = np.zeros(2 * capacity, np.uint64)
+        self.recs = <CardRec*>data_of(recs)
+        self.tb.slots = <uint64_t*>data_of(self._slots)
+        self.tb.m = 2 * capacity
+        self.tb.keys = <char*>&self.recs[0].key
+        self.tb.ages = <char*>&self.recs[0].last_ts
+        self.tb.key_stride = sizeof(CardRec)
+        self.tb.age_stride = sizeof(CardRec)
+        self.tb.capacity = capacity
+        self.tb.used = used
+        self.tb.cursor = 0
+        self.tb.evicted = 0
+        self.tb.expired = 0
+        self.st = CardStats(0, 0, 0, 0)
+
+    @property
+    def capacity(self):
+        return self.tb.capacity
+
+    def __len__(self):
+        return self.tb.used
+
+    @property
+    def bytes_per_card(self):
+        """Bytes of all arrays (records and index) per card of capacity."""
+        return (self._recs.nbytes + self._slots.nbytes) / self.tb.capacity
+
+    def update_and_read(self, const uint64_t[::1] keys, const int64_t[::1] ts_ms,
+                        const double[::1] amount, const uint8_t[::1] update, float[:, ::1] out):
+        """Add (where update[i] != 0) then read each row, in row order.
+
+        keys: (n,) uint64, mixed; ts_ms: (n,) int64 epoch ms; amount: (n,) float64, finite;
+        update: (n,) uint8, 0 = read only; out: (n, 9) float32, CARD_NAMES order.
+        """
+        cdef Py_ssize_t n = keys.shape[0], i
+        if (ts_ms.shape[0] != n or amount.shape[0] != n or update.shape[0] != n
+                or out.shape[0] != n or out.shape[1] != K_CARD):
+            raise ValueError(
+                f"expected keys, ts_ms, amount, update of length {n} and out ({n}, {K_CARD}); "
+                f"got {ts_ms.shape[0]}, {amount.shape[0]}, {update.shape[0]} and "
+                f"({out.shape[0]}, {out.shape[1]})")
+        if n == 0:
+            return
+        cdef uint64_t key
+        cdef int64_t s, t, gap
+        cdef bint upd
+        cdef CardRec* c
+        cdef float* o = &out[0, 0]
+        with nogil:
+            for i in range(n):
+                if i + AHEAD < n:
+                    ZF_PREFETCH(self.tb.slots + home(&self.tb, keys[i + AHEAD]))
+                if i + AHEAD // 2 < n:
+                    self._prefetch_row(keys[i + AHEAD // 2])
+                key = keys[i]
+                t = ts_ms[i]
+                upd = update[i] != 0
+                s = tb_find(&self.tb, key)
+                if s >= 0:
+                    c = &self.recs[slot_row(self.tb.slots[s])]
+                elif upd:
+                    if t > self.newest_ts:
+                        self.newest_ts = t
+                    c = &self.recs[tb_acquire(&self.tb, key, -1 - s, self.newest_ts - CARD_IDLE_MS)]
+                    card_reset(c, key)
+                else:
+                    self.st.read_missing += 1
+                    card_missing(o + i * K_CARD)
+                    continue
+                if upd:
+                    if t > self.newest_ts:
+                        self.newest_ts = t
+                    gap = card_gap(c, t, True)
+                    card_add(c, &self.st, t, amount[i])
+                else:
+                    gap = card_gap(c, t, False)
+                card_read(c, t, amount[i], gap, o + i * K_CARD)
+
+    cdef inline void _prefetch_row(self, uint64_t key) noexcept nogil:
+        # The record of a row a few rows on, if its key sits in its home slot (fetched earlier).
+        # A hint only: a look-up made stale by the rows in between costs a wasted fetch.
+        cdef uint64_t e = self.tb.slots[home(&self.tb, key)]
+        if e != 0 and (e >> 32) == (key >> 32):
+            prefetch_card(&self.recs[slot_row(e)])
+
+    def stats(self):
+        """Counters: cards held, capacity, evictions, expiries and out-of-order outcomes."""
+        return {"cards": self.tb.used, "capacity": self.tb.capacity,
+                "evictions": self.tb.evicted, "expiries": self.tb.expired,
+                "late": self.st.late, "hour_dropped": self.st.hour_dropped,
+                "too_old": self.st.too_old, "read_missing": self.st.read_missing,
+                "newest_ts": None if self.newest_ts == NONE else self.newest_ts}
+
+    def snapshot(self):
+        """The state as a dict of numpy arrays (copies): one per CARD_DTYPE field, of the used
+        rows, plus kind, newest_ts, cursor and stats (CARD_STATS order)."""
+        n = self.tb.used
+        snap = {name: np.ascontiguousarray(self._recs[name][:n]) for name in CARD_DTYPE.names}
+        snap["kind"] = np.array("zfraud.CardState/1")
+        snap["newest_ts"] = np.array(self.newest_ts, np.int64)
+        snap["cursor"] = np.array(self.tb.cursor, np.int64)
+        snap["stats"] = np.array([self.tb.evicted, self.tb.expired, self.st.late,
+                                  self.st.hour_dropped, self.st.too_old, self.st.read_missing],
+                                 np.int64)
+        return snap
+
+    def restore(self, snap):
+        """Replace the state by a snapshot's (at most `capacity` cards). On a missing array, a
+        wrong dtype or shape, or a repeated key: ValueError, and the state is left as it was."""
+        record = [(name, CARD_DTYPE.fields[name][0].base, CARD_DTYPE.fields[name][0].shape)
+                  for name in CARD_DTYPE.names]
+        n, got = _expect_rows(snap, "zfraud.CardState/1", record, self.tb.capacity)
+        (newest,), cursor = _expect_scalars(snap, ["newest_ts"], n)
+        stats = _expect(snap, "stats", np.int64, (len(CARD_STATS),))
+        recs = np.zeros(self.tb.capacity, CARD_DTYPE)
+        for name in CARD_DTYPE.names:
+            recs[name][:n] = got[name]
+        cdef Table saved = self.tb
+        cdef CardStats saved_st = self.st
+        old_recs, old_slots = self._recs, self._slots
+        self._bind(recs, n)
+        bad = tb_rebuild(&self.tb)
+        if bad >= 0:
+            self._recs, self._slots, self.tb, self.st = old_recs, old_slots, saved, saved_st
+            self.recs = <CardRec*>data_of(old_recs)
+            raise ValueError(f"snapshot 'key': expected distinct keys, got {int(got['key'][bad]):#x} "
+                             f"again at row {bad}")
+        self.tb.cursor = cursor
+        self.newest_ts = newest
+        self.tb.evicted, self.tb.expired = stats[0], stats[1]
+        self.st = CardStats(stats[2], stats[3], stats[4], stats[5])
+
+
+# ------------------------------------------------------------------------------------------------
+# Terminals.
+
+ctypedef struct TermCols:
+    int64_t* last_day
+    uint32_t* tx              # [(row * days + pos) * sources + slot]
+    uint32_t* total           # [row * days + pos]: tx summed over the slots (derived)
+    uint32_t* fraud           # [row * days + pos]
+    uint32_t* stamp           # [row * days + pos]
+    uint32_t* row_stamp       # [row]: max stamp of the row (derived)
+    int64_t days
+    int64_t sources
+
+ctypedef struct TermStats:
+    int64_t too_old           # adds, frauds and merges older than the terminal's ring
+    int64_t read_missing
+    int64_t merged            # bucket values raised by merge
+
+
+cdef inline void term_reset(TermCols* c, uint64_t r) noexcept nogil:
+    c.last_day[r] = NONE
+    c.row_stamp[r] = 0
+    memset(c.tx + r * c.days * c.sources, 0, c.days * c.sources * sizeof(uint32_t))
+    memset(c.total + r * c.days, 0, c.days * sizeof(uint32_t))
+    memset(c.fraud + r * c.days, 0, c.days * sizeof(uint32_t))
+    memset(c.stamp + r * c.days, 0, c.days * sizeof(uint32_t))
+
+
+cdef inline int64_t term_bucket(TermCols* c, TermStats* st, uint64_t r, int64_t day) noexcept nogil:
+    """Index (row * days + pos) of row r's bucket for `day`, moving the ring forward when day is
+    newer than its newest; -1 when day is older than the ring."""
+    cdef int64_t last = c.last_day[r], k, j, b
+    if last == NONE:
+        c.last_day[r] = day
+    elif day > last:
+        j = pmod(last, c.days)
+        for k in range(day - last if day - last < c.days else c.days):
+            j = j + 1 if j + 1 < c.days else 0
+            b = <int64_t>r * c.days + j
+            memset(c.tx + b * c.sources, 0, c.sources * sizeof(uint32_t))
+            c.total[b] = 0
+            c.fraud[b] = 0
+            c.stamp[b] = 0
+        c.last_day[r] = day
+    elif day <= last - c.days:
+        st.too_old += 1
+        return -1
+    return <int64_t>r * c.days + pmod(day, c.days)
+
+
+cdef class TerminalState:
+    """Daily transaction G-counters and fraud counts for up to `capacity` terminals.
+
+    TerminalState(capacity, max_sources=16, days=40): source slots 0..max_sources-1 and a ring
+    of `days` daily buckets per terminal (see the module docstring).
+    """
+    cdef Table tb
+    cdef TermCols c
+    cdef TermStats st
+    cdef int64_t newest_day
+    cdef uint32_t version
+    cdef dict _rows
+    cdef object _slots, _total, _row_stamp
+    cdef readonly int days, max_sources
+
+    def __init__(self, capacity, max_sources=16, days=40):
+        capacity = _check_capacity(capacity)
+        if not 1 <= max_sources <= 4096:
+            raise ValueError(f"expected max_sources in [1, 4096], got {max_sources}")
+        if not 1 <= days <= 4096:
+            raise ValueError(f"expected days in [1, 4096], got {days}")
+        self.days = days
+        self.max_sources = max_sources
+        self._bind({name: np.zeros((capacity,) + shape, dtype)
+                    for name, dtype, shape in terminal_row(days, max_sources)}, capacity, 0)
+        self.newest_day = NONE
+        self.version = 1
+
+    cdef _bind(self, dict rows, uint64_t capacity, uint64_t used):
+        """Own these row arrays, fresh derived arrays and index, and point the table at them."""
+        self._rows = rows
+        self._slots = np.zeros(2 * capacity, np.uint64)
+        self._total = np.zeros((capacity, self.days), np.uint32)
+        self._row_stamp = np.zeros(capacity, np.uint32)
+        self.tb.slots = <uint64_t*>data_of(self._slots)
+        self.tb.m = 2 * capacity
+        self.tb.keys = data_of(rows["key"])
+        self.tb.ages = data_of(rows["last_day"])
+        self.tb.key_stride = sizeof(uint64_t)
+        self.tb.age_stride = sizeof(int64_t)
+        self.tb.capacity = capacity
+        self.tb.used = used
+        self.tb.cursor = 0
+        self.tb.evicted = 0
+        self.tb.expired = 0
+        self.c.last_day = <int64_t*>data_of(rows["last_day"])
+        self.c.tx = <uint32_t*>data_of(rows["tx"])
+        self.c.fraud = <uint32_t*>data_of(rows["fraud"])
+        self.c.stamp = <uint32_t*>data_of(rows["stamp"])
+        self.c.total = <uint32_t*>data_of(self._total)
+        self.c.row_stamp = <uint32_t*>data_of(self._row_stamp)
+        self.c.days = self.days
+        self.c.sources = self.max_sources
+        self.st = TermStats(0, 0, 0)
+
+    @property
+    def capacity(self):
+        return self.tb.capacity
+
+    def __len__(self):
+        return self.tb.used
+
+    @property
+    def bytes_per_terminal(self):
+        total = (sum(a.nbytes for a in self._rows.values()) + self._slots.nbytes
+                 + self._total.nbytes + self._row_stamp.nbytes)
+        return total / self.tb.capacity
+
+    @property
+    def current_version(self):
+        """The version local changes are stamped with now; export() returns it and moves on."""
+        return self.version
+
+    cdef inline int64_t _row(self, uint64_t key, int64_t day) noexcept nogil:
+        """Row of key (acquired and reset if new); day is the event's day index."""
+        cdef int64_t s
+        cdef uint64_t r
+        if day > self.newest_day:
+            self.newest_day = day
+        s = tb_find(&self.tb, key)
+        if s >= 0:
+            return <int64_t>slot_row(self.tb.slots[s])
+        r = tb_acquire(&self.tb, key, -1 - s, self.newest_day - self.days + 1)
+        term_reset(&self.c, r)
+        (<uint64_t*>self.tb.keys)[r] = key
+        return <int64_t>r
+
+    def _check_slot(self, slot, allow_fraud):
+        if allow_fraud and slot == FRAUD_SLOT:
+            return
+        if not 0 <= slot < self.max_sources:
+            extra = f" or FRAUD_SLOT ({FRAUD_SLOT})" if allow_fraud else ""
+            raise ValueError(f"expected a source slot in [0, {self.max_sources}){extra}, got {slot}")
+
+    def add_tx(self, const uint64_t[::1] keys, const int64_t[::1] ts_ms, int slot,
+               const uint8_t[::1] update=None):
+        """Count this worker's own transactions in its source slot, by their UTC day.
+
+        keys: (n,) uint64 mixed terminal keys; ts_ms: (n,) int64; update: optional (n,) uint8,
+        rows with 0 are skipped (duplicates)."""
+        self._check_slot(slot, False)
+        cdef Py_ssize_t n = keys.shape[0], i
+        if ts_ms.shape[0] != n or (update is not None and update.shape[0] != n):
+            raise ValueError(f"expected ts_ms and update of length {n}, got {ts_ms.shape[0]} and "
+                             f"{update.shape[0] if update is not None else None}")
+        cdef bint masked = update is not None
+        cdef int64_t r, b, idx, day
+        with nogil:
+            for i in range(n):
+                if masked and update[i] == 0:
+                    continue
+                day = floor_div(ts_ms[i], MS_PER_DAY)
+                r = self._row(keys[i], day)
+                b = term_bucket(&self.c, &self.st, r, day)
+                if b < 0:
+                    continue
+                idx = b * self.c.sources + slot
+                if self.c.tx[idx] != UINT32_MAX:
+                    self.c.tx[idx] += 1
+                    self.c.total[b] += 1
+                self.c.stamp[b] = self.version
+                self.c.row_stamp[r] = self.version
+
+    def add_fraud(self, const uint64_t[::1] keys, const int64_t[::1] ts_ms):
+        """Count confirmed frauds by their transaction's UTC day (labels already deduplicated).
+
+        keys: (n,) uint64 mixed terminal keys; ts_ms: (n,) int64, the transactions' times."""
+        cdef Py_ssize_t n = keys.shape[0], i
+        if ts_ms.shape[0] != n:
+            raise ValueError(f"expected ts_ms of length {n}, got {ts_ms.shape[0]}")
+        cdef int64_t r, b, day
+        with nogil:
+            for i in range(n):
+                day = floor_div(ts_ms[i], MS_PER_DAY)
+                r = self._row(keys[i], day)
+                b = term_bucket(&self.c, &self.st, r, day)
+                if b < 0:
+                    continue
+                if self.c.fraud[b] != UINT32_MAX:
+                    self.c.fraud[b] += 1
+                self.c.stamp[b] = self.version
+                self.c.row_stamp[r] = self.version
+
+    def read(self, const uint64_t[::1] keys, const int64_t[::1] ts_ms, int delay_days,
+             float[:, ::1] out):
+        """The Handbook's terminal features of each row, TERMINAL_NAMES order, day granularity.
+
+        keys: (n,) uint64 mixed; ts_ms: (n,) int64; delay_days >= 0; out: (n, 6) float32.
+        """
+        cdef Py_ssize_t n = keys.shape[0], i
+        if ts_ms.shape[0] != n or out.shape[0] != n or out.shape[1] != K_TERMINAL:
+            raise ValueError(f"expected ts_ms of length {n} and out ({n}, {K_TERMINAL}); got "
+                             f"{ts_ms.shape[0]} and ({out.shape[0]}, {out.shape[1]})")
+        if delay_days < 0:
+            raise ValueError(f"expected delay_days >= 0, got {delay_days}")
+        cdef int64_t s, r, d, last, lo, hi, k, j, days = self.c.days
+        cdef uint64_t t1, t7, t30, f1, f7, f30, base
+        with nogil:
+            for i in range(n):
+                s = tb_find(&self.tb, keys[i])
+                if s < 0:
+                    self.st.read_missing += 1
+                    for j in range(K_TERMINAL):
+                        out[i, j] = 0
+                    continue
+                r = <int64_t>slot_row(self.tb.slots[s])
+                base = <uint64_t>r * days
+                last = self.c.last_day[r]
+                d = floor_div(ts_ms[i], MS_PER_DAY) - delay_days     # windows end before day d
+                t1 = t7 = t30 = f1 = f7 = f30 = 0
+                lo = d - 30 if d - 30 > last - days else last - days + 1
+                hi = d - 1 if d - 1 < last else last
+                j = pmod(lo, days)
+                for k in range(lo, hi + 1):
+                    t30 += self.c.total[base + j]
+                    f30 += self.c.fraud[base + j]
+                    if k >= d - 7:
+                        t7 += self.c.total[base + j]
+                        f7 += self.c.fraud[base + j]
+                        if k == d - 1:
+                            t1 += self.c.total[base + j]
+                            f1 += self.c.fraud[base + j]
+                    j = j + 1 if j + 1 < days else 0
+                out[i, 0] = <float>t1
+                out[i, 1] = <float>(<double>f1 / t1) if t1 > 0 else 0
+                out[i, 2] = <float>t7
+                out[i, 3] = <float>(<double>f7 / t7) if t7 > 0 else 0
+                out[i, 4] = <float>t30
+                out[i, 5] = <float>(<double>f30 / t30) if t30 > 0 else 0
+
+    def export(self, int slot, int64_t since):
+        """Cumulative counts of one slot's buckets changed locally after version `since`.
+
+        slot: a source slot or FRAUD_SLOT; since: the version an earlier export returned (0: all
+        counted locally so far), or -1 for every nonzero bucket including values learnt by merge
+        (a full transfer, e.g. to a new peer). Merges do not stamp buckets, so peers' counts are
+        not echoed back to them.
+        Returns (keys uint64 (k,), days int32 (k,) day indices, counts uint32 (k,), version): pass
+        version as `since` next time; local changes after this call get a later version.
+        """
+        self._check_slot(slot, True)
+        if since < -1:
+            raise ValueError(f"expected since >= -1, got {since}")
+        if self.version == UINT32_MAX:
+            raise OverflowError("export version counter exhausted; restore into a fresh state")
+        cdef uint32_t cur = self.version
+        self.version += 1
+        cdef int64_t days = self.c.days, last, j, b
+        cdef uint64_t r, count = 0, w = 0
+        cdef bint every = since < 0
+        cdef uint32_t v, after = <uint32_t>(0 if every else min(since, UINT32_MAX))
+        cdef const uint32_t* src = self.c.fraud if slot == FRAUD_SLOT else self.c.tx
+        cdef int64_t stride = 1 if slot == FRAUD_SLOT else self.c.sources
+        cdef int64_t off = 0 if slot == FRAUD_SLOT else slot
+        with nogil:
+            for r in range(self.tb.used):
+                if every or self.c.row_stamp[r] > after:
+                    for j in range(days):
+                        b = <int64_t>r * days + j
+                        if src[b * stride + off] != 0 and (every or self.c.stamp[b] > after):
+                            count += 1
+        keys_out = np.empty(count, np.uint64)
+        days_out = np.empty(count, np.int32)
+        counts_out = np.empty(count, np.uint32)
+        if count == 0:
+            return keys_out, days_out, counts_out, cur
+        cdef uint64_t[::1] ko = keys_out
+        cdef int32_t[::1] do = days_out
+        cdef uint32_t[::1] co = counts_out
+        cdef const uint64_t* row_keys = <const uint64_t*>self.tb.keys
+        with nogil:
+            for r in range(self.tb.used):
+                if every or self.c.row_stamp[r] > after:
+                    last = self.c.last_day[r]
+                    for j in range(days):
+                        b = <int64_t>r * days + j
+                        v = src[b * stride + off]
+                        if v != 0 and (every or self.c.stamp[b] > after):
+                            ko[w] = row_keys[r]
+                            do[w] = <int32_t>(last - pmod(last - j, days))
+                            co[w] = v
+                            w += 1
+        return keys_out, days_out, counts_out, cur
+
+    def merge(self, int slot, const uint64_t[::1] keys, const int32_t[::1] days,
+              const uint32_t[::1] counts):
+        """Merge a peer's cumulative counts: count = max(existing, value) per (key, day, slot),
+        so the order and repetition of merges do not matter. Arguments as export() returns."""
+        self._check_slot(slot, True)
+        cdef Py_ssize_t n = keys.shape[0], i
+        if days.shape[0] != n or counts.shape[0] != n:
+            raise ValueError(f"expected days and counts of length {n}, got {days.shape[0]} and "
+                             f"{counts.shape[0]}")
+        cdef int64_t r, b, idx
+        cdef uint32_t v
+        cdef bint fraud = slot == FRAUD_SLOT
+        with nogil:
+            for i in range(n):
+                v = counts[i]
+                if v == 0:
+                    continue
+                r = self._row(keys[i], days[i])
+                b = term_bucket(&self.c, &self.st, r, days[i])
+                if b < 0:
+                    continue
+                if fraud:
+                    if v > self.c.fraud[b]:
+                        self.c.fraud[b] = v
+                        self.st.merged += 1
+                else:
+                    idx = b * self.c.sources + slot
+                    if v > self.c.tx[idx]:
+                        self.c.total[b] += v - self.c.tx[idx]
+                        self.c.tx[idx] = v
+                        self.st.merged += 1
+
+    def stats(self):
+        return {"terminals": self.tb.used, "capacity": self.tb.capacity,
+                "evictions": self.tb.evicted, "expiries": self.tb.expired,
+                "too_old": self.st.too_old, "read_missing": self.st.read_missing,
+                "merged": self.st.merged, "version": self.version,
+                "newest_day": None if self.newest_day == NONE else self.newest_day}
+
+    def snapshot(self):
+        """The state as a dict of numpy arrays (copies): the used rows of each terminal_row
+        array, plus kind, newest_day, cursor, version and stats (TERMINAL_STATS order). Index,
+        totals and row stamps are derived, and rebuilt by restore."""
+        n = self.tb.used
+        snap = {name: self._rows[name][:n].copy()
+                for name, _, _ in terminal_row(self.days, self.max_sources)}
+        snap["kind"] = np.array("zfraud.TerminalState/1")
+        snap["newest_day"] = np.array(self.newest_day, np.int64)
+        snap["cursor"] = np.array(self.tb.cursor, np.int64)
+        snap["version"] = np.array(self.version, np.int64)
+        snap["stats"] = np.array([self.tb.evicted, self.tb.expired, self.st.too_old,
+                                  self.st.read_missing, self.st.merged], np.int64)
+        return snap
+
+    def restore(self, snap):
+        """Replace the state by a snapshot's, whose days and max_sources must equal this
+        object's. On any mismatch: ValueError, and the state is left as it was."""
+        cdef uint64_t cap = self.tb.capacity
+        record = terminal_row(self.days, self.max_sources)
+        n, got = _expect_rows(snap, "zfraud.TerminalState/1", record, cap)
+        (newest, version), cursor = _expect_scalars(snap, ["newest_day", "version"], n)
+        stats = _expect(snap, "stats", np.int64, (len(TERMINAL_STATS),))
+        top = int(got["stamp"].max()) if n else 0
+        if not max(top, 1) <= version < UINT32_MAX:
+            raise ValueError(f"snapshot 'version': expected at least every stamp ({top}) and 1, "
+                             f"and below 2**32 - 1, got {version}")
+        total = got["tx"].sum(axis=2, dtype=np.uint64)
+        if n and int(total.max()) > UINT32_MAX:
+            raise ValueError("snapshot 'tx': expected daily totals below 2**32, got more")
+        rows = {}
+        for name, dtype, shape in record:
+            rows[name] = np.zeros((cap,) + shape, dtype)
+            rows[name][:n] = got[name]
+        cdef Table saved = self.tb
+        cdef TermCols saved_c = self.c
+        cdef TermStats saved_st = self.st
+        old = (self._rows, self._slots, self._total, self._row_stamp)
+        self._bind(rows, cap, n)
+        bad = tb_rebuild(&self.tb)
+        if bad >= 0:
+            self._rows, self._slots, self._total, self._row_stamp = old
+            self.tb, self.c, self.st = saved, saved_c, saved_st
+            raise ValueError(f"snapshot 'key': expected distinct keys, got {int(got['key'][bad]):#x} "
+                             f"again at row {bad}")
+        self._total[:n] = total
+        self._row_stamp[:n] = got["stamp"].max(axis=1)
+        self.tb.cursor = cursor
+        self.newest_day = newest
+        self.version = version
+        self.tb.evicted, self.tb.expired = stats[0], stats[1]
+        self.st = TermStats(stats[2], stats[3], stats[4])
+

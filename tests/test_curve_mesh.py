@@ -1,0 +1,87 @@
+"""CURVE on a live mesh: served with the right keys, refused without or with a foreign key, with a
+one-line message and no hang."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from zfraud import Client
+from zfraud.client import MeshError
+from zfraud.local import LocalMesh
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    d = tmp_path_factory.mktemp("curve") / "mesh"
+    r = run_cli("keys", "init", str(d))
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+@pytest.fixture(scope="module")
+def secure_mesh(keys, tmp_path_factory):
+    mesh = LocalMesh(2, extra_args=["--curve-dir", str(keys)], log_dir=str(tmp_path_factory.mktemp("cm")))
+    mesh.members_of = lambda name, timeout_s=1.0: _members(mesh, keys, name)
+    with mesh:
+        yield mesh
+
+
+def _members(mesh, keys, name):
+    try:
+        with Client(mesh.routers[name], curve_dir=str(keys), hello_timeout_s=1.0) as c:
+            return sorted(c.routers)
+    except MeshError:
+        return None
+
+
+def test_keys_init_modes_and_refusal(keys):
+    assert sorted(p.name for p in keys.iterdir()) == ["client.key", "client.key_secret", "worker.key",
+                                                      "worker.key_secret"]
+    assert (keys / "client.key_secret").stat().st_mode & 0o777 == 0o600
+    r = run_cli("keys", "init", str(keys))
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "--force" in r.stderr
+
+
+def test_served_with_the_mesh_keys(secure_mesh, keys):
+    r = run_cli("send", "--connect", secure_mesh.endpoint, "--synthetic", "20000", "--json", "--curve-dir", str(keys))
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (s["verdicts"], s["lost"], s["workers"]) == (20000, 0, 2)
+
+
+def test_tail_with_keys(secure_mesh, keys):
+    tail = subprocess.Popen([sys.executable, "-m", "zfraud", "tail", "--connect", secure_mesh.endpoint, "--count", "2000",
+                             "--curve-dir", str(keys), "--timeout", "30"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        assert run_cli("send", "--connect", secure_mesh.endpoint, "--synthetic", "2000", "--curve-dir",
+                       str(keys)).returncode == 0
+        out, err = tail.communicate(timeout=60)
+    finally:
+        tail.kill()
+    assert tail.returncode == 0 and len(out.splitlines()) == 2000, err
+
+
+def test_refused_without_keys(secure_mesh):
+    t0 = time.monotonic()
+    r = run_cli("send", "--connect", secure_mesh.endpoint, "--synthetic", "10", timeout=30)
+    assert r.returncode != 0 and time.monotonic() - t0 < 15
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "encryption" in lines[0] and "--curve-dir" in lines[0], r.stderr
+
+
+def test_refused_with_a_foreign_key(secure_mesh, tmp_path):
+    foreign = tmp_path / "foreign"
+    assert run_cli("keys", "init", str(foreign)).returncode == 0
+    mesh_keys = Path(secure_mesh.extra_args[1])
+    (foreign / "worker.key").write_bytes((mesh_keys / "worker.key").read_bytes())  # knows the server, not known to it
+    t0 = time.monotonic()
+    r = run_cli("status", "--connect", secure_mesh.endpoint, "--curve-dir", str(foreign), timeout=30)
+    assert r.returncode != 0 and time.monotonic() - t0 < 15
+    assert "does not know this client's key" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,625 @@
+"""Contract tests of the streaming state (ext/state.pyx, zfraud/state.py).
+
+Card windows are checked against a plain-Python model of the same bucket semantics (dicts keyed
+by absolute hour and day, no rings); terminal features against the Handbook's definition at day
+granularity, computed from the raw events; plus batch == one-by-one, G-counter convergence,
+snapshot round trips, snapshot validation and the capacity policy.
+"""
+import math
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from zfraud import _state
+from zfraud.mesh import mix64
+from zfraud.state import (CARD_FEATURES, FRAUD_SLOT, TERMINAL_FEATURES, CardState, FeatureState,
+                          TerminalState, mix_keys)
+
+HOUR = 3_600_000
+DAY = 86_400_000
+COUNTS = [0, 2, 4]            # count columns of the card features: compared exactly
+OTHERS = [1, 3, 5, 6, 7, 8]   # averages, ratios, log gap: sums may add in another order
+
+
+# ------------------------------------------------------------------------------------------------
+# Plain-Python references.
+
+class RefCards:
+    """CardState's semantics on dicts keyed by absolute hour / day: a bucket lives while it is
+    within 24 hours / 32 days of its card's newest event, counts saturate at 65535, sums are
+    float32 added in arrival order. No capacity limit."""
+
+    def __init__(self):
+        self.cards = {}
+
+    def step(self, key, t, amount, update):
+        c = self.cards.get(key)
+        if c is None:
+            if not update:
+                return [0.0] * 8 + [-1.0]
+            c = self.cards[key] = {"last": None, "prev": None, "hours": {}, "days": {}}
+        gap = self.gap(c, t, update)
+        if update:
+            self.add(c, t, amount)
+        return self.read(c, t, amount, gap)
+
+    @staticmethod
+    def gap(c, t, update):
+        if c["last"] is None:
+            return -1
+        if t > c["last"] or (t == c["last"] and update):
+            return t - c["last"]
+        if c["prev"] is not None and (t > c["prev"] or t == c["last"]):
+            return t - c["prev"]
+        return -1
+
+    @staticmethod
+    def add(c, t, amount):
+        if c["last"] is None or t >= c["last"]:
+            c["prev"], c["last"] = c["last"], t
+        nh, nd = c["last"] // HOUR, c["last"] // DAY
+        c["hours"] = {k: v for k, v in c["hours"].items() if k > nh - 24}
+        c["days"] = {k: v for k, v in c["days"].items() if k > nd - 32}
+        for buckets, k, keep in ((c["hours"], t // HOUR, t // HOUR > nh - 24),
+                                 (c["days"], t // DAY, t // DAY > nd - 32)):
+            if keep:
+                n, s = buckets.get(k, (0, np.float32(0)))
+                buckets[k] = (min(n + 1, 65535), np.float32(s + np.float32(amount)))
+
+    @staticmethod
+    def read(c, t, amount, gap):
+        def window(buckets, lo, hi):
+            ks = sorted(k for k in buckets if lo <= k <= hi)
+            return sum(buckets[k][0] for k in ks), sum(float(buckets[k][1]) for k in ks)
+
+        rh, rd = t // HOUR, t // DAY
+        row = []
+        avgs = []
+        for buckets, lo, hi in ((c["hours"], rh - 23, rh), (c["days"], rd - 6, rd),
+                                (c["days"], rd - 29, rd)):
+            n, s = window(buckets, lo, hi)
+            avgs.append(s / n if n else 0.0)
+            row += [n, avgs[-1]]
+        row += [amount / avgs[1] if avgs[1] > 0 else 0.0, amount / avgs[2] if avgs[2] > 0 else 0.0]
+        row.append(math.log1p(gap / 1000.0) if gap >= 0 else -1.0)
+        return row
+
+
+def book_terminal(txs: Counter, frauds: Counter, term, t, delay):
+    """Handbook 2.3 at day granularity: days [d - delay - n, d - delay) over all sources."""
+    d = t // DAY
+    row = []
+    for n in (1, 7, 30):
+        days = range(d - delay - n, d - delay)
+        nt = sum(txs[(term, x)] for x in days)
+        nf = sum(frauds[(term, x)] for x in days)
+        row += [nt, np.float32(nf / nt) if nt else 0.0]
+    return row
+
+
+# ------------------------------------------------------------------------------------------------
+# Streams.
+
+def card_stream(seed, n=4000, n_cards=40, start=0):
+    """Random card rows: bursts and quiet hours, idle gaps of 31-60 days, late events (some older
+    than the rings), duplicates re-read with update 0, and reads of never-seen cards."""
+    rng = np.random.default_rng(seed)
+    t = start
+    keys, ts, amount, update = [], [], [], []
+    for i in range(n):
+        r = rng.random()
+        if r < 0.005:
+            t += int(rng.integers(31, 60)) * DAY + int(rng.integers(0, DAY))
+        else:
+            t += int(rng.exponential(2 * HOUR if r < 0.5 else 10 * 60_000))
+        row_t = t
+        late = rng.random()
+        if late < 0.08:
+            row_t = t - int(rng.integers(0, 40 * DAY))          # up to beyond the daily ring
+        elif late < 0.16:
+            row_t = t - int(rng.integers(0, 3 * HOUR))
+        card = int(rng.integers(0, n_cards))
+        upd = 1
+        if i > 0 and rng.random() < 0.05:                          # a duplicate: re-read a row
+            j = int(rng.integers(0, len(keys)))
+            card, row_t, amt, upd = keys[j], ts[j], amount[j], 0
+        else:
+            amt = float(np.round(rng.gamma(2.0, 40.0), 2))
+            if rng.random() < 0.03:
+                upd = 0
+                card = n_cards + int(rng.integers(0, 5))           # never updated: a missing card
+        keys.append(card)
+        ts.append(row_t)
+        amount.append(amt)
+        update.append(upd)
+    raw = np.array(keys, np.uint64) + np.uint64(1000)
+    return (mix_keys(raw), np.array(ts, np.int64), np.array(amount, np.float64),
+            np.array(update, np.uint8))
+
+
+def run_cards(state, keys, ts, amount, update, batch_sizes):
+    out = np.empty((len(keys), 9), np.float32)
+    lo = 0
+    for size in batch_sizes:
+        hi = min(lo + size, len(keys))
+        state.update_and_read(keys[lo:hi], ts[lo:hi], amount[lo:hi], update[lo:hi], out[lo:hi])
+        lo = hi
+        if lo == len(keys):
+            break
+    assert lo == len(keys)
+    return out
+
+
+def random_batches(rng, n):
+    sizes = []
+    while sum(sizes) < n:
+        sizes.append(int(rng.choice([1, 2, 7, 64, 333, 1024])))
+    return sizes
+
+
+# ------------------------------------------------------------------------------------------------
+# Cards.
+
+def test_feature_names_agree_with_the_kernel():
+    assert CARD_FEATURES == tuple(_state.CARD_NAMES) and len(CARD_FEATURES) == 9
+    assert TERMINAL_FEATURES == tuple(_state.TERMINAL_NAMES) and len(TERMINAL_FEATURES) == 6
+    assert CARD_FEATURES[-1] == "log1p_seconds_since_card_last_tx"
+
+
+def test_key_mixing_is_the_mesh_splitmix64():
+    ids = np.random.default_rng(0).integers(0, 2**63, 1000, dtype=np.uint64)
+    ids[:3] = [0, 1, 2**64 - 1]
+    np.testing.assert_array_equal(mix_keys(ids), mix64(ids))
+
+
+@pytest.mark.parametrize("capacity", [1, 1000, 1 << 16])
+def test_bytes_per_card_within_budget(capacity):
+    assert CardState(capacity).bytes_per_card <= 400
+    assert _state.CARD_DTYPE.itemsize == 368
+
+
+@pytest.mark.parametrize("seed,start", [(1, 1_600_000_000_000), (2, -5 * DAY - 1234), (3, 0)])
+def test_card_windows_match_the_bucket_reference(seed, start):
+    keys, ts, amount, update = card_stream(seed, start=start)
+    got = run_cards(CardState(1000), keys, ts, amount, update, [1024] * 10)
+    ref = RefCards()
+    want = np.array([ref.step(int(k), int(t), float(a), bool(u))
+                     for k, t, a, u in zip(keys, ts, amount, update)], np.float64)
+    np.testing.assert_array_equal(got[:, COUNTS], want[:, COUNTS].astype(np.float32))
+    np.testing.assert_allclose(got[:, OTHERS], want[:, OTHERS].astype(np.float32), rtol=1e-6)
+    # The stream exercised what it was meant to.
+    st = CardState(1000)
+    run_cards(st, keys, ts, amount, update, [len(keys)])
+    s = st.stats()
+    assert s["late"] > 0 and s["too_old"] > 0 and s["hour_dropped"] > 0 and s["read_missing"] > 0
+    assert (got[:, 8] == -1).any() and (got[:, 0] == 0).any()
+
+
+@pytest.mark.parametrize("capacity", [1000, 16])
+def test_batch_equals_one_by_one(capacity):
+    keys, ts, amount, update = card_stream(4)
+    rng = np.random.default_rng(5)
+    one = run_cards(CardState(capacity), keys, ts, amount, update, [1] * len(keys))
+    batched = run_cards(CardState(capacity), keys, ts, amount, update, random_batches(rng, len(keys)))
+    whole = run_cards(CardState(capacity), keys, ts, amount, update, [len(keys)])
+    np.testing.assert_array_equal(batched, one)
+    np.testing.assert_array_equal(whole, one)
+
+
+def test_windows_are_hour_and_day_buckets_including_the_current_transaction():
+    st = CardState(10)
+    key = mix_keys([7])
+    t0 = 10 * HOUR                                    # day 0, 10:00
+    rows = [(t0, 10.0), (t0 + 30 * 60_000, 20.0),      # 10:00, 10:30
+            (t0 + 24 * HOUR - 1, 30.0),                # day 1, 09:59:59.999: hour 10 of day 0 still in
+            (t0 + 24 * HOUR, 40.0)]                    # day 1, 10:00: hour 10 of day 0 drops out
+    got = [run_cards(st, key, np.array([t], np.int64), np.array([a]), np.ones(1, np.uint8), [1])[0]
+           for t, a in rows]
+    assert [g[0] for g in got] == [1, 2, 3, 2]        # 1 day = 24 hour buckets
+    assert got[3][1] == pytest.approx(35.0)
+    assert [g[2] for g in got] == [1, 2, 3, 4]        # 7 days = 7 calendar-day buckets
+    assert got[3][3] == pytest.approx(25.0) and got[3][6] == pytest.approx(40 / 25)
+    assert got[0][8] == -1 and got[1][8] == pytest.approx(math.log1p(1800))
+
+
+def test_a_reread_duplicate_gets_the_features_of_its_first_read():
+    keys, ts, amount, _ = card_stream(6, n=600, n_cards=30)
+    order = np.argsort(ts, kind="stable")
+    keys, ts, amount = keys[order], ts[order], amount[order]
+    st = CardState(100)
+    for i in range(len(keys)):
+        k, t, a = keys[i:i + 1], ts[i:i + 1], amount[i:i + 1]
+        first = run_cards(st, k, t, a, np.ones(1, np.uint8), [1])
+        again = run_cards(st, k, t, a, np.zeros(1, np.uint8), [1])
+        np.testing.assert_array_equal(again, first)
+
+
+def test_events_older_than_the_rings_are_counted_not_added():
+    st = CardState(10)
+    key = mix_keys([1])
+    one = np.ones(1, np.uint8)
+    run_cards(st, key, np.array([40 * DAY], np.int64), np.array([5.0]), one, [1])
+    late = run_cards(st, key, np.array([40 * DAY - 33 * DAY], np.int64), np.array([7.0]), one, [1])
+    assert st.stats()["too_old"] == 1 and st.stats()["late"] == 1
+    assert late[0, 0] == 0 and late[0, 4] == 0       # its own window holds nothing in the rings
+    now = run_cards(st, key, np.array([40 * DAY + 1], np.int64), np.array([5.0]), one, [1])
+    assert now[0, 4] == 2                             # the dropped event never counts
+
+
+# ------------------------------------------------------------------------------------------------
+# Capacity policy.
+
+@pytest.mark.timeout(60)
+def test_a_full_table_evicts_and_keeps_working():
+    st = CardState(64)
+    n = 20_000
+    keys = mix_keys(np.arange(1, n + 1, dtype=np.uint64))
+    ts = np.arange(n, dtype=np.int64) * 1000
+    got = run_cards(st, keys, ts, np.full(n, 10.0), np.ones(n, np.uint8), [1024] * 20)
+    assert (got[:, 0] == 1).all()                   # every new card starts fresh
+    s = st.stats()
+    assert len(st) == 64 and s["evictions"] == n - 64 and s["expiries"] == 0
+    # The card just added is still there.
+    again = run_cards(st, keys[-1:], ts[-1:], np.array([10.0]), np.zeros(1, np.uint8), [1])
+    assert again[0, 0] == 1
+
+
+@pytest.mark.timeout(60)
+def test_adversarial_keys_with_one_home_slot_terminate_and_evict_the_stalest():
+    # Keys sharing their top 32 bits all hash to the same slot: one long probe run.
+    n, cap = 5000, 128
+    keys = (np.uint64(0xDEADBEEF) << np.uint64(32)) | np.arange(n, dtype=np.uint64)
+    st = CardState(cap)
+    ts = np.arange(n, dtype=np.int64) * 1000
+    run_cards(st, keys, ts, np.ones(n), np.ones(n, np.uint8), [1000] * 5)
+    assert st.stats()["evictions"] == n - cap
+    # Every key competes in the one window, so eviction was least-recently-seen: the last
+    # `cap` keys are held and an older one is not.
+    out = run_cards(st, keys[-cap:], ts[-cap:], np.ones(cap), np.zeros(cap, np.uint8), [cap])
+    assert (out[:, 0] == 1).all()
+    run_cards(st, keys[:1], ts[:1], np.ones(1), np.zeros(1, np.uint8), [1])
+    assert st.stats()["read_missing"] == 1
+
+
+def test_idle_cards_expire_before_active_ones_are_evicted():
+    st = CardState(64)
+    one = lambda k, t: run_cards(st, mix_keys(k), np.full(len(k), t, np.int64),
+                                 np.ones(len(k)), np.ones(len(k), np.uint8), [len(k)])
+    one(np.arange(1, 65, dtype=np.uint64), 0)
+    one(np.arange(101, 165, dtype=np.uint64), 32 * DAY)     # all 64 first cards idle > 31 days
+    s = st.stats()
+    assert (s["expiries"], s["evictions"]) == (64, 0)
+    one(np.arange(201, 265, dtype=np.uint64), 32 * DAY + HOUR)
+    s = st.stats()
+    assert (s["expiries"], s["evictions"]) == (64, 64)
+
+
+# ------------------------------------------------------------------------------------------------
+# Terminals.
+
+def terminal_stream(seed, n=3000, n_terms=12, days=80, start_day=19000):
+    rng = np.random.default_rng(seed)
+    ts = np.sort(rng.integers(start_day * DAY, (start_day + days) * DAY, n)).astype(np.int64)
+    terms = rng.integers(0, n_terms, n).astype(np.uint64) + np.uint64(500)
+    fraud = rng.random(n) < 0.1
+    return terms, ts, fraud
+
+
+@pytest.mark.parametrize("delay", [7, 0, 3])
+def test_terminal_features_match_the_book_at_day_granularity(delay):
+    terms, ts, fraud = terminal_stream(7)
+    keys = mix_keys(terms)
+    ts_state = TerminalState(100, max_sources=2, days=delay + 33)
+    txs, frauds = Counter(), Counter()
+    out = np.empty((1, 6), np.float32)
+    got, want = [], []
+    for i in range(len(ts)):
+        ts_state.read(keys[i:i + 1], ts[i:i + 1], delay, out)
+        got.append(out[0].copy())
+        want.append(book_terminal(txs, frauds, int(terms[i]), int(ts[i]), delay))
+        ts_state.add_tx(keys[i:i + 1], ts[i:i + 1], 0)
+        txs[(int(terms[i]), int(ts[i]) // DAY)] += 1
+        if fraud[i]:
+            ts_state.add_fraud(keys[i:i + 1], ts[i:i + 1])
+            frauds[(int(terms[i]), int(ts[i]) // DAY)] += 1
+    np.testing.assert_array_equal(np.array(got), np.array(want, np.float32))
+    assert np.array(got)[:, 4].max() > 0 and np.array(got)[:, 5].max() > 0
+
+
+def test_unknown_terminal_reads_zeros():
+    out = np.full((2, 6), 9, np.float32)
+    TerminalState(4).read(mix_keys([1, 2]), np.array([0, DAY], np.int64), 7, out)
+    assert (out == 0).all()
+
+
+def deliver(dst, slot, msg):
+    keys, days, counts, _ = msg
+    dst.merge(slot, keys, days, counts)
+
+
+def two_workers(seed):
+    """Two TerminalStates that each saw part of the traffic (slots 0 and 1); A is the labeller.
+    Returns them, every delta message they published during the stream, and the raw events."""
+    terms, ts, fraud = terminal_stream(seed)
+    keys = mix_keys(terms)
+    rng = np.random.default_rng(seed + 100)
+    a, b = TerminalState(64, max_sources=4, days=40), TerminalState(64, max_sources=4, days=40)
+    side = rng.random(len(ts)) < 0.5
+    since = {"a": 0, "b": 0, "af": 0}
+    msgs = []                                   # (destination, slot, message)
+    for lo in range(0, len(ts), 250):
+        sl = slice(lo, lo + 250)
+        m = side[sl]
+        a.add_tx(keys[sl][m], ts[sl][m], 0)
+        b.add_tx(keys[sl][~m], ts[sl][~m], 1)
+        f = fraud[sl]
+        a.add_fraud(keys[sl][f], ts[sl][f])
+        ea, ef, eb = a.export(0, since["a"]), a.export(FRAUD_SLOT, since["af"]), b.export(1, since["b"])
+        since["a"], since["af"], since["b"] = ea[3], ef[3], eb[3]
+        msgs += [("b", 0, ea), ("b", FRAUD_SLOT, ef), ("a", 1, eb)]
+    return a, b, msgs, terms, ts, fraud
+
+
+def final_reads(state, terms, ts):
+    q_terms = np.unique(terms)
+    q_ts = np.array([ts.max() - k * DAY // 3 for k in range(6)], np.int64)
+    keys = np.repeat(mix_keys(q_terms), len(q_ts))
+    tq = np.tile(q_ts, len(q_terms))
+    out = np.empty((len(keys), 6), np.float32)
+    state.read(keys, tq, 7, out)
+    return out, np.repeat(q_terms, len(q_ts)), tq
+
+
+@pytest.mark.parametrize("order", ["in_order", "reversed", "shuffled_repeated", "b_first"])
+def test_two_halves_converge_after_exchanging_deltas(order):
+    a, b, msgs, terms, ts, fraud = two_workers(8)
+    rng = np.random.default_rng(9)
+    if order == "reversed":
+        msgs = msgs[::-1]
+    elif order == "shuffled_repeated":
+        msgs = [msgs[i] for i in rng.integers(0, len(msgs), 3 * len(msgs))] + msgs
+        rng.shuffle(msgs)
+    elif order == "b_first":
+        msgs = sorted(msgs, key=lambda m: m[0] != "a")
+    for dst, slot, msg in msgs:
+        deliver(a if dst == "a" else b, slot, msg)
+    ra, qt, qts = final_reads(a, terms, ts)
+    rb, _, _ = final_reads(b, terms, ts)
+    np.testing.assert_array_equal(ra, rb)
+    txs = Counter((int(t), int(x) // DAY) for t, x in zip(terms, ts))
+    frauds = Counter((int(t), int(x) // DAY) for t, x, f in zip(terms, ts, fraud) if f)
+    want = np.array([book_terminal(txs, frauds, int(t), int(x), 7) for t, x in zip(qt, qts)],
+                    np.float32)
+    np.testing.assert_array_equal(ra, want)
+    assert ra[:, 4].min() > 0
+
+
+def test_full_exports_converge_in_either_order_and_repeat():
+    a, b, _, terms, ts, _ = two_workers(10)
+    results = []
+    for first in ("a", "b"):
+        x, y = TerminalState(64, 4, 40), TerminalState(64, 4, 40)
+        x.restore(a.snapshot())
+        y.restore(b.snapshot())
+        full_x = [(s, x.export(s, -1)) for s in (0, FRAUD_SLOT)]
+        full_y = [(1, y.export(1, -1))]
+        for _ in range(2):
+            if first == "a":
+                [deliver(y, s, m) for s, m in full_x]
+                [deliver(x, s, m) for s, m in full_y]
+            else:
+                [deliver(x, s, m) for s, m in full_y]
+                [deliver(y, s, m) for s, m in full_x]
+        rx, ry = final_reads(x, terms, ts)[0], final_reads(y, terms, ts)[0]
+        np.testing.assert_array_equal(rx, ry)
+        results.append(rx)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_export_returns_only_local_changes_since_a_version():
+    st = TerminalState(8, max_sources=2, days=40)
+    k = mix_keys([3])
+    st.add_tx(k, np.array([5 * DAY], np.int64), 0)
+    keys, days, counts, v = st.export(0, 0)
+    assert list(days) == [5] and list(counts) == [1] and keys[0] == k[0]
+    assert len(st.export(0, v)[0]) == 0
+    st.merge(1, k, np.array([5], np.int32), np.array([4], np.uint32))      # a peer's count
+    assert len(st.export(0, v)[0]) == 0                                    # merges are not echoed
+    st.add_tx(k, np.array([5 * DAY + 1], np.int64), 0)
+    keys, days, counts, _ = st.export(0, v)
+    assert list(counts) == [2]                                             # cumulative, not +1
+    assert list(st.export(1, -1)[2]) == [4]                                # full export has it
+    with pytest.raises(ValueError, match="expected a source slot"):
+        st.export(2, 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Snapshots.
+
+def test_card_snapshot_round_trip_gives_identical_features():
+    keys, ts, amount, update = card_stream(11)
+    half = len(keys) // 2
+    a = CardState(24)                                   # small: evictions before and after
+    run_cards(a, keys[:half], ts[:half], amount[:half], update[:half], [500] * 10)
+    snap = a.snapshot()
+    b = CardState(24)
+    b.restore(snap)
+    assert b.stats() == a.stats()
+    rest = (keys[half:], ts[half:], amount[half:], update[half:])
+    np.testing.assert_array_equal(run_cards(b, *rest, [700] * 10), run_cards(a, *rest, [700] * 10))
+    assert b.stats() == a.stats() and a.stats()["evictions"] > 0
+
+
+def test_terminal_snapshot_round_trip_gives_identical_features_and_exports():
+    a, _, _, terms, ts, _ = two_workers(12)
+    b = TerminalState(64, 4, 40)
+    b.restore(a.snapshot())
+    np.testing.assert_array_equal(final_reads(b, terms, ts)[0], final_reads(a, terms, ts)[0])
+    more = mix_keys(terms[:50])
+    for st in (a, b):
+        st.add_tx(more, ts[-50:], 0)
+    for since in (-1, 0, a.current_version - 1):
+        for x, y in zip(a.export(0, since), b.export(0, since)):
+            np.testing.assert_array_equal(x, y)
+    assert a.stats() == b.stats()
+
+
+def card_snapshot():
+    st = CardState(50)
+    keys, ts, amount, update = card_stream(13, n=300)
+    run_cards(st, keys, ts, amount, update, [300])
+    return st, st.snapshot(), (keys, ts, amount)
+
+
+def _set(snap, name, value):
+    snap = dict(snap)
+    snap[name] = value
+    return snap
+
+
+CARD_CORRUPTIONS = {
+    "short ring": lambda s: _set(s, "day_count", s["day_count"][:, :31].copy()),
+    "wrong dtype": lambda s: _set(s, "last_ts", s["last_ts"].astype(np.float64)),
+    "ragged rows": lambda s: _set(s, "hour_sum", s["hour_sum"][:-1].copy()),
+    "missing array": lambda s: {k: v for k, v in s.items() if k != "prev_ts"},
+    "not an array": lambda s: _set(s, "last_amount", list(s["last_amount"])),
+    "wrong kind": lambda s: _set(s, "kind", np.array("zfraud.TerminalState/1")),
+    "cursor out of range": lambda s: _set(s, "cursor", np.array(10**6, np.int64)),
+    "stats shape": lambda s: _set(s, "stats", np.zeros(2, np.int64)),
+    "repeated key": lambda s: _set(s, "key", np.concatenate([s["key"][:1], s["key"][:-1]])),
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(CARD_CORRUPTIONS))
+def test_card_restore_rejects_a_bad_snapshot_and_keeps_its_state(corruption):
+    st, snap, (keys, ts, amount) = card_snapshot()
+    probe = lambda: run_cards(st, keys[:50], ts[:50], amount[:50], np.zeros(50, np.uint8), [50])
+    before = probe()
+    with pytest.raises(ValueError, match="expected"):
+        st.restore(CARD_CORRUPTIONS[corruption](snap))
+    np.testing.assert_array_equal(probe(), before)
+
+
+def test_card_restore_rejects_more_rows_than_capacity():
+    _, snap, _ = card_snapshot()
+    with pytest.raises(ValueError, match="expected at most 10 rows"):
+        CardState(10).restore(snap)
+
+
+@pytest.mark.parametrize("corruption", ["days", "sources", "version", "repeated key"])
+def test_terminal_restore_rejects_a_bad_snapshot(corruption):
+    a = two_workers(14)[0]
+    snap = a.snapshot()
+    target = TerminalState(64, 4, 40)
+    if corruption == "days":
+        target = TerminalState(64, 4, 41)
+    elif corruption == "sources":
+        target = TerminalState(64, 8, 40)
+    elif corruption == "version":
+        snap = _set(snap, "version", np.array(int(snap["stamp"].max()) - 1, np.int64))
+    else:
+        snap = _set(snap, "key", np.concatenate([snap["key"][:1], snap["key"][:-1]]))
+    with pytest.raises(ValueError, match="expected"):
+        target.restore(snap)
+    assert len(target) == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# The Python wrapper.
+
+def columns(seed, n=2000):
+    keys, ts, amount, _ = card_stream(seed, n=n)
+    order = np.argsort(ts, kind="stable")
+    rng = np.random.default_rng(seed)
+    return {"card": rng.integers(0, 300, n).astype(np.uint64),
+            "terminal": rng.integers(0, 20, n).astype(np.uint64),
+            "ts_ms": ts[order] + 19000 * DAY, "amount": amount[order]}
+
+
+def drive(state, cols, lo, hi):
+    part = {k: v[lo:hi] for k, v in cols.items()}
+    x = np.hstack([state.card_features(part), state.terminal_features(part)])
+    state.record_terminal(part)
+    fraud = np.arange(lo, hi) % 9 == 0
+    state.apply_labels(part["terminal"], part["ts_ms"], fraud)
+    return x
+
+
+def test_feature_state_save_and_load_round_trip(tmp_path):
+    cols = columns(15)
+    a = FeatureState(card_capacity=200, terminal_capacity=32, source_slot=2)
+    drive(a, cols, 0, 1000)
+    path = tmp_path / "state.npz"
+    a.save(path)
+    a.save(path)                                       # replaces atomically
+    assert sorted(os.listdir(tmp_path)) == ["state.npz"]
+    b = FeatureState(card_capacity=200, terminal_capacity=32, source_slot=2)
+    b.load(path)
+    np.testing.assert_array_equal(drive(b, cols, 1000, 2000), drive(a, cols, 1000, 2000))
+    assert b.stats() == a.stats()
+    for x, y in zip(a.export_deltas(0).values(), b.export_deltas(0).values()):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_feature_state_load_rejects_other_files(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    st = FeatureState(card_capacity=10, terminal_capacity=10)
+    with pytest.raises(ValueError, match="expected"):
+        st.load(bad)
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="expected format"):
+        st.load(tmp_path / "other.npz")
+    small = FeatureState(card_capacity=10, terminal_capacity=10)
+    drive(small, columns(16, n=300), 0, 300)
+    small.save(tmp_path / "small.npz")
+    with pytest.raises(ValueError, match="expected"):
+        FeatureState(card_capacity=10, terminal_capacity=10, max_sources=8).load(tmp_path / "small.npz")
+
+
+def test_feature_state_checks_columns_and_settings():
+    st = FeatureState(card_capacity=10, terminal_capacity=10)
+    cols = {"card": np.arange(3, dtype=np.uint64), "ts_ms": np.zeros(3, np.int64),
+            "amount": np.array([1.0, np.nan, 2.0])}
+    with pytest.raises(ValueError, match="finite"):
+        st.card_features(cols)
+    with pytest.raises(ValueError, match="'amount': expected shape"):
+        st.card_features({**cols, "amount": np.ones(2)})
+    with pytest.raises(ValueError, match="expected a column 'terminal'"):
+        st.terminal_features(cols)
+    with pytest.raises(ValueError, match="update_mask"):
+        st.card_features({**cols, "amount": np.ones(3)}, np.ones(2, bool))
+    with pytest.raises(ValueError, match="terminal_days"):
+        FeatureState(card_capacity=10, terminal_capacity=10, terminal_days=30)
+    with pytest.raises(ValueError, match="source_slot"):
+        FeatureState(card_capacity=10, terminal_capacity=10, source_slot=16)
+
+
+def test_feature_state_update_mask_and_deltas_between_workers():
+    cols = columns(17, n=1200)
+    mask = np.arange(1200) % 3 != 0
+    # Rows outside the mask are read without being added: the masked-in rows see exactly what a
+    # state that only ever saw them sees.
+    w0 = FeatureState(card_capacity=400, terminal_capacity=32, source_slot=0)
+    only = FeatureState(card_capacity=400, terminal_capacity=32, source_slot=0)
+    x = w0.card_features(cols, mask)
+    y = only.card_features({k: v[mask] for k, v in cols.items()})
+    assert x.shape == (1200, 9) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[mask], y)
+    # Two workers count their own halves and take labels from the broadcast stream; after
+    # exchanging deltas (twice: repeats are harmless) they read the same terminal features.
+    w1 = FeatureState(card_capacity=400, terminal_capacity=32, source_slot=1)
+    for st, m in ((w0, mask), (w1, ~mask)):
+        st.record_terminal(cols, m)
+        st.apply_labels(cols["terminal"], cols["ts_ms"], np.arange(1200) % 9 == 0)
+    d0, d1 = w0.export_deltas(0), w1.export_deltas(0)
+    for _ in range(2):
+        w1.merge_deltas(d0)
+        w0.merge_deltas(d1)
+    probe = {k: v[-100:] for k, v in cols.items()}
+    t0 = w0.terminal_features(probe)
+    np.testing.assert_array_equal(t0, w1.terminal_features(probe))
+    assert t0[:, 4].max() > 0
+    assert w1.export_deltas(d1["version"])["tx_key"].size == 0     # nothing new counted locally
