@@ -451,17 +451,26 @@ class Client:
 
     # -- labels -------------------------------------------------------------------------------
     def label(self, arrays: dict, timeout_s: float = 10.0) -> dict:
-        """Send confirmed labels (LABEL_COLUMNS arrays) to every live worker and wait for each to
-        apply them: every worker keeps the terminal fraud counts. Returns {worker: frauds applied}."""
-        frames = P.encode(P.LABEL, {"rows": len(arrays["tx_id"]), "columns": P.schema(P.LABEL_COLUMNS)},
-                          P.column_frames(arrays, P.LABEL_COLUMNS))
-        socks = {}
+        """Send confirmed labels (LABEL_COLUMNS arrays), each to its card's owner, and wait until
+        every owner has applied its share. The owner counts the frauds and shares the counts with
+        the other workers as terminal intelligence, so each label counts exactly once in the mesh.
+        Returns {worker: frauds applied}."""
+        names = self.members
+        if not names:
+            raise MeshError("no live workers to take the labels")
+        owner = owners(arrays["card"], names)
+        socks, out = {}, {}
         try:
-            for name in self.members:
+            for k, name in enumerate(names):
+                idx = np.flatnonzero(owner == k)
+                if not len(idx):
+                    continue
+                part = {c: np.ascontiguousarray(arrays[c][idx]) for c, _ in P.LABEL_COLUMNS}
                 sock = socks[name] = self._dealer()
                 sock.connect(self.routers[name])
-                sock.send_multipart(frames, copy=False)
-            out, end = {}, time.monotonic() + timeout_s
+                sock.send_multipart(P.encode(P.LABEL, {"rows": len(idx), "columns": P.schema(P.LABEL_COLUMNS)},
+                                             P.column_frames(part, P.LABEL_COLUMNS)), copy=False)
+            end = time.monotonic() + timeout_s
             for name, sock in socks.items():
                 if not sock.poll(max(0, int((end - time.monotonic()) * 1000))):
                     raise MeshError(f"worker {name} did not acknowledge labels within {timeout_s:g} s")
@@ -470,6 +479,8 @@ class Client:
                     raise MeshError(f"worker {name} refused labels: {msg.header.get('message')}")
                 out[name] = msg.header.get("frauds", 0)
             return out
+        except zmq.Again:
+            raise MeshError("a worker did not take the labels") from None
         finally:
             for sock in socks.values():
                 sock.close()

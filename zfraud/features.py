@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _features
-from .state import CARD_FEATURES, TERMINAL_FEATURES, FeatureState
+from .state import CARD_FEATURES, TERMINAL_FEATURES, FeatureState, TerminalState, mix_keys
 
 BASIC = "basic-v1"
 FULL = "zfraud-v1"
@@ -34,8 +34,10 @@ class FeatureEngine:
 
     In a mesh each worker counts its own transactions at each terminal in its own slot (0) and
     merges every peer's counts into a slot of their own (a G-counter: max per bucket), so the
-    sum over slots is the terminal's whole traffic. Slots are local: a peer's slot number here
-    means nothing to the peer."""
+    sum over slots is the terminal's whole traffic. Confirmed frauds are counted the same way,
+    in a second table: each label is applied by exactly one worker (the card's owner) and
+    reaches the others as that worker's counts, so no fraud is counted twice however the
+    messages interleave. Slots are local: a peer's slot number here means nothing to the peer."""
 
     def __init__(self, feature_set: str = BASIC, delay_days: int = 7, card_capacity: int = 1 << 18,
                  terminal_capacity: int = 1 << 15):
@@ -44,9 +46,12 @@ class FeatureEngine:
         self.feature_set = feature_set
         self.names = FEATURE_SETS[feature_set]
         self.state = None
+        self.delay_days = delay_days
         if feature_set == FULL:
             self.state = FeatureState(card_capacity, terminal_capacity, delay_days, source_slot=0,
                                       max_sources=MAX_SOURCES)
+            t = self.state.terminals
+            self.frauds = TerminalState(t.capacity, MAX_SOURCES, t.days)  # frauds per source slot
         self.sources: dict[str, int] = {}  # peer name -> local terminal slot (1..MAX_SOURCES-1)
 
     def transform(self, columns: dict, update=None) -> np.ndarray:
@@ -66,20 +71,39 @@ class FeatureEngine:
         out[:, :b] = basic
         out[:, b:c] = self.state.card_features(columns, update)
         self.state.record_terminal(columns, update)
-        out[:, c:] = self.state.terminal_features(columns)
+        term = self.state.terminal_features(columns)  # counts; its risk columns are not used
+        frauds = np.empty_like(term)
+        self.frauds.read(mix_keys(columns["terminal"]), ts, self.delay_days, frauds)
+        for j in (0, 2, 4):  # nb_tx over 1, 7, 30 days, then risk = frauds / transactions (0 if none)
+            tx, fr = term[:, j].astype(np.float64), frauds[:, j].astype(np.float64)
+            term[:, j + 1] = np.divide(fr, tx, out=np.zeros_like(tx), where=tx > 0)
+        out[:, c:] = term
         return out
 
     # -- shared state ------------------------------------------------------------------------
     def apply_labels(self, terminal, ts_ms, fraud) -> int:
-        """Confirmed labels (deduplicated by transaction id): frauds count towards terminal risk."""
-        return self.state.apply_labels(terminal, ts_ms, fraud) if self.state is not None else 0
+        """Confirmed labels, deduplicated by transaction id, applied here only (in a mesh: by the
+        card's owner). Frauds count towards terminal risk on their transaction's day."""
+        if self.state is None:
+            return 0
+        hit = np.asarray(fraud).astype(bool)
+        if hit.any():
+            self.frauds.add_tx(mix_keys(np.asarray(terminal)[hit]), np.ascontiguousarray(np.asarray(ts_ms)[hit],
+                                                                                         dtype=np.int64), 0)
+        return int(hit.sum())
 
     def export_intel(self, since: int) -> dict | None:
-        """This worker's terminal counts changed since version `since` (0: all), or None."""
-        return self.state.export_deltas(since) if self.state is not None else None
+        """This worker's own terminal transaction and fraud counts changed since `since` (0: all)."""
+        if self.state is None:
+            return None
+        tx_key, tx_day, tx_count, version = self.state.terminals.export(0, since)
+        fr_key, fr_day, fr_count, _ = self.frauds.export(0, since)
+        return {"version": version, "tx_key": tx_key, "tx_day": tx_day, "tx_count": tx_count,
+                "fraud_key": fr_key, "fraud_day": fr_day, "fraud_count": fr_count}
 
     def merge_intel(self, source: str, deltas: dict) -> bool:
-        """Merge a peer's export; False when there is no free slot for a new peer."""
+        """Merge a peer's export (max per bucket, into the peer's local slot); False when there is
+        no free slot for a new peer."""
         if self.state is None:
             return True
         slot = self.sources.get(source)
@@ -87,23 +111,61 @@ class FeatureEngine:
             if len(self.sources) >= MAX_SOURCES - 1:
                 return False
             slot = self.sources[source] = len(self.sources) + 1
-        self.state.merge_deltas({**deltas, "slot": slot})
+        for table, prefix in ((self.state.terminals, "tx"), (self.frauds, "fraud")):
+            table.merge(slot, np.ascontiguousarray(deltas[f"{prefix}_key"], dtype=np.uint64),
+                        np.ascontiguousarray(deltas[f"{prefix}_day"], dtype=np.int32),
+                        np.ascontiguousarray(deltas[f"{prefix}_count"], dtype=np.uint32))
         return True
 
     # -- persistence and size ----------------------------------------------------------------
     def save(self, path) -> None:
+        """Snapshot cards, terminal counts, fraud counts and the peer slots, atomically."""
         if self.state is not None:
-            self.state.save(path)
+            arrays = self.state.snapshot()
+            arrays.update({f"frauds.{k}": v for k, v in self.frauds.snapshot().items()})
+            arrays["meta.sources"] = np.array(sorted(self.sources, key=self.sources.get) or [""])
+            _save_npz(path, arrays)
 
     def load(self, path) -> None:
-        if self.state is not None:
-            self.state.load(path)
+        if self.state is None:
+            return
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError) as e:
+            raise ValueError(f"state file {path}: expected a numpy .npz of arrays, got {e}") from None
+        t = self.state.terminals
+        frauds = TerminalState(t.capacity, MAX_SOURCES, t.days)
+        frauds.restore({k[7:]: v for k, v in arrays.items() if k.startswith("frauds.")})
+        self.state.restore({k: v for k, v in arrays.items() if not k.startswith(("frauds.", "meta.sources"))})
+        self.frauds = frauds
+        names = [str(x) for x in arrays.get("meta.sources", np.array([""])) if str(x)]
+        self.sources = {name: k + 1 for k, name in enumerate(names)}
 
     def state_info(self) -> dict:
         """Size of the streaming state: cards and terminals tracked, bytes allocated."""
         if self.state is None:
             return {"cards": 0, "terminals": 0, "bytes": 0, "bytes_per_card": 0}
         s = self.state
+        per_terminal = s.terminals.bytes_per_terminal + self.frauds.bytes_per_terminal
         return {"cards": len(s.cards), "terminals": len(s.terminals),
-                "bytes": int(s.bytes_per_card * s.cards.capacity + s.terminals.bytes_per_terminal * s.terminals.capacity),
+                "bytes": int(s.bytes_per_card * s.cards.capacity + per_terminal * s.terminals.capacity),
                 "bytes_per_card": round(float(s.bytes_per_card), 1)}
+
+
+def _save_npz(path, arrays: dict) -> None:
+    """Write arrays to `path` atomically: a temporary file in the same directory, then rename."""
+    import os
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".zfraud-state-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -78,6 +78,8 @@ class Worker:
         self._next_snapshot = time.monotonic() + snapshot_every_s
         self._intel_since = 0      # export version already published (0: publish everything)
         self._intel_day = None     # newest event day published; a new day publishes at once
+        self._intel_seq: dict[str, int] = {}  # peer name -> seq of its last intel.terminal message
+        self.sync_socks: dict[str, zmq.Socket] = {}  # peer name -> DEALER awaiting its full counts
         self.drain_quiet_s, self.drain_max_s = drain_quiet_s, drain_max_s
         self.scorer = Scorer(model, thresholds, rules, features=features)
         self.heartbeat = heartbeat
@@ -144,7 +146,7 @@ class Worker:
     def run(self) -> None:
         log.info("ready name=%s router=%s pub=%s model=%s pid=%d", self.name, *self.endpoints,
                  self.scorer.model_version, os.getpid())
-        poller = zmq.Poller()
+        self.poller = poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.sub, zmq.POLLIN)
         next_beat = 0.0
@@ -162,19 +164,24 @@ class Worker:
                     next_seed = now + self.heartbeat
                 events = dict(poller.poll(timeout=100))
                 if self.router in events:
-                    self._backlog = max(self._backlog, self._read_all(self.router, self._on_request))
-                if self.sub in events:
-                    self._read_all(self.sub, self._on_mesh)
+                    # One request at a time, the peers' news in between: shared state (intel)
+                    # must not wait behind a long queue of batches.
+                    self._backlog = max(self._backlog, self._read_all(self.router, self._on_request,
+                                                                      between=lambda: self._read_all(self.sub, self._on_mesh)))
+                self._read_all(self.sub, self._on_mesh)
                 for seed, sock in list(self.seeds.items()):
                     if sock.poll(0):
                         self._on_seed_reply(seed, sock)
+                for name, sock in list(self.sync_socks.items()):
+                    if sock in events:
+                        self._on_sync_reply(name, sock)
         finally:
             self._close()
 
     def _close(self) -> None:
         self._publish(b"mesh.bye", {"name": self.name})
         self._snapshot()
-        for sock in (*self.seeds.values(), self.sub, self.pub, self.router):
+        for sock in (*self.seeds.values(), *self.sync_socks.values(), self.sub, self.pub, self.router):
             sock.close()
         if self.curve is not None:
             self.curve.stop()  # before the context ends: the authenticator thread lives in it
@@ -185,14 +192,17 @@ class Worker:
         log.info("stopped name=%s batches=%d rows=%d", self.name, self.stats["batches"], self.stats["rows"])
 
     @staticmethod
-    def _read_all(sock, handler, limit: int = 256) -> int:
-        """Handle up to `limit` queued messages; returns how many there were."""
+    def _read_all(sock, handler, limit: int = 256, between=None) -> int:
+        """Handle up to `limit` queued messages (calling `between()` after each); returns how
+        many there were."""
         for k in range(limit):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return k
             handler(frames)
+            if between is not None:
+                between()
         return limit
 
     # -- membership -------------------------------------------------------------------------
@@ -254,6 +264,12 @@ class Worker:
     def _sync_subscriptions(self) -> None:
         """Make the SUB socket follow the member list: the one place that connects and disconnects."""
         want = {m.name: m.pub for m in self.members.members.values() if m is not self.members.me}
+        for name in [n for n in self.sync_socks if n not in want]:
+            sock = self.sync_socks.pop(name)
+            self.poller.unregister(sock)
+            sock.close()
+        for name in [n for n in self._intel_seq if n not in want]:
+            del self._intel_seq[name]  # if it comes back, its first message triggers a full sync
         for name, pub in list(self.subscribed.items()):
             if want.get(name) != pub:
                 try:
@@ -283,19 +299,57 @@ class Worker:
         deltas = self.scorer.features.export_intel(self._intel_since)
         if deltas is None or not (len(deltas["tx_key"]) or len(deltas["fraud_key"])):
             return
-        columns = [*P.column_frames(deltas, P.INTEL_COLUMNS), *P.column_frames(deltas, P.FRAUD_COLUMNS)]
-        self._publish(b"intel.terminal", {"source": self.name, "rows": len(deltas["tx_key"]),
-                                          "fraud_rows": len(deltas["fraud_key"])}, columns)
+        self._publish(b"intel.terminal", *self._intel_frames(deltas))
         self._intel_since = deltas["version"]
 
-    def _on_intel(self, h: dict, frames) -> None:
+    def _intel_frames(self, deltas: dict) -> tuple[dict, list]:
+        header = {"source": self.name, "rows": len(deltas["tx_key"]), "fraud_rows": len(deltas["fraud_key"])}
+        return header, [*P.column_frames(deltas, P.INTEL_COLUMNS), *P.column_frames(deltas, P.FRAUD_COLUMNS)]
+
+    def _on_intel(self, h: dict, frames, seq_checked: bool = True) -> None:
+        """Merge a peer's counts. PUB/SUB loses messages (while subscriptions propagate, at a
+        high-water mark), so each publisher numbers them: on the first message from a peer or a
+        gap in its numbers we ask it, over ROUTER/DEALER, for all its counts (the Clone
+        pattern's snapshot). Max-merge makes the overlap harmless."""
         source = str(h["source"])
         if source == self.name or len(frames) != 6:
             return
+        if seq_checked:
+            seq, last = h.get("seq"), self._intel_seq.get(source)
+            if isinstance(seq, int):
+                if (last is None or seq != last + 1) and source in self.members.members:
+                    self._request_sync(source)
+                self._intel_seq[source] = seq
         deltas = P.read_columns(frames[:3], int(h["rows"]), P.INTEL_COLUMNS)
         deltas.update(P.read_columns(frames[3:], int(h["fraud_rows"]), P.FRAUD_COLUMNS))
         if not self.scorer.features.merge_intel(source, {**deltas, "version": 0}):
             log.warning("no terminal slot left for %s: its counts are not merged", source)
+
+    def _request_sync(self, name: str) -> None:
+        if name in self.sync_socks:
+            return  # one request at a time per peer
+        sock = self._secure(configure(self.ctx.socket(zmq.DEALER)))
+        sock.connect(self.members.members[name].router)
+        try:
+            sock.send_multipart(P.encode(P.CONTROL, {"op": "intel_sync"}), zmq.NOBLOCK)
+        except zmq.Again:
+            sock.close()
+            return
+        self.sync_socks[name] = sock
+        self.poller.register(sock, zmq.POLLIN)
+
+    def _on_sync_reply(self, name: str, sock) -> None:
+        self.poller.unregister(sock)
+        del self.sync_socks[name]
+        try:
+            msg = P.parse(sock.recv_multipart(zmq.NOBLOCK))
+            if msg.command == P.CONTROL and msg.header.get("ok"):
+                self._on_intel(msg.header, msg.frames, seq_checked=False)
+                log.info("synced terminal counts from %s (%d buckets)", name, msg.header.get("rows", 0))
+        except (zmq.Again, P.ProtocolError, KeyError, TypeError, ValueError) as e:
+            log.warning("bad intel sync reply from %s: %s", name, e)
+        finally:
+            sock.close()
 
     def _on_label(self, msg) -> list:
         cols = P.parse_columns(msg, P.LABEL_COLUMNS)
@@ -445,6 +499,12 @@ class Worker:
         op = h.get("op")
         if op == "status":
             return P.encode(P.CONTROL, {"op": "status", "ok": True, "status": self.status()})
+        if op == "intel_sync":  # all our own terminal counts (and fraud counts), for a peer
+            deltas = self.scorer.features.export_intel(0)
+            if deltas is None:
+                return P.encode(P.CONTROL, {"op": op, "ok": False})
+            header, columns = self._intel_frames(deltas)
+            return P.encode(P.CONTROL, {"op": op, "ok": True, **header}, columns)
         if op == "deploy":
             self.scorer = self._deployed(h, payload)  # validated whole first; swapped between batches
             s = self.scorer
@@ -453,7 +513,7 @@ class Worker:
             log.info("deployed model=%s rules=%s shadow=%s", s.model_version, s.rules_version, s.shadow_version)
             return P.encode(P.CONTROL, {"op": "deploy", "ok": True, "worker": self.name, "model": s.model_version,
                                         "rules": s.rules_version, "shadow": s.shadow_version})
-        raise P.ProtocolError(P.BAD_CONTROL, f"unknown control op {op!r}; known: status, deploy")
+        raise P.ProtocolError(P.BAD_CONTROL, f"unknown control op {op!r}; known: status, deploy, intel_sync")
 
     def _deployed(self, h: dict, payload: list) -> Scorer:
         """The Scorer a deploy asks for: payload = [model JSON or b"", rules TOML or b""]."""
