@@ -36,6 +36,7 @@ class LocalMesh:
         self.extra_args = list(extra_args)
         self.start_timeout_s = start_timeout_s
         self.log_dir = log_dir or tempfile.mkdtemp(prefix="zfraud-mesh-")
+        os.makedirs(self.log_dir, exist_ok=True)
         self.names = list(names or [f"w{i + 1}" for i in range(workers)])
         self.procs: dict[str, subprocess.Popen] = {}
         self.routers: dict[str, str] = {}

@@ -487,6 +487,7 @@ class Worker:
                 "shadow": self.scorer.shadow_version,
                 "batches": self.stats["batches"], "rows": self.stats["rows"], "errors": self.stats["errors"],
                 "repeats": self.stats["repeats"], "undelivered": self.stats["undelivered"],
+                "labels": self.stats["labels"],
                 "rate_tx_per_s": round((r1 - r0) / (t1 - t0), 1) if t1 > t0 else 0.0,
                 "in_flight": self._in_flight,
                 "decisions": dict(zip(P.DECISIONS, self.stats["decisions"])),
