@@ -22,9 +22,13 @@ from .state import CARD_FEATURES, TERMINAL_FEATURES, FeatureState, TerminalState
 BASIC = "basic-v1"
 FULL = "zfraud-v1"
 BASIC_FEATURES = tuple(_features.BASIC_NAMES)
+# Derived from the card windows in numpy: the card's average amount over days 8..30 back (before
+# the most recent week, so a fresh compromise does not inflate it) and the amount relative to it.
+# NaN when the card has no transaction in that span (trees and the logistic kernel handle NaN).
+DERIVED_FEATURES = ("card_avg_amount_8_30d", "amount_over_card_avg_8_30d")
 FEATURE_SETS = {
     BASIC: BASIC_FEATURES,
-    FULL: BASIC_FEATURES + CARD_FEATURES + TERMINAL_FEATURES,
+    FULL: BASIC_FEATURES + CARD_FEATURES + TERMINAL_FEATURES + DERIVED_FEATURES,
 }
 MAX_SOURCES = 16
 
@@ -69,7 +73,8 @@ class FeatureEngine:
         _features.basic_features(ts, amount, basic)
         c = b + len(CARD_FEATURES)
         out[:, :b] = basic
-        out[:, b:c] = self.state.card_features(columns, update)
+        card = self.state.card_features(columns, update)
+        out[:, b:c] = card
         self.state.record_terminal(columns, update)
         term = self.state.terminal_features(columns)  # counts; its risk columns are not used
         frauds = np.empty_like(term)
@@ -77,7 +82,9 @@ class FeatureEngine:
         for j in (0, 2, 4):  # nb_tx over 1, 7, 30 days, then risk = frauds / transactions (0 if none)
             tx, fr = term[:, j].astype(np.float64), frauds[:, j].astype(np.float64)
             term[:, j + 1] = np.divide(fr, tx, out=np.zeros_like(tx), where=tx > 0)
-        out[:, c:] = term
+        t = c + len(TERMINAL_FEATURES)
+        out[:, c:t] = term
+        out[:, t:] = _older_average(card, amount)
         return out
 
     # -- shared state ------------------------------------------------------------------------
@@ -151,6 +158,22 @@ class FeatureEngine:
         return {"cards": len(s.cards), "terminals": len(s.terminals),
                 "bytes": int(s.bytes_per_card * s.cards.capacity + per_terminal * s.terminals.capacity),
                 "bytes_per_card": round(float(s.bytes_per_card), 1)}
+
+
+_N7, _AVG7, _N30, _AVG30 = (CARD_FEATURES.index(n) for n in (
+    "card_nb_tx_7d", "card_avg_amount_7d", "card_nb_tx_30d", "card_avg_amount_30d"))
+
+
+def _older_average(card: np.ndarray, amount: np.ndarray) -> np.ndarray:
+    """DERIVED_FEATURES from the card window columns: (n, 2) float32."""
+    n7, n30 = card[:, _N7].astype(np.float64), card[:, _N30].astype(np.float64)
+    older = n30 - n7
+    total = n30 * card[:, _AVG30] - n7 * card[:, _AVG7]
+    avg = np.divide(total, older, out=np.full(len(card), np.nan), where=older > 0.5)
+    out = np.empty((len(card), 2), dtype=np.float32)
+    out[:, 0] = avg
+    out[:, 1] = amount / avg
+    return out
 
 
 def _save_npz(path, arrays: dict) -> None:

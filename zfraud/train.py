@@ -80,12 +80,15 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-4, iters: int = 50
     return w[1:] / scale, center, float(w[0])
 
 
-GBDT_PARAMS = {  # chosen once, a priori, and never tuned on a test week
-    "objective": "binary", "learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 50,
+# Chosen among three candidates by prequential validation on two folds that end before the
+# Handbook's test period (train 06-06..07-03 / test 07-11..07-17, and a week earlier), on a
+# zfraud gen file with seed 0; never tuned on a test week. The candidates were within noise.
+GBDT_PARAMS = {
+    "objective": "binary", "learning_rate": 0.03, "num_leaves": 15, "min_data_in_leaf": 100,
     "feature_fraction": 0.9, "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,
     "seed": 0, "deterministic": True, "force_row_wise": True, "num_threads": 2, "verbose": -1,
 }
-GBDT_ROUNDS = 300
+GBDT_ROUNDS = 400
 
 
 def fit_gbdt(X: np.ndarray, y: np.ndarray, names, version: str, feature_set: str, source: str):
