@@ -427,8 +427,11 @@ class Client:
                         self.poll(0)
                         continue
                     # wait until the chunk is all due, or the oldest due row has lingered enough
-                    wake = min((sent + n - pos - 1) / rate, sent / rate + linger_s)
-                    self.poll(max(0, int((wake - now) * 1000)))
+                    wait = min((sent + n - pos - 1) / rate, sent / rate + linger_s) - now
+                    if wait >= 0.001:
+                        self.poll(int(wait * 1000))  # answers may arrive meanwhile
+                    else:
+                        time.sleep(max(wait, 0))  # below ZeroMQ's 1 ms poll resolution: sleep, do not spin
             self.drain(drain_timeout_s)
         finally:
             self.on_result = previous

@@ -68,6 +68,9 @@ class PyScorer:
         d = day - self.delay
         for w in (1, 7, 30):
             x += [float(sum(t.get(d - k, 0) for k in range(1, w + 1))), 0.0]  # no labels in the bench
+        older = out[4] - out[2]
+        avg = (out[4] * out[5] - out[2] * out[3]) / older if older > 0 else float("nan")
+        x += [avg, amount / avg]
         return x
 
     def score(self, tx):
