@@ -33,8 +33,12 @@ rings: its hour and day are the newest buckets), the event time before it and th
   gives exactly what one-row calls give.
 - Windows include the current transaction, as in the Handbook, whose windows are the exact
   rolling (t - n days, t]. Here, at bucket granularity:
-    1 day  = the row's UTC hour bucket and the 23 before it ((t - 1 day, t] to within an hour);
-    n days = the row's UTC day bucket and the n - 1 before it, n = 7, 30 (calendar days).
+    1 day  = the row's UTC hour bucket and the 23 before it ((t - 1 day, t] less up to an
+             hour at its start);
+    n days = the row's UTC day bucket and the n - 1 before it, n = 7, 30 (calendar days: from
+             midnight n - 1 days back, so between n - 1 and n days).
+  A bucket holds every event of its hour or day seen so far, so after out-of-order arrivals a
+  row's window can include events of its own bucket that are later than the row.
 - Out of order: an event older than the card's newest goes into its bucket while that bucket is
   still in the ring (24 hours / 32 days back from the newest), otherwise it is not added (stats
   hour_dropped / too_old); a ring never moves backward. A window only counts buckets still in the
@@ -56,8 +60,9 @@ adopts a peer's higher count). Consequences: a worker must not add_fraud a label
 already holds, and labels split between workers (each seeing some) would be undercounted.
 read() gives the Handbook's terminal features (handbook.md 2.3) at day granularity: for the row's
 UTC day d the n-day window is days [d - delay - n, d - delay) over all slots, risk = frauds / txs
-(0 without transactions). Buckets older than the ring (`days` back from the terminal's newest day)
-are gone; days >= delay + 31 keeps every window of an in-order stream inside the ring.
+(0 without transactions; above 1 only while a peer's counts lag the labels). Buckets older than
+the ring (`days` back from the terminal's newest day) are gone; days >= delay + 31 keeps every
+window of an in-order stream inside the ring.
 """
 from libc.math cimport log1p
 from libc.stdint cimport (INT64_MIN, UINT16_MAX, UINT32_MAX, int32_t, int64_t, uint8_t, uint16_t,
@@ -146,7 +151,7 @@ ctypedef struct Table:
     uint64_t* slots        # index: (key >> 32 << 32) | (row + 1), 0 = empty
     uint64_t m             # index slots (2 x capacity)
     char* keys             # key of row r at keys + r * key_stride
-    char* ages             # newest event time of row r (int64, the table's unit) at ages + r * age_stride
+    char* ages             # newest event time of row r (int64) at ages + r * age_stride
     size_t key_stride
     size_t age_stride
     uint64_t capacity
@@ -280,7 +285,8 @@ cdef inline uint64_t tb_hand(Table* tb) noexcept nogil:
     return r
 
 
-cdef uint64_t tb_acquire(Table* tb, uint64_t key, int64_t ins, int64_t expire_before) noexcept nogil:
+cdef uint64_t tb_acquire(Table* tb, uint64_t key, int64_t ins,
+                         int64_t expire_before) noexcept nogil:
     """A row for a key not in the index (ins: its insertion slot from tb_find), entered in the
     index under key. The caller resets the row's data (and writes its key)."""
     cdef uint64_t r = 0, step
@@ -360,7 +366,8 @@ def _expect_rows(snap, kind, record, capacity):
     n = key.shape[0]
     if n > capacity:
         raise ValueError(f"snapshot: expected at most {capacity} rows (the capacity), got {n}")
-    return n, {name: _expect(snap, name, dtype, (n,) + tuple(shape)) for name, dtype, shape in record}
+    return n, {name: _expect(snap, name, dtype, (n,) + tuple(shape))
+               for name, dtype, shape in record}
 
 
 def _expect_scalars(snap, names, rows):
@@ -412,16 +419,24 @@ cdef inline void card_add(CardRec* c, CardStats* st, int64_t t, double amount) n
         nd = floor_div(c.last_ts, MS_PER_DAY)
         if t >= c.last_ts:
             # Move the rings forward to t, clearing the buckets they wrap onto.
-            j = pmod(nh, HOURS)
-            for k in range(h - nh if h - nh < HOURS else HOURS):
-                j = j + 1 if j + 1 < HOURS else 0
-                c.hour_count[j] = 0
-                c.hour_sum[j] = 0
-            j = pmod(nd, DAYS)
-            for k in range(d - nd if d - nd < DAYS else DAYS):
-                j = j + 1 if j + 1 < DAYS else 0
-                c.day_count[j] = 0
-                c.day_sum[j] = 0
+            if h - nh >= HOURS:
+                memset(c.hour_count, 0, sizeof(c.hour_count))
+                memset(c.hour_sum, 0, sizeof(c.hour_sum))
+            else:
+                j = pmod(nh, HOURS)
+                for k in range(h - nh):
+                    j = j + 1 if j + 1 < HOURS else 0
+                    c.hour_count[j] = 0
+                    c.hour_sum[j] = 0
+            if d - nd >= DAYS:
+                memset(c.day_count, 0, sizeof(c.day_count))
+                memset(c.day_sum, 0, sizeof(c.day_sum))
+            else:
+                j = nd & (DAYS - 1)
+                for k in range(d - nd):
+                    j = (j + 1) & (DAYS - 1)
+                    c.day_count[j] = 0
+                    c.day_sum[j] = 0
             c.prev_ts = c.last_ts
             c.last_ts = t
             c.last_amount = a
@@ -429,7 +444,7 @@ cdef inline void card_add(CardRec* c, CardStats* st, int64_t t, double amount) n
             nd = d
         else:
             st.late += 1
-    if h >= nh - HOURS:
+    if h > nh - HOURS:
         j = pmod(h, HOURS)
         if c.hour_count[j] != UINT16_MAX:
             c.hour_count[j] += 1
@@ -638,25 +653,21 @@ cdef class CardState:
                 key = keys[i]
                 t = ts_ms[i]
                 upd = update[i] != 0
+                if upd and t > self.newest_ts:
+                    self.newest_ts = t
                 s = tb_find(&self.tb, key)
                 if s >= 0:
                     c = &self.recs[slot_row(self.tb.slots[s])]
                 elif upd:
-                    if t > self.newest_ts:
-                        self.newest_ts = t
                     c = &self.recs[tb_acquire(&self.tb, key, -1 - s, self.newest_ts - CARD_IDLE_MS)]
                     card_reset(c, key)
                 else:
                     self.st.read_missing += 1
                     card_missing(o + i * K_CARD)
                     continue
+                gap = card_gap(c, t, upd)
                 if upd:
-                    if t > self.newest_ts:
-                        self.newest_ts = t
-                    gap = card_gap(c, t, True)
                     card_add(c, &self.st, t, amount[i])
-                else:
-                    gap = card_gap(c, t, False)
                 card_read(c, t, amount[i], gap, o + i * K_CARD)
 
     cdef inline void _prefetch_row(self, uint64_t key) noexcept nogil:
@@ -678,7 +689,7 @@ cdef class CardState:
         """The state as a dict of numpy arrays (copies): one per CARD_DTYPE field, of the used
         rows, plus kind, newest_ts, cursor and stats (CARD_STATS order)."""
         n = self.tb.used
-        snap = {name: np.ascontiguousarray(self._recs[name][:n]) for name in CARD_DTYPE.names}
+        snap = {name: self._recs[name][:n].copy() for name in CARD_DTYPE.names}
         snap["kind"] = np.array("zfraud.CardState/1")
         snap["newest_ts"] = np.array(self.newest_ts, np.int64)
         snap["cursor"] = np.array(self.tb.cursor, np.int64)
@@ -706,8 +717,8 @@ cdef class CardState:
         if bad >= 0:
             self._recs, self._slots, self.tb, self.st = old_recs, old_slots, saved, saved_st
             self.recs = <CardRec*>data_of(old_recs)
-            raise ValueError(f"snapshot 'key': expected distinct keys, got {int(got['key'][bad]):#x} "
-                             f"again at row {bad}")
+            raise ValueError(f"snapshot 'key': expected distinct keys, got "
+                             f"{int(got['key'][bad]):#x} again at row {bad}")
         self.tb.cursor = cursor
         self.newest_ts = newest
         self.tb.evicted, self.tb.expired = stats[0], stats[1]
@@ -856,7 +867,8 @@ cdef class TerminalState:
             return
         if not 0 <= slot < self.max_sources:
             extra = f" or FRAUD_SLOT ({FRAUD_SLOT})" if allow_fraud else ""
-            raise ValueError(f"expected a source slot in [0, {self.max_sources}){extra}, got {slot}")
+            raise ValueError(f"expected a source slot in [0, {self.max_sources}){extra}, "
+                             f"got {slot}")
 
     def add_tx(self, const uint64_t[::1] keys, const int64_t[::1] ts_ms, int slot,
                const uint8_t[::1] update=None):
@@ -1090,8 +1102,8 @@ cdef class TerminalState:
         if bad >= 0:
             self._rows, self._slots, self._total, self._row_stamp = old
             self.tb, self.c, self.st = saved, saved_c, saved_st
-            raise ValueError(f"snapshot 'key': expected distinct keys, got {int(got['key'][bad]):#x} "
-                             f"again at row {bad}")
+            raise ValueError(f"snapshot 'key': expected distinct keys, got "
+                             f"{int(got['key'][bad]):#x} again at row {bad}")
         self._total[:n] = total
         self._row_stamp[:n] = got["stamp"].max(axis=1)
         self.tb.cursor = cursor

@@ -116,20 +116,27 @@ def card_stream(seed, n=4000, n_cards=40, start=0):
             t += int(rng.exponential(2 * HOUR if r < 0.5 else 10 * 60_000))
         row_t = t
         late = rng.random()
-        if late < 0.08:
+        if late < 0.06:
             row_t = t - int(rng.integers(0, 40 * DAY))          # up to beyond the daily ring
-        elif late < 0.16:
+        elif late < 0.12:
             row_t = t - int(rng.integers(0, 3 * HOUR))
+        elif late < 0.18:
+            row_t = t - int(rng.integers(22 * HOUR, 26 * HOUR))  # around the hourly ring's edge
+        elif late < 0.22:
+            row_t = t - int(rng.integers(30 * DAY, 34 * DAY))    # around the daily ring's edge
         card = int(rng.integers(0, n_cards))
         upd = 1
-        if i > 0 and rng.random() < 0.05:                          # a duplicate: re-read a row
+        kind = rng.random()
+        if i > 0 and kind < 0.05:                                  # a duplicate: re-read a row
             j = int(rng.integers(0, len(keys)))
             card, row_t, amt, upd = keys[j], ts[j], amount[j], 0
         else:
             amt = float(np.round(rng.gamma(2.0, 40.0), 2))
-            if rng.random() < 0.03:
+            if kind < 0.08:
                 upd = 0
                 card = n_cards + int(rng.integers(0, 5))           # never updated: a missing card
+            elif kind < 0.12:
+                upd = 0                                            # a read without an update
         keys.append(card)
         ts.append(row_t)
         amount.append(amt)
@@ -178,6 +185,7 @@ def test_key_mixing_is_the_mesh_splitmix64():
 def test_bytes_per_card_within_budget(capacity):
     assert CardState(capacity).bytes_per_card <= 400
     assert _state.CARD_DTYPE.itemsize == 368
+    assert TerminalState(capacity).bytes_per_terminal == 36 + 12 * 40 + 4 * 40 * 16
 
 
 @pytest.mark.parametrize("seed,start", [(1, 1_600_000_000_000), (2, -5 * DAY - 1234), (3, 0)])
@@ -202,7 +210,8 @@ def test_batch_equals_one_by_one(capacity):
     keys, ts, amount, update = card_stream(4)
     rng = np.random.default_rng(5)
     one = run_cards(CardState(capacity), keys, ts, amount, update, [1] * len(keys))
-    batched = run_cards(CardState(capacity), keys, ts, amount, update, random_batches(rng, len(keys)))
+    batched = run_cards(CardState(capacity), keys, ts, amount, update,
+                        random_batches(rng, len(keys)))
     whole = run_cards(CardState(capacity), keys, ts, amount, update, [len(keys)])
     np.testing.assert_array_equal(batched, one)
     np.testing.assert_array_equal(whole, one)
@@ -213,7 +222,7 @@ def test_windows_are_hour_and_day_buckets_including_the_current_transaction():
     key = mix_keys([7])
     t0 = 10 * HOUR                                    # day 0, 10:00
     rows = [(t0, 10.0), (t0 + 30 * 60_000, 20.0),      # 10:00, 10:30
-            (t0 + 24 * HOUR - 1, 30.0),                # day 1, 09:59:59.999: hour 10 of day 0 still in
+            (t0 + 24 * HOUR - 1, 30.0),                # day 1, 09:59:59.999: day 0's 10:00 still in
             (t0 + 24 * HOUR, 40.0)]                    # day 1, 10:00: hour 10 of day 0 drops out
     got = [run_cards(st, key, np.array([t], np.int64), np.array([a]), np.ones(1, np.uint8), [1])[0]
            for t, a in rows]
@@ -296,6 +305,26 @@ def test_idle_cards_expire_before_active_ones_are_evicted():
     assert (s["expiries"], s["evictions"]) == (64, 64)
 
 
+def test_the_idle_sweep_reclaims_rows_outside_the_probe_window():
+    # Keys chosen by home slot (capacity 64: 128 index slots, home = top 32 bits scaled to 128).
+    def at(homes):
+        homes = np.asarray(homes, np.uint64)
+        return (homes << np.uint64(57)) | np.arange(1, len(homes) + 1, dtype=np.uint64)
+
+    st = CardState(64)
+    put = lambda k, t: run_cards(st, k, np.full(len(k), t, np.int64), np.ones(len(k)),
+                                 np.ones(len(k), np.uint8), [len(k)])
+    idle, active = at(range(0, 32)), at(range(64, 96)) + np.uint64(100)
+    put(idle, 0)
+    put(active, 40 * DAY)
+    put(at([64]) + np.uint64(200), 40 * DAY + HOUR)   # its window holds only active cards
+    s = st.stats()
+    assert (s["expiries"], s["evictions"]) == (1, 0)
+    out = run_cards(st, active, np.full(32, 40 * DAY, np.int64), np.ones(32),
+                    np.zeros(32, np.uint8), [32])
+    assert (out[:, 0] == 1).all()
+
+
 # ------------------------------------------------------------------------------------------------
 # Terminals.
 
@@ -356,7 +385,8 @@ def two_workers(seed):
         b.add_tx(keys[sl][~m], ts[sl][~m], 1)
         f = fraud[sl]
         a.add_fraud(keys[sl][f], ts[sl][f])
-        ea, ef, eb = a.export(0, since["a"]), a.export(FRAUD_SLOT, since["af"]), b.export(1, since["b"])
+        ea, ef = a.export(0, since["a"]), a.export(FRAUD_SLOT, since["af"])
+        eb = b.export(1, since["b"])
         since["a"], since["af"], since["b"] = ea[3], ef[3], eb[3]
         msgs += [("b", 0, ea), ("b", FRAUD_SLOT, ef), ("a", 1, eb)]
     return a, b, msgs, terms, ts, fraud
@@ -526,6 +556,52 @@ def test_terminal_restore_rejects_a_bad_snapshot(corruption):
     assert len(target) == 0
 
 
+def test_snapshots_with_arbitrary_values_restore_and_run_without_harm():
+    # Shapes and dtypes are checked; values are not, so any value must be safe to run on.
+    rng = np.random.default_rng(18)
+
+    def garble(snap):
+        out = {}
+        for name, a in snap.items():
+            if name in ("kind", "cursor", "version") or a.dtype.kind not in "iuf":
+                out[name] = a
+            elif a.dtype.kind == "f":
+                out[name] = rng.normal(0, 1e6, a.shape).astype(a.dtype)
+            else:
+                info = np.iinfo(a.dtype)
+                out[name] = rng.integers(info.min, info.max, a.shape, dtype=a.dtype, endpoint=True)
+        out["key"] = np.unique(out["key"])[: len(snap["key"])]
+        out["key"] = np.concatenate([out["key"], snap["key"][len(out["key"]):]])
+        return out
+
+    st, snap, (keys, ts, amount) = card_snapshot()
+    for _ in range(20):
+        bad = garble(snap)
+        fresh = CardState(50)
+        fresh.restore(bad)
+        ks = np.concatenate([bad["key"][:20], keys[:20]])
+        tt = rng.integers(-2**62, 2**62, 40, dtype=np.int64)
+        out = run_cards(fresh, ks, tt, np.ones(40), (rng.random(40) < 0.5).astype(np.uint8), [40])
+        assert out.shape == (40, 9)
+    a = two_workers(19)[0]
+    tsnap = a.snapshot()
+    for _ in range(20):
+        bad = garble(tsnap)
+        bad["version"] = np.array(int(bad["stamp"].max()) + 1 if bad["stamp"].size else 1, np.int64)
+        bad["tx"] = (bad["tx"] >> np.uint32(8)).astype(np.uint32)      # keep daily totals < 2**32
+        t = TerminalState(64, 4, 40)
+        t.restore(bad)
+        out = np.empty((10, 6), np.float32)
+        kk = bad["key"][:10].copy()
+        t.read(kk, rng.integers(-2**62, 2**62, 10, dtype=np.int64), 7, out)
+        t.add_tx(kk, rng.integers(-2**40, 2**40, 10, dtype=np.int64), 1)
+        t.merge(2, kk, rng.integers(-2**31, 2**31 - 1, 10, dtype=np.int32),
+                rng.integers(0, 2**32 - 1, 10, dtype=np.uint32))
+        for slot in (0, FRAUD_SLOT):
+            t.export(slot, -1)
+            t.export(slot, 0)
+
+
 # ------------------------------------------------------------------------------------------------
 # The Python wrapper.
 
@@ -576,7 +652,8 @@ def test_feature_state_load_rejects_other_files(tmp_path):
     drive(small, columns(16, n=300), 0, 300)
     small.save(tmp_path / "small.npz")
     with pytest.raises(ValueError, match="expected"):
-        FeatureState(card_capacity=10, terminal_capacity=10, max_sources=8).load(tmp_path / "small.npz")
+        other = FeatureState(card_capacity=10, terminal_capacity=10, max_sources=8)
+        other.load(tmp_path / "small.npz")
 
 
 def test_feature_state_checks_columns_and_settings():

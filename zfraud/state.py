@@ -49,7 +49,8 @@ def _column(cols, name, dtype, n=None):
         raise ValueError(f"expected a column {name!r}, got columns {sorted(cols)}")
     a = np.ascontiguousarray(cols[name], dtype=dtype)
     if a.ndim != 1 or (n is not None and a.shape[0] != n):
-        raise ValueError(f"column {name!r}: expected shape ({'n' if n is None else n},), got {a.shape}")
+        want = "n" if n is None else n
+        raise ValueError(f"column {name!r}: expected shape ({want},), got {a.shape}")
     return a
 
 
@@ -67,8 +68,9 @@ class FeatureState:
     """The streaming state of one worker: a CardState for the cards it owns and a TerminalState
     replicated across the mesh (this worker counts its own transactions in `source_slot`).
 
-    card_capacity, terminal_capacity: rows of each table (about 384 bytes per card and
-    48 + 72 x days + 4 x days x max_sources bytes per terminal, allocated zeroed up front);
+    card_capacity, terminal_capacity: rows of each table, allocated zeroed up front (pages
+    cost memory once used): 384 bytes per card, 36 + 12 x days + 4 x days x max_sources bytes
+    per terminal (3076 at the defaults);
     delay_days: the label delay of the terminal windows (the Handbook's 7);
     terminal_days: days each terminal keeps, at least delay_days + 31.
     """
@@ -98,9 +100,10 @@ class FeatureState:
         ts = _column(cols, "ts_ms", np.int64)
         n = ts.shape[0]
         amount = _column(cols, "amount", np.float64, n)
-        if not np.isfinite(amount).all():
-            raise ValueError(f"column 'amount': expected finite values, got {amount[~np.isfinite(amount)][0]} "
-                             f"at row {int(np.argmin(np.isfinite(amount)))}")
+        finite = np.isfinite(amount)
+        if not finite.all():
+            i = int(np.argmin(finite))
+            raise ValueError(f"column 'amount': expected finite values, got {amount[i]} at row {i}")
         keys = mix_keys(_column(cols, "card", np.uint64, n))
         out = np.empty((n, len(CARD_FEATURES)), np.float32)
         self.cards.update_and_read(keys, ts, amount, _mask(update_mask, n), out)
@@ -208,5 +211,6 @@ class FeatureState:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise ValueError(f"state file {path!r}: expected a numpy .npz of arrays, got {e}") from e
+            raise ValueError(f"state file {path!r}: expected a numpy .npz of arrays, "
+                             f"got {e}") from e
         self.restore(arrays)
