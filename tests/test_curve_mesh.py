@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from zfraud import Client
-from zfraud.client import MeshError
 from zfraud.local import LocalMesh
 
 from conftest import run_cli
@@ -25,18 +23,8 @@ def keys(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def secure_mesh(keys, tmp_path_factory):
-    mesh = LocalMesh(2, extra_args=["--curve-dir", str(keys)], log_dir=str(tmp_path_factory.mktemp("cm")))
-    mesh.members_of = lambda name, timeout_s=1.0: _members(mesh, keys, name)
-    with mesh:
+    with LocalMesh(2, extra_args=["--curve-dir", str(keys)], log_dir=str(tmp_path_factory.mktemp("cm"))) as mesh:
         yield mesh
-
-
-def _members(mesh, keys, name):
-    try:
-        with Client(mesh.routers[name], curve_dir=str(keys), hello_timeout_s=1.0) as c:
-            return sorted(c.routers)
-    except MeshError:
-        return None
 
 
 def test_keys_init_modes_and_refusal(keys):

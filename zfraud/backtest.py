@@ -1,7 +1,7 @@
 """Back-testing a model on labelled history through a real local mesh.
 
 The whole file is streamed in event-time order through worker processes, day by day: before day d
-the labels of day d - delay are sent to every worker (as `zfraud label` would, `delay` days late),
+the labels of day d - delay go to their cards' owners (as `zfraud label` would, `delay` days late),
 then day d's transactions are sent and every verdict is awaited. The verdicts dated in the test
 range are then scored with the Fraud Detection Handbook's protocol (zfraud.evaluate): AUC ROC,
 average precision and card precision@100, known-compromised cards removed from the test days and

@@ -27,7 +27,7 @@ curve_option = click.option(
 
 
 def friendly_errors(fn):
-    """Turn the library's expected errors into a one-line message and exit status 2."""
+    """Turn the library's expected errors into a one-line message and exit status 1."""
     from .client import MeshError
     from .model import ModelError
     from .sources import InputError
@@ -107,7 +107,7 @@ def main():
 @click.option("--snapshot-every", type=click.FloatRange(1), default=60.0, help="Seconds between snapshots.")
 @click.option("--cards", type=click.IntRange(1024), default=1 << 18, help="Card table capacity (about 384 bytes each).")
 @click.option("--terminals", type=click.IntRange(1024), default=1 << 15,
-              help="Terminal table capacity (about 5.5 KB each).")
+              help="Terminal table capacity (about 6 KB each: transaction and fraud counts).")
 @click.option("--delay", "delay_days", type=click.IntRange(0, 30), default=7,
               help="Label delay in days: terminal risk uses windows that end this long ago.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
@@ -492,9 +492,8 @@ def label(file, connect, batch, curve_dir):
     with Client(connect, curve_dir=curve_dir) as client:
         for lo in range(0, n, batch):
             part = {k: d[k][lo:lo + batch] for k in ("tx_id", "card", "terminal", "ts_ms", "fraud")}
-            answers = client.label(part)
-            frauds += int(part["fraud"].sum())
-    click.echo(f"{n:,} labels ({frauds:,} frauds) applied by their cards' owners")
+            frauds += sum(client.label(part).values())
+    click.echo(f"{n:,} labels sent; {frauds:,} frauds counted by their cards' owners")
 
 
 @main.group()

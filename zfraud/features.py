@@ -53,7 +53,7 @@ class FeatureEngine:
         self.delay_days = delay_days
         if feature_set == FULL:
             self.state = FeatureState(card_capacity, terminal_capacity, delay_days, source_slot=0,
-                                      max_sources=MAX_SOURCES)
+                                      max_sources=MAX_SOURCES, terminal_days=max(40, delay_days + 31))
             t = self.state.terminals
             self.frauds = TerminalState(t.capacity, MAX_SOURCES, t.days)  # frauds per source slot
         self.sources: dict[str, int] = {}  # peer name -> local terminal slot (1..MAX_SOURCES-1)

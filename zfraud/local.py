@@ -20,6 +20,7 @@ import time
 import zmq
 
 from . import protocol as P
+from .security import Curve
 from .sockets import configure
 
 
@@ -73,6 +74,8 @@ class LocalMesh:
         """The member names worker `name` reports, or None if it does not answer in time."""
         ctx = zmq.Context.instance()
         sock = configure(ctx.socket(zmq.DEALER))
+        if "--curve-dir" in self.extra_args:  # a CURVE mesh: ask with the client keys
+            Curve.from_dir(self.extra_args[self.extra_args.index("--curve-dir") + 1], "client").client(sock)
         try:
             sock.connect(self.routers[name])
             sock.send_multipart(P.encode(P.HELLO, {"role": "client"}))

@@ -58,10 +58,10 @@ NAME = re.compile(r"^[A-Za-z0-9_.@:\-]{1,64}$")
 
 def check_member(name: str, router: str, pub: str) -> None:
     """Refuse names and endpoints that cannot be real before anything connects to them."""
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise ValueError(f"member name {name[:80]!r} must be 1-64 characters of letters, digits, _ . @ : -")
     for what, ep in (("router", router), ("pub", pub)):
-        if not ENDPOINT.match(ep):
+        if not ENDPOINT.fullmatch(ep):
             raise ValueError(f"member {name}: {what} endpoint {ep[:80]!r} is not tcp://HOST:PORT, ipc://PATH or inproc://NAME")
 
 

@@ -53,7 +53,7 @@ VERDICT_COLUMNS = (
     ("rules", "<u8"),     # bit k set: rule k of the header's "rule_names" fired
 )
 
-# Confirmed labels (LABEL, client -> every worker): feed terminal risk once revealed.
+# Confirmed labels (LABEL, client -> the card's owner): feed terminal risk once revealed.
 LABEL_COLUMNS = (
     ("tx_id", "<u8"),     # the labelled transaction (labels are deduplicated by it)
     ("card", "<u8"),

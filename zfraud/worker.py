@@ -28,7 +28,7 @@ import zmq
 from . import __version__
 from . import protocol as P
 from ._dedup import SeenSet
-from .mesh import Member, Membership
+from .mesh import Member, Membership, check_member
 from .features import FeatureEngine
 from .model import load_model, model_from_dict
 from .rules import RuleSet
@@ -61,7 +61,7 @@ class Worker:
                  curve_dir=None, context: zmq.Context | None = None):
         self.name = name
         self.seen = SeenSet(remember)  # recent transaction ids: a resent one never updates state twice
-        self.labels_seen = SeenSet(remember)  # labels already applied (a label is sent to every worker)
+        self.labels_seen = SeenSet(remember)  # labels already applied here (a resent label counts once)
         self.engine_args = (delay_days, cards, terminals)
         model = model if model is not None else load_model()
         features = FeatureEngine(model.feature_set, *self.engine_args)
@@ -80,6 +80,7 @@ class Worker:
         self._intel_day = None     # newest event day published; a new day publishes at once
         self._intel_seq: dict[str, int] = {}  # peer name -> seq of its last intel.terminal message
         self.sync_socks: dict[str, zmq.Socket] = {}  # peer name -> DEALER awaiting its full counts
+        self._sync_sent: dict[str, float] = {}       # peer name -> when that request went out
         self.drain_quiet_s, self.drain_max_s = drain_quiet_s, drain_max_s
         self.scorer = Scorer(model, thresholds, rules, features=features)
         self.heartbeat = heartbeat
@@ -88,6 +89,7 @@ class Worker:
         # CURVE: encryption on every socket; the authenticator (started before anything binds)
         # admits only the public keys found in the curve directory.
         self.curve = Curve.from_dir(curve_dir, "worker") if curve_dir else None
+        self._next_key_reload = time.monotonic() + 5.0
         if self.curve is not None:
             self.curve.start_authenticator(self.ctx)
         self.router = self._secure(configure(self.ctx.socket(zmq.ROUTER), linger_ms=1000), server=True)
@@ -100,6 +102,7 @@ class Worker:
         self.sub.setsockopt(zmq.SUBSCRIBE, b"intel.")
         me = Member(name, _advertised(self.router.getsockopt_string(zmq.LAST_ENDPOINT)),
                     _advertised(self.pub.getsockopt_string(zmq.LAST_ENDPOINT)))
+        check_member(me.name, me.router, me.pub)  # a name peers would refuse is an error here, now
         self.members = Membership(me, timeout=heartbeat * liveness)
         self.subscribed: dict[str, str] = {}  # member name -> PUB endpoint our SUB is connected to
         self.seeds = {}  # seed endpoint -> DEALER still waiting for its MEMBERS
@@ -244,6 +247,14 @@ class Worker:
             log.info("saved state to %s in %.0f ms", self.state_path, (time.perf_counter() - t0) * 1000)
 
     def _beat(self, now: float) -> None:
+        for name in [n for n, t in self._sync_sent.items() if now - t > 5.0 and n in self.sync_socks]:
+            sock = self.sync_socks.pop(name)  # unanswered: drop it, the next gap or message asks again
+            self.poller.unregister(sock)
+            sock.close()
+            self._intel_seq.pop(name, None)
+        if self.curve is not None and now >= self._next_key_reload:
+            self._next_key_reload = now + 5.0
+            self.curve.reload()  # keys copied into or removed from the directory take effect
         self._publish_intel()
         if self.state_path is not None and now >= self._next_snapshot:
             self._snapshot()
@@ -336,6 +347,7 @@ class Worker:
             sock.close()
             return
         self.sync_socks[name] = sock
+        self._sync_sent[name] = time.monotonic()
         self.poller.register(sock, zmq.POLLIN)
 
     def _on_sync_reply(self, name: str, sock) -> None:
@@ -383,8 +395,9 @@ class Worker:
 
     # -- requests ---------------------------------------------------------------------------
     def _on_request(self, frames) -> None:
-        self._last_request = time.monotonic()
         ident, body = frames[0], frames[1:]
+        if len(body) > 1 and body[1] in (P.BATCH, P.LABEL):
+            self._last_request = time.monotonic()  # only work keeps a draining worker waiting
         batch = None
         try:
             msg = P.parse(body)
