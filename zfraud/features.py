@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _features
-from .state import CARD_FEATURES, TERMINAL_FEATURES, FeatureState, TerminalState, mix_keys
+from .state import (CARD_FEATURES, TERMINAL_FEATURES, FeatureState, TerminalState, load_npz, mix_keys,
+                    save_npz)
 
 BASIC = "basic-v1"
 FULL = "zfraud-v1"
@@ -99,13 +100,15 @@ class FeatureEngine:
                                                                                          dtype=np.int64), 0)
         return int(hit.sum())
 
-    def export_intel(self, since: int) -> dict | None:
-        """This worker's own terminal transaction and fraud counts changed since `since` (0: all)."""
+    def export_intel(self, since=0) -> dict | None:
+        """This worker's own terminal transaction and fraud counts changed since `since`: 0 for
+        all, or the "version" an earlier export returned (one version per table)."""
         if self.state is None:
             return None
-        tx_key, tx_day, tx_count, version = self.state.terminals.export(0, since)
-        fr_key, fr_day, fr_count, _ = self.frauds.export(0, since)
-        return {"version": version, "tx_key": tx_key, "tx_day": tx_day, "tx_count": tx_count,
+        tx_since, fr_since = since if since else (0, 0)
+        tx_key, tx_day, tx_count, tx_version = self.state.terminals.export(0, tx_since)
+        fr_key, fr_day, fr_count, fr_version = self.frauds.export(0, fr_since)
+        return {"version": (tx_version, fr_version), "tx_key": tx_key, "tx_day": tx_day, "tx_count": tx_count,
                 "fraud_key": fr_key, "fraud_day": fr_day, "fraud_count": fr_count}
 
     def merge_intel(self, source: str, deltas: dict) -> bool:
@@ -131,16 +134,12 @@ class FeatureEngine:
             arrays = self.state.snapshot()
             arrays.update({f"frauds.{k}": v for k, v in self.frauds.snapshot().items()})
             arrays["meta.sources"] = np.array(sorted(self.sources, key=self.sources.get) or [""])
-            _save_npz(path, arrays)
+            save_npz(path, arrays)
 
     def load(self, path) -> None:
         if self.state is None:
             return
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError) as e:
-            raise ValueError(f"state file {path}: expected a numpy .npz of arrays, got {e}") from None
+        arrays = load_npz(path)
         t = self.state.terminals
         frauds = TerminalState(t.capacity, MAX_SOURCES, t.days)
         frauds.restore({k[7:]: v for k, v in arrays.items() if k.startswith("frauds.")})
@@ -175,20 +174,3 @@ def _older_average(card: np.ndarray, amount: np.ndarray) -> np.ndarray:
     out[:, 1] = amount / avg
     return out
 
-
-def _save_npz(path, arrays: dict) -> None:
-    """Write arrays to `path` atomically: a temporary file in the same directory, then rename."""
-    import os
-    import tempfile
-
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".zfraud-state-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -184,33 +184,42 @@ class FeatureState:
         self.cards, self.terminals = cards, terminals
 
     def save(self, path) -> None:
-        """Write the state to `path` (numpy .npz) atomically: a temporary file in the same
-        directory, flushed to disk, then renamed over `path`."""
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".zfraud-state-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **self.snapshot())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        """Write the state to `path` (numpy .npz) atomically (see save_npz)."""
+        save_npz(path, self.snapshot())
 
     def load(self, path) -> None:
         """Restore the state saved at `path` (never unpickles; a bad file raises ValueError)."""
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(path)
+        self.restore(load_npz(path))
+
+
+def save_npz(path, arrays: dict) -> None:
+    """Write arrays to `path` (numpy .npz) atomically: a temporary file in the same directory,
+    flushed to disk, then renamed over `path`."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".zfraud-state-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
         try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise ValueError(f"state file {path!r}: expected a numpy .npz of arrays, "
-                             f"got {e}") from e
-        self.restore(arrays)
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def load_npz(path) -> dict:
+    """The arrays saved at `path` (never unpickles; a missing file raises FileNotFoundError, a bad
+    one ValueError)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"state file {path!r}: expected a numpy .npz of arrays, got {e}") from e

@@ -76,7 +76,7 @@ class Worker:
                 log.info("restored state from %s: %s", self.state_path, features.state_info())
         self.snapshot_every_s = snapshot_every_s
         self._next_snapshot = time.monotonic() + snapshot_every_s
-        self._intel_since = 0      # export version already published (0: publish everything)
+        self._intel_since = 0      # export versions already published (0: publish everything)
         self._intel_day = None     # newest event day published; a new day publishes at once
         self._intel_seq: dict[str, int] = {}  # peer name -> seq of its last intel.terminal message
         self.sync_socks: dict[str, zmq.Socket] = {}  # peer name -> DEALER awaiting its full counts
