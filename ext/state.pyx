@@ -50,7 +50,8 @@ rings: its hour and day are the newest buckets), the event time before it and th
 - Ratios are amount / window average, 0 when that average is not positive; averages are 0 for an
   empty window (possible only for a read-only row). Amounts must be finite (the caller checks).
 
-TerminalState: per terminal a ring of `days` daily buckets, each with one uint32 transaction
+TerminalState: per terminal a ring of buckets covering `days` days (daily buckets by default;
+`bucket_hours` makes them 1, 2, 3, 4, 6, 8 or 12 hours), each with one uint32 transaction
 count per source slot (a G-counter: worker s only increments slot s, merge takes the max per
 slot, so merges commute and may repeat; windows sum over the slots) and one uint32 fraud count.
 Fraud counts have no per-source slots: labels are a broadcast event stream that every worker
@@ -58,11 +59,15 @@ applies itself (the caller deduplicates them by transaction id), so all copies c
 frauds. export/merge of FRAUD_SLOT take the max and serve catch-up (a worker that missed labels
 adopts a peer's higher count). Consequences: a worker must not add_fraud a label a merged count
 already holds, and labels split between workers (each seeing some) would be undercounted.
-read() gives the Handbook's terminal features (handbook.md 2.3) at day granularity: for the row's
-UTC day d the n-day window is days [d - delay - n, d - delay) over all slots, risk = frauds / txs
-(0 without transactions; above 1 only while a peer's counts lag the labels). Buckets older than
-the ring (`days` back from the terminal's newest day) are gone; days >= delay + 31 keeps every
-window of an in-order stream inside the ring.
+read() gives the Handbook's terminal features (handbook.md 2.3) at bucket granularity: for the
+row's UTC bucket b the n-day window is buckets [b - delay - n, b - delay) over all slots (delay
+and n counted in buckets), i.e. the book's (t - delay - n days, t - delay days] with both ends
+moved back to a bucket boundary; risk = frauds / txs (0 without transactions; above 1 only while
+a peer's counts lag the labels). With daily buckets a row at 23:00 misses 23 hours of labels
+that are already `delay` days old; 4-hour buckets miss at most 4. Buckets older than the ring
+(`days` back from the terminal's newest bucket) are gone; days >= delay + 31 keeps every window
+of an in-order stream inside the ring. Indices passed to and returned by add/merge/export are
+bucket indices, floor(ts_ms / bucket length).
 """
 from libc.math cimport log1p
 from libc.stdint cimport (INT64_MIN, UINT16_MAX, UINT32_MAX, int32_t, int64_t, uint8_t, uint16_t,
@@ -778,28 +783,37 @@ cdef inline int64_t term_bucket(TermCols* c, TermStats* st, uint64_t r, int64_t 
 cdef class TerminalState:
     """Daily transaction G-counters and fraud counts for up to `capacity` terminals.
 
-    TerminalState(capacity, max_sources=16, days=40): source slots 0..max_sources-1 and a ring
-    of `days` daily buckets per terminal (see the module docstring).
+    TerminalState(capacity, max_sources=16, days=40, bucket_hours=24): source slots
+    0..max_sources-1 and a ring covering `days` days in buckets of `bucket_hours` hours (a divisor
+    of 24) per terminal (see the module docstring). Bucket indices, as add/merge/export use them,
+    are floor(ts_ms / bucket length) since the epoch.
     """
     cdef Table tb
     cdef TermCols c
     cdef TermStats st
-    cdef int64_t newest_day
+    cdef int64_t newest_day   # newest bucket index seen (named for the default, daily buckets)
+    cdef int64_t bucket_ms, per_day
     cdef uint32_t version
     cdef dict _rows
     cdef object _slots, _total, _row_stamp
-    cdef readonly int days, max_sources
+    cdef readonly int days, max_sources, bucket_hours, buckets
 
-    def __init__(self, capacity, max_sources=16, days=40):
+    def __init__(self, capacity, max_sources=16, days=40, bucket_hours=24):
         capacity = _check_capacity(capacity)
         if not 1 <= max_sources <= 4096:
             raise ValueError(f"expected max_sources in [1, 4096], got {max_sources}")
         if not 1 <= days <= 4096:
             raise ValueError(f"expected days in [1, 4096], got {days}")
+        if not (1 <= bucket_hours <= 24 and 24 % bucket_hours == 0):
+            raise ValueError(f"expected bucket_hours dividing 24 (1, 2, 3, 4, 6, 8, 12, 24), got {bucket_hours}")
         self.days = days
         self.max_sources = max_sources
+        self.bucket_hours = bucket_hours
+        self.per_day = 24 // bucket_hours
+        self.buckets = days * self.per_day
+        self.bucket_ms = <int64_t>bucket_hours * MS_PER_HOUR
         self._bind({name: np.zeros((capacity,) + shape, dtype)
-                    for name, dtype, shape in terminal_row(days, max_sources)}, capacity, 0)
+                    for name, dtype, shape in terminal_row(self.buckets, max_sources)}, capacity, 0)
         self.newest_day = NONE
         self.version = 1
 
@@ -807,7 +821,7 @@ cdef class TerminalState:
         """Own these row arrays, fresh derived arrays and index, and point the table at them."""
         self._rows = rows
         self._slots = np.zeros(2 * capacity, np.uint64)
-        self._total = np.zeros((capacity, self.days), np.uint32)
+        self._total = np.zeros((capacity, self.buckets), np.uint32)
         self._row_stamp = np.zeros(capacity, np.uint32)
         self.tb.slots = <uint64_t*>data_of(self._slots)
         self.tb.m = 2 * capacity
@@ -826,7 +840,7 @@ cdef class TerminalState:
         self.c.stamp = <uint32_t*>data_of(rows["stamp"])
         self.c.total = <uint32_t*>data_of(self._total)
         self.c.row_stamp = <uint32_t*>data_of(self._row_stamp)
-        self.c.days = self.days
+        self.c.days = self.buckets
         self.c.sources = self.max_sources
         self.st = TermStats(0, 0, 0)
 
@@ -849,7 +863,7 @@ cdef class TerminalState:
         return self.version
 
     cdef inline int64_t _row(self, uint64_t key, int64_t day) noexcept nogil:
-        """Row of key (acquired and reset if new); day is the event's day index."""
+        """Row of key (acquired and reset if new); day is the event's bucket index."""
         cdef int64_t s
         cdef uint64_t r
         if day > self.newest_day:
@@ -857,7 +871,7 @@ cdef class TerminalState:
         s = tb_find(&self.tb, key)
         if s >= 0:
             return <int64_t>slot_row(self.tb.slots[s])
-        r = tb_acquire(&self.tb, key, -1 - s, self.newest_day - self.days + 1)
+        r = tb_acquire(&self.tb, key, -1 - s, self.newest_day - self.c.days + 1)
         term_reset(&self.c, r)
         (<uint64_t*>self.tb.keys)[r] = key
         return <int64_t>r
@@ -872,7 +886,7 @@ cdef class TerminalState:
 
     def add_tx(self, const uint64_t[::1] keys, const int64_t[::1] ts_ms, int slot,
                const uint8_t[::1] update=None):
-        """Count this worker's own transactions in its source slot, by their UTC day.
+        """Count this worker's own transactions in its source slot, by their UTC bucket.
 
         keys: (n,) uint64 mixed terminal keys; ts_ms: (n,) int64; update: optional (n,) uint8,
         rows with 0 are skipped (duplicates)."""
@@ -887,7 +901,7 @@ cdef class TerminalState:
             for i in range(n):
                 if masked and update[i] == 0:
                     continue
-                day = floor_div(ts_ms[i], MS_PER_DAY)
+                day = floor_div(ts_ms[i], self.bucket_ms)
                 r = self._row(keys[i], day)
                 b = term_bucket(&self.c, &self.st, r, day)
                 if b < 0:
@@ -900,7 +914,7 @@ cdef class TerminalState:
                 self.c.row_stamp[r] = self.version
 
     def add_fraud(self, const uint64_t[::1] keys, const int64_t[::1] ts_ms):
-        """Count confirmed frauds by their transaction's UTC day (labels already deduplicated).
+        """Count confirmed frauds by their transaction's UTC bucket (labels already deduplicated).
 
         keys: (n,) uint64 mixed terminal keys; ts_ms: (n,) int64, the transactions' times."""
         cdef Py_ssize_t n = keys.shape[0], i
@@ -909,7 +923,7 @@ cdef class TerminalState:
         cdef int64_t r, b, day
         with nogil:
             for i in range(n):
-                day = floor_div(ts_ms[i], MS_PER_DAY)
+                day = floor_div(ts_ms[i], self.bucket_ms)
                 r = self._row(keys[i], day)
                 b = term_bucket(&self.c, &self.st, r, day)
                 if b < 0:
@@ -921,7 +935,10 @@ cdef class TerminalState:
 
     def read(self, const uint64_t[::1] keys, const int64_t[::1] ts_ms, int delay_days,
              float[:, ::1] out):
-        """The Handbook's terminal features of each row, TERMINAL_NAMES order, day granularity.
+        """The Handbook's terminal features of each row, TERMINAL_NAMES order, at bucket
+        granularity: the n-day window of a row in bucket b is buckets [b - delay - n, b - delay)
+        (delay and n in buckets), i.e. (t - delay - n days, t - delay days] with both ends moved
+        back to the bucket boundary before them.
 
         keys: (n,) uint64 mixed; ts_ms: (n,) int64; delay_days >= 0; out: (n, 6) float32.
         """
@@ -931,7 +948,7 @@ cdef class TerminalState:
                              f"{ts_ms.shape[0]} and ({out.shape[0]}, {out.shape[1]})")
         if delay_days < 0:
             raise ValueError(f"expected delay_days >= 0, got {delay_days}")
-        cdef int64_t s, r, d, last, lo, hi, k, j, days = self.c.days
+        cdef int64_t s, r, d, last, lo, hi, k, j, days = self.c.days, pd = self.per_day
         cdef uint64_t t1, t7, t30, f1, f7, f30, base
         with nogil:
             for i in range(n):
@@ -944,18 +961,18 @@ cdef class TerminalState:
                 r = <int64_t>slot_row(self.tb.slots[s])
                 base = <uint64_t>r * days
                 last = self.c.last_day[r]
-                d = floor_div(ts_ms[i], MS_PER_DAY) - delay_days     # windows end before day d
+                d = floor_div(ts_ms[i], self.bucket_ms) - delay_days * pd   # windows end before bucket d
                 t1 = t7 = t30 = f1 = f7 = f30 = 0
-                lo = d - 30 if d - 30 > last - days else last - days + 1
+                lo = d - 30 * pd if d - 30 * pd > last - days else last - days + 1
                 hi = d - 1 if d - 1 < last else last
                 j = pmod(lo, days)
                 for k in range(lo, hi + 1):
                     t30 += self.c.total[base + j]
                     f30 += self.c.fraud[base + j]
-                    if k >= d - 7:
+                    if k >= d - 7 * pd:
                         t7 += self.c.total[base + j]
                         f7 += self.c.fraud[base + j]
-                        if k == d - 1:
+                        if k >= d - pd:
                             t1 += self.c.total[base + j]
                             f1 += self.c.fraud[base + j]
                     j = j + 1 if j + 1 < days else 0
@@ -973,7 +990,7 @@ cdef class TerminalState:
         counted locally so far), or -1 for every nonzero bucket including values learnt by merge
         (a full transfer, e.g. to a new peer). Merges do not stamp buckets, so peers' counts are
         not echoed back to them.
-        Returns (keys uint64 (k,), days int32 (k,) day indices, counts uint32 (k,), version): pass
+        Returns (keys uint64 (k,), buckets int32 (k,) bucket indices, counts uint32 (k,), version): pass
         version as `since` next time; local changes after this call get a later version.
         """
         self._check_slot(slot, True)
@@ -1065,8 +1082,9 @@ cdef class TerminalState:
         totals and row stamps are derived, and rebuilt by restore."""
         n = self.tb.used
         snap = {name: self._rows[name][:n].copy()
-                for name, _, _ in terminal_row(self.days, self.max_sources)}
+                for name, _, _ in terminal_row(self.buckets, self.max_sources)}
         snap["kind"] = np.array("zfraud.TerminalState/1")
+        snap["bucket_hours"] = np.array(self.bucket_hours, np.int64)
         snap["newest_day"] = np.array(self.newest_day, np.int64)
         snap["cursor"] = np.array(self.tb.cursor, np.int64)
         snap["version"] = np.array(self.version, np.int64)
@@ -1075,10 +1093,13 @@ cdef class TerminalState:
         return snap
 
     def restore(self, snap):
-        """Replace the state by a snapshot's, whose days and max_sources must equal this
-        object's. On any mismatch: ValueError, and the state is left as it was."""
+        """Replace the state by a snapshot's, whose days, bucket_hours and max_sources must equal
+        this object's. On any mismatch: ValueError, and the state is left as it was."""
         cdef uint64_t cap = self.tb.capacity
-        record = terminal_row(self.days, self.max_sources)
+        bucket_hours = int(snap.get("bucket_hours", 24))
+        if bucket_hours != self.bucket_hours:
+            raise ValueError(f"snapshot 'bucket_hours': expected {self.bucket_hours}, got {bucket_hours}")
+        record = terminal_row(self.buckets, self.max_sources)
         n, got = _expect_rows(snap, "zfraud.TerminalState/1", record, cap)
         (newest, version), cursor = _expect_scalars(snap, ["newest_day", "version"], n)
         stats = _expect(snap, "stats", np.int64, (len(TERMINAL_STATS),))

@@ -87,12 +87,13 @@ class RefCards:
         return row
 
 
-def book_terminal(txs: Counter, frauds: Counter, term, t, delay):
-    """Handbook 2.3 at day granularity: days [d - delay - n, d - delay) over all sources."""
-    d = t // DAY
+def book_terminal(txs: Counter, frauds: Counter, term, t, delay, per_day=1):
+    """Handbook 2.3 at bucket granularity (per_day buckets a day): buckets [b - delay - n,
+    b - delay) over all sources, delay and n in buckets."""
+    d = t // (DAY // per_day)
     row = []
     for n in (1, 7, 30):
-        days = range(d - delay - n, d - delay)
+        days = range(d - (delay + n) * per_day, d - delay * per_day)
         nt = sum(txs[(term, x)] for x in days)
         nf = sum(frauds[(term, x)] for x in days)
         row += [nt, np.float32(nf / nt) if nt else 0.0]
@@ -336,23 +337,24 @@ def terminal_stream(seed, n=3000, n_terms=12, days=80, start_day=19000):
     return terms, ts, fraud
 
 
-@pytest.mark.parametrize("delay", [7, 0, 3])
-def test_terminal_features_match_the_book_at_day_granularity(delay):
+@pytest.mark.parametrize("delay,bucket_hours", [(7, 24), (0, 24), (3, 24), (7, 4), (3, 1)])
+def test_terminal_features_match_the_book_at_bucket_granularity(delay, bucket_hours):
     terms, ts, fraud = terminal_stream(7)
     keys = mix_keys(terms)
-    ts_state = TerminalState(100, max_sources=2, days=delay + 33)
+    per_day = 24 // bucket_hours
+    ts_state = TerminalState(100, max_sources=2, days=delay + 33, bucket_hours=bucket_hours)
     txs, frauds = Counter(), Counter()
     out = np.empty((1, 6), np.float32)
     got, want = [], []
     for i in range(len(ts)):
         ts_state.read(keys[i:i + 1], ts[i:i + 1], delay, out)
         got.append(out[0].copy())
-        want.append(book_terminal(txs, frauds, int(terms[i]), int(ts[i]), delay))
+        want.append(book_terminal(txs, frauds, int(terms[i]), int(ts[i]), delay, per_day))
         ts_state.add_tx(keys[i:i + 1], ts[i:i + 1], 0)
-        txs[(int(terms[i]), int(ts[i]) // DAY)] += 1
+        txs[(int(terms[i]), int(ts[i]) // (DAY // per_day))] += 1
         if fraud[i]:
             ts_state.add_fraud(keys[i:i + 1], ts[i:i + 1])
-            frauds[(int(terms[i]), int(ts[i]) // DAY)] += 1
+            frauds[(int(terms[i]), int(ts[i]) // (DAY // per_day))] += 1
     np.testing.assert_array_equal(np.array(got), np.array(want, np.float32))
     assert np.array(got)[:, 4].max() > 0 and np.array(got)[:, 5].max() > 0
 
@@ -538,7 +540,7 @@ def test_card_restore_rejects_more_rows_than_capacity():
         CardState(10).restore(snap)
 
 
-@pytest.mark.parametrize("corruption", ["days", "sources", "version", "repeated key"])
+@pytest.mark.parametrize("corruption", ["days", "sources", "bucket_hours", "version", "repeated key"])
 def test_terminal_restore_rejects_a_bad_snapshot(corruption):
     a = two_workers(14)[0]
     snap = a.snapshot()
@@ -547,6 +549,8 @@ def test_terminal_restore_rejects_a_bad_snapshot(corruption):
         target = TerminalState(64, 4, 41)
     elif corruption == "sources":
         target = TerminalState(64, 8, 40)
+    elif corruption == "bucket_hours":
+        target = TerminalState(64, 4, 40, bucket_hours=4)
     elif corruption == "version":
         snap = _set(snap, "version", np.array(int(snap["stamp"].max()) - 1, np.int64))
     else:
@@ -589,6 +593,7 @@ def test_snapshots_with_arbitrary_values_restore_and_run_without_harm():
         bad = garble(tsnap)
         bad["version"] = np.array(int(bad["stamp"].max()) + 1 if bad["stamp"].size else 1, np.int64)
         bad["tx"] = (bad["tx"] >> np.uint32(8)).astype(np.uint32)      # keep daily totals < 2**32
+        bad["bucket_hours"] = tsnap["bucket_hours"]  # a setting, checked (see the test below)
         t = TerminalState(64, 4, 40)
         t.restore(bad)
         out = np.empty((10, 6), np.float32)

@@ -1,8 +1,9 @@
 """Back-testing a model on labelled history through a real local mesh.
 
-The whole file is streamed in event-time order through worker processes, day by day: before day d
-the labels of day d - delay go to their cards' owners (as `zfraud label` would, `delay` days late),
-then day d's transactions are sent and every verdict is awaited. The verdicts dated in the test
+The whole file is streamed in event-time order through worker processes, one terminal bucket (4
+hours) at a time, on zfraud.train's schedule: before bucket b the labels of bucket b - delay go to
+their cards' owners (as `zfraud label` would, `delay` days late), then bucket b's transactions
+are sent and every verdict is awaited. The verdicts dated in the test
 range are then scored with the Fraud Detection Handbook's protocol (zfraud.evaluate): AUC ROC,
 average precision and card precision@100, known-compromised cards removed from the test days and
 detected cards removed on later days, plus recall per fraud scenario.
@@ -18,7 +19,7 @@ from .client import Client
 from .dataset import read_labelled
 from .evaluate import evaluate, known_compromised_mask
 from .local import LocalMesh
-from .train import _capacity
+from .train import _capacity, label_schedule
 
 TX = ("tx_id", "card", "terminal", "ts_ms", "amount")
 
@@ -30,8 +31,8 @@ def known_from_default(test_from: int, delay_days: int) -> int:
 
 
 def stream_with_labels(client: Client, data: dict, delay_days: int, batch: int = 4096, progress=None):
-    """Send every transaction of `data` (time-sorted) day by day with labels revealed `delay_days`
-    late; returns (score float32, decision uint8, model version per row or None)."""
+    """Send every transaction of `data` (time-sorted) bucket by bucket with labels revealed
+    `delay_days` late; returns (score float32, decision uint8, model version per row or None)."""
     n = len(data["tx_id"])
     score = np.full(n, np.nan, dtype=np.float32)
     decision = np.full(n, P.REJECTED, dtype=np.uint8)
@@ -45,12 +46,7 @@ def stream_with_labels(client: Client, data: dict, delay_days: int, batch: int =
             progress(len(v["tx_id"]))
 
     client.on_result = collect
-    day = data["day"]
-    bounds = np.flatnonzero(np.diff(day)) + 1
-    spans = list(zip(np.r_[0, bounds], np.r_[bounds, n]))
-    first = {int(day[s]): (s, e) for s, e in spans}
-    for s, e in spans:
-        reveal = first.get(int(day[s]) - delay_days)
+    for s, e, reveal in label_schedule(data["ts_ms"], delay_days):
         if reveal is not None:
             lo, hi = reveal
             client.label({k: data[k][lo:hi] for k in ("tx_id", "card", "terminal", "ts_ms", "fraud")})
@@ -59,7 +55,8 @@ def stream_with_labels(client: Client, data: dict, delay_days: int, batch: int =
             client.submit({k: data[k][lo:hi] for k in TX}, np.arange(lo, hi))
             client.poll(0)
         if not client.drain(120):
-            raise RuntimeError(f"day {int(day[s])}: the mesh did not answer within 120 s")
+            when = np.datetime64(int(data["ts_ms"][s]), "ms")
+            raise RuntimeError(f"transactions from {when}: the mesh did not answer within 120 s")
     client.on_result = None
     return score, decision, models
 

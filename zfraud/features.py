@@ -3,12 +3,15 @@
 A feature set has a name (stored in every model file) and an ordered tuple of feature names.
 
 - "basic-v1": amount, log amount, hour, night, weekend. Stateless.
-- "zfraud-v1" (the default for trained models): basic-v1, then per-card windows (counts and
+- "zfraud-v2" (the default for trained models): basic-v1, then per-card windows (counts and
   average amounts over 1, 7 and 30 days, the amount relative to the card's own 7- and 30-day
   averages, time since the card's previous transaction), then per-terminal counts and fraud risk
-  over 1, 7 and 30 days shifted back by the label delay. It contains the Fraud Detection
-  Handbook's 15 inputs (../shared/reference/handbook.md, section 2) computed online, plus the
-  card-relative features the book lacks. The windows' exact semantics are in ext/state.pyx.
+  over 1, 7 and 30 days shifted back by the label delay, in 4-hour buckets. It contains the Fraud
+  Detection Handbook's 15 inputs (../shared/reference/handbook.md, section 2) computed online,
+  plus the card-relative features the book lacks. The windows' exact semantics are in
+  ext/state.pyx. (zfraud-v1 had daily terminal buckets: a row's terminal windows ended at the
+  start of its day minus the delay, so they missed up to a day of labels that were already
+  `delay` days old; on `zfraud gen` data the 4-hour buckets raise average precision by 0.01-0.02.)
 
 The loops live in ext/features.pyx and ext/state.pyx; this module checks inputs, allocates and calls.
 """
@@ -21,7 +24,7 @@ from .state import (CARD_FEATURES, TERMINAL_FEATURES, FeatureState, TerminalStat
                     save_npz)
 
 BASIC = "basic-v1"
-FULL = "zfraud-v1"
+FULL = "zfraud-v2"
 BASIC_FEATURES = tuple(_features.BASIC_NAMES)
 # Derived from the card windows in numpy: the card's average amount over days 8..30 back (before
 # the most recent week, so a fresh compromise does not inflate it) and the amount relative to it.
@@ -31,7 +34,9 @@ FEATURE_SETS = {
     BASIC: BASIC_FEATURES,
     FULL: BASIC_FEATURES + CARD_FEATURES + TERMINAL_FEATURES + DERIVED_FEATURES,
 }
-MAX_SOURCES = 16
+TERMINAL_BUCKET_HOURS = 4
+MAX_SOURCES = 16   # source slots per terminal table: this worker and up to 15 peers
+FIRST_SOURCES = 4  # slots allocated at first; doubled (up to MAX_SOURCES) when peers need more
 
 
 class FeatureEngine:
@@ -54,9 +59,10 @@ class FeatureEngine:
         self.delay_days = delay_days
         if feature_set == FULL:
             self.state = FeatureState(card_capacity, terminal_capacity, delay_days, source_slot=0,
-                                      max_sources=MAX_SOURCES, terminal_days=max(40, delay_days + 31))
+                                      max_sources=FIRST_SOURCES, terminal_days=max(40, delay_days + 31),
+                                      terminal_bucket_hours=TERMINAL_BUCKET_HOURS)
             t = self.state.terminals
-            self.frauds = TerminalState(t.capacity, MAX_SOURCES, t.days)  # frauds per source slot
+            self.frauds = TerminalState(t.capacity, FIRST_SOURCES, t.days, t.bucket_hours)  # frauds per source slot
         self.sources: dict[str, int] = {}  # peer name -> local terminal slot (1..MAX_SOURCES-1)
 
     def transform(self, columns: dict, update=None) -> np.ndarray:
@@ -106,26 +112,43 @@ class FeatureEngine:
         if self.state is None:
             return None
         tx_since, fr_since = since if since else (0, 0)
-        tx_key, tx_day, tx_count, tx_version = self.state.terminals.export(0, tx_since)
-        fr_key, fr_day, fr_count, fr_version = self.frauds.export(0, fr_since)
-        return {"version": (tx_version, fr_version), "tx_key": tx_key, "tx_day": tx_day, "tx_count": tx_count,
-                "fraud_key": fr_key, "fraud_day": fr_day, "fraud_count": fr_count}
+        bucket_hours = self.frauds.bucket_hours
+        tx_key, tx_bucket, tx_count, tx_version = self.state.terminals.export(0, tx_since)
+        fr_key, fr_bucket, fr_count, fr_version = self.frauds.export(0, fr_since)
+        return {"version": (tx_version, fr_version), "bucket_hours": bucket_hours, "tx_key": tx_key, "tx_bucket": tx_bucket, "tx_count": tx_count,
+                "fraud_key": fr_key, "fraud_bucket": fr_bucket, "fraud_count": fr_count}
 
     def merge_intel(self, source: str, deltas: dict) -> bool:
         """Merge a peer's export (max per bucket, into the peer's local slot); False when there is
-        no free slot for a new peer."""
+        no free slot for a new peer. ValueError when its buckets are not ours."""
         if self.state is None:
             return True
+        if int(deltas.get("bucket_hours", 0)) != self.frauds.bucket_hours:
+            raise ValueError(f"terminal counts in {deltas.get('bucket_hours')}-hour buckets; "
+                             f"this worker keeps {self.frauds.bucket_hours}-hour buckets")
         slot = self.sources.get(source)
         if slot is None:
             if len(self.sources) >= MAX_SOURCES - 1:
                 return False
             slot = self.sources[source] = len(self.sources) + 1
+            if slot >= self.frauds.max_sources:
+                self._grow(min(MAX_SOURCES, 2 * self.frauds.max_sources))
         for table, prefix in ((self.state.terminals, "tx"), (self.frauds, "fraud")):
             table.merge(slot, np.ascontiguousarray(deltas[f"{prefix}_key"], dtype=np.uint64),
-                        np.ascontiguousarray(deltas[f"{prefix}_day"], dtype=np.int32),
+                        np.ascontiguousarray(deltas[f"{prefix}_bucket"], dtype=np.int32),
                         np.ascontiguousarray(deltas[f"{prefix}_count"], dtype=np.uint32))
         return True
+
+    def _grow(self, sources: int) -> None:
+        """Both terminal tables with `sources` slots, counts kept (memory grows with the mesh)."""
+        def grown(table):
+            snap = table.snapshot()
+            snap["tx"] = np.pad(snap["tx"], ((0, 0), (0, 0), (0, sources - table.max_sources)))
+            new = TerminalState(table.capacity, sources, table.days, table.bucket_hours)
+            new.restore(snap)
+            return new
+        self.state.terminals = grown(self.state.terminals)
+        self.frauds = grown(self.frauds)
 
     # -- persistence and size ----------------------------------------------------------------
     def save(self, path) -> None:
@@ -141,8 +164,15 @@ class FeatureEngine:
             return
         arrays = load_npz(path)
         t = self.state.terminals
-        frauds = TerminalState(t.capacity, MAX_SOURCES, t.days)
-        frauds.restore({k[7:]: v for k, v in arrays.items() if k.startswith("frauds.")})
+        fraud_snap = {k[7:]: v for k, v in arrays.items() if k.startswith("frauds.")}
+        sources = int(np.shape(fraud_snap.get("tx", np.zeros((0, 0, t.max_sources))))[-1])
+        if not 1 <= sources <= MAX_SOURCES:
+            raise ValueError(f"state: expected 1..{MAX_SOURCES} terminal source slots, got {sources}")
+        if sources != t.max_sources:  # the snapshot was taken after the tables grew
+            self.state.terminals = TerminalState(t.capacity, sources, t.days, t.bucket_hours)
+            t = self.state.terminals
+        frauds = TerminalState(t.capacity, sources, t.days, t.bucket_hours)
+        frauds.restore(fraud_snap)
         self.state.restore({k: v for k, v in arrays.items() if not k.startswith(("frauds.", "meta.sources"))})
         self.frauds = frauds
         names = [str(x) for x in arrays.get("meta.sources", np.array([""])) if str(x)]

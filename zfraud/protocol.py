@@ -65,10 +65,10 @@ LABEL_COLUMNS = (
 # Terminal counters shared on intel.terminal (worker PUB -> every worker SUB): cumulative counts
 # of the publisher's own transactions per (terminal key, day), and of confirmed frauds.
 INTEL_COLUMNS = (
-    ("tx_key", "<u8"), ("tx_day", "<i4"), ("tx_count", "<u4"),
+    ("tx_key", "<u8"), ("tx_bucket", "<i4"), ("tx_count", "<u4"),
 )
 FRAUD_COLUMNS = (
-    ("fraud_key", "<u8"), ("fraud_day", "<i4"), ("fraud_count", "<u4"),
+    ("fraud_key", "<u8"), ("fraud_bucket", "<i4"), ("fraud_count", "<u4"),
 )
 
 DECISIONS = ("approve", "review", "decline", "rejected")

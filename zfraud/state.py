@@ -29,7 +29,7 @@ from ._state import CARD_DTYPE, EVICTION_POLICY, FRAUD_SLOT, CardState, Terminal
 CARD_FEATURES = tuple(_state.CARD_NAMES)
 TERMINAL_FEATURES = tuple(_state.TERMINAL_NAMES)
 FORMAT = "zfraud.FeatureState/1"
-DELTA_KEYS = ("slot", "version", "tx_key", "tx_day", "tx_count", "fraud_key", "fraud_day",
+DELTA_KEYS = ("slot", "version", "tx_key", "tx_bucket", "tx_count", "fraud_key", "fraud_bucket",
               "fraud_count")
 
 __all__ = ["CARD_FEATURES", "TERMINAL_FEATURES", "CARD_DTYPE", "EVICTION_POLICY", "FRAUD_SLOT",
@@ -69,15 +69,16 @@ class FeatureState:
     replicated across the mesh (this worker counts its own transactions in `source_slot`).
 
     card_capacity, terminal_capacity: rows of each table, allocated zeroed up front (pages
-    cost memory once used): 384 bytes per card, 36 + 12 x days + 4 x days x max_sources bytes
-    per terminal (3076 at the defaults);
+    cost memory once used): 384 bytes per card, 36 + 12 x b + 4 x b x max_sources bytes per
+    terminal, b = terminal_days x 24 / terminal_bucket_hours buckets (3076 at the defaults);
     delay_days: the label delay of the terminal windows (the Handbook's 7);
-    terminal_days: days each terminal keeps, at least delay_days + 31.
+    terminal_days: days each terminal keeps, at least delay_days + 31;
+    terminal_bucket_hours: the terminal windows' resolution (a divisor of 24).
     """
 
     def __init__(self, card_capacity: int = 1 << 20, terminal_capacity: int = 1 << 18,
                  delay_days: int = 7, source_slot: int = 0, max_sources: int = 16,
-                 terminal_days: int = 40):
+                 terminal_days: int = 40, terminal_bucket_hours: int = 24):
         if delay_days < 0:
             raise ValueError(f"expected delay_days >= 0, got {delay_days}")
         if terminal_days < delay_days + 31:
@@ -88,7 +89,7 @@ class FeatureState:
         self.delay_days = int(delay_days)
         self.source_slot = int(source_slot)
         self.cards = CardState(card_capacity)
-        self.terminals = TerminalState(terminal_capacity, max_sources, terminal_days)
+        self.terminals = TerminalState(terminal_capacity, max_sources, terminal_days, terminal_bucket_hours)
 
     @property
     def bytes_per_card(self) -> float:
@@ -139,11 +140,11 @@ class FeatureState:
         """Cumulative counts changed locally since version `since` (0: everything counted here;
         -1: every nonzero bucket, merged ones included, for a new peer): this worker's slot and
         the fraud counts. Pass the returned "version" as `since` next time."""
-        tx_key, tx_day, tx_count, version = self.terminals.export(self.source_slot, since)
-        fr_key, fr_day, fr_count, _ = self.terminals.export(FRAUD_SLOT, since)
+        tx_key, tx_bucket, tx_count, version = self.terminals.export(self.source_slot, since)
+        fr_key, fr_bucket, fr_count, _ = self.terminals.export(FRAUD_SLOT, since)
         return {"slot": self.source_slot, "version": version,
-                "tx_key": tx_key, "tx_day": tx_day, "tx_count": tx_count,
-                "fraud_key": fr_key, "fraud_day": fr_day, "fraud_count": fr_count}
+                "tx_key": tx_key, "tx_bucket": tx_bucket, "tx_count": tx_count,
+                "fraud_key": fr_key, "fraud_bucket": fr_bucket, "fraud_count": fr_count}
 
     def merge_deltas(self, deltas: dict) -> None:
         """Merge a peer's export_deltas() (max per bucket: order and repeats do not matter)."""
@@ -153,7 +154,7 @@ class FeatureState:
         slot = int(deltas["slot"])
         for prefix, target in (("tx", slot), ("fraud", FRAUD_SLOT)):
             keys = np.ascontiguousarray(deltas[f"{prefix}_key"], dtype=np.uint64)
-            days = np.ascontiguousarray(deltas[f"{prefix}_day"], dtype=np.int32)
+            days = np.ascontiguousarray(deltas[f"{prefix}_bucket"], dtype=np.int32)
             counts = np.ascontiguousarray(deltas[f"{prefix}_count"], dtype=np.uint32)
             self.terminals.merge(target, keys, days, counts)
 
@@ -179,7 +180,7 @@ class FeatureState:
         cards = CardState(self.cards.capacity)
         cards.restore({k[5:]: v for k, v in arrays.items() if k.startswith("card.")})
         t = self.terminals
-        terminals = TerminalState(t.capacity, t.max_sources, t.days)
+        terminals = TerminalState(t.capacity, t.max_sources, t.days, t.bucket_hours)
         terminals.restore({k[9:]: v for k, v in arrays.items() if k.startswith("terminal.")})
         self.cards, self.terminals = cards, terminals
 

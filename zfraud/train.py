@@ -1,8 +1,11 @@
 """Training on labelled history through the same streaming feature code the workers run.
 
-`replay` walks a labelled file day by day in event time: before day d it reveals the labels of day
-d - delay (as `zfraud label` would, `delay` days late), then turns the day's transactions into
-features with a FeatureEngine, exactly as a worker's scorer does. Training and serving features are
+`replay` walks a labelled file in event time, one terminal bucket (4 hours) at a time: before
+bucket b it reveals the labels of bucket b - delay (as `zfraud label` would, `delay` days late),
+then turns the bucket's transactions into features with a FeatureEngine, exactly as a worker's
+scorer does. A label revealed before bucket b is first read by bucket b + 1, whose terminal
+windows end at its start minus the delay, so every label a feature uses is at least `delay` days
+old (and a mesh has a whole bucket to share it). Training and serving features are
 therefore the same by construction (a test checks they are bit-identical).
 
 `python -m zfraud.train` regenerates the default model shipped in zfraud/models/default.json:
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .features import BASIC, FULL, FeatureEngine
+from .features import BASIC, FULL, TERMINAL_BUCKET_HOURS, FeatureEngine
 from .model import DEFAULT_MODEL, LogisticModel, save_model
 from .synthetic import synthetic
 
@@ -27,13 +30,8 @@ def replay(data: dict, keep: np.ndarray, delay_days: int = 7, feature_set: str =
     engine = engine or FeatureEngine(feature_set, delay_days,
                                      card_capacity=_capacity(data["card"]), terminal_capacity=_capacity(data["terminal"]))
     out = np.empty((int(keep.sum()), len(engine.names)), dtype=np.float32)
-    day = data["day"]
-    bounds = np.flatnonzero(np.diff(day)) + 1
-    starts, ends = np.r_[0, bounds], np.r_[bounds, len(day)]
-    first = {int(day[s]): (s, e) for s, e in zip(starts, ends)}
     filled = 0
-    for s, e in zip(starts, ends):
-        reveal = first.get(int(day[s]) - delay_days)
+    for s, e, reveal in label_schedule(data["ts_ms"], delay_days):
         if reveal is not None:
             lo, hi = reveal
             engine.apply_labels(data["terminal"][lo:hi], data["ts_ms"][lo:hi], data["fraud"][lo:hi])
@@ -46,6 +44,18 @@ def replay(data: dict, keep: np.ndarray, delay_days: int = 7, feature_set: str =
         if progress is not None:
             progress(e - s)
     return out
+
+
+def label_schedule(ts_ms: np.ndarray, delay_days: int, step_hours: int = TERMINAL_BUCKET_HOURS):
+    """Steps of a time-sorted stream: (start, end, reveal) per step of `step_hours`, where
+    rows [start, end) are the step's transactions and reveal is the (lo, hi) row range of the
+    step `delay_days` earlier, whose labels go in before them (None if it had no rows)."""
+    step = np.asarray(ts_ms) // (step_hours * 3_600_000)
+    bounds = np.flatnonzero(np.diff(step)) + 1
+    spans = list(zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(step)].tolist()))
+    first = {int(step[s]): (s, e) for s, e in spans}
+    back = delay_days * 24 // step_hours
+    return [(s, e, first.get(int(step[s]) - back)) for s, e in spans]
 
 
 def _capacity(ids: np.ndarray) -> int:

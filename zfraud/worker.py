@@ -29,7 +29,7 @@ from . import __version__
 from . import protocol as P
 from ._dedup import SeenSet
 from .mesh import Member, Membership, check_member
-from .features import FeatureEngine
+from .features import TERMINAL_BUCKET_HOURS, FeatureEngine
 from .model import load_model, model_from_dict
 from .rules import RuleSet
 from .scoring import Scorer, Thresholds
@@ -38,7 +38,7 @@ from .sockets import configure
 
 log = logging.getLogger("zfraud.worker")
 
-DAY_MS = 86_400_000
+INTEL_BUCKET_MS = TERMINAL_BUCKET_HOURS * 3_600_000
 VERDICT_TOPICS = tuple(b"verdict." + d.encode() for d in P.DECISIONS)
 
 
@@ -77,7 +77,7 @@ class Worker:
         self.snapshot_every_s = snapshot_every_s
         self._next_snapshot = time.monotonic() + snapshot_every_s
         self._intel_since = 0      # export versions already published (0: publish everything)
-        self._intel_day = None     # newest event day published; a new day publishes at once
+        self._intel_bucket = None  # newest terminal bucket published; a new one publishes at once
         self._intel_seq: dict[str, int] = {}  # peer name -> seq of its last intel.terminal message
         self.sync_socks: dict[str, zmq.Socket] = {}  # peer name -> DEALER awaiting its full counts
         self._sync_sent: dict[str, float] = {}       # peer name -> when that request went out
@@ -314,7 +314,8 @@ class Worker:
         self._intel_since = deltas["version"]
 
     def _intel_frames(self, deltas: dict) -> tuple[dict, list]:
-        header = {"source": self.name, "rows": len(deltas["tx_key"]), "fraud_rows": len(deltas["fraud_key"])}
+        header = {"source": self.name, "rows": len(deltas["tx_key"]), "fraud_rows": len(deltas["fraud_key"]),
+                  "bucket_hours": deltas["bucket_hours"]}
         return header, [*P.column_frames(deltas, P.INTEL_COLUMNS), *P.column_frames(deltas, P.FRAUD_COLUMNS)]
 
     def _on_intel(self, h: dict, frames, seq_checked: bool = True) -> None:
@@ -333,7 +334,12 @@ class Worker:
                 self._intel_seq[source] = seq
         deltas = P.read_columns(frames[:3], int(h["rows"]), P.INTEL_COLUMNS)
         deltas.update(P.read_columns(frames[3:], int(h["fraud_rows"]), P.FRAUD_COLUMNS))
-        if not self.scorer.features.merge_intel(source, {**deltas, "version": 0}):
+        try:
+            merged = self.scorer.features.merge_intel(source, {**deltas, "bucket_hours": h.get("bucket_hours")})
+        except ValueError as e:
+            log.warning("terminal counts from %s not merged: %s", source, e)
+            return
+        if not merged:
             log.warning("no terminal slot left for %s: its counts are not merged", source)
 
     def _request_sync(self, name: str) -> None:
@@ -370,6 +376,8 @@ class Worker:
         new = fresh.view(bool)
         frauds = self.scorer.features.apply_labels(cols["terminal"][new], cols["ts_ms"][new], cols["fraud"][new])
         self.stats["labels"] += int(new.sum())
+        if frauds:
+            self._publish_intel()  # before the acknowledgement: the sender may rely on it
         return P.encode(P.LABEL, {"worker": self.name, "rows": len(new), "applied": int(new.sum()), "frauds": frauds})
 
     def _on_mesh(self, frames) -> None:
@@ -447,10 +455,10 @@ class Worker:
                 self._publish(VERDICT_TOPICS[d], {**base, "rows": len(idx)}, [f[idx] for f in frames])
         ok = v["decision"] != P.REJECTED
         if ok.any():
-            day = int(cols["ts_ms"][ok].max()) // DAY_MS
-            if self._intel_day is None or day > self._intel_day:
-                self._intel_day = day
-                self._publish_intel()  # a new event day: peers need yesterday's counts now, not in a second
+            bucket = int(cols["ts_ms"][ok].max()) // INTEL_BUCKET_MS
+            if self._intel_bucket is None or bucket > self._intel_bucket:
+                self._intel_bucket = bucket
+                self._publish_intel()  # a new terminal bucket: peers need the last one's counts now
         if shadow is not None:
             self._publish(b"shadow", {**base, "model": scorer.shadow_version, "live_model": scorer.model_version,
                                       "rows": len(shadow["tx_id"])}, P.column_frames(shadow, P.VERDICT_COLUMNS))

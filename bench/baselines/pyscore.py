@@ -1,6 +1,6 @@
 """The seed's design: score one transaction at a time in plain Python.
 
-The same zfraud-v1 features (per-card hourly/daily windows, delayed terminal counts; see
+The same zfraud-v2 features (per-card hourly/daily windows, delayed terminal counts; see
 ext/state.pyx for the exact semantics, mirrored here with dicts and lists) and the same tree
 model (walked node by node from the model file's arrays). Used only as a baseline.
 """
@@ -8,6 +8,8 @@ import json
 import math
 
 HOUR_MS, DAY_MS = 3_600_000, 86_400_000
+BUCKET_MS = 4 * HOUR_MS  # terminal windows in 4-hour buckets, as zfraud.features.TERMINAL_BUCKET_HOURS
+PER_DAY = DAY_MS // BUCKET_MS
 
 
 class Card:
@@ -64,10 +66,11 @@ class PyScorer:
         c.last_ts = ts
         x += out + [amount / out[3], amount / out[5], gap]
         t = self.terminals.setdefault(tx["terminal"], {})
-        t[day] = t.get(day, 0) + 1
-        d = day - self.delay
+        b = ts // BUCKET_MS
+        t[b] = t.get(b, 0) + 1
+        back = [t.get(b - self.delay * PER_DAY - k, 0) for k in range(1, 30 * PER_DAY + 1)]
         for w in (1, 7, 30):
-            x += [float(sum(t.get(d - k, 0) for k in range(1, w + 1))), 0.0]  # no labels in the bench
+            x += [float(sum(back[:w * PER_DAY])), 0.0]  # no labels in the bench
         older = out[4] - out[2]
         avg = (out[4] * out[5] - out[2] * out[3]) / older if older > 0 else float("nan")
         x += [avg, amount / avg]
