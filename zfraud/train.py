@@ -93,8 +93,11 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-4, iters: int = 50
 # Chosen among three candidates by prequential validation on two folds that end before the
 # Handbook's test period (train 06-06..07-03 / test 07-11..07-17, and a week earlier), on a
 # zfraud gen file with seed 0; never tuned on a test week. The candidates were within noise.
+# max_bin 8191 (LightGBM's default is 255) was chosen the same way, on seeds 0 and 1: finer
+# histograms let a split land on an exact amount or risk boundary, which is worth +0.01-0.02
+# average precision on both folds of both seeds (255 / 1023 / 8191 compared).
 GBDT_PARAMS = {
-    "objective": "binary", "learning_rate": 0.03, "num_leaves": 15, "min_data_in_leaf": 100,
+    "objective": "binary", "learning_rate": 0.03, "num_leaves": 15, "min_data_in_leaf": 100, "max_bin": 8191,
     "feature_fraction": 0.9, "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,
     "seed": 0, "deterministic": True, "force_row_wise": True, "num_threads": 2, "verbose": -1,
 }
