@@ -705,3 +705,39 @@ def test_feature_state_update_mask_and_deltas_between_workers():
     np.testing.assert_array_equal(t0, w1.terminal_features(probe))
     assert t0[:, 4].max() > 0
     assert w1.export_deltas(d1["version"])["tx_key"].size == 0     # nothing new counted locally
+
+
+def test_feature_engine_grows_its_source_slots_and_keeps_every_count(tmp_path):
+    """Terminal tables start with 4 slots (this worker and 3 peers) and double when a fifth
+    source arrives: counts already merged survive the growth, the new peer's are added, and a
+    snapshot taken after growth loads into a fresh engine."""
+    from zfraud.features import FULL, MAX_SOURCES, FeatureEngine
+
+    def engine():
+        return FeatureEngine(FULL, card_capacity=1024, terminal_capacity=1024)
+
+    day = 17_800 * DAY
+    cols = {"tx_id": np.arange(6, dtype=np.uint64), "card": np.arange(6, dtype=np.uint64),
+            "terminal": np.full(6, 42, np.uint64), "ts_ms": np.full(6, day, np.int64), "amount": np.ones(6)}
+    later = {**cols, "ts_ms": np.full(6, day + 8 * DAY, np.int64)}  # reads the day above as its 1-day window
+    peers = []
+    for p in range(6):  # six peers, each counted 1 + p transactions at terminal 42
+        e = engine()
+        e.transform({k: v[:1 + p] for k, v in cols.items()})
+        peers.append(e.export_intel(0))
+    me = engine()
+    assert me.frauds.max_sources == 4
+    for p, deltas in enumerate(peers[:3]):
+        assert me.merge_intel(f"peer{p}", deltas)
+    assert me.transform(later)[0, me.names.index("terminal_nb_tx_1d")] == 1 + 2 + 3
+    for p, deltas in enumerate(peers[3:], start=3):
+        assert me.merge_intel(f"peer{p}", deltas)
+    assert me.frauds.max_sources == me.state.terminals.max_sources == 8 <= MAX_SOURCES
+    x = me.transform(later)
+    assert x[0, me.names.index("terminal_nb_tx_1d")] == sum(range(1, 7))
+    me.save(tmp_path / "s.npz")
+    again = engine()
+    again.load(tmp_path / "s.npz")
+    assert again.frauds.max_sources == 8
+    np.testing.assert_array_equal(again.transform({**later, "tx_id": later["tx_id"] + 100}),
+                                  me.transform({**later, "tx_id": later["tx_id"] + 100}))
