@@ -8,7 +8,7 @@ the loop. The Python side (zfraud.features) checks shapes and owns the feature n
 Time is event time: everything derives from the transaction's own timestamp (epoch
 milliseconds, UTC), never from the wall clock.
 """
-from libc.math cimport log1p
+from libc.math cimport NAN, log1p
 from libc.stdint cimport int64_t
 
 cdef enum:
@@ -29,6 +29,17 @@ cdef inline int64_t floor_div(int64_t a, int64_t b) noexcept nogil:
     return q
 
 
+cdef inline void basic_row(int64_t ts_ms, double amount, float* o) noexcept nogil:
+    """The BASIC_NAMES features of one transaction into o[0:5]."""
+    cdef int64_t day = floor_div(ts_ms, MS_PER_DAY)
+    cdef int64_t hour = floor_div(ts_ms - day * MS_PER_DAY, MS_PER_HOUR)
+    o[0] = <float>amount
+    o[1] = <float>log1p(amount)
+    o[2] = <float>hour
+    o[3] = 1.0 if hour <= 6 else 0.0
+    o[4] = 1.0 if (day + EPOCH_WEEKDAY) % 7 >= 5 else 0.0
+
+
 def basic_features(const int64_t[::1] ts_ms, const double[::1] amount, float[:, ::1] out):
     """Stateless features of each transaction.
 
@@ -41,13 +52,60 @@ def basic_features(const int64_t[::1] ts_ms, const double[::1] amount, float[:, 
     if amount.shape[0] != n or out.shape[0] != n or out.shape[1] != 5:
         raise ValueError(f"expected ts_ms ({n},), amount ({n},), out ({n}, 5); "
                          f"got amount ({amount.shape[0]},), out ({out.shape[0]}, {out.shape[1]})")
-    cdef int64_t day, hour
     with nogil:
         for i in range(n):
-            day = floor_div(ts_ms[i], MS_PER_DAY)
-            hour = floor_div(ts_ms[i] - day * MS_PER_DAY, MS_PER_HOUR)
-            out[i, 0] = <float>amount[i]
-            out[i, 1] = <float>log1p(amount[i])
-            out[i, 2] = <float>hour
-            out[i, 3] = 1.0 if hour <= 6 else 0.0
-            out[i, 4] = 1.0 if (day + EPOCH_WEEKDAY) % 7 >= 5 else 0.0
+            basic_row(ts_ms[i], amount[i], &out[i, 0])
+
+
+def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const float[:, ::1] card,
+                    const float[:, ::1] terminal, const float[:, ::1] frauds, int n7, int avg7,
+                    int n30, int avg30, float[:, ::1] out):
+    """The rows of a windowed feature set ("zfraud-v1"), assembled from the state's reads.
+
+    ts_ms: (n,) int64; amount: (n,) float64;
+    card: (n, k) float32, the card windows (CardState.update_and_read);
+    terminal, frauds: (n, 6) float32, TerminalState.read of the transaction counts and of the
+    fraud counts: (count, unused) pairs over 1, 7 and 30 days;
+    n7, avg7, n30, avg30: the card columns holding the 7- and 30-day count and average amount;
+    out: (n, 5 + k + 6 + 2) float32, written as
+      [0, 5)            basic_features;
+      [5, 5 + k)        card, as is;
+      then 6 columns    (count, risk) over 1, 7 and 30 days: count = terminal's, risk =
+                        frauds' count / terminal's count in float64, 0 without transactions;
+      then 2 columns    the card's average amount over days 8..30 back,
+                        (n30 * avg30 - n7 * avg7) / (n30 - n7) in float64, NaN unless
+                        n30 - n7 > 0.5; and amount / that average.
+    """
+    cdef Py_ssize_t n = ts_ms.shape[0], k = card.shape[1], i, j
+    cdef Py_ssize_t c = 5 + k, t = c + 6
+    if (amount.shape[0] != n or card.shape[0] != n or terminal.shape[0] != n
+            or frauds.shape[0] != n or terminal.shape[1] != 6 or frauds.shape[1] != 6
+            or out.shape[0] != n or out.shape[1] != t + 2):
+        raise ValueError(f"expected amount ({n},), card ({n}, k), terminal and frauds ({n}, 6), "
+                         f"out ({n}, k + 13); got amount ({amount.shape[0]},), card "
+                         f"({card.shape[0]}, {k}), terminal ({terminal.shape[0]}, "
+                         f"{terminal.shape[1]}), frauds ({frauds.shape[0]}, {frauds.shape[1]}), "
+                         f"out ({out.shape[0]}, {out.shape[1]})")
+    for j in (n7, avg7, n30, avg30):
+        if not 0 <= j < k:
+            raise ValueError(f"expected card columns in [0, {k}), got {j}")
+    cdef double tx, older, avg
+    cdef float* o
+    with nogil:
+        for i in range(n):
+            o = &out[i, 0]
+            basic_row(ts_ms[i], amount[i], o)
+            for j in range(k):
+                o[5 + j] = card[i, j]
+            for j in range(0, 6, 2):
+                tx = terminal[i, j]
+                o[c + j] = terminal[i, j]
+                o[c + j + 1] = <float>(frauds[i, j] / tx) if tx > 0 else 0
+            older = <double>card[i, n30] - <double>card[i, n7]
+            if older > 0.5:
+                avg = (<double>card[i, n30] * card[i, avg30]
+                       - <double>card[i, n7] * card[i, avg7]) / older
+            else:
+                avg = NAN
+            o[t] = <float>avg
+            o[t + 1] = <float>(amount[i] / avg)

@@ -57,3 +57,75 @@ def test_linear_sigmoid_is_stable_for_huge_logits():
     _linear.predict_linear(X, np.ones(1), np.zeros(1), 0.0, proba, top)
     assert proba.tolist() == [1.0, 0.0]
     assert top.tolist() == [0, -1]
+
+
+def reference_windows(card, term, frauds, amount, n7, avg7, n30, avg30):
+    """zfraud-v1's terminal risks and 8-30-day card averages, as numpy computes them."""
+    risk = term.copy()
+    for j in (0, 2, 4):
+        tx, fr = term[:, j].astype(np.float64), frauds[:, j].astype(np.float64)
+        risk[:, j + 1] = np.divide(fr, tx, out=np.zeros_like(tx), where=tx > 0)
+    c7, c30 = card[:, n7].astype(np.float64), card[:, n30].astype(np.float64)
+    older = c30 - c7
+    avg = np.divide(c30 * card[:, avg30] - c7 * card[:, avg7], older, out=np.full(len(card), np.nan),
+                    where=older > 0.5)
+    derived = np.empty((len(card), 2), np.float32)
+    derived[:, 0] = avg
+    with np.errstate(divide="ignore", invalid="ignore"):
+        derived[:, 1] = amount / avg
+    return risk, derived
+
+
+def test_window_features_match_numpy_bit_for_bit():
+    rng = np.random.default_rng(3)
+    n, k = 3000, 9
+    ts = rng.integers(0, 4_000_000_000_000, n).astype(np.int64)
+    amount = rng.uniform(0, 500, n)
+    amount[:5] = 0
+    card = rng.uniform(0, 300, (n, k)).astype(np.float32)
+    card[:, [2, 4]] = rng.integers(0, 40, (n, 2))  # counts over 7 and 30 days
+    card[::7, 4] = card[::7, 2]  # no transaction between 8 and 30 days back: NaN
+    card[:10, [3, 5]] = 0  # an older average of 0: amount / 0 (0 / 0 for the first 5)
+    card[:10, 4] = card[:10, 2] + 3
+    term = rng.integers(0, 50, (n, 6)).astype(np.float32)
+    term[::5, :] = 0  # a terminal without transactions: risk 0
+    frauds = np.minimum(rng.integers(0, 5, (n, 6)), term).astype(np.float32)
+    out = np.empty((n, 5 + k + 8), np.float32)
+    _features.window_features(ts, amount, card, term, frauds, 2, 3, 4, 5, out)
+    risk, derived = reference_windows(card, term, frauds, amount, 2, 3, 4, 5)
+    basic = np.empty((n, 5), np.float32)
+    _features.basic_features(ts, amount, basic)
+    expected = np.hstack([basic, card, risk, derived])
+    assert np.isnan(expected[:, -2]).any() and np.isinf(expected[:, -1]).any()
+    np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
+
+
+def test_window_features_check_shapes():
+    z = np.zeros
+    with pytest.raises(ValueError, match="expected"):
+        _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 6), np.float32),
+                                  z((2, 6), np.float32), 2, 3, 4, 5, z((2, 21), np.float32))
+    with pytest.raises(ValueError, match="card columns"):
+        _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 6), np.float32),
+                                  z((2, 6), np.float32), 2, 3, 4, 9, z((2, 22), np.float32))
+
+
+def test_row_checks_name_the_first_check_a_row_fails():
+    from zfraud import _verdicts as V
+
+    amount = np.array([1.0, np.nan, -np.inf, -1.0, 2e12, 1.0, 1.0, 1.0, 0.0, 1e12])
+    ts = np.array([0, 1, 1, -5, 1, -1, 7_258_118_400_000, 7_258_118_399_999, 5, 5], np.int64)
+    out = np.empty(len(ts), np.uint8)
+    assert V.check_rows(ts, amount, 7_258_118_400_000, 1e12, out) == 6
+    R = V.RowError
+    assert out.tolist() == [R.OK, R.AMOUNT_NOT_FINITE, R.AMOUNT_NOT_FINITE, R.AMOUNT_NEGATIVE, R.AMOUNT_TOO_LARGE,
+                            R.TS_OUT_OF_RANGE, R.TS_OUT_OF_RANGE, R.OK, R.OK, R.OK]
+
+
+def test_decide_follows_the_thresholds():
+    from zfraud import _verdicts as V
+
+    proba = np.array([0.0, 0.19999, 0.2, 0.5, 0.8, 1.0, np.nan])
+    out = np.empty(len(proba), np.uint8)
+    V.decide(proba, 0.2, 0.8, out)
+    assert out.tolist() == [0, 0, 1, 1, 2, 2, 0]

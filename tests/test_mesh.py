@@ -43,6 +43,69 @@ def test_score_returns_verdicts_in_input_order_equal_to_in_process_scoring(mesh2
     assert (v["decision"] == P.DECLINE).sum() > 0
 
 
+def test_wait_returns_when_a_reply_arrives_or_after_the_timeout(mesh2):
+    with Client(mesh2.endpoint) as c:
+        for _ in range(3):  # (a connection event or a MEMBERS reply may come first: poll and retry)
+            c.poll(20)
+            t0 = time.perf_counter()
+            if not c.wait(0.003):  # nothing in flight: the whole timeout, not a whole millisecond more
+                break
+        assert 0.003 <= time.perf_counter() - t0 < 0.1
+        c.submit(next(synthetic(50, batch=50, seed=5)))
+        t0 = time.perf_counter()
+        while c.pending and time.perf_counter() - t0 < 5:
+            if c.wait(10.0):  # wakes for each reply, long before 10 s
+                c.poll(0)
+        assert not c.pending and time.perf_counter() - t0 < 5
+
+
+def test_open_loop_stream_answers_everything_and_times_each_transaction(mesh2):
+    b = next(synthetic(3000, batch=3000, seed=12))
+    with Client(mesh2.endpoint) as c:
+        s = c.stream(iter([{k: v[:1000] for k, v in b.items()}, {k: v[1000:] for k, v in b.items()}]),
+                     rate=10_000)
+    assert s.sent == s.verdicts == 3000 and s.lost == 0 and sum(s.decisions.values()) == 3000
+    assert 0 < s.p50_ms <= s.p99_ms <= s.p999_ms and s.elapsed_s >= 0.29
+
+
+def test_a_run_of_queued_batches_is_scored_in_one_pass_with_a_result_each(ctx):
+    from zfraud.sockets import configure
+    from zfraud.worker import Worker
+
+    w = Worker("w1", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", context=ctx)
+    dealer = configure(ctx.socket(zmq.DEALER))
+    try:
+        dealer.connect(w.endpoints[0])
+        b = next(synthetic(30, batch=30, seed=21))
+        parts = [{k: v[i:i + 10] for k, v in b.items()} for i in (0, 10, 20)]
+        msgs = [P.batch_message(0, 0, parts[0]), P.batch_message(1, 0, parts[1]),
+                P.batch_message(9, 0, parts[2])[:-1],  # a column short: ERROR, the others go on
+                P.batch_message(2, 0, parts[2]), P.encode(P.HELLO, {"role": "client"})]
+        for m in msgs:
+            dealer.send_multipart(m)
+        assert w.router.poll(5000)
+        time.sleep(0.2)  # all five queued
+        assert w._read_requests() == 5
+        replies = []
+        while len(replies) < 5 and dealer.poll(5000):
+            replies.append(P.parse(dealer.recv_multipart()))
+        by_command = {}
+        for r in replies:
+            by_command.setdefault(r.command, []).append(r)
+        assert [e.header["batch"] for e in by_command[P.ERROR]] == [9] and len(by_command[P.MEMBERS]) == 1
+        results = sorted(by_command[P.RESULT], key=lambda r: r.header["batch"])
+        assert [r.header["rows"] for r in results] == [10, 10, 10]
+        assert w.stats["batches"] == 3 and len(w._batch_ms) == 1  # one scoring pass
+        expected, _ = Scorer(load_model()).score(b)
+        for k, r in enumerate(results):
+            got = P.read_columns(r.frames, 10, P.VERDICT_COLUMNS)
+            for name, _ in P.VERDICT_COLUMNS:
+                np.testing.assert_array_equal(got[name], expected[name][k * 10:(k + 1) * 10])
+    finally:
+        dealer.close(0)
+        w._close()
+
+
 def test_cli_send_synthetic_is_fully_answered_by_both_workers(mesh2):
     before = {n: status(mesh2, n)["rows"] for n in mesh2.names}
     r = run_cli("send", "--connect", mesh2.endpoint, "--synthetic", "30000", "--json")

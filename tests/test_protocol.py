@@ -52,3 +52,37 @@ def test_too_few_frames():
     with pytest.raises(P.ProtocolError, match="at least 3 frames") as e:
         P.parse([b"ZF1", b"BATCH"])
     assert e.value.code == P.BAD_FRAMES
+
+
+def test_a_header_prefix_packs_like_the_whole_header():
+    fields = {"worker": "w1", "reasons": [f"feature {i}" for i in range(30)], "columns": P.schema(P.VERDICT_COLUMNS)}
+    prefix = P.HeaderPrefix(fields)
+    for extra in ({}, {"rows": 3, "seq": 1}, {"batch": 2**64 - 1, "attempt": 0, "rows": 65536},
+                  {"worker": "w2", "rows": 1}):  # a repeated key: the later value wins, as in a dict
+        assert prefix.pack(extra) == P.pack({**fields, **extra})
+        assert P.unpack(prefix.pack(extra)) == {**fields, **extra}
+
+
+def test_send_frames_checks_every_frame_before_sending_any():
+    import zmq
+
+    from zfraud.sockets import recv_frames, send_frames
+
+    ctx = zmq.Context()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    try:
+        a.bind("inproc://send-frames")
+        b.connect("inproc://send-frames")
+        with pytest.raises(TypeError, match="C-contiguous"):
+            send_frames(a, [b"ZF1", np.arange(10)[::2]])
+        with pytest.raises(TypeError, match="bytes or"):
+            send_frames(a, [b"ZF1", "text"])
+        send_frames(a, [b"ZF1", np.arange(3, dtype=np.uint8)])
+        send_frames(a, [b"one"])
+        assert b.poll(1000)
+        assert recv_frames(b) == [b"ZF1", b"\x00\x01\x02"]  # the refused messages left nothing behind
+        assert recv_frames(b) == [b"one"]
+    finally:
+        a.close(0)
+        b.close(0)
+        ctx.term()

@@ -14,8 +14,10 @@ marked down and its entries are re-partitioned over the remaining owners and res
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
+import select
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -26,7 +28,10 @@ from zmq.utils.monitor import recv_monitor_message
 from . import protocol as P
 from .mesh import owners
 from .security import HANDSHAKE_EVENTS, Curve, check_handshake, describe_handshake_failure
-from .sockets import configure
+from .sockets import configure, recv_frames, send_frames
+
+
+_FD_SETSIZE = 1024  # select() watches descriptors below this
 
 
 class MeshError(RuntimeError):
@@ -203,6 +208,10 @@ class Client:
         """Live workers, sorted: the order every client uses for rendezvous hashing."""
         return sorted(n for n in self.peers if n not in self.down)
 
+    def _live(self, name: str) -> bool:
+        """name in self.members, without building the list."""
+        return name in self.peers and name not in self.down
+
     def _refresh(self) -> None:
         """Ask one live worker for the member list (answered asynchronously, as MEMBERS), and
         probe the workers marked down: any answer brings one back."""
@@ -235,26 +244,25 @@ class Client:
             break
         owner = owners(arrays["card"], names)
         order = np.argsort(owner, kind="stable")
-        bounds = np.searchsorted(owner[order], np.arange(len(names) + 1))
+        bounds = np.searchsorted(owner[order], np.arange(len(names) + 1)).tolist()
+        by_owner = {col: arrays[col][order] for col, _ in P.TX_COLUMNS}  # each owner's rows in a run
+        origin = origin[order]
         for k, name in enumerate(names):
             lo, hi = bounds[k], bounds[k + 1]
-            if lo == hi:
-                continue
-            idx = order[lo:hi]
-            part = {col: np.ascontiguousarray(arrays[col][idx]) for col, _ in P.TX_COLUMNS}
-            self._send(name, part, origin[idx], attempt, first_sent)
+            if lo < hi:
+                self._send(name, {col: a[lo:hi] for col, a in by_owner.items()}, origin[lo:hi], attempt, first_sent)
 
     def _send(self, name: str, part: dict, origin: np.ndarray, attempt: int, first_sent: float | None) -> None:
-        while len(self.inflight.get(name, ())) >= self.window and name in self.members:
+        while len(self.inflight.get(name, ())) >= self.window and self._live(name):
             self.poll(50)  # wait for credit: a RESULT from this worker, or its deadline
-        if name not in self.members:  # it went down while we waited: route again
+        if not self._live(name):  # it went down while we waited: route again
             self.submit(part, origin, attempt, first_sent)
             return
         batch = next(self._ids)
         now = time.monotonic()
         deadline_ms = int((time.time() + self.deadline_s) * 1000)
         try:
-            self.peers[name].send_multipart(P.batch_message(batch, attempt, part, deadline_ms), copy=False)
+            send_frames(self.peers[name], P.batch_message(batch, attempt, part, deadline_ms))
         except zmq.Again:
             self._worker_down(name, "not accepting batches")
             self.submit(part, origin, attempt, first_sent)
@@ -271,13 +279,16 @@ class Client:
             if sock in self.monitors:
                 self._on_monitor(sock)
                 continue
-            while not sock.closed:  # a handler may drop this peer (it left or moved)
-                try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                self._on_reply(frames)
-                handled += 1
+            # One reply per socket and poll: more queued replies make the next poll return at
+            # once, which costs less than the exception that ends a read of an empty socket.
+            if sock.closed:  # a handler may drop this peer (it left or moved)
+                continue
+            try:
+                frames = recv_frames(sock, zmq.NOBLOCK)
+            except zmq.Again:
+                continue
+            self._on_reply(frames)
+            handled += 1
         now = time.monotonic()
         if now >= self._next_refresh:
             self._next_refresh = now + 1.0
@@ -286,6 +297,23 @@ class Client:
             if p.batch in self.pending:  # an earlier _worker_down may have moved it already
                 self._worker_down(p.worker, f"no RESULT for batch {p.batch} within {self.deadline_s:g} s")
         return handled
+
+    def wait(self, timeout_s: float) -> bool:
+        """Return True as soon as a worker's reply (or a connection event) may be waiting (read
+        it with poll(0)), False after timeout_s without one, to the microsecond: zmq_poll counts
+        whole (and coarse) milliseconds, too long a wait for a sender that lingers 1 ms. A
+        socket's ZMQ_FD signals edge-triggered: reading ZMQ_EVENTS resets it, so a message that
+        arrives after that read wakes the select."""
+        fds = []
+        for sock in (*self.peers.values(), *self.monitors):
+            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return True
+            fds.append(sock.getsockopt(zmq.FD))
+        if timeout_s <= 0:
+            return False
+        if max(fds, default=0) < _FD_SETSIZE:
+            return bool(select.select(fds, [], [], timeout_s)[0])
+        return bool(self.poller.poll(math.ceil(timeout_s * 1000)))  # select() cannot watch these fds
 
     def _on_reply(self, frames) -> None:
         try:
@@ -385,21 +413,16 @@ class Client:
 
         progress(rows) is called as answers arrive; on_verdicts(v, header) sees each RESULT;
         input_errors() reports rows the reader could not parse."""
-        answered_ids, rejected_ids, latencies = [], [], []
-        decisions = np.zeros(len(P.DECISIONS), dtype=np.int64)
+        # What each RESULT brought: (when it was read, tx ids, decisions, the rows' positions in
+        # the stream, round trip in ms). The summary is computed from it at the end, so that
+        # reading a RESULT costs the sending loop as little as possible.
+        results = []
         resent0 = self.resent
         dead0 = len(self.dead_letters)
         t0 = time.perf_counter()
 
         def collect(v, h):
-            ok = v["decision"] != P.REJECTED
-            answered_ids.append(v["tx_id"][ok])
-            rejected_ids.append(v["tx_id"][~ok])
-            decisions[:] += np.bincount(v["decision"], minlength=len(P.DECISIONS))
-            if rate:
-                latencies.append((time.perf_counter() - t0) * 1000 - h["origin"] * (1000 / rate))
-            else:
-                latencies.append(np.full(len(v["tx_id"]), h["latency_ms"]))
+            results.append((time.perf_counter(), v["tx_id"], v["decision"], h["origin"], h["latency_ms"]))
             if progress is not None:
                 progress(len(v["tx_id"]))
             if on_verdicts is not None:
@@ -426,20 +449,30 @@ class Client:
                         pos += due
                         self.poll(0)
                         continue
-                    # wait until the chunk is all due, or the oldest due row has lingered enough
-                    wait = min((sent + n - pos - 1) / rate, sent / rate + linger_s) - now
-                    if wait >= 0.001:
-                        self.poll(int(wait * 1000))  # answers may arrive meanwhile
-                    else:
-                        time.sleep(max(wait, 0))  # below ZeroMQ's 1 ms poll resolution: sleep, do not spin
+                    # wait until the chunk is all due, or the oldest due row has lingered enough;
+                    # answers are read as they arrive meanwhile
+                    if self.wait(min((sent + n - pos - 1) / rate, sent / rate + linger_s) - now):
+                        self.poll(0)
             self.drain(drain_timeout_s)
         finally:
             self.on_result = previous
         elapsed = time.perf_counter() - t0
         s = Summary(workers=len(self.members))
         s.sent = sent + input_errors()
-        s.verdicts = int(np.unique(np.concatenate(answered_ids)).size) if answered_ids else 0
-        rejected = int(np.unique(np.concatenate(rejected_ids)).size) if rejected_ids else 0
+        rejected = 0
+        decisions = np.zeros(len(P.DECISIONS), dtype=np.int64)
+        if results:
+            read_at, ids, decision, origin, round_trip = zip(*results)
+            ids, decision = np.concatenate(ids), np.concatenate(decision)
+            ok = decision != P.REJECTED
+            s.verdicts = int(np.unique(ids[ok]).size)
+            rejected = int(np.unique(ids[~ok]).size)
+            decisions = np.bincount(decision, minlength=len(P.DECISIONS))
+            if rate:
+                lat = np.concatenate([(t - t0) * 1000 - o * (1000 / rate) for t, o in zip(read_at, origin)])
+            else:
+                lat = np.repeat(round_trip, [len(o) for o in origin])
+            s.p50_ms, s.p99_ms, s.p999_ms = (round(float(x), 3) for x in np.percentile(lat, [50, 99, 99.9]))
         s.dead_letter = sum(len(e["tx_id"]) for e in self.dead_letters[dead0:])
         s.errors = rejected + s.dead_letter + input_errors()
         s.lost = s.sent - s.verdicts - s.errors
@@ -447,9 +480,6 @@ class Client:
         s.decisions = dict(zip(P.DECISIONS, decisions.tolist()))
         s.elapsed_s = round(elapsed, 3)
         s.tx_per_s = round(s.verdicts / elapsed, 1) if elapsed > 0 else 0.0
-        if latencies:
-            lat = np.concatenate(latencies)
-            s.p50_ms, s.p99_ms, s.p999_ms = (round(float(x), 3) for x in np.percentile(lat, [50, 99, 99.9]))
         return s
 
     # -- labels -------------------------------------------------------------------------------

@@ -26,9 +26,10 @@ from .state import (CARD_FEATURES, TERMINAL_FEATURES, FeatureState, TerminalStat
 BASIC = "basic-v1"
 FULL = "zfraud-v2"
 BASIC_FEATURES = tuple(_features.BASIC_NAMES)
-# Derived from the card windows in numpy: the card's average amount over days 8..30 back (before
-# the most recent week, so a fresh compromise does not inflate it) and the amount relative to it.
-# NaN when the card has no transaction in that span (trees and the logistic kernel handle NaN).
+# Derived from the card windows (in ext/features.pyx, window_features): the card's average amount
+# over days 8..30 back (before the most recent week, so a fresh compromise does not inflate it)
+# and the amount relative to it. NaN when the card has no transaction in that span (trees and the
+# logistic kernel handle NaN).
 DERIVED_FEATURES = ("card_avg_amount_8_30d", "amount_over_card_avg_8_30d")
 FEATURE_SETS = {
     BASIC: BASIC_FEATURES,
@@ -71,27 +72,29 @@ class FeatureEngine:
         (read without adding it again); default all True."""
         ts = np.ascontiguousarray(columns["ts_ms"], dtype=np.int64)
         amount = np.ascontiguousarray(columns["amount"], dtype=np.float64)
-        out = np.empty((len(ts), len(self.names)), dtype=np.float32)
-        b = len(BASIC_FEATURES)
+        n = len(ts)
+        out = np.empty((n, len(self.names)), dtype=np.float32)
         if self.state is None:
             _features.basic_features(ts, amount, out)
             return out
-        basic = np.empty((len(ts), b), dtype=np.float32)
-        _features.basic_features(ts, amount, basic)
-        c = b + len(CARD_FEATURES)
-        out[:, :b] = basic
-        card = self.state.card_features(columns, update)
-        out[:, b:c] = card
-        self.state.record_terminal(columns, update)
-        term = self.state.terminal_features(columns)  # counts; its risk columns are not used
+        # The state's kernels are called directly (FeatureState's methods check and mix keys
+        # per call): a small batch is mostly per-call cost.
+        if not np.isfinite(amount).all():
+            i = int(np.argmin(np.isfinite(amount)))
+            raise ValueError(f"column 'amount': expected finite values, got {amount[i]} at row {i}")
+        mask = np.ones(n, np.uint8) if update is None else (np.asarray(update) != 0).view(np.uint8)
+        cards = mix_keys(columns["card"])
+        terminals = mix_keys(columns["terminal"])
+        s = self.state
+        card = np.empty((n, len(CARD_FEATURES)), dtype=np.float32)
+        s.cards.update_and_read(cards, ts, amount, mask, card)
+        s.terminals.add_tx(terminals, ts, s.source_slot, mask)
+        term = np.empty((n, len(TERMINAL_FEATURES)), dtype=np.float32)
+        s.terminals.read(terminals, ts, self.delay_days, term)  # counts; its risk columns are not used
         frauds = np.empty_like(term)
-        self.frauds.read(mix_keys(columns["terminal"]), ts, self.delay_days, frauds)
-        for j in (0, 2, 4):  # nb_tx over 1, 7, 30 days, then risk = frauds / transactions (0 if none)
-            tx, fr = term[:, j].astype(np.float64), frauds[:, j].astype(np.float64)
-            term[:, j + 1] = np.divide(fr, tx, out=np.zeros_like(tx), where=tx > 0)
-        t = c + len(TERMINAL_FEATURES)
-        out[:, c:t] = term
-        out[:, t:] = _older_average(card, amount)
+        self.frauds.read(terminals, ts, self.delay_days, frauds)
+        # Terminal risk = frauds / transactions; the derived card averages: see window_features.
+        _features.window_features(ts, amount, card, term, frauds, _N7, _AVG7, _N30, _AVG30, out)
         return out
 
     # -- shared state ------------------------------------------------------------------------
@@ -191,16 +194,3 @@ class FeatureEngine:
 
 _N7, _AVG7, _N30, _AVG30 = (CARD_FEATURES.index(n) for n in (
     "card_nb_tx_7d", "card_avg_amount_7d", "card_nb_tx_30d", "card_avg_amount_30d"))
-
-
-def _older_average(card: np.ndarray, amount: np.ndarray) -> np.ndarray:
-    """DERIVED_FEATURES from the card window columns: (n, 2) float32."""
-    n7, n30 = card[:, _N7].astype(np.float64), card[:, _N30].astype(np.float64)
-    older = n30 - n7
-    total = n30 * card[:, _AVG30] - n7 * card[:, _AVG7]
-    avg = np.divide(total, older, out=np.full(len(card), np.nan), where=older > 0.5)
-    out = np.empty((len(card), 2), dtype=np.float32)
-    out[:, 0] = avg
-    out[:, 1] = amount / avg
-    return out
-

@@ -11,12 +11,15 @@ goes moves only its own share of the cards.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ._state import mix_keys
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -33,6 +36,7 @@ def mix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
+@functools.lru_cache(maxsize=4096)
 def name_seed(name: str) -> np.uint64:
     """A stable 64-bit seed for a member name (the same in every process and on every machine)."""
     return np.uint64(int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little"))
@@ -43,12 +47,12 @@ def owners(cards: np.ndarray, names: list[str]) -> np.ndarray:
     given in the same order by every caller; sorted order is the convention."""
     if not names:
         raise ValueError("no live members to own the cards")
-    cards = np.asarray(cards, dtype=np.uint64)
+    cards = np.ascontiguousarray(cards, dtype=np.uint64)
     if len(names) == 1:
         return np.zeros(len(cards), dtype=np.intp)
     weights = np.empty((len(names), len(cards)), dtype=np.uint64)
     for k, name in enumerate(names):
-        weights[k] = mix64(cards ^ name_seed(name))
+        mix_keys(cards ^ name_seed(name), weights[k])  # mix64, compiled (a test checks they agree)
     return weights.argmax(axis=0)
 
 

@@ -1,11 +1,12 @@
 """Prometheus metrics for a worker (`zfraud worker --metrics-port PORT`; the `metrics` extra).
 
-Updated once per batch, never per transaction:
+Updated once per scoring pass (a batch, or a run of queued batches scored together), never per
+transaction:
 
     zfraud_transactions_total{decision}   counter   verdicts by decision (approve/review/decline/rejected)
     zfraud_repeats_total                  counter   transactions seen before (resent), not re-added to state
     zfraud_batches_total                  counter   batches scored
-    zfraud_batch_seconds                  histogram time to score one batch, from reading it to the RESULT
+    zfraud_batch_seconds                  histogram time of one scoring pass, from reading it to the RESULTs
     zfraud_members                        gauge     members this worker knows, itself included
     zfraud_info{worker, model, rules}     gauge     1, labelled with what this worker runs
 """
@@ -25,7 +26,8 @@ class Metrics:
         self.transactions = prom.Counter("zfraud_transactions", "Verdicts by decision.", ["decision"], registry=r)
         self.repeats = prom.Counter("zfraud_repeats", "Transactions seen before (resent).", registry=r)
         self.batches = prom.Counter("zfraud_batches", "Batches scored.", registry=r)
-        self.batch_seconds = prom.Histogram("zfraud_batch_seconds", "Seconds to score one batch.", registry=r,
+        self.batch_seconds = prom.Histogram("zfraud_batch_seconds", "Seconds per scoring pass (a batch or a run).",
+                                            registry=r,
                                             buckets=(1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 1))
         self._members = prom.Gauge("zfraud_members", "Members known, this worker included.", registry=r)
         self.info = prom.Gauge("zfraud_info", "What this worker runs.", ["worker", "model", "rules"], registry=r)
@@ -33,13 +35,14 @@ class Metrics:
         self._by_decision = [self.transactions.labels(d) for d in P.DECISIONS]
         self.server, self.thread = prom.start_http_server(port, addr=host, registry=r)
 
-    def batch(self, counts, seconds: float, repeats: int) -> None:
-        for child, c in zip(self._by_decision, counts.tolist()):
+    def batch(self, counts, seconds: float, repeats: int, batches: int = 1) -> None:
+        """One scoring pass: verdicts per decision, its time, repeated transactions, batches."""
+        for child, c in zip(self._by_decision, counts):
             if c:
                 child.inc(c)
         if repeats:
             self.repeats.inc(repeats)
-        self.batches.inc()
+        self.batches.inc(batches)
         self.batch_seconds.observe(seconds)
 
     def members(self, n: int) -> None:

@@ -18,6 +18,7 @@ a receiver can check them, and numpy views the frames without a copy.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import msgpack
@@ -75,7 +76,7 @@ DECISIONS = ("approve", "review", "decline", "rejected")
 APPROVE, REVIEW, DECLINE, REJECTED = range(4)
 
 # Error codes carried by ERROR messages ("code"). A rejected row carries a reason text instead
-# (the header's "reasons" list; scoring.ROW_CHECKS).
+# (the header's "reasons" list; scoring.ROW_ERRORS).
 BAD_VERSION = "BAD_VERSION"
 BAD_COMMAND = "BAD_COMMAND"
 BAD_FRAMES = "BAD_FRAMES"
@@ -105,6 +106,24 @@ def pack(header: dict) -> bytes:
     return msgpack.packb(header, use_bin_type=True)
 
 
+class HeaderPrefix:
+    """Header fields that many messages repeat, packed once (every verdict message of a scorer
+    carries its reason table): `prefix.pack(extra)` is `pack({**fields, **extra})`, byte for byte.
+    Not for use from several threads at once."""
+
+    def __init__(self, fields: dict):
+        self.fields = dict(fields)
+        self._packer = p = msgpack.Packer(use_bin_type=True)  # packs as pack() does
+        self._packed = b"".join(p.pack(k) + p.pack(v) for k, v in self.fields.items())
+
+    def pack(self, extra: dict) -> bytes:
+        if not extra.keys().isdisjoint(self.fields):
+            return pack({**self.fields, **extra})
+        p = self._packer
+        return b"".join([p.pack_map_header(len(self.fields) + len(extra)), self._packed,
+                         *(p.pack(k) + p.pack(v) for k, v in extra.items())])
+
+
 def unpack(raw: bytes) -> dict:
     """Decode a header frame, refusing anything that is not a small msgpack map."""
     if len(raw) > MAX_HEADER_BYTES:
@@ -118,9 +137,14 @@ def unpack(raw: bytes) -> dict:
     return header
 
 
+@functools.lru_cache(maxsize=64)
 def schema(columns) -> list:
-    """The header form of a column set: [[name, dtype], ...]."""
+    """The header form of a column set: [[name, dtype], ...] (one shared list per column set:
+    do not modify it)."""
     return [[name, dtype] for name, dtype in columns]
+
+
+_dtype = functools.lru_cache(maxsize=64)(np.dtype)  # a column's dtype string -> numpy dtype
 
 
 def column_frames(arrays, columns) -> list:
@@ -134,12 +158,13 @@ def read_columns(frames, rows: int, columns, batch: int | None = None) -> dict:
         raise ProtocolError(BAD_FRAMES, f"expected {len(columns)} column frames, got {len(frames)}", batch)
     out = {}
     for (name, dtype), frame in zip(columns, frames):
-        dt = np.dtype(dtype)
-        buf = memoryview(frame.buffer if hasattr(frame, "buffer") else frame)
-        if buf.nbytes != rows * dt.itemsize:
+        dt = _dtype(dtype)
+        buf = frame if type(frame) is bytes else memoryview(getattr(frame, "buffer", frame))  # bytes or zmq.Frame
+        nbytes = len(buf) if type(buf) is bytes else buf.nbytes
+        if nbytes != rows * dt.itemsize:
             raise ProtocolError(
                 BAD_COLUMN,
-                f"column {name!r} has {buf.nbytes} bytes, expected {rows} rows x {dt.itemsize} = {rows * dt.itemsize}",
+                f"column {name!r} has {nbytes} bytes, expected {rows} rows x {dt.itemsize} = {rows * dt.itemsize}",
                 batch,
             )
         out[name] = np.frombuffer(buf, dtype=dt)
@@ -191,8 +216,9 @@ def parse_columns(msg: Message, columns) -> dict:
     return read_columns(msg.frames, rows, columns)
 
 
-def encode(command: bytes, header: dict, columns: list = ()) -> list:
-    return [VERSION, command, pack(header), *columns]
+def encode(command: bytes, header: dict | bytes, columns: list = ()) -> list:
+    """A ROUTER/DEALER message; `header` is a dict, or one already packed (HeaderPrefix.pack)."""
+    return [VERSION, command, header if type(header) is bytes else pack(header), *columns]
 
 
 def batch_message(batch: int, attempt: int, arrays: dict, deadline_ms: int | None = None) -> list:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import protocol as P
+from ._verdicts import RowError, check_rows, decide
 from .features import FeatureEngine
 from .rules import RuleSet
 
@@ -23,14 +24,14 @@ from .rules import RuleSet
 MAX_TS_MS = 7_258_118_400_000
 MAX_AMOUNT = 1e12
 
-# Row checks, in order: (reason text, predicate that is True for a *bad* row).
-ROW_CHECKS = (
-    ("error: amount is NaN or infinite", lambda c: ~np.isfinite(c["amount"])),
-    ("error: amount is negative", lambda c: c["amount"] < 0),
-    (f"error: amount is over {MAX_AMOUNT:.0e}", lambda c: c["amount"] > MAX_AMOUNT),
-    ("error: ts_ms is outside 1970..2200 (epoch milliseconds expected)",
-     lambda c: (c["ts_ms"] < 0) | (c["ts_ms"] >= MAX_TS_MS)),
-)
+# The reason of a row that fails a check. ext/verdicts.pyx runs the checks in RowError order and a
+# row gets the first it fails.
+ROW_ERRORS = {
+    RowError.AMOUNT_NOT_FINITE: "error: amount is NaN or infinite",
+    RowError.AMOUNT_NEGATIVE: "error: amount is negative",
+    RowError.AMOUNT_TOO_LARGE: f"error: amount is over {MAX_AMOUNT:.0e}",
+    RowError.TS_OUT_OF_RANGE: "error: ts_ms is outside 1970..2200 (epoch milliseconds expected)",
+}
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,10 @@ class Thresholds:
                              f"decline={self.decline}")
 
     def decide(self, proba: np.ndarray) -> np.ndarray:
-        return (proba >= self.review).astype(np.uint8) + (proba >= self.decline)
+        """(n,) float64 probabilities -> (n,) uint8 decisions: 0 approve, 1 review, 2 decline."""
+        out = np.empty(len(proba), dtype=np.uint8)
+        decide(np.ascontiguousarray(proba, dtype=np.float64), self.review, self.decline, out)
+        return out
 
 
 class Scorer:
@@ -64,9 +68,10 @@ class Scorer:
             if m is not None and tuple(self.features.names) != tuple(m.features):
                 raise ValueError(f"model {m.version} expects features {list(m.features)}, "
                                  f"the worker computes {list(self.features.names)}")
-        # The reason table: model features first (index = feature index), then row errors.
-        self.reasons = [*model.features, *(text for text, _ in ROW_CHECKS)]
-        self._error_base = len(model.features)
+        # The reason table: model features first (index = feature index), then row errors (the
+        # reason of error code e is at _error_base + e).
+        self.reasons = [*model.features, *(ROW_ERRORS[e] for e in sorted(ROW_ERRORS))]
+        self._error_base = len(model.features) - 1
         self.model_version = model.version
         self.rules_version = self.rules.version
         self.shadow_version = shadow.version if shadow is not None else None
@@ -76,42 +81,48 @@ class Scorer:
         the shadow model's verdicts or None). The shadow's verdicts never change a decision.
         update: bool per row, False for a transaction already seen (its features are read
         without adding it to the streaming state again); default all True."""
-        if update is None:
-            update = np.ones(len(cols["tx_id"]), dtype=bool)
         n = len(cols["tx_id"])
-        score = np.full(n, np.nan, dtype=np.float32)
-        decision = np.full(n, P.REJECTED, dtype=np.uint8)
-        reason = np.full(n, -1, dtype=np.int16)
-        fired = np.zeros(n, dtype=np.uint64)
-
-        bad = np.zeros(n, dtype=bool)
-        for k, (_, check) in enumerate(ROW_CHECKS):
-            hit = check(cols) & ~bad
-            if hit.any():
-                reason[hit] = self._error_base + k
-                bad |= hit
-        if bad.any():
-            good = np.flatnonzero(~bad)
+        error = np.empty(n, dtype=np.uint8)
+        n_bad = check_rows(np.ascontiguousarray(cols["ts_ms"], dtype=np.int64),
+                           np.ascontiguousarray(cols["amount"], dtype=np.float64), MAX_TS_MS, MAX_AMOUNT, error)
+        if n_bad:
+            good = np.flatnonzero(error == RowError.OK)
             sub = {name: cols[name][good] for name, _ in P.TX_COLUMNS}
-            update = update[good]
-        else:
-            good = slice(None)
+            update = update[good] if update is not None else None
+        else:  # the common case: every row is scored
             sub = cols
 
+        # The verdicts of the rows that passed the checks, in their order.
+        m = n - n_bad
+        score = np.empty(m, dtype=np.float32)
+        decision = np.empty(m, dtype=np.uint8)
+        reason = np.empty(m, dtype=np.int16)
+        fired = np.zeros(m, dtype=np.uint64)
         shadow = None
-        if n - int(bad.sum()):
+        if m:
             X = self.features.transform(sub, update)
             proba, top = self.model.score(X)
-            action = np.zeros(len(X), dtype=np.uint8)
+            score[:] = proba
+            reason[:] = top
+            decision[:] = self.thresholds.decide(proba)
+            action = None
             if self.rules.rules:
                 env = {**sub, **{name: X[:, j] for j, name in enumerate(self.features.names)}}
-                action, fired[good] = self.rules.evaluate(env, len(X))
-            score[good] = proba
-            decision[good] = np.maximum(self.thresholds.decide(proba), action)
-            reason[good] = top
+                action, fired = self.rules.evaluate(env, m)
+                np.maximum(decision, action, out=decision)
             if self.shadow is not None:
                 s_proba, s_top = self.shadow.score(X)
+                s_decision = self.thresholds.decide(s_proba)
                 shadow = {"tx_id": sub["tx_id"], "score": s_proba.astype(np.float32),
-                          "decision": np.maximum(self.thresholds.decide(s_proba), action),
-                          "reason": s_top.astype(np.int16), "rules": fired[good]}
+                          "decision": s_decision if action is None else np.maximum(s_decision, action),
+                          "reason": s_top.astype(np.int16), "rules": fired}
+        if n_bad:  # rejected rows: no score, their error as the reason
+            verdicts = (score, decision, reason, fired)
+            score = np.full(n, np.nan, dtype=np.float32)
+            decision = np.full(n, P.REJECTED, dtype=np.uint8)
+            reason = error.astype(np.int16)
+            reason += self._error_base
+            fired = np.zeros(n, dtype=np.uint64)
+            for full, part in zip((score, decision, reason, fired), verdicts):
+                full[good] = part
         return {"tx_id": cols["tx_id"], "score": score, "decision": decision, "reason": reason, "rules": fired}, shadow

@@ -34,12 +34,24 @@ from .model import load_model, model_from_dict
 from .rules import RuleSet
 from .scoring import Scorer, Thresholds
 from .security import Curve
-from .sockets import configure
+from .sockets import configure, recv_frames, send_frames
 
 log = logging.getLogger("zfraud.worker")
 
 INTEL_BUCKET_MS = TERMINAL_BUCKET_HOURS * 3_600_000
 VERDICT_TOPICS = tuple(b"verdict." + d.encode() for d in P.DECISIONS)
+MAX_RUN = 16            # BATCH requests scored in one pass at most ...
+MAX_RUN_ROWS = 4096     # ... and rows (a run stops once it holds this many)
+
+
+def _is_batch(frames) -> bool:
+    """A ROUTER message [routing id, version, command, ...] that says it is a BATCH."""
+    return len(frames) > 2 and frames[2] == P.BATCH
+
+
+def _rows(frames) -> int:
+    """Rows a BATCH message says it carries, by its first column's size (checked when parsed)."""
+    return len(frames[4]) // 8 if len(frames) > 4 else 0
 
 
 def _advertised(endpoint: str) -> str:
@@ -78,6 +90,7 @@ class Worker:
         self._next_snapshot = time.monotonic() + snapshot_every_s
         self._intel_since = 0      # export versions already published (0: publish everything)
         self._intel_bucket = None  # newest terminal bucket published; a new one publishes at once
+        self._intel_due = False    # a batch brought a new terminal bucket: publish after its reply
         self._intel_seq: dict[str, int] = {}  # peer name -> seq of its last intel.terminal message
         self.sync_socks: dict[str, zmq.Socket] = {}  # peer name -> DEALER awaiting its full counts
         self._sync_sent: dict[str, float] = {}       # peer name -> when that request went out
@@ -116,9 +129,11 @@ class Worker:
         self.started = time.time()
         self.stats = {"batches": 0, "rows": 0, "repeats": 0, "errors": 0, "undelivered": 0, "labels": 0,
                       "decisions": [0] * len(P.DECISIONS)}
-        self._batch_ms = deque(maxlen=2048)  # recent per-batch processing times
+        self._batch_ms = deque(maxlen=2048)  # recent scoring times (a run of batches scores as one)
+        self._header_of, self._header = None, None  # _verdict_header's scorer and its fields
         self._rows_at = deque(maxlen=6)  # (monotonic, rows) at recent heartbeats, for the rate
-        self._backlog = 0       # most requests found queued at one read since the last heartbeat
+        self._backlog = 0       # most requests found queued in a row since the last heartbeat
+        self._queued = 0        # requests handled since the router was last found empty
         self._in_flight = 0     # ... as of the last heartbeat
         self.metrics = None     # zfraud.metrics.Metrics when --metrics-port is given
         if metrics_port is not None:
@@ -166,12 +181,16 @@ class Worker:
                     self._hello_seeds()
                     next_seed = now + self.heartbeat
                 events = dict(poller.poll(timeout=100))
+                if self.sub in events:
+                    self._read_all(self.sub, self._on_mesh)
+                # One request per turn of the loop (or one run of queued batches, see
+                # _read_requests), the peers' news in between: shared state (intel) must not
+                # wait behind a long queue of batches.
                 if self.router in events:
-                    # One request at a time, the peers' news in between: shared state (intel)
-                    # must not wait behind a long queue of batches.
-                    self._backlog = max(self._backlog, self._read_all(self.router, self._on_request,
-                                                                      between=lambda: self._read_all(self.sub, self._on_mesh)))
-                self._read_all(self.sub, self._on_mesh)
+                    self._queued += self._read_requests()
+                    self._backlog = max(self._backlog, self._queued)
+                else:
+                    self._queued = 0
                 for seed, sock in list(self.seeds.items()):
                     if sock.poll(0):
                         self._on_seed_reply(seed, sock)
@@ -195,18 +214,44 @@ class Worker:
         log.info("stopped name=%s batches=%d rows=%d", self.name, self.stats["batches"], self.stats["rows"])
 
     @staticmethod
-    def _read_all(sock, handler, limit: int = 256, between=None) -> int:
-        """Handle up to `limit` queued messages (calling `between()` after each); returns how
-        many there were."""
+    def _read_all(sock, handler, limit: int = 256) -> int:
+        """Handle up to `limit` queued messages; returns how many there were."""
         for k in range(limit):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(sock, zmq.NOBLOCK)
             except zmq.Again:
                 return k
             handler(frames)
-            if between is not None:
-                between()
         return limit
+
+    def _read_requests(self) -> int:
+        """Handle the request a poll found and, if it is a BATCH, the BATCHes queued right behind
+        it (up to MAX_RUN of them, MAX_RUN_ROWS rows): scoring a run of batches in one pass costs
+        little more than scoring one, so a worker that fell behind catches up at once instead of
+        paying every batch's fixed cost. Any other request ends the run and is handled after
+        it, in order. (A poll, or ZMQ_EVENTS, costs less than the exception that ends a read of
+        an empty socket.) Returns the requests handled."""
+        try:
+            frames = recv_frames(self.router, zmq.NOBLOCK)
+        except zmq.Again:
+            return 0
+        if not _is_batch(frames):
+            self._on_request(frames)
+            return 1
+        run, rows = [frames], _rows(frames)
+        while len(run) < MAX_RUN and rows < MAX_RUN_ROWS and self.router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                frames = recv_frames(self.router, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if not _is_batch(frames):
+                self._on_batches(run)
+                self._on_request(frames)
+                return len(run) + 1
+            run.append(frames)
+            rows += _rows(frames)
+        self._on_batches(run)
+        return len(run)
 
     # -- membership -------------------------------------------------------------------------
     def _secure(self, sock, server: bool = False):
@@ -411,7 +456,7 @@ class Worker:
             msg = P.parse(body)
             if msg.command == P.BATCH:
                 batch, attempt, cols = P.parse_batch(msg)
-                reply = self._score(batch, attempt, cols)
+                reply = self._score([(batch, attempt, cols)])[0]
             elif msg.command == P.HELLO:
                 reply = self._hello(msg.header)
             elif msg.command == P.LABEL:
@@ -423,61 +468,124 @@ class Worker:
             else:
                 raise P.ProtocolError(P.BAD_COMMAND, f"a worker does not accept {msg.command.decode()}")
         except P.ProtocolError as e:
-            self.stats["errors"] += 1
-            log.warning("error reply code=%s batch=%s: %s", e.code, e.batch, e)
-            reply = P.error_message(e.code, str(e), e.batch, self.name)
+            reply = self._error_reply(e)
         except Exception as e:  # a bug must cost one reply, not the worker
-            self.stats["errors"] += 1
-            log.exception("internal error while handling a request")
-            reply = P.error_message(P.INTERNAL, f"internal error: {type(e).__name__}: {e}", batch, self.name)
+            reply = self._internal_error_reply(e, batch)
+        self._reply(ident, reply)
+        self._after_replies()
+
+    def _on_batches(self, run: list) -> None:
+        """Answer a run of BATCH requests (ROUTER messages) read together: the valid ones are
+        scored in one pass, in order, and each gets its own RESULT."""
+        if len(run) == 1:
+            self._on_request(run[0])
+            return
+        self._last_request = time.monotonic()
+        replies, batches = [], []  # (routing id, reply frames); (routing id, (batch, attempt, cols))
+        for frames in run:
+            try:
+                batches.append((frames[0], P.parse_batch(P.parse(frames[1:]))))
+            except P.ProtocolError as e:
+                replies.append((frames[0], self._error_reply(e)))
+        if batches:
+            try:
+                results = self._score([b for _, b in batches])
+            except Exception as e:  # a bug must cost these replies, not the worker
+                results = [self._internal_error_reply(e, b[0]) for _, b in batches]
+            replies += zip([ident for ident, _ in batches], results)
+        for ident, reply in replies:
+            self._reply(ident, reply)
+        self._after_replies()
+
+    def _error_reply(self, e: P.ProtocolError) -> list:
+        self.stats["errors"] += 1
+        log.warning("error reply code=%s batch=%s: %s", e.code, e.batch, e)
+        return P.error_message(e.code, str(e), e.batch, self.name)
+
+    def _internal_error_reply(self, e: Exception, batch) -> list:
+        self.stats["errors"] += 1
+        log.exception("internal error while handling a request")
+        return P.error_message(P.INTERNAL, f"internal error: {type(e).__name__}: {e}", batch, self.name)
+
+    def _reply(self, ident: bytes, reply: list) -> None:
         try:
-            self.router.send_multipart([ident, *reply], zmq.NOBLOCK)
+            send_frames(self.router, [ident, *reply], zmq.NOBLOCK)
         except zmq.ZMQError as e:  # gone (EHOSTUNREACH) or not reading (EAGAIN): its ledger resends
             self.stats["undelivered"] += 1
             log.debug("reply not delivered (%s)", e.strerror)
 
-    def _score(self, batch: int, attempt: int, cols: dict) -> list:
+    def _after_replies(self) -> None:
+        if self._intel_due:  # after the replies: an export takes milliseconds, the client need not wait
+            self._intel_due = False
+            self._publish_intel()
+
+    def _score(self, batches: list) -> list:
+        """Score (batch id, attempt, columns) items as one batch, rows in order; publish the
+        verdicts; return each item's RESULT."""
         t0 = time.perf_counter()
-        scorer = self.scorer  # one scorer for the whole batch, even if a deploy lands meanwhile
-        fresh = np.empty(len(cols["tx_id"]), dtype=np.uint8)
+        scorer = self.scorer  # one scorer for the whole run, even if a deploy lands meanwhile
+        if len(batches) == 1:
+            cols = batches[0][2]
+        else:
+            cols = {name: np.concatenate([c[name] for _, _, c in batches]) for name, _ in P.TX_COLUMNS}
+        n = len(cols["tx_id"])
+        fresh = np.empty(n, dtype=np.uint8)
         self.seen.check_and_add(cols["tx_id"], fresh)
         v, shadow = scorer.score(cols, update=fresh.view(bool))
-        counts = np.bincount(v["decision"], minlength=len(P.DECISIONS))
-        base = {"worker": self.name, "model": scorer.model_version, "rules": scorer.rules_version,
-                "reasons": scorer.reasons, "rule_names": scorer.rules.names, "columns": P.schema(P.VERDICT_COLUMNS)}
+        counts = np.bincount(v["decision"], minlength=len(P.DECISIONS)).tolist()
+        base = self._verdict_header(scorer)
         frames = P.column_frames(v, P.VERDICT_COLUMNS)
-        if counts.max() == len(v["tx_id"]):  # the common case: one decision for the whole batch
-            d = int(counts.argmax())
-            self._publish(VERDICT_TOPICS[d], {**base, "rows": int(counts[d])}, frames)
+        if max(counts) == n:  # the common case: one decision for every row
+            d = counts.index(n)
+            self._publish(VERDICT_TOPICS[d], {"rows": n}, frames, base)
         else:
-            for d in np.flatnonzero(counts):
-                idx = np.flatnonzero(v["decision"] == d)
-                self._publish(VERDICT_TOPICS[d], {**base, "rows": len(idx)}, [f[idx] for f in frames])
-        ok = v["decision"] != P.REJECTED
-        if ok.any():
-            bucket = int(cols["ts_ms"][ok].max()) // INTEL_BUCKET_MS
+            for d, c in enumerate(counts):
+                if c:
+                    idx = np.flatnonzero(v["decision"] == d)
+                    self._publish(VERDICT_TOPICS[d], {"rows": c}, [f[idx] for f in frames], base)
+        if counts[P.REJECTED] < n:
+            ts = cols["ts_ms"] if not counts[P.REJECTED] else cols["ts_ms"][v["decision"] != P.REJECTED]
+            bucket = int(ts.max()) // INTEL_BUCKET_MS
             if self._intel_bucket is None or bucket > self._intel_bucket:
                 self._intel_bucket = bucket
-                self._publish_intel()  # a new terminal bucket: peers need the last one's counts now
+                self._intel_due = True  # a new terminal bucket: peers need the last one's counts now
         if shadow is not None:
-            self._publish(b"shadow", {**base, "model": scorer.shadow_version, "live_model": scorer.model_version,
+            self._publish(b"shadow", {**base.fields, "model": scorer.shadow_version, "live_model": scorer.model_version,
                                       "rows": len(shadow["tx_id"])}, P.column_frames(shadow, P.VERDICT_COLUMNS))
+        repeats = n - int(fresh.sum())
         stats = self.stats
-        stats["batches"] += 1
-        stats["rows"] += len(v["tx_id"])
-        stats["repeats"] += len(fresh) - int(fresh.sum())
-        for d, c in enumerate(counts.tolist()):
+        stats["batches"] += len(batches)
+        stats["rows"] += n
+        stats["repeats"] += repeats
+        for d, c in enumerate(counts):
             stats["decisions"][d] += c
         elapsed = time.perf_counter() - t0
         self._batch_ms.append(elapsed * 1000)
         if self.metrics is not None:
-            self.metrics.batch(counts, elapsed, len(fresh) - int(fresh.sum()))
-        return P.encode(P.RESULT, {**base, "batch": batch, "attempt": attempt, "rows": len(v["tx_id"])}, frames)
+            self.metrics.batch(counts, elapsed, repeats, len(batches))
+        results, lo = [], 0
+        for batch, attempt, c in batches:
+            hi = lo + len(c["tx_id"])
+            results.append(P.encode(P.RESULT, base.pack({"batch": batch, "attempt": attempt, "rows": hi - lo}),
+                                    [f[lo:hi] for f in frames]))
+            lo = hi
+        return results
 
-    def _publish(self, topic: bytes, header: dict, columns=()) -> None:
+    def _verdict_header(self, scorer: Scorer) -> P.HeaderPrefix:
+        """The header fields every verdict message of `scorer` carries (packed once per scorer)."""
+        if self._header_of is not scorer:
+            self._header = P.HeaderPrefix({"worker": self.name, "model": scorer.model_version,
+                                           "rules": scorer.rules_version, "reasons": scorer.reasons,
+                                           "rule_names": scorer.rules.names, "columns": P.schema(P.VERDICT_COLUMNS)})
+            self._header_of = scorer
+        return self._header
+
+    def _publish(self, topic: bytes, header: dict, columns=(), prefix: P.HeaderPrefix | None = None) -> None:
+        """Publish on `topic`; the header is prefix's fields (if given), then `header`, then "seq"."""
         header["seq"] = self._seq[topic] = self._seq.get(topic, 0) + 1
+        raw = P.pack(header) if prefix is None else prefix.pack(header)
         try:
-            self.pub.send_multipart([topic, P.VERSION, P.pack(header), *columns], zmq.NOBLOCK)
+            send_frames(self.pub, [topic, P.VERSION, raw, *columns], zmq.NOBLOCK)
         except zmq.Again:
             pass  # PUB is best-effort fan-out; the RESULT is the authoritative answer
 
