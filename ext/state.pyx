@@ -758,6 +758,28 @@ cdef inline void term_reset(TermCols* c, uint64_t r) noexcept nogil:
     memset(c.stamp + r * c.days, 0, c.days * sizeof(uint32_t))
 
 
+cdef inline uint64_t ring_total(const uint32_t* ring, int64_t size, int64_t lo, int64_t hi,
+                              int64_t oldest, int64_t top) noexcept nogil:
+    """Sum of one row's ring buckets for bucket indices [lo, hi) clipped to [oldest, top) (the
+    buckets the ring holds): at most two contiguous runs, so the loops vectorise."""
+    cdef uint64_t total = 0
+    cdef int64_t a, n, first, k
+    if lo < oldest:
+        lo = oldest
+    if hi > top:
+        hi = top
+    if hi <= lo:
+        return 0
+    a = pmod(lo, size)
+    n = hi - lo
+    first = n if n < size - a else size - a
+    for k in range(first):
+        total += ring[a + k]
+    for k in range(n - first):
+        total += ring[k]
+    return total
+
+
 cdef inline int64_t term_bucket(TermCols* c, TermStats* st, uint64_t r, int64_t day) noexcept nogil:
     """Index (row * days + pos) of row r's bucket for `day`, moving the ring forward when day is
     newer than its newest; -1 when day is older than the ring."""
@@ -948,7 +970,7 @@ cdef class TerminalState:
                              f"{ts_ms.shape[0]} and ({out.shape[0]}, {out.shape[1]})")
         if delay_days < 0:
             raise ValueError(f"expected delay_days >= 0, got {delay_days}")
-        cdef int64_t s, r, d, last, lo, hi, k, j, days = self.c.days, pd = self.per_day
+        cdef int64_t s, r, d, last, oldest, top, j, days = self.c.days, pd = self.per_day
         cdef uint64_t t1, t7, t30, f1, f7, f30, base
         with nogil:
             for i in range(n):
@@ -962,20 +984,13 @@ cdef class TerminalState:
                 base = <uint64_t>r * days
                 last = self.c.last_day[r]
                 d = floor_div(ts_ms[i], self.bucket_ms) - delay_days * pd   # windows end before bucket d
-                t1 = t7 = t30 = f1 = f7 = f30 = 0
-                lo = d - 30 * pd if d - 30 * pd > last - days else last - days + 1
-                hi = d - 1 if d - 1 < last else last
-                j = pmod(lo, days)
-                for k in range(lo, hi + 1):
-                    t30 += self.c.total[base + j]
-                    f30 += self.c.fraud[base + j]
-                    if k >= d - 7 * pd:
-                        t7 += self.c.total[base + j]
-                        f7 += self.c.fraud[base + j]
-                        if k >= d - pd:
-                            t1 += self.c.total[base + j]
-                            f1 += self.c.fraud[base + j]
-                    j = j + 1 if j + 1 < days else 0
+                oldest, top = last - days + 1, last + 1    # buckets [oldest, top) are in the ring
+                t1 = ring_total(self.c.total + base, days, d - pd, d, oldest, top)
+                f1 = ring_total(self.c.fraud + base, days, d - pd, d, oldest, top)
+                t7 = t1 + ring_total(self.c.total + base, days, d - 7 * pd, d - pd, oldest, top)
+                f7 = f1 + ring_total(self.c.fraud + base, days, d - 7 * pd, d - pd, oldest, top)
+                t30 = t7 + ring_total(self.c.total + base, days, d - 30 * pd, d - 7 * pd, oldest, top)
+                f30 = f7 + ring_total(self.c.fraud + base, days, d - 30 * pd, d - 7 * pd, oldest, top)
                 out[i, 0] = <float>t1
                 out[i, 1] = <float>(<double>f1 / t1) if t1 > 0 else 0
                 out[i, 2] = <float>t7
