@@ -137,15 +137,15 @@ cdef CardRec _card_rec
 CARD_DTYPE = np.asarray(<CardRec[:1]>(&_card_rec)).dtype   # the numpy view of CardRec
 
 
-def terminal_row(days, max_sources):
+def terminal_row(ring, max_sources):
     """Per-row arrays of a TerminalState: (name, dtype, shape after the row axis). Ring position
-    of a day index is the index mod `days`."""
+    of a bucket index is the index mod `ring`."""
     return (
         ("key", np.uint64, ()),                       # the (mixed) terminal key
-        ("last_day", np.int64, ()),                   # newest day index; stamps the ring
-        ("tx", np.uint32, (days, max_sources)),       # transactions per day per source slot
-        ("fraud", np.uint32, (days,)),                # confirmed frauds per day (max-merged)
-        ("stamp", np.uint32, (days,)),                # version of the bucket's last local change
+        ("last_bucket", np.int64, ()),                # newest bucket index; stamps the ring
+        ("tx", np.uint32, (ring, max_sources)),       # transactions per bucket per source slot
+        ("fraud", np.uint32, (ring,)),                # confirmed frauds per bucket (max-merged)
+        ("stamp", np.uint32, (ring,)),                # version of the bucket's last local change
     )
 
 
@@ -496,16 +496,36 @@ cdef inline void ring_sum(const uint16_t* cnt, const float* sm, int64_t ring, in
         span_sum(cnt, sm, 0, b - ring, c, s)
 
 
+cdef inline void days_back(const CardRec* c, int64_t nd, int first, int last, int64_t* cnt,
+                           double* sm) noexcept nogil:
+    """Count and amount sum of days nd-first..nd-last back (last - first even) into *cnt, *sm,
+    in two interleaved accumulators (days first, first+2, ... and first+1, first+3, ...) joined
+    at day last: the fixed order every read of the newest day has used, so sums are repeatable."""
+    cdef int64_t ca = 0, cb = 0, j
+    cdef double sa = 0, sb = 0
+    cdef int a
+    for a in range(first, last, 2):
+        j = (nd - a) & (DAYS - 1)
+        ca += c.day_count[j]
+        sa += c.day_sum[j]
+        j = (nd - a - 1) & (DAYS - 1)
+        cb += c.day_count[j]
+        sb += c.day_sum[j]
+    j = (nd - last) & (DAYS - 1)
+    cnt[0] = ca + (c.day_count[j] + cb)
+    sm[0] = sa + (c.day_sum[j] + sb)
+
+
 cdef inline void card_read(const CardRec* c, int64_t t, double amount, int64_t gap,
                            float* o) noexcept nogil:
     """The K_CARD features of a row at time t (after any add), from the buckets still in the
     rings. The common case, a row in the card's newest hour (day), sums fixed sets of ring
     positions without branches; any other row clips its window to the ring's range first."""
     cdef int64_t nh = floor_div(c.last_ts, MS_PER_HOUR), nd = floor_div(c.last_ts, MS_PER_DAY)
-    cdef int64_t rh = floor_div(t, MS_PER_HOUR), rd = floor_div(t, MS_PER_DAY), lo, hi, a, j
-    cdef int64_t c1 = 0, c7 = 0, cold = 0, c30, c1b = 0, c7b = 0, coldb = 0
+    cdef int64_t rh = floor_div(t, MS_PER_HOUR), rd = floor_div(t, MS_PER_DAY), lo, hi, j
+    cdef int64_t c1 = 0, c7 = 0, cold = 0, c30, c1b = 0
     cdef double s1 = 0, s7 = 0, sold = 0, s30, avg1 = 0, avg7 = 0, avg30 = 0
-    cdef double s1b = 0, s7b = 0, soldb = 0
+    cdef double s1b = 0
     if rh == nh:
         # The window is the whole hourly ring (the ring holds exactly hours nh-23..nh).
         for j in range(0, HOURS, 2):
@@ -521,26 +541,8 @@ cdef inline void card_read(const CardRec* c, int64_t t, double amount, int64_t g
         ring_sum(c.hour_count, c.hour_sum, HOURS, lo, hi, &c1, &s1)
     if rd == nd:
         # Days nd-6..nd make the 7-day window; with nd-29..nd-7 ("cold") the 30-day one.
-        for a in range(0, 6, 2):
-            j = (nd - a) & (DAYS - 1)
-            c7 += c.day_count[j]
-            s7 += c.day_sum[j]
-            j = (nd - a - 1) & (DAYS - 1)
-            c7b += c.day_count[j]
-            s7b += c.day_sum[j]
-        j = (nd - 6) & (DAYS - 1)
-        c7 += c.day_count[j] + c7b
-        s7 += c.day_sum[j] + s7b
-        for a in range(7, 29, 2):
-            j = (nd - a) & (DAYS - 1)
-            cold += c.day_count[j]
-            sold += c.day_sum[j]
-            j = (nd - a - 1) & (DAYS - 1)
-            coldb += c.day_count[j]
-            soldb += c.day_sum[j]
-        j = (nd - 29) & (DAYS - 1)
-        cold += c.day_count[j] + coldb
-        sold += c.day_sum[j] + soldb
+        days_back(c, nd, 0, 6, &c7, &s7)
+        days_back(c, nd, 7, 29, &cold, &sold)
     else:
         lo = rd - 29 if rd - 29 > nd - (DAYS - 1) else nd - (DAYS - 1)
         hi = rd if rd < nd else nd
@@ -734,13 +736,13 @@ cdef class CardState:
 # Terminals.
 
 ctypedef struct TermCols:
-    int64_t* last_day
-    uint32_t* tx              # [(row * days + pos) * sources + slot]
-    uint32_t* total           # [row * days + pos]: tx summed over the slots (derived)
-    uint32_t* fraud           # [row * days + pos]
-    uint32_t* stamp           # [row * days + pos]
+    int64_t* last_bucket
+    uint32_t* tx              # [(row * ring + pos) * sources + slot]
+    uint32_t* total           # [row * ring + pos]: tx summed over the slots (derived)
+    uint32_t* fraud           # [row * ring + pos]
+    uint32_t* stamp           # [row * ring + pos]
     uint32_t* row_stamp       # [row]: max stamp of the row (derived)
-    int64_t days
+    int64_t ring
     int64_t sources
 
 ctypedef struct TermStats:
@@ -750,12 +752,12 @@ ctypedef struct TermStats:
 
 
 cdef inline void term_reset(TermCols* c, uint64_t r) noexcept nogil:
-    c.last_day[r] = NONE
+    c.last_bucket[r] = NONE
     c.row_stamp[r] = 0
-    memset(c.tx + r * c.days * c.sources, 0, c.days * c.sources * sizeof(uint32_t))
-    memset(c.total + r * c.days, 0, c.days * sizeof(uint32_t))
-    memset(c.fraud + r * c.days, 0, c.days * sizeof(uint32_t))
-    memset(c.stamp + r * c.days, 0, c.days * sizeof(uint32_t))
+    memset(c.tx + r * c.ring * c.sources, 0, c.ring * c.sources * sizeof(uint32_t))
+    memset(c.total + r * c.ring, 0, c.ring * sizeof(uint32_t))
+    memset(c.fraud + r * c.ring, 0, c.ring * sizeof(uint32_t))
+    memset(c.stamp + r * c.ring, 0, c.ring * sizeof(uint32_t))
 
 
 cdef inline uint64_t ring_total(const uint32_t* ring, int64_t size, int64_t lo, int64_t hi,
@@ -780,26 +782,26 @@ cdef inline uint64_t ring_total(const uint32_t* ring, int64_t size, int64_t lo, 
     return total
 
 
-cdef inline int64_t term_bucket(TermCols* c, TermStats* st, uint64_t r, int64_t day) noexcept nogil:
-    """Index (row * days + pos) of row r's bucket for `day`, moving the ring forward when day is
-    newer than its newest; -1 when day is older than the ring."""
-    cdef int64_t last = c.last_day[r], k, j, b
+cdef inline int64_t term_bucket(TermCols* c, TermStats* st, uint64_t r, int64_t bucket) noexcept nogil:
+    """Index (row * ring + pos) of row r's slot for `bucket`, moving the ring forward when bucket
+    is newer than its newest; -1 when bucket is older than the ring."""
+    cdef int64_t last = c.last_bucket[r], k, j, b
     if last == NONE:
-        c.last_day[r] = day
-    elif day > last:
-        j = pmod(last, c.days)
-        for k in range(day - last if day - last < c.days else c.days):
-            j = j + 1 if j + 1 < c.days else 0
-            b = <int64_t>r * c.days + j
+        c.last_bucket[r] = bucket
+    elif bucket > last:
+        j = pmod(last, c.ring)
+        for k in range(bucket - last if bucket - last < c.ring else c.ring):
+            j = j + 1 if j + 1 < c.ring else 0
+            b = <int64_t>r * c.ring + j
             memset(c.tx + b * c.sources, 0, c.sources * sizeof(uint32_t))
             c.total[b] = 0
             c.fraud[b] = 0
             c.stamp[b] = 0
-        c.last_day[r] = day
-    elif day <= last - c.days:
+        c.last_bucket[r] = bucket
+    elif bucket <= last - c.ring:
         st.too_old += 1
         return -1
-    return <int64_t>r * c.days + pmod(day, c.days)
+    return <int64_t>r * c.ring + pmod(bucket, c.ring)
 
 
 cdef class TerminalState:
@@ -813,7 +815,7 @@ cdef class TerminalState:
     cdef Table tb
     cdef TermCols c
     cdef TermStats st
-    cdef int64_t newest_day   # newest bucket index seen (named for the default, daily buckets)
+    cdef int64_t newest_bucket   # newest bucket index seen
     cdef int64_t bucket_ms, per_day
     cdef uint32_t version
     cdef dict _rows
@@ -836,7 +838,7 @@ cdef class TerminalState:
         self.bucket_ms = <int64_t>bucket_hours * MS_PER_HOUR
         self._bind({name: np.zeros((capacity,) + shape, dtype)
                     for name, dtype, shape in terminal_row(self.buckets, max_sources)}, capacity, 0)
-        self.newest_day = NONE
+        self.newest_bucket = NONE
         self.version = 1
 
     cdef _bind(self, dict rows, uint64_t capacity, uint64_t used):
@@ -848,7 +850,7 @@ cdef class TerminalState:
         self.tb.slots = <uint64_t*>data_of(self._slots)
         self.tb.m = 2 * capacity
         self.tb.keys = data_of(rows["key"])
-        self.tb.ages = data_of(rows["last_day"])
+        self.tb.ages = data_of(rows["last_bucket"])
         self.tb.key_stride = sizeof(uint64_t)
         self.tb.age_stride = sizeof(int64_t)
         self.tb.capacity = capacity
@@ -856,13 +858,13 @@ cdef class TerminalState:
         self.tb.cursor = 0
         self.tb.evicted = 0
         self.tb.expired = 0
-        self.c.last_day = <int64_t*>data_of(rows["last_day"])
+        self.c.last_bucket = <int64_t*>data_of(rows["last_bucket"])
         self.c.tx = <uint32_t*>data_of(rows["tx"])
         self.c.fraud = <uint32_t*>data_of(rows["fraud"])
         self.c.stamp = <uint32_t*>data_of(rows["stamp"])
         self.c.total = <uint32_t*>data_of(self._total)
         self.c.row_stamp = <uint32_t*>data_of(self._row_stamp)
-        self.c.days = self.buckets
+        self.c.ring = self.buckets
         self.c.sources = self.max_sources
         self.st = TermStats(0, 0, 0)
 
@@ -884,16 +886,16 @@ cdef class TerminalState:
         """The version local changes are stamped with now; export() returns it and moves on."""
         return self.version
 
-    cdef inline int64_t _row(self, uint64_t key, int64_t day) noexcept nogil:
-        """Row of key (acquired and reset if new); day is the event's bucket index."""
+    cdef inline int64_t _row(self, uint64_t key, int64_t bucket) noexcept nogil:
+        """Row of key (acquired and reset if new); bucket is the event's bucket index."""
         cdef int64_t s
         cdef uint64_t r
-        if day > self.newest_day:
-            self.newest_day = day
+        if bucket > self.newest_bucket:
+            self.newest_bucket = bucket
         s = tb_find(&self.tb, key)
         if s >= 0:
             return <int64_t>slot_row(self.tb.slots[s])
-        r = tb_acquire(&self.tb, key, -1 - s, self.newest_day - self.c.days + 1)
+        r = tb_acquire(&self.tb, key, -1 - s, self.newest_bucket - self.c.ring + 1)
         term_reset(&self.c, r)
         (<uint64_t*>self.tb.keys)[r] = key
         return <int64_t>r
@@ -918,14 +920,14 @@ cdef class TerminalState:
             raise ValueError(f"expected ts_ms and update of length {n}, got {ts_ms.shape[0]} and "
                              f"{update.shape[0] if update is not None else None}")
         cdef bint masked = update is not None
-        cdef int64_t r, b, idx, day
+        cdef int64_t r, b, idx, bucket
         with nogil:
             for i in range(n):
                 if masked and update[i] == 0:
                     continue
-                day = floor_div(ts_ms[i], self.bucket_ms)
-                r = self._row(keys[i], day)
-                b = term_bucket(&self.c, &self.st, r, day)
+                bucket = floor_div(ts_ms[i], self.bucket_ms)
+                r = self._row(keys[i], bucket)
+                b = term_bucket(&self.c, &self.st, r, bucket)
                 if b < 0:
                     continue
                 idx = b * self.c.sources + slot
@@ -942,12 +944,12 @@ cdef class TerminalState:
         cdef Py_ssize_t n = keys.shape[0], i
         if ts_ms.shape[0] != n:
             raise ValueError(f"expected ts_ms of length {n}, got {ts_ms.shape[0]}")
-        cdef int64_t r, b, day
+        cdef int64_t r, b, bucket
         with nogil:
             for i in range(n):
-                day = floor_div(ts_ms[i], self.bucket_ms)
-                r = self._row(keys[i], day)
-                b = term_bucket(&self.c, &self.st, r, day)
+                bucket = floor_div(ts_ms[i], self.bucket_ms)
+                r = self._row(keys[i], bucket)
+                b = term_bucket(&self.c, &self.st, r, bucket)
                 if b < 0:
                     continue
                 if self.c.fraud[b] != UINT32_MAX:
@@ -970,7 +972,7 @@ cdef class TerminalState:
                              f"{ts_ms.shape[0]} and ({out.shape[0]}, {out.shape[1]})")
         if delay_days < 0:
             raise ValueError(f"expected delay_days >= 0, got {delay_days}")
-        cdef int64_t s, r, d, last, oldest, top, j, days = self.c.days, pd = self.per_day
+        cdef int64_t s, r, d, last, oldest, top, j, ring = self.c.ring, pd = self.per_day
         cdef uint64_t t1, t7, t30, f1, f7, f30, base
         with nogil:
             for i in range(n):
@@ -981,16 +983,16 @@ cdef class TerminalState:
                         out[i, j] = 0
                     continue
                 r = <int64_t>slot_row(self.tb.slots[s])
-                base = <uint64_t>r * days
-                last = self.c.last_day[r]
+                base = <uint64_t>r * ring
+                last = self.c.last_bucket[r]
                 d = floor_div(ts_ms[i], self.bucket_ms) - delay_days * pd   # windows end before bucket d
-                oldest, top = last - days + 1, last + 1    # buckets [oldest, top) are in the ring
-                t1 = ring_total(self.c.total + base, days, d - pd, d, oldest, top)
-                f1 = ring_total(self.c.fraud + base, days, d - pd, d, oldest, top)
-                t7 = t1 + ring_total(self.c.total + base, days, d - 7 * pd, d - pd, oldest, top)
-                f7 = f1 + ring_total(self.c.fraud + base, days, d - 7 * pd, d - pd, oldest, top)
-                t30 = t7 + ring_total(self.c.total + base, days, d - 30 * pd, d - 7 * pd, oldest, top)
-                f30 = f7 + ring_total(self.c.fraud + base, days, d - 30 * pd, d - 7 * pd, oldest, top)
+                oldest, top = last - ring + 1, last + 1    # buckets [oldest, top) are in the ring
+                t1 = ring_total(self.c.total + base, ring, d - pd, d, oldest, top)
+                f1 = ring_total(self.c.fraud + base, ring, d - pd, d, oldest, top)
+                t7 = t1 + ring_total(self.c.total + base, ring, d - 7 * pd, d - pd, oldest, top)
+                f7 = f1 + ring_total(self.c.fraud + base, ring, d - 7 * pd, d - pd, oldest, top)
+                t30 = t7 + ring_total(self.c.total + base, ring, d - 30 * pd, d - 7 * pd, oldest, top)
+                f30 = f7 + ring_total(self.c.fraud + base, ring, d - 30 * pd, d - 7 * pd, oldest, top)
                 out[i, 0] = <float>t1
                 out[i, 1] = <float>(<double>f1 / t1) if t1 > 0 else 0
                 out[i, 2] = <float>t7
@@ -1015,7 +1017,7 @@ cdef class TerminalState:
             raise OverflowError("export version counter exhausted; restore into a fresh state")
         cdef uint32_t cur = self.version
         self.version += 1
-        cdef int64_t days = self.c.days, last, j, b
+        cdef int64_t ring = self.c.ring, last, j, b
         cdef uint64_t r, count = 0, w = 0
         cdef bint every = since < 0
         cdef uint32_t v, after = <uint32_t>(0 if every else min(since, UINT32_MAX))
@@ -1025,8 +1027,8 @@ cdef class TerminalState:
         with nogil:
             for r in range(self.tb.used):
                 if every or self.c.row_stamp[r] > after:
-                    for j in range(days):
-                        b = <int64_t>r * days + j
+                    for j in range(ring):
+                        b = <int64_t>r * ring + j
                         if src[b * stride + off] != 0 and (every or self.c.stamp[b] > after):
                             count += 1
         keys_out = np.empty(count, np.uint64)
@@ -1041,25 +1043,25 @@ cdef class TerminalState:
         with nogil:
             for r in range(self.tb.used):
                 if every or self.c.row_stamp[r] > after:
-                    last = self.c.last_day[r]
-                    for j in range(days):
-                        b = <int64_t>r * days + j
+                    last = self.c.last_bucket[r]
+                    for j in range(ring):
+                        b = <int64_t>r * ring + j
                         v = src[b * stride + off]
                         if v != 0 and (every or self.c.stamp[b] > after):
                             ko[w] = row_keys[r]
-                            do[w] = <int32_t>(last - pmod(last - j, days))
+                            do[w] = <int32_t>(last - pmod(last - j, ring))
                             co[w] = v
                             w += 1
         return keys_out, days_out, counts_out, cur
 
-    def merge(self, int slot, const uint64_t[::1] keys, const int32_t[::1] days,
+    def merge(self, int slot, const uint64_t[::1] keys, const int32_t[::1] buckets,
               const uint32_t[::1] counts):
-        """Merge a peer's cumulative counts: count = max(existing, value) per (key, day, slot),
+        """Merge a peer's cumulative counts: count = max(existing, value) per (key, bucket, slot),
         so the order and repetition of merges do not matter. Arguments as export() returns."""
         self._check_slot(slot, True)
         cdef Py_ssize_t n = keys.shape[0], i
-        if days.shape[0] != n or counts.shape[0] != n:
-            raise ValueError(f"expected days and counts of length {n}, got {days.shape[0]} and "
+        if buckets.shape[0] != n or counts.shape[0] != n:
+            raise ValueError(f"expected buckets and counts of length {n}, got {buckets.shape[0]} and "
                              f"{counts.shape[0]}")
         cdef int64_t r, b, idx
         cdef uint32_t v
@@ -1069,8 +1071,8 @@ cdef class TerminalState:
                 v = counts[i]
                 if v == 0:
                     continue
-                r = self._row(keys[i], days[i])
-                b = term_bucket(&self.c, &self.st, r, days[i])
+                r = self._row(keys[i], buckets[i])
+                b = term_bucket(&self.c, &self.st, r, buckets[i])
                 if b < 0:
                     continue
                 if fraud:
@@ -1089,18 +1091,18 @@ cdef class TerminalState:
                 "evictions": self.tb.evicted, "expiries": self.tb.expired,
                 "too_old": self.st.too_old, "read_missing": self.st.read_missing,
                 "merged": self.st.merged, "version": self.version,
-                "newest_day": None if self.newest_day == NONE else self.newest_day}
+                "newest_bucket": None if self.newest_bucket == NONE else self.newest_bucket}
 
     def snapshot(self):
         """The state as a dict of numpy arrays (copies): the used rows of each terminal_row
-        array, plus kind, newest_day, cursor, version and stats (TERMINAL_STATS order). Index,
+        array, plus kind, newest_bucket, cursor, version and stats (TERMINAL_STATS order). Index,
         totals and row stamps are derived, and rebuilt by restore."""
         n = self.tb.used
         snap = {name: self._rows[name][:n].copy()
                 for name, _, _ in terminal_row(self.buckets, self.max_sources)}
         snap["kind"] = np.array("zfraud.TerminalState/1")
         snap["bucket_hours"] = np.array(self.bucket_hours, np.int64)
-        snap["newest_day"] = np.array(self.newest_day, np.int64)
+        snap["newest_bucket"] = np.array(self.newest_bucket, np.int64)
         snap["cursor"] = np.array(self.tb.cursor, np.int64)
         snap["version"] = np.array(self.version, np.int64)
         snap["stats"] = np.array([self.tb.evicted, self.tb.expired, self.st.too_old,
@@ -1116,7 +1118,7 @@ cdef class TerminalState:
             raise ValueError(f"snapshot 'bucket_hours': expected {self.bucket_hours}, got {bucket_hours}")
         record = terminal_row(self.buckets, self.max_sources)
         n, got = _expect_rows(snap, "zfraud.TerminalState/1", record, cap)
-        (newest, version), cursor = _expect_scalars(snap, ["newest_day", "version"], n)
+        (newest, version), cursor = _expect_scalars(snap, ["newest_bucket", "version"], n)
         stats = _expect(snap, "stats", np.int64, (len(TERMINAL_STATS),))
         top = int(got["stamp"].max()) if n else 0
         if not max(top, 1) <= version < UINT32_MAX:
@@ -1143,7 +1145,7 @@ cdef class TerminalState:
         self._total[:n] = total
         self._row_stamp[:n] = got["stamp"].max(axis=1)
         self.tb.cursor = cursor
-        self.newest_day = newest
+        self.newest_bucket = newest
         self.version = version
         self.tb.evicted, self.tb.expired = stats[0], stats[1]
         self.st = TermStats(stats[2], stats[3], stats[4])

@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _features
-from .state import (CARD_FEATURES, TERMINAL_FEATURES, FeatureState, TerminalState, load_npz, mix_keys,
-                    save_npz)
+from .state import (CARD_FEATURES, TERMINAL_FEATURES, FeatureState, TerminalState, check_finite_amount, load_npz,
+                    mix_keys, save_npz, update_mask_u8)
 
 BASIC = "basic-v1"
 FULL = "zfraud-v2"
@@ -79,10 +79,8 @@ class FeatureEngine:
             return out
         # The state's kernels are called directly (FeatureState's methods check and mix keys
         # per call): a small batch is mostly per-call cost.
-        if not np.isfinite(amount).all():
-            i = int(np.argmin(np.isfinite(amount)))
-            raise ValueError(f"column 'amount': expected finite values, got {amount[i]} at row {i}")
-        mask = np.ones(n, np.uint8) if update is None else (np.asarray(update) != 0).view(np.uint8)
+        check_finite_amount(amount)
+        mask = update_mask_u8(update, n)
         cards = mix_keys(columns["card"])
         terminals = mix_keys(columns["terminal"])
         s = self.state
@@ -118,7 +116,8 @@ class FeatureEngine:
         bucket_hours = self.frauds.bucket_hours
         tx_key, tx_bucket, tx_count, tx_version = self.state.terminals.export(0, tx_since)
         fr_key, fr_bucket, fr_count, fr_version = self.frauds.export(0, fr_since)
-        return {"version": (tx_version, fr_version), "bucket_hours": bucket_hours, "tx_key": tx_key, "tx_bucket": tx_bucket, "tx_count": tx_count,
+        return {"version": (tx_version, fr_version), "bucket_hours": bucket_hours,
+                "tx_key": tx_key, "tx_bucket": tx_bucket, "tx_count": tx_count,
                 "fraud_key": fr_key, "fraud_bucket": fr_bucket, "fraud_count": fr_count}
 
     def merge_intel(self, source: str, deltas: dict) -> bool:

@@ -54,7 +54,16 @@ def _column(cols, name, dtype, n=None):
     return a
 
 
-def _mask(update_mask, n):
+def check_finite_amount(amount: np.ndarray) -> np.ndarray:
+    """amount, if every value is finite (the card windows need it); else ValueError naming the row."""
+    finite = np.isfinite(amount)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise ValueError(f"column 'amount': expected finite values, got {amount[i]} at row {i}")
+    return amount
+
+
+def update_mask_u8(update_mask, n):
     """update_mask (None = all rows) as an (n,) uint8 view or copy."""
     if update_mask is None:
         return np.ones(n, np.uint8)
@@ -100,14 +109,10 @@ class FeatureState:
         transaction already counted), then read them: (n, 9) float32, CARD_FEATURES order."""
         ts = _column(cols, "ts_ms", np.int64)
         n = ts.shape[0]
-        amount = _column(cols, "amount", np.float64, n)
-        finite = np.isfinite(amount)
-        if not finite.all():
-            i = int(np.argmin(finite))
-            raise ValueError(f"column 'amount': expected finite values, got {amount[i]} at row {i}")
+        amount = check_finite_amount(_column(cols, "amount", np.float64, n))
         keys = mix_keys(_column(cols, "card", np.uint64, n))
         out = np.empty((n, len(CARD_FEATURES)), np.float32)
-        self.cards.update_and_read(keys, ts, amount, _mask(update_mask, n), out)
+        self.cards.update_and_read(keys, ts, amount, update_mask_u8(update_mask, n), out)
         return out
 
     def terminal_features(self, cols: dict) -> np.ndarray:
@@ -123,7 +128,7 @@ class FeatureState:
         ts = _column(cols, "ts_ms", np.int64)
         n = ts.shape[0]
         keys = mix_keys(_column(cols, "terminal", np.uint64, n))
-        self.terminals.add_tx(keys, ts, self.source_slot, _mask(update_mask, n))
+        self.terminals.add_tx(keys, ts, self.source_slot, update_mask_u8(update_mask, n))
 
     def apply_labels(self, terminal, ts_ms, fraud) -> int:
         """Count confirmed frauds (rows where fraud is true) by their transaction's terminal and
