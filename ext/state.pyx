@@ -742,6 +742,7 @@ ctypedef struct TermCols:
     uint32_t* fraud           # [row * ring + pos]
     uint32_t* stamp           # [row * ring + pos]
     uint32_t* row_stamp       # [row]: max stamp of the row (derived)
+    int64_t* row_low          # [row]: oldest bucket changed while row_stamp is the current version
     int64_t ring
     int64_t sources
 
@@ -754,10 +755,22 @@ ctypedef struct TermStats:
 cdef inline void term_reset(TermCols* c, uint64_t r) noexcept nogil:
     c.last_bucket[r] = NONE
     c.row_stamp[r] = 0
+    c.row_low[r] = NONE
     memset(c.tx + r * c.ring * c.sources, 0, c.ring * c.sources * sizeof(uint32_t))
     memset(c.total + r * c.ring, 0, c.ring * sizeof(uint32_t))
     memset(c.fraud + r * c.ring, 0, c.ring * sizeof(uint32_t))
     memset(c.stamp + r * c.ring, 0, c.ring * sizeof(uint32_t))
+
+
+cdef inline void term_stamp(TermCols* c, int64_t r, int64_t b, int64_t bucket, uint32_t version) noexcept nogil:
+    """Mark bucket `bucket` (at index b) of row r changed in `version`, keeping the row's oldest
+    bucket changed in this version, so that export() reads only the buckets after it."""
+    c.stamp[b] = version
+    if c.row_stamp[r] != version:
+        c.row_stamp[r] = version
+        c.row_low[r] = bucket
+    elif bucket < c.row_low[r]:
+        c.row_low[r] = bucket
 
 
 cdef inline uint64_t ring_total(const uint32_t* ring, int64_t size, int64_t lo, int64_t hi,
@@ -819,7 +832,7 @@ cdef class TerminalState:
     cdef int64_t bucket_ms, per_day
     cdef uint32_t version
     cdef dict _rows
-    cdef object _slots, _total, _row_stamp
+    cdef object _slots, _total, _row_stamp, _row_low
     cdef readonly int days, max_sources, bucket_hours, buckets
 
     def __init__(self, capacity, max_sources=16, days=40, bucket_hours=24):
@@ -847,6 +860,7 @@ cdef class TerminalState:
         self._slots = np.zeros(2 * capacity, np.uint64)
         self._total = np.zeros((capacity, self.buckets), np.uint32)
         self._row_stamp = np.zeros(capacity, np.uint32)
+        self._row_low = np.full(capacity, NONE, np.int64)
         self.tb.slots = <uint64_t*>data_of(self._slots)
         self.tb.m = 2 * capacity
         self.tb.keys = data_of(rows["key"])
@@ -864,6 +878,7 @@ cdef class TerminalState:
         self.c.stamp = <uint32_t*>data_of(rows["stamp"])
         self.c.total = <uint32_t*>data_of(self._total)
         self.c.row_stamp = <uint32_t*>data_of(self._row_stamp)
+        self.c.row_low = <int64_t*>data_of(self._row_low)
         self.c.ring = self.buckets
         self.c.sources = self.max_sources
         self.st = TermStats(0, 0, 0)
@@ -878,7 +893,7 @@ cdef class TerminalState:
     @property
     def bytes_per_terminal(self):
         total = (sum(a.nbytes for a in self._rows.values()) + self._slots.nbytes
-                 + self._total.nbytes + self._row_stamp.nbytes)
+                 + self._total.nbytes + self._row_stamp.nbytes + self._row_low.nbytes)
         return total / self.tb.capacity
 
     @property
@@ -934,8 +949,7 @@ cdef class TerminalState:
                 if self.c.tx[idx] != UINT32_MAX:
                     self.c.tx[idx] += 1
                     self.c.total[b] += 1
-                self.c.stamp[b] = self.version
-                self.c.row_stamp[r] = self.version
+                term_stamp(&self.c, r, b, bucket, self.version)
 
     def add_fraud(self, const uint64_t[::1] keys, const int64_t[::1] ts_ms):
         """Count confirmed frauds by their transaction's UTC bucket (labels already deduplicated).
@@ -954,8 +968,7 @@ cdef class TerminalState:
                     continue
                 if self.c.fraud[b] != UINT32_MAX:
                     self.c.fraud[b] += 1
-                self.c.stamp[b] = self.version
-                self.c.row_stamp[r] = self.version
+                term_stamp(&self.c, r, b, bucket, self.version)
 
     def read(self, const uint64_t[::1] keys, const int64_t[::1] ts_ms, int delay_days,
              float[:, ::1] out):
@@ -1017,20 +1030,26 @@ cdef class TerminalState:
             raise OverflowError("export version counter exhausted; restore into a fresh state")
         cdef uint32_t cur = self.version
         self.version += 1
-        cdef int64_t ring = self.c.ring, last, j, b
+        cdef int64_t ring = self.c.ring, k, b, j, first
         cdef uint64_t r, count = 0, w = 0
         cdef bint every = since < 0
         cdef uint32_t v, after = <uint32_t>(0 if every else min(since, UINT32_MAX))
+        # Exporting again since the last export (the common case): every change to report was
+        # stamped `cur`, so a row's buckets older than its row_low are not read.
+        cdef uint32_t recent = cur if not every and after + 1 == cur else 0
         cdef const uint32_t* src = self.c.fraud if slot == FRAUD_SLOT else self.c.tx
         cdef int64_t stride = 1 if slot == FRAUD_SLOT else self.c.sources
         cdef int64_t off = 0 if slot == FRAUD_SLOT else slot
         with nogil:
             for r in range(self.tb.used):
                 if every or self.c.row_stamp[r] > after:
-                    for j in range(ring):
+                    first = self._first_changed(r, recent)
+                    j = pmod(first, ring)
+                    for k in range(first, self.c.last_bucket[r] + 1):  # ring positions j, in bucket order
                         b = <int64_t>r * ring + j
                         if src[b * stride + off] != 0 and (every or self.c.stamp[b] > after):
                             count += 1
+                        j = j + 1 if j + 1 < ring else 0
         keys_out = np.empty(count, np.uint64)
         days_out = np.empty(count, np.int32)
         counts_out = np.empty(count, np.uint32)
@@ -1043,16 +1062,29 @@ cdef class TerminalState:
         with nogil:
             for r in range(self.tb.used):
                 if every or self.c.row_stamp[r] > after:
-                    last = self.c.last_bucket[r]
-                    for j in range(ring):
+                    first = self._first_changed(r, recent)
+                    j = pmod(first, ring)
+                    for k in range(first, self.c.last_bucket[r] + 1):
                         b = <int64_t>r * ring + j
                         v = src[b * stride + off]
                         if v != 0 and (every or self.c.stamp[b] > after):
                             ko[w] = row_keys[r]
-                            do[w] = <int32_t>(last - pmod(last - j, ring))
+                            do[w] = <int32_t>k
                             co[w] = v
                             w += 1
+                        j = j + 1 if j + 1 < ring else 0
         return keys_out, days_out, counts_out, cur
+
+    cdef inline int64_t _first_changed(self, uint64_t r, uint32_t recent) noexcept nogil:
+        """The oldest bucket of row r that export() must read: the ring's oldest or, when only
+        the changes stamped `recent` count (0: all), the oldest bucket changed then."""
+        cdef int64_t last = self.c.last_bucket[r], first
+        if last == NONE:
+            return last + 1  # no bucket (not reached: a row in use has one)
+        first = last - self.c.ring + 1
+        if recent and self.c.row_stamp[r] == recent and self.c.row_low[r] > first:
+            return self.c.row_low[r]
+        return first
 
     def merge(self, int slot, const uint64_t[::1] keys, const int32_t[::1] buckets,
               const uint32_t[::1] counts):
@@ -1134,16 +1166,17 @@ cdef class TerminalState:
         cdef Table saved = self.tb
         cdef TermCols saved_c = self.c
         cdef TermStats saved_st = self.st
-        old = (self._rows, self._slots, self._total, self._row_stamp)
+        old = (self._rows, self._slots, self._total, self._row_stamp, self._row_low)
         self._bind(rows, cap, n)
         bad = tb_rebuild(&self.tb)
         if bad >= 0:
-            self._rows, self._slots, self._total, self._row_stamp = old
+            self._rows, self._slots, self._total, self._row_stamp, self._row_low = old
             self.tb, self.c, self.st = saved, saved_c, saved_st
             raise ValueError(f"snapshot 'key': expected distinct keys, got "
                              f"{int(got['key'][bad]):#x} again at row {bad}")
         self._total[:n] = total
         self._row_stamp[:n] = got["stamp"].max(axis=1)
+        self._row_low[:n] = got["last_bucket"] - self.buckets + 1  # unknown: the whole ring
         self.tb.cursor = cursor
         self.newest_bucket = newest
         self.version = version
