@@ -200,6 +200,32 @@ def test_tail_filters_by_decision(mesh2):
     assert all(line.split()[1] == "decline" for line in lines)
 
 
+def test_verdicts_reach_a_subscriber_that_arrives_after_an_unfollowed_stretch(mesh2, ctx):
+    """Workers publish verdicts only while someone subscribes (XPUB tells them): a subscriber
+    that comes after traffic nobody followed, or after another subscriber left, still gets them."""
+    def follow(prefix, ids):
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, prefix)
+        for pub in mesh2.pubs.values():
+            sub.connect(pub)
+        got, deadline = set(), time.monotonic() + 20
+        with Client(mesh2.endpoint) as c:
+            while not ids <= got and time.monotonic() < deadline:  # resend until subscribed
+                c.score(next(synthetic(len(ids), batch=len(ids), seed=5, first_id=min(ids))))
+                while sub.poll(200):
+                    frames = sub.recv_multipart()  # topic, version, header, tx_id, ...
+                    got |= set(np.frombuffer(frames[3], np.uint64).tolist())
+        sub.close(linger=0)
+        return got
+
+    with Client(mesh2.endpoint) as c:
+        c.score(next(synthetic(500, batch=500, seed=5, first_id=7_000_000)))  # nobody follows these
+    first = set(range(7_100_000, 7_100_200))
+    assert first <= follow(b"verdict.", first)
+    second = set(range(7_200_000, 7_200_200))
+    assert second <= follow(b"verdict", second)                    # after the first one left
+
+
 def test_send_reads_a_handbook_csv_and_reports_a_bad_line(mesh2, tmp_path):
     path = tmp_path / "tx.csv"
     rows = ["TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_TIME_SECONDS,TX_TIME_DAYS,TX_FRAUD,TX_FRAUD_SCENARIO"]

@@ -108,8 +108,12 @@ class Worker:
         self.router = self._secure(configure(self.ctx.socket(zmq.ROUTER), linger_ms=1000), server=True)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a vanished client raises, not vanishes
         self.router.bind(bind)
-        self.pub = self._secure(configure(self.ctx.socket(zmq.PUB), sndhwm=100_000, linger_ms=200), server=True)
+        # XPUB: a PUB that hears its subscribers' subscriptions, so verdicts nobody follows are
+        # not published (a heavy share of a small batch's cost, ../shared/reference/zeromq.md).
+        self.pub = self._secure(configure(self.ctx.socket(zmq.XPUB), sndhwm=100_000, linger_ms=200), server=True)
         self.pub.bind(pub)
+        self._prefixes: set[bytes] = set()  # topic prefixes subscribed to, by anyone
+        self._followed = dict.fromkeys((*VERDICT_TOPICS, b"shadow"), False)  # topic -> anyone subscribed
         self.sub = self._secure(configure(self.ctx.socket(zmq.SUB), rcvhwm=100_000))
         self.sub.setsockopt(zmq.SUBSCRIBE, b"mesh.")
         self.sub.setsockopt(zmq.SUBSCRIBE, b"intel.")
@@ -167,6 +171,7 @@ class Worker:
         self.poller = poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.sub, zmq.POLLIN)
+        poller.register(self.pub, zmq.POLLIN)
         next_beat = 0.0
         next_seed = 0.0
         try:
@@ -183,6 +188,8 @@ class Worker:
                 events = dict(poller.poll(timeout=100))
                 if self.sub in events:
                     self._read_all(self.sub, self._on_mesh)
+                if self.pub in events:
+                    self._read_all(self.pub, self._on_subscription)
                 # One request per turn of the loop (or one run of queued batches, see
                 # _read_requests), the peers' news in between: shared state (intel) must not
                 # wait behind a long queue of batches.
@@ -345,6 +352,19 @@ class Worker:
                 self._intel_since = 0  # a newcomer needs all our terminal counts, not just news
                 m = self.members.members[name]
                 log.info("member joined name=%s router=%s pub=%s", name, m.router, m.pub)
+
+    def _on_subscription(self, frames) -> None:
+        """XPUB's news: b"\\x01" + prefix when the first subscriber of a prefix arrives, b"\\x00" +
+        prefix when its last one leaves (libzmq counts the subscribers per prefix)."""
+        event = frames[0]
+        if not event or event[0] > 1:
+            return
+        prefix = event[1:]
+        if event[0]:
+            self._prefixes.add(prefix)
+        else:
+            self._prefixes.discard(prefix)
+        self._followed = {t: any(t.startswith(p) for p in self._prefixes) for t in self._followed}
 
     def _merge(self, members: list) -> None:
         if self.members.gossip(members):
@@ -535,12 +555,14 @@ class Worker:
         counts = np.bincount(v["decision"], minlength=len(P.DECISIONS)).tolist()
         base = self._verdict_header(scorer)
         frames = P.column_frames(v, P.VERDICT_COLUMNS)
+        followed = self._followed
         if max(counts) == n:  # the common case: one decision for every row
             d = counts.index(n)
-            self._publish(VERDICT_TOPICS[d], {"rows": n}, frames, base)
+            if followed[VERDICT_TOPICS[d]]:
+                self._publish(VERDICT_TOPICS[d], {"rows": n}, frames, base)
         else:
             for d, c in enumerate(counts):
-                if c:
+                if c and followed[VERDICT_TOPICS[d]]:
                     idx = np.flatnonzero(v["decision"] == d)
                     self._publish(VERDICT_TOPICS[d], {"rows": c}, [f[idx] for f in frames], base)
         if counts[P.REJECTED] < n:
@@ -549,7 +571,7 @@ class Worker:
             if self._intel_bucket is None or bucket > self._intel_bucket:
                 self._intel_bucket = bucket
                 self._intel_due = True  # a new terminal bucket: peers need the last one's counts now
-        if shadow is not None:
+        if shadow is not None and followed[b"shadow"]:
             self._publish(b"shadow", {**base.fields, "model": scorer.shadow_version, "live_model": scorer.model_version,
                                       "rows": len(shadow["tx_id"])}, P.column_frames(shadow, P.VERDICT_COLUMNS))
         repeats = n - int(fresh.sum())
