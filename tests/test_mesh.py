@@ -1,5 +1,7 @@
 """The mesh with real worker processes on loopback, driven through the Python API and the CLI."""
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -291,3 +293,18 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "verdicts                         20,000" in r.stdout
     assert "lost                             0" in r.stdout
     assert r.stdout.rstrip().endswith("done.")
+
+
+def test_a_local_mesh_removes_its_temporary_logs_only_after_a_clean_stop():
+    with LocalMesh(1) as mesh:
+        clean = mesh.log_dir
+        assert os.path.exists(os.path.join(clean, "w1.log"))
+    assert not os.path.exists(clean)
+    with LocalMesh(1) as mesh:
+        kept = mesh.log_dir
+        mesh.signal("w1", signal.SIGKILL)
+        mesh.procs["w1"].wait(10)
+    try:
+        assert os.path.exists(os.path.join(kept, "w1.log"))  # a crash leaves its log to be read
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)

@@ -10,6 +10,7 @@ waits, and kills whatever has not gone.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +37,7 @@ class LocalMesh:
         self.n = workers
         self.extra_args = list(extra_args)
         self.start_timeout_s = start_timeout_s
+        self._own_dir = log_dir is None  # a temporary directory: removed when every worker exits cleanly
         self.log_dir = log_dir or tempfile.mkdtemp(prefix="zfraud-mesh-")
         os.makedirs(self.log_dir, exist_ok=True)
         self.names = list(names or [f"w{i + 1}" for i in range(workers)])
@@ -127,8 +129,9 @@ class LocalMesh:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGCONT)
                 proc.terminate()
-        for name in list(self.procs):
-            self.stop_worker(name)
+        codes = [self.stop_worker(name) for name in list(self.procs)]
+        if self._own_dir and all(code == 0 for code in codes):  # else its logs are kept, to be read
+            shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def __enter__(self) -> "LocalMesh":
         try:
