@@ -69,7 +69,7 @@ that are already `delay` days old; 4-hour buckets miss at most 4. Buckets older 
 of an in-order stream inside the ring. Indices passed to and returned by add/merge/export are
 bucket indices, floor(ts_ms / bucket length).
 """
-from libc.math cimport log1p
+from libc.math cimport NAN, exp, log1p
 from libc.stdint cimport (INT64_MIN, UINT16_MAX, UINT32_MAX, int32_t, int64_t, uint8_t, uint16_t,
                           uint32_t, uint64_t)
 from libc.string cimport memset
@@ -97,7 +97,7 @@ cdef extern from *:
 cdef enum:
     HOURS = 24            # hourly ring of a card: the 1-day window
     DAYS = 32             # daily ring of a card: the 30-day window and 2 days of slack
-    K_CARD = 9            # columns of CardState.update_and_read's output
+    K_CARD = 10           # columns of CardState.update_and_read's output
     K_TERMINAL = 6        # columns of TerminalState.read's output
     PROBE_WINDOW = 64     # index slots whose keys compete for eviction
     SWEEP = 64            # rows the idle-expiry clock hand inspects per new key
@@ -116,7 +116,8 @@ EVICTION_POLICY = ("expire-idle (clock sweep of 64 rows), else evict-stalest in 
 # Column order of CardState.update_and_read and TerminalState.read; zfraud.state mirrors these.
 CARD_NAMES = ("card_nb_tx_1d", "card_avg_amount_1d", "card_nb_tx_7d", "card_avg_amount_7d",
               "card_nb_tx_30d", "card_avg_amount_30d", "amount_over_card_avg_7d",
-              "amount_over_card_avg_30d", "log1p_seconds_since_card_last_tx")
+              "amount_over_card_avg_30d", "log1p_seconds_since_card_last_tx",
+              "card_peak_amount_ratio_7d")
 TERMINAL_NAMES = ("terminal_nb_tx_1d", "terminal_risk_1d", "terminal_nb_tx_7d",
                   "terminal_risk_7d", "terminal_nb_tx_30d", "terminal_risk_30d")
 CARD_STATS = ("evictions", "expiries", "late", "hour_dropped", "too_old", "read_missing")
@@ -128,6 +129,8 @@ ctypedef struct CardRec:
     int64_t last_ts               # newest event time (ms); its hour and day stamp the rings
     int64_t prev_ts               # event time before last_ts, NONE if none
     float last_amount             # amount of the newest event
+    float peak                    # peak amount ratio (see card_peak) as of last_ts, newest included
+    float peak_read               # the peak the newest event read, for a re-read of it
     float hour_sum[HOURS]         # amount sum per hour bucket
     float day_sum[DAYS]           # amount sum per day bucket
     uint16_t hour_count[HOURS]    # transactions per hour bucket (saturating)
@@ -517,7 +520,7 @@ cdef inline void days_back(const CardRec* c, int64_t nd, int first, int last, in
 
 
 cdef inline void card_read(const CardRec* c, int64_t t, double amount, int64_t gap,
-                           float* o) noexcept nogil:
+                           float* o, double* ratio_8_30) noexcept nogil:
     """The K_CARD features of a row at time t (after any add), from the buckets still in the
     rings. The common case, a row in the card's newest hour (day), sums fixed sets of ring
     positions without branches; any other row clips its window to the ring's range first."""
@@ -565,13 +568,44 @@ cdef inline void card_read(const CardRec* c, int64_t t, double amount, int64_t g
     o[6] = <float>(amount / avg7) if avg7 > 0 else 0
     o[7] = <float>(amount / avg30) if avg30 > 0 else 0
     o[8] = <float>log1p(gap / 1000.0) if gap >= 0 else -1
+    ratio_8_30[0] = amount / (sold / cold) if cold > 0 and sold > 0 else 0
 
 
 cdef inline void card_missing(float* o) noexcept nogil:
     cdef int j
-    for j in range(K_CARD - 1):
+    for j in range(8):
         o[j] = 0
-    o[K_CARD - 1] = -1
+    o[8] = -1
+    o[9] = NAN
+
+
+cdef double PEAK_TAU_MS = 7.0 * MS_PER_DAY   # the peak amount ratio's decay time constant
+
+
+cdef inline double card_peak(const CardRec* c, int64_t t, bint upd) noexcept nogil:
+    """The card's peak amount ratio before a row at t: the largest amount relative to the card's
+    average over days 8..30 back (at its time) among the card's earlier transactions, each
+    decayed by exp(-age / 7 days); NaN for a card's first row. A compromised card's first large
+    spend raises it for the spends that follow. Kept as one value updated per transaction
+    (peak = max(peak decayed to now, this ratio)), so a late row reads it undecayed and a re-read
+    of the newest row gets what that row read."""
+    if c.last_ts == NONE:
+        return NAN
+    if not upd and t == c.last_ts:
+        return c.peak_read
+    if t > c.last_ts:
+        return c.peak * exp(-<double>(t - c.last_ts) / PEAK_TAU_MS)
+    return c.peak
+
+
+cdef inline void card_peak_add(CardRec* c, int64_t last, int64_t t, double peak,
+                               double ratio) noexcept nogil:
+    """Fold a counted row's ratio into the peak; last: the card's newest time before the row."""
+    if last == NONE or t >= last:
+        c.peak_read = <float>peak
+    if last == NONE:
+        peak = 0
+    c.peak = <float>(ratio if ratio > peak else peak)
 
 
 cdef inline void prefetch_card(const CardRec* c) noexcept nogil:
@@ -635,7 +669,7 @@ cdef class CardState:
         """Add (where update[i] != 0) then read each row, in row order.
 
         keys: (n,) uint64, mixed; ts_ms: (n,) int64 epoch ms; amount: (n,) float64, finite;
-        update: (n,) uint8, 0 = read only; out: (n, 9) float32, CARD_NAMES order.
+        update: (n,) uint8, 0 = read only; out: (n, 10) float32, CARD_NAMES order.
         """
         cdef Py_ssize_t n = keys.shape[0], i
         if (ts_ms.shape[0] != n or amount.shape[0] != n or update.shape[0] != n
@@ -647,7 +681,8 @@ cdef class CardState:
         if n == 0:
             return
         cdef uint64_t key
-        cdef int64_t s, t, gap
+        cdef int64_t s, t, gap, last
+        cdef double peak, ratio
         cdef bint upd
         cdef CardRec* c
         cdef float* o = &out[0, 0]
@@ -673,9 +708,14 @@ cdef class CardState:
                     card_missing(o + i * K_CARD)
                     continue
                 gap = card_gap(c, t, upd)
+                peak = card_peak(c, t, upd)
+                last = c.last_ts
                 if upd:
                     card_add(c, &self.st, t, amount[i])
-                card_read(c, t, amount[i], gap, o + i * K_CARD)
+                card_read(c, t, amount[i], gap, o + i * K_CARD, &ratio)
+                o[i * K_CARD + 9] = <float>peak
+                if upd:
+                    card_peak_add(c, last, t, peak, ratio)
 
     cdef inline void _prefetch_row(self, uint64_t key) noexcept nogil:
         # The record of a row a few rows on, if its key sits in its home slot (fetched earlier).

@@ -20,7 +20,7 @@ from zfraud.state import (CARD_FEATURES, FRAUD_SLOT, TERMINAL_FEATURES, CardStat
 HOUR = 3_600_000
 DAY = 86_400_000
 COUNTS = [0, 2, 4]            # count columns of the card features: compared exactly
-OTHERS = [1, 3, 5, 6, 7, 8]   # averages, ratios, log gap: sums may add in another order
+OTHERS = [1, 3, 5, 6, 7, 8, 9]   # averages, ratios, log gap, peak ratio: sums may add in another order
 
 
 # ------------------------------------------------------------------------------------------------
@@ -29,7 +29,9 @@ OTHERS = [1, 3, 5, 6, 7, 8]   # averages, ratios, log gap: sums may add in anoth
 class RefCards:
     """CardState's semantics on dicts keyed by absolute hour / day: a bucket lives while it is
     within 24 hours / 32 days of its card's newest event, counts saturate at 65535, sums are
-    float32 added in arrival order. No capacity limit."""
+    float32 added in arrival order. The peak amount ratio is one float32 per card: the largest
+    ratio of a counted amount to its card's average over days 8..30 back, decayed by
+    exp(-age / 7 days) from the card's newest event. No capacity limit."""
 
     def __init__(self):
         self.cards = {}
@@ -38,12 +40,30 @@ class RefCards:
         c = self.cards.get(key)
         if c is None:
             if not update:
-                return [0.0] * 8 + [-1.0]
-            c = self.cards[key] = {"last": None, "prev": None, "hours": {}, "days": {}}
+                return [0.0] * 8 + [-1.0, math.nan]
+            c = self.cards[key] = {"last": None, "prev": None, "hours": {}, "days": {},
+                                   "peak": np.float32(0), "peak_read": np.float32(0)}
         gap = self.gap(c, t, update)
+        last = c["last"]
+        if last is None:
+            peak = math.nan
+        elif not update and t == last:
+            peak = float(c["peak_read"])
+        elif t > last:
+            peak = float(c["peak"]) * math.exp(-(t - last) / (7 * DAY))
+        else:
+            peak = float(c["peak"])
         if update:
             self.add(c, t, amount)
-        return self.read(c, t, amount, gap)
+        row = self.read(c, t, amount, gap)
+        if update:
+            old = sorted(k for k in c["days"] if t // DAY - 29 <= k <= t // DAY - 7)
+            n, s = sum(c["days"][k][0] for k in old), sum(float(c["days"][k][1]) for k in old)
+            ratio = amount / (s / n) if n and s > 0 else 0.0
+            if last is None or t >= last:
+                c["peak_read"] = np.float32(peak)
+            c["peak"] = np.float32(max(0.0 if last is None else peak, ratio))
+        return row + [peak]
 
     @staticmethod
     def gap(c, t, update):
@@ -148,7 +168,7 @@ def card_stream(seed, n=4000, n_cards=40, start=0):
 
 
 def run_cards(state, keys, ts, amount, update, batch_sizes):
-    out = np.empty((len(keys), 9), np.float32)
+    out = np.empty((len(keys), len(CARD_FEATURES)), np.float32)
     lo = 0
     for size in batch_sizes:
         hi = min(lo + size, len(keys))
@@ -171,9 +191,9 @@ def random_batches(rng, n):
 # Cards.
 
 def test_feature_names_agree_with_the_kernel():
-    assert CARD_FEATURES == tuple(_state.CARD_NAMES) and len(CARD_FEATURES) == 9
+    assert CARD_FEATURES == tuple(_state.CARD_NAMES) and len(CARD_FEATURES) == 10
     assert TERMINAL_FEATURES == tuple(_state.TERMINAL_NAMES) and len(TERMINAL_FEATURES) == 6
-    assert CARD_FEATURES[-1] == "log1p_seconds_since_card_last_tx"
+    assert CARD_FEATURES[-2:] == ("log1p_seconds_since_card_last_tx", "card_peak_amount_ratio_7d")
 
 
 def test_key_mixing_is_the_mesh_splitmix64():
@@ -185,7 +205,7 @@ def test_key_mixing_is_the_mesh_splitmix64():
 @pytest.mark.parametrize("capacity", [1, 1000, 1 << 16])
 def test_bytes_per_card_within_budget(capacity):
     assert CardState(capacity).bytes_per_card <= 400
-    assert _state.CARD_DTYPE.itemsize == 368
+    assert _state.CARD_DTYPE.itemsize == 376
     # key, last bucket, 2 index slots, row stamp, row low-water bucket; per bucket: total, fraud,
     # stamp; per bucket and source: tx
     assert TerminalState(capacity).bytes_per_terminal == 8 + 8 + 16 + 4 + 8 + 12 * 40 + 4 * 40 * 16
@@ -206,6 +226,7 @@ def test_card_windows_match_the_bucket_reference(seed, start):
     s = st.stats()
     assert s["late"] > 0 and s["too_old"] > 0 and s["hour_dropped"] > 0 and s["read_missing"] > 0
     assert (got[:, 8] == -1).any() and (got[:, 0] == 0).any()
+    assert np.isnan(got[:, 9]).any() and (got[:, 9] > 1).any()
 
 
 @pytest.mark.parametrize("capacity", [1000, 16])
@@ -234,6 +255,23 @@ def test_windows_are_hour_and_day_buckets_including_the_current_transaction():
     assert [g[2] for g in got] == [1, 2, 3, 4]        # 7 days = 7 calendar-day buckets
     assert got[3][3] == pytest.approx(25.0) and got[3][6] == pytest.approx(40 / 25)
     assert got[0][8] == -1 and got[1][8] == pytest.approx(math.log1p(1800))
+
+
+def test_peak_ratio_remembers_a_large_spend_and_decays_over_seven_days():
+    st = CardState(10)
+    key = mix_keys([9])
+    one = np.ones(1, np.uint8)
+
+    def spend(t, amount):
+        return run_cards(st, key, np.array([t], np.int64), np.array([amount]), one, [1])[0]
+
+    assert np.isnan(spend(0, 10.0)[9])                     # a card's first row has no peak
+    for day in range(1, 31):                               # a month of 10.0 a day
+        spend(day * DAY, 10.0)
+    assert spend(31 * DAY, 50.0)[9] == pytest.approx(np.exp(-1 / 7))  # 10 / avg 10, a day old
+    got = spend(31 * DAY + HOUR, 10.0)[9]                  # the 50.0 (5x) an hour ago
+    assert got == pytest.approx(5 * np.exp(-1 / 24 / 7), rel=1e-6)
+    assert spend(38 * DAY + HOUR, 10.0)[9] == pytest.approx(got * np.exp(-1), rel=1e-5)
 
 
 def test_a_reread_duplicate_gets_the_features_of_its_first_read():
@@ -634,7 +672,7 @@ def test_snapshots_with_arbitrary_values_restore_and_run_without_harm():
         ks = np.concatenate([bad["key"][:20], keys[:20]])
         tt = rng.integers(-2**62, 2**62, 40, dtype=np.int64)
         out = run_cards(fresh, ks, tt, np.ones(40), (rng.random(40) < 0.5).astype(np.uint8), [40])
-        assert out.shape == (40, 9)
+        assert out.shape == (40, len(CARD_FEATURES))
     a = two_workers(19)[0]
     tsnap = a.snapshot()
     for _ in range(20):
@@ -736,7 +774,7 @@ def test_feature_state_update_mask_and_deltas_between_workers():
     only = FeatureState(card_capacity=400, terminal_capacity=32, source_slot=0)
     x = w0.card_features(cols, mask)
     y = only.card_features({k: v[mask] for k, v in cols.items()})
-    assert x.shape == (1200, 9) and x.dtype == np.float32
+    assert x.shape == (1200, len(CARD_FEATURES)) and x.dtype == np.float32
     np.testing.assert_array_equal(x[mask], y)
     # Two workers count their own halves and take labels from the broadcast stream; after
     # exchanging deltas (twice: repeats are harmless) they read the same terminal features.

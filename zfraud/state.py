@@ -5,7 +5,7 @@ G-counters) live in ext/state.pyx, whose module docstring is the reference; this
 columns, mixes keys, allocates outputs, and saves and loads snapshots.
 
     state = FeatureState(card_capacity=1 << 20, terminal_capacity=1 << 18)
-    X_card = state.card_features(cols, update_mask)    # (n, 9) float32, CARD_FEATURES order
+    X_card = state.card_features(cols, update_mask)    # (n, 10) float32, CARD_FEATURES order
     X_term = state.terminal_features(cols)             # (n, 6) float32, TERMINAL_FEATURES order
     state.record_terminal(cols, update_mask)           # count own transactions (source slot)
     deltas = state.export_deltas(since)                # publish; peers call merge_deltas(deltas)
@@ -106,7 +106,7 @@ class FeatureState:
 
     def card_features(self, cols: dict, update_mask=None) -> np.ndarray:
         """Add each row to its card's windows (where update_mask, default all rows; False for a
-        transaction already counted), then read them: (n, 9) float32, CARD_FEATURES order."""
+        transaction already counted), then read them: (n, 10) float32, CARD_FEATURES order."""
         ts = _column(cols, "ts_ms", np.int64)
         n = ts.shape[0]
         amount = check_finite_amount(_column(cols, "amount", np.float64, n))

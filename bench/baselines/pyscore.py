@@ -1,6 +1,6 @@
 """The seed's design: score one transaction at a time in plain Python.
 
-The same zfraud-v2 features (per-card hourly/daily windows, delayed terminal counts; see
+The same zfraud-v3 features (per-card hourly/daily windows, delayed terminal counts; see
 ext/state.pyx for the exact semantics, mirrored here with dicts and lists) and the same tree
 model (walked node by node from the model file's arrays). Used only as a baseline.
 """
@@ -13,13 +13,14 @@ PER_DAY = DAY_MS // BUCKET_MS
 
 
 class Card:
-    __slots__ = ("day", "hour", "dn", "ds", "hn", "hs", "last_ts")
+    __slots__ = ("day", "hour", "dn", "ds", "hn", "hs", "last_ts", "peak")
 
     def __init__(self):
         self.day = self.hour = None
         self.dn, self.ds = [0] * 32, [0.0] * 32
         self.hn, self.hs = [0] * 24, [0.0] * 24
         self.last_ts = None
+        self.peak = 0.0
 
 
 def _advance(ring_n, ring_s, last, now, size):
@@ -63,8 +64,13 @@ class PyScorer:
             s = sum(c.ds[(day - k) % 32] for k in range(w))
             out += [n, s / n]
         gap = -1.0 if c.last_ts is None else math.log1p((ts - c.last_ts) / 1000)
+        peak = float("nan") if c.last_ts is None else c.peak * math.exp(-max(ts - c.last_ts, 0) / (7 * DAY_MS))
+        n_old = out[4] - out[2]
+        s_old = sum(c.ds[(day - k) % 32] for k in range(7, 30))
+        ratio = amount / (s_old / n_old) if n_old > 0 and s_old > 0 else 0.0
+        c.peak = max(0.0 if c.last_ts is None else peak, ratio)
         c.last_ts = ts
-        x += out + [amount / out[3], amount / out[5], gap]
+        x += out + [amount / out[3], amount / out[5], gap, peak]
         t = self.terminals.setdefault(tx["terminal"], {})
         b = ts // BUCKET_MS
         t[b] = t.get(b, 0) + 1
