@@ -140,7 +140,7 @@ def bench_zmq(batch: int = 1024, messages: int = 3000, window: int = 8) -> dict:
     dealer.close()
     router.close()
     ctx.term()
-    return {"zmq_records_per_s": round(messages * batch / elapsed, 1), "batch": batch}
+    return {"zmq_records_per_s": round(messages * batch / elapsed, 1), "zmq_batch": batch}
 
 
 def bench_mesh(data: dict, model_path: str, workers_list, batches, rates, quick: bool) -> dict:
@@ -164,8 +164,9 @@ def bench_mesh(data: dict, model_path: str, workers_list, batches, rates, quick:
                                                  "p50_ms": s.p50_ms, "p99_ms": s.p99_ms, "p999_ms": s.p999_ms,
                                                  "lost": s.lost}
                     log(f"open loop {rate:,} tx/s: p50 {s.p50_ms} p99 {s.p99_ms} p99.9 {s.p999_ms} ms")
-    two = [v["tx_per_s"] for v in out["throughput"].values() if v["workers"] == 2]
-    out["tx_per_s"] = max(two)
+    two = [v for v in out["throughput"].values() if v["workers"] == 2]
+    best = max(two, key=lambda v: v["tx_per_s"])
+    out["tx_per_s"], out["best_batch"] = best["tx_per_s"], best["batch"]
     out["p99_ms_at_20k"] = out["latency"].get("20000", {}).get("p99_ms")
     out["by_workers"] = {w: max(v["tx_per_s"] for v in out["throughput"].values() if v["workers"] == w)
                          for w in workers_list}
@@ -211,7 +212,7 @@ def report(r: dict) -> str:
         ("speed-up over the seed's design", r["baseline"]["speedup_vs_twisted"], ">=", TARGETS["speedup_vs_twisted"], "x"),
         ("speed-up over the per-transaction kernel", r["baseline"]["speedup_vs_twisted_kernel"], ">=",
          TARGETS["speedup_vs_twisted_kernel"], "x"),
-        ("in-process ceiling, one core", r["ceiling"]["inprocess_tx_per_s"], None, None, "tx/s"),
+        (f"in-process ceiling, one core, batch {r['ceiling']['batch']}", r["ceiling"]["inprocess_tx_per_s"], None, None, "tx/s"),
         ("efficiency = mesh / (2 x ceiling)", r["ceiling"]["efficiency"], ">=", TARGETS["efficiency"], ""),
         ("raw ZeroMQ, same bytes, no work", r["ceiling"]["zmq_records_per_s"], None, None, "records/s"),
         ("worker state per card", r["memory"]["bytes_per_card"], "<=", TARGETS["bytes_per_card"], "bytes"),
@@ -274,12 +275,14 @@ def main(argv=None) -> int:
         r = {"quick": quick}
         log("kernel vs LightGBM")
         r["kernel"] = bench_kernel(quick)
-        log("ceiling: in-process pipeline, one core")
-        r["ceiling"] = bench_ceiling(data, model_path)
-        r["ceiling"].update(bench_zmq())
         log("mesh")
         r["mesh"] = bench_mesh(data, model_path, [1, 2, 3], [256, 1024, 4096] if quick else [64, 256, 1024, 4096, 8192],
                                [5000, 20000, 50000] if quick else [2000, 5000, 10000, 20000, 50000, 100000], quick)
+        # The ceiling at the batch size of the best 2-worker run, so that the efficiency compares
+        # the same per-batch costs (a ceiling at a smaller batch made the efficiency exceed 1).
+        log(f"ceiling: in-process pipeline, one core, batch {r['mesh']['best_batch']}")
+        r["ceiling"] = bench_ceiling(data, model_path, batch=r["mesh"]["best_batch"])
+        r["ceiling"].update(bench_zmq())
         log("baselines (Twisted)")
         r["baseline"] = bench_baseline(data, model_path, 20_000 if quick else 60_000)
         r["memory"] = bench_memory()
