@@ -111,12 +111,15 @@ class LocalMesh:
     def signal(self, name: str, sig: int) -> None:
         self.procs[name].send_signal(sig)
 
-    def stop_worker(self, name: str, timeout_s: float = 10.0) -> int | None:
+    def stop_worker(self, name: str, timeout_s: float = 10.0, signalled: bool = False) -> int | None:
+        """SIGTERM a worker (unless `signalled`: it already has one) and wait for it; its exit code.
+        One SIGTERM only: a second can land after the worker has finished and kill it (-15)."""
         proc = self.procs.get(name)
         if proc is None or proc.poll() is not None:
             return proc.returncode if proc else None
-        proc.send_signal(signal.SIGCONT)  # a stopped process cannot handle SIGTERM
-        proc.terminate()
+        if not signalled:
+            proc.send_signal(signal.SIGCONT)  # a stopped process cannot handle SIGTERM
+            proc.terminate()
         try:
             return proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
@@ -129,7 +132,7 @@ class LocalMesh:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGCONT)
                 proc.terminate()
-        codes = [self.stop_worker(name) for name in list(self.procs)]
+        codes = [self.stop_worker(name, signalled=True) for name in list(self.procs)]
         if self._own_dir and all(code == 0 for code in codes):  # else its logs are kept, to be read
             shutil.rmtree(self.log_dir, ignore_errors=True)
 
