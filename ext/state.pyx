@@ -3,7 +3,7 @@
 
 Storage. Each table is a dense block of `capacity` rows held in numpy arrays that the object owns,
 plus an open-addressing index from key to row. Card rows are one record per card (CardRec below,
-368 bytes; its numpy dtype CARD_DTYPE is derived from the struct), because a card's rings are read
+376 bytes; its numpy dtype CARD_DTYPE is derived from the struct), because a card's rings are read
 whole on every transaction: one record is 6-7 cache lines where one array per field was ~13.
 Terminal rows are one array per field. A snapshot is a dict of plain arrays, one per field, of
 the used rows; the index is derived from the rows' keys and rebuilt on restore.
@@ -49,6 +49,9 @@ rings: its hour and day are the newest buckets), the event time before it and th
   newest if that one is older, else -1. Idle cards keep their last time until their row is reused.
 - Ratios are amount / window average, 0 when that average is not positive; averages are 0 for an
   empty window (possible only for a read-only row). Amounts must be finite (the caller checks).
+- Peak amount ratio (card_peak): one float per card, max over its counted rows of amount / the
+  card's average over days 8..30 back at the time, decayed by exp(-age / 7 days) from the card's
+  newest event; a row reads it before its own ratio is folded in (NaN for a card's first row).
 
 TerminalState: per terminal a ring of buckets covering `days` days (daily buckets by default;
 `bucket_hours` makes them 1, 2, 3, 4, 6, 8 or 12 hours), each with one uint32 transaction

@@ -14,7 +14,7 @@ A feature set has a name (stored in every model file) and an ordered tuple of fe
   already `delay` days old (the 4-hour buckets of v2 raised average precision by 0.01-0.02 on
   `zfraud gen` data). v3 adds card_peak_amount_ratio_7d: the largest of the card's earlier amounts
   relative to its 8-30-day average, decayed over 7 days, so that the spends after a compromised
-  card's first large one stand out (+0.004 to +0.006 AP on the test weeks of two `zfraud gen`
+  card's first large one stand out (+0.005 to +0.006 AP on the test weeks of two `zfraud gen`
   seeds; chosen on earlier validation weeks, docs/ARCHITECTURE.md section 3).
 
 The loops live in ext/features.pyx and ext/state.pyx; this module checks inputs, allocates and calls.

@@ -78,8 +78,8 @@ class FeatureState:
     replicated across the mesh (this worker counts its own transactions in `source_slot`).
 
     card_capacity, terminal_capacity: rows of each table, allocated zeroed up front (pages
-    cost memory once used): 384 bytes per card, 36 + 12 x b + 4 x b x max_sources bytes per
-    terminal, b = terminal_days x 24 / terminal_bucket_hours buckets (3076 at the defaults);
+    cost memory once used): 392 bytes per card, 44 + 12 x b + 4 x b x max_sources bytes per
+    terminal, b = terminal_days x 24 / terminal_bucket_hours buckets (3084 at the defaults);
     delay_days: the label delay of the terminal windows (the Handbook's 7);
     terminal_days: days each terminal keeps, at least delay_days + 31;
     terminal_bucket_hours: the terminal windows' resolution (a divisor of 24).
