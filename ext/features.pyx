@@ -58,34 +58,38 @@ def basic_features(const int64_t[::1] ts_ms, const double[::1] amount, float[:, 
 
 
 def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const float[:, ::1] card,
-                    const float[:, ::1] terminal, const float[:, ::1] frauds, int n7, int avg7,
-                    int n30, int avg30, float[:, ::1] out):
+                    const float[:, ::1] terminal, const float[:, ::1] frauds,
+                    const float[:, ::1] runs, int n7, int avg7, int n30, int avg30,
+                    float[:, ::1] out):
     """The rows of a windowed feature set ("zfraud-v1"), assembled from the state's reads.
 
     ts_ms: (n,) int64; amount: (n,) float64;
     card: (n, k) float32, the card windows (CardState.update_and_read);
     terminal, frauds: (n, 6) float32, TerminalState.read of the transaction counts and of the
     fraud counts: (count, unused) pairs over 1, 7 and 30 days;
+    runs: (n, 2) float32, TerminalState.read_runs;
     n7, avg7, n30, avg30: the card columns holding the 7- and 30-day count and average amount;
-    out: (n, 5 + k + 6 + 2) float32, written as
+    out: (n, 5 + k + 6 + 2 + 2) float32, written as
       [0, 5)            basic_features;
       [5, 5 + k)        card, as is;
       then 6 columns    (count, risk) over 1, 7 and 30 days: count = terminal's, risk =
                         frauds' count / terminal's count in float64, 0 without transactions;
       then 2 columns    the card's average amount over days 8..30 back,
                         (n30 * avg30 - n7 * avg7) / (n30 - n7) in float64, NaN unless
-                        n30 - n7 > 0.5; and amount / that average.
+                        n30 - n7 > 0.5; and amount / that average;
+      then 2 columns    runs, as is.
     """
     cdef Py_ssize_t n = ts_ms.shape[0], k = card.shape[1], i, j
     cdef Py_ssize_t c = 5 + k, t = c + 6
     if (amount.shape[0] != n or card.shape[0] != n or terminal.shape[0] != n
             or frauds.shape[0] != n or terminal.shape[1] != 6 or frauds.shape[1] != 6
-            or out.shape[0] != n or out.shape[1] != t + 2):
+            or runs.shape[0] != n or runs.shape[1] != 2
+            or out.shape[0] != n or out.shape[1] != t + 4):
         raise ValueError(f"expected amount ({n},), card ({n}, k), terminal and frauds ({n}, 6), "
-                         f"out ({n}, k + 13); got amount ({amount.shape[0]},), card "
+                         f"runs ({n}, 2), out ({n}, k + 15); got amount ({amount.shape[0]},), card "
                          f"({card.shape[0]}, {k}), terminal ({terminal.shape[0]}, "
                          f"{terminal.shape[1]}), frauds ({frauds.shape[0]}, {frauds.shape[1]}), "
-                         f"out ({out.shape[0]}, {out.shape[1]})")
+                         f"runs ({runs.shape[0]}, {runs.shape[1]}), out ({out.shape[0]}, {out.shape[1]})")
     for j in (n7, avg7, n30, avg30):
         if not 0 <= j < k:
             raise ValueError(f"expected card columns in [0, {k}), got {j}")
@@ -109,3 +113,5 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
                 avg = NAN
             o[t] = <float>avg
             o[t + 1] = <float>(amount[i] / avg)
+            o[t + 2] = runs[i, 0]
+            o[t + 3] = runs[i, 1]

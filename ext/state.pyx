@@ -71,6 +71,12 @@ that are already `delay` days old; 4-hour buckets miss at most 4. Buckets older 
 (`days` back from the terminal's newest bucket) are gone; days >= delay + 31 keeps every window
 of an in-order stream inside the ring. Indices passed to and returned by add/merge/export are
 bucket indices, floor(ts_ms / bucket length).
+read_runs() gives a row's fraud run from two tables with the same ring, one of transactions and
+one of confirmed frauds: from bucket b - delay - 1 backwards, buckets with a fraud extend the run,
+empty buckets are skipped, and the first bucket with transactions and no fraud ends it (so does
+the oldest bucket both rings hold). It reads the frauds in the run and the days from its first
+bucket to b. A walk is at most one ring long and stops at the first genuine bucket, so it is a
+few buckets for a terminal without fraud; it allocates nothing and keeps no state of its own.
 """
 from libc.math cimport NAN, exp, log1p
 from libc.stdint cimport (INT64_MIN, UINT16_MAX, UINT32_MAX, int32_t, int64_t, uint8_t, uint16_t,
@@ -102,6 +108,7 @@ cdef enum:
     DAYS = 32             # daily ring of a card: the 30-day window and 2 days of slack
     K_CARD = 10           # columns of CardState.update_and_read's output
     K_TERMINAL = 6        # columns of TerminalState.read's output
+    K_RUN = 2             # columns of TerminalState.read_runs's output
     PROBE_WINDOW = 64     # index slots whose keys compete for eviction
     SWEEP = 64            # rows the idle-expiry clock hand inspects per new key
     AHEAD = 8             # rows of prefetch look-ahead in the card loop
@@ -123,6 +130,7 @@ CARD_NAMES = ("card_nb_tx_1d", "card_avg_amount_1d", "card_nb_tx_7d", "card_avg_
               "card_peak_amount_ratio_7d")
 TERMINAL_NAMES = ("terminal_nb_tx_1d", "terminal_risk_1d", "terminal_nb_tx_7d",
                   "terminal_risk_7d", "terminal_nb_tx_30d", "terminal_risk_30d")
+RUN_NAMES = ("terminal_fraud_run_frauds", "terminal_fraud_run_days")   # TerminalState.read_runs
 CARD_STATS = ("evictions", "expiries", "late", "hour_dropped", "too_old", "read_missing")
 TERMINAL_STATS = ("evictions", "expiries", "too_old", "read_missing", "merged")
 
@@ -1055,6 +1063,64 @@ cdef class TerminalState:
                 out[i, 3] = <float>(<double>f7 / t7) if t7 > 0 else 0
                 out[i, 4] = <float>t30
                 out[i, 5] = <float>(<double>f30 / t30) if t30 > 0 else 0
+
+    def read_runs(self, TerminalState frauds, const uint64_t[::1] keys, const int64_t[::1] ts_ms,
+                  int delay_days, float[:, ::1] out):
+        """Each row's terminal fraud run, RUN_NAMES order. This table counts the transactions and
+        `frauds` (same ring) the confirmed frauds. Walking back from the newest bucket before
+        b - delay (b: the row's bucket; where read()'s windows end), buckets with a fraud extend
+        the run, buckets without transactions or frauds are skipped, and the first bucket with
+        transactions but no fraud ends it; only buckets both rings hold are looked at.
+        out[i] = (frauds in the run, days from the run's first bucket to b); (0, 0) without one.
+        A terminal whose traffic has been all fraud for weeks reads a long run; a one-off fraud
+        followed by genuine traffic reads none.
+
+        frauds: a TerminalState with this one's ring; keys: (n,) uint64 mixed; ts_ms: (n,) int64;
+        delay_days >= 0; out: (n, 2) float32.
+        """
+        cdef Py_ssize_t n = keys.shape[0], i
+        if ts_ms.shape[0] != n or out.shape[0] != n or out.shape[1] != K_RUN:
+            raise ValueError(f"expected ts_ms of length {n} and out ({n}, {K_RUN}); got "
+                             f"{ts_ms.shape[0]} and ({out.shape[0]}, {out.shape[1]})")
+        if delay_days < 0:
+            raise ValueError(f"expected delay_days >= 0, got {delay_days}")
+        if frauds.c.ring != self.c.ring or frauds.bucket_ms != self.bucket_ms:
+            raise ValueError("expected a fraud table with the same buckets and ring")
+        cdef int64_t s, rt, rf, b, k, lo, start, ring = self.c.ring, pd = self.per_day
+        cdef int64_t last_t, last_f
+        cdef uint64_t found, tx, fr
+        with nogil:
+            for i in range(n):
+                out[i, 0] = 0
+                out[i, 1] = 0
+                s = tb_find(&frauds.tb, keys[i])
+                if s < 0:
+                    continue
+                rf = <int64_t>slot_row(frauds.tb.slots[s])
+                last_f = frauds.c.last_bucket[rf]
+                s = tb_find(&self.tb, keys[i])
+                rt = <int64_t>slot_row(self.tb.slots[s]) if s >= 0 else -1
+                last_t = self.c.last_bucket[rt] if rt >= 0 else NONE
+                lo = last_f - ring + 1
+                if rt >= 0 and last_t - ring + 1 > lo:
+                    lo = last_t - ring + 1
+                b = floor_div(ts_ms[i], self.bucket_ms)
+                found = 0
+                start = NONE
+                k = b - delay_days * pd - 1
+                while k >= lo:
+                    fr = frauds.c.total[rf * ring + pmod(k, ring)] if k <= last_f else 0
+                    if fr > 0:
+                        found += fr
+                        start = k
+                    else:
+                        tx = self.c.total[rt * ring + pmod(k, ring)] if rt >= 0 and k <= last_t else 0
+                        if tx > 0:
+                            break
+                    k -= 1
+                if found:
+                    out[i, 0] = <float>found
+                    out[i, 1] = <float>(<double>(b - start) / pd)
 
     def export(self, int slot, int64_t since):
         """Cumulative counts of one slot's buckets changed locally after version `since`.

@@ -31,7 +31,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    """A logistic model on zfraud-v3 whose every coefficient is non-zero: equal scores <=> equal features."""
+    """A logistic model on zfraud-v4 whose every coefficient is non-zero: equal scores <=> equal features."""
     names = FeatureEngine(FULL).names
     rng = np.random.default_rng(0)
     m = LogisticModel(names, rng.uniform(0.05, 0.3, len(names)), np.zeros(len(names)), -3.0, version="probe-1",

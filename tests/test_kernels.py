@@ -90,13 +90,14 @@ def test_window_features_match_numpy_bit_for_bit():
     term = rng.integers(0, 50, (n, 6)).astype(np.float32)
     term[::5, :] = 0  # a terminal without transactions: risk 0
     frauds = np.minimum(rng.integers(0, 5, (n, 6)), term).astype(np.float32)
-    out = np.empty((n, 5 + k + 8), np.float32)
-    _features.window_features(ts, amount, card, term, frauds, 2, 3, 4, 5, out)
+    runs = rng.uniform(0, 40, (n, 2)).astype(np.float32)
+    out = np.empty((n, 5 + k + 10), np.float32)
+    _features.window_features(ts, amount, card, term, frauds, runs, 2, 3, 4, 5, out)
     risk, derived = reference_windows(card, term, frauds, amount, 2, 3, 4, 5)
     basic = np.empty((n, 5), np.float32)
     _features.basic_features(ts, amount, basic)
-    expected = np.hstack([basic, card, risk, derived])
-    assert np.isnan(expected[:, -2]).any() and np.isinf(expected[:, -1]).any()
+    expected = np.hstack([basic, card, risk, derived, runs])
+    assert np.isnan(expected[:, -4]).any() and np.isinf(expected[:, -3]).any()
     np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
 
 
@@ -104,10 +105,16 @@ def test_window_features_check_shapes():
     z = np.zeros
     with pytest.raises(ValueError, match="expected"):
         _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 6), np.float32),
-                                  z((2, 6), np.float32), 2, 3, 4, 5, z((2, 21), np.float32))
+                                  z((2, 6), np.float32), z((2, 2), np.float32), 2, 3, 4, 5,
+                                  z((2, 23), np.float32))
+    with pytest.raises(ValueError, match="expected"):
+        _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 6), np.float32),
+                                  z((2, 6), np.float32), z((2, 1), np.float32), 2, 3, 4, 5,
+                                  z((2, 24), np.float32))
     with pytest.raises(ValueError, match="card columns"):
         _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 6), np.float32),
-                                  z((2, 6), np.float32), 2, 3, 4, 9, z((2, 22), np.float32))
+                                  z((2, 6), np.float32), z((2, 2), np.float32), 2, 3, 4, 9,
+                                  z((2, 24), np.float32))
 
 
 def test_row_checks_name_the_first_check_a_row_fails():

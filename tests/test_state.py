@@ -120,6 +120,23 @@ def book_terminal(txs: Counter, frauds: Counter, term, t, delay, per_day=1):
     return row
 
 
+def reference_run(txs: Counter, frauds: Counter, newest: dict, term, t, delay, per_day, ring):
+    """TerminalState.read_runs from the raw per-bucket counts: walking back from bucket
+    b - delay - 1, buckets with a fraud extend the run, empty ones are skipped, one with
+    transactions and no fraud ends it; only buckets both rings hold (newest[table] - ring < k)."""
+    b = t // (DAY // per_day)
+    if term not in newest["fraud"]:
+        return [0.0, 0.0]
+    lo = max(newest[name][term] - ring + 1 for name in ("tx", "fraud") if term in newest[name])
+    found, start = 0, None
+    for k in range(b - delay * per_day - 1, lo - 1, -1):
+        if frauds[(term, k)]:
+            found, start = found + frauds[(term, k)], k
+        elif txs[(term, k)]:
+            break
+    return [float(found), np.float32((b - start) / per_day)] if found else [0.0, 0.0]
+
+
 # ------------------------------------------------------------------------------------------------
 # Streams.
 
@@ -397,6 +414,81 @@ def test_terminal_features_match_the_book_at_bucket_granularity(delay, bucket_ho
             frauds[(int(terms[i]), int(ts[i]) // (DAY // per_day))] += 1
     np.testing.assert_array_equal(np.array(got), np.array(want, np.float32))
     assert np.array(got)[:, 4].max() > 0 and np.array(got)[:, 5].max() > 0
+
+
+def compromised_stream(seed, n=4000, n_terms=10, days=90, start_day=19000):
+    """terminal_stream with stretches of all-fraud traffic: terminal k is compromised for
+    3 + 3k days from a random day, plus 2 % one-off frauds everywhere."""
+    rng = np.random.default_rng(seed)
+    ts = np.sort(rng.integers(start_day * DAY, (start_day + days) * DAY, n)).astype(np.int64)
+    terms = rng.integers(0, n_terms, n).astype(np.uint64)
+    fraud = rng.random(n) < 0.02
+    for k in range(n_terms):
+        first = (start_day + int(rng.integers(0, days - 3 - 3 * k))) * DAY
+        fraud |= (terms == k) & (ts >= first) & (ts < first + (3 + 3 * k) * DAY)
+    return terms + np.uint64(700), ts, fraud
+
+
+@pytest.mark.parametrize("delay,bucket_hours", [(7, 4), (0, 24), (3, 1)])
+def test_fraud_runs_match_the_raw_counts(delay, bucket_hours):
+    terms, ts, fraud = compromised_stream(11)
+    keys = mix_keys(terms)
+    per_day = 24 // bucket_hours
+    tx_table = TerminalState(32, max_sources=2, days=40, bucket_hours=bucket_hours)
+    fraud_table = TerminalState(32, max_sources=2, days=40, bucket_hours=bucket_hours)
+    txs, frauds, newest = Counter(), Counter(), {"tx": {}, "fraud": {}}
+    out = np.empty((1, 2), np.float32)
+    got, want = [], []
+    for i in range(len(ts)):
+        term, t, bucket = int(terms[i]), int(ts[i]), int(ts[i]) // (DAY // per_day)
+        tx_table.add_tx(keys[i:i + 1], ts[i:i + 1], 0)
+        txs[(term, bucket)] += 1
+        newest["tx"][term] = max(newest["tx"].get(term, bucket), bucket)
+        tx_table.read_runs(fraud_table, keys[i:i + 1], ts[i:i + 1], delay, out)
+        got.append(out[0].copy())
+        want.append(reference_run(txs, frauds, newest, term, t, delay, per_day, 40 * per_day))
+        if fraud[i]:  # the label arrives at once; the delay shifts what reads see
+            fraud_table.add_tx(keys[i:i + 1], ts[i:i + 1], 0)
+            frauds[(term, bucket)] += 1
+            newest["fraud"][term] = max(newest["fraud"].get(term, bucket), bucket)
+    got, want = np.array(got), np.array(want, np.float32)
+    np.testing.assert_array_equal(got, want)
+    assert got[:, 0].max() >= 20 and (got[:, 0] == 0).mean() > 0.5  # long runs and no runs both seen
+    batch = np.empty((len(ts), 2), np.float32)  # a batch read after the stream: the same walk per row
+    tx_table.read_runs(fraud_table, keys, ts, delay, batch)
+    one = np.empty((1, 2), np.float32)
+    for i in range(0, len(ts), 97):
+        tx_table.read_runs(fraud_table, keys[i:i + 1], ts[i:i + 1], delay, one)
+        np.testing.assert_array_equal(batch[i], one[0])
+
+
+def test_a_run_counts_a_compromise_until_genuine_traffic_is_revealed():
+    """Days 0-9 genuine, 10-19 all fraud, 20- genuine, a transaction every 6 hours; delay 7."""
+    tx_table, fraud_table = TerminalState(4, 1, 40, 4), TerminalState(4, 1, 40, 4)
+    key = mix_keys([5])
+    day0 = 19000 * DAY
+    for q in range(4 * 30):
+        t = np.array([day0 + q * 6 * HOUR], np.int64)
+        tx_table.add_tx(key, t, 0)
+        if 40 <= q < 80:
+            fraud_table.add_tx(key, t, 0)
+
+    def run(day):
+        out = np.empty((1, 2), np.float32)
+        tx_table.read_runs(fraud_table, key, np.array([day0 + day * DAY], np.int64), 7, out)
+        return out[0].tolist()
+
+    assert run(17) == [0, 0]              # sees up to day 10: nothing revealed yet
+    assert run(17.5) == [2, 7.5]          # frauds at 00:00 and 06:00 of day 10 revealed
+    assert run(25) == [32, 15]            # days 10-17 revealed, 4 a day, the run began 15 days ago
+    assert run(26.5) == [38, 16.5]        # up to 12:00 of day 19
+    assert run(27) == [40, 17]            # the whole compromise, days 10-19
+    assert run(27 + 1 / 6) == [0, 0]      # day 20's first genuine transaction is revealed: it ended
+    out = np.empty((1, 2), np.float32)
+    TerminalState(4, 1, 40, 4).read_runs(fraud_table, key, np.array([day0 + 35 * DAY], np.int64), 7, out)
+    assert out[0].tolist() == [40, 25]    # without transaction counts nothing ends the run
+    with pytest.raises(ValueError, match="same buckets"):
+        tx_table.read_runs(TerminalState(4, 1, 40, 24), key, np.array([day0], np.int64), 7, out)
 
 
 def test_unknown_terminal_reads_zeros():
@@ -827,3 +919,13 @@ def test_feature_engine_grows_its_source_slots_and_keeps_every_count(tmp_path):
     assert again.frauds.max_sources == 8
     np.testing.assert_array_equal(again.transform({**later, "tx_id": later["tx_id"] + 100}),
                                   me.transform({**later, "tx_id": later["tx_id"] + 100}))
+
+
+def test_a_model_on_an_older_feature_set_is_refused_with_a_retrain_hint():
+    from zfraud.features import FEATURE_SETS, FULL, FeatureEngine
+    assert FULL == "zfraud-v4" and len(FEATURE_SETS[FULL]) == 25
+    with pytest.raises(ValueError, match=r"'zfraud-v3' .*basic-v1, zfraud-v4.*retrain the model with `zfraud train`"):
+        FeatureEngine("zfraud-v3")
+    with pytest.raises(ValueError, match=r"unknown feature set 'other'") as e:
+        FeatureEngine("other")
+    assert "retrain" not in str(e.value)

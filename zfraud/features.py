@@ -3,19 +3,23 @@
 A feature set has a name (stored in every model file) and an ordered tuple of feature names.
 
 - "basic-v1": amount, log amount, hour, night, weekend. Stateless.
-- "zfraud-v3" (the default for trained models): basic-v1, then per-card windows (counts and
+- "zfraud-v4" (the default for trained models): basic-v1, then per-card windows (counts and
   average amounts over 1, 7 and 30 days, the amount relative to the card's own 7- and 30-day
   averages, time since the card's previous transaction, the card's recent peak amount ratio),
   then per-terminal counts and fraud risk over 1, 7 and 30 days shifted back by the label delay,
-  in 4-hour buckets. It contains the Fraud Detection Handbook's 15 inputs
-  (../shared/reference/handbook.md, section 2) computed online, plus the card-relative features
-  the book lacks. The windows' exact semantics are in ext/state.pyx.
+  in 4-hour buckets, two averages derived from the card windows, and the terminal's fraud run
+  (TerminalState.read_runs: the confirmed frauds in the terminal's latest stretch of buckets
+  that all had fraud, and the days since it began). It contains the Fraud Detection Handbook's
+  15 inputs (../shared/reference/handbook.md, section 2) computed online, plus the card-relative
+  and run features the book lacks. The windows' exact semantics are in ext/state.pyx.
   History: zfraud-v1 had daily terminal buckets, which missed up to a day of labels that were
   already `delay` days old (the 4-hour buckets of v2 raised average precision by 0.01-0.02 on
-  `zfraud gen` data). v3 adds card_peak_amount_ratio_7d: the largest of the card's earlier amounts
+  `zfraud gen` data). v3 added card_peak_amount_ratio_7d: the largest of the card's earlier amounts
   relative to its 8-30-day average, decayed over 7 days, so that the spends after a compromised
   card's first large one stand out (+0.005 to +0.006 AP on the test weeks of two `zfraud gen`
-  seeds; chosen on earlier validation weeks, docs/ARCHITECTURE.md section 3).
+  seeds; chosen on earlier validation weeks, docs/ARCHITECTURE.md section 3). v4 added the
+  terminal fraud run, which tells a compromised terminal from a one-off fraud and says how long
+  the compromise has lasted (RUN_GAIN_PLACEHOLDER).
 
 The loops live in ext/features.pyx and ext/state.pyx; this module checks inputs, allocates and calls.
 """
@@ -24,11 +28,11 @@ from __future__ import annotations
 import numpy as np
 
 from . import _features
-from .state import (CARD_FEATURES, TERMINAL_FEATURES, FeatureState, TerminalState, check_finite_amount, load_npz,
-                    mix_keys, save_npz, update_mask_u8)
+from .state import (CARD_FEATURES, RUN_FEATURES, TERMINAL_FEATURES, FeatureState, TerminalState,
+                    check_finite_amount, load_npz, mix_keys, save_npz, update_mask_u8)
 
 BASIC = "basic-v1"
-FULL = "zfraud-v3"
+FULL = "zfraud-v4"
 BASIC_FEATURES = tuple(_features.BASIC_NAMES)
 # Derived from the card windows (in ext/features.pyx, window_features): the card's average amount
 # over days 8..30 back (before the most recent week, so a fresh compromise does not inflate it)
@@ -37,7 +41,7 @@ BASIC_FEATURES = tuple(_features.BASIC_NAMES)
 DERIVED_FEATURES = ("card_avg_amount_8_30d", "amount_over_card_avg_8_30d")
 FEATURE_SETS = {
     BASIC: BASIC_FEATURES,
-    FULL: BASIC_FEATURES + CARD_FEATURES + TERMINAL_FEATURES + DERIVED_FEATURES,
+    FULL: BASIC_FEATURES + CARD_FEATURES + TERMINAL_FEATURES + DERIVED_FEATURES + RUN_FEATURES,
 }
 TERMINAL_BUCKET_HOURS = 4
 MAX_SOURCES = 16   # source slots per terminal table: this worker and up to 15 peers
@@ -57,7 +61,9 @@ class FeatureEngine:
     def __init__(self, feature_set: str = BASIC, delay_days: int = 7, card_capacity: int = 1 << 18,
                  terminal_capacity: int = 1 << 15):
         if feature_set not in FEATURE_SETS:
-            raise ValueError(f"unknown feature set {feature_set!r}; known: {', '.join(FEATURE_SETS)}")
+            hint = "; retrain the model with `zfraud train`" if str(feature_set).startswith("zfraud-v") else ""
+            raise ValueError(f"unknown feature set {feature_set!r} (this zfraud computes "
+                             f"{', '.join(FEATURE_SETS)}){hint}")
         self.feature_set = feature_set
         self.names = FEATURE_SETS[feature_set]
         self.state = None
@@ -95,8 +101,10 @@ class FeatureEngine:
         s.terminals.read(terminals, ts, self.delay_days, term)  # counts; its risk columns are not used
         frauds = np.empty_like(term)
         self.frauds.read(terminals, ts, self.delay_days, frauds)
+        runs = np.empty((n, len(RUN_FEATURES)), dtype=np.float32)
+        s.terminals.read_runs(self.frauds, terminals, ts, self.delay_days, runs)
         # Terminal risk = frauds / transactions; the derived card averages: see window_features.
-        _features.window_features(ts, amount, card, term, frauds, _N7, _AVG7, _N30, _AVG30, out)
+        _features.window_features(ts, amount, card, term, frauds, runs, _N7, _AVG7, _N30, _AVG30, out)
         return out
 
     # -- shared state ------------------------------------------------------------------------

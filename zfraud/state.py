@@ -28,11 +28,12 @@ from ._state import CARD_DTYPE, EVICTION_POLICY, FRAUD_SLOT, CardState, Terminal
 
 CARD_FEATURES = tuple(_state.CARD_NAMES)
 TERMINAL_FEATURES = tuple(_state.TERMINAL_NAMES)
+RUN_FEATURES = tuple(_state.RUN_NAMES)
 FORMAT = "zfraud.FeatureState/1"
 DELTA_KEYS = ("slot", "version", "tx_key", "tx_bucket", "tx_count", "fraud_key", "fraud_bucket",
               "fraud_count")
 
-__all__ = ["CARD_FEATURES", "TERMINAL_FEATURES", "CARD_DTYPE", "EVICTION_POLICY", "FRAUD_SLOT",
+__all__ = ["CARD_FEATURES", "TERMINAL_FEATURES", "RUN_FEATURES", "CARD_DTYPE", "EVICTION_POLICY", "FRAUD_SLOT",
            "CardState", "TerminalState", "FeatureState", "mix_keys"]
 
 
