@@ -61,7 +61,7 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
                     const float[:, ::1] terminal, const float[:, ::1] frauds,
                     const float[:, ::1] runs, int n7, int avg7, int n30, int avg30,
                     float[:, ::1] out):
-    """The rows of a windowed feature set ("zfraud-v1"), assembled from the state's reads.
+    """The rows of the windowed feature set (zfraud-v4), assembled from the state's reads.
 
     ts_ms: (n,) int64; amount: (n,) float64;
     card: (n, k) float32, the card windows (CardState.update_and_read);

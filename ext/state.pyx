@@ -868,6 +868,16 @@ cdef inline int64_t term_bucket(TermCols* c, TermStats* st, uint64_t r, int64_t 
     return <int64_t>r * c.ring + pmod(bucket, c.ring)
 
 
+cdef _check_read(Py_ssize_t n, Py_ssize_t n_ts, Py_ssize_t rows, Py_ssize_t cols, int k,
+                 int delay_days):
+    """The arguments of TerminalState's reads: n keys, n times, out (n, k), delay_days >= 0."""
+    if n_ts != n or rows != n or cols != k:
+        raise ValueError(f"expected ts_ms of length {n} and out ({n}, {k}); got "
+                         f"{n_ts} and ({rows}, {cols})")
+    if delay_days < 0:
+        raise ValueError(f"expected delay_days >= 0, got {delay_days}")
+
+
 cdef class TerminalState:
     """Daily transaction G-counters and fraud counts for up to `capacity` terminals.
 
@@ -1031,11 +1041,7 @@ cdef class TerminalState:
         keys: (n,) uint64 mixed; ts_ms: (n,) int64; delay_days >= 0; out: (n, 6) float32.
         """
         cdef Py_ssize_t n = keys.shape[0], i
-        if ts_ms.shape[0] != n or out.shape[0] != n or out.shape[1] != K_TERMINAL:
-            raise ValueError(f"expected ts_ms of length {n} and out ({n}, {K_TERMINAL}); got "
-                             f"{ts_ms.shape[0]} and ({out.shape[0]}, {out.shape[1]})")
-        if delay_days < 0:
-            raise ValueError(f"expected delay_days >= 0, got {delay_days}")
+        _check_read(n, ts_ms.shape[0], out.shape[0], out.shape[1], K_TERMINAL, delay_days)
         cdef int64_t s, r, d, last, oldest, top, j, ring = self.c.ring, pd = self.per_day
         cdef uint64_t t1, t7, t30, f1, f7, f30, base
         with nogil:
@@ -1079,11 +1085,7 @@ cdef class TerminalState:
         delay_days >= 0; out: (n, 2) float32.
         """
         cdef Py_ssize_t n = keys.shape[0], i
-        if ts_ms.shape[0] != n or out.shape[0] != n or out.shape[1] != K_RUN:
-            raise ValueError(f"expected ts_ms of length {n} and out ({n}, {K_RUN}); got "
-                             f"{ts_ms.shape[0]} and ({out.shape[0]}, {out.shape[1]})")
-        if delay_days < 0:
-            raise ValueError(f"expected delay_days >= 0, got {delay_days}")
+        _check_read(n, ts_ms.shape[0], out.shape[0], out.shape[1], K_RUN, delay_days)
         if frauds.c.ring != self.c.ring or frauds.bucket_ms != self.bucket_ms:
             raise ValueError("expected a fraud table with the same buckets and ring")
         cdef int64_t s, rt, rf, b, k, lo, start, ring = self.c.ring, pd = self.per_day

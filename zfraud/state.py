@@ -33,8 +33,8 @@ FORMAT = "zfraud.FeatureState/1"
 DELTA_KEYS = ("slot", "version", "tx_key", "tx_bucket", "tx_count", "fraud_key", "fraud_bucket",
               "fraud_count")
 
-__all__ = ["CARD_FEATURES", "TERMINAL_FEATURES", "RUN_FEATURES", "CARD_DTYPE", "EVICTION_POLICY", "FRAUD_SLOT",
-           "CardState", "TerminalState", "FeatureState", "mix_keys"]
+__all__ = ["CARD_FEATURES", "TERMINAL_FEATURES", "RUN_FEATURES", "CARD_DTYPE", "EVICTION_POLICY",
+           "FRAUD_SLOT", "CardState", "TerminalState", "FeatureState", "mix_keys"]
 
 
 def mix_keys(ids) -> np.ndarray:
