@@ -929,3 +929,19 @@ def test_a_model_on_an_older_feature_set_is_refused_with_a_retrain_hint():
     with pytest.raises(ValueError, match=r"unknown feature set 'other'") as e:
         FeatureEngine("other")
     assert "retrain" not in str(e.value)
+
+
+def test_label_schedule_reveals_every_label_once_even_across_gaps():
+    """A label is revealed before the first step `delay` or more after its own, and exactly once,
+    also when the step exactly `delay` later has no transactions (a quiet night, a gap)."""
+    from zfraud.train import label_schedule
+
+    step = 4 * 3_600_000
+    buckets = np.array([0, 0, 1, 3, 3, 50, 51, 51, 90, 200])  # gaps, and nothing at 1 + 42 or 3 + 42
+    ts = buckets * step + 17_000 * DAY
+    plan = label_schedule(ts, 7)
+    assert [(s, e) for s, e, _ in plan] == [(0, 2), (2, 3), (3, 5), (5, 6), (6, 8), (8, 9), (9, 10)]
+    reveals = {int(buckets[s]): r for s, e, r in plan}
+    assert reveals == {0: None, 1: None, 3: None, 50: (0, 5), 51: None, 90: None, 200: (5, 9)}
+    revealed = np.concatenate([np.arange(*r) for _, _, r in plan if r is not None])
+    assert revealed.tolist() == list(range(9))  # the last row's labels are not due yet

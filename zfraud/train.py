@@ -48,14 +48,18 @@ def replay(data: dict, keep: np.ndarray, delay_days: int = 7, feature_set: str =
 
 def label_schedule(ts_ms: np.ndarray, delay_days: int, step_hours: int = TERMINAL_BUCKET_HOURS):
     """Steps of a time-sorted stream: (start, end, reveal) per step of `step_hours`, where
-    rows [start, end) are the step's transactions and reveal is the (lo, hi) row range of the
-    step `delay_days` earlier, whose labels go in before them (None if it had no rows)."""
+    rows [start, end) are the step's transactions and reveal is the (lo, hi) row range whose
+    labels go in before them: the rows of the steps `delay_days` or more earlier not revealed
+    yet (None if there are none). Every label is revealed once, even across gaps in the stream."""
     step = np.asarray(ts_ms) // (step_hours * 3_600_000)
     bounds = np.flatnonzero(np.diff(step)) + 1
-    spans = list(zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(step)].tolist()))
-    first = {int(step[s]): (s, e) for s, e in spans}
     back = delay_days * 24 // step_hours
-    return [(s, e, first.get(int(step[s]) - back)) for s, e in spans]
+    out, revealed = [], 0
+    for s, e in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(step)].tolist()):
+        hi = int(np.searchsorted(step, step[s] - back, side="right"))
+        out.append((s, e, (revealed, hi) if hi > revealed else None))
+        revealed = max(revealed, hi)
+    return out
 
 
 def _capacity(ids: np.ndarray) -> int:
