@@ -59,17 +59,20 @@ def basic_features(const int64_t[::1] ts_ms, const double[::1] amount, float[:, 
 
 def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const float[:, ::1] card,
                     const float[:, ::1] terminal, const float[:, ::1] frauds,
-                    const float[:, ::1] runs, int n7, int avg7, int n30, int avg30,
+                    const float[:, ::1] runs, const float[::1] fraud_amount,
+                    const float[::1] linked, int n7, int avg7, int n30, int avg30,
                     float[:, ::1] out):
-    """The rows of the windowed feature set (zfraud-v4), assembled from the state's reads.
+    """The rows of the windowed feature set (zfraud-v5), assembled from the state's reads.
 
     ts_ms: (n,) int64; amount: (n,) float64;
     card: (n, k) float32, the card windows (CardState.update_and_read);
     terminal, frauds: (n, 6) float32, TerminalState.read of the transaction counts and of the
     fraud counts: (count, unused) pairs over 1, 7 and 30 days;
     runs: (n, 2) float32, TerminalState.read_runs;
+    fraud_amount, linked: (n,) float32, TerminalState.read_window over 30 days of the confirmed
+    frauds' amounts and of the card-linked frauds (CardState.label_frauds);
     n7, avg7, n30, avg30: the card columns holding the 7- and 30-day count and average amount;
-    out: (n, 5 + k + 6 + 2 + 2) float32, written as
+    out: (n, 5 + k + 6 + 2 + 2 + 3) float32, written as
       [0, 5)            basic_features;
       [5, 5 + k)        card, as is;
       then 6 columns    (count, risk) over 1, 7 and 30 days: count = terminal's, risk =
@@ -77,23 +80,29 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
       then 2 columns    the card's average amount over days 8..30 back,
                         (n30 * avg30 - n7 * avg7) / (n30 - n7) in float64, NaN unless
                         n30 - n7 > 0.5; and amount / that average;
-      then 2 columns    runs, as is.
+      then 2 columns    runs, as is;
+      then 3 columns    the 30-day window's mean fraud amount (fraud_amount / frauds' 30-day
+                        count in float64, 0 without frauds), its card-linked frauds (linked) and
+                        its other frauds (the 30-day count - linked, at least 0).
     """
     cdef Py_ssize_t n = ts_ms.shape[0], k = card.shape[1], i, j
     cdef Py_ssize_t c = 5 + k, t = c + 6
     if (amount.shape[0] != n or card.shape[0] != n or terminal.shape[0] != n
             or frauds.shape[0] != n or terminal.shape[1] != 6 or frauds.shape[1] != 6
-            or runs.shape[0] != n or runs.shape[1] != 2
-            or out.shape[0] != n or out.shape[1] != t + 4):
+            or runs.shape[0] != n or runs.shape[1] != 2 or fraud_amount.shape[0] != n
+            or linked.shape[0] != n or out.shape[0] != n or out.shape[1] != t + 7):
         raise ValueError(f"expected amount ({n},), card ({n}, k), terminal and frauds ({n}, 6), "
-                         f"runs ({n}, 2), out ({n}, k + 15); got amount ({amount.shape[0]},), card "
+                         f"runs ({n}, 2), fraud_amount and linked ({n},), out ({n}, k + 18); "
+                         f"got amount ({amount.shape[0]},), card "
                          f"({card.shape[0]}, {k}), terminal ({terminal.shape[0]}, "
                          f"{terminal.shape[1]}), frauds ({frauds.shape[0]}, {frauds.shape[1]}), "
-                         f"runs ({runs.shape[0]}, {runs.shape[1]}), out ({out.shape[0]}, {out.shape[1]})")
+                         f"runs ({runs.shape[0]}, {runs.shape[1]}), fraud_amount "
+                         f"({fraud_amount.shape[0]},), linked ({linked.shape[0]},), out "
+                         f"({out.shape[0]}, {out.shape[1]})")
     for j in (n7, avg7, n30, avg30):
         if not 0 <= j < k:
             raise ValueError(f"expected card columns in [0, {k}), got {j}")
-    cdef double tx, older, avg
+    cdef double tx, older, avg, f30
     cdef float* o
     with nogil:
         for i in range(n):
@@ -115,3 +124,7 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
             o[t + 1] = <float>(amount[i] / avg)
             o[t + 2] = runs[i, 0]
             o[t + 3] = runs[i, 1]
+            f30 = frauds[i, 4]
+            o[t + 4] = <float>(fraud_amount[i] / f30) if f30 > 0 else 0
+            o[t + 5] = linked[i]
+            o[t + 6] = <float>(f30 - linked[i]) if f30 > linked[i] else 0

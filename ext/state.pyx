@@ -3,7 +3,7 @@
 
 Storage. Each table is a dense block of `capacity` rows held in numpy arrays that the object owns,
 plus an open-addressing index from key to row. Card rows are one record per card (CardRec below,
-376 bytes; its numpy dtype CARD_DTYPE is derived from the struct), because a card's rings are read
+384 bytes; its numpy dtype CARD_DTYPE is derived from the struct), because a card's rings are read
 whole on every transaction: one record is 6-7 cache lines where one array per field was ~13.
 Terminal rows are one array per field. A snapshot is a dict of plain arrays, one per field, of
 the used rows; the index is derived from the rows' keys and rebuilt on restore.
@@ -52,6 +52,9 @@ rings: its hour and day are the newest buckets), the event time before it and th
 - Peak amount ratio (card_peak): one float per card, max over its counted rows of amount / the
   card's average over days 8..30 back at the time, decayed by exp(-age / 7 days) from the card's
   newest event; a row reads it before its own ratio is folded in (NaN for a card's first row).
+- Fraud memory (label_frauds): the card's latest confirmed fraud, its hour and terminal, and
+  whether it is card-linked (another fraud of the card at another terminal within 7 days).
+  Labels only read and update cards the table holds; they never add one.
 
 TerminalState: per terminal a ring of buckets covering `days` days (daily buckets by default;
 `bucket_hours` makes them 1, 2, 3, 4, 6, 8 or 12 hours), each with one uint32 transaction
@@ -71,6 +74,8 @@ that are already `delay` days old; 4-hour buckets miss at most 4. Buckets older 
 (`days` back from the terminal's newest bucket) are gone; days >= delay + 31 keeps every window
 of an in-order stream inside the ring. Indices passed to and returned by add/merge/export are
 bucket indices, floor(ts_ms / bucket length).
+add_tx() adds 1 per row, or a given count (the label-fed tables of zfraud.features count fraud
+amounts the same way), saturating; read_window() is one window of read() for such tables.
 read_runs() gives a row's fraud run from two tables with the same ring, one of transactions and
 one of confirmed frauds: from bucket b - delay - 1 backwards, buckets with a fraud extend the run,
 empty buckets are skipped, and the first bucket with transactions and no fraud ends it (so does
@@ -79,7 +84,7 @@ bucket to b. A walk is at most one ring long and stops at the first genuine buck
 few buckets for a terminal without fraud; it allocates nothing and keeps no state of its own.
 """
 from libc.math cimport NAN, exp, log1p
-from libc.stdint cimport (INT64_MIN, UINT16_MAX, UINT32_MAX, int32_t, int64_t, uint8_t, uint16_t,
+from libc.stdint cimport (INT32_MIN, INT64_MIN, UINT16_MAX, UINT32_MAX, int32_t, int64_t, uint8_t, uint16_t,
                           uint32_t, uint64_t)
 from libc.string cimport memset
 
@@ -118,6 +123,8 @@ cdef enum:
 
 cdef int64_t CARD_IDLE_MS = <int64_t>31 * MS_PER_DAY   # idle longer than this: free for reuse
 cdef int64_t NONE = INT64_MIN                          # "no event" in a time field
+cdef int32_t FRAUD_NONE = INT32_MIN                    # CardRec.fraud_mark: no fraud remembered
+FRAUD_LINK_HOURS = 7 * 24     # label_frauds: two frauds of a card this close are linked
 
 FRAUD_SLOT = -1
 EVICTION_POLICY = ("expire-idle (clock sweep of 64 rows), else evict-stalest in the 64-slot "
@@ -146,6 +153,9 @@ ctypedef struct CardRec:
     float day_sum[DAYS]           # amount sum per day bucket
     uint16_t hour_count[HOURS]    # transactions per hour bucket (saturating)
     uint16_t day_count[DAYS]      # transactions per day bucket (saturating)
+    int32_t fraud_mark            # the card's latest confirmed fraud: hour index * 2 + 1 if it
+                                  # counts as card-driven; FRAUD_NONE without one (label_frauds)
+    uint64_t fraud_terminal       # ... and its (mixed) terminal key
 
 cdef CardRec _card_rec
 CARD_DTYPE = np.asarray(<CardRec[:1]>(&_card_rec)).dtype   # the numpy view of CardRec
@@ -412,6 +422,7 @@ cdef inline void card_reset(CardRec* c, uint64_t key) noexcept nogil:
     c.key = key
     c.last_ts = NONE
     c.prev_ts = NONE
+    c.fraud_mark = FRAUD_NONE
 
 
 cdef inline int64_t card_gap(const CardRec* c, int64_t t, bint upd) noexcept nogil:
@@ -735,6 +746,62 @@ cdef class CardState:
         if e != 0 and (e >> 32) == (key >> 32):
             prefetch_card(&self.recs[slot_row(e)])
 
+    def label_frauds(self, const uint64_t[::1] keys, const uint64_t[::1] terminals,
+                     const int64_t[::1] ts_ms, uint8_t[::1] driven, uint64_t[::1] prev_terminal,
+                     int64_t[::1] prev_ts):
+        """Classify confirmed frauds as card-driven or not, in row order, remembering each card's
+        latest one (a compromised card spends at many terminals; a compromised terminal takes
+        one fraud from each of many cards).
+
+        A fraud is card-driven when the card's remembered fraud is within FRAUD_LINK_HOURS of it
+        (by UTC hour) and was at another terminal or is itself card-driven; it is then
+        remembered as card-driven unless it is older than the remembered one. When the
+        remembered fraud was at another terminal and not yet card-driven, it becomes so now:
+        driven[i] bit 1 set, prev_terminal[i] / prev_ts[i] (the start of its hour) say which.
+        driven[i] bit 0: fraud i is card-driven. Cards the table does not hold are not added:
+        driven[i] = 0. The caller counts the results (zfraud.features).
+
+        keys: (n,) uint64 mixed card keys; terminals: (n,) uint64 mixed terminal keys; ts_ms:
+        (n,) int64, the frauds' transaction times; driven (n,) uint8, prev_terminal (n,) uint64
+        and prev_ts (n,) int64 are written.
+        """
+        cdef Py_ssize_t n = keys.shape[0], i
+        if (terminals.shape[0] != n or ts_ms.shape[0] != n or driven.shape[0] != n
+                or prev_terminal.shape[0] != n or prev_ts.shape[0] != n):
+            raise ValueError(f"expected terminals, ts_ms, driven, prev_terminal and prev_ts of "
+                             f"length {n}, got {terminals.shape[0]}, {ts_ms.shape[0]}, "
+                             f"{driven.shape[0]}, {prev_terminal.shape[0]} and {prev_ts.shape[0]}")
+        cdef int64_t s, h, mh, link = FRAUD_LINK_HOURS
+        cdef bint marked, linked
+        cdef CardRec* c
+        with nogil:
+            for i in range(n):
+                driven[i] = 0
+                prev_terminal[i] = 0
+                prev_ts[i] = 0
+                s = tb_find(&self.tb, keys[i])
+                if s < 0:
+                    continue
+                c = &self.recs[slot_row(self.tb.slots[s])]
+                h = floor_div(ts_ms[i], MS_PER_HOUR)
+                linked = False
+                if c.fraud_mark != FRAUD_NONE:
+                    mh = floor_div(c.fraud_mark, 2)
+                    marked = c.fraud_mark - 2 * mh
+                    if -link <= h - mh <= link and (marked or c.fraud_terminal != terminals[i]):
+                        linked = True
+                        driven[i] = 1
+                        if not marked:
+                            driven[i] = 3
+                            prev_terminal[i] = c.fraud_terminal
+                            prev_ts[i] = mh * MS_PER_HOUR
+                            c.fraud_mark = <int32_t>(2 * mh + 1)
+                    if h < mh:
+                        continue  # an older fraud: the newer one stays remembered
+                if -(1 << 30) <= h < (1 << 30):  # an hour index fits the mark (+-122 000 years)
+                    c.fraud_mark = <int32_t>(2 * h + (1 if linked else 0))
+                    c.fraud_terminal = terminals[i]
+
     def stats(self):
         """Counters: cards held, capacity, evictions, expiries and out-of-order outcomes."""
         return {"cards": self.tb.used, "capacity": self.tb.capacity,
@@ -985,21 +1052,28 @@ cdef class TerminalState:
                              f"got {slot}")
 
     def add_tx(self, const uint64_t[::1] keys, const int64_t[::1] ts_ms, int slot,
-               const uint8_t[::1] update=None):
+               const uint8_t[::1] update=None, const uint32_t[::1] counts=None):
         """Count this worker's own transactions in its source slot, by their UTC bucket.
 
         keys: (n,) uint64 mixed terminal keys; ts_ms: (n,) int64; update: optional (n,) uint8,
-        rows with 0 are skipped (duplicates)."""
+        rows with 0 are skipped (duplicates); counts: optional (n,) uint32, what each row adds
+        (default 1; a table of amounts adds amounts). Counts saturate at 2**32 - 1."""
         self._check_slot(slot, False)
         cdef Py_ssize_t n = keys.shape[0], i
-        if ts_ms.shape[0] != n or (update is not None and update.shape[0] != n):
-            raise ValueError(f"expected ts_ms and update of length {n}, got {ts_ms.shape[0]} and "
-                             f"{update.shape[0] if update is not None else None}")
-        cdef bint masked = update is not None
+        if (ts_ms.shape[0] != n or (update is not None and update.shape[0] != n)
+                or (counts is not None and counts.shape[0] != n)):
+            raise ValueError(f"expected ts_ms, update and counts of length {n}, got {ts_ms.shape[0]}, "
+                             f"{update.shape[0] if update is not None else None} and "
+                             f"{counts.shape[0] if counts is not None else None}")
+        cdef bint masked = update is not None, weighted = counts is not None
         cdef int64_t r, b, idx, bucket
+        cdef uint32_t v, room
         with nogil:
             for i in range(n):
                 if masked and update[i] == 0:
+                    continue
+                v = counts[i] if weighted else 1
+                if v == 0:
                     continue
                 bucket = floor_div(ts_ms[i], self.bucket_ms)
                 r = self._row(keys[i], bucket)
@@ -1007,9 +1081,15 @@ cdef class TerminalState:
                 if b < 0:
                     continue
                 idx = b * self.c.sources + slot
-                if self.c.tx[idx] != UINT32_MAX:
-                    self.c.tx[idx] += 1
-                    self.c.total[b] += 1
+                room = UINT32_MAX - self.c.tx[idx]
+                if v > room:
+                    v = room
+                room = UINT32_MAX - self.c.total[b]
+                if v > room:  # the sum over the slots saturates too
+                    v = room
+                if v:
+                    self.c.tx[idx] += v
+                    self.c.total[b] += v
                 term_stamp(&self.c, r, b, bucket, self.version)
 
     def add_fraud(self, const uint64_t[::1] keys, const int64_t[::1] ts_ms):
@@ -1069,6 +1149,31 @@ cdef class TerminalState:
                 out[i, 3] = <float>(<double>f7 / t7) if t7 > 0 else 0
                 out[i, 4] = <float>t30
                 out[i, 5] = <float>(<double>f30 / t30) if t30 > 0 else 0
+
+    def read_window(self, const uint64_t[::1] keys, const int64_t[::1] ts_ms, int delay_days,
+                    int days, float[::1] out):
+        """Each row's count summed over the slots in the `days`-day window that read() uses: for
+        a row in bucket b, buckets [b - delay - days, b - delay). One column of read(), for
+        tables whose ratio read() would not use (fraud amounts, card-linked frauds).
+
+        keys: (n,) uint64 mixed; ts_ms: (n,) int64; delay_days >= 0; days >= 1; out: (n,) float32.
+        """
+        cdef Py_ssize_t n = keys.shape[0], i
+        _check_read(n, ts_ms.shape[0], out.shape[0], 1, 1, delay_days)
+        if days < 1:
+            raise ValueError(f"expected days >= 1, got {days}")
+        cdef int64_t s, r, d, last, ring = self.c.ring, pd = self.per_day
+        with nogil:
+            for i in range(n):
+                s = tb_find(&self.tb, keys[i])
+                if s < 0:
+                    out[i] = 0
+                    continue
+                r = <int64_t>slot_row(self.tb.slots[s])
+                last = self.c.last_bucket[r]
+                d = floor_div(ts_ms[i], self.bucket_ms) - delay_days * pd
+                out[i] = <float>ring_total(self.c.total + <uint64_t>r * ring, ring, d - days * pd, d,
+                                           last - ring + 1, last + 1)
 
     def read_runs(self, TerminalState frauds, const uint64_t[::1] keys, const int64_t[::1] ts_ms,
                   int delay_days, float[:, ::1] out):

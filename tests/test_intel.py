@@ -14,6 +14,7 @@ from zfraud.features import FULL, FeatureEngine
 from zfraud.gen import generate
 from zfraud.local import LocalMesh
 from zfraud.model import LogisticModel, save_model
+from zfraud.state import mix_keys
 from zfraud.train import replay
 
 from conftest import run_cli
@@ -31,7 +32,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    """A logistic model on zfraud-v4 whose every coefficient is non-zero: equal scores <=> equal features."""
+    """A logistic model on zfraud-v5 whose every coefficient is non-zero: equal scores <=> equal features."""
     names = FeatureEngine(FULL).names
     rng = np.random.default_rng(0)
     m = LogisticModel(names, rng.uniform(0.05, 0.3, len(names)), np.zeros(len(names)), -3.0, version="probe-1",
@@ -50,6 +51,10 @@ def test_worker_features_equal_train_replay_bit_for_bit(data, model_path, tmp_pa
         score, decision, models = stream_with_labels(c, data, delay_days=7, batch=1024)
     assert models == {"probe-1"} and not np.isnan(score).any()
     assert (data["fraud"] == 1).sum() > 50  # labels did flow into terminal risk
+    names = FeatureEngine(FULL).names
+    for name in ("terminal_risk_30d", "terminal_fraud_run_frauds", "terminal_fraud_avg_amount_30d",
+                 "terminal_card_linked_frauds_30d", "terminal_unlinked_frauds_30d"):
+        assert (X[:, names.index(name)] > 0).sum() > 100, name  # every label-fed column is exercised
     np.testing.assert_array_equal(score, expected)
 
 
@@ -73,6 +78,21 @@ def test_two_workers_that_each_saw_half_of_a_terminal_converge(data, model_path,
         np.testing.assert_array_equal(a[:, ::2], b[:, ::2])  # the same counts on both workers
     total = sum(int(e.state.terminal_features(cols)[:, 4].sum()) for e in engines.values()) / 2
     assert total > 0
+    # The label-fed tables too: each label went to one worker (its card's owner), and both
+    # workers read the same frauds, fraud amounts and card-linked frauds, some from each worker.
+    ts = np.full(len(terms), (last + 8) * 86_400_000, np.int64)
+    keys = mix_keys(terms)
+    for name in ("frauds", "fraud_amounts", "linked"):
+        got = []
+        for e in engines.values():
+            out = np.empty(len(terms), np.float32)
+            getattr(e, name).read_window(keys, ts, 7, 30, out)
+            got.append(out)
+        np.testing.assert_array_equal(got[0], got[1])
+        assert got[0].sum() > 0, name
+    for e in engines.values():
+        counts = e.frauds.snapshot()["tx"]
+        assert counts[:, :, 0].sum() > 0 and counts[:, :, 1:].sum() > 0  # its own labels and its peer's
 
 
 def test_a_restarted_worker_restores_its_cards(data, model_path, tmp_path):

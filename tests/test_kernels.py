@@ -91,13 +91,20 @@ def test_window_features_match_numpy_bit_for_bit():
     term[::5, :] = 0  # a terminal without transactions: risk 0
     frauds = np.minimum(rng.integers(0, 5, (n, 6)), term).astype(np.float32)
     runs = rng.uniform(0, 40, (n, 2)).astype(np.float32)
-    out = np.empty((n, 5 + k + 10), np.float32)
-    _features.window_features(ts, amount, card, term, frauds, runs, 2, 3, 4, 5, out)
+    fraud_amount = (frauds[:, 4] * rng.uniform(0, 300, n)).astype(np.float32)
+    linked = np.minimum(rng.integers(0, 4, n), frauds[:, 4] + rng.integers(0, 2, n)).astype(np.float32)
+    out = np.empty((n, 5 + k + 13), np.float32)
+    _features.window_features(ts, amount, card, term, frauds, runs, fraud_amount, linked, 2, 3, 4, 5, out)
     risk, derived = reference_windows(card, term, frauds, amount, 2, 3, 4, 5)
     basic = np.empty((n, 5), np.float32)
     _features.basic_features(ts, amount, basic)
-    expected = np.hstack([basic, card, risk, derived, runs])
-    assert np.isnan(expected[:, -4]).any() and np.isinf(expected[:, -3]).any()
+    f30 = frauds[:, 4].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        detail = np.column_stack([np.where(f30 > 0, fraud_amount / f30, 0), linked,
+                                  np.maximum(f30 - linked, 0)]).astype(np.float32)
+    expected = np.hstack([basic, card, risk, derived, runs, detail])
+    assert np.isnan(expected[:, -7]).any() and np.isinf(expected[:, -6]).any()
+    assert (linked > f30).any() and (detail[:, 0] > 0).any()  # linked above the count: 0 others
     np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
 
 
@@ -105,16 +112,20 @@ def test_window_features_check_shapes():
     z = np.zeros
     with pytest.raises(ValueError, match="expected"):
         _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 6), np.float32),
-                                  z((2, 6), np.float32), z((2, 2), np.float32), 2, 3, 4, 5,
-                                  z((2, 23), np.float32))
+                                  z((2, 6), np.float32), z((2, 2), np.float32), z(2, np.float32),
+                                  z(2, np.float32), 2, 3, 4, 5, z((2, 26), np.float32))
     with pytest.raises(ValueError, match="expected"):
         _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 6), np.float32),
-                                  z((2, 6), np.float32), z((2, 1), np.float32), 2, 3, 4, 5,
-                                  z((2, 24), np.float32))
+                                  z((2, 6), np.float32), z((2, 1), np.float32), z(2, np.float32),
+                                  z(2, np.float32), 2, 3, 4, 5, z((2, 27), np.float32))
+    with pytest.raises(ValueError, match="linked"):
+        _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 6), np.float32),
+                                  z((2, 6), np.float32), z((2, 2), np.float32), z(2, np.float32),
+                                  z(3, np.float32), 2, 3, 4, 5, z((2, 27), np.float32))
     with pytest.raises(ValueError, match="card columns"):
         _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 6), np.float32),
-                                  z((2, 6), np.float32), z((2, 2), np.float32), 2, 3, 4, 9,
-                                  z((2, 24), np.float32))
+                                  z((2, 6), np.float32), z((2, 2), np.float32), z(2, np.float32),
+                                  z(2, np.float32), 2, 3, 4, 9, z((2, 27), np.float32))
 
 
 def test_row_checks_name_the_first_check_a_row_fails():

@@ -222,7 +222,7 @@ def test_key_mixing_is_the_mesh_splitmix64():
 @pytest.mark.parametrize("capacity", [1, 1000, 1 << 16])
 def test_bytes_per_card_within_budget(capacity):
     assert CardState(capacity).bytes_per_card <= 400
-    assert _state.CARD_DTYPE.itemsize == 376
+    assert _state.CARD_DTYPE.itemsize == 384
     # key, last bucket, 2 index slots, row stamp, row low-water bucket; per bucket: total, fraud,
     # stamp; per bucket and source: tx
     assert TerminalState(capacity).bytes_per_terminal == 8 + 8 + 16 + 4 + 8 + 12 * 40 + 4 * 40 * 16
@@ -923,12 +923,135 @@ def test_feature_engine_grows_its_source_slots_and_keeps_every_count(tmp_path):
 
 def test_a_model_on_an_older_feature_set_is_refused_with_a_retrain_hint():
     from zfraud.features import FEATURE_SETS, FULL, FeatureEngine
-    assert FULL == "zfraud-v4" and len(FEATURE_SETS[FULL]) == 25
-    with pytest.raises(ValueError, match=r"'zfraud-v3' .*basic-v1, zfraud-v4.*retrain the model with `zfraud train`"):
-        FeatureEngine("zfraud-v3")
+    assert FULL == "zfraud-v5" and len(FEATURE_SETS[FULL]) == 28
+    with pytest.raises(ValueError, match=r"'zfraud-v4' .*basic-v1, zfraud-v5.*retrain the model with `zfraud train`"):
+        FeatureEngine("zfraud-v4")
     with pytest.raises(ValueError, match=r"unknown feature set 'other'") as e:
         FeatureEngine("other")
     assert "retrain" not in str(e.value)
+
+
+# -- label-fed terminal tables (zfraud-v5) --------------------------------------------------------
+
+HOUR = 3_600_000
+
+
+def _label_frauds(state, cards, terminals, hours):
+    n = len(cards)
+    out = np.empty(n, np.uint8), np.empty(n, np.uint64), np.empty(n, np.int64)
+    state.label_frauds(mix_keys(np.array(cards, np.uint64)), mix_keys(np.array(terminals, np.uint64)),
+                       np.array(hours, np.int64) * HOUR + 1234, *out)
+    return out
+
+
+def test_label_frauds_links_a_cards_frauds_at_other_terminals_within_7_days():
+    cards = CardState(64)
+    seen = np.array([1, 2, 4], np.uint64)  # card 3 was never seen here: its frauds are not linked
+    cards.update_and_read(mix_keys(seen), np.zeros(3, np.int64), np.ones(3), np.ones(3, np.uint8),
+                          np.empty((3, len(CARD_FEATURES)), np.float32))
+    h0 = 500_000  # hours since the epoch
+    rows = [  # (card, terminal, hour, driven): bit 0 this fraud is linked, bit 1 the remembered one now is
+        (1, 10, h0, 0),               # the card's first fraud
+        (1, 11, h0 + 48, 3),          # another terminal two days later: both linked
+        (1, 11, h0 + 72, 1),          # the same terminal, but the remembered fraud is linked
+        (1, 12, h0 + 72 + 169, 0),    # more than 7 days after the last one
+        (2, 20, h0, 0), (2, 20, h0 + 5, 0),   # one terminal, twice: a compromised terminal's pattern
+        (2, 21, h0 + 5 + 168, 3),     # exactly 7 days later, elsewhere: linked (prev: the h0 + 5 one)
+        (3, 30, h0, 0), (3, 31, h0 + 1, 0),
+        (4, 40, h0 + 200, 0),
+        (4, 41, h0 + 190, 3),         # an older fraud, labelled late: links, the newer stays remembered
+        (4, 40, h0 + 200 + 160, 1),   # so 160 h after the remembered (linked) one links too
+    ]
+    card, term, hour, want = (list(c) for c in zip(*rows))
+    driven, prev_terminal, prev_ts = _label_frauds(cards, card, term, hour)
+    assert driven.tolist() == want
+    back = driven == 3
+    assert prev_terminal[back].tolist() == mix_keys(np.array([10, 20, 40], np.uint64)).tolist()
+    assert prev_ts[back].tolist() == [h0 * HOUR, (h0 + 5) * HOUR, (h0 + 200) * HOUR]  # the hour's start
+    assert not prev_terminal[~back].any() and not prev_ts[~back].any()
+    # Row order is the only order: the same labels one by one give the same answers.
+    again = CardState(64)
+    again.update_and_read(mix_keys(seen), np.zeros(3, np.int64), np.ones(3), np.ones(3, np.uint8),
+                          np.empty((3, len(CARD_FEATURES)), np.float32))
+    one = [_label_frauds(again, [c], [t], [h])[0][0] for c, t, h in zip(card, term, hour)]
+    assert one == want
+    with pytest.raises(ValueError, match="length 2"):
+        cards.label_frauds(mix_keys(seen[:2]), mix_keys(seen[:2]), np.zeros(2, np.int64), np.empty(2, np.uint8),
+                           np.empty(1, np.uint64), np.empty(2, np.int64))
+
+
+def _labelled_stream(seed, days=60, cards=300, terminals=40):
+    """A time-sorted labelled stream with random frauds plus compromised cards that spend at
+    many terminals over 10 days, so that linked and unlinked frauds both occur."""
+    rng = np.random.default_rng(seed)
+    n = days * 400
+    ts = np.sort(rng.integers(0, days * DAY, n)) + 17_600 * DAY
+    card = rng.integers(0, cards, n).astype(np.uint64)
+    fraud = rng.random(n) < 0.01
+    for c in rng.choice(cards, 12, replace=False):
+        start = rng.integers(0, days - 10) * DAY + 17_600 * DAY
+        fraud |= (card == c) & (ts >= start) & (ts < start + 10 * DAY)
+    amount = np.round(rng.uniform(1, 300, n), 2)
+    amount[rng.random(n) < 0.02] *= -1  # refunds: a negative amount counts 0 towards the fraud sum
+    return {"tx_id": np.arange(n, dtype=np.uint64), "card": card,
+            "terminal": rng.integers(0, terminals, n).astype(np.uint64), "ts_ms": ts.astype(np.int64),
+            "amount": amount, "fraud": fraud.astype(np.uint8)}
+
+
+def reference_fraud_detail(d, delay_days=7, bucket_hours=4):
+    """The three fraud-detail features from the raw labels, in plain Python: a label of bucket x
+    is applied before bucket x + delay (train.replay's schedule), linking is decided per card in
+    label order (CardState.label_frauds' rule), and a row in bucket b reads the frauds of buckets
+    [b - delay - 30 days, b - delay) with the links applied by then."""
+    per_day = 24 // bucket_hours
+    delay, window = delay_days * per_day, 30 * per_day
+    bucket = (d["ts_ms"] // (bucket_hours * 3_600_000)).tolist()
+    frauds = np.flatnonzero(d["fraud"]).tolist()
+    linked_at = {}     # fraud row -> bucket of the label that linked it
+    memory = {}        # card -> (row of its remembered fraud, linked?)
+    hour = lambda i: int(d["ts_ms"][i]) // 3_600_000  # noqa: E731
+    for i in frauds:  # labels are applied in bucket order, rows in stream order within a bucket
+        c = int(d["card"][i])
+        m = memory.get(c)
+        linked = False
+        if m is not None:
+            j, marked = m
+            if abs(hour(i) - hour(j)) <= 168 and (marked or d["terminal"][j] != d["terminal"][i]):
+                linked = True
+                linked_at[i] = bucket[i]
+                linked_at.setdefault(j, bucket[i])
+                marked = True
+                memory[c] = (j, True)
+            if hour(i) < hour(j):
+                continue
+        memory[c] = (i, linked)
+    by_terminal = {}
+    for i in frauds:
+        by_terminal.setdefault(int(d["terminal"][i]), []).append(i)
+    out = np.zeros((len(bucket), 3), np.float32)
+    for r, b in enumerate(bucket):
+        got = [i for i in by_terminal.get(int(d["terminal"][r]), []) if b - delay - window <= bucket[i] < b - delay]
+        if not got:
+            continue
+        units = sum(int(np.rint(max(d["amount"][i], 0.0))) for i in got)
+        linked = sum(1 for i in got if linked_at.get(i, 1 << 60) <= b - delay)
+        out[r] = (np.float32(units) / np.float64(len(got)), linked, len(got) - linked)
+    return out
+
+
+def test_fraud_detail_features_match_the_raw_labels():
+    """zfraud-v5's last three columns, streamed by train.replay, equal a plain-Python reference
+    built from the labels: mean fraud amount, card-linked and other frauds over 30 days."""
+    from zfraud.features import FRAUD_DETAIL_FEATURES, FULL, FeatureEngine
+    from zfraud.train import replay
+
+    d = _labelled_stream(5)
+    engine = FeatureEngine(FULL, 7, 4096, 1024)
+    X = replay(d, np.ones(len(d["tx_id"]), bool), engine=engine)
+    cols = [engine.names.index(name) for name in FRAUD_DETAIL_FEATURES]
+    expected = reference_fraud_detail(d)
+    assert (expected[:, 1] > 0).mean() > 0.2 and (expected[:, 2] > 0).mean() > 0.2  # both kinds occur
+    np.testing.assert_array_equal(X[:, cols], expected)
 
 
 def test_label_schedule_reveals_every_label_once_even_across_gaps():
@@ -936,7 +1059,7 @@ def test_label_schedule_reveals_every_label_once_even_across_gaps():
     also when the step exactly `delay` later has no transactions (a quiet night, a gap)."""
     from zfraud.train import label_schedule
 
-    step = 4 * 3_600_000
+    step = 4 * HOUR
     buckets = np.array([0, 0, 1, 3, 3, 50, 51, 51, 90, 200])  # gaps, and nothing at 1 + 42 or 3 + 42
     ts = buckets * step + 17_000 * DAY
     plan = label_schedule(ts, 7)

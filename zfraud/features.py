@@ -3,15 +3,16 @@
 A feature set has a name (stored in every model file) and an ordered tuple of feature names.
 
 - "basic-v1": amount, log amount, hour, night, weekend. Stateless.
-- "zfraud-v4" (the default for trained models): basic-v1, then per-card windows (counts and
+- "zfraud-v5" (the default for trained models): basic-v1, then per-card windows (counts and
   average amounts over 1, 7 and 30 days, the amount relative to the card's own 7- and 30-day
   averages, time since the card's previous transaction, the card's recent peak amount ratio),
   then per-terminal counts and fraud risk over 1, 7 and 30 days shifted back by the label delay,
   in 4-hour buckets, two averages derived from the card windows, and the terminal's fraud run
   (TerminalState.read_runs: the confirmed frauds in the terminal's latest stretch of buckets
-  that all had fraud, and the days since it began). It contains the Fraud Detection Handbook's
-  15 inputs (../shared/reference/handbook.md, section 2) computed online, plus the card-relative
-  and run features the book lacks. The windows' exact semantics are in ext/state.pyx.
+  that all had fraud, and the days since it began), then what the terminal's confirmed frauds
+  in the 30-day risk window were (their mean amount, and how many were card-linked or not). It
+  contains the Fraud Detection Handbook's 15 inputs (../shared/reference/handbook.md, section 2)
+  computed online, plus the card-relative, run and fraud-detail features the book lacks. The windows' exact semantics are in ext/state.pyx.
   History: zfraud-v1 had daily terminal buckets, which missed up to a day of labels that were
   already `delay` days old (the 4-hour buckets of v2 raised average precision by 0.01-0.02 on
   `zfraud gen` data). v3 added card_peak_amount_ratio_7d: the largest of the card's earlier amounts
@@ -20,7 +21,9 @@ A feature set has a name (stored in every model file) and an ordered tuple of fe
   seeds; chosen on earlier validation weeks, docs/ARCHITECTURE.md section 3). v4 added the
   terminal fraud run, which tells a compromised terminal from a one-off fraud and says how long
   the compromise has lasted (+0.009 to +0.030 AP on six validation folds of three `zfraud gen`
-  files; +0.008 to +0.015 on their test weeks through the mesh).
+  files; +0.008 to +0.015 on their test weeks through the mesh). v5 added the fraud detail
+  (FRAUD_DETAIL_FEATURES below; docs/ARCHITECTURE.md section 3 has its gains), which needs the
+  labels' amounts and a 12-byte memory of each card's latest fraud (400 bytes per card).
 
 The loops live in ext/features.pyx and ext/state.pyx; this module checks inputs, allocates and calls.
 """
@@ -33,20 +36,35 @@ from .state import (CARD_FEATURES, RUN_FEATURES, TERMINAL_FEATURES, FeatureState
                     check_finite_amount, load_npz, mix_keys, save_npz, update_mask_u8)
 
 BASIC = "basic-v1"
-FULL = "zfraud-v4"
+FULL = "zfraud-v5"
 BASIC_FEATURES = tuple(_features.BASIC_NAMES)
 # Derived from the card windows (in ext/features.pyx, window_features): the card's average amount
 # over days 8..30 back (before the most recent week, so a fresh compromise does not inflate it)
 # and the amount relative to it. NaN when the card has no transaction in that span (trees and the
 # logistic kernel handle NaN).
 DERIVED_FEATURES = ("card_avg_amount_8_30d", "amount_over_card_avg_8_30d")
+# What the terminal's confirmed frauds in the 30-day risk window were (window_features): their
+# mean amount, and how many were card-linked (CardState.label_frauds: the card had another fraud
+# at another terminal within 7 days) or not. A compromised terminal's frauds are ordinary
+# purchases from unlinked cards; a compromised card's are large and linked.
+FRAUD_DETAIL_FEATURES = ("terminal_fraud_avg_amount_30d", "terminal_card_linked_frauds_30d",
+                         "terminal_unlinked_frauds_30d")
 FEATURE_SETS = {
     BASIC: BASIC_FEATURES,
-    FULL: BASIC_FEATURES + CARD_FEATURES + TERMINAL_FEATURES + DERIVED_FEATURES + RUN_FEATURES,
+    FULL: (BASIC_FEATURES + CARD_FEATURES + TERMINAL_FEATURES + DERIVED_FEATURES + RUN_FEATURES
+           + FRAUD_DETAIL_FEATURES),
 }
 TERMINAL_BUCKET_HOURS = 4
 MAX_SOURCES = 16   # source slots per terminal table: this worker and up to 15 peers
 FIRST_SOURCES = 4  # slots allocated at first; doubled (up to MAX_SOURCES) when peers need more
+
+
+def label_capacity(terminal_capacity: int) -> int:
+    """Rows of each label-fed terminal table: a quarter of the terminal table, at least 1024.
+    They hold the terminals with a confirmed fraud in the last 40 days (12-13 % of the
+    terminals in `zfraud gen` data at the book's fraud rate); when one is full, the terminal
+    whose newest fraud is oldest gives up its row (ext/state.pyx, the capacity policy)."""
+    return max(1024, terminal_capacity // 4)
 
 
 class FeatureEngine:
@@ -55,8 +73,9 @@ class FeatureEngine:
     In a mesh each worker counts its own transactions at each terminal in its own slot (0) and
     merges every peer's counts into a slot of their own (a G-counter: max per bucket), so the
     sum over slots is the terminal's whole traffic. Confirmed frauds are counted the same way,
-    in a second table: each label is applied by exactly one worker (the card's owner) and
-    reaches the others as that worker's counts, so no fraud is counted twice however the
+    in three label-fed tables (frauds, their amounts, the card-linked ones): each label is
+    applied by exactly one worker (the card's owner, which alone holds the card's fraud memory)
+    and reaches the others as that worker's counts, so no fraud is counted twice however the
     messages interleave. Slots are local: a peer's slot number here means nothing to the peer."""
 
     def __init__(self, feature_set: str = BASIC, delay_days: int = 7, card_capacity: int = 1 << 18,
@@ -74,7 +93,11 @@ class FeatureEngine:
                                       max_sources=FIRST_SOURCES, terminal_days=max(40, delay_days + 31),
                                       terminal_bucket_hours=TERMINAL_BUCKET_HOURS)
             t = self.state.terminals
-            self.frauds = TerminalState(t.capacity, FIRST_SOURCES, t.days, t.bucket_hours)  # frauds per source slot
+            # Fed by labels, per source slot like the transactions: confirmed frauds, their
+            # amounts (whole currency units) and the card-linked ones (label_frauds). They hold
+            # only terminals with a confirmed fraud in their ring: a quarter of the terminals.
+            self.frauds, self.fraud_amounts, self.linked = (
+                TerminalState(label_capacity(t.capacity), FIRST_SOURCES, t.days, t.bucket_hours) for _ in range(3))
         self.sources: dict[str, int] = {}  # peer name -> local terminal slot (1..MAX_SOURCES-1)
 
     def transform(self, columns: dict, update=None) -> np.ndarray:
@@ -104,38 +127,69 @@ class FeatureEngine:
         self.frauds.read(terminals, ts, self.delay_days, frauds)
         runs = np.empty((n, len(RUN_FEATURES)), dtype=np.float32)
         s.terminals.read_runs(self.frauds, terminals, ts, self.delay_days, runs)
+        fraud_amount = np.empty(n, dtype=np.float32)
+        self.fraud_amounts.read_window(terminals, ts, self.delay_days, 30, fraud_amount)
+        linked = np.empty(n, dtype=np.float32)
+        self.linked.read_window(terminals, ts, self.delay_days, 30, linked)
         # Terminal risk = frauds / transactions; the derived card averages: see window_features.
-        _features.window_features(ts, amount, card, term, frauds, runs, _N7, _AVG7, _N30, _AVG30, out)
+        _features.window_features(ts, amount, card, term, frauds, runs, fraud_amount, linked,
+                                  _N7, _AVG7, _N30, _AVG30, out)
         return out
 
     # -- shared state ------------------------------------------------------------------------
-    def apply_labels(self, terminal, ts_ms, fraud) -> int:
-        """Confirmed labels, deduplicated by transaction id, applied here only (in a mesh: by the
-        card's owner). Frauds count towards terminal risk on their transaction's day."""
+    def apply_labels(self, labels: dict) -> int:
+        """Confirmed labels (LABEL_COLUMNS arrays: card, terminal, ts_ms, amount, fraud),
+        deduplicated by transaction id, applied here only (in a mesh: by the card's owner, which
+        holds the card's memory of its frauds). A fraud counts on its transaction's bucket, with
+        its amount (whole units; a negative or non-finite amount counts 0), and as card-linked
+        when CardState.label_frauds says so. Returns the frauds counted."""
         if self.state is None:
             return 0
-        hit = np.asarray(fraud).astype(bool)
-        if hit.any():
-            self.frauds.add_tx(mix_keys(np.asarray(terminal)[hit]), np.ascontiguousarray(np.asarray(ts_ms)[hit],
-                                                                                         dtype=np.int64), 0)
-        return int(hit.sum())
+        hit = np.asarray(labels["fraud"]).astype(bool)
+        if not hit.any():
+            return 0
+        terminals = mix_keys(np.asarray(labels["terminal"])[hit])
+        ts = np.ascontiguousarray(np.asarray(labels["ts_ms"])[hit], dtype=np.int64)
+        amount = np.asarray(labels["amount"], dtype=np.float64)[hit]
+        units = np.rint(np.clip(np.nan_to_num(amount, nan=0.0, posinf=0.0, neginf=0.0), 0, 2**32 - 1))
+        self.frauds.add_tx(terminals, ts, 0)
+        self.fraud_amounts.add_tx(terminals, ts, 0, None, units.astype(np.uint32))
+        n = len(ts)
+        driven, prev_terminal, prev_ts = np.empty(n, np.uint8), np.empty(n, np.uint64), np.empty(n, np.int64)
+        self.state.cards.label_frauds(mix_keys(np.asarray(labels["card"])[hit]), terminals, ts,
+                                      driven, prev_terminal, prev_ts)
+        now, before = (driven & 1) != 0, (driven & 2) != 0
+        if now.any():
+            self.linked.add_tx(np.concatenate([prev_terminal[before], terminals[now]]),
+                               np.concatenate([prev_ts[before], ts[now]]), 0)
+        return n
+
+    def _shared(self) -> list:
+        """(intel prefix, table) of every table shared on intel.terminal, in frame order."""
+        return [("tx", self.state.terminals), ("fraud", self.frauds), ("amount", self.fraud_amounts),
+                ("linked", self.linked)]
 
     def export_intel(self, since=0) -> dict | None:
-        """This worker's own terminal transaction and fraud counts changed since `since`: 0 for
-        all, or the "version" an earlier export returned (one version per table)."""
+        """This worker's own counts changed since `since`: 0 for all, or the "version" an earlier
+        export returned (one version per table). Keys <prefix>_key, _bucket, _count per table of
+        _shared(), plus version and bucket_hours."""
         if self.state is None:
             return None
-        tx_since, fr_since = since if since else (0, 0)
-        bucket_hours = self.frauds.bucket_hours
-        tx_key, tx_bucket, tx_count, tx_version = self.state.terminals.export(0, tx_since)
-        fr_key, fr_bucket, fr_count, fr_version = self.frauds.export(0, fr_since)
-        return {"version": (tx_version, fr_version), "bucket_hours": bucket_hours,
-                "tx_key": tx_key, "tx_bucket": tx_bucket, "tx_count": tx_count,
-                "fraud_key": fr_key, "fraud_bucket": fr_bucket, "fraud_count": fr_count}
+        tables = self._shared()
+        versions = since if since else (0,) * len(tables)
+        out = {"bucket_hours": self.frauds.bucket_hours}
+        new_versions = []
+        for (prefix, table), v in zip(tables, versions):
+            key, bucket, count, version = table.export(0, v)
+            out.update({f"{prefix}_key": key, f"{prefix}_bucket": bucket, f"{prefix}_count": count})
+            new_versions.append(version)
+        out["version"] = tuple(new_versions)
+        return out
 
     def merge_intel(self, source: str, deltas: dict) -> bool:
         """Merge a peer's export (max per bucket, into the peer's local slot); False when there is
-        no free slot for a new peer. ValueError when its buckets are not ours."""
+        no free slot for a new peer. ValueError when its buckets are not ours. A table the peer
+        did not send (a peer from before it existed) is left as it is."""
         if self.state is None:
             return True
         if int(deltas.get("bucket_hours", 0)) != self.frauds.bucket_hours:
@@ -148,14 +202,15 @@ class FeatureEngine:
             slot = self.sources[source] = len(self.sources) + 1
             if slot >= self.frauds.max_sources:
                 self._grow(min(MAX_SOURCES, 2 * self.frauds.max_sources))
-        for table, prefix in ((self.state.terminals, "tx"), (self.frauds, "fraud")):
-            table.merge(slot, np.ascontiguousarray(deltas[f"{prefix}_key"], dtype=np.uint64),
-                        np.ascontiguousarray(deltas[f"{prefix}_bucket"], dtype=np.int32),
-                        np.ascontiguousarray(deltas[f"{prefix}_count"], dtype=np.uint32))
+        for prefix, table in self._shared():
+            if f"{prefix}_key" in deltas:
+                table.merge(slot, np.ascontiguousarray(deltas[f"{prefix}_key"], dtype=np.uint64),
+                            np.ascontiguousarray(deltas[f"{prefix}_bucket"], dtype=np.int32),
+                            np.ascontiguousarray(deltas[f"{prefix}_count"], dtype=np.uint32))
         return True
 
     def _grow(self, sources: int) -> None:
-        """Both terminal tables with `sources` slots, counts kept (memory grows with the mesh)."""
+        """Every terminal table with `sources` slots, counts kept (memory grows with the mesh)."""
         def grown(table):
             snap = table.snapshot()
             snap["tx"] = np.pad(snap["tx"], ((0, 0), (0, 0), (0, sources - table.max_sources)))
@@ -163,14 +218,18 @@ class FeatureEngine:
             new.restore(snap)
             return new
         self.state.terminals = grown(self.state.terminals)
-        self.frauds = grown(self.frauds)
+        self.frauds, self.fraud_amounts, self.linked = (grown(t) for t in (self.frauds, self.fraud_amounts,
+                                                                            self.linked))
 
     # -- persistence and size ----------------------------------------------------------------
+    _LABEL_TABLES = ("frauds", "fraud_amounts", "linked")  # attributes, also snapshot prefixes
+
     def save(self, path) -> None:
-        """Snapshot cards, terminal counts, fraud counts and the peer slots, atomically."""
+        """Snapshot cards, terminal counts, the label-fed tables and the peer slots, atomically."""
         if self.state is not None:
             arrays = self.state.snapshot()
-            arrays.update({f"frauds.{k}": v for k, v in self.frauds.snapshot().items()})
+            for name in self._LABEL_TABLES:
+                arrays.update({f"{name}.{k}": v for k, v in getattr(self, name).snapshot().items()})
             arrays["meta.sources"] = np.array(sorted(self.sources, key=self.sources.get) or [""])
             save_npz(path, arrays)
 
@@ -179,17 +238,25 @@ class FeatureEngine:
             return
         arrays = load_npz(path)
         t = self.state.terminals
-        fraud_snap = {k[7:]: v for k, v in arrays.items() if k.startswith("frauds.")}
-        sources = int(np.shape(fraud_snap.get("tx", np.zeros((0, 0, t.max_sources))))[-1])
+        snaps = {name: {k[len(name) + 1:]: v for k, v in arrays.items() if k.startswith(name + ".")}
+                 for name in self._LABEL_TABLES}
+        for name, snap in snaps.items():
+            if not snap:
+                raise ValueError(f"state: no {name} table (a snapshot from an older zfraud)")
+        sources = int(np.shape(snaps["frauds"].get("tx", np.zeros((0, 0, t.max_sources))))[-1])
         if not 1 <= sources <= MAX_SOURCES:
             raise ValueError(f"state: expected 1..{MAX_SOURCES} terminal source slots, got {sources}")
         if sources != t.max_sources:  # the snapshot was taken after the tables grew
             self.state.terminals = TerminalState(t.capacity, sources, t.days, t.bucket_hours)
             t = self.state.terminals
-        frauds = TerminalState(t.capacity, sources, t.days, t.bucket_hours)
-        frauds.restore(fraud_snap)
-        self.state.restore({k: v for k, v in arrays.items() if not k.startswith(("frauds.", "meta.sources"))})
-        self.frauds = frauds
+        tables = {}
+        for name, snap in snaps.items():
+            tables[name] = TerminalState(label_capacity(t.capacity), sources, t.days, t.bucket_hours)
+            tables[name].restore(snap)
+        self.state.restore({k: v for k, v in arrays.items()
+                            if not k.startswith(tuple(f"{n}." for n in self._LABEL_TABLES) + ("meta.sources",))})
+        for name, table in tables.items():
+            setattr(self, name, table)
         names = [str(x) for x in arrays.get("meta.sources", np.array([""])) if str(x)]
         self.sources = {name: k + 1 for k, name in enumerate(names)}
 
@@ -198,9 +265,10 @@ class FeatureEngine:
         if self.state is None:
             return {"cards": 0, "terminals": 0, "bytes": 0, "bytes_per_card": 0}
         s = self.state
-        per_terminal = s.terminals.bytes_per_terminal + self.frauds.bytes_per_terminal
+        tables = [s.terminals] + [getattr(self, name) for name in self._LABEL_TABLES]
         return {"cards": len(s.cards), "terminals": len(s.terminals),
-                "bytes": int(s.bytes_per_card * s.cards.capacity + per_terminal * s.terminals.capacity),
+                "bytes": int(s.bytes_per_card * s.cards.capacity
+                             + sum(t.bytes_per_terminal * t.capacity for t in tables)),
                 "bytes_per_card": round(float(s.bytes_per_card), 1)}
 
 

@@ -60,6 +60,7 @@ LABEL_COLUMNS = (
     ("card", "<u8"),
     ("terminal", "<u8"),
     ("ts_ms", "<i8"),     # the transaction's event time: the label counts on that day
+    ("amount", "<f8"),    # the transaction's amount (a fraud's amount feeds terminal features)
     ("fraud", "u1"),      # 1 confirmed fraud, 0 confirmed genuine
 )
 
@@ -71,6 +72,17 @@ INTEL_COLUMNS = (
 FRAUD_COLUMNS = (
     ("fraud_key", "<u8"), ("fraud_bucket", "<i4"), ("fraud_count", "<u4"),
 )
+# ... and the confirmed frauds' amounts (whole units) and card-linked frauds (zfraud.features).
+AMOUNT_COLUMNS = (
+    ("amount_key", "<u8"), ("amount_bucket", "<i4"), ("amount_count", "<u4"),
+)
+LINKED_COLUMNS = (
+    ("linked_key", "<u8"), ("linked_bucket", "<i4"), ("linked_count", "<u4"),
+)
+# The intel.terminal frames: (header field with the rows, column set) in frame order. A message
+# may stop after any whole set (a peer from before the later sets existed).
+INTEL_SETS = (("rows", INTEL_COLUMNS), ("fraud_rows", FRAUD_COLUMNS), ("amount_rows", AMOUNT_COLUMNS),
+              ("linked_rows", LINKED_COLUMNS))
 
 DECISIONS = ("approve", "review", "decline", "rejected")
 APPROVE, REVIEW, DECLINE, REJECTED = range(4)

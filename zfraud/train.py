@@ -18,9 +18,11 @@ import numpy as np
 
 from .features import BASIC, FULL, TERMINAL_BUCKET_HOURS, FeatureEngine
 from .model import DEFAULT_MODEL, LogisticModel, save_model
+from .protocol import LABEL_COLUMNS
 from .synthetic import synthetic
 
 TX = ("tx_id", "card", "terminal", "ts_ms", "amount")
+LABELS = tuple(name for name, _ in LABEL_COLUMNS)
 
 
 def replay(data: dict, keep: np.ndarray, delay_days: int = 7, feature_set: str = FULL, batch: int = 4096,
@@ -34,7 +36,7 @@ def replay(data: dict, keep: np.ndarray, delay_days: int = 7, feature_set: str =
     for s, e, reveal in label_schedule(data["ts_ms"], delay_days):
         if reveal is not None:
             lo, hi = reveal
-            engine.apply_labels(data["terminal"][lo:hi], data["ts_ms"][lo:hi], data["fraud"][lo:hi])
+            engine.apply_labels({k: data[k][lo:hi] for k in LABELS})
         for lo in range(s, e, batch):
             hi = min(lo + batch, e)
             X = engine.transform({k: data[k][lo:hi] for k in TX})

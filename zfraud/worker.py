@@ -373,15 +373,18 @@ class Worker:
     # -- shared intelligence ----------------------------------------------------------------
     def _publish_intel(self) -> None:
         deltas = self.scorer.features.export_intel(self._intel_since)
-        if deltas is None or not (len(deltas["tx_key"]) or len(deltas["fraud_key"])):
+        if deltas is None or not any(len(deltas[c[0][0]]) for _, c in P.INTEL_SETS):
             return
         self._publish(b"intel.terminal", *self._intel_frames(deltas))
         self._intel_since = deltas["version"]
 
     def _intel_frames(self, deltas: dict) -> tuple[dict, list]:
-        header = {"source": self.name, "rows": len(deltas["tx_key"]), "fraud_rows": len(deltas["fraud_key"]),
-                  "bucket_hours": deltas["bucket_hours"]}
-        return header, [*P.column_frames(deltas, P.INTEL_COLUMNS), *P.column_frames(deltas, P.FRAUD_COLUMNS)]
+        header = {"source": self.name, "bucket_hours": deltas["bucket_hours"]}
+        frames = []
+        for rows, columns in P.INTEL_SETS:
+            header[rows] = len(deltas[columns[0][0]])
+            frames += P.column_frames(deltas, columns)
+        return header, frames
 
     def _on_intel(self, h: dict, frames, seq_checked: bool = True) -> None:
         """Merge a peer's counts. PUB/SUB loses messages (while subscriptions propagate, at a
@@ -389,7 +392,7 @@ class Worker:
         gap in its numbers we ask it, over ROUTER/DEALER, for all its counts (the Clone
         pattern's snapshot). Max-merge makes the overlap harmless."""
         source = str(h["source"])
-        if source == self.name or len(frames) != 6:
+        if source == self.name or len(frames) % 3 or not 6 <= len(frames) <= 3 * len(P.INTEL_SETS):
             return
         if seq_checked:
             seq, last = h.get("seq"), self._intel_seq.get(source)
@@ -397,8 +400,9 @@ class Worker:
                 if (last is None or seq != last + 1) and source in self.members.members:
                     self._request_sync(source)
                 self._intel_seq[source] = seq
-        deltas = P.read_columns(frames[:3], int(h["rows"]), P.INTEL_COLUMNS)
-        deltas.update(P.read_columns(frames[3:], int(h["fraud_rows"]), P.FRAUD_COLUMNS))
+        deltas = {}
+        for k, (rows, columns) in enumerate(P.INTEL_SETS[:len(frames) // 3]):
+            deltas.update(P.read_columns(frames[3 * k:3 * k + 3], int(h[rows]), columns))
         try:
             merged = self.scorer.features.merge_intel(source, {**deltas, "bucket_hours": h.get("bucket_hours")})
         except ValueError as e:
@@ -439,7 +443,7 @@ class Worker:
         fresh = np.empty(len(cols["tx_id"]), dtype=np.uint8)
         self.labels_seen.check_and_add(cols["tx_id"], fresh)
         new = fresh.view(bool)
-        frauds = self.scorer.features.apply_labels(cols["terminal"][new], cols["ts_ms"][new], cols["fraud"][new])
+        frauds = self.scorer.features.apply_labels({k: v[new] for k, v in cols.items()})
         self.stats["labels"] += int(new.sum())
         if frauds:
             self._publish_intel()  # before the acknowledgement: the sender may rely on it

@@ -1,6 +1,6 @@
 """The seed's design: score one transaction at a time in plain Python.
 
-The same zfraud-v4 features (per-card hourly/daily windows, delayed terminal counts; see
+The same zfraud-v5 features (per-card hourly/daily windows, delayed terminal counts; see
 ext/state.pyx for the exact semantics, mirrored here with dicts and lists) and the same tree
 model (walked node by node from the model file's arrays). Used only as a baseline.
 """
@@ -81,6 +81,7 @@ class PyScorer:
         avg = (out[4] * out[5] - out[2] * out[3]) / older if older > 0 else float("nan")
         x += [avg, amount / avg]
         x += [0.0, 0.0]  # terminal fraud runs: none without labels
+        x += [0.0, 0.0, 0.0]  # the 30-day frauds' mean amount, card-linked and other: none either
         return x
 
     def score(self, tx):
