@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+import zmq
 
 from zfraud import Client
 from zfraud import protocol as P
@@ -132,4 +133,21 @@ def test_label_command(data, model_path, tmp_path):
         assert f"{frauds:,} frauds counted" in r.stdout
         with Client(mesh.endpoint) as c:
             labels = sum(c.control(w, "status")["status"]["labels"] for w in ("w1", "w2"))
+            old = {k: np.zeros(1, np.uint64) for k in ("tx_id", "card", "terminal")}
+            old.update(ts_ms=np.zeros(1, np.int64), fraud=np.ones(1, np.uint8))
+            with pytest.raises(ValueError, match="missing amount"):
+                c.label(old)  # a label without the amount a fraud's terminal features need
+            # A client from before zfraud-v5 sends five columns: the worker refuses them, clearly.
+            sock = c.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(c.routers["w1"])
+            five = tuple((name, dtype) for name, dtype in P.LABEL_COLUMNS if name != "amount")
+            sock.send_multipart(P.encode(P.LABEL, {"rows": 1, "columns": P.schema(five)}, P.column_frames(old, five)))
+            try:
+                assert sock.poll(5000)
+                reply = P.parse(sock.recv_multipart())
+            finally:
+                sock.close()
+    assert reply.command == P.ERROR and reply.header["code"] == P.BAD_SCHEMA
+    assert '"amount"' in reply.header["message"] or "'amount'" in reply.header["message"]
     assert labels == len(g["TRANSACTION_ID"])  # each label applied once, by its card's owner
