@@ -12,7 +12,8 @@ A feature set has a name (stored in every model file) and an ordered tuple of fe
   that all had fraud, and the days since it began), then what the terminal's confirmed frauds
   in the 30-day risk window were (their mean amount, and how many were card-linked or not). It
   contains the Fraud Detection Handbook's 15 inputs (../shared/reference/handbook.md, section 2)
-  computed online, plus the card-relative, run and fraud-detail features the book lacks. The windows' exact semantics are in ext/state.pyx.
+  computed online, plus the card-relative, run and fraud-detail features the book lacks. The
+  windows' exact semantics are in ext/state.pyx.
   History: zfraud-v1 had daily terminal buckets, which missed up to a day of labels that were
   already `delay` days old (the 4-hour buckets of v2 raised average precision by 0.01-0.02 on
   `zfraud gen` data). v3 added card_peak_amount_ratio_7d: the largest of the card's earlier amounts
