@@ -66,8 +66,8 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
 
     ts_ms: (n,) int64; amount: (n,) float64;
     card: (n, k) float32, the card windows (CardState.update_and_read);
-    terminal, frauds: (n, 6) float32, TerminalState.read of the transaction counts and of the
-    fraud counts: (count, unused) pairs over 1, 7 and 30 days;
+    terminal, frauds: (n, 3) float32, TerminalState.read of the transaction counts and of the
+    fraud counts over 1, 7 and 30 days;
     runs: (n, 2) float32, TerminalState.read_runs;
     fraud_amount, linked: (n,) float32, TerminalState.read_window over 30 days of the confirmed
     frauds' amounts and of the card-linked frauds (CardState.label_frauds);
@@ -88,10 +88,10 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
     cdef Py_ssize_t n = ts_ms.shape[0], k = card.shape[1], i, j
     cdef Py_ssize_t c = 5 + k, t = c + 6
     if (amount.shape[0] != n or card.shape[0] != n or terminal.shape[0] != n
-            or frauds.shape[0] != n or terminal.shape[1] != 6 or frauds.shape[1] != 6
+            or frauds.shape[0] != n or terminal.shape[1] != 3 or frauds.shape[1] != 3
             or runs.shape[0] != n or runs.shape[1] != 2 or fraud_amount.shape[0] != n
             or linked.shape[0] != n or out.shape[0] != n or out.shape[1] != t + 7):
-        raise ValueError(f"expected amount ({n},), card ({n}, k), terminal and frauds ({n}, 6), "
+        raise ValueError(f"expected amount ({n},), card ({n}, k), terminal and frauds ({n}, 3), "
                          f"runs ({n}, 2), fraud_amount and linked ({n},), out ({n}, k + 18); "
                          f"got amount ({amount.shape[0]},), card "
                          f"({card.shape[0]}, {k}), terminal ({terminal.shape[0]}, "
@@ -110,10 +110,10 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
             basic_row(ts_ms[i], amount[i], o)
             for j in range(k):
                 o[5 + j] = card[i, j]
-            for j in range(0, 6, 2):
+            for j in range(3):
                 tx = terminal[i, j]
-                o[c + j] = terminal[i, j]
-                o[c + j + 1] = <float>(frauds[i, j] / tx) if tx > 0 else 0
+                o[c + 2 * j] = terminal[i, j]
+                o[c + 2 * j + 1] = <float>(frauds[i, j] / tx) if tx > 0 else 0
             older = <double>card[i, n30] - <double>card[i, n7]
             if older > 0.5:
                 avg = (<double>card[i, n30] * card[i, avg30]
@@ -124,7 +124,7 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
             o[t + 1] = <float>(amount[i] / avg)
             o[t + 2] = runs[i, 0]
             o[t + 3] = runs[i, 1]
-            f30 = frauds[i, 4]
+            f30 = frauds[i, 2]
             o[t + 4] = <float>(fraud_amount[i] / f30) if f30 > 0 else 0
             o[t + 5] = linked[i]
             o[t + 6] = <float>(f30 - linked[i]) if f30 > linked[i] else 0

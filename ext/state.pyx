@@ -59,17 +59,14 @@ rings: its hour and day are the newest buckets), the event time before it and th
 TerminalState: per terminal a ring of buckets covering `days` days (daily buckets by default;
 `bucket_hours` makes them 1, 2, 3, 4, 6, 8 or 12 hours), each with one uint32 transaction
 count per source slot (a G-counter: worker s only increments slot s, merge takes the max per
-slot, so merges commute and may repeat; windows sum over the slots) and one uint32 fraud count.
-Fraud counts have no per-source slots: labels are a broadcast event stream that every worker
-applies itself (the caller deduplicates them by transaction id), so all copies count the same
-frauds. export/merge of FRAUD_SLOT take the max and serve catch-up (a worker that missed labels
-adopts a peer's higher count). Consequences: a worker must not add_fraud a label a merged count
-already holds, and labels split between workers (each seeing some) would be undercounted.
-read() gives the Handbook's terminal features (handbook.md 2.3) at bucket granularity: for the
-row's UTC bucket b the n-day window is buckets [b - delay - n, b - delay) over all slots (delay
-and n counted in buckets), i.e. the book's (t - delay - n days, t - delay days] with both ends
-moved back to a bucket boundary; risk = frauds / txs (0 without transactions; above 1 only while
-a peer's counts lag the labels). With daily buckets a row at 23:00 misses 23 hours of labels
+slot, so merges commute and may repeat; windows sum over the slots). A table counts one thing:
+zfraud.features keeps one of transactions and, fed by labels, one each of confirmed frauds,
+their amounts and the card-linked frauds, all with the same ring.
+read() gives the counts behind the Handbook's terminal features (handbook.md 2.3) at bucket
+granularity: for the row's UTC bucket b the n-day window is buckets [b - delay - n, b - delay)
+over all slots (delay and n counted in buckets), i.e. the book's (t - delay - n days, t - delay
+days] with both ends moved back to a bucket boundary; risk is the fraud table's count over the
+transaction table's (features.pyx, window_features). With daily buckets a row at 23:00 misses 23 hours of labels
 that are already `delay` days old; 4-hour buckets miss at most 4. Buckets older than the ring
 (`days` back from the terminal's newest bucket) are gone; days >= delay + 31 keeps every window
 of an in-order stream inside the ring. Indices passed to and returned by add/merge/export are
@@ -112,7 +109,7 @@ cdef enum:
     HOURS = 24            # hourly ring of a card: the 1-day window
     DAYS = 32             # daily ring of a card: the 30-day window and 2 days of slack
     K_CARD = 10           # columns of CardState.update_and_read's output
-    K_TERMINAL = 6        # columns of TerminalState.read's output
+    K_TERMINAL = 3        # columns of TerminalState.read's output
     K_RUN = 2             # columns of TerminalState.read_runs's output
     PROBE_WINDOW = 64     # index slots whose keys compete for eviction
     SWEEP = 64            # rows the idle-expiry clock hand inspects per new key
@@ -126,11 +123,11 @@ cdef int64_t NONE = INT64_MIN                          # "no event" in a time fi
 cdef int32_t FRAUD_NONE = INT32_MIN                    # CardRec.fraud_mark: no fraud remembered
 FRAUD_LINK_HOURS = 7 * 24     # label_frauds: two frauds of a card this close are linked
 
-FRAUD_SLOT = -1
 EVICTION_POLICY = ("expire-idle (clock sweep of 64 rows), else evict-stalest in the 64-slot "
                    "probe window")
 
-# Column order of CardState.update_and_read and TerminalState.read; zfraud.state mirrors these.
+# Column order of CardState.update_and_read, and the terminal features window_features makes
+# from two TerminalState.read calls; zfraud.state mirrors these.
 CARD_NAMES = ("card_nb_tx_1d", "card_avg_amount_1d", "card_nb_tx_7d", "card_avg_amount_7d",
               "card_nb_tx_30d", "card_avg_amount_30d", "amount_over_card_avg_7d",
               "amount_over_card_avg_30d", "log1p_seconds_since_card_last_tx",
@@ -167,8 +164,7 @@ def terminal_row(ring, max_sources):
     return (
         ("key", np.uint64, ()),                       # the (mixed) terminal key
         ("last_bucket", np.int64, ()),                # newest bucket index; stamps the ring
-        ("tx", np.uint32, (ring, max_sources)),       # transactions per bucket per source slot
-        ("fraud", np.uint32, (ring,)),                # confirmed frauds per bucket (max-merged)
+        ("tx", np.uint32, (ring, max_sources)),       # counts per bucket per source slot
         ("stamp", np.uint32, (ring,)),                # version of the bucket's last local change
     )
 
@@ -857,7 +853,6 @@ ctypedef struct TermCols:
     int64_t* last_bucket
     uint32_t* tx              # [(row * ring + pos) * sources + slot]
     uint32_t* total           # [row * ring + pos]: tx summed over the slots (derived)
-    uint32_t* fraud           # [row * ring + pos]
     uint32_t* stamp           # [row * ring + pos]
     uint32_t* row_stamp       # [row]: max stamp of the row (derived)
     int64_t* row_low          # [row]: oldest bucket changed while row_stamp is the current version
@@ -876,7 +871,6 @@ cdef inline void term_reset(TermCols* c, uint64_t r) noexcept nogil:
     c.row_low[r] = NONE
     memset(c.tx + r * c.ring * c.sources, 0, c.ring * c.sources * sizeof(uint32_t))
     memset(c.total + r * c.ring, 0, c.ring * sizeof(uint32_t))
-    memset(c.fraud + r * c.ring, 0, c.ring * sizeof(uint32_t))
     memset(c.stamp + r * c.ring, 0, c.ring * sizeof(uint32_t))
 
 
@@ -926,7 +920,6 @@ cdef inline int64_t term_bucket(TermCols* c, TermStats* st, uint64_t r, int64_t 
             b = <int64_t>r * c.ring + j
             memset(c.tx + b * c.sources, 0, c.sources * sizeof(uint32_t))
             c.total[b] = 0
-            c.fraud[b] = 0
             c.stamp[b] = 0
         c.last_bucket[r] = bucket
     elif bucket <= last - c.ring:
@@ -1002,7 +995,6 @@ cdef class TerminalState:
         self.tb.expired = 0
         self.c.last_bucket = <int64_t*>data_of(rows["last_bucket"])
         self.c.tx = <uint32_t*>data_of(rows["tx"])
-        self.c.fraud = <uint32_t*>data_of(rows["fraud"])
         self.c.stamp = <uint32_t*>data_of(rows["stamp"])
         self.c.total = <uint32_t*>data_of(self._total)
         self.c.row_stamp = <uint32_t*>data_of(self._row_stamp)
@@ -1043,13 +1035,9 @@ cdef class TerminalState:
         (<uint64_t*>self.tb.keys)[r] = key
         return <int64_t>r
 
-    def _check_slot(self, slot, allow_fraud):
-        if allow_fraud and slot == FRAUD_SLOT:
-            return
+    def _check_slot(self, slot):
         if not 0 <= slot < self.max_sources:
-            extra = f" or FRAUD_SLOT ({FRAUD_SLOT})" if allow_fraud else ""
-            raise ValueError(f"expected a source slot in [0, {self.max_sources}){extra}, "
-                             f"got {slot}")
+            raise ValueError(f"expected a source slot in [0, {self.max_sources}), got {slot}")
 
     def add_tx(self, const uint64_t[::1] keys, const int64_t[::1] ts_ms, int slot,
                const uint8_t[::1] update=None, const uint32_t[::1] counts=None):
@@ -1058,7 +1046,7 @@ cdef class TerminalState:
         keys: (n,) uint64 mixed terminal keys; ts_ms: (n,) int64; update: optional (n,) uint8,
         rows with 0 are skipped (duplicates); counts: optional (n,) uint32, what each row adds
         (default 1; a table of amounts adds amounts). Counts saturate at 2**32 - 1."""
-        self._check_slot(slot, False)
+        self._check_slot(slot)
         cdef Py_ssize_t n = keys.shape[0], i
         if (ts_ms.shape[0] != n or (update is not None and update.shape[0] != n)
                 or (counts is not None and counts.shape[0] != n)):
@@ -1092,38 +1080,20 @@ cdef class TerminalState:
                     self.c.total[b] += v
                 term_stamp(&self.c, r, b, bucket, self.version)
 
-    def add_fraud(self, const uint64_t[::1] keys, const int64_t[::1] ts_ms):
-        """Count confirmed frauds by their transaction's UTC bucket (labels already deduplicated).
-
-        keys: (n,) uint64 mixed terminal keys; ts_ms: (n,) int64, the transactions' times."""
-        cdef Py_ssize_t n = keys.shape[0], i
-        if ts_ms.shape[0] != n:
-            raise ValueError(f"expected ts_ms of length {n}, got {ts_ms.shape[0]}")
-        cdef int64_t r, b, bucket
-        with nogil:
-            for i in range(n):
-                bucket = floor_div(ts_ms[i], self.bucket_ms)
-                r = self._row(keys[i], bucket)
-                b = term_bucket(&self.c, &self.st, r, bucket)
-                if b < 0:
-                    continue
-                if self.c.fraud[b] != UINT32_MAX:
-                    self.c.fraud[b] += 1
-                term_stamp(&self.c, r, b, bucket, self.version)
-
     def read(self, const uint64_t[::1] keys, const int64_t[::1] ts_ms, int delay_days,
              float[:, ::1] out):
-        """The Handbook's terminal features of each row, TERMINAL_NAMES order, at bucket
+        """Each row's counts over 1, 7 and 30 days, summed over the slots, at bucket
         granularity: the n-day window of a row in bucket b is buckets [b - delay - n, b - delay)
         (delay and n in buckets), i.e. (t - delay - n days, t - delay days] with both ends moved
-        back to the bucket boundary before them.
+        back to the bucket boundary before them. Read from a table of transactions and one of
+        frauds, they give the Handbook's terminal features (features.pyx, window_features).
 
-        keys: (n,) uint64 mixed; ts_ms: (n,) int64; delay_days >= 0; out: (n, 6) float32.
+        keys: (n,) uint64 mixed; ts_ms: (n,) int64; delay_days >= 0; out: (n, 3) float32.
         """
         cdef Py_ssize_t n = keys.shape[0], i
         _check_read(n, ts_ms.shape[0], out.shape[0], out.shape[1], K_TERMINAL, delay_days)
         cdef int64_t s, r, d, last, oldest, top, j, ring = self.c.ring, pd = self.per_day
-        cdef uint64_t t1, t7, t30, f1, f7, f30, base
+        cdef uint64_t t1, t7, t30, base
         with nogil:
             for i in range(n):
                 s = tb_find(&self.tb, keys[i])
@@ -1138,17 +1108,11 @@ cdef class TerminalState:
                 d = floor_div(ts_ms[i], self.bucket_ms) - delay_days * pd   # windows end before bucket d
                 oldest, top = last - ring + 1, last + 1    # buckets [oldest, top) are in the ring
                 t1 = ring_total(self.c.total + base, ring, d - pd, d, oldest, top)
-                f1 = ring_total(self.c.fraud + base, ring, d - pd, d, oldest, top)
                 t7 = t1 + ring_total(self.c.total + base, ring, d - 7 * pd, d - pd, oldest, top)
-                f7 = f1 + ring_total(self.c.fraud + base, ring, d - 7 * pd, d - pd, oldest, top)
                 t30 = t7 + ring_total(self.c.total + base, ring, d - 30 * pd, d - 7 * pd, oldest, top)
-                f30 = f7 + ring_total(self.c.fraud + base, ring, d - 30 * pd, d - 7 * pd, oldest, top)
                 out[i, 0] = <float>t1
-                out[i, 1] = <float>(<double>f1 / t1) if t1 > 0 else 0
-                out[i, 2] = <float>t7
-                out[i, 3] = <float>(<double>f7 / t7) if t7 > 0 else 0
-                out[i, 4] = <float>t30
-                out[i, 5] = <float>(<double>f30 / t30) if t30 > 0 else 0
+                out[i, 1] = <float>t7
+                out[i, 2] = <float>t30
 
     def read_window(self, const uint64_t[::1] keys, const int64_t[::1] ts_ms, int delay_days,
                     int days, float[::1] out):
@@ -1232,14 +1196,14 @@ cdef class TerminalState:
     def export(self, int slot, int64_t since):
         """Cumulative counts of one slot's buckets changed locally after version `since`.
 
-        slot: a source slot or FRAUD_SLOT; since: the version an earlier export returned (0: all
+        slot: a source slot; since: the version an earlier export returned (0: all
         counted locally so far), or -1 for every nonzero bucket including values learnt by merge
         (a full transfer, e.g. to a new peer). Merges do not stamp buckets, so peers' counts are
         not echoed back to them.
         Returns (keys uint64 (k,), buckets int32 (k,) bucket indices, counts uint32 (k,), version): pass
         version as `since` next time; local changes after this call get a later version.
         """
-        self._check_slot(slot, True)
+        self._check_slot(slot)
         if since < -1:
             raise ValueError(f"expected since >= -1, got {since}")
         if self.version == UINT32_MAX:
@@ -1253,9 +1217,8 @@ cdef class TerminalState:
         # Exporting again since the last export (the common case): every change to report was
         # stamped `cur`, so a row's buckets older than its row_low are not read.
         cdef uint32_t recent = cur if not every and after + 1 == cur else 0
-        cdef const uint32_t* src = self.c.fraud if slot == FRAUD_SLOT else self.c.tx
-        cdef int64_t stride = 1 if slot == FRAUD_SLOT else self.c.sources
-        cdef int64_t off = 0 if slot == FRAUD_SLOT else slot
+        cdef const uint32_t* src = self.c.tx
+        cdef int64_t stride = self.c.sources, off = slot
         with nogil:
             for r in range(self.tb.used):
                 if every or self.c.row_stamp[r] > after:
@@ -1306,14 +1269,13 @@ cdef class TerminalState:
               const uint32_t[::1] counts):
         """Merge a peer's cumulative counts: count = max(existing, value) per (key, bucket, slot),
         so the order and repetition of merges do not matter. Arguments as export() returns."""
-        self._check_slot(slot, True)
+        self._check_slot(slot)
         cdef Py_ssize_t n = keys.shape[0], i
         if buckets.shape[0] != n or counts.shape[0] != n:
             raise ValueError(f"expected buckets and counts of length {n}, got {buckets.shape[0]} and "
                              f"{counts.shape[0]}")
         cdef int64_t r, b, idx
         cdef uint32_t v
-        cdef bint fraud = slot == FRAUD_SLOT
         with nogil:
             for i in range(n):
                 v = counts[i]
@@ -1323,16 +1285,11 @@ cdef class TerminalState:
                 b = term_bucket(&self.c, &self.st, r, buckets[i])
                 if b < 0:
                     continue
-                if fraud:
-                    if v > self.c.fraud[b]:
-                        self.c.fraud[b] = v
-                        self.st.merged += 1
-                else:
-                    idx = b * self.c.sources + slot
-                    if v > self.c.tx[idx]:
-                        self.c.total[b] += v - self.c.tx[idx]
-                        self.c.tx[idx] = v
-                        self.st.merged += 1
+                idx = b * self.c.sources + slot
+                if v > self.c.tx[idx]:
+                    self.c.total[b] += v - self.c.tx[idx]
+                    self.c.tx[idx] = v
+                    self.st.merged += 1
 
     def stats(self):
         return {"terminals": self.tb.used, "capacity": self.tb.capacity,

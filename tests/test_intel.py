@@ -74,10 +74,10 @@ def test_two_workers_that_each_saw_half_of_a_terminal_converge(data, model_path,
     last = int(sub["day"][-1])
     for day in range(int(sub["day"][0]) + 8, last + 9):
         cols = {"terminal": terms, "ts_ms": np.full(len(terms), day * 86_400_000, np.int64)}
-        a = engines["w1"].state.terminal_features(cols)
-        b = engines["w2"].state.terminal_features(cols)
-        np.testing.assert_array_equal(a[:, ::2], b[:, ::2])  # the same counts on both workers
-    total = sum(int(e.state.terminal_features(cols)[:, 4].sum()) for e in engines.values()) / 2
+        a = engines["w1"].state.terminal_counts(cols)
+        b = engines["w2"].state.terminal_counts(cols)
+        np.testing.assert_array_equal(a, b)  # the same counts on both workers
+    total = sum(int(e.state.terminal_counts(cols)[:, 2].sum()) for e in engines.values()) / 2
     assert total > 0
     # The label-fed tables too: each label went to one worker (its card's owner), and both
     # workers read the same frauds, fraud amounts and card-linked frauds, some from each worker.

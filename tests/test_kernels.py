@@ -60,11 +60,12 @@ def test_linear_sigmoid_is_stable_for_huge_logits():
 
 
 def reference_windows(card, term, frauds, amount, n7, avg7, n30, avg30):
-    """zfraud-v1's terminal risks and 8-30-day card averages, as numpy computes them."""
-    risk = term.copy()
-    for j in (0, 2, 4):
+    """The terminal (count, risk) pairs and 8-30-day card averages, as numpy computes them."""
+    risk = np.empty((len(term), 6), np.float32)
+    for j in range(3):
         tx, fr = term[:, j].astype(np.float64), frauds[:, j].astype(np.float64)
-        risk[:, j + 1] = np.divide(fr, tx, out=np.zeros_like(tx), where=tx > 0)
+        risk[:, 2 * j] = term[:, j]
+        risk[:, 2 * j + 1] = np.divide(fr, tx, out=np.zeros_like(tx), where=tx > 0)
     c7, c30 = card[:, n7].astype(np.float64), card[:, n30].astype(np.float64)
     older = c30 - c7
     avg = np.divide(c30 * card[:, avg30] - c7 * card[:, avg7], older, out=np.full(len(card), np.nan),
@@ -87,18 +88,18 @@ def test_window_features_match_numpy_bit_for_bit():
     card[::7, 4] = card[::7, 2]  # no transaction between 8 and 30 days back: NaN
     card[:10, [3, 5]] = 0  # an older average of 0: amount / 0 (0 / 0 for the first 5)
     card[:10, 4] = card[:10, 2] + 3
-    term = rng.integers(0, 50, (n, 6)).astype(np.float32)
+    term = rng.integers(0, 50, (n, 3)).astype(np.float32)
     term[::5, :] = 0  # a terminal without transactions: risk 0
-    frauds = np.minimum(rng.integers(0, 5, (n, 6)), term).astype(np.float32)
+    frauds = np.minimum(rng.integers(0, 5, (n, 3)), term).astype(np.float32)
     runs = rng.uniform(0, 40, (n, 2)).astype(np.float32)
-    fraud_amount = (frauds[:, 4] * rng.uniform(0, 300, n)).astype(np.float32)
-    linked = np.minimum(rng.integers(0, 4, n), frauds[:, 4] + rng.integers(0, 2, n)).astype(np.float32)
+    fraud_amount = (frauds[:, 2] * rng.uniform(0, 300, n)).astype(np.float32)
+    linked = np.minimum(rng.integers(0, 4, n), frauds[:, 2] + rng.integers(0, 2, n)).astype(np.float32)
     out = np.empty((n, 5 + k + 13), np.float32)
     _features.window_features(ts, amount, card, term, frauds, runs, fraud_amount, linked, 2, 3, 4, 5, out)
     risk, derived = reference_windows(card, term, frauds, amount, 2, 3, 4, 5)
     basic = np.empty((n, 5), np.float32)
     _features.basic_features(ts, amount, basic)
-    f30 = frauds[:, 4].astype(np.float64)
+    f30 = frauds[:, 2].astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         detail = np.column_stack([np.where(f30 > 0, fraud_amount / f30, 0), linked,
                                   np.maximum(f30 - linked, 0)]).astype(np.float32)
@@ -111,20 +112,24 @@ def test_window_features_match_numpy_bit_for_bit():
 def test_window_features_check_shapes():
     z = np.zeros
     with pytest.raises(ValueError, match="expected"):
-        _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 6), np.float32),
-                                  z((2, 6), np.float32), z((2, 2), np.float32), z(2, np.float32),
+        _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 3), np.float32),
+                                  z((2, 3), np.float32), z((2, 2), np.float32), z(2, np.float32),
                                   z(2, np.float32), 2, 3, 4, 5, z((2, 26), np.float32))
     with pytest.raises(ValueError, match="expected"):
+        _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 3), np.float32),
+                                  z((2, 3), np.float32), z((2, 1), np.float32), z(2, np.float32),
+                                  z(2, np.float32), 2, 3, 4, 5, z((2, 27), np.float32))
+    with pytest.raises(ValueError, match="terminal and frauds"):  # (count, risk) pairs: not any more
         _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 6), np.float32),
-                                  z((2, 6), np.float32), z((2, 1), np.float32), z(2, np.float32),
+                                  z((2, 6), np.float32), z((2, 2), np.float32), z(2, np.float32),
                                   z(2, np.float32), 2, 3, 4, 5, z((2, 27), np.float32))
     with pytest.raises(ValueError, match="linked"):
-        _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 6), np.float32),
-                                  z((2, 6), np.float32), z((2, 2), np.float32), z(2, np.float32),
+        _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 3), np.float32),
+                                  z((2, 3), np.float32), z((2, 2), np.float32), z(2, np.float32),
                                   z(3, np.float32), 2, 3, 4, 5, z((2, 27), np.float32))
     with pytest.raises(ValueError, match="card columns"):
-        _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 6), np.float32),
-                                  z((2, 6), np.float32), z((2, 2), np.float32), z(2, np.float32),
+        _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 3), np.float32),
+                                  z((2, 3), np.float32), z((2, 2), np.float32), z(2, np.float32),
                                   z(2, np.float32), 2, 3, 4, 9, z((2, 27), np.float32))
 
 

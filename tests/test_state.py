@@ -12,9 +12,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from zfraud import _state
+from zfraud import _features, _state
 from zfraud.mesh import mix64
-from zfraud.state import (CARD_FEATURES, FRAUD_SLOT, TERMINAL_FEATURES, CardState, FeatureState,
+from zfraud.state import (CARD_FEATURES, TERMINAL_FEATURES, CardState, FeatureState,
                           TerminalState, mix_keys)
 
 HOUR = 3_600_000
@@ -223,9 +223,9 @@ def test_key_mixing_is_the_mesh_splitmix64():
 def test_bytes_per_card_within_budget(capacity):
     assert CardState(capacity).bytes_per_card <= 400
     assert _state.CARD_DTYPE.itemsize == 384
-    # key, last bucket, 2 index slots, row stamp, row low-water bucket; per bucket: total, fraud,
+    # key, last bucket, 2 index slots, row stamp, row low-water bucket; per bucket: total and
     # stamp; per bucket and source: tx
-    assert TerminalState(capacity).bytes_per_terminal == 8 + 8 + 16 + 4 + 8 + 12 * 40 + 4 * 40 * 16
+    assert TerminalState(capacity).bytes_per_terminal == 8 + 8 + 16 + 4 + 8 + 8 * 40 + 4 * 40 * 16
 
 
 @pytest.mark.parametrize("seed,start", [(1, 1_600_000_000_000), (2, -5 * DAY - 1234), (3, 0)])
@@ -394,23 +394,35 @@ def terminal_stream(seed, n=3000, n_terms=12, days=80, start_day=19000):
     return terms, ts, fraud
 
 
+def terminal_features(tx_table, fraud_table, keys, ts, delay):
+    """TERMINAL_FEATURES from a transaction table and a fraud table, through the feature kernel
+    (window_features' terminal columns: counts, and risk = frauds / transactions)."""
+    n = len(keys)
+    t, f = np.empty((n, 3), np.float32), np.empty((n, 3), np.float32)
+    tx_table.read(keys, ts, delay, t)
+    fraud_table.read(keys, ts, delay, f)
+    out = np.empty((n, 5 + 4 + 13), np.float32)
+    _features.window_features(ts, np.ones(n), np.ones((n, 4), np.float32), t, f, np.zeros((n, 2), np.float32),
+                              np.zeros(n, np.float32), np.zeros(n, np.float32), 0, 1, 2, 3, out)
+    return out[:, 9:15]
+
+
 @pytest.mark.parametrize("delay,bucket_hours", [(7, 24), (0, 24), (3, 24), (7, 4), (3, 1)])
 def test_terminal_features_match_the_book_at_bucket_granularity(delay, bucket_hours):
     terms, ts, fraud = terminal_stream(7)
     keys = mix_keys(terms)
     per_day = 24 // bucket_hours
-    ts_state = TerminalState(100, max_sources=2, days=delay + 33, bucket_hours=bucket_hours)
+    tx_table, fraud_table = (TerminalState(100, max_sources=2, days=delay + 33, bucket_hours=bucket_hours)
+                             for _ in range(2))
     txs, frauds = Counter(), Counter()
-    out = np.empty((1, 6), np.float32)
     got, want = [], []
     for i in range(len(ts)):
-        ts_state.read(keys[i:i + 1], ts[i:i + 1], delay, out)
-        got.append(out[0].copy())
+        got.append(terminal_features(tx_table, fraud_table, keys[i:i + 1], ts[i:i + 1], delay)[0])
         want.append(book_terminal(txs, frauds, int(terms[i]), int(ts[i]), delay, per_day))
-        ts_state.add_tx(keys[i:i + 1], ts[i:i + 1], 0)
+        tx_table.add_tx(keys[i:i + 1], ts[i:i + 1], 0)
         txs[(int(terms[i]), int(ts[i]) // (DAY // per_day))] += 1
         if fraud[i]:
-            ts_state.add_fraud(keys[i:i + 1], ts[i:i + 1])
+            fraud_table.add_tx(keys[i:i + 1], ts[i:i + 1], 0)
             frauds[(int(terms[i]), int(ts[i]) // (DAY // per_day))] += 1
     np.testing.assert_array_equal(np.array(got), np.array(want, np.float32))
     assert np.array(got)[:, 4].max() > 0 and np.array(got)[:, 5].max() > 0
@@ -492,7 +504,7 @@ def test_a_run_counts_a_compromise_until_genuine_traffic_is_revealed():
 
 
 def test_unknown_terminal_reads_zeros():
-    out = np.full((2, 6), 9, np.float32)
+    out = np.full((2, 3), 9, np.float32)
     TerminalState(4).read(mix_keys([1, 2]), np.array([0, DAY], np.int64), 7, out)
     assert (out == 0).all()
 
@@ -503,42 +515,43 @@ def deliver(dst, slot, msg):
 
 
 def two_workers(seed):
-    """Two TerminalStates that each saw part of the traffic (slots 0 and 1); A is the labeller.
-    Returns them, every delta message they published during the stream, and the raw events."""
+    """Two workers, each a transaction table and a fraud table, that each saw part of the
+    traffic (A in slot 0, B in slot 1 of both); the frauds are split between them too (each
+    labels its own side). Returns {name: (tx table, fraud table)}, every delta message they
+    published during the stream, and the raw events."""
     terms, ts, fraud = terminal_stream(seed)
     keys = mix_keys(terms)
     rng = np.random.default_rng(seed + 100)
-    a, b = TerminalState(64, max_sources=4, days=40), TerminalState(64, max_sources=4, days=40)
+    w = {name: (TerminalState(64, max_sources=4, days=40), TerminalState(64, max_sources=4, days=40))
+         for name in "ab"}
     side = rng.random(len(ts)) < 0.5
-    since = {"a": 0, "b": 0, "af": 0}
-    msgs = []                                   # (destination, slot, message)
+    since = {(name, k): 0 for name in "ab" for k in range(2)}
+    msgs = []                                   # (destination, table 0 tx / 1 fraud, slot, message)
     for lo in range(0, len(ts), 250):
         sl = slice(lo, lo + 250)
-        m = side[sl]
-        a.add_tx(keys[sl][m], ts[sl][m], 0)
-        b.add_tx(keys[sl][~m], ts[sl][~m], 1)
-        f = fraud[sl]
-        a.add_fraud(keys[sl][f], ts[sl][f])
-        ea, ef = a.export(0, since["a"]), a.export(FRAUD_SLOT, since["af"])
-        eb = b.export(1, since["b"])
-        since["a"], since["af"], since["b"] = ea[3], ef[3], eb[3]
-        msgs += [("b", 0, ea), ("b", FRAUD_SLOT, ef), ("a", 1, eb)]
-    return a, b, msgs, terms, ts, fraud
+        for name, slot, m in (("a", 0, side[sl]), ("b", 1, ~side[sl])):
+            f = m & fraud[sl]
+            w[name][0].add_tx(keys[sl][m], ts[sl][m], slot)
+            w[name][1].add_tx(keys[sl][f], ts[sl][f], slot)
+            for k in range(2):
+                e = w[name][k].export(slot, since[(name, k)])
+                since[(name, k)] = e[3]
+                msgs.append(("b" if name == "a" else "a", k, slot, e))
+    return w, msgs, terms, ts, fraud
 
 
-def final_reads(state, terms, ts):
+def final_reads(worker, terms, ts):
     q_terms = np.unique(terms)
     q_ts = np.array([ts.max() - k * DAY // 3 for k in range(6)], np.int64)
     keys = np.repeat(mix_keys(q_terms), len(q_ts))
     tq = np.tile(q_ts, len(q_terms))
-    out = np.empty((len(keys), 6), np.float32)
-    state.read(keys, tq, 7, out)
-    return out, np.repeat(q_terms, len(q_ts)), tq
+    return terminal_features(*worker, keys, tq, 7), np.repeat(q_terms, len(q_ts)), tq
 
 
 @pytest.mark.parametrize("order", ["in_order", "reversed", "shuffled_repeated", "b_first"])
 def test_two_halves_converge_after_exchanging_deltas(order):
-    a, b, msgs, terms, ts, fraud = two_workers(8)
+    w, msgs, terms, ts, fraud = two_workers(8)
+    a, b = w["a"], w["b"]
     rng = np.random.default_rng(9)
     if order == "reversed":
         msgs = msgs[::-1]
@@ -547,8 +560,8 @@ def test_two_halves_converge_after_exchanging_deltas(order):
         rng.shuffle(msgs)
     elif order == "b_first":
         msgs = sorted(msgs, key=lambda m: m[0] != "a")
-    for dst, slot, msg in msgs:
-        deliver(a if dst == "a" else b, slot, msg)
+    for dst, k, slot, msg in msgs:
+        deliver(w[dst][k], slot, msg)
     ra, qt, qts = final_reads(a, terms, ts)
     rb, _, _ = final_reads(b, terms, ts)
     np.testing.assert_array_equal(ra, rb)
@@ -561,21 +574,24 @@ def test_two_halves_converge_after_exchanging_deltas(order):
 
 
 def test_full_exports_converge_in_either_order_and_repeat():
-    a, b, _, terms, ts, _ = two_workers(10)
+    w, _, terms, ts, _ = two_workers(10)
     results = []
     for first in ("a", "b"):
-        x, y = TerminalState(64, 4, 40), TerminalState(64, 4, 40)
-        x.restore(a.snapshot())
-        y.restore(b.snapshot())
-        full_x = [(s, x.export(s, -1)) for s in (0, FRAUD_SLOT)]
-        full_y = [(1, y.export(1, -1))]
+        x, y = [], []
+        for k in range(2):
+            x.append(TerminalState(64, 4, 40))
+            x[k].restore(w["a"][k].snapshot())
+            y.append(TerminalState(64, 4, 40))
+            y[k].restore(w["b"][k].snapshot())
+        full_x = [(k, 0, x[k].export(0, -1)) for k in range(2)]
+        full_y = [(k, 1, y[k].export(1, -1)) for k in range(2)]
         for _ in range(2):
             if first == "a":
-                [deliver(y, s, m) for s, m in full_x]
-                [deliver(x, s, m) for s, m in full_y]
+                [deliver(y[k], s, m) for k, s, m in full_x]
+                [deliver(x[k], s, m) for k, s, m in full_y]
             else:
-                [deliver(x, s, m) for s, m in full_y]
-                [deliver(y, s, m) for s, m in full_x]
+                [deliver(x[k], s, m) for k, s, m in full_y]
+                [deliver(y[k], s, m) for k, s, m in full_x]
         rx, ry = final_reads(x, terms, ts)[0], final_reads(y, terms, ts)[0]
         np.testing.assert_array_equal(rx, ry)
         results.append(rx)
@@ -604,7 +620,7 @@ def reference_export(st, slot, since):
     """export()'s answer computed from a snapshot's raw arrays, bucket by bucket."""
     snap = st.snapshot()
     ring = snap["stamp"].shape[1]
-    values = snap["fraud"] if slot == FRAUD_SLOT else snap["tx"][:, :, slot]
+    values = snap["tx"][:, :, slot]
     out = set()
     for r in range(len(snap["key"])):
         last = int(snap["last_bucket"][r])
@@ -628,7 +644,7 @@ def test_export_since_any_version_matches_the_stamps(seed):
         keys = mix_keys(rng.integers(0, 24, n).astype(np.uint64))  # more keys than rows: evictions
         ts = now - rng.integers(0, 4 * DAY, n)                       # some beyond the ring
         if rng.random() < 0.3:
-            st.add_fraud(keys, ts)
+            st.add_tx(keys, ts, 0, None, rng.integers(0, 50, n).astype(np.uint32))  # counts, some 0
         else:
             st.add_tx(keys, ts, 0)
         now += int(rng.integers(0, DAY // 2))
@@ -637,7 +653,7 @@ def test_export_since_any_version_matches_the_stamps(seed):
             again.restore(st.snapshot())
             st = again
         since = versions[-1] if rng.random() < 0.6 else int(rng.choice(versions + [-1]))
-        slot = FRAUD_SLOT if rng.random() < 0.3 else 0
+        slot = 0
         want = reference_export(st, slot, since)
         keys_out, buckets, counts, v = st.export(slot, since)
         assert set(zip(keys_out.tolist(), buckets.tolist(), counts.tolist())) == want
@@ -663,10 +679,14 @@ def test_card_snapshot_round_trip_gives_identical_features():
 
 
 def test_terminal_snapshot_round_trip_gives_identical_features_and_exports():
-    a, _, _, terms, ts, _ = two_workers(12)
-    b = TerminalState(64, 4, 40)
-    b.restore(a.snapshot())
-    np.testing.assert_array_equal(final_reads(b, terms, ts)[0], final_reads(a, terms, ts)[0])
+    w, _, terms, ts, _ = two_workers(12)
+    restored = []
+    for table in w["a"]:
+        copy = TerminalState(64, 4, 40)
+        copy.restore(table.snapshot())
+        restored.append(copy)
+    np.testing.assert_array_equal(final_reads(restored, terms, ts)[0], final_reads(w["a"], terms, ts)[0])
+    a, b = w["a"][0], restored[0]
     more = mix_keys(terms[:50])
     for st in (a, b):
         st.add_tx(more, ts[-50:], 0)
@@ -720,7 +740,7 @@ def test_card_restore_rejects_more_rows_than_capacity():
 
 @pytest.mark.parametrize("corruption", ["days", "sources", "bucket_hours", "version", "repeated key"])
 def test_terminal_restore_rejects_a_bad_snapshot(corruption):
-    a = two_workers(14)[0]
+    a = two_workers(14)[0]["a"][0]
     snap = a.snapshot()
     target = TerminalState(64, 4, 40)
     if corruption == "days":
@@ -765,7 +785,7 @@ def test_snapshots_with_arbitrary_values_restore_and_run_without_harm():
         tt = rng.integers(-2**62, 2**62, 40, dtype=np.int64)
         out = run_cards(fresh, ks, tt, np.ones(40), (rng.random(40) < 0.5).astype(np.uint8), [40])
         assert out.shape == (40, len(CARD_FEATURES))
-    a = two_workers(19)[0]
+    a = two_workers(19)[0]["a"][0]
     tsnap = a.snapshot()
     for _ in range(20):
         bad = garble(tsnap)
@@ -774,13 +794,13 @@ def test_snapshots_with_arbitrary_values_restore_and_run_without_harm():
         bad["bucket_hours"] = tsnap["bucket_hours"]  # a setting, checked (see the test below)
         t = TerminalState(64, 4, 40)
         t.restore(bad)
-        out = np.empty((10, 6), np.float32)
+        out = np.empty((10, 3), np.float32)
         kk = bad["key"][:10].copy()
         t.read(kk, rng.integers(-2**62, 2**62, 10, dtype=np.int64), 7, out)
         t.add_tx(kk, rng.integers(-2**40, 2**40, 10, dtype=np.int64), 1)
         t.merge(2, kk, rng.integers(-2**31, 2**31 - 1, 10, dtype=np.int32),
                 rng.integers(0, 2**32 - 1, 10, dtype=np.uint32))
-        for slot in (0, FRAUD_SLOT):
+        for slot in (0, 3):
             t.export(slot, -1)
             t.export(slot, 0)
 
@@ -799,10 +819,8 @@ def columns(seed, n=2000):
 
 def drive(state, cols, lo, hi):
     part = {k: v[lo:hi] for k, v in cols.items()}
-    x = np.hstack([state.card_features(part), state.terminal_features(part)])
+    x = np.hstack([state.card_features(part), state.terminal_counts(part)])
     state.record_terminal(part)
-    fraud = np.arange(lo, hi) % 9 == 0
-    state.apply_labels(part["terminal"], part["ts_ms"], fraud)
     return x
 
 
@@ -848,7 +866,7 @@ def test_feature_state_checks_columns_and_settings():
     with pytest.raises(ValueError, match="'amount': expected shape"):
         st.card_features({**cols, "amount": np.ones(2)})
     with pytest.raises(ValueError, match="expected a column 'terminal'"):
-        st.terminal_features(cols)
+        st.terminal_counts(cols)
     with pytest.raises(ValueError, match="update_mask"):
         st.card_features({**cols, "amount": np.ones(3)}, np.ones(2, bool))
     with pytest.raises(ValueError, match="terminal_days"):
@@ -868,20 +886,22 @@ def test_feature_state_update_mask_and_deltas_between_workers():
     y = only.card_features({k: v[mask] for k, v in cols.items()})
     assert x.shape == (1200, len(CARD_FEATURES)) and x.dtype == np.float32
     np.testing.assert_array_equal(x[mask], y)
-    # Two workers count their own halves and take labels from the broadcast stream; after
-    # exchanging deltas (twice: repeats are harmless) they read the same terminal features.
+    # Two workers count their own halves; after exchanging deltas (twice: repeats are harmless)
+    # they read the same terminal counts, the sum of both halves.
     w1 = FeatureState(card_capacity=400, terminal_capacity=32, source_slot=1)
+    alone = FeatureState(card_capacity=400, terminal_capacity=32, source_slot=0)
     for st, m in ((w0, mask), (w1, ~mask)):
         st.record_terminal(cols, m)
-        st.apply_labels(cols["terminal"], cols["ts_ms"], np.arange(1200) % 9 == 0)
+    alone.record_terminal(cols)
     d0, d1 = w0.export_deltas(0), w1.export_deltas(0)
     for _ in range(2):
         w1.merge_deltas(d0)
         w0.merge_deltas(d1)
     probe = {k: v[-100:] for k, v in cols.items()}
-    t0 = w0.terminal_features(probe)
-    np.testing.assert_array_equal(t0, w1.terminal_features(probe))
-    assert t0[:, 4].max() > 0
+    t0 = w0.terminal_counts(probe)
+    np.testing.assert_array_equal(t0, w1.terminal_counts(probe))
+    np.testing.assert_array_equal(t0, alone.terminal_counts(probe))
+    assert t0[:, 2].max() > 0
     assert w1.export_deltas(d1["version"])["tx_key"].size == 0     # nothing new counted locally
 
 

@@ -122,8 +122,8 @@ class FeatureEngine:
         card = np.empty((n, len(CARD_FEATURES)), dtype=np.float32)
         s.cards.update_and_read(cards, ts, amount, mask, card)
         s.terminals.add_tx(terminals, ts, s.source_slot, mask)
-        term = np.empty((n, len(TERMINAL_FEATURES)), dtype=np.float32)
-        s.terminals.read(terminals, ts, self.delay_days, term)  # counts; its risk columns are not used
+        term = np.empty((n, 3), dtype=np.float32)  # counts over 1, 7 and 30 days
+        s.terminals.read(terminals, ts, self.delay_days, term)
         frauds = np.empty_like(term)
         self.frauds.read(terminals, ts, self.delay_days, frauds)
         runs = np.empty((n, len(RUN_FEATURES)), dtype=np.float32)

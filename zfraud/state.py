@@ -6,9 +6,12 @@ columns, mixes keys, allocates outputs, and saves and loads snapshots.
 
     state = FeatureState(card_capacity=1 << 20, terminal_capacity=1 << 18)
     X_card = state.card_features(cols, update_mask)    # (n, 10) float32, CARD_FEATURES order
-    X_term = state.terminal_features(cols)             # (n, 6) float32, TERMINAL_FEATURES order
+    counts = state.terminal_counts(cols)               # (n, 3) float32: 1, 7 and 30 days
     state.record_terminal(cols, update_mask)           # count own transactions (source slot)
     deltas = state.export_deltas(since)                # publish; peers call merge_deltas(deltas)
+
+Frauds are counted in tables of their own (zfraud.features.FeatureEngine), which turns the
+two tables' counts into the terminal features (TERMINAL_FEATURES: counts and risks).
 
 `cols` is a dict of equal-length numpy columns: "card" and "terminal" (uint64 ids), "ts_ms"
 (int64 epoch ms UTC, event time) and "amount" (float64, finite). Ids are mixed with splitmix64
@@ -24,17 +27,16 @@ import zipfile
 import numpy as np
 
 from . import _state
-from ._state import CARD_DTYPE, EVICTION_POLICY, FRAUD_SLOT, CardState, TerminalState
+from ._state import CARD_DTYPE, EVICTION_POLICY, CardState, TerminalState
 
 CARD_FEATURES = tuple(_state.CARD_NAMES)
 TERMINAL_FEATURES = tuple(_state.TERMINAL_NAMES)
 RUN_FEATURES = tuple(_state.RUN_NAMES)
 FORMAT = "zfraud.FeatureState/1"
-DELTA_KEYS = ("slot", "version", "tx_key", "tx_bucket", "tx_count", "fraud_key", "fraud_bucket",
-              "fraud_count")
+DELTA_KEYS = ("slot", "version", "tx_key", "tx_bucket", "tx_count")
 
 __all__ = ["CARD_FEATURES", "TERMINAL_FEATURES", "RUN_FEATURES", "CARD_DTYPE", "EVICTION_POLICY",
-           "FRAUD_SLOT", "CardState", "TerminalState", "FeatureState", "mix_keys"]
+           "CardState", "TerminalState", "FeatureState", "mix_keys"]
 
 
 def mix_keys(ids) -> np.ndarray:
@@ -79,8 +81,8 @@ class FeatureState:
     replicated across the mesh (this worker counts its own transactions in `source_slot`).
 
     card_capacity, terminal_capacity: rows of each table, allocated zeroed up front (pages
-    cost memory once used): 392 bytes per card, 44 + 12 x b + 4 x b x max_sources bytes per
-    terminal, b = terminal_days x 24 / terminal_bucket_hours buckets (3084 at the defaults);
+    cost memory once used): 400 bytes per card, 44 + 8 x b + 4 x b x max_sources bytes per
+    terminal, b = terminal_days x 24 / terminal_bucket_hours buckets (2924 at the defaults);
     delay_days: the label delay of the terminal windows (the Handbook's 7);
     terminal_days: days each terminal keeps, at least delay_days + 31;
     terminal_bucket_hours: the terminal windows' resolution (a divisor of 24).
@@ -116,11 +118,12 @@ class FeatureState:
         self.cards.update_and_read(keys, ts, amount, update_mask_u8(update_mask, n), out)
         return out
 
-    def terminal_features(self, cols: dict) -> np.ndarray:
-        """Terminal counts and risks of each row: (n, 6) float32, TERMINAL_FEATURES order."""
+    def terminal_counts(self, cols: dict) -> np.ndarray:
+        """Each row's terminal transaction counts over the delayed 1, 7 and 30-day windows,
+        summed over every source: (n, 3) float32."""
         ts = _column(cols, "ts_ms", np.int64)
         keys = mix_keys(_column(cols, "terminal", np.uint64, ts.shape[0]))
-        out = np.empty((ts.shape[0], len(TERMINAL_FEATURES)), np.float32)
+        out = np.empty((ts.shape[0], 3), np.float32)
         self.terminals.read(keys, ts, self.delay_days, out)
         return out
 
@@ -131,38 +134,22 @@ class FeatureState:
         keys = mix_keys(_column(cols, "terminal", np.uint64, n))
         self.terminals.add_tx(keys, ts, self.source_slot, update_mask_u8(update_mask, n))
 
-    def apply_labels(self, terminal, ts_ms, fraud) -> int:
-        """Count confirmed frauds (rows where fraud is true) by their transaction's terminal and
-        day. Labels must already be deduplicated by transaction id. Returns the frauds counted."""
-        ts = np.ascontiguousarray(ts_ms, dtype=np.int64)
-        n = ts.shape[0]
-        cols = {"terminal": terminal, "fraud": fraud}
-        term = _column(cols, "terminal", np.uint64, n)
-        is_fraud = _column(cols, "fraud", np.bool_, n)
-        self.terminals.add_fraud(mix_keys(term[is_fraud]), np.ascontiguousarray(ts[is_fraud]))
-        return int(is_fraud.sum())
-
     def export_deltas(self, since: int = 0) -> dict:
         """Cumulative counts changed locally since version `since` (0: everything counted here;
-        -1: every nonzero bucket, merged ones included, for a new peer): this worker's slot and
-        the fraud counts. Pass the returned "version" as `since` next time."""
+        -1: every nonzero bucket, merged ones included, for a new peer): this worker's slot.
+        Pass the returned "version" as `since` next time."""
         tx_key, tx_bucket, tx_count, version = self.terminals.export(self.source_slot, since)
-        fr_key, fr_bucket, fr_count, _ = self.terminals.export(FRAUD_SLOT, since)
         return {"slot": self.source_slot, "version": version,
-                "tx_key": tx_key, "tx_bucket": tx_bucket, "tx_count": tx_count,
-                "fraud_key": fr_key, "fraud_bucket": fr_bucket, "fraud_count": fr_count}
+                "tx_key": tx_key, "tx_bucket": tx_bucket, "tx_count": tx_count}
 
     def merge_deltas(self, deltas: dict) -> None:
         """Merge a peer's export_deltas() (max per bucket: order and repeats do not matter)."""
         missing = [k for k in DELTA_KEYS if k not in deltas]
         if missing:
             raise ValueError(f"deltas: expected keys {DELTA_KEYS}, missing {missing}")
-        slot = int(deltas["slot"])
-        for prefix, target in (("tx", slot), ("fraud", FRAUD_SLOT)):
-            keys = np.ascontiguousarray(deltas[f"{prefix}_key"], dtype=np.uint64)
-            days = np.ascontiguousarray(deltas[f"{prefix}_bucket"], dtype=np.int32)
-            counts = np.ascontiguousarray(deltas[f"{prefix}_count"], dtype=np.uint32)
-            self.terminals.merge(target, keys, days, counts)
+        self.terminals.merge(int(deltas["slot"]), np.ascontiguousarray(deltas["tx_key"], dtype=np.uint64),
+                             np.ascontiguousarray(deltas["tx_bucket"], dtype=np.int32),
+                             np.ascontiguousarray(deltas["tx_count"], dtype=np.uint32))
 
     def stats(self) -> dict:
         return {"cards": self.cards.stats(), "terminals": self.terminals.stats()}
