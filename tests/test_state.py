@@ -1088,3 +1088,28 @@ def test_label_schedule_reveals_every_label_once_even_across_gaps():
     assert reveals == {0: None, 1: None, 3: None, 50: (0, 5), 51: None, 90: None, 200: (5, 9)}
     revealed = np.concatenate([np.arange(*r) for _, _, r in plan if r is not None])
     assert revealed.tolist() == list(range(9))  # the last row's labels are not due yet
+
+
+def test_counts_from_a_peer_without_the_newer_tables_still_merge():
+    """A peer from before zfraud-v5 sends transaction and fraud counts only: they merge, and the
+    fraud-amount and card-linked tables are left as they are."""
+    from zfraud.features import FULL, FeatureEngine
+
+    day = 17_800 * DAY
+    peer = FeatureEngine(FULL, 7, 1024, 1024)
+    cols = {"tx_id": np.arange(4, dtype=np.uint64), "card": np.arange(4, dtype=np.uint64),
+            "terminal": np.full(4, 42, np.uint64), "ts_ms": np.full(4, day, np.int64), "amount": np.full(4, 80.0)}
+    peer.transform(cols)
+    peer.apply_labels({**cols, "fraud": np.array([1, 1, 0, 0], np.uint8)})
+    full = peer.export_intel(0)
+    old = {k: v for k, v in full.items() if not k.startswith(("amount_", "linked_"))}
+    me = FeatureEngine(FULL, 7, 1024, 1024)
+    assert me.merge_intel("old-peer", old)
+    later = {**cols, "tx_id": cols["tx_id"] + 10, "ts_ms": np.full(4, day + 8 * DAY, np.int64)}
+    x = me.transform(later)[0]
+    names = me.names
+    assert x[names.index("terminal_nb_tx_1d")] == 4 and x[names.index("terminal_risk_1d")] == 0.5
+    assert x[names.index("terminal_fraud_avg_amount_30d")] == 0   # no amounts from this peer
+    assert me.merge_intel("old-peer", full)  # the same peer, upgraded: its frauds count once
+    x = me.transform(later)[0]
+    assert x[names.index("terminal_fraud_avg_amount_30d")] == 80 and x[names.index("terminal_risk_1d")] == 0.5

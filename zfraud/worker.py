@@ -373,8 +373,8 @@ class Worker:
     # -- shared intelligence ----------------------------------------------------------------
     def _publish_intel(self) -> None:
         deltas = self.scorer.features.export_intel(self._intel_since)
-        if deltas is None or not any(len(deltas[c[0][0]]) for _, c in P.INTEL_SETS):
-            return
+        if deltas is None or not any(len(deltas[columns[0][0]]) for _, columns in P.INTEL_SETS):
+            return  # every set's first column (its keys) is empty: nothing changed
         self._publish(b"intel.terminal", *self._intel_frames(deltas))
         self._intel_since = deltas["version"]
 
