@@ -41,6 +41,13 @@ cdef class SeenSet:
     def __len__(self):
         return self.count
 
+    def ids(self):
+        """The remembered ids, oldest first (a copy): check_and_add of them into an empty set of
+        the same capacity rebuilds this one, so a snapshot needs only this array."""
+        cdef Py_ssize_t start = (self.head - self.count) % self.capacity
+        order = (start + np.arange(self.count)) % self.capacity
+        return np.asarray(self.ring)[order].copy()
+
     cdef inline Py_ssize_t _find(self, uint64_t key) noexcept nogil:
         """Slot of key, or of the empty slot where it would go."""
         cdef Py_ssize_t i = <Py_ssize_t>(mix(key) & <uint64_t>self.mask)

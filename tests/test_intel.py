@@ -109,12 +109,20 @@ def test_a_restarted_worker_restores_its_cards(data, model_path, tmp_path):
         mesh.wait_members(["w1"])
         assert "restored state" in mesh.log("w1")
         with Client(mesh.endpoint) as c:
+            # Transactions and labels counted before the stop, sent again (a client that missed
+            # their replies): repeats, as they would have been without the restart.
+            c.score({k: first[k][-500:] for k, _ in P.TX_COLUMNS})
+            frauds = np.flatnonzero(first["fraud"][:5000])
+            assert len(frauds) > 5
+            again = c.label({k: first[k][frauds] for k, _ in P.LABEL_COLUMNS})
             after_restart = c.score({k: probe[k] for k, _ in P.TX_COLUMNS})["score"]
-            st = c.control("w1", "status")["status"]["state"]
-    assert st["cards"] > 250
+            status = c.control("w1", "status")["status"]
+    assert status["state"]["cards"] > 250
+    assert status["repeats"] == 500 and again == {"w1": 0}
     # the same probe scored by a worker that never stopped
     with LocalMesh(1, extra_args=extra[:-2], log_dir=str(tmp_path / "b")) as mesh, Client(mesh.endpoint) as c:
         stream_with_labels(c, first, delay_days=7)
+        c.score({k: first[k][-500:] for k, _ in P.TX_COLUMNS})
         uninterrupted = c.score({k: probe[k] for k, _ in P.TX_COLUMNS})["score"]
     np.testing.assert_array_equal(after_restart, uninterrupted)
 

@@ -225,18 +225,21 @@ class FeatureEngine:
     # -- persistence and size ----------------------------------------------------------------
     _LABEL_TABLES = ("frauds", "fraud_amounts", "linked")  # attributes, also snapshot prefixes
 
-    def save(self, path) -> None:
-        """Snapshot cards, terminal counts, the label-fed tables and the peer slots, atomically."""
+    def save(self, path, extra: dict | None = None) -> None:
+        """Snapshot cards, terminal counts, the label-fed tables and the peer slots, atomically,
+        with the caller's `extra` arrays (load returns them)."""
         if self.state is not None:
             arrays = self.state.snapshot()
+            arrays.update({f"extra.{k}": np.asarray(v) for k, v in (extra or {}).items()})
             for name in self._LABEL_TABLES:
                 arrays.update({f"{name}.{k}": v for k, v in getattr(self, name).snapshot().items()})
             arrays["meta.sources"] = np.array(sorted(self.sources, key=self.sources.get) or [""])
             save_npz(path, arrays)
 
-    def load(self, path) -> None:
+    def load(self, path) -> dict:
+        """Restore a snapshot of save(); returns its `extra` arrays."""
         if self.state is None:
-            return
+            return {}
         arrays = load_npz(path)
         t = self.state.terminals
         snaps = {name: {k[len(name) + 1:]: v for k, v in arrays.items() if k.startswith(name + ".")}
@@ -255,11 +258,12 @@ class FeatureEngine:
             tables[name] = TerminalState(label_capacity(t.capacity), sources, t.days, t.bucket_hours)
             tables[name].restore(snap)
         self.state.restore({k: v for k, v in arrays.items()
-                            if not k.startswith(tuple(f"{n}." for n in self._LABEL_TABLES) + ("meta.sources",))})
+                            if not k.startswith(tuple(f"{n}." for n in self._LABEL_TABLES) + ("meta.sources", "extra."))})
         for name, table in tables.items():
             setattr(self, name, table)
         names = [str(x) for x in arrays.get("meta.sources", np.array([""])) if str(x)]
         self.sources = {name: k + 1 for k, name in enumerate(names)}
+        return {k[6:]: v for k, v in arrays.items() if k.startswith("extra.")}
 
     def state_info(self) -> dict:
         """Size of the streaming state: cards and terminals tracked, bytes allocated."""

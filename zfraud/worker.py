@@ -82,7 +82,12 @@ class Worker:
             self.state_path.parent.mkdir(parents=True, exist_ok=True)
             if self.state_path.exists():
                 try:
-                    features.load(self.state_path)
+                    # The ids counted into that state: a resend of one after the restart is a
+                    # repeat, as it would have been without it.
+                    for key, ids in features.load(self.state_path).items():
+                        if key in ("seen", "labels_seen"):
+                            ids = np.ascontiguousarray(ids, dtype=np.uint64)
+                            getattr(self, key).check_and_add(ids, np.empty(len(ids), np.uint8))
                 except ValueError as e:
                     raise ValueError(f"cannot restore {self.state_path}: {e} (move it away to start empty)") from None
                 log.info("restored state from %s: %s", self.state_path, features.state_info())
@@ -295,7 +300,8 @@ class Worker:
     def _snapshot(self) -> None:
         if self.state_path is not None:
             t0 = time.perf_counter()
-            self.scorer.features.save(self.state_path)
+            self.scorer.features.save(self.state_path, {"seen": self.seen.ids(),
+                                                         "labels_seen": self.labels_seen.ids()})
             log.info("saved state to %s in %.0f ms", self.state_path, (time.perf_counter() - t0) * 1000)
 
     def _beat(self, now: float) -> None:
