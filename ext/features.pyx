@@ -59,8 +59,8 @@ def basic_features(const int64_t[::1] ts_ms, const double[::1] amount, float[:, 
 
 def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const float[:, ::1] card,
                     const float[:, ::1] terminal, const float[:, ::1] frauds,
-                    const float[:, ::1] runs, const float[::1] fraud_amount,
-                    const float[::1] linked, int n7, int avg7, int n30, int avg30,
+                    const float[:, ::1] runs, const float[:, ::1] fraud_amount,
+                    const float[:, ::1] linked, int n7, int avg7, int n30, int avg30,
                     float[:, ::1] out):
     """The rows of the windowed feature set (zfraud-v5), assembled from the state's reads.
 
@@ -69,8 +69,8 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
     terminal, frauds: (n, 3) float32, TerminalState.read of the transaction counts and of the
     fraud counts over 1, 7 and 30 days;
     runs: (n, 2) float32, TerminalState.read_runs;
-    fraud_amount, linked: (n,) float32, TerminalState.read_window over 30 days of the confirmed
-    frauds' amounts and of the card-linked frauds (CardState.label_frauds);
+    fraud_amount, linked: (n, 3) float32, TerminalState.read of the confirmed frauds' amounts and
+    of the card-linked frauds (CardState.label_frauds); only the 30-day column is used;
     n7, avg7, n30, avg30: the card columns holding the 7- and 30-day count and average amount;
     out: (n, 5 + k + 6 + 2 + 2 + 3) float32, written as
       [0, 5)            basic_features;
@@ -90,14 +90,16 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
     if (amount.shape[0] != n or card.shape[0] != n or terminal.shape[0] != n
             or frauds.shape[0] != n or terminal.shape[1] != 3 or frauds.shape[1] != 3
             or runs.shape[0] != n or runs.shape[1] != 2 or fraud_amount.shape[0] != n
-            or linked.shape[0] != n or out.shape[0] != n or out.shape[1] != t + 7):
+            or fraud_amount.shape[1] != 3 or linked.shape[0] != n or linked.shape[1] != 3
+            or out.shape[0] != n or out.shape[1] != t + 7):
         raise ValueError(f"expected amount ({n},), card ({n}, k), terminal and frauds ({n}, 3), "
-                         f"runs ({n}, 2), fraud_amount and linked ({n},), out ({n}, k + 18); "
+                         f"runs ({n}, 2), fraud_amount and linked ({n}, 3), out ({n}, k + 18); "
                          f"got amount ({amount.shape[0]},), card "
                          f"({card.shape[0]}, {k}), terminal ({terminal.shape[0]}, "
                          f"{terminal.shape[1]}), frauds ({frauds.shape[0]}, {frauds.shape[1]}), "
                          f"runs ({runs.shape[0]}, {runs.shape[1]}), fraud_amount "
-                         f"({fraud_amount.shape[0]},), linked ({linked.shape[0]},), out "
+                         f"({fraud_amount.shape[0]}, {fraud_amount.shape[1]}), linked "
+                         f"({linked.shape[0]}, {linked.shape[1]}), out "
                          f"({out.shape[0]}, {out.shape[1]})")
     for j in (n7, avg7, n30, avg30):
         if not 0 <= j < k:
@@ -125,6 +127,6 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
             o[t + 2] = runs[i, 0]
             o[t + 3] = runs[i, 1]
             f30 = frauds[i, 2]
-            o[t + 4] = <float>(fraud_amount[i] / f30) if f30 > 0 else 0
-            o[t + 5] = linked[i]
-            o[t + 6] = <float>(f30 - linked[i]) if f30 > linked[i] else 0
+            o[t + 4] = <float>(fraud_amount[i, 2] / f30) if f30 > 0 else 0
+            o[t + 5] = linked[i, 2]
+            o[t + 6] = <float>(f30 - linked[i, 2]) if f30 > linked[i, 2] else 0

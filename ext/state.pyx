@@ -66,13 +66,13 @@ read() gives the counts behind the Handbook's terminal features (handbook.md 2.3
 granularity: for the row's UTC bucket b the n-day window is buckets [b - delay - n, b - delay)
 over all slots (delay and n counted in buckets), i.e. the book's (t - delay - n days, t - delay
 days] with both ends moved back to a bucket boundary; risk is the fraud table's count over the
-transaction table's (features.pyx, window_features). With daily buckets a row at 23:00 misses 23 hours of labels
-that are already `delay` days old; 4-hour buckets miss at most 4. Buckets older than the ring
+transaction table's (features.pyx, window_features). With daily buckets a row at 23:00 misses 23
+hours of labels that are already `delay` days old; 4-hour buckets miss at most 4. Buckets older than the ring
 (`days` back from the terminal's newest bucket) are gone; days >= delay + 31 keeps every window
 of an in-order stream inside the ring. Indices passed to and returned by add/merge/export are
 bucket indices, floor(ts_ms / bucket length).
 add_tx() adds 1 per row, or a given count (the label-fed tables of zfraud.features count fraud
-amounts the same way), saturating; read_window() is one window of read() for such tables.
+amounts the same way), saturating.
 read_runs() gives a row's fraud run from two tables with the same ring, one of transactions and
 one of confirmed frauds: from bucket b - delay - 1 backwards, buckets with a fraud extend the run,
 empty buckets are skipped, and the first bucket with transactions and no fraud ends it (so does
@@ -151,7 +151,7 @@ ctypedef struct CardRec:
     uint16_t hour_count[HOURS]    # transactions per hour bucket (saturating)
     uint16_t day_count[DAYS]      # transactions per day bucket (saturating)
     int32_t fraud_mark            # the card's latest confirmed fraud: hour index * 2 + 1 if it
-                                  # counts as card-driven; FRAUD_NONE without one (label_frauds)
+                                  # is card-linked; FRAUD_NONE without one (label_frauds)
     uint64_t fraud_terminal       # ... and its (mixed) terminal key
 
 cdef CardRec _card_rec
@@ -743,36 +743,36 @@ cdef class CardState:
             prefetch_card(&self.recs[slot_row(e)])
 
     def label_frauds(self, const uint64_t[::1] keys, const uint64_t[::1] terminals,
-                     const int64_t[::1] ts_ms, uint8_t[::1] driven, uint64_t[::1] prev_terminal,
+                     const int64_t[::1] ts_ms, uint8_t[::1] flags, uint64_t[::1] prev_terminal,
                      int64_t[::1] prev_ts):
-        """Classify confirmed frauds as card-driven or not, in row order, remembering each card's
+        """Classify confirmed frauds as card-linked or not, in row order, remembering each card's
         latest one (a compromised card spends at many terminals; a compromised terminal takes
         one fraud from each of many cards).
 
-        A fraud is card-driven when the card's remembered fraud is within FRAUD_LINK_HOURS of it
-        (by UTC hour) and was at another terminal or is itself card-driven; it is then
-        remembered as card-driven unless it is older than the remembered one. When the
-        remembered fraud was at another terminal and not yet card-driven, it becomes so now:
-        driven[i] bit 1 set, prev_terminal[i] / prev_ts[i] (the start of its hour) say which.
-        driven[i] bit 0: fraud i is card-driven. Cards the table does not hold are not added:
-        driven[i] = 0. The caller counts the results (zfraud.features).
+        A fraud is card-linked when the card's remembered fraud is within FRAUD_LINK_HOURS of it
+        (by UTC hour) and was at another terminal or is itself card-linked; it is then
+        remembered as card-linked unless it is older than the remembered one. When the
+        remembered fraud was at another terminal and not yet card-linked, it becomes so now:
+        flags[i] bit 1 set, prev_terminal[i] / prev_ts[i] (the start of its hour) say which.
+        flags[i] bit 0: fraud i is card-linked. Cards the table does not hold are not added:
+        flags[i] = 0. The caller counts the results (zfraud.features).
 
         keys: (n,) uint64 mixed card keys; terminals: (n,) uint64 mixed terminal keys; ts_ms:
-        (n,) int64, the frauds' transaction times; driven (n,) uint8, prev_terminal (n,) uint64
+        (n,) int64, the frauds' transaction times; flags (n,) uint8, prev_terminal (n,) uint64
         and prev_ts (n,) int64 are written.
         """
         cdef Py_ssize_t n = keys.shape[0], i
-        if (terminals.shape[0] != n or ts_ms.shape[0] != n or driven.shape[0] != n
+        if (terminals.shape[0] != n or ts_ms.shape[0] != n or flags.shape[0] != n
                 or prev_terminal.shape[0] != n or prev_ts.shape[0] != n):
-            raise ValueError(f"expected terminals, ts_ms, driven, prev_terminal and prev_ts of "
+            raise ValueError(f"expected terminals, ts_ms, flags, prev_terminal and prev_ts of "
                              f"length {n}, got {terminals.shape[0]}, {ts_ms.shape[0]}, "
-                             f"{driven.shape[0]}, {prev_terminal.shape[0]} and {prev_ts.shape[0]}")
+                             f"{flags.shape[0]}, {prev_terminal.shape[0]} and {prev_ts.shape[0]}")
         cdef int64_t s, h, mh, link = FRAUD_LINK_HOURS
         cdef bint marked, linked
         cdef CardRec* c
         with nogil:
             for i in range(n):
-                driven[i] = 0
+                flags[i] = 0
                 prev_terminal[i] = 0
                 prev_ts[i] = 0
                 s = tb_find(&self.tb, keys[i])
@@ -786,9 +786,9 @@ cdef class CardState:
                     marked = c.fraud_mark - 2 * mh
                     if -link <= h - mh <= link and (marked or c.fraud_terminal != terminals[i]):
                         linked = True
-                        driven[i] = 1
+                        flags[i] = 1
                         if not marked:
-                            driven[i] = 3
+                            flags[i] = 3
                             prev_terminal[i] = c.fraud_terminal
                             prev_ts[i] = mh * MS_PER_HOUR
                             c.fraud_mark = <int32_t>(2 * mh + 1)
@@ -1113,31 +1113,6 @@ cdef class TerminalState:
                 out[i, 0] = <float>t1
                 out[i, 1] = <float>t7
                 out[i, 2] = <float>t30
-
-    def read_window(self, const uint64_t[::1] keys, const int64_t[::1] ts_ms, int delay_days,
-                    int days, float[::1] out):
-        """Each row's count summed over the slots in the `days`-day window that read() uses: for
-        a row in bucket b, buckets [b - delay - days, b - delay). One column of read(), for
-        tables whose ratio read() would not use (fraud amounts, card-linked frauds).
-
-        keys: (n,) uint64 mixed; ts_ms: (n,) int64; delay_days >= 0; days >= 1; out: (n,) float32.
-        """
-        cdef Py_ssize_t n = keys.shape[0], i
-        _check_read(n, ts_ms.shape[0], out.shape[0], 1, 1, delay_days)
-        if days < 1:
-            raise ValueError(f"expected days >= 1, got {days}")
-        cdef int64_t s, r, d, last, ring = self.c.ring, pd = self.per_day
-        with nogil:
-            for i in range(n):
-                s = tb_find(&self.tb, keys[i])
-                if s < 0:
-                    out[i] = 0
-                    continue
-                r = <int64_t>slot_row(self.tb.slots[s])
-                last = self.c.last_bucket[r]
-                d = floor_div(ts_ms[i], self.bucket_ms) - delay_days * pd
-                out[i] = <float>ring_total(self.c.total + <uint64_t>r * ring, ring, d - days * pd, d,
-                                           last - ring + 1, last + 1)
 
     def read_runs(self, TerminalState frauds, const uint64_t[::1] keys, const int64_t[::1] ts_ms,
                   int delay_days, float[:, ::1] out):

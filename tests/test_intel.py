@@ -86,11 +86,11 @@ def test_two_workers_that_each_saw_half_of_a_terminal_converge(data, model_path,
     for name in ("frauds", "fraud_amounts", "linked"):
         got = []
         for e in engines.values():
-            out = np.empty(len(terms), np.float32)
-            getattr(e, name).read_window(keys, ts, 7, 30, out)
+            out = np.empty((len(terms), 3), np.float32)
+            getattr(e, name).read(keys, ts, 7, out)
             got.append(out)
         np.testing.assert_array_equal(got[0], got[1])
-        assert got[0].sum() > 0, name
+        assert got[0][:, 2].sum() > 0, name
     for e in engines.values():
         counts = e.frauds.snapshot()["tx"]
         assert counts[:, :, 0].sum() > 0 and counts[:, :, 1:].sum() > 0  # its own labels and its peer's

@@ -92,10 +92,15 @@ def test_window_features_match_numpy_bit_for_bit():
     term[::5, :] = 0  # a terminal without transactions: risk 0
     frauds = np.minimum(rng.integers(0, 5, (n, 3)), term).astype(np.float32)
     runs = rng.uniform(0, 40, (n, 2)).astype(np.float32)
-    fraud_amount = (frauds[:, 2] * rng.uniform(0, 300, n)).astype(np.float32)
-    linked = np.minimum(rng.integers(0, 4, n), frauds[:, 2] + rng.integers(0, 2, n)).astype(np.float32)
+    # TerminalState.read of the fraud-amount and card-linked tables: only the 30-day column is used
+    amount_counts = rng.uniform(0, 900, (n, 3)).astype(np.float32)
+    amount_counts[:, 2] = frauds[:, 2] * rng.uniform(0, 300, n)
+    linked_counts = rng.integers(0, 9, (n, 3)).astype(np.float32)
+    linked_counts[:, 2] = np.minimum(rng.integers(0, 4, n), frauds[:, 2] + rng.integers(0, 2, n))
+    fraud_amount, linked = amount_counts[:, 2], linked_counts[:, 2]
     out = np.empty((n, 5 + k + 13), np.float32)
-    _features.window_features(ts, amount, card, term, frauds, runs, fraud_amount, linked, 2, 3, 4, 5, out)
+    _features.window_features(ts, amount, card, term, frauds, runs, amount_counts, linked_counts,
+                              2, 3, 4, 5, out)
     risk, derived = reference_windows(card, term, frauds, amount, 2, 3, 4, 5)
     basic = np.empty((n, 5), np.float32)
     _features.basic_features(ts, amount, basic)
@@ -111,26 +116,25 @@ def test_window_features_match_numpy_bit_for_bit():
 
 def test_window_features_check_shapes():
     z = np.zeros
-    with pytest.raises(ValueError, match="expected"):
-        _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 3), np.float32),
-                                  z((2, 3), np.float32), z((2, 2), np.float32), z(2, np.float32),
-                                  z(2, np.float32), 2, 3, 4, 5, z((2, 26), np.float32))
-    with pytest.raises(ValueError, match="expected"):
-        _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 3), np.float32),
-                                  z((2, 3), np.float32), z((2, 1), np.float32), z(2, np.float32),
-                                  z(2, np.float32), 2, 3, 4, 5, z((2, 27), np.float32))
-    with pytest.raises(ValueError, match="terminal and frauds"):  # (count, risk) pairs: not any more
-        _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 6), np.float32),
-                                  z((2, 6), np.float32), z((2, 2), np.float32), z(2, np.float32),
-                                  z(2, np.float32), 2, 3, 4, 5, z((2, 27), np.float32))
-    with pytest.raises(ValueError, match="linked"):
-        _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 3), np.float32),
-                                  z((2, 3), np.float32), z((2, 2), np.float32), z(2, np.float32),
-                                  z(3, np.float32), 2, 3, 4, 5, z((2, 27), np.float32))
-    with pytest.raises(ValueError, match="card columns"):
-        _features.window_features(z(2, np.int64), z(2), z((2, 9), np.float32), z((2, 3), np.float32),
-                                  z((2, 3), np.float32), z((2, 2), np.float32), z(2, np.float32),
-                                  z(2, np.float32), 2, 3, 4, 9, z((2, 27), np.float32))
+    good = dict(ts_ms=z(2, np.int64), amount=z(2), card=z((2, 9), np.float32), terminal=z((2, 3), np.float32),
+                frauds=z((2, 3), np.float32), runs=z((2, 2), np.float32), fraud_amount=z((2, 3), np.float32),
+                linked=z((2, 3), np.float32), cols=(2, 3, 4, 5), out=z((2, 27), np.float32))
+
+    def call(**bad):
+        a = {**good, **bad}
+        _features.window_features(a["ts_ms"], a["amount"], a["card"], a["terminal"], a["frauds"], a["runs"],
+                                  a["fraud_amount"], a["linked"], *a["cols"], a["out"])
+
+    call()  # the shapes above are accepted
+    for bad, match in [({"out": z((2, 26), np.float32)}, "expected"),
+                       ({"runs": z((2, 1), np.float32)}, "expected"),
+                       ({"terminal": z((2, 6), np.float32), "frauds": z((2, 6), np.float32)},
+                        "terminal and frauds"),  # (count, risk) pairs: not any more
+                       ({"linked": z((3, 3), np.float32)}, "linked"),
+                       ({"fraud_amount": z((2, 1), np.float32)}, "fraud_amount"),
+                       ({"cols": (2, 3, 4, 9)}, "card columns")]:
+        with pytest.raises(ValueError, match=match):
+            call(**bad)
 
 
 def test_row_checks_name_the_first_check_a_row_fails():

@@ -403,7 +403,7 @@ def terminal_features(tx_table, fraud_table, keys, ts, delay):
     fraud_table.read(keys, ts, delay, f)
     out = np.empty((n, 5 + 4 + 13), np.float32)
     _features.window_features(ts, np.ones(n), np.ones((n, 4), np.float32), t, f, np.zeros((n, 2), np.float32),
-                              np.zeros(n, np.float32), np.zeros(n, np.float32), 0, 1, 2, 3, out)
+                              np.zeros((n, 3), np.float32), np.zeros((n, 3), np.float32), 0, 1, 2, 3, out)
     return out[:, 9:15]
 
 

@@ -97,8 +97,8 @@ class FeatureEngine:
             # Fed by labels, per source slot like the transactions: confirmed frauds, their
             # amounts (whole currency units) and the card-linked ones (label_frauds). They hold
             # only terminals with a confirmed fraud in their ring: a quarter of the terminals.
-            self.frauds, self.fraud_amounts, self.linked = (
-                TerminalState(label_capacity(t.capacity), FIRST_SOURCES, t.days, t.bucket_hours) for _ in range(3))
+            for name, _ in self._LABEL_TABLES:
+                setattr(self, name, TerminalState(label_capacity(t.capacity), FIRST_SOURCES, t.days, t.bucket_hours))
         self.sources: dict[str, int] = {}  # peer name -> local terminal slot (1..MAX_SOURCES-1)
 
     def transform(self, columns: dict, update=None) -> np.ndarray:
@@ -128,10 +128,10 @@ class FeatureEngine:
         self.frauds.read(terminals, ts, self.delay_days, frauds)
         runs = np.empty((n, len(RUN_FEATURES)), dtype=np.float32)
         s.terminals.read_runs(self.frauds, terminals, ts, self.delay_days, runs)
-        fraud_amount = np.empty(n, dtype=np.float32)
-        self.fraud_amounts.read_window(terminals, ts, self.delay_days, 30, fraud_amount)
-        linked = np.empty(n, dtype=np.float32)
-        self.linked.read_window(terminals, ts, self.delay_days, 30, linked)
+        fraud_amount = np.empty_like(term)
+        self.fraud_amounts.read(terminals, ts, self.delay_days, fraud_amount)
+        linked = np.empty_like(term)
+        self.linked.read(terminals, ts, self.delay_days, linked)
         # Terminal risk = frauds / transactions; the derived card averages: see window_features.
         _features.window_features(ts, amount, card, term, frauds, runs, fraud_amount, linked,
                                   _N7, _AVG7, _N30, _AVG30, out)
@@ -156,19 +156,22 @@ class FeatureEngine:
         self.frauds.add_tx(terminals, ts, 0)
         self.fraud_amounts.add_tx(terminals, ts, 0, None, units.astype(np.uint32))
         n = len(ts)
-        driven, prev_terminal, prev_ts = np.empty(n, np.uint8), np.empty(n, np.uint64), np.empty(n, np.int64)
+        flags, prev_terminal, prev_ts = np.empty(n, np.uint8), np.empty(n, np.uint64), np.empty(n, np.int64)
         self.state.cards.label_frauds(mix_keys(np.asarray(labels["card"])[hit]), terminals, ts,
-                                      driven, prev_terminal, prev_ts)
-        now, before = (driven & 1) != 0, (driven & 2) != 0
+                                      flags, prev_terminal, prev_ts)
+        now, before = (flags & 1) != 0, (flags & 2) != 0
         if now.any():
             self.linked.add_tx(np.concatenate([prev_terminal[before], terminals[now]]),
                                np.concatenate([prev_ts[before], ts[now]]), 0)
         return n
 
+    # The label-fed tables: (attribute and snapshot prefix, intel prefix), in intel frame order.
+    _LABEL_TABLES = (("frauds", "fraud"), ("fraud_amounts", "amount"), ("linked", "linked"))
+
     def _shared(self) -> list:
         """(intel prefix, table) of every table shared on intel.terminal, in frame order."""
-        return [("tx", self.state.terminals), ("fraud", self.frauds), ("amount", self.fraud_amounts),
-                ("linked", self.linked)]
+        labels = [(prefix, getattr(self, name)) for name, prefix in self._LABEL_TABLES]
+        return [("tx", self.state.terminals)] + labels
 
     def export_intel(self, since=0) -> dict | None:
         """This worker's own counts changed since `since`: 0 for all, or the "version" an earlier
@@ -219,19 +222,17 @@ class FeatureEngine:
             new.restore(snap)
             return new
         self.state.terminals = grown(self.state.terminals)
-        self.frauds, self.fraud_amounts, self.linked = (grown(t) for t in (self.frauds, self.fraud_amounts,
-                                                                            self.linked))
+        for name, _ in self._LABEL_TABLES:
+            setattr(self, name, grown(getattr(self, name)))
 
     # -- persistence and size ----------------------------------------------------------------
-    _LABEL_TABLES = ("frauds", "fraud_amounts", "linked")  # attributes, also snapshot prefixes
-
     def save(self, path, extra: dict | None = None) -> None:
         """Snapshot cards, terminal counts, the label-fed tables and the peer slots, atomically,
         with the caller's `extra` arrays (load returns them)."""
         if self.state is not None:
             arrays = self.state.snapshot()
             arrays.update({f"extra.{k}": np.asarray(v) for k, v in (extra or {}).items()})
-            for name in self._LABEL_TABLES:
+            for name, _ in self._LABEL_TABLES:
                 arrays.update({f"{name}.{k}": v for k, v in getattr(self, name).snapshot().items()})
             arrays["meta.sources"] = np.array(sorted(self.sources, key=self.sources.get) or [""])
             save_npz(path, arrays)
@@ -243,7 +244,7 @@ class FeatureEngine:
         arrays = load_npz(path)
         t = self.state.terminals
         snaps = {name: {k[len(name) + 1:]: v for k, v in arrays.items() if k.startswith(name + ".")}
-                 for name in self._LABEL_TABLES}
+                 for name, _ in self._LABEL_TABLES}
         for name, snap in snaps.items():
             if not snap:
                 raise ValueError(f"state: no {name} table (a snapshot from an older zfraud)")
@@ -258,7 +259,7 @@ class FeatureEngine:
             tables[name] = TerminalState(label_capacity(t.capacity), sources, t.days, t.bucket_hours)
             tables[name].restore(snap)
         self.state.restore({k: v for k, v in arrays.items()
-                            if not k.startswith(tuple(f"{n}." for n in self._LABEL_TABLES) + ("meta.sources", "extra."))})
+                            if not k.startswith(tuple(f"{n}." for n in snaps) + ("meta.sources", "extra."))})
         for name, table in tables.items():
             setattr(self, name, table)
         names = [str(x) for x in arrays.get("meta.sources", np.array([""])) if str(x)]
@@ -270,7 +271,7 @@ class FeatureEngine:
         if self.state is None:
             return {"cards": 0, "terminals": 0, "bytes": 0, "bytes_per_card": 0}
         s = self.state
-        tables = [s.terminals] + [getattr(self, name) for name in self._LABEL_TABLES]
+        tables = [table for _, table in self._shared()]
         return {"cards": len(s.cards), "terminals": len(s.terminals),
                 "bytes": int(s.bytes_per_card * s.cards.capacity
                              + sum(t.bytes_per_terminal * t.capacity for t in tables)),
