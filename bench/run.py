@@ -14,7 +14,7 @@ Sections (keys of the JSON):
             messaging, one core; and raw ZeroMQ moving the same bytes with no work
   memory    bytes of worker state per card
 
-All models are a 100-tree LightGBM model on the full zfraud-v5 feature set, trained here on the
+All models are a 100-tree LightGBM model on the full zfraud-v6 feature set, trained here on the
 Handbook simulator's data (zfraud.gen). Requires the `train` and `bench` extras.
 """
 from __future__ import annotations

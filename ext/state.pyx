@@ -63,19 +63,21 @@ slot, so merges commute and may repeat; windows sum over the slots). A table cou
 zfraud.features keeps one of transactions and, fed by labels, one each of confirmed frauds,
 their amounts and the card-linked frauds, all with the same ring.
 read() gives the counts behind the Handbook's terminal features (handbook.md 2.3) at bucket
-granularity: for the row's UTC bucket b the n-day window is buckets [b - delay - n, b - delay)
-over all slots (delay and n counted in buckets), i.e. the book's (t - delay - n days, t - delay
-days] with both ends moved back to a bucket boundary; risk is the fraud table's count over the
-transaction table's (features.pyx, window_features). With daily buckets a row at 23:00 misses 23
-hours of labels that are already `delay` days old; 4-hour buckets miss at most 4. Buckets older than the ring
+granularity: for the row's UTC bucket b the n-day window is buckets (b - delay - n, b - delay]
+over all slots (delay and n counted in buckets): it ends with the bucket holding t - delay days,
+so every label already `delay` days old is in it, as in the book's (t - delay - n days,
+t - delay days]. That newest bucket is partly labelled (its transactions after t - delay days
+are counted, their labels are not in yet); risk is the fraud table's count over the transaction
+table's (features.pyx, window_features). Buckets older than the ring
 (`days` back from the terminal's newest bucket) are gone; days >= delay + 31 keeps every window
 of an in-order stream inside the ring. Indices passed to and returned by add/merge/export are
 bucket indices, floor(ts_ms / bucket length).
 add_tx() adds 1 per row, or a given count (the label-fed tables of zfraud.features count fraud
 amounts the same way), saturating.
 read_runs() gives a row's fraud run from two tables with the same ring, one of transactions and
-one of confirmed frauds: from bucket b - delay - 1 backwards, buckets with a fraud extend the run,
-empty buckets are skipped, and the first bucket with transactions and no fraud ends it (so does
+one of confirmed frauds: from bucket b - delay (partly labelled: counted only if it has a fraud)
+backwards, buckets with a fraud extend the run, empty buckets are skipped, and the first bucket
+with transactions and no fraud ends it (so does
 the oldest bucket both rings hold). It reads the frauds in the run and the days from its first
 bucket to b. A walk is at most one ring long and stops at the first genuine bucket, so it is a
 few buckets for a terminal without fraud; it allocates nothing and keeps no state of its own.
@@ -1083,9 +1085,9 @@ cdef class TerminalState:
     def read(self, const uint64_t[::1] keys, const int64_t[::1] ts_ms, int delay_days,
              float[:, ::1] out):
         """Each row's counts over 1, 7 and 30 days, summed over the slots, at bucket
-        granularity: the n-day window of a row in bucket b is buckets [b - delay - n, b - delay)
-        (delay and n in buckets), i.e. (t - delay - n days, t - delay days] with both ends moved
-        back to the bucket boundary before them. Read from a table of transactions and one of
+        granularity: the n-day window of a row in bucket b is buckets (b - delay - n, b - delay]
+        (delay and n in buckets): the book's (t - delay - n days, t - delay days] with both ends
+        moved forward to the end of their bucket, the newest bucket partly labelled. Read from a table of transactions and one of
         frauds, they give the Handbook's terminal features (features.pyx, window_features).
 
         keys: (n,) uint64 mixed; ts_ms: (n,) int64; delay_days >= 0; out: (n, 3) float32.
@@ -1105,7 +1107,7 @@ cdef class TerminalState:
                 r = <int64_t>slot_row(self.tb.slots[s])
                 base = <uint64_t>r * ring
                 last = self.c.last_bucket[r]
-                d = floor_div(ts_ms[i], self.bucket_ms) - delay_days * pd   # windows end before bucket d
+                d = floor_div(ts_ms[i], self.bucket_ms) - delay_days * pd + 1   # windows end before bucket d
                 oldest, top = last - ring + 1, last + 1    # buckets [oldest, top) are in the ring
                 t1 = ring_total(self.c.total + base, ring, d - pd, d, oldest, top)
                 t7 = t1 + ring_total(self.c.total + base, ring, d - 7 * pd, d - pd, oldest, top)
@@ -1117,10 +1119,11 @@ cdef class TerminalState:
     def read_runs(self, TerminalState frauds, const uint64_t[::1] keys, const int64_t[::1] ts_ms,
                   int delay_days, float[:, ::1] out):
         """Each row's terminal fraud run, RUN_NAMES order. This table counts the transactions and
-        `frauds` (same ring) the confirmed frauds. Walking back from the newest bucket before
-        b - delay (b: the row's bucket; where read()'s windows end), buckets with a fraud extend
-        the run, buckets without transactions or frauds are skipped, and the first bucket with
-        transactions but no fraud ends it; only buckets both rings hold are looked at.
+        `frauds` (same ring) the confirmed frauds. Walking back from bucket b - delay
+        (b: the row's bucket; where read()'s windows end), buckets with a fraud extend the run,
+        buckets without transactions or frauds are skipped, and the first bucket with transactions
+        but no fraud ends it, except b - delay itself: its later labels are not in yet, so without
+        a fraud it is skipped. Only buckets both rings hold are looked at.
         out[i] = (frauds in the run, days from the run's first bucket to b); (0, 0) without one.
         A terminal whose traffic has been all fraud for weeks reads a long run; a one-off fraud
         followed by genuine traffic reads none.
@@ -1153,13 +1156,13 @@ cdef class TerminalState:
                 b = floor_div(ts_ms[i], self.bucket_ms)
                 found = 0
                 start = NONE
-                k = b - delay_days * pd - 1
+                k = b - delay_days * pd
                 while k >= lo:
                     fr = frauds.c.total[rf * ring + pmod(k, ring)] if k <= last_f else 0
                     if fr > 0:
                         found += fr
                         start = k
-                    else:
+                    elif k < b - delay_days * pd:
                         tx = self.c.total[rt * ring + pmod(k, ring)] if rt >= 0 and k <= last_t else 0
                         if tx > 0:
                             break

@@ -108,12 +108,12 @@ class RefCards:
 
 
 def book_terminal(txs: Counter, frauds: Counter, term, t, delay, per_day=1):
-    """Handbook 2.3 at bucket granularity (per_day buckets a day): buckets [b - delay - n,
-    b - delay) over all sources, delay and n in buckets."""
+    """Handbook 2.3 at bucket granularity (per_day buckets a day): buckets (b - delay - n,
+    b - delay] over all sources, delay and n in buckets."""
     d = t // (DAY // per_day)
     row = []
     for n in (1, 7, 30):
-        days = range(d - (delay + n) * per_day, d - delay * per_day)
+        days = range(d - (delay + n) * per_day + 1, d - delay * per_day + 1)
         nt = sum(txs[(term, x)] for x in days)
         nf = sum(frauds[(term, x)] for x in days)
         row += [nt, np.float32(nf / nt) if nt else 0.0]
@@ -122,17 +122,18 @@ def book_terminal(txs: Counter, frauds: Counter, term, t, delay, per_day=1):
 
 def reference_run(txs: Counter, frauds: Counter, newest: dict, term, t, delay, per_day, ring):
     """TerminalState.read_runs from the raw per-bucket counts: walking back from bucket
-    b - delay - 1, buckets with a fraud extend the run, empty ones are skipped, one with
-    transactions and no fraud ends it; only buckets both rings hold (newest[table] - ring < k)."""
+    b - delay, buckets with a fraud extend the run, empty ones are skipped, one with
+    transactions and no fraud ends it unless it is b - delay itself (partly labelled); only
+    buckets both rings hold (newest[table] - ring < k)."""
     b = t // (DAY // per_day)
     if term not in newest["fraud"]:
         return [0.0, 0.0]
     lo = max(newest[name][term] - ring + 1 for name in ("tx", "fraud") if term in newest[name])
     found, start = 0, None
-    for k in range(b - delay * per_day - 1, lo - 1, -1):
+    for k in range(b - delay * per_day, lo - 1, -1):
         if frauds[(term, k)]:
             found, start = found + frauds[(term, k)], k
-        elif txs[(term, k)]:
+        elif txs[(term, k)] and k < b - delay * per_day:
             break
     return [float(found), np.float32((b - start) / per_day)] if found else [0.0, 0.0]
 
@@ -490,12 +491,14 @@ def test_a_run_counts_a_compromise_until_genuine_traffic_is_revealed():
         tx_table.read_runs(fraud_table, key, np.array([day0 + day * DAY], np.int64), 7, out)
         return out[0].tolist()
 
-    assert run(17) == [0, 0]              # sees up to day 10: nothing revealed yet
-    assert run(17.5) == [2, 7.5]          # frauds at 00:00 and 06:00 of day 10 revealed
-    assert run(25) == [32, 15]            # days 10-17 revealed, 4 a day, the run began 15 days ago
-    assert run(26.5) == [38, 16.5]        # up to 12:00 of day 19
-    assert run(27) == [40, 17]            # the whole compromise, days 10-19
-    assert run(27 + 1 / 6) == [0, 0]      # day 20's first genuine transaction is revealed: it ended
+    assert run(16.9) == [0, 0]            # sees up to 21:36 of day 9: no fraud yet
+    assert run(17) == [1, 7]              # the bucket of day 10 00:00 holds the first fraud
+    assert run(17.5) == [3, 7.5]          # frauds at 00:00, 06:00 and 12:00 of day 10
+    assert run(25) == [33, 15]            # days 10-17 and 18 00:00, 4 a day; began 15 days ago
+    assert run(26.5) == [39, 16.5]        # up to 12:00 of day 19
+    assert run(27) == [40, 17]            # the whole compromise: day 20 00:00's genuine transaction
+                                          # is in the newest bucket, whose later labels may still come
+    assert run(27 + 1 / 6) == [0, 0]      # once a later bucket is read, that genuine one ends it
     out = np.empty((1, 2), np.float32)
     TerminalState(4, 1, 40, 4).read_runs(fraud_table, key, np.array([day0 + 35 * DAY], np.int64), 7, out)
     assert out[0].tolist() == [40, 25]    # without transaction counts nothing ends the run
@@ -917,7 +920,7 @@ def test_feature_engine_grows_its_source_slots_and_keeps_every_count(tmp_path):
     day = 17_800 * DAY
     cols = {"tx_id": np.arange(6, dtype=np.uint64), "card": np.arange(6, dtype=np.uint64),
             "terminal": np.full(6, 42, np.uint64), "ts_ms": np.full(6, day, np.int64), "amount": np.ones(6)}
-    later = {**cols, "ts_ms": np.full(6, day + 8 * DAY, np.int64)}  # reads the day above as its 1-day window
+    later = {**cols, "ts_ms": np.full(6, day + 7 * DAY, np.int64)}  # its 1-day window ends with that bucket
     peers = []
     for p in range(6):  # six peers, each counted 1 + p transactions at terminal 42
         e = engine()
@@ -943,9 +946,9 @@ def test_feature_engine_grows_its_source_slots_and_keeps_every_count(tmp_path):
 
 def test_a_model_on_an_older_feature_set_is_refused_with_a_retrain_hint():
     from zfraud.features import FEATURE_SETS, FULL, FeatureEngine
-    assert FULL == "zfraud-v5" and len(FEATURE_SETS[FULL]) == 28
-    with pytest.raises(ValueError, match=r"'zfraud-v4' .*basic-v1, zfraud-v5.*retrain the model with `zfraud train`"):
-        FeatureEngine("zfraud-v4")
+    assert FULL == "zfraud-v6" and len(FEATURE_SETS[FULL]) == 28
+    with pytest.raises(ValueError, match=r"'zfraud-v5' .*basic-v1, zfraud-v6.*retrain the model with `zfraud train`"):
+        FeatureEngine("zfraud-v5")
     with pytest.raises(ValueError, match=r"unknown feature set 'other'") as e:
         FeatureEngine("other")
     assert "retrain" not in str(e.value)
@@ -1019,15 +1022,15 @@ def _labelled_stream(seed, days=60, cards=300, terminals=40):
 
 
 def reference_fraud_detail(d, delay_days=7, bucket_hours=4):
-    """The three fraud-detail features from the raw labels, in plain Python: a label of bucket x
-    is applied before bucket x + delay (train.replay's schedule), linking is decided per card in
-    label order (CardState.label_frauds' rule), and a row in bucket b reads the frauds of buckets
-    [b - delay - 30 days, b - delay) with the links applied by then."""
+    """The three fraud-detail features from the raw labels, in plain Python: a label of hour x is
+    applied before the rows of hour x + delay + 1 (train.replay's schedule), linking is decided
+    per card in label order (CardState.label_frauds' rule), and a row in bucket b reads the
+    frauds applied by then in buckets (b - delay - 30 days, b - delay], with their links."""
     per_day = 24 // bucket_hours
     delay, window = delay_days * per_day, 30 * per_day
     bucket = (d["ts_ms"] // (bucket_hours * 3_600_000)).tolist()
     frauds = np.flatnonzero(d["fraud"]).tolist()
-    linked_at = {}     # fraud row -> bucket of the label that linked it
+    linked_at = {}     # fraud row -> hour of the label that linked it
     memory = {}        # card -> (row of its remembered fraud, linked?)
     hour = lambda i: int(d["ts_ms"][i]) // 3_600_000  # noqa: E731
     for i in frauds:  # labels are applied in bucket order, rows in stream order within a bucket
@@ -1038,8 +1041,8 @@ def reference_fraud_detail(d, delay_days=7, bucket_hours=4):
             j, marked = m
             if abs(hour(i) - hour(j)) <= 168 and (marked or d["terminal"][j] != d["terminal"][i]):
                 linked = True
-                linked_at[i] = bucket[i]
-                linked_at.setdefault(j, bucket[i])
+                linked_at[i] = hour(i)
+                linked_at.setdefault(j, hour(i))
                 marked = True
                 memory[c] = (j, True)
             if hour(i) < hour(j):
@@ -1050,11 +1053,13 @@ def reference_fraud_detail(d, delay_days=7, bucket_hours=4):
         by_terminal.setdefault(int(d["terminal"][i]), []).append(i)
     out = np.zeros((len(bucket), 3), np.float32)
     for r, b in enumerate(bucket):
-        got = [i for i in by_terminal.get(int(d["terminal"][r]), []) if b - delay - window <= bucket[i] < b - delay]
+        due = hour(r) - 24 * delay_days - 1   # labels of this hour or older are in
+        got = [i for i in by_terminal.get(int(d["terminal"][r]), [])
+               if b - delay - window < bucket[i] <= b - delay and hour(i) <= due]
         if not got:
             continue
         units = sum(int(np.rint(max(d["amount"][i], 0.0))) for i in got)
-        linked = sum(1 for i in got if linked_at.get(i, 1 << 60) <= b - delay)
+        linked = sum(1 for i in got if linked_at.get(i, 1 << 60) <= due)
         out[r] = (np.float32(units) / np.float64(len(got)), linked, len(got) - linked)
     return out
 
@@ -1088,6 +1093,9 @@ def test_label_schedule_reveals_every_label_once_even_across_gaps():
     assert reveals == {0: None, 1: None, 3: None, 50: (0, 5), 51: None, 90: None, 200: (5, 9)}
     revealed = np.concatenate([np.arange(*r) for _, _, r in plan if r is not None])
     assert revealed.tolist() == list(range(9))  # the last row's labels are not due yet
+    # hourly steps by default: a label exactly `delay` old is not in yet, an hour later it is
+    ts = np.array([0, 7 * DAY, 7 * DAY + HOUR - 1, 7 * DAY + HOUR]) + 17_000 * DAY + 600_000
+    assert [r for _, _, r in label_schedule(ts, 7)] == [None, None, (0, 1)]
 
 
 def test_counts_from_a_peer_without_the_newer_tables_still_merge():
@@ -1105,7 +1113,7 @@ def test_counts_from_a_peer_without_the_newer_tables_still_merge():
     old = {k: v for k, v in full.items() if not k.startswith(("amount_", "linked_"))}
     me = FeatureEngine(FULL, 7, 1024, 1024)
     assert me.merge_intel("old-peer", old)
-    later = {**cols, "tx_id": cols["tx_id"] + 10, "ts_ms": np.full(4, day + 8 * DAY, np.int64)}
+    later = {**cols, "tx_id": cols["tx_id"] + 10, "ts_ms": np.full(4, day + 7 * DAY, np.int64)}
     x = me.transform(later)[0]
     names = me.names
     assert x[names.index("terminal_nb_tx_1d")] == 4 and x[names.index("terminal_risk_1d")] == 0.5

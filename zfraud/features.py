@@ -3,7 +3,7 @@
 A feature set has a name (stored in every model file) and an ordered tuple of feature names.
 
 - "basic-v1": amount, log amount, hour, night, weekend. Stateless.
-- "zfraud-v5" (the default for trained models): basic-v1, then per-card windows (counts and
+- "zfraud-v6" (the default for trained models): basic-v1, then per-card windows (counts and
   average amounts over 1, 7 and 30 days, the amount relative to the card's own 7- and 30-day
   averages, time since the card's previous transaction, the card's recent peak amount ratio),
   then per-terminal counts and fraud risk over 1, 7 and 30 days shifted back by the label delay,
@@ -24,7 +24,13 @@ A feature set has a name (stored in every model file) and an ordered tuple of fe
   the compromise has lasted (+0.009 to +0.030 AP on six validation folds of three `zfraud gen`
   files; +0.008 to +0.015 on their test weeks through the mesh). v5 added the fraud detail
   (FRAUD_DETAIL_FEATURES below; docs/ARCHITECTURE.md section 3 has its gains), which needs the
-  labels' amounts and a 12-byte memory of each card's latest fraud (400 bytes per card).
+  labels' amounts and a 12-byte memory of each card's latest fraud (400 bytes per card). v6
+  ended the terminal windows with the bucket holding t - delay instead of the one before it
+  (v5 left out up to 4 hours of labels already `delay` days old, and a compromise showed up to
+  4 hours late), and `train`'s replay and `backtest` reveal labels hourly, each once it is more
+  than `delay` days old (v5 revealed 4-hour steps, up to 4 hours early, which the windows then
+  left out). On 18 validation folds of nine `zfraud gen` files v6 added +0.0025 AP on average
+  (15 up, 3 down); bench/RESULTS.md has the figures.
 
 The loops live in ext/features.pyx and ext/state.pyx; this module checks inputs, allocates and calls.
 """
@@ -37,7 +43,7 @@ from .state import (CARD_FEATURES, RUN_FEATURES, TERMINAL_FEATURES, FeatureState
                     check_finite_amount, load_npz, mix_keys, save_npz, update_mask_u8)
 
 BASIC = "basic-v1"
-FULL = "zfraud-v5"
+FULL = "zfraud-v6"
 BASIC_FEATURES = tuple(_features.BASIC_NAMES)
 # Derived from the card windows (in ext/features.pyx, window_features): the card's average amount
 # over days 8..30 back (before the most recent week, so a fresh compromise does not inflate it)

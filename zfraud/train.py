@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .features import BASIC, FULL, TERMINAL_BUCKET_HOURS, FeatureEngine
+from .features import BASIC, FULL, FeatureEngine
 from .model import DEFAULT_MODEL, LogisticModel, save_model
 from .protocol import LABEL_COLUMNS
 from .synthetic import synthetic
@@ -48,14 +48,15 @@ def replay(data: dict, keep: np.ndarray, delay_days: int = 7, feature_set: str =
     return out
 
 
-def label_schedule(ts_ms: np.ndarray, delay_days: int, step_hours: int = TERMINAL_BUCKET_HOURS):
+def label_schedule(ts_ms: np.ndarray, delay_days: int, step_hours: int = 1):
     """Steps of a time-sorted stream: (start, end, reveal) per step of `step_hours`, where
     rows [start, end) are the step's transactions and reveal is the (lo, hi) row range whose
-    labels go in before them: the rows of the steps `delay_days` or more earlier not revealed
-    yet (None if there are none). Every label is revealed once, even across gaps in the stream."""
+    labels go in before them: the rows more than `delay_days` older than the step's start not
+    revealed yet (None if there are none). So no row sees a label younger than `delay_days`, and
+    a label waits at most one step longer. Every label is revealed once, even across gaps."""
     step = np.asarray(ts_ms) // (step_hours * 3_600_000)
     bounds = np.flatnonzero(np.diff(step)) + 1
-    back = delay_days * 24 // step_hours
+    back = delay_days * 24 // step_hours + 1
     out, revealed = [], 0
     for s, e in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(step)].tolist()):
         hi = int(np.searchsorted(step, step[s] - back, side="right"))

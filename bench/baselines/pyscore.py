@@ -1,6 +1,6 @@
 """The seed's design: score one transaction at a time in plain Python.
 
-The same zfraud-v5 features (per-card hourly/daily windows, delayed terminal counts; see
+The same zfraud-v6 features (per-card hourly/daily windows, delayed terminal counts; see
 ext/state.pyx for the exact semantics, mirrored here with dicts and lists) and the same tree
 model (walked node by node from the model file's arrays). Used only as a baseline.
 """
@@ -74,7 +74,7 @@ class PyScorer:
         t = self.terminals.setdefault(tx["terminal"], {})
         b = ts // BUCKET_MS
         t[b] = t.get(b, 0) + 1
-        back = [t.get(b - self.delay * PER_DAY - k, 0) for k in range(1, 30 * PER_DAY + 1)]
+        back = [t.get(b - self.delay * PER_DAY - k, 0) for k in range(30 * PER_DAY)]
         for w in (1, 7, 30):
             x += [float(sum(back[:w * PER_DAY])), 0.0]  # no labels in the bench
         older = out[4] - out[2]
