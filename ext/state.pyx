@@ -1087,8 +1087,8 @@ cdef class TerminalState:
         """Each row's counts over 1, 7 and 30 days, summed over the slots, at bucket
         granularity: the n-day window of a row in bucket b is buckets (b - delay - n, b - delay]
         (delay and n in buckets): the book's (t - delay - n days, t - delay days] with both ends
-        moved forward to the end of their bucket, the newest bucket partly labelled. Read from a table of transactions and one of
-        frauds, they give the Handbook's terminal features (features.pyx, window_features).
+        moved forward to the end of their bucket, the newest bucket partly labelled. Read from a
+        table of transactions and one of frauds, they give the Handbook's terminal features (features.pyx, window_features).
 
         keys: (n,) uint64 mixed; ts_ms: (n,) int64; delay_days >= 0; out: (n, 3) float32.
         """
@@ -1135,7 +1135,7 @@ cdef class TerminalState:
         _check_read(n, ts_ms.shape[0], out.shape[0], out.shape[1], K_RUN, delay_days)
         if frauds.c.ring != self.c.ring or frauds.bucket_ms != self.bucket_ms:
             raise ValueError("expected a fraud table with the same buckets and ring")
-        cdef int64_t s, rt, rf, b, k, lo, start, ring = self.c.ring, pd = self.per_day
+        cdef int64_t s, rt, rf, b, k, lo, start, newest, ring = self.c.ring, pd = self.per_day
         cdef int64_t last_t, last_f
         cdef uint64_t found, tx, fr
         with nogil:
@@ -1156,13 +1156,14 @@ cdef class TerminalState:
                 b = floor_div(ts_ms[i], self.bucket_ms)
                 found = 0
                 start = NONE
-                k = b - delay_days * pd
+                newest = b - delay_days * pd   # partly labelled: ends no run
+                k = newest
                 while k >= lo:
                     fr = frauds.c.total[rf * ring + pmod(k, ring)] if k <= last_f else 0
                     if fr > 0:
                         found += fr
                         start = k
-                    elif k < b - delay_days * pd:
+                    elif k < newest:
                         tx = self.c.total[rt * ring + pmod(k, ring)] if rt >= 0 and k <= last_t else 0
                         if tx > 0:
                             break

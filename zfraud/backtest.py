@@ -19,7 +19,7 @@ from .client import Client
 from .dataset import read_labelled
 from .evaluate import evaluate, known_compromised_mask
 from .local import LocalMesh
-from .train import LABELS, _capacity, label_schedule
+from .train import _capacity, label_schedule
 
 TX = ("tx_id", "card", "terminal", "ts_ms", "amount")
 
@@ -49,7 +49,7 @@ def stream_with_labels(client: Client, data: dict, delay_days: int, batch: int =
     for s, e, reveal in label_schedule(data["ts_ms"], delay_days):
         if reveal is not None:
             lo, hi = reveal
-            client.label({k: data[k][lo:hi] for k in LABELS})
+            client.label({k: data[k][lo:hi] for k in P.LABEL_NAMES})
         for lo in range(s, e, batch):
             hi = min(lo + batch, e)
             client.submit({k: data[k][lo:hi] for k in TX}, np.arange(lo, hi))

@@ -491,7 +491,7 @@ def label(file, connect, batch, curve_dir):
     n, frauds = len(d["tx_id"]), 0
     with Client(connect, curve_dir=curve_dir) as client:
         for lo in range(0, n, batch):
-            part = {k: d[k][lo:lo + batch] for k, _ in P.LABEL_COLUMNS}
+            part = {k: d[k][lo:lo + batch] for k in P.LABEL_NAMES}
             frauds += sum(client.label(part).values())
     click.echo(f"{n:,} labels sent; {frauds:,} frauds counted by their cards' owners")
 

@@ -488,9 +488,9 @@ class Client:
         every owner has applied its share. The owner counts the frauds and shares the counts with
         the other workers as terminal intelligence, so each label counts exactly once in the mesh.
         Returns {worker: frauds applied}."""
-        missing = [c for c, _ in P.LABEL_COLUMNS if c not in arrays]
+        missing = [c for c in P.LABEL_NAMES if c not in arrays]
         if missing:
-            raise ValueError(f"labels need the columns {', '.join(c for c, _ in P.LABEL_COLUMNS)}; "
+            raise ValueError(f"labels need the columns {', '.join(P.LABEL_NAMES)}; "
                              f"missing {', '.join(missing)}")
         names = self.members
         if not names:

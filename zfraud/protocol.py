@@ -63,26 +63,21 @@ LABEL_COLUMNS = (
     ("amount", "<f8"),    # the transaction's amount (a fraud's amount feeds terminal features)
     ("fraud", "u1"),      # 1 confirmed fraud, 0 confirmed genuine
 )
+LABEL_NAMES = tuple(name for name, _ in LABEL_COLUMNS)
+
+
+def _counts(prefix: str) -> tuple:
+    """One table's columns on intel.terminal: TerminalState.export's keys, buckets and counts."""
+    return ((f"{prefix}_key", "<u8"), (f"{prefix}_bucket", "<i4"), (f"{prefix}_count", "<u4"))
+
 
 # Terminal counters shared on intel.terminal (worker PUB -> every worker SUB): cumulative counts
-# of the publisher's own transactions per (terminal key, day), and of confirmed frauds.
-INTEL_COLUMNS = (
-    ("tx_key", "<u8"), ("tx_bucket", "<i4"), ("tx_count", "<u4"),
-)
-FRAUD_COLUMNS = (
-    ("fraud_key", "<u8"), ("fraud_bucket", "<i4"), ("fraud_count", "<u4"),
-)
-# ... and the confirmed frauds' amounts (whole units) and card-linked frauds (zfraud.features).
-AMOUNT_COLUMNS = (
-    ("amount_key", "<u8"), ("amount_bucket", "<i4"), ("amount_count", "<u4"),
-)
-LINKED_COLUMNS = (
-    ("linked_key", "<u8"), ("linked_bucket", "<i4"), ("linked_count", "<u4"),
-)
-# The intel.terminal frames: (header field with the rows, column set) in frame order. A message
-# may stop after any whole set (a peer from before the later sets existed).
-INTEL_SETS = (("rows", INTEL_COLUMNS), ("fraud_rows", FRAUD_COLUMNS), ("amount_rows", AMOUNT_COLUMNS),
-              ("linked_rows", LINKED_COLUMNS))
+# per (terminal key, bucket) of the publisher's own transactions, and of the confirmed frauds,
+# their amounts (whole units) and the card-linked frauds it applied (zfraud.features). The
+# frames: (header field with the rows, column set) in frame order. A message may stop after any
+# whole set (a peer from before the later sets existed).
+INTEL_SETS = (("rows", _counts("tx")), ("fraud_rows", _counts("fraud")), ("amount_rows", _counts("amount")),
+              ("linked_rows", _counts("linked")))
 
 DECISIONS = ("approve", "review", "decline", "rejected")
 APPROVE, REVIEW, DECLINE, REJECTED = range(4)

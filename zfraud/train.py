@@ -18,11 +18,10 @@ import numpy as np
 
 from .features import BASIC, FULL, FeatureEngine
 from .model import DEFAULT_MODEL, LogisticModel, save_model
-from .protocol import LABEL_COLUMNS
+from .protocol import LABEL_NAMES
 from .synthetic import synthetic
 
 TX = ("tx_id", "card", "terminal", "ts_ms", "amount")
-LABELS = tuple(name for name, _ in LABEL_COLUMNS)
 
 
 def replay(data: dict, keep: np.ndarray, delay_days: int = 7, feature_set: str = FULL, batch: int = 4096,
@@ -36,7 +35,7 @@ def replay(data: dict, keep: np.ndarray, delay_days: int = 7, feature_set: str =
     for s, e, reveal in label_schedule(data["ts_ms"], delay_days):
         if reveal is not None:
             lo, hi = reveal
-            engine.apply_labels({k: data[k][lo:hi] for k in LABELS})
+            engine.apply_labels({k: data[k][lo:hi] for k in LABEL_NAMES})
         for lo in range(s, e, batch):
             hi = min(lo + batch, e)
             X = engine.transform({k: data[k][lo:hi] for k in TX})
