@@ -1270,6 +1270,24 @@ cdef class TerminalState:
                     self.c.tx[idx] = v
                     self.st.merged += 1
 
+    def fold(self, int src, int dst):
+        """Move slot `src`'s counts into slot `dst` (added, saturating) and zero `src`, so that a
+        departed peer's counts stay in every read while its slot is reused. Totals, stamps and
+        versions are unchanged: nothing is exported and no sum moves."""
+        self._check_slot(src)
+        self._check_slot(dst)
+        if src == dst:
+            raise ValueError(f"cannot fold slot {src} into itself")
+        cdef int64_t S = self.c.sources, b, cells = <int64_t>self.tb.used * self.c.ring
+        cdef uint32_t* tx = self.c.tx
+        cdef uint32_t v
+        with nogil:
+            for b in range(cells):
+                v = tx[b * S + src]
+                if v:
+                    tx[b * S + dst] = UINT32_MAX if tx[b * S + dst] > UINT32_MAX - v else tx[b * S + dst] + v
+                    tx[b * S + src] = 0
+
     def stats(self):
         return {"terminals": self.tb.used, "capacity": self.tb.capacity,
                 "evictions": self.tb.evicted, "expiries": self.tb.expired,

@@ -127,6 +127,54 @@ def test_a_restarted_worker_restores_its_cards(data, model_path, tmp_path):
     np.testing.assert_array_equal(after_restart, uninterrupted)
 
 
+def test_more_peer_names_than_slots_over_a_workers_life_all_stay_counted(model_path, tmp_path):
+    """A worker has MAX_SOURCES - 1 (15) peer slots, and every peer incarnation needs its own
+    (a worker restarted without --state-dir comes back under a new name, counting from zero).
+    Three rounds of six peers (18 names) join a long-lived worker, score their share of a batch
+    and leave: the long-lived worker ends with every transaction counted exactly once, departed
+    peers retired into one slot as newcomers needed theirs."""
+    from zfraud.features import MAX_SOURCES
+
+    rounds, per_round, rows = 3, 6, 600
+    assert rounds * per_round > MAX_SOURCES - 1
+    n = rounds * rows
+    rng = np.random.default_rng(7)
+    day = 17_800 * 86_400_000
+    tx = {"tx_id": np.arange(1, n + 1, dtype=np.uint64), "card": rng.integers(1, 10**9, n).astype(np.uint64),
+          "terminal": rng.integers(0, 40, n).astype(np.uint64), "ts_ms": day + np.arange(n, dtype=np.int64) * 1000,
+          "amount": rng.uniform(1, 200, n)}
+    extra = ["--model", str(model_path), "--cards", "4096", "--terminals", "4096", "--heartbeat", "0.2",
+             "--state-dir", str(tmp_path / "s")]
+    with LocalMesh(1, extra_args=extra, log_dir=str(tmp_path)) as mesh:
+        for r in range(rounds):
+            names = [f"r{r}p{p}" for p in range(per_round)]
+            for name in names:
+                mesh.start_worker(name, seed=mesh.routers["w1"])
+            mesh.wait_members(["w1", *names])
+            time.sleep(0.6)  # a few heartbeats: every worker subscribes to the newcomers
+            with Client(mesh.endpoint) as c:
+                assert c.members == sorted(["w1", *names])
+                v = c.score({k: a[r * rows:(r + 1) * rows] for k, a in tx.items()})
+            assert len(set(v["worker"])) == per_round + 1  # each peer scored some
+            time.sleep(0.6)  # their last counts reach w1
+            for name in names:
+                mesh.signal(name, signal.SIGTERM)
+            assert [mesh.stop_worker(name, signalled=True) for name in names] == [0] * per_round
+            mesh.wait_members(["w1"])
+        status = Client(mesh.endpoint).control("w1", "status")["status"]
+        assert mesh.stop_worker("w1") == 0
+        log = mesh.log("w1")
+    assert "not merged" not in log and "peer slots full: retired" in log
+    assert status["state"]["peer_slots"] == MAX_SOURCES - 2  # 14 names and the retired slot
+    assert status["state"]["retired_peers"] == rounds * per_round - (MAX_SOURCES - 2) == 4
+    e = FeatureEngine(FULL, 7, 4096, 4096)
+    e.load(tmp_path / "s" / "w1.state.npz")
+    assert len(e.retired) == 4 and all(name.startswith("r0") for name in e.retired)  # the least recent
+    terms = np.arange(40, dtype=np.uint64)
+    counts = e.state.terminal_counts({"terminal": terms, "ts_ms": np.full(40, day + 8 * 86_400_000, np.int64)})
+    np.testing.assert_array_equal(counts[:, 2], np.bincount(tx["terminal"].astype(np.int64), minlength=40))
+
+
 def test_label_command(data, model_path, tmp_path):
     from zfraud.gen import write_csv
 

@@ -944,6 +944,103 @@ def test_feature_engine_grows_its_source_slots_and_keeps_every_count(tmp_path):
                                   me.transform({**later, "tx_id": later["tx_id"] + 100}))
 
 
+def test_terminal_fold_moves_a_slot_into_another_and_keeps_every_read():
+    t = TerminalState(64, max_sources=4, days=40, bucket_hours=4)
+    keys = mix_keys(np.arange(10, dtype=np.uint64))
+    ts = 17_800 * DAY + np.arange(10, dtype=np.int64) * 3 * HOUR
+    t.add_tx(keys, ts, 0)
+    t.add_tx(keys[:6], ts[:6], 1, None, np.full(6, 5, np.uint32))
+    t.add_tx(keys[3:], ts[3:], 2)
+    later = ts + 8 * DAY
+    before = np.empty((10, 3), np.float32)
+    t.read(keys, later, 7, before)
+    t.fold(1, 2)
+    after = np.empty((10, 3), np.float32)
+    t.read(keys, later, 7, after)
+    np.testing.assert_array_equal(before, after)
+    tx = t.snapshot()["tx"]
+    assert tx[:, :, 1].sum() == 0 and tx[:, :, 2].sum() == 6 * 5 + 7 and tx[:, :, 0].sum() == 10
+    assert t.export(1, -1)[0].size == 0 and t.export(0, 0)[0].size == 10  # nothing new to export
+    with pytest.raises(ValueError, match="into itself"):
+        t.fold(2, 2)
+    with pytest.raises(ValueError, match=r"source slot in \[0, 4\)"):
+        t.fold(4, 0)
+
+
+def test_departed_peers_slots_are_reused_and_their_counts_kept(tmp_path):
+    """A worker has MAX_SOURCES - 1 peer slots. Peers that are no longer members (`live`) are
+    retired, least recently heard first, when a newcomer needs a slot: their counts stay in
+    every read (all four tables), the newcomer's are added, a retired name is never merged
+    again (it would count twice), and a peer still in the mesh is never retired."""
+    from zfraud.features import FULL, MAX_SOURCES, FeatureEngine
+
+    def engine():
+        return FeatureEngine(FULL, card_capacity=1024, terminal_capacity=1024)
+
+    day = 17_800 * DAY
+    n_peers = MAX_SOURCES + 4
+    exports = []
+    for p in range(n_peers):  # peer p counted 1 + p % 3 transactions at terminal 42, one a fraud
+        e = engine()
+        k = 1 + p % 3
+        cols = {"tx_id": np.arange(k, dtype=np.uint64) + 10 * p, "card": np.arange(k, dtype=np.uint64) + 10 * p,
+                "terminal": np.full(k, 42, np.uint64), "ts_ms": np.full(k, day + p * HOUR, np.int64),
+                "amount": np.full(k, 20.0)}
+        e.transform(cols)
+        e.apply_labels({k_: v[:1] for k_, v in cols.items()} | {"fraud": np.ones(1, np.uint8)})
+        exports.append(e.export_intel(0))
+    probe = {"tx_id": np.array([999], np.uint64), "card": np.array([999], np.uint64),
+             "terminal": np.array([42], np.uint64), "ts_ms": np.array([day + 8 * DAY], np.int64),
+             "amount": np.array([20.0])}
+    me = engine()
+
+    def read():
+        x = me.transform(probe, update=np.zeros(1, bool))[0]
+        return {n: float(x[me.names.index(n)]) for n in
+                ("terminal_nb_tx_30d", "terminal_risk_30d", "terminal_fraud_avg_amount_30d", "terminal_unlinked_frauds_30d")}
+
+    members = set()
+    for p in range(MAX_SOURCES - 1):
+        assert me.merge_intel(f"peer{p}", exports[p], live=members)
+    assert me.merge_intel("peer0", exports[0], live=members)  # heard again: now the most recent
+    full = read()
+    assert full["terminal_nb_tx_30d"] == sum(1 + p % 3 for p in range(MAX_SOURCES - 1))
+    # Every slot taken by a current member: the newcomer waits, nothing changes.
+    members = {f"peer{p}" for p in range(MAX_SOURCES - 1)}
+    assert not me.merge_intel("new0", exports[MAX_SOURCES - 1], live=members)
+    assert read() == full and "new0" not in me.sources
+    # peer1 and peer2 left: the first retirement takes both (one slot keeps departed counts).
+    members -= {"peer0", "peer1", "peer2"}
+    assert me.merge_intel("new0", exports[MAX_SOURCES - 1], live=members)
+    assert list(me.retired) == ["peer1", "peer2"] and me.retirements == 2 and "peer0" in me.sources
+    expected = sum(1 + p % 3 for p in range(MAX_SOURCES))
+    assert read()["terminal_nb_tx_30d"] == expected
+    # The next newcomer retires peer0, the only other non-member.
+    assert me.merge_intel("new1", exports[MAX_SOURCES], live=members | {"new0"})
+    assert list(me.retired) == ["peer1", "peer2", "peer0"]
+    expected += 1 + MAX_SOURCES % 3
+    got = read()
+    frauds = MAX_SOURCES + 1
+    assert got["terminal_nb_tx_30d"] == expected
+    assert got["terminal_risk_30d"] == pytest.approx(frauds / expected)
+    assert got["terminal_unlinked_frauds_30d"] == frauds and got["terminal_fraud_avg_amount_30d"] == 20.0
+    # A retired name is not merged again, even with larger counts.
+    assert not me.merge_intel("peer1", exports[MAX_SOURCES + 1], live=members)
+    assert read() == got
+    # No departed peer left to retire: the newcomer waits.
+    assert not me.merge_intel("new2", exports[MAX_SOURCES + 2], live=members | {"new0", "new1"})
+    # Saved and loaded: slots, the retired slot and the retired names come back.
+    me.save(tmp_path / "s.npz")
+    again = engine()
+    again.load(tmp_path / "s.npz")
+    assert (again.sources, again.retired_slot, list(again.retired)) == (me.sources, me.retired_slot, list(me.retired))
+    assert again.state_info()["peer_slots"] == MAX_SOURCES - 2 and again.state_info()["retired_peers"] == 3
+    me = again
+    assert read() == got and not me.merge_intel("peer0", exports[0])
+    assert me.merge_intel("new3", exports[MAX_SOURCES + 3], live={"new0", "new1"})  # retires peer3
+    assert read()["terminal_nb_tx_30d"] == expected + 1 + (MAX_SOURCES + 3) % 3
+
+
 def test_a_model_on_an_older_feature_set_is_refused_with_a_retrain_hint():
     from zfraud.features import FEATURE_SETS, FULL, FeatureEngine
     assert FULL == "zfraud-v6" and len(FEATURE_SETS[FULL]) == 28

@@ -377,16 +377,19 @@ class Client:
 
     # -- convenience APIs -------------------------------------------------------------------
     def score(self, arrays: dict, timeout_s: float = 30.0) -> dict:
-        """Score one batch; returns VERDICT_COLUMNS arrays (plus "worker") in input order."""
+        """Score one batch; returns VERDICT_COLUMNS arrays, plus "worker" (the name of the worker
+        that scored each row), in input order."""
         n = len(arrays["tx_id"])
         out = {name: np.zeros(n, dtype=dt) for name, dt in P.VERDICT_COLUMNS}
         out["score"][:] = np.nan
         out["decision"][:] = P.REJECTED
+        out["worker"] = np.full(n, "", dtype=object)
         answered = np.zeros(n, dtype=bool)
 
         def collect(v, h):
             for name, _ in P.VERDICT_COLUMNS:
                 out[name][h["origin"]] = v[name]
+            out["worker"][h["origin"]] = str(h.get("worker", ""))
             answered[h["origin"]] = True
 
         previous, self.on_result = self.on_result, collect

@@ -64,6 +64,7 @@ FEATURE_SETS = {
 TERMINAL_BUCKET_HOURS = 4
 MAX_SOURCES = 16   # source slots per terminal table: this worker and up to 15 peers
 FIRST_SOURCES = 4  # slots allocated at first; doubled (up to MAX_SOURCES) when peers need more
+RETIRED_NAMES = 4096  # departed peers' names remembered, so that they are never merged again
 
 
 def label_capacity(terminal_capacity: int) -> int:
@@ -106,6 +107,11 @@ class FeatureEngine:
             for name, _ in self._LABEL_TABLES:
                 setattr(self, name, TerminalState(label_capacity(t.capacity), FIRST_SOURCES, t.days, t.bucket_hours))
         self.sources: dict[str, int] = {}  # peer name -> local terminal slot (1..MAX_SOURCES-1)
+        self.retired_slot = 0  # the slot holding departed peers' counts (0: none yet)
+        self.retired: dict[str, None] = {}  # departed peers' names, oldest first (RETIRED_NAMES kept)
+        self._heard: dict[str, int] = {}  # peer name -> merge count when last merged (recency)
+        self._merges = 0
+        self.retirements = 0  # peers retired by this process (not saved)
 
     def transform(self, columns: dict, update=None) -> np.ndarray:
         """columns: TX_COLUMNS arrays of one batch (rows valid, in event-time order within a card)
@@ -196,28 +202,65 @@ class FeatureEngine:
         out["version"] = tuple(new_versions)
         return out
 
-    def merge_intel(self, source: str, deltas: dict) -> bool:
-        """Merge a peer's export (max per bucket, into the peer's local slot); False when there is
-        no free slot for a new peer. ValueError when its buckets are not ours. A table the peer
-        did not send (a peer from before it existed) is left as it is."""
+    def merge_intel(self, source: str, deltas: dict, live=()) -> bool:
+        """Merge a peer's export (max per bucket, into the peer's local slot). ValueError when its
+        buckets are not ours. A table the peer did not send (a peer from before it existed) is
+        left as it is. False, and nothing merged, when the peer has no slot: its name was retired,
+        or every slot is taken by a peer in `live` (the current members). See _slot_for."""
         if self.state is None:
             return True
         if int(deltas.get("bucket_hours", 0)) != self.frauds.bucket_hours:
             raise ValueError(f"terminal counts in {deltas.get('bucket_hours')}-hour buckets; "
                              f"this worker keeps {self.frauds.bucket_hours}-hour buckets")
-        slot = self.sources.get(source)
+        slot = self._slot_for(source, live)
         if slot is None:
-            if len(self.sources) >= MAX_SOURCES - 1:
-                return False
-            slot = self.sources[source] = len(self.sources) + 1
-            if slot >= self.frauds.max_sources:
-                self._grow(min(MAX_SOURCES, 2 * self.frauds.max_sources))
+            return False
+        self._merges += 1
+        self._heard[source] = self._merges
         for prefix, table in self._shared():
             if f"{prefix}_key" in deltas:
                 table.merge(slot, np.ascontiguousarray(deltas[f"{prefix}_key"], dtype=np.uint64),
                             np.ascontiguousarray(deltas[f"{prefix}_bucket"], dtype=np.int32),
                             np.ascontiguousarray(deltas[f"{prefix}_count"], dtype=np.uint32))
         return True
+
+    def _slot_for(self, source: str, live) -> int | None:
+        """The peer's slot, a new one, or None. Slots are a G-counter's replicas, so one must never
+        be reset while its counts are still in the windows, and a new name needs a slot of its own
+        (a restarted worker without --state-dir comes back under a new name and counts from zero).
+        When all MAX_SOURCES - 1 are taken, the least recently merged peer that is not in `live`
+        is retired: its counts are folded into the retired slot, where every read still sums
+        them, and its slot goes to the newcomer. (The first retirement makes the oldest such
+        peer's slot the retired slot, and retires a second peer for the newcomer.) A retired
+        name is never merged again: its counts up to then are already in the retired slot, and
+        whatever it sends later would be counted twice against them."""
+        slot = self.sources.get(source)
+        if slot is not None or source in self.retired:
+            return slot
+        used = len(self.sources) + (self.retired_slot > 0)
+        if used < MAX_SOURCES - 1:
+            slot = used + 1
+            if slot >= self.frauds.max_sources:
+                self._grow(min(MAX_SOURCES, 2 * self.frauds.max_sources))
+        else:
+            gone = sorted((n for n in self.sources if n not in live), key=lambda n: self._heard.get(n, 0))
+            if len(gone) < (1 if self.retired_slot else 2):
+                return None
+            if not self.retired_slot:
+                self.retired_slot = self._retire(gone.pop(0))
+            slot = self._retire(gone[0])
+            for _, table in self._shared():
+                table.fold(slot, self.retired_slot)
+        self.sources[source] = slot
+        return slot
+
+    def _retire(self, name: str) -> int:
+        self.retirements += 1
+        self.retired[name] = None
+        while len(self.retired) > RETIRED_NAMES:
+            del self.retired[next(iter(self.retired))]
+        self._heard.pop(name, None)
+        return self.sources.pop(name)
 
     def _grow(self, sources: int) -> None:
         """Every terminal table with `sources` slots, counts kept (memory grows with the mesh)."""
@@ -240,7 +283,12 @@ class FeatureEngine:
             arrays.update({f"extra.{k}": np.asarray(v) for k, v in (extra or {}).items()})
             for name, _ in self._LABEL_TABLES:
                 arrays.update({f"{name}.{k}": v for k, v in getattr(self, name).snapshot().items()})
-            arrays["meta.sources"] = np.array(sorted(self.sources, key=self.sources.get) or [""])
+            by_slot = [""] * (len(self.sources) + (self.retired_slot > 0))  # "": the retired slot
+            for name, slot in self.sources.items():
+                by_slot[slot - 1] = name
+            arrays["meta.sources"] = np.array(by_slot or [""])
+            arrays["meta.retired_slot"] = np.array(self.retired_slot, np.int64)
+            arrays["meta.retired"] = np.array(list(self.retired) or [""])
             save_npz(path, arrays)
 
     def load(self, path) -> dict:
@@ -265,20 +313,24 @@ class FeatureEngine:
             tables[name] = TerminalState(label_capacity(t.capacity), sources, t.days, t.bucket_hours)
             tables[name].restore(snap)
         self.state.restore({k: v for k, v in arrays.items()
-                            if not k.startswith(tuple(f"{n}." for n in snaps) + ("meta.sources", "extra."))})
+                            if not k.startswith(tuple(f"{n}." for n in snaps) + ("meta.sources", "meta.retired",
+                                                                                  "extra."))})
         for name, table in tables.items():
             setattr(self, name, table)
-        names = [str(x) for x in arrays.get("meta.sources", np.array([""])) if str(x)]
-        self.sources = {name: k + 1 for k, name in enumerate(names)}
+        self.sources = {str(name): k + 1 for k, name in enumerate(arrays.get("meta.sources", [""])) if str(name)}
+        self.retired_slot = int(arrays.get("meta.retired_slot", 0))
+        self.retired = {str(name): None for name in arrays.get("meta.retired", [""]) if str(name)}
+        self._heard = {}
         return {k[6:]: v for k, v in arrays.items() if k.startswith("extra.")}
 
     def state_info(self) -> dict:
         """Size of the streaming state: cards and terminals tracked, bytes allocated."""
         if self.state is None:
-            return {"cards": 0, "terminals": 0, "bytes": 0, "bytes_per_card": 0}
+            return {"cards": 0, "terminals": 0, "peer_slots": 0, "retired_peers": 0, "bytes": 0, "bytes_per_card": 0}
         s = self.state
         tables = [table for _, table in self._shared()]
-        return {"cards": len(s.cards), "terminals": len(s.terminals),
+        return {"cards": len(s.cards), "terminals": len(s.terminals), "peer_slots": len(self.sources),
+                "retired_peers": len(self.retired),
                 "bytes": int(s.bytes_per_card * s.cards.capacity
                              + sum(t.bytes_per_terminal * t.capacity for t in tables)),
                 "bytes_per_card": round(float(s.bytes_per_card), 1)}

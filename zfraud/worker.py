@@ -97,6 +97,7 @@ class Worker:
         self._intel_bucket = None  # newest terminal bucket published; a new one publishes at once
         self._intel_due = False    # a batch brought a new terminal bucket: publish after its reply
         self._intel_seq: dict[str, int] = {}  # peer name -> seq of its last intel.terminal message
+        self._unmerged: set[str] = set()  # peers whose counts could not be merged (warned once)
         self.sync_socks: dict[str, zmq.Socket] = {}  # peer name -> DEALER awaiting its full counts
         self._sync_sent: dict[str, float] = {}       # peer name -> when that request went out
         self.drain_quiet_s, self.drain_max_s = drain_quiet_s, drain_max_s
@@ -409,13 +410,25 @@ class Worker:
         deltas = {}
         for k, (rows, columns) in enumerate(P.INTEL_SETS[:len(frames) // 3]):
             deltas.update(P.read_columns(frames[3 * k:3 * k + 3], int(h[rows]), columns))
+        features = self.scorer.features
+        retired = features.retirements
         try:
-            merged = self.scorer.features.merge_intel(source, {**deltas, "bucket_hours": h.get("bucket_hours")})
+            merged = features.merge_intel(source, {**deltas, "bucket_hours": h.get("bucket_hours")},
+                                          live=self.members.members)
         except ValueError as e:
             log.warning("terminal counts from %s not merged: %s", source, e)
             return
+        if features.retirements != retired:
+            log.info("peer slots full: retired %s (gone from the mesh; counts kept), %s took a slot",
+                     " and ".join(list(features.retired)[retired - features.retirements:]), source)
         if not merged:
-            log.warning("no terminal slot left for %s: its counts are not merged", source)
+            self._intel_seq.pop(source, None)  # should it get a slot later, it needs all its counts
+            if source not in self._unmerged:
+                self._unmerged.add(source)
+                why = ("its name was retired after it left the mesh; restart it (a new name gets a slot)"
+                       if source in features.retired else
+                       f"all {len(features.sources)} peer slots belong to current members")
+                log.warning("terminal counts from %s not merged: %s", source, why)
 
     def _request_sync(self, name: str) -> None:
         if name in self.sync_socks:
