@@ -175,6 +175,47 @@ def test_more_peer_names_than_slots_over_a_workers_life_all_stay_counted(model_p
     np.testing.assert_array_equal(counts[:, 2], np.bincount(tx["terminal"].astype(np.int64), minlength=40))
 
 
+@pytest.mark.parametrize("comes_back_as", ["w2b", "w2"])
+def test_a_worker_restarted_without_its_state_converges_with_its_peer(model_path, tmp_path, comes_back_as):
+    """w2 is killed and its snapshot lost, then comes back under a new name (the default names
+    change with the PID) or under its own. Either way it gets from w1 what w1 held for the old
+    w2 (intel_sync's `more`), so both end with every transaction counted once."""
+    n = 2000
+    rng = np.random.default_rng(11)
+    day = 17_800 * 86_400_000
+    tx = {"tx_id": np.arange(1, n + 1, dtype=np.uint64), "card": rng.integers(1, 10**9, n).astype(np.uint64),
+          "terminal": rng.integers(0, 40, n).astype(np.uint64), "ts_ms": day + np.arange(n, dtype=np.int64) * 1000,
+          "amount": rng.uniform(1, 200, n)}
+    state = tmp_path / "s"
+    extra = ["--model", str(model_path), "--cards", "4096", "--terminals", "4096", "--heartbeat", "0.2",
+             "--state-dir", str(state)]
+    with LocalMesh(2, extra_args=extra, log_dir=str(tmp_path)) as mesh:
+        time.sleep(0.6)
+        with Client(mesh.endpoint) as c:
+            first = c.score({k: a[:n // 2] for k, a in tx.items()})
+        assert set(first["worker"]) == {"w1", "w2"}
+        time.sleep(0.6)  # w2's counts reach w1
+        mesh.signal("w2", signal.SIGKILL)
+        mesh.procs["w2"].wait(5)
+        (state / "w2.state.npz").unlink(missing_ok=True)  # a periodic snapshot, lost with the disk
+        mesh.wait_members(["w1"])
+        mesh.start_worker(comes_back_as, seed=mesh.routers["w1"])
+        mesh.wait_members(["w1", comes_back_as])
+        time.sleep(1.0)  # it subscribes, hears w1's counts and asks w1 for everything
+        with Client(mesh.endpoint) as c:
+            second = c.score({k: a[n // 2:] for k, a in tx.items()})
+        assert set(second["worker"]) == {"w1", comes_back_as}
+        time.sleep(0.6)
+        assert mesh.stop_worker(comes_back_as) == 0 and mesh.stop_worker("w1") == 0
+        assert "synced terminal counts from w1 (" in mesh.log(comes_back_as)
+    expected = np.bincount(tx["terminal"].astype(np.int64), minlength=40)
+    probe = {"terminal": np.arange(40, dtype=np.uint64), "ts_ms": np.full(40, day + 8 * 86_400_000, np.int64)}
+    for name in ("w1", comes_back_as):
+        e = FeatureEngine(FULL, 7, 4096, 4096)
+        e.load(state / f"{name}.state.npz")
+        np.testing.assert_array_equal(e.state.terminal_counts(probe)[:, 2], expected, err_msg=name)
+
+
 def test_label_command(data, model_path, tmp_path):
     from zfraud.gen import write_csv
 

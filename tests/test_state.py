@@ -1041,6 +1041,30 @@ def test_departed_peers_slots_are_reused_and_their_counts_kept(tmp_path):
     assert read()["terminal_nb_tx_30d"] == expected + 1 + (MAX_SOURCES + 3) % 3
 
 
+def test_a_restarted_engine_continues_its_counter_from_what_a_peer_held_for_it():
+    """merge_own puts a peer's copy of this worker's counts back into its own slot: the next
+    count continues from there (so the peer's max-merge keeps every count), and a full export
+    (-1) carries the restored counts on to newcomers, where a plain export (0) has only its own."""
+    from zfraud.features import FULL, FeatureEngine
+
+    day = 17_800 * DAY
+    cols = {"tx_id": np.arange(5, dtype=np.uint64), "card": np.arange(5, dtype=np.uint64),
+            "terminal": np.full(5, 42, np.uint64), "ts_ms": np.full(5, day, np.int64), "amount": np.ones(5)}
+    before = FeatureEngine(FULL, card_capacity=1024, terminal_capacity=1024)
+    before.transform(cols)
+    peer = FeatureEngine(FULL, card_capacity=1024, terminal_capacity=1024)
+    assert peer.merge_intel("w2", before.export_intel(0))
+    after = FeatureEngine(FULL, card_capacity=1024, terminal_capacity=1024)  # w2 again, state lost
+    after.merge_own(peer.export_peer("w2"))
+    assert after.export_intel(0)["tx_count"].size == 0
+    np.testing.assert_array_equal(after.export_intel(-1)["tx_count"], [5])
+    since = after.export_intel(0)["version"]
+    after.transform({k: v[:1] + 100 if k == "tx_id" else v[:1] for k, v in cols.items()})
+    np.testing.assert_array_equal(after.export_intel(since)["tx_count"], [6])
+    with pytest.raises(ValueError, match="24-hour buckets; this worker keeps 4-hour"):
+        after.merge_own({**peer.export_peer("w2"), "bucket_hours": 24})
+
+
 def test_a_model_on_an_older_feature_set_is_refused_with_a_retrain_hint():
     from zfraud.features import FEATURE_SETS, FULL, FeatureEngine
     assert FULL == "zfraud-v6" and len(FEATURE_SETS[FULL]) == 28

@@ -186,13 +186,14 @@ class FeatureEngine:
         return [("tx", self.state.terminals)] + labels
 
     def export_intel(self, since=0) -> dict | None:
-        """This worker's own counts changed since `since`: 0 for all, or the "version" an earlier
-        export returned (one version per table). Keys <prefix>_key, _bucket, _count per table of
+        """This worker's own counts changed since `since`: 0 for all it counted, -1 for all it
+        holds (merge_own's included: a full copy for a peer), or the "version" an earlier export
+        returned (one version per table). Keys <prefix>_key, _bucket, _count per table of
         _shared(), plus version and bucket_hours."""
         if self.state is None:
             return None
         tables = self._shared()
-        versions = since if since else (0,) * len(tables)
+        versions = since if isinstance(since, tuple) else (since,) * len(tables)
         out = {"bucket_hours": self.frauds.bucket_hours}
         new_versions = []
         for (prefix, table), v in zip(tables, versions):
@@ -202,6 +203,33 @@ class FeatureEngine:
         out["version"] = tuple(new_versions)
         return out
 
+    def export_peer(self, source: str) -> dict:
+        """Everything held in a peer's slot, as export_intel returns it (without version): what
+        a newcomer cannot get from a peer that has left (see the worker's intel_sync)."""
+        out = {"bucket_hours": self.frauds.bucket_hours}
+        for prefix, table in self._shared():
+            key, bucket, count, _ = table.export(self.sources[source], -1)
+            out.update({f"{prefix}_key": key, f"{prefix}_bucket": bucket, f"{prefix}_count": count})
+        return out
+
+    def merge_own(self, deltas: dict) -> None:
+        """Merge counts a peer held for this worker's name into this worker's own slot (max per
+        bucket): a worker restarted without its snapshot continues its counter instead of
+        restarting it from zero under the same name."""
+        if self.state is None:
+            return
+        self._check_buckets(deltas)
+        for prefix, table in self._shared():
+            if f"{prefix}_key" in deltas:
+                table.merge(0, np.ascontiguousarray(deltas[f"{prefix}_key"], dtype=np.uint64),
+                            np.ascontiguousarray(deltas[f"{prefix}_bucket"], dtype=np.int32),
+                            np.ascontiguousarray(deltas[f"{prefix}_count"], dtype=np.uint32))
+
+    def _check_buckets(self, deltas: dict) -> None:
+        if int(deltas.get("bucket_hours", 0)) != self.frauds.bucket_hours:
+            raise ValueError(f"terminal counts in {deltas.get('bucket_hours')}-hour buckets; "
+                             f"this worker keeps {self.frauds.bucket_hours}-hour buckets")
+
     def merge_intel(self, source: str, deltas: dict, live=()) -> bool:
         """Merge a peer's export (max per bucket, into the peer's local slot). ValueError when its
         buckets are not ours. A table the peer did not send (a peer from before it existed) is
@@ -209,9 +237,7 @@ class FeatureEngine:
         or every slot is taken by a peer in `live` (the current members). See _slot_for."""
         if self.state is None:
             return True
-        if int(deltas.get("bucket_hours", 0)) != self.frauds.bucket_hours:
-            raise ValueError(f"terminal counts in {deltas.get('bucket_hours')}-hour buckets; "
-                             f"this worker keeps {self.frauds.bucket_hours}-hour buckets")
+        self._check_buckets(deltas)
         slot = self._slot_for(source, live)
         if slot is None:
             return False

@@ -385,8 +385,8 @@ class Worker:
         self._publish(b"intel.terminal", *self._intel_frames(deltas))
         self._intel_since = deltas["version"]
 
-    def _intel_frames(self, deltas: dict) -> tuple[dict, list]:
-        header = {"source": self.name, "bucket_hours": deltas["bucket_hours"]}
+    def _intel_frames(self, deltas: dict, source: str | None = None) -> tuple[dict, list]:
+        header = {"source": source or self.name, "bucket_hours": deltas["bucket_hours"]}
         frames = []
         for rows, columns in P.INTEL_SETS:
             header[rows] = len(deltas[columns[0][0]])
@@ -399,7 +399,11 @@ class Worker:
         gap in its numbers we ask it, over ROUTER/DEALER, for all its counts (the Clone
         pattern's snapshot). Max-merge makes the overlap harmless."""
         source = str(h["source"])
-        if source == self.name or len(frames) % 3 or not 6 <= len(frames) <= 3 * len(P.INTEL_SETS):
+        if len(frames) % 3 or not 6 <= len(frames) <= 3 * len(P.INTEL_SETS):
+            return
+        if source == self.name:
+            if not seq_checked:  # an intel_sync reply's copy of what a peer held under our name
+                self.scorer.features.merge_own(self._intel_deltas(h, frames))
             return
         if seq_checked:
             seq, last = h.get("seq"), self._intel_seq.get(source)
@@ -407,14 +411,11 @@ class Worker:
                 if (last is None or seq != last + 1) and source in self.members.members:
                     self._request_sync(source)
                 self._intel_seq[source] = seq
-        deltas = {}
-        for k, (rows, columns) in enumerate(P.INTEL_SETS[:len(frames) // 3]):
-            deltas.update(P.read_columns(frames[3 * k:3 * k + 3], int(h[rows]), columns))
+        deltas = self._intel_deltas(h, frames)
         features = self.scorer.features
         retired = features.retirements
         try:
-            merged = features.merge_intel(source, {**deltas, "bucket_hours": h.get("bucket_hours")},
-                                          live=self.members.members)
+            merged = features.merge_intel(source, deltas, live=self.members.members)
         except ValueError as e:
             log.warning("terminal counts from %s not merged: %s", source, e)
             return
@@ -423,12 +424,19 @@ class Worker:
                      " and ".join(list(features.retired)[retired - features.retirements:]), source)
         if not merged:
             self._intel_seq.pop(source, None)  # should it get a slot later, it needs all its counts
-            if source not in self._unmerged:
+            if source in self.members.members and source not in self._unmerged:  # not a relayed copy
                 self._unmerged.add(source)
                 why = ("its name was retired after it left the mesh; restart it (a new name gets a slot)"
                        if source in features.retired else
                        f"all {len(features.sources)} peer slots belong to current members")
                 log.warning("terminal counts from %s not merged: %s", source, why)
+
+    @staticmethod
+    def _intel_deltas(h: dict, frames) -> dict:
+        deltas = {"bucket_hours": h.get("bucket_hours")}
+        for k, (rows, columns) in enumerate(P.INTEL_SETS[:len(frames) // 3]):
+            deltas.update(P.read_columns(frames[3 * k:3 * k + 3], int(h[rows]), columns))
+        return deltas
 
     def _request_sync(self, name: str) -> None:
         if name in self.sync_socks:
@@ -436,7 +444,7 @@ class Worker:
         sock = self._secure(configure(self.ctx.socket(zmq.DEALER)))
         sock.connect(self.members.members[name].router)
         try:
-            sock.send_multipart(P.encode(P.CONTROL, {"op": "intel_sync"}), zmq.NOBLOCK)
+            sock.send_multipart(P.encode(P.CONTROL, {"op": "intel_sync", "worker": self.name}), zmq.NOBLOCK)
         except zmq.Again:
             sock.close()
             return
@@ -450,8 +458,15 @@ class Worker:
         try:
             msg = P.parse(sock.recv_multipart(zmq.NOBLOCK))
             if msg.command == P.CONTROL and msg.header.get("ok"):
-                self._on_intel(msg.header, msg.frames, seq_checked=False)
-                log.info("synced terminal counts from %s (%d buckets)", name, msg.header.get("rows", 0))
+                h, per = msg.header, 3 * len(P.INTEL_SETS)
+                more = h.get("more") or []
+                first = len(msg.frames) - per * len(more)  # a peer from before `more`: all of them
+                self._on_intel(h, msg.frames[:first], seq_checked=False)
+                for k, extra in enumerate(more):
+                    self._on_intel({**extra, "bucket_hours": h.get("bucket_hours")},
+                                   msg.frames[first + k * per:first + (k + 1) * per], seq_checked=False)
+                log.info("synced terminal counts from %s (%d buckets; and those it held for %s)", name,
+                         h.get("rows", 0), ", ".join(str(e.get("source")) for e in more) or "no other")
         except (zmq.Again, P.ProtocolError, KeyError, TypeError, ValueError) as e:
             log.warning("bad intel sync reply from %s: %s", name, e)
         finally:
@@ -674,12 +689,8 @@ class Worker:
         op = h.get("op")
         if op == "status":
             return P.encode(P.CONTROL, {"op": "status", "ok": True, "status": self.status()})
-        if op == "intel_sync":  # all our own terminal counts (and fraud counts), for a peer
-            deltas = self.scorer.features.export_intel(0)
-            if deltas is None:
-                return P.encode(P.CONTROL, {"op": op, "ok": False})
-            header, columns = self._intel_frames(deltas)
-            return P.encode(P.CONTROL, {"op": op, "ok": True, **header}, columns)
+        if op == "intel_sync":
+            return self._intel_sync(str(h.get("worker", "")))
         if op == "deploy":
             self.scorer = self._deployed(h, payload)  # validated whole first; swapped between batches
             s = self.scorer
@@ -689,6 +700,24 @@ class Worker:
             return P.encode(P.CONTROL, {"op": "deploy", "ok": True, "worker": self.name, "model": s.model_version,
                                         "rules": s.rules_version, "shadow": s.shadow_version})
         raise P.ProtocolError(P.BAD_CONTROL, f"unknown control op {op!r}; known: status, deploy, intel_sync")
+
+    def _intel_sync(self, requester: str) -> list:
+        """All our own counts for a peer, and what we hold for peers it cannot ask: those that
+        left the mesh (a worker restarted under a new name, whose counts are still in the
+        windows) and the requester's own name (restarted without its snapshot), in `more`."""
+        features = self.scorer.features
+        deltas = features.export_intel(-1)
+        if deltas is None:
+            return P.encode(P.CONTROL, {"op": "intel_sync", "ok": False})
+        header, columns = self._intel_frames(deltas)
+        more = []
+        for name in features.sources if requester else ():  # a requester from before `more` has no name
+            if name == requester or name not in self.members.members:
+                extra, frames = self._intel_frames(features.export_peer(name), source=name)
+                del extra["bucket_hours"]
+                more.append(extra)
+                columns += frames
+        return P.encode(P.CONTROL, {"op": "intel_sync", "ok": True, **header, "more": more}, columns)
 
     def _deployed(self, h: dict, payload: list) -> Scorer:
         """The Scorer a deploy asks for: payload = [model JSON or b"", rules TOML or b""]."""
