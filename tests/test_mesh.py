@@ -202,6 +202,33 @@ def test_tail_filters_by_decision(mesh2):
     assert all(line.split()[1] == "decline" for line in lines)
 
 
+def test_tail_outlives_the_worker_it_was_pointed_at(tmp_path):
+    """tail --connect w1; w1 leaves, then w3 joins through w2: tail learns of w3 from w2 and
+    follows its verdicts too. It stops asking w1 once w1 says it is leaving, so w1 drains in
+    its quiet time (1.5 s) instead of the 10 s maximum."""
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh:
+        tail = subprocess.Popen([sys.executable, "-m", "zfraud", "tail", "--connect", mesh.routers["w1"],
+                                 "--count", "3000", "--timeout", "30"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.5)
+            t0 = time.monotonic()
+            assert mesh.stop_worker("w1") == 0
+            assert time.monotonic() - t0 < 6
+            mesh.start_worker("w3", seed=mesh.routers["w2"])
+            mesh.wait_members(["w2", "w3"])
+            time.sleep(2.5)  # a member-list refresh or two, and the subscription to w3
+            r = run_cli("send", "--connect", mesh.routers["w2"], "--synthetic", "3000", "--json")
+            assert r.returncode == 0, r.stderr
+            out, err = tail.communicate(timeout=60)
+        finally:
+            tail.kill()
+    assert tail.returncode == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert sorted(r["tx_id"] for r in rows) == list(range(3000))
+    assert {r["worker"] for r in rows} == {"w2", "w3"}
+
+
 def test_verdicts_reach_a_subscriber_that_arrives_after_an_unfollowed_stretch(mesh2, ctx):
     """Workers publish verdicts only while someone subscribes (XPUB tells them): a subscriber
     that comes after traffic nobody followed, or after another subscriber left, still gets them."""

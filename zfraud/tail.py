@@ -1,7 +1,8 @@
 """Following the verdict stream: subscribe to every member's verdict.<decision> topics.
 
-The member list comes from any one worker (HELLO -> MEMBERS) and is refreshed every second, so a
-worker that joins later is followed too. PUB/SUB is best-effort fan-out: each publisher numbers its
+The member list comes from the worker given (HELLO -> MEMBERS), then from any member, and is
+refreshed every second, so a worker that joins later is followed too, also after the first one
+has gone. PUB/SUB is best-effort fan-out: each publisher numbers its
 messages (`seq`), and `Tail.gaps` counts the messages known to be missed.
 """
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Tail:
         curve = Curve.from_dir(curve_dir, "client") if curve_dir else None
         self.sub = configure(self.ctx.socket(zmq.SUB), rcvhwm=100_000)
         self.hello = configure(self.ctx.socket(zmq.DEALER))
+        self.hello.setsockopt(zmq.IMMEDIATE, 1)  # refreshes go only to members that are up
         if curve is not None:
             curve.client(self.sub)
             curve.client(self.hello)
@@ -53,6 +55,8 @@ class Tail:
             raise MeshError(f"cannot follow the mesh at {connect}: {problem}")
         self.connect = connect
         self.pubs: dict[str, str] = {}  # worker name -> PUB endpoint we are connected to
+        self.routers: dict[str, str] = {}  # worker name -> its ROUTER endpoint
+        self.asking = {connect}  # the endpoints the member-list requests go to (round-robin)
         self.last_seq: dict[tuple, int] = {}  # (worker, topic) -> last sequence number seen
         self.gaps = 0
         self._ask()
@@ -76,13 +80,33 @@ class Tail:
             return
         if msg.command != P.MEMBERS:
             return
-        for m in msg.header.get("members") or []:
-            name, pub = str(m["name"]), str(m["pub"])
+        members = {str(m["name"]): (str(m["router"]), str(m["pub"])) for m in msg.header.get("members") or []}
+        # Follow the verdicts of every member, and ask any of them (round-robin) for the member
+        # list, so that tail outlives the worker it was pointed at. A member missing from one
+        # list stays connected (lists differ for a moment while gossip spreads; a reconnect
+        # would miss verdicts); ZeroMQ retries a gone one's endpoints in the background.
+        for name, (router, pub) in members.items():
             if self.pubs.get(name) != pub:
                 if name in self.pubs:
                     self.sub.disconnect(self.pubs[name])
                 self.sub.connect(pub)
                 self.pubs[name] = pub
+            if self.routers.get(name) != router:
+                if name in self.routers:
+                    self._ask_at(self.routers[name], False)
+                self._ask_at(router, True)
+                self.routers[name] = router
+        replier = str(msg.header.get("worker", ""))
+        if replier in self.routers and replier not in members and len(self.asking) > 1:
+            self._ask_at(self.routers.pop(replier), False)  # draining: asking it would keep it busy
+
+    def _ask_at(self, router: str, ask: bool) -> None:
+        if ask and router not in self.asking:
+            self.hello.connect(router)
+            self.asking.add(router)
+        elif not ask and router in self.asking:
+            self.hello.disconnect(router)
+            self.asking.discard(router)
 
     def batches(self, timeout_s: float | None = None):
         """Yield (header, verdict columns) per published message; stop after timeout_s of silence."""
