@@ -40,6 +40,25 @@ def test_auc_and_ap_match_sklearn_with_ties():
     assert average_precision(y, s) == pytest.approx(metrics.average_precision_score(y, s), rel=1e-12)
 
 
+def test_weighted_auc_and_ap_match_sklearn_and_repeated_rows():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(3)
+    checked = 0
+    for y, s in _random_cases():
+        w = rng.integers(0, 4, y.size)  # a bootstrap's counts, zeros included
+        if 0 < (w * y).sum() < w.sum() and (w * (1 - y)).sum() > 0:
+            assert auc(y, s, w) == pytest.approx(metrics.roc_auc_score(y, s, sample_weight=w), rel=1e-12, abs=1e-12)
+            assert average_precision(y, s, w) == pytest.approx(
+                metrics.average_precision_score(y, s, sample_weight=w), rel=1e-12, abs=1e-12)
+            rows = np.repeat(np.arange(y.size), w)  # weight k = the row k times
+            assert auc(y, s, w) == pytest.approx(auc(y[rows], s[rows]), rel=1e-12)
+            assert average_precision(y, s, w) == pytest.approx(average_precision(y[rows], s[rows]), rel=1e-12)
+            checked += 1
+    assert checked > 30
+    with pytest.raises(ValueError, match="weights must be 3 finite values >= 0"):
+        auc([0, 1, 1], [0.1, 0.2, 0.3], [1, -1, 1])
+
+
 def test_auc_ap_small_cases_by_hand():
     # pairs (pos, neg): (0.8>0.3)=1, (0.8>0.5)=1, (0.5 vs 0.5)=1/2, (0.5>0.3)=1  -> 3.5/4
     y = [1, 0, 1, 0]

@@ -26,59 +26,63 @@ import numpy as np
 __all__ = ["auc", "average_precision", "card_precision_top_k", "known_compromised_mask", "evaluate"]
 
 
-def _labels_scores(y, score):
+def _labels_scores(y, score, weights=None):
     y = np.asarray(y).ravel() != 0
     s = np.asarray(score, dtype=np.float64).ravel()
     if y.shape != s.shape:
         raise ValueError(f"y and score differ in length: {y.size} != {s.size}")
     if np.isnan(s).any():
         raise ValueError("score contains NaN")
-    return y, s
+    if weights is None:
+        return y, s, np.ones(y.size)
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    if w.shape != y.shape or not (np.isfinite(w) & (w >= 0)).all():
+        raise ValueError(f"weights must be {y.size} finite values >= 0")
+    return y, s, w
 
 
-def auc(y, score) -> float:
+def auc(y, score, weights=None) -> float:
     """ROC AUC (area under the ROC curve) of `score` for the binary labels `y`.
 
     Computed as the Mann-Whitney statistic with mid-ranks, P(score+ > score-) + P(score+ == score-)/2,
     which is exactly what scikit-learn's `roc_auc_score` gives (its trapezoidal curve joins tie
     groups by a straight line). Returns NaN when `y` has a single class (scikit-learn 1.9 also
-    returns NaN there, with a warning).
+    returns NaN there, with a warning). `weights`: one per row (scikit-learn's `sample_weight`;
+    a bootstrap resample's counts), default 1.
     """
-    y, s = _labels_scores(y, score)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
+    y, s, w = _labels_scores(y, score, weights)
     order = np.argsort(s, kind="mergesort")
-    ss = s[order]
+    ss, ys, ws = s[order], y[order], w[order]
     new = np.r_[True, ss[1:] != ss[:-1]]           # first element of each tie group
     group = np.cumsum(new) - 1                      # tie group of each sorted element
-    starts = np.flatnonzero(new)                    # 0-based start of each group
-    ends = np.r_[starts[1:], ss.size]               # exclusive end
-    mid_rank = (starts + ends + 1) / 2.0            # mean of the 1-based ranks start+1 .. end
-    rank_sum = mid_rank[group][y[order]].sum()
-    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    pos = np.bincount(group, ws * ys)               # weight of the positives in each group
+    neg = np.bincount(group, ws * ~ys)
+    if pos.sum() == 0 or neg.sum() == 0:
+        return float("nan")
+    below = np.cumsum(neg) - neg                    # negative weight in the groups below
+    return float(np.sum(pos * (below + 0.5 * neg)) / (pos.sum() * neg.sum()))
 
 
-def average_precision(y, score) -> float:
+def average_precision(y, score, weights=None) -> float:
     """Average precision, exactly scikit-learn's `average_precision_score` (binary case).
 
     Sort by score descending; each distinct score value is one threshold, which takes its whole
     tie group. With TP_n, FP_n the counts at or above threshold n, P_n = TP_n / (TP_n + FP_n),
     R_n = TP_n / P: AP = sum_n (R_n - R_{n-1}) P_n, R_0 = 0 (no interpolation). Returns 0.0 when
-    there is no positive, like scikit-learn.
+    there is no positive, like scikit-learn. `weights` as in `auc` (counts become weight sums).
     """
-    y, s = _labels_scores(y, score)
+    y, s, w = _labels_scores(y, score, weights)
     if y.size == 0:
         return float("nan")
     order = np.argsort(-s, kind="mergesort")
     ss = s[order]
     last = np.r_[np.flatnonzero(ss[1:] != ss[:-1]), ss.size - 1]   # last index of each tie group
-    tps = np.cumsum(y[order], dtype=np.int64)[last]
+    tps = np.cumsum(w[order] * y[order])[last]
+    every = np.cumsum(w[order])[last]
     if tps[-1] == 0:
         return 0.0
-    precision = tps / (last + 1.0)
-    recall = tps / float(tps[-1])
+    precision = np.divide(tps, every, out=np.zeros_like(tps), where=every > 0)
+    recall = tps / tps[-1]
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
@@ -86,7 +90,7 @@ def _card_top_k(days, cards, y, score, k=100, known=None):
     """CP@k internals: (per-day CP@k list, {day: top-k card ids}, sorted days)."""
     if k < 1:
         raise ValueError("k must be >= 1")
-    y, s = _labels_scores(y, score)
+    y, s, _ = _labels_scores(y, score)
     days = np.asarray(days).ravel()
     cards = np.asarray(cards).ravel()
     if not (days.size == cards.size == y.size):
