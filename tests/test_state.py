@@ -1009,6 +1009,8 @@ def test_departed_peers_slots_are_reused_and_their_counts_kept(tmp_path):
     members = {f"peer{p}" for p in range(MAX_SOURCES - 1)}
     assert not me.merge_intel("new0", exports[MAX_SOURCES - 1], live=members)
     assert read() == full and "new0" not in me.sources
+    # A copy of peer1's counts relayed by another peer says nothing about when peer1 was heard.
+    assert me.merge_intel("peer1", exports[1], live=members, relayed=True)
     # peer1 and peer2 left: the first retirement takes both (one slot keeps departed counts).
     members -= {"peer0", "peer1", "peer2"}
     assert me.merge_intel("new0", exports[MAX_SOURCES - 1], live=members)

@@ -230,19 +230,22 @@ class FeatureEngine:
             raise ValueError(f"terminal counts in {deltas.get('bucket_hours')}-hour buckets; "
                              f"this worker keeps {self.frauds.bucket_hours}-hour buckets")
 
-    def merge_intel(self, source: str, deltas: dict, live=()) -> bool:
+    def merge_intel(self, source: str, deltas: dict, live=(), relayed: bool = False) -> bool:
         """Merge a peer's export (max per bucket, into the peer's local slot). ValueError when its
         buckets are not ours. A table the peer did not send (a peer from before it existed) is
         left as it is. False, and nothing merged, when the peer has no slot: its name was retired,
-        or every slot is taken by a peer in `live` (the current members). See _slot_for."""
+        or every slot is taken by a peer in `live` (the current members). See _slot_for.
+        relayed: the counts come from another peer's copy (intel_sync's `more`), which says
+        nothing about when `source` itself was last heard."""
         if self.state is None:
             return True
         self._check_buckets(deltas)
         slot = self._slot_for(source, live)
         if slot is None:
             return False
-        self._merges += 1
-        self._heard[source] = self._merges
+        if not relayed:
+            self._merges += 1
+            self._heard[source] = self._merges
         for prefix, table in self._shared():
             if f"{prefix}_key" in deltas:
                 table.merge(slot, np.ascontiguousarray(deltas[f"{prefix}_key"], dtype=np.uint64),

@@ -97,7 +97,7 @@ class Worker:
         self._intel_bucket = None  # newest terminal bucket published; a new one publishes at once
         self._intel_due = False    # a batch brought a new terminal bucket: publish after its reply
         self._intel_seq: dict[str, int] = {}  # peer name -> seq of its last intel.terminal message
-        self._unmerged: set[str] = set()  # peers whose counts could not be merged (warned once)
+        self._unmerged: set[str] = set()  # members whose counts found no slot (warned once; synced once they do)
         self.sync_socks: dict[str, zmq.Socket] = {}  # peer name -> DEALER awaiting its full counts
         self._sync_sent: dict[str, float] = {}       # peer name -> when that request went out
         self.drain_quiet_s, self.drain_max_s = drain_quiet_s, drain_max_s
@@ -393,7 +393,7 @@ class Worker:
             frames += P.column_frames(deltas, columns)
         return header, frames
 
-    def _on_intel(self, h: dict, frames, seq_checked: bool = True) -> None:
+    def _on_intel(self, h: dict, frames, seq_checked: bool = True, relayed: bool = False) -> None:
         """Merge a peer's counts. PUB/SUB loses messages (while subscriptions propagate, at a
         high-water mark), so each publisher numbers them: on the first message from a peer or a
         gap in its numbers we ask it, over ROUTER/DEALER, for all its counts (the Clone
@@ -415,21 +415,23 @@ class Worker:
         features = self.scorer.features
         retired = features.retirements
         try:
-            merged = features.merge_intel(source, deltas, live=self.members.members)
+            merged = features.merge_intel(source, deltas, live=self.members.members, relayed=relayed)
         except ValueError as e:
             log.warning("terminal counts from %s not merged: %s", source, e)
             return
         if features.retirements != retired:
             log.info("peer slots full: retired %s (gone from the mesh; counts kept), %s took a slot",
                      " and ".join(list(features.retired)[retired - features.retirements:]), source)
-        if not merged:
-            self._intel_seq.pop(source, None)  # should it get a slot later, it needs all its counts
-            if source in self.members.members and source not in self._unmerged:  # not a relayed copy
-                self._unmerged.add(source)
-                why = ("its name was retired after it left the mesh; restart it (a new name gets a slot)"
-                       if source in features.retired else
-                       f"all {len(features.sources)} peer slots belong to current members")
-                log.warning("terminal counts from %s not merged: %s", source, why)
+        if merged:
+            if source in self._unmerged and source in self.members.members and not relayed:
+                self._unmerged.discard(source)  # it has a slot now: it needs what it sent before
+                self._request_sync(source)
+        elif source in self.members.members and source not in self._unmerged and not relayed:
+            self._unmerged.add(source)
+            why = ("its name was retired after it left the mesh; restart it (a new name gets a slot)"
+                   if source in features.retired else
+                   f"all {len(features.sources)} peer slots belong to current members")
+            log.warning("terminal counts from %s not merged: %s", source, why)
 
     @staticmethod
     def _intel_deltas(h: dict, frames) -> dict:
@@ -464,7 +466,8 @@ class Worker:
                 self._on_intel(h, msg.frames[:first], seq_checked=False)
                 for k, extra in enumerate(more):
                     self._on_intel({**extra, "bucket_hours": h.get("bucket_hours")},
-                                   msg.frames[first + k * per:first + (k + 1) * per], seq_checked=False)
+                                   msg.frames[first + k * per:first + (k + 1) * per], seq_checked=False,
+                                   relayed=True)
                 log.info("synced terminal counts from %s (%d buckets; and those it held for %s)", name,
                          h.get("rows", 0), ", ".join(str(e.get("source")) for e in more) or "no other")
         except (zmq.Again, P.ProtocolError, KeyError, TypeError, ValueError) as e:
