@@ -1088,7 +1088,8 @@ cdef class TerminalState:
         granularity: the n-day window of a row in bucket b is buckets (b - delay - n, b - delay]
         (delay and n in buckets): the book's (t - delay - n days, t - delay days] with both ends
         moved forward to the end of their bucket, the newest bucket partly labelled. Read from a
-        table of transactions and one of frauds, they give the Handbook's terminal features (features.pyx, window_features).
+        table of transactions and one of frauds, they give the Handbook's terminal features
+        (features.pyx, window_features).
 
         keys: (n,) uint64 mixed; ts_ms: (n,) int64; delay_days >= 0; out: (n, 3) float32.
         """

@@ -170,9 +170,14 @@ def test_bad_rows_are_rejected_and_their_neighbours_scored(mesh2):
     assert (v["decision"][np.r_[0:5, 7:200]] != P.REJECTED).all()
 
 
+def start_tail(connect, *args):
+    """`zfraud tail --connect CONNECT --timeout 30 ARGS...` in a process of its own, output piped."""
+    return subprocess.Popen([sys.executable, "-m", "zfraud", "tail", "--connect", connect, "--timeout", "30", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_tail_follows_verdicts_of_every_worker(mesh2):
-    tail = subprocess.Popen([sys.executable, "-m", "zfraud", "tail", "--connect", mesh2.endpoint, "--count", "5000",
-                             "--timeout", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tail = start_tail(mesh2.endpoint, "--count", "5000")
     try:
         time.sleep(1.5)  # let the subscriptions reach both workers (PUB/SUB slow joiner)
         r = run_cli("send", "--connect", mesh2.endpoint, "--synthetic", "5000", "--json")
@@ -188,9 +193,7 @@ def test_tail_follows_verdicts_of_every_worker(mesh2):
 
 
 def test_tail_filters_by_decision(mesh2):
-    tail = subprocess.Popen([sys.executable, "-m", "zfraud", "tail", "--connect", mesh2.endpoint, "--count", "20",
-                             "--decision", "decline", "--format", "text", "--timeout", "30"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tail = start_tail(mesh2.endpoint, "--count", "20", "--decision", "decline", "--format", "text")
     try:
         time.sleep(1.5)
         assert run_cli("send", "--connect", mesh2.endpoint, "--synthetic", "20000").returncode == 0
@@ -207,9 +210,7 @@ def test_tail_outlives_the_worker_it_was_pointed_at(tmp_path):
     follows its verdicts too. It stops asking w1 once w1 says it is leaving, so w1 drains in
     its quiet time (1.5 s) instead of the 10 s maximum."""
     with LocalMesh(2, log_dir=str(tmp_path)) as mesh:
-        tail = subprocess.Popen([sys.executable, "-m", "zfraud", "tail", "--connect", mesh.routers["w1"],
-                                 "--count", "3000", "--timeout", "30"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        tail = start_tail(mesh.routers["w1"], "--count", "3000")
         try:
             time.sleep(1.5)
             t0 = time.monotonic()

@@ -106,11 +106,10 @@ class FeatureEngine:
             # only terminals with a confirmed fraud in their ring: a quarter of the terminals.
             for name, _ in self._LABEL_TABLES:
                 setattr(self, name, TerminalState(label_capacity(t.capacity), FIRST_SOURCES, t.days, t.bucket_hours))
-        self.sources: dict[str, int] = {}  # peer name -> local terminal slot (1..MAX_SOURCES-1)
+        # peer name -> local terminal slot (1..MAX_SOURCES-1), least recently heard first
+        self.sources: dict[str, int] = {}
         self.retired_slot = 0  # the slot holding departed peers' counts (0: none yet)
         self.retired: dict[str, None] = {}  # departed peers' names, oldest first (RETIRED_NAMES kept)
-        self._heard: dict[str, int] = {}  # peer name -> merge count when last merged (recency)
-        self._merges = 0
         self.retirements = 0  # peers retired by this process (not saved)
 
     def transform(self, columns: dict, update=None) -> np.ndarray:
@@ -192,43 +191,44 @@ class FeatureEngine:
         _shared(), plus version and bucket_hours."""
         if self.state is None:
             return None
+        return self._export(0, since)
+
+    def export_peer(self, source: str) -> dict:
+        """Everything held in a peer's slot, as export_intel returns it: what a newcomer cannot
+        get from a peer that has left (see the worker's intel_sync)."""
+        return self._export(self.sources[source], -1)
+
+    def _export(self, slot: int, since) -> dict:
         tables = self._shared()
         versions = since if isinstance(since, tuple) else (since,) * len(tables)
         out = {"bucket_hours": self.frauds.bucket_hours}
         new_versions = []
         for (prefix, table), v in zip(tables, versions):
-            key, bucket, count, version = table.export(0, v)
+            key, bucket, count, version = table.export(slot, v)
             out.update({f"{prefix}_key": key, f"{prefix}_bucket": bucket, f"{prefix}_count": count})
             new_versions.append(version)
         out["version"] = tuple(new_versions)
-        return out
-
-    def export_peer(self, source: str) -> dict:
-        """Everything held in a peer's slot, as export_intel returns it (without version): what
-        a newcomer cannot get from a peer that has left (see the worker's intel_sync)."""
-        out = {"bucket_hours": self.frauds.bucket_hours}
-        for prefix, table in self._shared():
-            key, bucket, count, _ = table.export(self.sources[source], -1)
-            out.update({f"{prefix}_key": key, f"{prefix}_bucket": bucket, f"{prefix}_count": count})
         return out
 
     def merge_own(self, deltas: dict) -> None:
         """Merge counts a peer held for this worker's name into this worker's own slot (max per
         bucket): a worker restarted without its snapshot continues its counter instead of
         restarting it from zero under the same name."""
-        if self.state is None:
-            return
-        self._check_buckets(deltas)
-        for prefix, table in self._shared():
-            if f"{prefix}_key" in deltas:
-                table.merge(0, np.ascontiguousarray(deltas[f"{prefix}_key"], dtype=np.uint64),
-                            np.ascontiguousarray(deltas[f"{prefix}_bucket"], dtype=np.int32),
-                            np.ascontiguousarray(deltas[f"{prefix}_count"], dtype=np.uint32))
+        if self.state is not None:
+            self._check_buckets(deltas)
+            self._merge(0, deltas)
 
     def _check_buckets(self, deltas: dict) -> None:
         if int(deltas.get("bucket_hours", 0)) != self.frauds.bucket_hours:
             raise ValueError(f"terminal counts in {deltas.get('bucket_hours')}-hour buckets; "
                              f"this worker keeps {self.frauds.bucket_hours}-hour buckets")
+
+    def _merge(self, slot: int, deltas: dict) -> None:
+        for prefix, table in self._shared():
+            if f"{prefix}_key" in deltas:
+                table.merge(slot, np.ascontiguousarray(deltas[f"{prefix}_key"], dtype=np.uint64),
+                            np.ascontiguousarray(deltas[f"{prefix}_bucket"], dtype=np.int32),
+                            np.ascontiguousarray(deltas[f"{prefix}_count"], dtype=np.uint32))
 
     def merge_intel(self, source: str, deltas: dict, live=(), relayed: bool = False) -> bool:
         """Merge a peer's export (max per bucket, into the peer's local slot). ValueError when its
@@ -240,17 +240,15 @@ class FeatureEngine:
         if self.state is None:
             return True
         self._check_buckets(deltas)
+        known = source in self.sources
         slot = self._slot_for(source, live)
         if slot is None:
             return False
         if not relayed:
-            self._merges += 1
-            self._heard[source] = self._merges
-        for prefix, table in self._shared():
-            if f"{prefix}_key" in deltas:
-                table.merge(slot, np.ascontiguousarray(deltas[f"{prefix}_key"], dtype=np.uint64),
-                            np.ascontiguousarray(deltas[f"{prefix}_bucket"], dtype=np.int32),
-                            np.ascontiguousarray(deltas[f"{prefix}_count"], dtype=np.uint32))
+            self.sources[source] = self.sources.pop(source)  # now the most recently heard
+        elif not known:
+            self.sources = {source: self.sources.pop(source), **self.sources}  # never heard itself
+        self._merge(slot, deltas)
         return True
 
     def _slot_for(self, source: str, live) -> int | None:
@@ -272,7 +270,7 @@ class FeatureEngine:
             if slot >= self.frauds.max_sources:
                 self._grow(min(MAX_SOURCES, 2 * self.frauds.max_sources))
         else:
-            gone = sorted((n for n in self.sources if n not in live), key=lambda n: self._heard.get(n, 0))
+            gone = [n for n in self.sources if n not in live]  # least recently heard first
             if len(gone) < (1 if self.retired_slot else 2):
                 return None
             if not self.retired_slot:
@@ -288,7 +286,6 @@ class FeatureEngine:
         self.retired[name] = None
         while len(self.retired) > RETIRED_NAMES:
             del self.retired[next(iter(self.retired))]
-        self._heard.pop(name, None)
         return self.sources.pop(name)
 
     def _grow(self, sources: int) -> None:
@@ -349,7 +346,6 @@ class FeatureEngine:
         self.sources = {str(name): k + 1 for k, name in enumerate(arrays.get("meta.sources", [""])) if str(name)}
         self.retired_slot = int(arrays.get("meta.retired_slot", 0))
         self.retired = {str(name): None for name in arrays.get("meta.retired", [""]) if str(name)}
-        self._heard = {}
         return {k[6:]: v for k, v in arrays.items() if k.startswith("extra.")}
 
     def state_info(self) -> dict:
