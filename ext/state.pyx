@@ -99,12 +99,16 @@ cdef extern from *:
     #define ZF_GOLDEN 0x9E3779B97F4A7C15ULL
     #define ZF_MIX1 0xBF58476D1CE4E5B9ULL
     #define ZF_MIX2 0x94D049BB133111EBULL
+    #define ZF_UNMIX1 0x96DE1B173F119089ULL
+    #define ZF_UNMIX2 0x319642B2D24D8EC3ULL
     #define ZF_LOW32 0xFFFFFFFFULL
     """
     void ZF_PREFETCH(const void* p) noexcept nogil
     const uint64_t ZF_GOLDEN
     const uint64_t ZF_MIX1
     const uint64_t ZF_MIX2
+    const uint64_t ZF_UNMIX1
+    const uint64_t ZF_UNMIX2
     const uint64_t ZF_LOW32
 
 cdef enum:
@@ -205,6 +209,30 @@ def mix_keys(const uint64_t[::1] keys, uint64_t[::1] out):
     with nogil:
         for i in range(n):
             out[i] = splitmix64(keys[i])
+
+
+cdef inline uint64_t unmix64(uint64_t z) noexcept nogil:
+    # splitmix64's finaliser backwards: each xor-shift undone by repeating it, each multiply by
+    # the constant's inverse mod 2**64 (ZF_UNMIX1 * ZF_MIX1 == 1).
+    z = z ^ (z >> 31) ^ (z >> 62)
+    z *= ZF_UNMIX2
+    z = z ^ (z >> 27) ^ (z >> 54)
+    z *= ZF_UNMIX1
+    z = z ^ (z >> 30) ^ (z >> 60)
+    return z - ZF_GOLDEN
+
+
+def unmix_keys(const uint64_t[::1] keys, uint64_t[::1] out):
+    """The ids whose mix_keys are `keys` (mix_keys is a bijection): a card's id from its table
+    key, which is what ownership is computed on (zfraud.mesh.owners).
+
+    keys: (n,) uint64; out: (n,) uint64, may be the same array."""
+    cdef Py_ssize_t n = keys.shape[0], i
+    if out.shape[0] != n:
+        raise ValueError(f"expected out of length {n}, got {out.shape[0]}")
+    with nogil:
+        for i in range(n):
+            out[i] = unmix64(keys[i])
 
 
 cdef inline int64_t floor_div(int64_t a, int64_t b) noexcept nogil:
@@ -628,6 +656,50 @@ cdef inline void card_peak_add(CardRec* c, int64_t last, int64_t t, double peak,
     c.peak = <float>(ratio if ratio > peak else peak)
 
 
+cdef inline uint16_t sat_add16(uint16_t a, uint16_t b) noexcept nogil:
+    return UINT16_MAX if a > UINT16_MAX - b else a + b
+
+
+cdef void card_merge(CardRec* c, const CardRec* o) noexcept nogil:
+    """Add record o's transactions into c, both of the same card (a handover: the two saw
+    disjoint sets of its transactions). The rings are summed over the buckets both still hold,
+    aligned to the newer record's time; a bucket only the older record still holds is older than
+    every window of the newer one. Newest and previous times, amount and peak come from the
+    newer record, the peak being the larger of both (the older one decayed to the newer time);
+    the fraud memory is the later of both. c keeps its key."""
+    cdef CardRec old
+    cdef uint64_t key = c.key
+    cdef int64_t nh, nd, oh, od, k, lo
+    if o.last_ts == NONE:
+        return
+    if c.last_ts == NONE or o.last_ts > c.last_ts:
+        old = c[0]   # c becomes the newer record, old the one added into it
+        c[0] = o[0]
+        c.key = key
+    else:
+        old = o[0]
+    if old.last_ts == NONE:
+        return
+    nh, nd = floor_div(c.last_ts, MS_PER_HOUR), floor_div(c.last_ts, MS_PER_DAY)
+    oh, od = floor_div(old.last_ts, MS_PER_HOUR), floor_div(old.last_ts, MS_PER_DAY)
+    lo = nh - HOURS + 1 if nh - HOURS > oh - HOURS else oh - HOURS + 1
+    for k in range(lo, oh + 1):
+        c.hour_count[pmod(k, HOURS)] = sat_add16(c.hour_count[pmod(k, HOURS)], old.hour_count[pmod(k, HOURS)])
+        c.hour_sum[pmod(k, HOURS)] = c.hour_sum[pmod(k, HOURS)] + old.hour_sum[pmod(k, HOURS)]
+    lo = nd - DAYS + 1 if nd - DAYS > od - DAYS else od - DAYS + 1
+    for k in range(lo, od + 1):
+        c.day_count[pmod(k, DAYS)] = sat_add16(c.day_count[pmod(k, DAYS)], old.day_count[pmod(k, DAYS)])
+        c.day_sum[pmod(k, DAYS)] = c.day_sum[pmod(k, DAYS)] + old.day_sum[pmod(k, DAYS)]
+    if old.last_ts > c.prev_ts:
+        c.prev_ts = old.last_ts
+    cdef double decayed = old.peak * exp(-<double>(c.last_ts - old.last_ts) / PEAK_TAU_MS)
+    if decayed > c.peak:
+        c.peak = <float>decayed
+    if old.fraud_mark > c.fraud_mark:  # a later hour (or the same, card-linked)
+        c.fraud_mark = old.fraud_mark
+        c.fraud_terminal = old.fraud_terminal
+
+
 cdef inline void prefetch_card(const CardRec* c) noexcept nogil:
     cdef const char* p = <const char*>c
     cdef size_t off
@@ -799,6 +871,73 @@ cdef class CardState:
                 if -(1 << 30) <= h < (1 << 30):  # an hour index fits the mark (+-122 000 years)
                     c.fraud_mark = <int32_t>(2 * h + (1 if linked else 0))
                     c.fraud_terminal = terminals[i]
+
+    def keys(self):
+        """The (mixed) keys of the cards held, in row order: a copy."""
+        return self._recs["key"][:self.tb.used].copy()
+
+    def take(self, const uint64_t[::1] keys):
+        """Remove the cards with these (mixed) keys and return their records (CARD_DTYPE, in the
+        order given; keys not held are skipped): a card handed over to its new owner. The last
+        row moves into each freed row, so rows stay dense."""
+        cdef Py_ssize_t n = keys.shape[0], i, m = 0
+        out = np.zeros(n, CARD_DTYPE)
+        if n == 0 or self.tb.used == 0:
+            return out[:0]
+        cdef CardRec* o = <CardRec*>data_of(out)
+        cdef int64_t s
+        cdef uint64_t r, last
+        with nogil:
+            for i in range(n):
+                s = tb_find(&self.tb, keys[i])
+                if s < 0:
+                    continue
+                r = slot_row(self.tb.slots[s])
+                o[m] = self.recs[r]
+                m += 1
+                tb_delete(&self.tb, <uint64_t>s)
+                last = self.tb.used - 1
+                if r != last:
+                    self.recs[r] = self.recs[last]
+                    s = tb_find(&self.tb, self.recs[r].key)  # its slot still names the last row
+                    self.tb.slots[s] = (self.tb.slots[s] & ~ZF_LOW32) | (r + 1)
+                memset(&self.recs[last], 0, sizeof(CardRec))
+                self.tb.used -= 1
+            if self.tb.cursor >= self.tb.used:
+                self.tb.cursor = 0
+        return out[:m]
+
+    def put(self, recs):
+        """Add handed-over records (a CARD_DTYPE array, as take returns): a card not held takes
+        a row by the capacity policy, a card held gets both records' transactions (card_merge:
+        the rings summed, so a card that some transactions reached here before its record did
+        loses none of them). Records with no transaction are skipped. Returns (added, merged).
+        The table's newest event time is not moved: only transactions move it."""
+        recs = np.ascontiguousarray(recs)
+        if not recs.flags.writeable:  # a view of a received frame
+            recs = recs.copy()
+        if recs.dtype != CARD_DTYPE or recs.ndim != 1:
+            raise ValueError(f"expected a 1-d array of CARD_DTYPE records, got {recs.dtype} {recs.shape}")
+        cdef Py_ssize_t n = recs.shape[0], i
+        cdef int64_t added = 0, merged = 0, s
+        cdef int64_t expire_before = NONE if self.newest_ts == NONE else self.newest_ts - CARD_IDLE_MS
+        if n == 0:
+            return 0, 0
+        cdef const CardRec* src = <const CardRec*>data_of(recs)
+        cdef CardRec* c
+        with nogil:
+            for i in range(n):
+                if src[i].last_ts == NONE:
+                    continue
+                s = tb_find(&self.tb, src[i].key)
+                if s >= 0:
+                    card_merge(&self.recs[slot_row(self.tb.slots[s])], &src[i])
+                    merged += 1
+                else:
+                    c = &self.recs[tb_acquire(&self.tb, src[i].key, -1 - s, expire_before)]
+                    c[0] = src[i]
+                    added += 1
+        return added, merged
 
     def stats(self):
         """Counters: cards held, capacity, evictions, expiries and out-of-order outcomes."""

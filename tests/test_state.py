@@ -15,7 +15,7 @@ import pytest
 from zfraud import _features, _state
 from zfraud.mesh import mix64
 from zfraud.state import (CARD_FEATURES, TERMINAL_FEATURES, CardState, FeatureState,
-                          TerminalState, mix_keys)
+                          TerminalState, mix_keys, unmix_keys)
 
 HOUR = 3_600_000
 DAY = 86_400_000
@@ -666,6 +666,70 @@ def test_export_since_any_version_matches_the_stamps(seed):
 
 # ------------------------------------------------------------------------------------------------
 # Snapshots.
+
+def test_unmix_keys_inverts_the_mixing():
+    ids = np.random.default_rng(1).integers(0, 2**63, 1000, dtype=np.uint64) * np.uint64(2)
+    ids[:3] = [0, 1, 2**64 - 1]
+    np.testing.assert_array_equal(unmix_keys(mix_keys(ids)), ids)
+
+
+def sorted_records(recs):
+    return recs[np.argsort(recs["key"])]
+
+
+def card_reads(state, keys, t):
+    """Read-only features of `keys` at time t: what the rings say, nothing added."""
+    out = np.empty((len(keys), len(CARD_FEATURES)), np.float32)
+    state.update_and_read(keys, np.full(len(keys), t, np.int64), np.full(len(keys), 50.0),
+                          np.zeros(len(keys), np.uint8), out)
+    return out
+
+
+@pytest.mark.parametrize("into", ["newer", "older"])
+def test_a_card_split_between_two_owners_merges_into_its_whole_history(into):
+    """The first half of a stream (late and repeated rows included) on one table, the second half
+    on another, then one's records put into the other (a handover, either way round): the rings
+    hold what one table that saw everything holds. Amount sums may round differently (they are
+    added in another order); the peak ratio is not rebuilt (each side computed it without the
+    other's history)."""
+    keys, ts, amount, update = card_stream(21)
+    half = len(keys) // 2
+    whole, first, second = CardState(64), CardState(64), CardState(64)
+    run_cards(whole, keys, ts, amount, update, [512] * 8)
+    run_cards(first, keys[:half], ts[:half], amount[:half], update[:half], [512] * 4)
+    run_cards(second, keys[half:], ts[half:], amount[half:], update[half:], [512] * 4)
+    src, dst = (first, second) if into == "newer" else (second, first)
+    moving, there = set(src.keys().tolist()), set(dst.keys().tolist())
+    assert dst.put(src.take(src.keys())) == (len(moving - there), len(moving & there))
+    assert len(src) == 0 and len(moving & there) > 10 and len(dst) == len(whole)
+    a, b = sorted_records(whole.take(whole.keys())), sorted_records(dst.take(dst.keys()))
+    for field in ("key", "last_ts", "last_amount", "hour_count", "day_count"):
+        np.testing.assert_array_equal(a[field], b[field], err_msg=field)
+    for field in ("hour_sum", "day_sum"):
+        np.testing.assert_allclose(a[field], b[field], rtol=1e-5, err_msg=field)
+
+
+def test_take_removes_only_the_cards_asked_for_and_put_restores_them():
+    keys, ts, amount, update = card_stream(22)
+    state = CardState(64)
+    run_cards(state, keys, ts, amount, update, [1024] * 4)
+    held = state.keys()
+    t = int(ts.max()) + HOUR
+    before = card_reads(state, held, t)
+    gone = np.ascontiguousarray(held[::3])
+    recs = state.take(np.concatenate([gone, mix_keys(np.array([7, 8], np.uint64))]))  # 2 not held
+    assert len(recs) == len(gone) and len(state) == len(held) - len(gone)
+    assert set(state.keys().tolist()) == set(held.tolist()) - set(gone.tolist())
+    kept = np.isin(held, gone, invert=True)
+    np.testing.assert_array_equal(card_reads(state, held[kept], t), before[kept])  # the rest unharmed
+    missing = state.stats()["read_missing"]
+    card_reads(state, gone, t)
+    assert state.stats()["read_missing"] == missing + len(gone)
+    assert state.put(recs) == (len(gone), 0)
+    np.testing.assert_array_equal(card_reads(state, held, t), before)  # back exactly as they were
+    with pytest.raises(ValueError, match="CARD_DTYPE"):
+        state.put(np.zeros(3, np.float64))
+
 
 def test_card_snapshot_round_trip_gives_identical_features():
     keys, ts, amount, update = card_stream(11)

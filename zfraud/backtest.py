@@ -30,9 +30,12 @@ def known_from_default(test_from: int, delay_days: int) -> int:
     return test_from - delay_days - 7
 
 
-def stream_with_labels(client: Client, data: dict, delay_days: int, batch: int = 4096, progress=None):
+def stream_with_labels(client: Client, data: dict, delay_days: int, batch: int = 4096, progress=None,
+                       steps: slice = slice(None)):
     """Send every transaction of `data` (time-sorted) bucket by bucket with labels revealed
-    `delay_days` late; returns (score float32, decision uint8, model version per row or None)."""
+    `delay_days` late; returns (score float32, decision uint8, model version per row or None).
+    steps: only these steps of the schedule (zfraud.train.label_schedule), to stream a file in
+    parts; the rows of the others stay NaN / REJECTED."""
     n = len(data["tx_id"])
     score = np.full(n, np.nan, dtype=np.float32)
     decision = np.full(n, P.REJECTED, dtype=np.uint8)
@@ -46,7 +49,7 @@ def stream_with_labels(client: Client, data: dict, delay_days: int, batch: int =
             progress(len(v["tx_id"]))
 
     client.on_result = collect
-    for s, e, reveal in label_schedule(data["ts_ms"], delay_days):
+    for s, e, reveal in label_schedule(data["ts_ms"], delay_days)[steps]:
         if reveal is not None:
             lo, hi = reveal
             client.label({k: data[k][lo:hi] for k in P.LABEL_NAMES})

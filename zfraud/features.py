@@ -39,8 +39,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _features
-from .state import (CARD_FEATURES, RUN_FEATURES, TERMINAL_FEATURES, FeatureState, TerminalState,
-                    check_finite_amount, load_npz, mix_keys, save_npz, update_mask_u8)
+from .state import (CARD_DTYPE, CARD_FEATURES, RUN_FEATURES, TERMINAL_FEATURES, FeatureState, TerminalState,
+                    check_finite_amount, load_npz, mix_keys, save_npz, unmix_keys, update_mask_u8)
 
 BASIC = "basic-v1"
 FULL = "zfraud-v6"
@@ -299,6 +299,27 @@ class FeatureEngine:
         self.state.terminals = grown(self.state.terminals)
         for name, _ in self._LABEL_TABLES:
             setattr(self, name, grown(getattr(self, name)))
+
+    # -- card handover -----------------------------------------------------------------------
+    def card_ids(self) -> np.ndarray:
+        """The ids of the cards held (what ownership is computed on), in no particular order."""
+        if self.state is None:
+            return np.zeros(0, np.uint64)
+        return unmix_keys(self.state.cards.keys())
+
+    def take_cards(self, ids) -> np.ndarray:
+        """Remove these cards (ids; those not held are skipped) and return their records: what a
+        worker hands to a card's new owner when the mesh changes (CARD_DTYPE, 384 bytes each)."""
+        if self.state is None:
+            return np.zeros(0, CARD_DTYPE)
+        return self.state.cards.take(mix_keys(ids))
+
+    def put_cards(self, records) -> tuple[int, int]:
+        """Add handed-over card records (take_cards's): (cards added, cards merged with one held
+        here). ValueError for records of another layout."""
+        if self.state is None:
+            raise ValueError(f"feature set {self.feature_set} keeps no card state")
+        return self.state.cards.put(records)
 
     # -- persistence and size ----------------------------------------------------------------
     def save(self, path, extra: dict | None = None) -> None:

@@ -36,7 +36,7 @@ FORMAT = "zfraud.FeatureState/1"
 DELTA_KEYS = ("slot", "version", "tx_key", "tx_bucket", "tx_count")
 
 __all__ = ["CARD_FEATURES", "TERMINAL_FEATURES", "RUN_FEATURES", "CARD_DTYPE", "EVICTION_POLICY",
-           "CardState", "TerminalState", "FeatureState", "mix_keys"]
+           "CardState", "TerminalState", "FeatureState", "mix_keys", "unmix_keys"]
 
 
 def mix_keys(ids) -> np.ndarray:
@@ -44,6 +44,14 @@ def mix_keys(ids) -> np.ndarray:
     ids = np.ascontiguousarray(ids, dtype=np.uint64)
     out = np.empty_like(ids)
     _state.mix_keys(ids, out)
+    return out
+
+
+def unmix_keys(keys) -> np.ndarray:
+    """(n,) uint64 table keys -> the ids they were mixed from (mix_keys's inverse)."""
+    keys = np.ascontiguousarray(keys, dtype=np.uint64)
+    out = np.empty_like(keys)
+    _state.unmix_keys(keys, out)
     return out
 
 

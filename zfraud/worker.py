@@ -2,10 +2,12 @@
 
 Sockets:
     ROUTER (bound, --bind)  BATCH -> RESULT, HELLO -> MEMBERS, HEARTBEAT -> HEARTBEAT, CONTROL
+                            (status, deploy; from peers intel_sync and cards)
     PUB    (bound, --pub)   verdict.<decision> for every scored batch; mesh.hello every heartbeat;
                             mesh.bye on shutdown
     SUB    (connected)      mesh.* from every other member's PUB
     DEALER (one per seed)   HELLO to a seed until it answers with MEMBERS, then closed
+    DEALER (one per member) the cards it now owns (zfraud.handover); intel_sync, one at a time
 
 A message that breaks the protocol gets an ERROR reply naming the problem; nothing a peer sends
 can stop the loop. Verdicts are published before the RESULT is sent: a crash between the two
@@ -30,6 +32,7 @@ from . import protocol as P
 from ._dedup import SeenSet
 from .mesh import Member, Membership, check_member
 from .features import TERMINAL_BUCKET_HOURS, FeatureEngine
+from .handover import ACK_S, Handover, take_over
 from .model import load_model, model_from_dict
 from .rules import RuleSet
 from .scoring import Scorer, Thresholds
@@ -138,7 +141,9 @@ class Worker:
         self._seq = {}  # topic -> last PUB sequence number, for gap detection by subscribers
         self.started = time.time()
         self.stats = {"batches": 0, "rows": 0, "repeats": 0, "errors": 0, "undelivered": 0, "labels": 0,
-                      "decisions": [0] * len(P.DECISIONS)}
+                      "cards_taken_over": 0, "decisions": [0] * len(P.DECISIONS)}
+        self.handover = Handover(name, lambda: self._secure(configure(self.ctx.socket(zmq.DEALER))))
+        self._final_until = None  # set when the drain is over: the last handover's answers are awaited
         self._batch_ms = deque(maxlen=2048)  # recent scoring times (a run of batches scores as one)
         self._header_of, self._header = None, None  # _verdict_header's scorer and its fields
         self._rows_at = deque(maxlen=6)  # (monotonic, rows) at recent heartbeats, for the rate
@@ -169,6 +174,7 @@ class Worker:
             self._draining_since = now
             log.info("draining name=%s: leaving the mesh, answering what is in flight", self.name)
             self._publish(b"mesh.bye", {"name": self.name})
+            self._tick_handover(now, force=True)  # the cards go now; what comes meanwhile, at the end
         return now - self._last_request > self.drain_quiet_s or now - self._draining_since > self.drain_max_s
 
     def run(self) -> None:
@@ -178,12 +184,13 @@ class Worker:
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.sub, zmq.POLLIN)
         poller.register(self.pub, zmq.POLLIN)
+        self.handover.poller = poller
         next_beat = 0.0
         next_seed = 0.0
         try:
             while True:
                 now = time.monotonic()
-                if self._stopping and self._drained(now):
+                if self._stopping and self._drained(now) and self._handed_over(now):
                     break
                 if now >= next_beat:
                     self._beat(now)
@@ -210,11 +217,32 @@ class Worker:
                 for name, sock in list(self.sync_socks.items()):
                     if sock in events:
                         self._on_sync_reply(name, sock)
+                for name, sock in list(self.handover.socks.items()):
+                    if sock in events:
+                        self.handover.on_reply(name, self.scorer.features)
         finally:
             self._close()
 
+    def _handed_over(self, now: float) -> bool:
+        """At the end of a drain: hand every card to its owner among the others, then wait up to
+        ACK_S for their answers (still serving requests); True once none is awaited."""
+        if self._final_until is None:
+            self._final_until = now + ACK_S
+            self._tick_handover(now, force=True)
+        return not self.handover.pending or now >= self._final_until
+
+    def _tick_handover(self, now: float, force: bool = False) -> None:
+        names = sorted(self.members.members)
+        if self._draining_since is not None:
+            names.remove(self.name)
+        routers = {m.name: m.router for m in self.members.members.values() if m is not self.members.me}
+        self.handover.tick(self.scorer.features, routers, names, now, force)
+
     def _close(self) -> None:
+        self._publish_intel()  # the last counts, before the peers hear that we left
         self._publish(b"mesh.bye", {"name": self.name})
+        self.handover.take_back_all(self.scorer.features)  # unanswered: saved here instead
+        self.handover.close()
         self._snapshot()
         for sock in (*self.seeds.values(), *self.sync_socks.values(), self.sub, self.pub, self.router):
             sock.close()
@@ -325,6 +353,7 @@ class Worker:
         for m in self.members.expire(now):
             log.warning("member lost name=%s (silent for over %.1fs)", m.name, self.members.timeout)
         self._sync_subscriptions()
+        self._tick_handover(now)
         if self._draining_since is not None:
             return  # leaving: a hello would bring us back into the others' member lists
         me = self.members.me
@@ -359,6 +388,7 @@ class Worker:
                 self._intel_since = 0  # a newcomer needs all our terminal counts, not just news
                 m = self.members.members[name]
                 log.info("member joined name=%s router=%s pub=%s", name, m.router, m.pub)
+                self._request_sync(name)  # and we need all of its: now, not at its next news
 
     def _on_subscription(self, frames) -> None:
         """XPUB's news: b"\\x01" + prefix when the first subscriber of a prefix arrives, b"\\x00" +
@@ -686,6 +716,9 @@ class Worker:
                 "batch_ms_p50": round(float(np.percentile(ms, 50)), 4),
                 "batch_ms_p99": round(float(np.percentile(ms, 99)), 4),
                 "state": self.scorer.features.state_info() | {"remembered_tx_ids": len(self.seen)},
+                "handover": {"cards_handed_over": self.handover.handed, "cards_taken_over": self.stats["cards_taken_over"],
+                             "cards_taken_back": self.handover.taken_back,
+                             "cards_in_flight": sum(len(p.records) for p in self.handover.pending.values())},
                 "members": [m["name"] for m in self.members.public()]}
 
     def _control(self, h: dict, payload: list) -> list:
@@ -694,6 +727,8 @@ class Worker:
             return P.encode(P.CONTROL, {"op": "status", "ok": True, "status": self.status()})
         if op == "intel_sync":
             return self._intel_sync(str(h.get("worker", "")))
+        if op == "cards":
+            return self._take_over(h, payload)
         if op == "deploy":
             self.scorer = self._deployed(h, payload)  # validated whole first; swapped between batches
             s = self.scorer
@@ -702,7 +737,18 @@ class Worker:
             log.info("deployed model=%s rules=%s shadow=%s", s.model_version, s.rules_version, s.shadow_version)
             return P.encode(P.CONTROL, {"op": "deploy", "ok": True, "worker": self.name, "model": s.model_version,
                                         "rules": s.rules_version, "shadow": s.shadow_version})
-        raise P.ProtocolError(P.BAD_CONTROL, f"unknown control op {op!r}; known: status, deploy, intel_sync")
+        raise P.ProtocolError(P.BAD_CONTROL, f"unknown control op {op!r}; known: status, deploy, intel_sync, cards")
+
+    def _take_over(self, h: dict, payload: list) -> list:
+        """Cards a peer hands over: this worker owns them now (zfraud.handover)."""
+        reply = take_over(self.scorer.features, h, payload)
+        if reply["ok"]:
+            self.stats["cards_taken_over"] += reply["added"] + reply["merged"]
+            log.info("took over %d cards from %s (%d merged with cards already here)",
+                     reply["added"] + reply["merged"], h.get("worker"), reply["merged"])
+        else:
+            log.warning("%s from %s", reply["error"], h.get("worker"))
+        return P.encode(P.CONTROL, {**reply, "worker": self.name})
 
     def _intel_sync(self, requester: str) -> list:
         """All our own counts for a peer, and what we hold for peers it cannot ask: those that

@@ -1,0 +1,149 @@
+"""Card handover on real worker processes: when a worker joins or leaves, the cards that change
+owner take their state with them (zfraud.handover), so the mesh scores as if it had never changed."""
+import json
+import re
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from zfraud import Client
+from zfraud import protocol as P
+from zfraud.backtest import stream_with_labels
+from zfraud.features import FULL, FeatureEngine
+from zfraud.gen import generate
+from zfraud.local import LocalMesh
+from zfraud.mesh import owners
+from zfraud.model import LogisticModel, save_model
+from zfraud.train import label_schedule, replay
+
+from conftest import request
+
+EXTRA = ["--cards", "4096", "--terminals", "4096", "--heartbeat", "0.2"]
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = generate(300, 400, 40, seed=3)
+    d = {"tx_id": g["TRANSACTION_ID"].astype(np.uint64), "card": g["CUSTOMER_ID"].astype(np.uint64),
+         "terminal": g["TERMINAL_ID"].astype(np.uint64), "ts_ms": g["TX_DATETIME"].astype("datetime64[ms]").astype(np.int64),
+         "amount": g["TX_AMOUNT"].astype(np.float64), "fraud": g["TX_FRAUD"].astype(np.uint8)}
+    d["day"] = d["ts_ms"] // 86_400_000
+    return d
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    """A logistic model whose every coefficient is non-zero: equal scores <=> equal features."""
+    names = FeatureEngine(FULL).names
+    rng = np.random.default_rng(0)
+    m = LogisticModel(names, rng.uniform(0.05, 0.3, len(names)), np.zeros(len(names)), -3.0, version="probe-1",
+                      feature_set=FULL)
+    path = tmp_path_factory.mktemp("handover") / "probe.json"
+    save_model(m, path)
+    return path
+
+
+def status(c, name):
+    return c.control(name, "status")["status"]
+
+
+def wait_for(what, check, timeout_s=15.0):
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout_s} s")
+
+
+def test_join_and_leave_mid_stream_score_as_an_unchanged_mesh(data, model_path, tmp_path):
+    """w1 and w2 score the first third of the stream; w3 joins and takes its share of their
+    cards; w1 leaves after the second third, handing its cards to w2 and w3. Every verdict
+    equals train's replay bit for bit: the cards that moved kept their history (without the
+    handover they would start empty and score differently)."""
+    n = len(data["tx_id"])
+    X = replay(data, np.ones(n, bool), delay_days=7)
+    expected = LogisticModel.from_dict(json.loads(model_path.read_text())).predict_proba(X).astype(np.float32)
+    steps = len(label_schedule(data["ts_ms"], 7))
+    a, b = steps // 3, 2 * steps // 3
+    score = np.full(n, np.nan, np.float32)
+    extra = ["--model", str(model_path), *EXTRA]
+    with LocalMesh(2, extra_args=extra, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint) as c:
+        part, _, _ = stream_with_labels(c, data, 7, batch=1024, steps=slice(0, a))
+        score[:len(part)] = np.where(np.isnan(part), score[:len(part)], part)
+
+        mesh.start_worker("w3", seed=mesh.routers["w1"])
+        mesh.wait_members(["w1", "w2", "w3"])
+        wait_for("the client sees w3", lambda: c.poll(100) >= 0 and c.members == ["w1", "w2", "w3"])
+        wait_for("w1 and w2 hand w3 its cards", lambda: all(
+            status(c, w)["handover"]["cards_handed_over"] > 0 and not status(c, w)["handover"]["cards_in_flight"]
+            for w in ("w1", "w2")))
+        handed = {w: status(c, w)["handover"]["cards_handed_over"] for w in ("w1", "w2")}
+        w3 = status(c, "w3")
+        assert w3["handover"]["cards_taken_over"] == w3["state"]["cards"] == sum(handed.values())
+        wait_for("w3 holds w1's and w2's terminal counts", lambda: status(c, "w3")["state"]["peer_slots"] == 2)
+        time.sleep(1.0)  # and the full copies it asked them for
+        part, _, _ = stream_with_labels(c, data, 7, batch=1024, steps=slice(a, b))
+        score = np.where(np.isnan(part), score, part)
+        held = {w: status(c, w)["state"]["cards"] for w in ("w1", "w2", "w3")}
+        assert sum(held.values()) == len(np.unique(data["card"][:int(np.flatnonzero(~np.isnan(score))[-1]) + 1]))
+
+        assert mesh.stop_worker("w1") == 0  # SIGTERM: drain, hand every card over, stop
+        log = mesh.log("w1")
+        moved = sum(int(k) for k in re.findall(r"handed over (\d+) cards to w[23]", log))
+        assert moved == handed["w1"] + held["w1"] and "not taken" not in log  # at the join, and now
+        wait_for("the client drops w1", lambda: c.poll(100) >= 0 and c.members == ["w2", "w3"])
+        after = {w: status(c, w)["state"]["cards"] for w in ("w2", "w3")}
+        assert sum(after.values()) == sum(held.values())  # every card held once, none lost
+        part, _, _ = stream_with_labels(c, data, 7, batch=1024, steps=slice(b, None))
+        score = np.where(np.isnan(part), score, part)
+    assert not np.isnan(score).any()
+    np.testing.assert_array_equal(score, expected)
+
+
+def test_cards_that_reach_their_old_owner_after_the_handover_are_merged_not_lost(model_path, tmp_path, ctx):
+    """w1 scores the first part alone; w2 joins and gets its cards. Then a client that still
+    has the old member list sends the second part to w1 alone, which starts new records for
+    w2's cards, and an up-to-date client sends the third part, to both. A later sweep hands
+    w1's new records to w2, which merges them into its own (rings summed). In the end each card
+    is held by its owner alone, with every transaction counted once, in the right buckets."""
+    rng = np.random.default_rng(5)
+    cards, n, day = 400, 12_000, 17_800 * 86_400_000
+    tx = {"tx_id": np.arange(1, n + 1, dtype=np.uint64), "card": rng.integers(1, cards + 1, n).astype(np.uint64),
+          "terminal": rng.integers(0, 50, n).astype(np.uint64),
+          "ts_ms": day + np.arange(n, dtype=np.int64) * 300_000, "amount": rng.integers(1, 300, n).astype(np.float64)}
+    part = [{k: a[lo:hi] for k, a in tx.items()} for lo, hi in ((0, 6000), (6000, 9000), (9000, n))]
+    ids = np.arange(1, cards + 1, dtype=np.uint64)
+    w2_owns = owners(ids, ["w1", "w2"]) == 1
+    state = tmp_path / "s"
+    extra = ["--model", str(model_path), *EXTRA, "--state-dir", str(state), "--snapshot-every", "1"]
+    with LocalMesh(1, extra_args=extra, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint) as c:
+        c.score(part[0])
+        mesh.start_worker("w2", seed=mesh.routers["w1"])
+        mesh.wait_members(["w1", "w2"])
+        wait_for("w1 hands w2 its cards", lambda: status(c, "w1")["handover"]["cards_handed_over"] == w2_owns.sum())
+        stale = request(ctx, mesh.routers["w1"], P.batch_message(1, 0, part[1]))  # the old member list
+        assert stale.command == P.RESULT and stale.header["rows"] == 3000
+        wait_for("the client sees w2", lambda: c.poll(100) >= 0 and c.members == ["w1", "w2"])
+        c.score(part[2])
+        wait_for("a later sweep hands w2 the cards w1 started again",
+                 lambda: status(c, "w1")["state"]["cards"] == (~w2_owns).sum(), timeout_s=40)
+        held = {w: status(c, w)["state"]["cards"] for w in ("w1", "w2")}
+        time.sleep(2.5)  # a snapshot after the last merge
+        for w in ("w1", "w2"):
+            mesh.signal(w, signal.SIGKILL)
+            mesh.procs[w].wait(5)
+        log = mesh.log("w1")
+    assert held == {"w1": (~w2_owns).sum(), "w2": w2_owns.sum()}
+    assert sum(int(k) for k in re.findall(r"\((\d+) of them merged", log)) == w2_owns.sum()
+    whole = FeatureEngine(FULL, 7, 4096, 4096)
+    whole.transform(tx)
+    for w, own in (("w1", ~w2_owns), ("w2", w2_owns)):
+        e = FeatureEngine(FULL, 7, 4096, 4096)
+        e.load(state / f"{w}.state.npz")
+        assert sorted(e.card_ids().tolist()) == ids[own].tolist()  # its own cards, and only those
+        got, want = e.take_cards(ids[own]), whole.take_cards(ids[own])
+        for field in ("key", "last_ts", "prev_ts", "hour_count", "day_count", "last_amount", "hour_sum", "day_sum"):
+            np.testing.assert_array_equal(got[field], want[field], err_msg=f"{w} {field}")

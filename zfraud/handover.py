@@ -1,0 +1,208 @@
+"""Card handover: when the mesh changes, a card's state follows the card to its new owner.
+
+Ownership is rendezvous hashing over the member names (zfraud.mesh): a worker that joins takes a
+share of every member's cards, one that leaves gives its share to the others. Clients route a
+card to its new owner as soon as they see the new member list (within a second), and without
+the card's record that owner would score it as a card with no history until its windows
+refilled: 30 days for the 30-day windows.
+
+So a worker that holds cards it no longer owns takes their records out of its table and sends
+them to their owners (CONTROL op "cards": a header and one frame of raw CardRec records, 384
+bytes each), which add them, or merge them with the record each started for the card meanwhile
+(ext/state.pyx, card_merge: the rings are summed, so no transaction is lost or counted twice).
+A record stays pending until its owner acknowledges it; a refusal, or no answer within ACK_S,
+puts it back into the sender's table (merged the same way) for a later sweep.
+
+Sweeps run at the first heartbeat after the member list changes, again SETTLE_S later (for what
+reached the old owner while clients were switching), every EVERY_S (for a client that kept a
+stale list), and when a worker leaves: at the start of its drain and at its end, when it waits up
+to ACK_S for the answers before it saves what is left in its snapshot.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import zmq
+
+from . import protocol as P
+from .mesh import owners
+from .state import CARD_DTYPE
+
+log = logging.getLogger("zfraud.worker")
+
+RECORD = "zfraud.CardState/1"  # the record layout: CardRec, as in a snapshot of that kind
+CHUNK = 32_768       # records per message: 12.6 MB, well under the 64 MB message limit
+SETTLE_S = 3.0       # a second sweep this long after a change of members
+EVERY_S = 30.0       # and one this often in any case
+ACK_S = 5.0          # a message unanswered this long is taken back
+
+
+@dataclass
+class _Pending:
+    to: str
+    records: np.ndarray
+    sent: float
+
+
+class Handover:
+    """The sending side: one DEALER per member (IMMEDIATE: nothing queues for a member not yet
+    connected), the records in flight, and when the next sweep is due."""
+
+    def __init__(self, name: str, new_socket, poller: zmq.Poller | None = None):
+        self.name = name
+        self.new_socket = new_socket  # () -> a configured, secured DEALER
+        self.poller = poller
+        self.socks: dict[str, zmq.Socket] = {}
+        self.routers: dict[str, str] = {}
+        self.pending: dict[int, _Pending] = {}
+        self.seq = 0
+        self.view: list[str] | None = None  # the owners the last sweep placed cards by
+        self.due: list[float] = []
+        self.next_sweep = 0.0
+        self.handed = self.taken_back = 0  # cards acknowledged by their owners; put back here
+
+    # -- sockets ----------------------------------------------------------------------------
+    def follow(self, routers: dict[str, str]) -> None:
+        """Keep one socket per other member (name -> ROUTER endpoint)."""
+        for name in [n for n, r in self.routers.items() if routers.get(n) != r]:
+            self._close(name)
+        for name, router in routers.items():
+            if name not in self.socks:
+                sock = self.new_socket()
+                sock.setsockopt(zmq.IMMEDIATE, 1)
+                sock.connect(router)
+                self.socks[name], self.routers[name] = sock, router
+                if self.poller is not None:
+                    self.poller.register(sock, zmq.POLLIN)
+
+    def _close(self, name: str) -> None:
+        sock = self.socks.pop(name)
+        del self.routers[name]
+        if self.poller is not None:
+            self.poller.unregister(sock)
+        sock.close(linger=0)  # what it still holds comes back by timeout (expire)
+
+    def close(self) -> None:
+        for name in list(self.socks):
+            self._close(name)
+
+    # -- sweeps -----------------------------------------------------------------------------
+    def tick(self, features, routers: dict[str, str], names: list[str], now: float, force: bool = False) -> None:
+        """Every heartbeat: follow the other members (name -> ROUTER endpoint), take back what
+        went unanswered, then sweep if one is due. names: the owners, sorted (this worker is
+        not among them while it drains)."""
+        self.expire(features, now)
+        self.follow(routers)
+        if names != self.view:
+            self.view = list(names)
+            self.due = [now, now + SETTLE_S]
+        if not (force or now >= self.next_sweep or (self.due and self.due[0] <= now)):
+            return
+        self.due = [t for t in self.due if t > now]
+        self.next_sweep = now + EVERY_S
+        if names:
+            self.sweep(features, names, now)
+
+    def sweep(self, features, names: list[str], now: float) -> int:
+        """Send every card held here whose owner among `names` is another worker; returns the
+        cards sent. A member not connected yet keeps its cards here until the next heartbeat."""
+        ids = features.card_ids()
+        if not len(ids):
+            return 0
+        owner = owners(ids, names)
+        mine = names.index(self.name) if self.name in names else -1
+        sent = 0
+        for k in np.unique(owner[owner != mine]).tolist():
+            name, todo = names[k], ids[owner == k]
+            sock = self.socks.get(name)
+            for lo in range(0, len(todo), CHUNK):
+                if sock is None or not self._send(sock, name, features.take_cards(todo[lo:lo + CHUNK]), features, now):
+                    self.due.append(now + 1.0)
+                    break
+                sent += min(CHUNK, len(todo) - lo)
+        return sent
+
+    def _send(self, sock, name: str, records: np.ndarray, features, now: float) -> bool:
+        if not len(records):
+            return True
+        self.seq += 1
+        header = {"op": "cards", "worker": self.name, "seq": self.seq, "record": RECORD,
+                  "itemsize": records.itemsize, "rows": len(records)}
+        try:
+            sock.send_multipart(P.encode(P.CONTROL, header, [records.view(np.uint8)]), zmq.NOBLOCK, copy=False)
+        except zmq.Again:  # not connected (yet), or its queue is full
+            features.put_cards(records)
+            return False
+        self.pending[self.seq] = _Pending(name, records, now)
+        return True
+
+    # -- answers ----------------------------------------------------------------------------
+    def on_reply(self, name: str, features) -> None:
+        """Read the owner's answers: an acknowledgement drops the records, a refusal puts them back."""
+        sock = self.socks[name]
+        while sock.poll(0):
+            try:
+                msg = P.parse(sock.recv_multipart(zmq.NOBLOCK))
+            except (zmq.Again, P.ProtocolError) as e:
+                log.warning("bad answer to a card handover from %s: %s", name, e)
+                continue
+            h = msg.header
+            seq = h.get("seq")
+            if seq not in self.pending:  # an ERROR (a peer that does not know the op): the oldest
+                seq = min((s for s, p in self.pending.items() if p.to == name), default=None)
+            p = self.pending.pop(seq, None)
+            if p is None:
+                continue
+            if msg.command == P.CONTROL and h.get("ok"):
+                self.handed += len(p.records)
+                log.info("handed over %d cards to %s, their owner now (%s of them merged with cards "
+                         "it had started)", len(p.records), name, h.get("merged", 0))
+            else:
+                self._take_back(features, p, h.get("error") or h.get("message") or "refused")
+
+    def expire(self, features, now: float) -> None:
+        """Take back the records of a member that left one message unanswered for ACK_S, and
+        close its socket, so that nothing still queued in it reaches the member later and is
+        counted there too (the next tick connects afresh)."""
+        late = {p.to for p in self.pending.values() if now - p.sent > ACK_S}
+        for seq in [s for s, p in self.pending.items() if p.to in late]:
+            self._take_back(features, self.pending.pop(seq), f"no answer within {ACK_S:g} s")
+        for name in late & set(self.socks):
+            self._close(name)
+
+    def take_back_all(self, features) -> None:
+        """Put back every record still awaiting an answer (a worker about to stop)."""
+        for seq in list(self.pending):
+            self._take_back(features, self.pending.pop(seq), "the worker is stopping")
+
+    def _take_back(self, features, p: _Pending, why: str) -> None:
+        try:
+            features.put_cards(p.records)
+        except ValueError as e:  # a deploy changed the feature set meanwhile: nothing to keep them in
+            log.warning("%d cards handed to %s came back (%s) and were dropped: %s", len(p.records), p.to, why, e)
+            return
+        self.taken_back += len(p.records)
+        log.warning("%d cards not taken by %s (%s): kept here, sent again at the next sweep",
+                    len(p.records), p.to, why)
+        self.due.append(p.sent + ACK_S + 1.0)
+
+
+def take_over(features, header: dict, payload: list) -> dict:
+    """The receiving side of op "cards": add a peer's card records. Returns the reply header."""
+    reply = {"op": "cards", "seq": header.get("seq")}
+    rows, itemsize = header.get("rows"), header.get("itemsize")
+    size = memoryview(payload[0]).nbytes if len(payload) == 1 else None
+    if header.get("record") != RECORD or itemsize != CARD_DTYPE.itemsize:
+        why = (f"expected {RECORD} records of {CARD_DTYPE.itemsize} bytes, got {header.get('record')!r} "
+               f"of {itemsize!r} (a worker of another zfraud version)")
+    elif not isinstance(rows, int) or size != rows * CARD_DTYPE.itemsize:
+        why = f"expected one frame of {rows!r} records, got {len(payload)} frame(s) of {size} bytes"
+    else:
+        try:
+            added, merged = features.put_cards(np.frombuffer(payload[0], CARD_DTYPE))
+            return {**reply, "ok": True, "added": added, "merged": merged}
+        except ValueError as e:
+            why = str(e)
+    return {**reply, "ok": False, "error": f"cards not taken: {why}"}
