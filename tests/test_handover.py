@@ -147,3 +147,77 @@ def test_cards_that_reach_their_old_owner_after_the_handover_are_merged_not_lost
         got, want = e.take_cards(ids[own]), whole.take_cards(ids[own])
         for field in ("key", "last_ts", "prev_ts", "hour_count", "day_count", "last_amount", "hour_sum", "day_sum"):
             np.testing.assert_array_equal(got[field], want[field], err_msg=f"{w} {field}")
+
+
+def test_a_bad_handover_gets_a_clear_refusal_and_the_worker_carries_on(model_path, tmp_path, ctx):
+    from zfraud.state import CARD_DTYPE
+
+    header = {"op": "cards", "worker": "x", "seq": 7, "record": "zfraud.CardState/1",
+              "itemsize": CARD_DTYPE.itemsize, "rows": 2}
+    good = np.zeros(2, CARD_DTYPE)
+    good["key"], good["last_ts"], good["prev_ts"] = [11, 12], 17_800 * 86_400_000, np.iinfo(np.int64).min
+    good["day_count"][:, 0] = 3
+    cases = [({**header, "record": "zfraud.CardState/0"}, [good.tobytes()], "of another zfraud version"),
+             ({**header, "itemsize": 100}, [good.tobytes()], "of another zfraud version"),
+             (header, [good.tobytes()[:-1]], "2 records, got 1 frame(s) of 767 bytes"),
+             (header, [], "got 0 frame(s)"),
+             ({**header, "rows": "2"}, [good.tobytes()], "expected one frame of '2' records")]
+    with LocalMesh(1, extra_args=["--model", str(model_path), *EXTRA], log_dir=str(tmp_path)) as mesh:
+        for h, frames, why in cases:
+            reply = request(ctx, mesh.routers["w1"], P.encode(P.CONTROL, h, frames))
+            assert reply.command == P.CONTROL and reply.header["ok"] is False and reply.header["seq"] == 7
+            assert why in reply.header["error"], reply.header["error"]
+        reply = request(ctx, mesh.routers["w1"], P.encode(P.CONTROL, header, [good.tobytes()]))
+        assert reply.header == {"op": "cards", "seq": 7, "ok": True, "added": 2, "merged": 0, "worker": "w1"}
+        with Client(mesh.endpoint) as c:
+            st = status(c, "w1")
+    assert st["state"]["cards"] == 2 and st["handover"]["cards_taken_over"] == 2
+
+
+@pytest.mark.parametrize("answer", ["ok", "error", "silence"])
+def test_the_sender_keeps_cards_that_are_refused_or_not_answered(ctx, answer):
+    """Handover against a real ROUTER playing the new owner: an acknowledgement drops the
+    records; an ERROR (a worker from before the op) or no answer within ACK_S puts them back."""
+    import zmq
+
+    from zfraud.handover import ACK_S, Handover
+    from zfraud.sockets import configure
+
+    e = FeatureEngine(FULL, 7, 4096, 1024)
+    cards = np.arange(1, 201, dtype=np.uint64)
+    e.transform({"tx_id": cards, "card": cards, "terminal": cards % 7, "amount": np.full(200, 12.0),
+                 "ts_ms": np.full(200, 17_800 * 86_400_000, np.int64)})
+    theirs = cards[owners(cards, ["w1", "w2"]) == 1]
+    owner = configure(ctx.socket(zmq.ROUTER))
+    port = owner.bind_to_random_port("tcp://127.0.0.1")
+    h = Handover("w1", lambda: configure(ctx.socket(zmq.DEALER)))
+    try:
+        h.follow({"w2": f"tcp://127.0.0.1:{port}"})
+        deadline = time.monotonic() + 5
+        while not h.sweep(e, ["w1", "w2"], now=0.0):  # IMMEDIATE: refused until connected
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert sorted(e.card_ids().tolist()) == sorted(set(cards.tolist()) - set(theirs.tolist()))
+        assert owner.poll(5000)
+        ident, *frames = owner.recv_multipart()
+        msg = P.parse(frames)
+        assert msg.header["rows"] == len(theirs) and msg.header["op"] == "cards"
+        if answer == "ok":
+            owner.send_multipart([ident, *P.encode(P.CONTROL, {"op": "cards", "ok": True, "seq": msg.header["seq"],
+                                                               "added": len(theirs), "merged": 0})])
+        elif answer == "error":
+            owner.send_multipart([ident, *P.error_message(P.BAD_CONTROL, "unknown control op 'cards'")])
+        if answer != "silence":
+            assert h.socks["w2"].poll(5000)
+            h.on_reply("w2", e)
+        else:
+            h.expire(e, now=ACK_S + 0.1)
+        kept = len(e.card_ids())
+        if answer == "ok":
+            assert (h.handed, h.taken_back, kept) == (len(theirs), 0, 200 - len(theirs))
+        else:
+            assert (h.handed, h.taken_back, kept) == (0, len(theirs), 200)
+        assert not h.pending
+    finally:
+        h.close()
+        owner.close(linger=0)

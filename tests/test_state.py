@@ -14,7 +14,7 @@ import pytest
 
 from zfraud import _features, _state
 from zfraud.mesh import mix64
-from zfraud.state import (CARD_FEATURES, TERMINAL_FEATURES, CardState, FeatureState,
+from zfraud.state import (CARD_DTYPE, CARD_FEATURES, TERMINAL_FEATURES, CardState, FeatureState,
                           TerminalState, mix_keys, unmix_keys)
 
 HOUR = 3_600_000
@@ -729,6 +729,22 @@ def test_take_removes_only_the_cards_asked_for_and_put_restores_them():
     np.testing.assert_array_equal(card_reads(state, held, t), before)  # back exactly as they were
     with pytest.raises(ValueError, match="CARD_DTYPE"):
         state.put(np.zeros(3, np.float64))
+
+
+def test_handed_over_records_with_arbitrary_bytes_add_merge_and_run_without_harm():
+    """A peer's records are trusted no more than a snapshot: any bytes of the right size are
+    added, merged again into themselves, and the table keeps working."""
+    rng = np.random.default_rng(23)
+    junk = np.frombuffer(rng.bytes(200 * CARD_DTYPE.itemsize), CARD_DTYPE).copy()
+    junk["key"][:100] = junk["key"][100:]  # half of them twice: the second put merges
+    state = CardState(128)
+    keys, ts, amount, update = card_stream(24, n=1000)
+    run_cards(state, keys, ts, amount, update, [100] * 10)
+    added, merged = state.put(junk)
+    assert added + merged == (junk["last_ts"] != np.iinfo(np.int64).min).sum()
+    state.put(junk)
+    out = run_cards(state, keys, ts, amount, update, [100] * 10)
+    assert out.shape == (1000, len(CARD_FEATURES)) and len(state) == 128
 
 
 def test_card_snapshot_round_trip_gives_identical_features():
