@@ -137,7 +137,8 @@ def test_cards_that_reach_their_old_owner_after_the_handover_are_merged_not_lost
             mesh.procs[w].wait(5)
         log = mesh.log("w1")
     assert held == {"w1": (~w2_owns).sum(), "w2": w2_owns.sum()}
-    assert sum(int(k) for k in re.findall(r"\((\d+) of them merged", log)) == w2_owns.sum()
+    stale_cards = np.intersect1d(part[1]["card"], ids[w2_owns])  # w1 started these again, w2 had them
+    assert sum(int(k) for k in re.findall(r"\((\d+) of them merged", log)) == len(stale_cards) > 150
     whole = FeatureEngine(FULL, 7, 4096, 4096)
     whole.transform(tx)
     for w, own in (("w1", ~w2_owns), ("w2", w2_owns)):
