@@ -248,3 +248,49 @@ def test_label_command(data, model_path, tmp_path):
     assert reply.command == P.ERROR and reply.header["code"] == P.BAD_SCHEMA
     assert '"amount"' in reply.header["message"] or "'amount'" in reply.header["message"]
     assert labels == len(g["TRANSACTION_ID"])  # each label applied once, by its card's owner
+
+
+def test_counts_bigger_than_a_frame_travel_in_pieces_and_merge_whole(model_path, ctx, monkeypatch):
+    """An export with more rows per table than INTEL_CHUNK_ROWS goes out in pieces, each a
+    valid export: intel.terminal messages one after the other, and an intel_sync reply whose
+    `more` continues the sender's own counts. No frame is over the piece size, and the
+    receiver ends with exactly the sender's counts (here also those it held for a departed peer)."""
+    import zfraud.worker as W
+    from zfraud.model import load_model
+
+    monkeypatch.setattr(W, "INTEL_CHUNK_ROWS", 64)
+    rng = np.random.default_rng(31)
+    n, day = 3000, 17_800 * 86_400_000
+    tx = {"tx_id": np.arange(n, dtype=np.uint64), "card": rng.integers(1, 500, n).astype(np.uint64),
+          "terminal": rng.integers(0, 300, n).astype(np.uint64),
+          "ts_ms": day + np.sort(rng.integers(0, 20 * 86_400_000, n)), "amount": rng.uniform(1, 100, n)}
+    model = load_model(model_path)
+    a, b = (W.Worker(name, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", model=model, cards=4096, terminals=4096,
+                     context=ctx) for name in ("a", "b"))
+    try:
+        fa = a.scorer.features
+        fa.transform(tx)
+        gone = FeatureEngine(FULL, 7, 4096, 4096)  # a peer that has left: a still holds its counts
+        gone.transform({k: v[:1000] for k, v in tx.items()})
+        assert fa.merge_intel("gone", gone.export_intel(0))
+        own = fa.export_intel(-1)
+        assert len(own["tx_key"]) > 3 * 64
+        pieces = list(W.intel_chunks(own, 64))
+        assert len(pieces) == -(-len(own["tx_key"]) // 64)
+        for col in ("tx_key", "tx_bucket", "tx_count", "fraud_key"):
+            np.testing.assert_array_equal(np.concatenate([p[col] for p in pieces]), own[col])
+        reply = P.parse(a._intel_sync("b"))
+        assert max(len(f) for f in reply.frames) <= 64 * 8
+        sources = [e["source"] for e in reply.header["more"]]
+        assert sources.count("a") == len(pieces) - 1 and sources.count("gone") >= 2
+        b._merge_sync("a", reply)
+
+        def cells(export):
+            return sorted(zip(export["tx_key"].tolist(), export["tx_bucket"].tolist(), export["tx_count"].tolist()))
+
+        fb = b.scorer.features
+        assert cells(fb.export_peer("a")) == cells(fa.export_intel(0))
+        assert cells(fb.export_peer("gone")) == cells(gone.export_intel(0))
+    finally:
+        a._close()
+        b._close()

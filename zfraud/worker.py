@@ -45,6 +45,21 @@ INTEL_BUCKET_MS = TERMINAL_BUCKET_HOURS * 3_600_000
 VERDICT_TOPICS = tuple(b"verdict." + d.encode() for d in P.DECISIONS)
 MAX_RUN = 16            # BATCH requests scored in one pass at most ...
 MAX_RUN_ROWS = 4096     # ... and rows (a run stops once it holds this many)
+# Rows of each table in one intel piece: a key frame of 32 MB, half of what a peer accepts in one
+# frame (protocol.MAX_MESSAGE_BYTES; a bigger frame would make it drop the connection). The
+# book's scale holds 0.36 M rows per worker; a mesh scoring ~1 M transactions a day over 100 000
+# terminals would hold tens of millions.
+INTEL_CHUNK_ROWS = 1 << 22
+
+
+def intel_chunks(deltas: dict, rows: int | None = None):
+    """An export (FeatureEngine.export_intel) in pieces of at most `rows` rows per table, each a
+    valid export: merging takes the max per bucket, so the pieces merge in any order."""
+    rows = rows or INTEL_CHUNK_ROWS
+    columns = [c for _, cols in P.INTEL_SETS for c, _ in cols if c in deltas]
+    longest = max((len(deltas[c]) for c in columns), default=0)
+    for k in range(max(1, -(-longest // rows))):
+        yield {**deltas, **{c: deltas[c][k * rows:(k + 1) * rows] for c in columns}}
 
 
 def _is_batch(frames) -> bool:
@@ -412,7 +427,8 @@ class Worker:
         deltas = self.scorer.features.export_intel(self._intel_since)
         if deltas is None or not any(len(deltas[columns[0][0]]) for _, columns in P.INTEL_SETS):
             return  # every set's first column (its keys) is empty: nothing changed
-        self._publish(b"intel.terminal", *self._intel_frames(deltas))
+        for part in intel_chunks(deltas):
+            self._publish(b"intel.terminal", *self._intel_frames(part))
         self._intel_since = deltas["version"]
 
     def _intel_frames(self, deltas: dict, source: str | None = None) -> tuple[dict, list]:
@@ -488,7 +504,16 @@ class Worker:
         self.poller.unregister(sock)
         del self.sync_socks[name]
         try:
-            msg = P.parse(sock.recv_multipart(zmq.NOBLOCK))
+            self._merge_sync(name, P.parse(sock.recv_multipart(zmq.NOBLOCK)))
+        except (zmq.Again, P.ProtocolError) as e:
+            log.warning("bad intel sync reply from %s: %s", name, e)
+        finally:
+            sock.close()
+
+    def _merge_sync(self, name: str, msg) -> None:
+        """Merge an intel_sync reply: the peer's own counts (the main frames, then any further
+        pieces of them in `more` under its name), and what it held for others, in `more`."""
+        try:
             if msg.command == P.CONTROL and msg.header.get("ok"):
                 h, per = msg.header, 3 * len(P.INTEL_SETS)
                 more = h.get("more") or []
@@ -498,12 +523,12 @@ class Worker:
                     self._on_intel({**extra, "bucket_hours": h.get("bucket_hours")},
                                    msg.frames[first + k * per:first + (k + 1) * per], seq_checked=False,
                                    relayed=True)
+                others = sorted({str(e.get("source")) for e in more} - {name})
                 log.info("synced terminal counts from %s (%d buckets; and those it held for %s)", name,
-                         h.get("rows", 0), ", ".join(str(e.get("source")) for e in more) or "no other")
-        except (zmq.Again, P.ProtocolError, KeyError, TypeError, ValueError) as e:
+                         h.get("rows", 0) + sum(e.get("rows", 0) for e in more if e.get("source") == name),
+                         ", ".join(others) or "no other")
+        except (P.ProtocolError, KeyError, TypeError, ValueError) as e:
             log.warning("bad intel sync reply from %s: %s", name, e)
-        finally:
-            sock.close()
 
     def _on_label(self, msg) -> list:
         cols = P.parse_columns(msg, P.LABEL_COLUMNS)
@@ -758,11 +783,16 @@ class Worker:
         deltas = features.export_intel(-1)
         if deltas is None:
             return P.encode(P.CONTROL, {"op": "intel_sync", "ok": False})
-        header, columns = self._intel_frames(deltas)
+        own = intel_chunks(deltas)
+        header, columns = self._intel_frames(next(own))
         more = []
-        for name in features.sources if requester else ():  # a requester from before `more` has no name
-            if name == requester or name not in self.members.members:
-                extra, frames = self._intel_frames(features.export_peer(name), source=name)
+        if requester:  # a requester from before `more` has no name (and gets the first piece only)
+            pieces = [(self.name, part) for part in own]  # the rest of our counts, if in pieces
+            for name in features.sources:
+                if name == requester or name not in self.members.members:
+                    pieces += [(name, part) for part in intel_chunks(features.export_peer(name))]
+            for name, part in pieces:
+                extra, frames = self._intel_frames(part, source=name)
                 del extra["bucket_hours"]
                 more.append(extra)
                 columns += frames
