@@ -4,6 +4,7 @@ import json
 import re
 import signal
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from zfraud import protocol as P
 from zfraud.backtest import stream_with_labels
 from zfraud.features import FULL, FeatureEngine
 from zfraud.gen import generate
-from zfraud.local import LocalMesh
+from zfraud.local import LocalMesh, free_port
 from zfraud.mesh import owners
 from zfraud.model import LogisticModel, save_model
 from zfraud.train import label_schedule, replay
@@ -49,6 +50,12 @@ def status(c, name):
     return c.control(name, "status")["status"]
 
 
+def metrics(port):
+    """A worker's Prometheus metrics, name{labels} -> value."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("zfraud_"))}
+
+
 def wait_for(what, check, timeout_s=15.0):
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
@@ -74,7 +81,8 @@ def test_join_and_leave_mid_stream_score_as_an_unchanged_mesh(data, model_path, 
         part, _, _ = stream_with_labels(c, data, 7, batch=1024, steps=slice(0, a))
         score[:len(part)] = np.where(np.isnan(part), score[:len(part)], part)
 
-        mesh.start_worker("w3", seed=mesh.routers["w1"])
+        port = free_port()
+        mesh.start_worker("w3", seed=mesh.routers["w1"], extra_args=["--metrics-port", str(port)])
         mesh.wait_members(["w1", "w2", "w3"])
         wait_for("the client sees w3", lambda: c.poll(100) >= 0 and c.members == ["w1", "w2", "w3"])
         wait_for("w1 and w2 hand w3 its cards", lambda: all(
@@ -83,6 +91,8 @@ def test_join_and_leave_mid_stream_score_as_an_unchanged_mesh(data, model_path, 
         handed = {w: status(c, w)["handover"]["cards_handed_over"] for w in ("w1", "w2")}
         w3 = status(c, "w3")
         assert w3["handover"]["cards_taken_over"] == w3["state"]["cards"] == sum(handed.values())
+        wait_for("w3's metrics say so", lambda: metrics(port).get("zfraud_cards_taken_over_total") == w3["state"]["cards"])
+        assert metrics(port)["zfraud_cards"] == w3["state"]["cards"]
         wait_for("w3 holds w1's and w2's terminal counts", lambda: status(c, "w3")["state"]["peer_slots"] == 2)
         time.sleep(1.0)  # and the full copies it asked them for
         part, _, _ = stream_with_labels(c, data, 7, batch=1024, steps=slice(a, b))

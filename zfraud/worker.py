@@ -365,6 +365,8 @@ class Worker:
         self._in_flight, self._backlog = self._backlog, 0
         if self.metrics is not None:
             self.metrics.members(len(self.members.members))
+            self.metrics.cards(self.scorer.features.state_info()["cards"], self.handover.handed,
+                               self.stats["cards_taken_over"])
         for m in self.members.expire(now):
             log.warning("member lost name=%s (silent for over %.1fs)", m.name, self.members.timeout)
         self._sync_subscriptions()
