@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import zmq
 
@@ -41,3 +42,25 @@ def run_cli(*args, timeout=120, input=None, cwd=None):
     """Run `python -m zfraud ARGS` in a subprocess; returns the CompletedProcess."""
     return subprocess.run([sys.executable, "-m", "zfraud", *args], capture_output=True, text=True,
                           timeout=timeout, input=input, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def probe_model(path, data):
+    """Write a logistic model on zfraud-v6 that tells features apart by its score: every
+    coefficient non-zero and scaled by the feature's spread in `data` (train's replay of it), so
+    that the logit stays near -3 and no score saturates at 0 or 1 in float32. Equal scores then
+    mean equal features, the premise of the bit-identity tests. Returns the model's scores of the
+    replayed rows (what a worker must reproduce)."""
+    from zfraud.features import FULL, FeatureEngine
+    from zfraud.model import LogisticModel, save_model
+    from zfraud.train import replay
+
+    X = replay(data, np.ones(len(data["tx_id"]), bool), delay_days=7)
+    names = FeatureEngine(FULL).names
+    spread = np.nan_to_num(np.nanstd(X, axis=0), nan=1.0) + 1e-3
+    rng = np.random.default_rng(0)
+    coef = rng.uniform(0.05, 0.3, len(names)) * rng.choice([-1, 1], len(names)) / spread / 4
+    m = LogisticModel(names, coef, np.nan_to_num(np.nanmean(X, axis=0)), -3.0, version="probe-1", feature_set=FULL)
+    save_model(m, path)
+    scores = m.predict_proba(X).astype(np.float32)
+    assert 0 < scores.min() and scores.max() < 1 and len(np.unique(scores)) > 0.9 * len(scores)
+    return scores

@@ -19,7 +19,7 @@ from zfraud.mesh import owners
 from zfraud.model import LogisticModel, save_model
 from zfraud.train import label_schedule, replay
 
-from conftest import request
+from conftest import probe_model, request
 
 EXTRA = ["--cards", "4096", "--terminals", "4096", "--heartbeat", "0.2"]
 
@@ -35,14 +35,10 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    """A logistic model whose every coefficient is non-zero: equal scores <=> equal features."""
-    names = FeatureEngine(FULL).names
-    rng = np.random.default_rng(0)
-    m = LogisticModel(names, rng.uniform(0.05, 0.3, len(names)), np.zeros(len(names)), -3.0, version="probe-1",
-                      feature_set=FULL)
+def model_path(data, tmp_path_factory):
+    """A probe model (conftest.probe_model): no score saturates, so equal scores <=> equal features."""
     path = tmp_path_factory.mktemp("handover") / "probe.json"
-    save_model(m, path)
+    probe_model(path, data)
     return path
 
 

@@ -18,7 +18,7 @@ from zfraud.model import LogisticModel, save_model
 from zfraud.state import mix_keys
 from zfraud.train import replay
 
-from conftest import run_cli
+from conftest import probe_model, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +32,10 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    """A logistic model on zfraud-v5 whose every coefficient is non-zero: equal scores <=> equal features."""
-    names = FeatureEngine(FULL).names
-    rng = np.random.default_rng(0)
-    m = LogisticModel(names, rng.uniform(0.05, 0.3, len(names)), np.zeros(len(names)), -3.0, version="probe-1",
-                      feature_set=FULL)
+def model_path(data, tmp_path_factory):
+    """A probe model (conftest.probe_model): no score saturates, so equal scores <=> equal features."""
     path = tmp_path_factory.mktemp("intel") / "probe.json"
-    save_model(m, path)
+    probe_model(path, data)
     return path
 
 
@@ -294,3 +290,37 @@ def test_counts_bigger_than_a_frame_travel_in_pieces_and_merge_whole(model_path,
     finally:
         a._close()
         b._close()
+
+
+def test_what_a_draining_worker_scores_after_its_goodbye_still_reaches_its_peers(model_path, tmp_path, ctx):
+    """A client with a stale member list sends w1 a batch after w1 said goodbye (it drains: it
+    still answers). w2 keeps following w1's PUB for a while after the goodbye, so the terminal
+    counts of that batch, published as w1 closes, reach it: w2 ends with every transaction counted."""
+    from conftest import request
+
+    n, day = 1200, 17_800 * 86_400_000
+    rng = np.random.default_rng(13)
+    tx = {"tx_id": np.arange(1, n + 1, dtype=np.uint64), "card": rng.integers(1, 10**9, n).astype(np.uint64),
+          "terminal": rng.integers(0, 40, n).astype(np.uint64), "ts_ms": day + np.arange(n, dtype=np.int64) * 1000,
+          "amount": rng.uniform(1, 200, n)}
+    state = tmp_path / "s"
+    extra = ["--model", str(model_path), "--cards", "4096", "--terminals", "4096", "--heartbeat", "0.2",
+             "--state-dir", str(state)]
+    with LocalMesh(2, extra_args=extra, log_dir=str(tmp_path)) as mesh:
+        with Client(mesh.endpoint) as c:
+            c.score({k: a[:600] for k, a in tx.items()})
+        mesh.signal("w1", signal.SIGTERM)
+        end = time.monotonic() + 10
+        while mesh.members_of("w2") != ["w2"]:  # w2 has had w1's goodbye
+            assert time.monotonic() < end
+            time.sleep(0.05)
+        late = request(ctx, mesh.routers["w1"], P.batch_message(1, 0, {k: a[600:] for k, a in tx.items()}))
+        assert late.command == P.RESULT and late.header["rows"] == 600
+        assert mesh.stop_worker("w1", signalled=True) == 0
+        time.sleep(0.5)
+        assert mesh.stop_worker("w2") == 0
+    e = FeatureEngine(FULL, 7, 4096, 4096)
+    e.load(state / "w2.state.npz")
+    probe = {"terminal": np.arange(40, dtype=np.uint64), "ts_ms": np.full(40, day + 8 * 86_400_000, np.int64)}
+    np.testing.assert_array_equal(e.state.terminal_counts(probe)[:, 2],
+                                  np.bincount(tx["terminal"].astype(np.int64), minlength=40))

@@ -50,6 +50,9 @@ MAX_RUN_ROWS = 4096     # ... and rows (a run stops once it holds this many)
 # book's scale holds 0.36 M rows per worker; a mesh scoring ~1 M transactions a day over 100 000
 # terminals would hold tens of millions.
 INTEL_CHUNK_ROWS = 1 << 22
+# How long a worker keeps following the PUB of a member that said goodbye: its drain (at most
+# drain_max_s, 10 s by default) and its final counts, published as it closes, must still arrive.
+DEPARTED_FOLLOW_S = 15.0
 
 
 def intel_chunks(deltas: dict, rows: int | None = None):
@@ -146,6 +149,7 @@ class Worker:
         check_member(me.name, me.router, me.pub)  # a name peers would refuse is an error here, now
         self.members = Membership(me, timeout=heartbeat * liveness)
         self.subscribed: dict[str, str] = {}  # member name -> PUB endpoint our SUB is connected to
+        self._departed: dict[str, tuple] = {}  # name -> (PUB, until when) of members that said goodbye
         self.seeds = {}  # seed endpoint -> DEALER still waiting for its MEMBERS
         for seed in seeds:
             if seed != me.router:
@@ -188,6 +192,7 @@ class Worker:
         if self._draining_since is None:
             self._draining_since = now
             log.info("draining name=%s: leaving the mesh, answering what is in flight", self.name)
+            self._publish_intel()  # what we counted since the last heartbeat, before the goodbye
             self._publish(b"mesh.bye", {"name": self.name})
             self._tick_handover(now, force=True)  # the cards go now; what comes meanwhile, at the end
         return now - self._last_request > self.drain_quiet_s or now - self._draining_since > self.drain_max_s
@@ -254,7 +259,7 @@ class Worker:
         self.handover.tick(self.scorer.features, routers, names, now, force)
 
     def _close(self) -> None:
-        self._publish_intel()  # the last counts, before the peers hear that we left
+        self._publish_intel()  # what we counted while draining: the peers still follow us a while
         self._publish(b"mesh.bye", {"name": self.name})
         self.handover.take_back_all(self.scorer.features)  # unanswered: saved here instead
         self.handover.close()
@@ -380,6 +385,11 @@ class Worker:
     def _sync_subscriptions(self) -> None:
         """Make the SUB socket follow the member list: the one place that connects and disconnects."""
         want = {m.name: m.pub for m in self.members.members.values() if m is not self.members.me}
+        now = time.monotonic()
+        self._departed = {n: (pub, until) for n, (pub, until) in self._departed.items() if until > now}
+        # A member that said goodbye is still followed for a while: the counts of what it scored
+        # while draining come after its goodbye (their merge needs no membership).
+        following = {**{n: pub for n, (pub, _) in self._departed.items() if n not in want}, **want}
         for name in [n for n in self.sync_socks if n not in want]:
             sock = self.sync_socks.pop(name)
             self.poller.unregister(sock)
@@ -387,7 +397,7 @@ class Worker:
         for name in [n for n in self._intel_seq if n not in want]:
             del self._intel_seq[name]  # if it comes back, its first message triggers a full sync
         for name, pub in list(self.subscribed.items()):
-            if want.get(name) != pub:
+            if following.get(name) != pub:
                 try:
                     self.sub.disconnect(pub)
                 except zmq.ZMQError:
@@ -553,8 +563,10 @@ class Worker:
                 return
             name = str(h["name"])
             if frames[0] == b"mesh.bye":
-                if self.members.leave(name) is not None:
+                m = self.members.leave(name)
+                if m is not None:
                     log.info("member left name=%s", name)
+                    self._departed[name] = (m.pub, time.monotonic() + DEPARTED_FOLLOW_S)
                     self._sync_subscriptions()
                 return
             if frames[0] == b"mesh.hello":
