@@ -33,8 +33,7 @@ from zfraud.dataset import read_labelled  # noqa: E402
 from zfraud.evaluate import evaluate, known_compromised_mask  # noqa: E402
 from zfraud.features import FULL, FeatureEngine  # noqa: E402
 from zfraud.mesh import owners  # noqa: E402
-from zfraud.protocol import LABEL_NAMES  # noqa: E402
-from zfraud.train import TX, _capacity, fit_gbdt, label_schedule  # noqa: E402
+from zfraud.train import _capacity, fit_gbdt, replay  # noqa: E402
 
 # (name, member names before the change, after; the cards whose owner changes lose their state)
 CHANGES = (("unchanged", None, None), ("join, no handover", ["w1", "w2"], ["w1", "w2", "w3"]),
@@ -46,26 +45,20 @@ def day(s: str) -> int:
 
 
 def replay_with_change(d: dict, keep: np.ndarray, delay: int, at_ms: int, before, after) -> tuple:
-    """zfraud.train.replay's loop; at the first step at or after at_ms, the cards whose owner
-    differs between the member lists `before` and `after` are dropped (a new owner without
-    their state). Returns (features of the rows where keep, cards dropped)."""
+    """zfraud.train.replay, and before its first step at or after at_ms the cards whose owner
+    differs between the member lists `before` and `after` are dropped (a new owner without their
+    state). Returns (features of the rows where keep, cards dropped)."""
     e = FeatureEngine(FULL, delay, _capacity(d["card"]), _capacity(d["terminal"]))
-    out = np.empty((int(keep.sum()), len(e.names)), np.float32)
-    filled, dropped = 0, 0
-    for s, end, reveal in label_schedule(d["ts_ms"], delay):
-        if before is not None and not dropped and d["ts_ms"][s] >= at_ms:
+    done, dropped = [0], [0]
+
+    def after_step(rows: int) -> None:  # replay's progress callback: the next step starts at row done
+        done[0] += rows
+        if before is not None and not dropped[0] and done[0] < len(d["ts_ms"]) and d["ts_ms"][done[0]] >= at_ms:
             ids = e.card_ids()
             moved = owners(ids, before) != owners(ids, after)  # index into the same sorted names
-            dropped = len(e.take_cards(ids[moved]))
-        if reveal is not None:
-            e.apply_labels({k: d[k][reveal[0]:reveal[1]] for k in LABEL_NAMES})
-        for lo in range(s, end, 4096):
-            hi = min(lo + 4096, end)
-            X = e.transform({k: d[k][lo:hi] for k in TX})
-            k = keep[lo:hi]
-            out[filled:filled + int(k.sum())] = X[k]
-            filled += int(k.sum())
-    return out, dropped
+            dropped[0] = len(e.take_cards(ids[moved]))
+
+    return replay(d, keep, delay, engine=e, progress=after_step), dropped[0]
 
 
 def main(argv=None) -> int:

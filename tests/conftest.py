@@ -44,6 +44,19 @@ def run_cli(*args, timeout=120, input=None, cwd=None):
                           timeout=timeout, input=input, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+def gen_stream(customers=300, terminals=400, days=40, seed=3) -> dict:
+    """A `zfraud gen` history as the columns `train`'s replay and a worker take, time-sorted."""
+    from zfraud.gen import generate
+
+    g = generate(customers, terminals, days, seed=seed)
+    d = {"tx_id": g["TRANSACTION_ID"].astype(np.uint64), "card": g["CUSTOMER_ID"].astype(np.uint64),
+         "terminal": g["TERMINAL_ID"].astype(np.uint64),
+         "ts_ms": g["TX_DATETIME"].astype("datetime64[ms]").astype(np.int64),
+         "amount": g["TX_AMOUNT"].astype(np.float64), "fraud": g["TX_FRAUD"].astype(np.uint8)}
+    d["day"] = d["ts_ms"] // 86_400_000
+    return d
+
+
 def probe_model(path, data):
     """Write a logistic model on zfraud-v6 that tells features apart by its score: every
     coefficient non-zero and scaled by the feature's spread in `data` (train's replay of it), so

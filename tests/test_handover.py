@@ -13,25 +13,19 @@ from zfraud import Client
 from zfraud import protocol as P
 from zfraud.backtest import stream_with_labels
 from zfraud.features import FULL, FeatureEngine
-from zfraud.gen import generate
 from zfraud.local import LocalMesh, free_port
 from zfraud.mesh import owners
 from zfraud.model import LogisticModel, save_model
 from zfraud.train import label_schedule, replay
 
-from conftest import probe_model, request
+from conftest import gen_stream, probe_model, request
 
 EXTRA = ["--cards", "4096", "--terminals", "4096", "--heartbeat", "0.2"]
 
 
 @pytest.fixture(scope="module")
 def data():
-    g = generate(300, 400, 40, seed=3)
-    d = {"tx_id": g["TRANSACTION_ID"].astype(np.uint64), "card": g["CUSTOMER_ID"].astype(np.uint64),
-         "terminal": g["TERMINAL_ID"].astype(np.uint64), "ts_ms": g["TX_DATETIME"].astype("datetime64[ms]").astype(np.int64),
-         "amount": g["TX_AMOUNT"].astype(np.float64), "fraud": g["TX_FRAUD"].astype(np.uint8)}
-    d["day"] = d["ts_ms"] // 86_400_000
-    return d
+    return gen_stream()
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,12 @@ from zfraud.model import LogisticModel, save_model
 from zfraud.state import mix_keys
 from zfraud.train import replay
 
-from conftest import probe_model, run_cli
+from conftest import gen_stream, probe_model, run_cli
 
 
 @pytest.fixture(scope="module")
 def data():
-    g = generate(300, 400, 40, seed=3)
-    d = {"tx_id": g["TRANSACTION_ID"].astype(np.uint64), "card": g["CUSTOMER_ID"].astype(np.uint64),
-         "terminal": g["TERMINAL_ID"].astype(np.uint64), "ts_ms": g["TX_DATETIME"].astype("datetime64[ms]").astype(np.int64),
-         "amount": g["TX_AMOUNT"].astype(np.float64), "fraud": g["TX_FRAUD"].astype(np.uint8)}
-    d["day"] = d["ts_ms"] // 86_400_000
-    return d
+    return gen_stream()
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +32,33 @@ def model_path(data, tmp_path_factory):
     path = tmp_path_factory.mktemp("intel") / "probe.json"
     probe_model(path, data)
     return path
+
+
+T0 = 17_800 * 86_400_000  # the terminal streams' first event time
+
+
+def terminal_stream(n, seed):
+    """n transactions of random cards at 40 terminals, one a second from T0."""
+    rng = np.random.default_rng(seed)
+    return {"tx_id": np.arange(1, n + 1, dtype=np.uint64), "card": rng.integers(1, 10**9, n).astype(np.uint64),
+            "terminal": rng.integers(0, 40, n).astype(np.uint64), "ts_ms": T0 + np.arange(n, dtype=np.int64) * 1000,
+            "amount": rng.uniform(1, 200, n)}
+
+
+def state_args(model_path, state):
+    return ["--model", str(model_path), "--cards", "4096", "--terminals", "4096", "--heartbeat", "0.2",
+            "--state-dir", str(state)]
+
+
+def saved_counts_equal_the_stream(path, tx) -> FeatureEngine:
+    """Load a worker's snapshot and check its 30-day transaction count at each of the 40
+    terminals, 8 days after T0, is every transaction of tx there; returns the engine."""
+    e = FeatureEngine(FULL, 7, 4096, 4096)
+    e.load(path)
+    probe = {"terminal": np.arange(40, dtype=np.uint64), "ts_ms": np.full(40, T0 + 8 * 86_400_000, np.int64)}
+    np.testing.assert_array_equal(e.state.terminal_counts(probe)[:, 2],
+                                  np.bincount(tx["terminal"].astype(np.int64), minlength=40), err_msg=str(path))
+    return e
 
 
 def test_worker_features_equal_train_replay_bit_for_bit(data, model_path, tmp_path):
@@ -133,14 +155,8 @@ def test_more_peer_names_than_slots_over_a_workers_life_all_stay_counted(model_p
 
     rounds, per_round, rows = 3, 6, 600
     assert rounds * per_round > MAX_SOURCES - 1
-    n = rounds * rows
-    rng = np.random.default_rng(7)
-    day = 17_800 * 86_400_000
-    tx = {"tx_id": np.arange(1, n + 1, dtype=np.uint64), "card": rng.integers(1, 10**9, n).astype(np.uint64),
-          "terminal": rng.integers(0, 40, n).astype(np.uint64), "ts_ms": day + np.arange(n, dtype=np.int64) * 1000,
-          "amount": rng.uniform(1, 200, n)}
-    extra = ["--model", str(model_path), "--cards", "4096", "--terminals", "4096", "--heartbeat", "0.2",
-             "--state-dir", str(tmp_path / "s")]
+    tx = terminal_stream(rounds * rows, seed=7)
+    extra = state_args(model_path, tmp_path / "s")
     with LocalMesh(1, extra_args=extra, log_dir=str(tmp_path)) as mesh:
         for r in range(rounds):
             names = [f"r{r}p{p}" for p in range(per_round)]
@@ -163,12 +179,8 @@ def test_more_peer_names_than_slots_over_a_workers_life_all_stay_counted(model_p
     assert "not merged" not in log and "peer slots full: retired" in log
     assert status["state"]["peer_slots"] == MAX_SOURCES - 2  # 14 names and the retired slot
     assert status["state"]["retired_peers"] == rounds * per_round - (MAX_SOURCES - 2) == 4
-    e = FeatureEngine(FULL, 7, 4096, 4096)
-    e.load(tmp_path / "s" / "w1.state.npz")
+    e = saved_counts_equal_the_stream(tmp_path / "s" / "w1.state.npz", tx)
     assert len(e.retired) == 4 and all(name.startswith("r0") for name in e.retired)  # the least recent
-    terms = np.arange(40, dtype=np.uint64)
-    counts = e.state.terminal_counts({"terminal": terms, "ts_ms": np.full(40, day + 8 * 86_400_000, np.int64)})
-    np.testing.assert_array_equal(counts[:, 2], np.bincount(tx["terminal"].astype(np.int64), minlength=40))
 
 
 @pytest.mark.parametrize("comes_back_as", ["w2b", "w2"])
@@ -177,14 +189,9 @@ def test_a_worker_restarted_without_its_state_converges_with_its_peer(model_path
     change with the PID) or under its own. Either way it gets from w1 what w1 held for the old
     w2 (intel_sync's `more`), so both end with every transaction counted once."""
     n = 2000
-    rng = np.random.default_rng(11)
-    day = 17_800 * 86_400_000
-    tx = {"tx_id": np.arange(1, n + 1, dtype=np.uint64), "card": rng.integers(1, 10**9, n).astype(np.uint64),
-          "terminal": rng.integers(0, 40, n).astype(np.uint64), "ts_ms": day + np.arange(n, dtype=np.int64) * 1000,
-          "amount": rng.uniform(1, 200, n)}
+    tx = terminal_stream(n, seed=11)
     state = tmp_path / "s"
-    extra = ["--model", str(model_path), "--cards", "4096", "--terminals", "4096", "--heartbeat", "0.2",
-             "--state-dir", str(state)]
+    extra = state_args(model_path, state)
     with LocalMesh(2, extra_args=extra, log_dir=str(tmp_path)) as mesh:
         time.sleep(0.6)
         with Client(mesh.endpoint) as c:
@@ -204,12 +211,8 @@ def test_a_worker_restarted_without_its_state_converges_with_its_peer(model_path
         time.sleep(0.6)
         assert mesh.stop_worker(comes_back_as) == 0 and mesh.stop_worker("w1") == 0
         assert "synced terminal counts from w1 (" in mesh.log(comes_back_as)
-    expected = np.bincount(tx["terminal"].astype(np.int64), minlength=40)
-    probe = {"terminal": np.arange(40, dtype=np.uint64), "ts_ms": np.full(40, day + 8 * 86_400_000, np.int64)}
     for name in ("w1", comes_back_as):
-        e = FeatureEngine(FULL, 7, 4096, 4096)
-        e.load(state / f"{name}.state.npz")
-        np.testing.assert_array_equal(e.state.terminal_counts(probe)[:, 2], expected, err_msg=name)
+        saved_counts_equal_the_stream(state / f"{name}.state.npz", tx)
 
 
 def test_label_command(data, model_path, tmp_path):
@@ -298,14 +301,9 @@ def test_what_a_draining_worker_scores_after_its_goodbye_still_reaches_its_peers
     counts of that batch, published as w1 closes, reach it: w2 ends with every transaction counted."""
     from conftest import request
 
-    n, day = 1200, 17_800 * 86_400_000
-    rng = np.random.default_rng(13)
-    tx = {"tx_id": np.arange(1, n + 1, dtype=np.uint64), "card": rng.integers(1, 10**9, n).astype(np.uint64),
-          "terminal": rng.integers(0, 40, n).astype(np.uint64), "ts_ms": day + np.arange(n, dtype=np.int64) * 1000,
-          "amount": rng.uniform(1, 200, n)}
+    tx = terminal_stream(1200, seed=13)
     state = tmp_path / "s"
-    extra = ["--model", str(model_path), "--cards", "4096", "--terminals", "4096", "--heartbeat", "0.2",
-             "--state-dir", str(state)]
+    extra = state_args(model_path, state)
     with LocalMesh(2, extra_args=extra, log_dir=str(tmp_path)) as mesh:
         with Client(mesh.endpoint) as c:
             c.score({k: a[:600] for k, a in tx.items()})
@@ -319,8 +317,4 @@ def test_what_a_draining_worker_scores_after_its_goodbye_still_reaches_its_peers
         assert mesh.stop_worker("w1", signalled=True) == 0
         time.sleep(0.5)
         assert mesh.stop_worker("w2") == 0
-    e = FeatureEngine(FULL, 7, 4096, 4096)
-    e.load(state / "w2.state.npz")
-    probe = {"terminal": np.arange(40, dtype=np.uint64), "ts_ms": np.full(40, day + 8 * 86_400_000, np.int64)}
-    np.testing.assert_array_equal(e.state.terminal_counts(probe)[:, 2],
-                                  np.bincount(tx["terminal"].astype(np.int64), minlength=40))
+    saved_counts_equal_the_stream(state / "w2.state.npz", tx)
