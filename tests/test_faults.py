@@ -1,5 +1,6 @@
 """Failures on real processes: killed, hung, drained and restarted workers; nothing is lost."""
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -61,16 +62,22 @@ def test_a_hung_worker_is_detected_by_deadline_and_rejoins_after_sigcont(tmp_pat
         assert rows_of(mesh, "w2") - before > 5000  # given traffic again
 
 
-def test_sigterm_drains_a_worker_mid_send_without_loss(tmp_path):
+def test_sigterm_drains_a_worker_mid_send_without_loss_or_double_count(tmp_path):
+    """A draining worker answers what it was sent, so the client waits for those answers instead
+    of sending them again elsewhere, where they would be scored and counted a second time."""
     with LocalMesh(3, log_dir=str(tmp_path)) as mesh:
         send = start_send(mesh.endpoint, "--synthetic", "200000", "--rate", "80000")
         time.sleep(1.0)
         mesh.signal("w2", signal.SIGTERM)
         rc, s, err = finish(send)
         assert mesh.procs["w2"].wait(15) == 0
+        scored = rows_of(mesh, "w1") + rows_of(mesh, "w3")
     assert rc == 0, err
-    assert (s["verdicts"], s["lost"]) == (200000, 0)
-    assert "draining name=w2" in mesh.log("w2") and "stopped name=w2" in mesh.log("w2")
+    assert (s["verdicts"], s["lost"], s["resent"]) == (200000, 0, 0)
+    log = mesh.log("w2")
+    assert "draining name=w2" in log and "stopped name=w2" in log
+    scored += int(re.search(r"stopped name=w2 batches=\d+ rows=(\d+)", log).group(1))
+    assert scored == 200000  # each transaction scored (and counted in its card's windows) once
 
 
 def test_a_killed_worker_restarted_rejoins_and_gets_traffic(tmp_path):

@@ -57,7 +57,7 @@ class Summary:
     verdicts: int = 0     # distinct transactions answered with approve/review/decline
     errors: int = 0       # transactions rejected with a reason (bad row, unreadable input, dead letter)
     lost: int = 0
-    resent: int = 0       # transactions sent again after a worker missed a deadline or left
+    resent: int = 0       # transactions sent again after a worker missed a deadline or its connection closed
     dead_letter: int = 0  # transactions given up on after max_attempts
     decisions: dict = field(default_factory=dict)
     elapsed_s: float = 0.0
@@ -87,6 +87,7 @@ class Client:
         self.pubs: dict[str, str] = {}               # worker name -> PUB endpoint
         self.monitors: dict[zmq.Socket, str] = {}    # monitor socket of a peer's DEALER -> worker name
         self.down: set[str] = set()                  # workers that missed a deadline, until they answer again
+        self.leaving: set[str] = set()               # workers that said goodbye: no new batches, answers awaited
         self.pending: dict[int, Pending] = {}        # batch id -> unanswered sub-batch
         self.inflight: dict[str, set] = {}           # worker name -> batch ids in flight there
         self.dead_letters: list[dict] = []         # sub-batches given up on, with the reason
@@ -142,6 +143,7 @@ class Client:
             except (KeyError, TypeError):
                 continue
             seen.add(name)
+            self.leaving.discard(name)
             if self.routers.get(name) != router:
                 if name in self.peers:  # it moved: what it had in flight goes elsewhere
                     self._worker_down(name, f"moved to {router}")
@@ -150,8 +152,18 @@ class Client:
             self.pubs[name] = pub
         for name in list(self.peers):
             if name not in seen:
-                self._worker_down(name, "left the mesh")
-                self._drop_peer(name)
+                self._leave(name)
+
+    def _leave(self, name: str) -> None:
+        """`name` left the member list. A worker that leaves drains: it answers what it was sent
+        (and its card state follows its cards to their new owners). Resending that elsewhere now
+        would count those transactions twice, so no new batch goes to it, and it is dropped once
+        its batches are answered, or when it misses their deadline or its connection closes
+        (_worker_down then resends them)."""
+        if self.inflight.get(name):
+            self.leaving.add(name)
+        else:
+            self._drop_peer(name)
 
     def _add_peer(self, name: str, router: str) -> None:
         sock = self._dealer()
@@ -178,6 +190,7 @@ class Client:
         self.routers.pop(name, None)
         self.pubs.pop(name, None)
         self.down.discard(name)
+        self.leaving.discard(name)
 
     def _on_monitor(self, monitor) -> None:
         name = self.monitors.get(monitor)
@@ -206,11 +219,11 @@ class Client:
     @property
     def members(self) -> list[str]:
         """Live workers, sorted: the order every client uses for rendezvous hashing."""
-        return sorted(n for n in self.peers if n not in self.down)
+        return sorted(n for n in self.peers if n not in self.down and n not in self.leaving)
 
     def _live(self, name: str) -> bool:
         """name in self.members, without building the list."""
-        return name in self.peers and name not in self.down
+        return name in self.peers and name not in self.down and name not in self.leaving
 
     def _refresh(self) -> None:
         """Ask one live worker for the member list (answered asynchronously, as MEMBERS), and
@@ -320,18 +333,21 @@ class Client:
             msg = P.parse(frames)
         except P.ProtocolError:
             return
+        if msg.command == P.MEMBERS:
+            self._update_members(msg.header.get("members") or [])
+        self._on_answer(msg)
+
+    def _on_answer(self, msg) -> None:
+        """A RESULT or ERROR for a batch (anything else is ignored)."""
         h = msg.header
         worker = h.get("worker")
         if worker in self.down:
             self.down.discard(worker)  # it answered: it is alive again
-        if msg.command == P.MEMBERS:
-            self._update_members(h.get("members") or [])
-            return
         if msg.command == P.RESULT:
             p = self.pending.pop(h.get("batch"), None)
             if p is None:
                 return  # a late answer to a batch already resent elsewhere
-            self.inflight[p.worker].discard(p.batch)
+            self._answered(p)
             try:
                 if h.get("columns") != P.schema(P.VERDICT_COLUMNS):
                     raise P.ProtocolError(P.BAD_SCHEMA, f"verdict columns {h.get('columns')!r} are not this client's")
@@ -346,14 +362,34 @@ class Client:
         elif msg.command == P.ERROR:
             p = self.pending.pop(h.get("batch"), None)
             if p is not None:
-                self.inflight[p.worker].discard(p.batch)
+                self._answered(p)
                 self._dead_letter(p.arrays, p.attempt, f"{h.get('code')}: {h.get('message')}")
 
+    def _answered(self, p: Pending) -> None:
+        self.inflight[p.worker].discard(p.batch)
+        if p.worker in self.leaving and not self.inflight[p.worker]:
+            self._drop_peer(p.worker)  # its last answer: it is gone from this client
+
     def _worker_down(self, name: str, reason: str) -> None:
-        """Stop routing to `name` and resend everything it had in flight to the remaining owners."""
+        """Stop routing to `name` and resend everything it had in flight to the remaining owners.
+        Its answers that arrived before that are read first: those batches are done, and
+        resending them would count them twice."""
+        sock = self.peers.get(name)
+        while sock is not None and not sock.closed and self.inflight.get(name):
+            try:
+                msg = P.parse(recv_frames(sock, zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            except P.ProtocolError:
+                continue
+            self._on_answer(msg)
+        if name not in self.peers:
+            return  # it was leaving, and that was its last answer: nothing is stranded
         self.down.add(name)
         stranded = [self.pending.pop(b) for b in sorted(self.inflight.get(name, ()))]
         self.inflight[name] = set()
+        if name in self.leaving:
+            self._drop_peer(name)
         for p in stranded:
             if p.attempt + 1 >= self.max_attempts:
                 self._dead_letter(p.arrays, p.attempt, f"{name}: {reason}; gave up after {p.attempt + 1} attempts")
