@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -277,6 +278,38 @@ def test_send_without_a_mesh_fails_fast_with_one_line():
     r = run_cli("send", "--connect", f"tcp://127.0.0.1:{free_port()}", "--synthetic", "10", timeout=30)
     assert r.returncode != 0 and time.monotonic() - t0 < 15
     assert "no zfraud worker answered" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args, why", [
+    (["--bind", "tcp://127.0.0.1:{busy}"], "cannot bind --bind tcp://127.0.0.1:{busy}: Address already in use: another"),
+    (["--pub", "tcp://127.0.0.1:{busy}"], "cannot bind --pub tcp://127.0.0.1:{busy}: Address already in use"),
+    (["--bind", "tcp://127.0.0.1:99999"], "--bind 'tcp://127.0.0.1:99999' is not tcp://HOST:PORT (PORT 1-65535, or *"),
+    (["--bind", "127.0.0.1:5555"], "--bind '127.0.0.1:5555' is not tcp://HOST:PORT"),
+    (["--seed", "tcp://127.0.0.1:*"], "--seed 'tcp://127.0.0.1:*' is not tcp://HOST:PORT (PORT 1-65535), ipc://"),
+])
+def test_a_worker_that_cannot_bind_or_reach_its_seed_says_why_in_one_line(args, why):
+    """libzmq raises a bare EINVAL for a malformed endpoint, and reads a tcp port modulo 65536
+    (tcp://127.0.0.1:99999 would bind port 34463): the worker checks first and names the option."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        args = [a.format(busy=busy) for a in args]
+        defaults = {"--bind": f"tcp://127.0.0.1:{free_port()}", "--pub": f"tcp://127.0.0.1:{free_port()}"}
+        for opt, ep in defaults.items():
+            if opt not in args:
+                args += [opt, ep]
+        r = run_cli("worker", "--name", "w", *args, timeout=30)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "ready name" not in r.stderr
+    assert why.format(busy=busy) in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("command", ["send", "tail", "status"])
+def test_a_malformed_connect_endpoint_gets_one_line(command):
+    r = run_cli(command, "--connect", "tcp://127.0.0.1:70000", *(["--synthetic", "5"] if command == "send" else []),
+                timeout=30)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "endpoint 'tcp://127.0.0.1:70000' is not tcp://HOST:PORT (PORT 1-65535)" in r.stderr, r.stderr
 
 
 def test_client_api_refuses_nothing_listening():

@@ -56,8 +56,24 @@ def owners(cards: np.ndarray, names: list[str]) -> np.ndarray:
     return weights.argmax(axis=0)
 
 
-ENDPOINT = re.compile(r"^(tcp://[A-Za-z0-9_.\-:\[\]]+:\d{1,5}|ipc://[^\s]+|inproc://[^\s]+)$")
+ENDPOINT = re.compile(r"^(tcp://[A-Za-z0-9_.\-:\[\]*]+:(\d{1,5}|\*)|ipc://[^\s]+|inproc://[^\s]+)$")
 NAME = re.compile(r"^[A-Za-z0-9_.@:\-]{1,64}$")
+
+
+def check_endpoint(what: str, ep: str, bind: bool = False) -> None:
+    """Refuse an endpoint libzmq would reject with a bare EINVAL, or silently change: it reads a
+    tcp port modulo 65536 (tcp://h:99999 binds port 34463). To bind, a host or port may be *
+    (any interface, any free port); to connect, both must be real."""
+    ok = isinstance(ep, str) and ENDPOINT.fullmatch(ep) is not None
+    if ok and ep.startswith("tcp://"):
+        host, port = ep[6:].rsplit(":", 1)
+        if bind:
+            ok = port == "*" or int(port) <= 65535
+        else:
+            ok = "*" not in host and port != "*" and 1 <= int(port) <= 65535
+    if not ok:
+        form = "tcp://HOST:PORT (PORT 1-65535, or * for any free one)" if bind else "tcp://HOST:PORT (PORT 1-65535)"
+        raise ValueError(f"{what} {str(ep)[:80]!r} is not {form}, ipc://PATH or inproc://NAME")
 
 
 def check_member(name: str, router: str, pub: str) -> None:
@@ -65,8 +81,7 @@ def check_member(name: str, router: str, pub: str) -> None:
     if not NAME.fullmatch(name):
         raise ValueError(f"member name {name[:80]!r} must be 1-64 characters of letters, digits, _ . @ : -")
     for what, ep in (("router", router), ("pub", pub)):
-        if not ENDPOINT.fullmatch(ep):
-            raise ValueError(f"member {name}: {what} endpoint {ep[:80]!r} is not tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+        check_endpoint(f"member {name}: {what} endpoint", ep)
 
 
 @dataclass

@@ -59,6 +59,8 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
+from .mesh import check_endpoint
+
 __all__ = ["Curve", "Policy", "SecurityError", "keys_init", "load_public", "load_keypair",
            "describe_handshake_failure", "check_handshake", "HANDSHAKE_EVENTS", "ZAP_DOMAIN",
            "MSG_AUTH", "MSG_ENCRYPTION"]
@@ -367,6 +369,7 @@ def check_handshake(sock, endpoint: str, timeout_s: float = 2.0) -> str | None:
     connect() of a DEALER/SUB/PUB/REQ to an endpoint it is already connected to, so checking such
     an endpoint again reports a timeout, not the earlier outcome.
     """
+    check_endpoint("endpoint", endpoint)  # ValueError for what libzmq would refuse with a bare EINVAL
     if getattr(sock, "_monitor_socket", None) is not None:  # pyzmq would hand back that monitor
         raise ValueError("check_handshake: this socket already has a monitor; pass its events to "
                          "describe_handshake_failure() instead")

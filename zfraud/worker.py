@@ -30,7 +30,7 @@ import zmq
 from . import __version__
 from . import protocol as P
 from ._dedup import SeenSet
-from .mesh import Member, Membership, check_member
+from .mesh import Member, Membership, check_endpoint, check_member
 from .features import TERMINAL_BUCKET_HOURS, FeatureEngine
 from .handover import ACK_S, Handover, take_over
 from .model import load_model, model_from_dict
@@ -83,6 +83,20 @@ def _advertised(endpoint: str) -> str:
     return endpoint
 
 
+def _bind(sock, endpoint: str, what: str, also=None) -> None:
+    """sock.bind(endpoint), or ValueError saying why (a port in use, an address not on this
+    machine), after closing sock and `also`: a worker that cannot bind cannot start."""
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as e:
+        for s in (sock, also):
+            if s is not None:
+                s.close(linger=0)
+        hint = {zmq.EADDRINUSE: ": another process (another worker?) listens there",
+                zmq.EADDRNOTAVAIL: ": that address is not one of this machine's"}.get(e.errno, "")
+        raise ValueError(f"cannot bind {what} {endpoint}: {zmq.strerror(e.errno)}{hint}") from None
+
+
 class Worker:
     """Scores batches and takes part in the mesh. `run()` blocks until `stop()` or a signal."""
 
@@ -123,6 +137,10 @@ class Worker:
         self._sync_sent: dict[str, float] = {}       # peer name -> when that request went out
         self.drain_quiet_s, self.drain_max_s = drain_quiet_s, drain_max_s
         self.scorer = Scorer(model, thresholds, rules, features=features)
+        check_endpoint("--bind", bind, bind=True)
+        check_endpoint("--pub", pub, bind=True)
+        for seed in seeds:
+            check_endpoint("--seed", seed)
         self.heartbeat = heartbeat
         self.ctx = context or zmq.Context()
         self._own_ctx = context is None
@@ -134,11 +152,11 @@ class Worker:
             self.curve.start_authenticator(self.ctx)
         self.router = self._secure(configure(self.ctx.socket(zmq.ROUTER), linger_ms=1000), server=True)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a vanished client raises, not vanishes
-        self.router.bind(bind)
+        _bind(self.router, bind, "--bind")
         # XPUB: a PUB that hears its subscribers' subscriptions, so verdicts nobody follows are
         # not published (a heavy share of a small batch's cost, ../shared/reference/zeromq.md).
         self.pub = self._secure(configure(self.ctx.socket(zmq.XPUB), sndhwm=100_000, linger_ms=200), server=True)
-        self.pub.bind(pub)
+        _bind(self.pub, pub, "--pub", also=self.router)
         self._prefixes: set[bytes] = set()  # topic prefixes subscribed to, by anyone
         self._followed = dict.fromkeys((*VERDICT_TOPICS, b"shadow"), False)  # topic -> anyone subscribed
         self.sub = self._secure(configure(self.ctx.socket(zmq.SUB), rcvhwm=100_000))
