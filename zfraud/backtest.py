@@ -10,6 +10,7 @@ detected cards removed on later days, plus recall per fraud scenario.
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -19,6 +20,7 @@ from .client import Client
 from .dataset import read_labelled
 from .evaluate import evaluate, known_compromised_mask
 from .local import LocalMesh
+from .model import load_model
 from .train import _capacity, label_schedule
 
 TX = ("tx_id", "card", "terminal", "ts_ms", "amount")
@@ -72,7 +74,9 @@ def backtest(path, model_path, test_from: int, test_to: int, delay_days: int = 7
     test = (data["day"] >= test_from) & (data["day"] <= test_to)
     if not test.any():
         raise ValueError("no transactions in the test dates")
-    extra = ["--model", str(model_path), "--delay", str(delay_days),
+    model_path = os.path.abspath(model_path)  # the workers run in the mesh's own directory
+    load_model(model_path)  # a bad file is one clear error here, not workers that fail to start
+    extra = ["--model", model_path, "--delay", str(delay_days),
              "--cards", str(_capacity(data["card"])), "--terminals", str(_capacity(data["terminal"]))]
     with LocalMesh(workers, extra_args=extra) as mesh, Client(mesh.endpoint, deadline_s=30) as client:
         t1 = time.perf_counter()

@@ -75,10 +75,14 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-4, iters: int = 50
 
     Returns (coef, center, intercept) in the centred form LogisticModel stores:
     logit = intercept + sum_j coef[j] * (x[j] - center[j]).
+    A NaN feature (zfraud-v6's averages over a span in which the card had no transaction) is fitted
+    as the kernel scores it, as its centre (ext/linear.pyx): it contributes nothing.
     """
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    center = X.mean(axis=0)
+    missing = np.isnan(X)
+    center = np.nanmean(np.where(missing.all(axis=0), 0.0, X), axis=0)  # 0 for a column of NaN only
+    X = np.where(missing, center, X)
     scale = X.std(axis=0)
     scale[scale == 0] = 1.0
     Z = np.hstack([np.ones((len(X), 1)), (X - center) / scale])
