@@ -7,6 +7,8 @@ import pytest
 from zfraud import load_model
 from zfraud.model import DEFAULT_MODEL, ModelError, save_model
 
+from conftest import run_cli
+
 
 def test_default_model_loads_and_scores():
     m = load_model()
@@ -52,3 +54,42 @@ def test_unreadable_files(tmp_path):
 def test_predict_checks_the_feature_count():
     with pytest.raises(ValueError, match=r"expected a \(n, 5\) float32 matrix"):
         load_model().predict_proba(np.zeros((2, 4), np.float32))
+
+
+@pytest.fixture(scope="module")
+def lgb_files(tmp_path_factory):
+    """LightGBM text models fitted on a 5-column matrix: unnamed (Column_0...), and named as the
+    basic-v1 features."""
+    lgb = pytest.importorskip("lightgbm")
+    d = tmp_path_factory.mktemp("import")
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 300, (2000, 5))
+    y = (X[:, 0] > 150).astype(int)
+    from zfraud.features import BASIC_FEATURES
+    for name, names in (("unnamed", "auto"), ("named", list(BASIC_FEATURES))):
+        params = dict(objective="binary", num_leaves=4, verbose=-1, num_threads=1)
+        lgb.train(params, lgb.Dataset(X, y, feature_name=names), 5).save_model(str(d / f"{name}.txt"))
+    return d
+
+
+@pytest.mark.parametrize("source", ["unnamed", "named"])
+def test_model_import_gives_a_model_a_worker_can_score_with(lgb_files, source):
+    from zfraud.features import BASIC_FEATURES
+    from zfraud.scoring import Scorer
+
+    out = lgb_files / f"{source}.json"
+    r = run_cli("model", "import", "lightgbm", str(lgb_files / f"{source}.txt"), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    m = load_model(out)
+    assert m.features == BASIC_FEATURES and m.feature_set == "basic-v1"
+    Scorer(m)  # what a worker builds: it refuses a model whose features are not the set's
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--feature-set", "zfraud-v6"], "has 5 features (Column_0, Column_1, Column_2, ...); feature set zfraud-v6 has 28"),
+    (["--feature-set", "zfraud-v9"], "'zfraud-v9' is not one of basic-v1, zfraud-v6"),
+])
+def test_model_import_refuses_a_model_workers_would_refuse(lgb_files, tmp_path, args, message):
+    r = run_cli("model", "import", "lightgbm", str(lgb_files / "unnamed.txt"), "-o", str(tmp_path / "m.json"), *args)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and not (tmp_path / "m.json").exists()
+    assert message in r.stderr.replace("\n", " "), r.stderr

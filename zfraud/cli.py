@@ -352,18 +352,35 @@ def model():
 @click.argument("source", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="zfraud model file to write.")
 @click.option("--version", "version", default=None, help="Model version to record. Default: from the file name.")
-@click.option("--feature-set", default="basic-v1", help="The worker feature set the model was trained on.")
+@click.option("--feature-set", default="basic-v1", show_default=True,
+              help="The worker feature set the model was trained on, in that order (basic-v1 or zfraud-v6).")
 @friendly_errors
 def model_import(kind, source, out, version, feature_set):
-    """Convert a LightGBM text dump or an XGBoost JSON model into a zfraud model file."""
+    """Convert a LightGBM text dump or an XGBoost JSON model into a zfraud model file.
+
+    Its features must be the feature set's, in order (`zfraud model info` on a trained model lists
+    them): by name, or, for a model fitted on an unnamed matrix (Column_0…, f0…), by count."""
     from pathlib import Path
 
+    from .features import FEATURE_SETS
     from .importers import from_lightgbm_text, from_xgboost_json
     from .model import save_model
 
+    if feature_set not in FEATURE_SETS:
+        raise click.BadParameter(f"{feature_set!r} is not one of {', '.join(FEATURE_SETS)}", param_hint="--feature-set")
     version = version or Path(source).stem
     convert = from_lightgbm_text if kind == "lightgbm" else from_xgboost_json
     m = convert(source, version=version, feature_set=feature_set)
+    want, got = FEATURE_SETS[feature_set], m.features
+    unnamed = got in (tuple(f"Column_{i}" for i in range(len(got))), tuple(f"f{i}" for i in range(len(got))))
+    if got != want:
+        if not (unnamed and len(got) == len(want)):
+            raise click.ClickException(
+                f"{source} has {len(got)} features ({', '.join(got[:3])}{', ...' if len(got) > 3 else ''}); "
+                f"feature set {feature_set} has {len(want)} ({', '.join(want[:3])}, ...), and workers score with "
+                f"exactly those. Train on them (zfraud train, or zfraud.train.replay for the matrix), or name "
+                f"the set the model was trained on with --feature-set")
+        m.features = want  # fitted on the set's matrix without its names
     save_model(m, out)
     click.echo(f"wrote {out}: {describe(m)}")
 
