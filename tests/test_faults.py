@@ -9,6 +9,7 @@ import time
 import pytest
 
 from zfraud import Client
+from zfraud import protocol as P
 from zfraud.local import LocalMesh
 from zfraud.synthetic import synthetic
 
@@ -130,3 +131,40 @@ def test_dead_letters_through_the_api(tmp_path):
     entries = [json.loads(line) for line in dead.read_text().splitlines()]
     assert sum(len(e["tx_id"]) for e in entries) == 3000
     assert all(e["reason"] for e in entries)
+
+
+def test_a_snapshot_that_cannot_be_written_is_logged_and_scoring_goes_on(tmp_path):
+    """A full disk or a state directory gone must not stop scoring: the failed save is logged and
+    counted, the next interval tries again, and only a failed save at the end makes the worker
+    exit non-zero (its state since the last good snapshot is lost, and a supervisor should know)."""
+    import numpy as np
+
+    from zfraud.features import FULL, FeatureEngine
+    from zfraud.model import LogisticModel, save_model
+
+    names = FeatureEngine(FULL).names
+    save_model(LogisticModel(names, np.zeros(len(names)), np.zeros(len(names)), -3.0, version="v6-flat",
+                             feature_set=FULL), tmp_path / "m.json")
+    state = tmp_path / "state"
+    extra = ["--model", str(tmp_path / "m.json"), "--state-dir", str(state), "--snapshot-every", "1",
+             "--cards", "4096", "--terminals", "4096"]
+    batch = next(synthetic(2000, batch=2000))
+    with LocalMesh(1, extra_args=extra, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint) as c:
+        assert (c.score(batch)["decision"] != P.REJECTED).all()
+        end = time.monotonic() + 10
+        while not (state / "w1.state.npz").exists() and time.monotonic() < end:
+            time.sleep(0.1)
+        (state / "w1.state.npz").unlink()
+        state.rmdir()
+        state.write_text("not a directory any more")
+        end = time.monotonic() + 10
+        while c.control("w1", "status")["status"]["state"]["snapshot_failures"] < 2 and time.monotonic() < end:
+            time.sleep(0.2)
+        st = c.control("w1", "status")["status"]
+        assert st["state"]["snapshot_failures"] >= 2 and st["state"]["snapshot_age_s"] > 1
+        second = next(synthetic(2000, batch=2000, seed=1, first_id=10**6))
+        assert (c.score(second)["decision"] != P.REJECTED).all() and mesh.procs["w1"].poll() is None
+        assert mesh.stop_worker("w1") == 1
+        log = mesh.log("w1")
+    assert f"cannot save state to {state}/w1.state.npz: [Errno 20] Not a directory" in log
+    assert "could not save its state" in log and "Traceback" not in log

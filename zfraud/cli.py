@@ -134,6 +134,8 @@ def worker(name, bind, pub, seeds, model_path, rules_path, review_at, decline_at
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: w.stop())
     w.run()
+    if not w.saved:
+        raise click.ClickException(f"stopped, but could not save its state to {w.state_path} (see the log above)")
 
 
 def print_summary(s, out=sys.stdout) -> None:

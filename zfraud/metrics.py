@@ -36,6 +36,8 @@ class Metrics:
         self._cards = prom.Gauge("zfraud_cards", "Cards whose state this worker holds.", registry=r)
         self._handed = prom.Counter("zfraud_cards_handed_over", "Cards handed to their new owner.", registry=r)
         self._taken = prom.Counter("zfraud_cards_taken_over", "Cards taken over from another worker.", registry=r)
+        self.snapshot_failures = prom.Counter("zfraud_snapshot_failures", "State snapshots that could not be written.",
+                                              registry=r)
         self._moved = (0, 0)  # (handed, taken) as of the last update
         self.info = prom.Gauge("zfraud_info", "What this worker runs.", ["worker", "model", "rules"], registry=r)
         self.worker = worker

@@ -178,7 +178,9 @@ class Worker:
         self._seq = {}  # topic -> last PUB sequence number, for gap detection by subscribers
         self.started = time.time()
         self.stats = {"batches": 0, "rows": 0, "repeats": 0, "errors": 0, "undelivered": 0, "labels": 0,
-                      "cards_taken_over": 0, "decisions": [0] * len(P.DECISIONS)}
+                      "cards_taken_over": 0, "snapshot_failures": 0, "decisions": [0] * len(P.DECISIONS)}
+        self.saved_at = None  # time.time() of the last snapshot saved
+        self.saved = True  # False when the snapshot at the end failed: the CLI exits 1
         self.handover = Handover(name, lambda: self._secure(configure(self.ctx.socket(zmq.DEALER))))
         self._final_until = None  # set when the drain is over: the last handover's answers are awaited
         self._batch_ms = deque(maxlen=2048)  # recent scoring times (a run of batches scores as one)
@@ -281,7 +283,7 @@ class Worker:
         self._publish(b"mesh.bye", {"name": self.name})
         self.handover.take_back_all(self.scorer.features)  # unanswered: saved here instead
         self.handover.close()
-        self._snapshot()
+        self.saved = self._snapshot()
         for sock in (*self.seeds.values(), *self.sync_socks.values(), self.sub, self.pub, self.router):
             sock.close()
         if self.curve is not None:
@@ -364,12 +366,25 @@ class Worker:
             del self.seeds[seed]
             log.info("joined via seed=%s members=%d", seed, len(self.members.members))
 
-    def _snapshot(self) -> None:
-        if self.state_path is not None:
-            t0 = time.perf_counter()
+    def _snapshot(self) -> bool:
+        """Save the state (with --state-dir); False if that failed. A failed save (a full disk, a
+        directory gone) is logged and counted, and the worker keeps scoring: the last good
+        snapshot stays on disk (saves are atomic) and the next interval tries again."""
+        if self.state_path is None or self.scorer.features.state is None:
+            return True  # nothing to save: no --state-dir, or no streaming state (yet)
+        t0 = time.perf_counter()
+        try:
             self.scorer.features.save(self.state_path, {"seen": self.seen.ids(),
                                                          "labels_seen": self.labels_seen.ids()})
-            log.info("saved state to %s in %.0f ms", self.state_path, (time.perf_counter() - t0) * 1000)
+        except OSError as e:
+            self.stats["snapshot_failures"] += 1
+            if self.metrics is not None:
+                self.metrics.snapshot_failures.inc()
+            log.error("cannot save state to %s: %s (the last good snapshot there is kept)", self.state_path, e)
+            return False
+        self.saved_at = time.time()
+        log.info("saved state to %s in %.0f ms", self.state_path, (time.perf_counter() - t0) * 1000)
+        return True
 
     def _beat(self, now: float) -> None:
         for name in [n for n, t in self._sync_sent.items() if now - t > 5.0 and n in self.sync_socks]:
@@ -772,7 +787,9 @@ class Worker:
                 "decisions": dict(zip(P.DECISIONS, self.stats["decisions"])),
                 "batch_ms_p50": round(float(np.percentile(ms, 50)), 4),
                 "batch_ms_p99": round(float(np.percentile(ms, 99)), 4),
-                "state": self.scorer.features.state_info() | {"remembered_tx_ids": len(self.seen)},
+                "state": self.scorer.features.state_info() | {
+                    "remembered_tx_ids": len(self.seen), "snapshot_failures": self.stats["snapshot_failures"],
+                    "snapshot_age_s": round(time.time() - self.saved_at, 3) if self.saved_at else None},
                 "handover": {"cards_handed_over": self.handover.handed, "cards_taken_over": self.stats["cards_taken_over"],
                              "cards_taken_back": self.handover.taken_back,
                              "cards_in_flight": sum(len(p.records) for p in self.handover.pending.values())},
