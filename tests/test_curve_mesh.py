@@ -73,3 +73,32 @@ def test_refused_with_a_foreign_key(secure_mesh, tmp_path):
     r = run_cli("status", "--connect", secure_mesh.endpoint, "--curve-dir", str(foreign), timeout=30)
     assert r.returncode != 0 and time.monotonic() - t0 < 15
     assert "does not know this client's key" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_keys_added_at_run_time_are_admitted_and_a_malformed_one_is_logged_not_fatal(keys, tmp_path):
+    """Workers re-read the key directory every 5 s. A malformed or half-copied *.key must not stop
+    them: the keys in force stay, the error is logged, and the next good reload admits the new key."""
+    import shutil
+
+    mesh_keys = tmp_path / "mesh"
+    shutil.copytree(keys, mesh_keys)
+    new = tmp_path / "new"
+    assert run_cli("keys", "init", str(new)).returncode == 0
+    (new / "worker.key").write_bytes((mesh_keys / "worker.key").read_bytes())
+
+    def status_with_new_key():
+        return run_cli("status", "--connect", mesh.endpoint, "--curve-dir", str(new), "--json", timeout=30)
+
+    with LocalMesh(1, extra_args=["--curve-dir", str(mesh_keys)], log_dir=str(tmp_path)) as mesh:
+        assert "does not know this client's key" in status_with_new_key().stderr
+        (mesh_keys / "bad.key").write_text("metadata\ncurve\n    public-key = \"short\"\n")
+        (mesh_keys / "new.key").write_bytes((new / "client.key").read_bytes())
+        time.sleep(6.5)  # a reload (every 5 s) that meets the bad key
+        r = status_with_new_key()
+        assert "does not know this client's key" in r.stderr and mesh.procs["w1"].poll() is None
+        assert "keys not reloaded" in mesh.log("w1") and "bad.key" in mesh.log("w1")
+        (mesh_keys / "bad.key").unlink()
+        time.sleep(6.5)
+        r = status_with_new_key()
+    assert r.returncode == 0, r.stderr
+    assert [m["name"] for m in json.loads(r.stdout)["members"]] == ["w1"]

@@ -36,7 +36,7 @@ from .handover import ACK_S, Handover, take_over
 from .model import load_model, model_from_dict
 from .rules import RuleSet
 from .scoring import Scorer, Thresholds
-from .security import Curve
+from .security import Curve, SecurityError
 from .sockets import configure, recv_frames, send_frames
 
 log = logging.getLogger("zfraud.worker")
@@ -148,6 +148,7 @@ class Worker:
         # admits only the public keys found in the curve directory.
         self.curve = Curve.from_dir(curve_dir, "worker") if curve_dir else None
         self._next_key_reload = time.monotonic() + 5.0
+        self._key_problem = None  # the last key reload's error, logged once until it changes
         if self.curve is not None:
             self.curve.start_authenticator(self.ctx)
         self.router = self._secure(configure(self.ctx.socket(zmq.ROUTER), linger_ms=1000), server=True)
@@ -394,7 +395,14 @@ class Worker:
             self._intel_seq.pop(name, None)
         if self.curve is not None and now >= self._next_key_reload:
             self._next_key_reload = now + 5.0
-            self.curve.reload()  # keys copied into or removed from the directory take effect
+            try:
+                self.curve.reload()  # keys copied into or removed from the directory take effect
+            except SecurityError as e:  # a malformed or half-copied *.key: keep the keys in force
+                if str(e) != self._key_problem:
+                    log.error("keys not reloaded: %s (the keys loaded before stay in force)", e)
+                self._key_problem = str(e)
+            else:
+                self._key_problem = None
         self._publish_intel()
         if self.state_path is not None and now >= self._next_snapshot:
             self._snapshot()
