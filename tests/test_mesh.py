@@ -286,6 +286,7 @@ def test_send_without_a_mesh_fails_fast_with_one_line():
     (["--bind", "tcp://127.0.0.1:99999"], "--bind 'tcp://127.0.0.1:99999' is not tcp://HOST:PORT (PORT 1-65535, or *"),
     (["--bind", "127.0.0.1:5555"], "--bind '127.0.0.1:5555' is not tcp://HOST:PORT"),
     (["--seed", "tcp://127.0.0.1:*"], "--seed 'tcp://127.0.0.1:*' is not tcp://HOST:PORT (PORT 1-65535), ipc://"),
+    (["--metrics-port", "{busy}"], "cannot serve metrics on 127.0.0.1:{busy} (--metrics-port): Address already in use"),
 ])
 def test_a_worker_that_cannot_bind_or_reach_its_seed_says_why_in_one_line(args, why):
     """libzmq raises a bare EINVAL for a malformed endpoint, and reads a tcp port modulo 65536

@@ -42,7 +42,10 @@ class Metrics:
         self.info = prom.Gauge("zfraud_info", "What this worker runs.", ["worker", "model", "rules"], registry=r)
         self.worker = worker
         self._by_decision = [self.transactions.labels(d) for d in P.DECISIONS]
-        self.server, self.thread = prom.start_http_server(port, addr=host, registry=r)
+        try:
+            self.server, self.thread = prom.start_http_server(port, addr=host, registry=r)
+        except OSError as e:
+            raise ValueError(f"cannot serve metrics on {host}:{port} (--metrics-port): {e.strerror}") from None
 
     def batch(self, counts, seconds: float, repeats: int, batches: int = 1) -> None:
         """One scoring pass: verdicts per decision, its time, repeated transactions, batches."""
