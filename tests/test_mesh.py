@@ -313,6 +313,22 @@ def test_a_malformed_connect_endpoint_gets_one_line(command):
     assert "endpoint 'tcp://127.0.0.1:70000' is not tcp://HOST:PORT (PORT 1-65535)" in r.stderr, r.stderr
 
 
+def test_a_batch_or_labels_bigger_than_one_message_go_in_pieces(tmp_path):
+    """A worker takes at most MAX_ROWS transactions (MAX_LABEL_ROWS labels) in one message; the
+    client splits what one owner gets, so a caller's batch of any size is scored whole."""
+    n = P.MAX_LABEL_ROWS + 1000
+    ids = np.arange(n, dtype=np.uint64)
+    labels = {"tx_id": ids, "card": ids % 5000, "terminal": ids % 700, "ts_ms": np.full(n, 1_522_540_800_000, np.int64),
+              "amount": np.full(n, 10.0), "fraud": np.zeros(n, np.uint8)}
+    batch = next(synthetic(3 * P.MAX_ROWS, batch=3 * P.MAX_ROWS))
+    with LocalMesh(1, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint) as c:
+        out = c.score(batch)
+        assert c.label(labels) == {"w1": 0}
+        st = c.control("w1", "status")["status"]
+    assert (out["decision"] != P.REJECTED).all() and not c.dead_letters
+    assert (st["rows"], st["batches"], st["labels"]) == (3 * P.MAX_ROWS, 3, n)
+
+
 def test_client_api_refuses_nothing_listening():
     with pytest.raises(MeshError, match="no zfraud worker answered"):
         Client(f"tcp://127.0.0.1:{free_port()}", hello_timeout_s=0.5)

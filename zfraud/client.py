@@ -240,7 +240,8 @@ class Client:
     # -- sending ----------------------------------------------------------------------------
     def submit(self, arrays: dict, origin: np.ndarray | None = None, attempt: int = 0,
                first_sent: float | None = None) -> None:
-        """Partition one batch by card owner and send each part, waiting for credit if needed."""
+        """Partition one batch by card owner and send each part (in sub-batches of at most
+        protocol.MAX_ROWS rows, what a worker takes), waiting for credit if needed."""
         n = len(arrays["tx_id"])
         if n == 0:
             return
@@ -261,8 +262,8 @@ class Client:
         by_owner = {col: arrays[col][order] for col, _ in P.TX_COLUMNS}  # each owner's rows in a run
         origin = origin[order]
         for k, name in enumerate(names):
-            lo, hi = bounds[k], bounds[k + 1]
-            if lo < hi:
+            for lo in range(bounds[k], bounds[k + 1], P.MAX_ROWS):
+                hi = min(lo + P.MAX_ROWS, bounds[k + 1])
                 self._send(name, {col: a[lo:hi] for col, a in by_owner.items()}, origin[lo:hi], attempt, first_sent)
 
     def _send(self, name: str, part: dict, origin: np.ndarray, attempt: int, first_sent: float | None) -> None:
@@ -531,6 +532,14 @@ class Client:
         if missing:
             raise ValueError(f"labels need the columns {', '.join(P.LABEL_NAMES)}; "
                              f"missing {', '.join(missing)}")
+        n = len(arrays["card"])
+        if n > P.MAX_LABEL_ROWS:  # more than one message may carry: in turn, in pieces that fit
+            out = {}
+            for lo in range(0, n, P.MAX_LABEL_ROWS):
+                piece = {c: arrays[c][lo:lo + P.MAX_LABEL_ROWS] for c in P.LABEL_NAMES}
+                for name, frauds in self.label(piece, timeout_s).items():
+                    out[name] = out.get(name, 0) + frauds
+            return out
         names = self.members
         if not names:
             raise MeshError("no live workers to take the labels")

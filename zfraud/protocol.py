@@ -97,6 +97,7 @@ INTERNAL = "INTERNAL"
 # Limits. A receiver checks them before it unpacks anything.
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ROWS = 65536
+MAX_LABEL_ROWS = MAX_ROWS * 16  # rows in one LABEL message
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # ZMQ_MAXMSGSIZE on every socket
 
 
@@ -217,7 +218,7 @@ def parse_batch(msg: Message) -> tuple[int, int, dict]:
 
 def parse_columns(msg: Message, columns) -> dict:
     """Validate a message whose header says rows and columns, e.g. LABEL: returns the arrays."""
-    rows = _int_field(msg.header, "rows", 0, MAX_ROWS * 16)
+    rows = _int_field(msg.header, "rows", 0, MAX_LABEL_ROWS)
     if msg.header.get("columns") != schema(columns):
         raise ProtocolError(BAD_SCHEMA, f"columns must be {schema(columns)}, got {msg.header.get('columns')!r}")
     return read_columns(msg.frames, rows, columns)
