@@ -329,6 +329,33 @@ def test_a_batch_or_labels_bigger_than_one_message_go_in_pieces(tmp_path):
     assert (st["rows"], st["batches"], st["labels"]) == (3 * P.MAX_ROWS, 3, n)
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda b: b.pop("terminal"), "a batch: missing terminal; expected the columns tx_id, card, terminal, ts_ms, amount"),
+    (lambda b: b.update(card=b["card"][:-1]), "a batch: column card has 9 rows, tx_id has 10"),
+    (lambda b: b.update(card=b["card"] + 0.5), "a batch: column card must hold whole numbers >= 0; row 0 is 0.5"),
+    (lambda b: b.update(card=b["card"].astype(np.int64) - 3), "column card must hold whole numbers >= 0; row 0 is -3"),
+    (lambda b: b.update(ts_ms=b["ts_ms"] + 0.25), "column ts_ms must hold whole numbers; row 0 is "),
+    (lambda b: b.update(amount=np.array(["12.5"] * 10)), "column amount must hold numbers, got <U4"),
+    (lambda b: b.update(amount=b["amount"].reshape(5, 2)), "column amount must be 1-d (one value per row), got shape (5, 2)"),
+])
+def test_the_client_api_refuses_a_malformed_batch_naming_the_column(mesh2, change, message):
+    """numpy would cast these silently (1.5 -> 1, -3 -> 2**64 - 3) or fail deep inside: the
+    client checks a caller's columns first. Lists and other number types are converted."""
+    batch = {"tx_id": np.arange(10, dtype=np.uint64), "card": np.arange(10, dtype=np.uint64),
+             "terminal": np.arange(10, dtype=np.uint64), "ts_ms": np.full(10, 1_522_540_800_000, np.int64),
+             "amount": np.linspace(5, 50, 10)}
+    with Client(mesh2.endpoint) as c:
+        as_lists = c.score({k: v.tolist() for k, v in batch.items()})
+        assert (as_lists["decision"] != P.REJECTED).all()
+        np.testing.assert_array_equal(as_lists["tx_id"], batch["tx_id"])
+        change(batch)
+        with pytest.raises(ValueError) as e:
+            c.score(batch)
+        with pytest.raises(ValueError):
+            c.stream([batch])
+    assert message in str(e.value), str(e.value)
+
+
 def test_client_api_refuses_nothing_listening():
     with pytest.raises(MeshError, match="no zfraud worker answered"):
         Client(f"tcp://127.0.0.1:{free_port()}", hello_timeout_s=0.5)

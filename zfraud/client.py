@@ -242,6 +242,8 @@ class Client:
                first_sent: float | None = None) -> None:
         """Partition one batch by card owner and send each part (in sub-batches of at most
         protocol.MAX_ROWS rows, what a worker takes), waiting for credit if needed."""
+        if attempt == 0:  # a resend's arrays are already checked
+            arrays = P.as_columns(arrays, P.TX_COLUMNS)
         n = len(arrays["tx_id"])
         if n == 0:
             return
@@ -416,6 +418,7 @@ class Client:
     def score(self, arrays: dict, timeout_s: float = 30.0) -> dict:
         """Score one batch; returns VERDICT_COLUMNS arrays, plus "worker" (the name of the worker
         that scored each row), in input order."""
+        arrays = P.as_columns(arrays, P.TX_COLUMNS)
         n = len(arrays["tx_id"])
         out = {name: np.zeros(n, dtype=dt) for name, dt in P.VERDICT_COLUMNS}
         out["score"][:] = np.nan
@@ -528,10 +531,7 @@ class Client:
         every owner has applied its share. The owner counts the frauds and shares the counts with
         the other workers as terminal intelligence, so each label counts exactly once in the mesh.
         Returns {worker: frauds applied}."""
-        missing = [c for c in P.LABEL_NAMES if c not in arrays]
-        if missing:
-            raise ValueError(f"labels need the columns {', '.join(P.LABEL_NAMES)}; "
-                             f"missing {', '.join(missing)}")
+        arrays = P.as_columns(arrays, P.LABEL_COLUMNS, "labels")
         n = len(arrays["card"])
         if n > P.MAX_LABEL_ROWS:  # more than one message may carry: in turn, in pieces that fit
             out = {}

@@ -229,6 +229,41 @@ def encode(command: bytes, header: dict | bytes, columns: list = ()) -> list:
     return [VERSION, command, header if type(header) is bytes else pack(header), *columns]
 
 
+def as_columns(arrays, columns, what: str = "a batch") -> dict:
+    """A caller's arrays (numpy arrays or sequences) as `columns` of the wire: 1-d, of one length,
+    each in its column's dtype. ValueError naming the column (and the first bad row) for a missing
+    column, unequal lengths, a value that is not a number, or an id or time that is not a whole
+    number (negative too, for an unsigned id): numpy would truncate 1.5 to 1 and wrap -1 to
+    2**64 - 1 without a word. Keys that are not columns are ignored; an array already of the
+    right dtype is used as it is (no copy)."""
+    missing = [name for name, _ in columns if name not in arrays]
+    if missing:
+        raise ValueError(f"{what}: missing {', '.join(missing)}; expected the columns {', '.join(n for n, _ in columns)}")
+    out, n = {}, None
+    for name, dtype in columns:
+        a = np.asarray(arrays[name])
+        if a.ndim != 1:
+            raise ValueError(f"{what}: column {name} must be 1-d (one value per row), got shape {a.shape}")
+        if n is None:
+            n = len(a)
+        elif len(a) != n:
+            raise ValueError(f"{what}: column {name} has {len(a)} rows, {columns[0][0]} has {n}")
+        want = np.dtype(dtype)
+        if a.dtype != want:
+            if a.dtype.kind not in "biuf":
+                raise ValueError(f"{what}: column {name} must hold numbers, got {a.dtype}")
+            if want.kind in "iu" and a.dtype.kind in "iuf":
+                bad = (a != np.trunc(a)) | ~np.isfinite(a) if a.dtype.kind == "f" else np.zeros(n, bool)
+                if want.kind == "u" and a.dtype.kind != "u":
+                    bad |= a < 0
+                if bad.any():
+                    i = int(np.argmax(bad))
+                    raise ValueError(f"{what}: column {name} must hold whole numbers"
+                                     f"{' >= 0' if want.kind == 'u' else ''}; row {i} is {a[i].item()!r}")
+        out[name] = np.ascontiguousarray(a, dtype=want)
+    return out
+
+
 def batch_message(batch: int, attempt: int, arrays: dict, deadline_ms: int | None = None) -> list:
     rows = len(arrays["tx_id"])
     header = {"batch": batch, "attempt": attempt, "rows": rows, "columns": schema(TX_COLUMNS)}
