@@ -42,3 +42,29 @@ def test_json_lines(tmp_path):
     (chunk,) = list(reader)
     assert chunk["tx_id"].tolist() == [1, 2] and chunk["ts_ms"].tolist() == [1522540831000] * 2
     assert [line for line, _ in reader.errors] == [3, 4, 5]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_an_id_that_is_not_a_whole_number_in_range_is_refused_not_cast(tmp_path, fmt):
+    """numpy alone would truncate 1.5 to card 1, wrap -1 to card 2**64 - 1 (another card on
+    another owner) and take true as 1: each is an error naming the column, its neighbours kept."""
+    cards = [5, 1.5, -1, 2**64 - 1, 2**64, "abc", 7.0, True]
+    if fmt == "csv":
+        lines = [f"{i},2018-04-01 00:00:{i:02d},{c},3,10.5,0,0,0,0" for i, c in enumerate(cards)]
+        text = HEADER + "\n".join(lines) + "\n"
+        cards[6] = "7.0"  # a CSV's digits are strings: "7.0" is not a whole number's digits
+    else:
+        text = "".join(json.dumps({"tx_id": i, "card": c, "terminal": 3, "ts_ms": 1522540831000, "amount": 10.5}) + "\n"
+                       for i, c in enumerate(cards))
+    p = tmp_path / f"tx.{fmt}"
+    p.write_text(text)
+    reader = open_source(p)
+    (chunk,) = list(reader)
+    ok = [0, 3, 6] if fmt == "jsonl" else [0, 3]
+    assert chunk["tx_id"].tolist() == ok
+    assert chunk["card"].tolist() == [5, 2**64 - 1, 7][:len(ok)]
+    bad = [i for i in range(len(cards)) if i not in ok]
+    assert [line - (2 if fmt == "csv" else 1) for line, _ in reader.errors] == bad
+    for (_, message), i in zip(reader.errors, bad):
+        assert message == f"card must be a whole number from 0 to 2**64 - 1, got {cards[i]!r}" or (
+            fmt == "csv" and message == f"card must be a whole number from 0 to 2**64 - 1, got {str(cards[i])!r}")

@@ -50,19 +50,32 @@ def _to_ts_ms(values) -> np.ndarray:
     return out
 
 
+def _ids(values: list, name: str) -> np.ndarray:
+    """Unsigned 64-bit ids from whole numbers or digit strings (all of 0 .. 2**64 - 1). ValueError
+    naming the column for anything else: numpy alone would truncate 1.5 to 1, wrap -1 to
+    2**64 - 1, take true as 1, or say only "Python int too large to convert to C long"."""
+    kinds = {type(v) for v in values}
+    if float in kinds:  # JSON from a writer that prints whole numbers as 5.0 (exact below 2**53)
+        values = [int(v) if type(v) is float and v.is_integer() and 0 <= v < 2**53 else v for v in values]
+        kinds = {type(v) for v in values}
+    if kinds <= {int, str}:  # CSV gives digit strings, JSON ints: numpy parses and range-checks them
+        try:
+            return np.array(values, dtype=np.uint64)
+        except (ValueError, OverflowError):
+            pass
+    got = f", got {values[0]!r}" if len(values) == 1 else ""
+    raise ValueError(f"{name} must be a whole number from 0 to 2**64 - 1{got}")
+
+
 def _convert(cols: dict) -> dict:
     """Lists of raw values -> TX_COLUMNS arrays; raises ValueError if any value is bad."""
-    out = {
-        "tx_id": np.array(cols["tx_id"], dtype=np.int64).astype(np.uint64),
-        "card": np.array(cols["card"], dtype=np.int64).astype(np.uint64),
-        "terminal": np.array(cols["terminal"], dtype=np.int64).astype(np.uint64),
+    return {
+        "tx_id": _ids(cols["tx_id"], "tx_id"),
+        "card": _ids(cols["card"], "card"),
+        "terminal": _ids(cols["terminal"], "terminal"),
         "ts_ms": _to_ts_ms(cols["ts_ms"]),
         "amount": np.array(cols["amount"], dtype=np.float64),
     }
-    for name in ("tx_id", "card", "terminal"):
-        if (np.array(cols[name], dtype=np.int64) < 0).any():
-            raise ValueError(f"{name} must be a non-negative integer")
-    return out
 
 
 class Reader:
