@@ -53,3 +53,40 @@ def test_a_bad_model_file_is_one_line_before_any_worker_starts(workdir):
     r = run_cli("backtest", "data.csv", "--model", "bad.json", *TEST, cwd=workdir)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "bad.json: not a zfraud model file" in r.stderr, r.stderr
+
+
+BAD_ROWS = [(3, "1.5", "CUSTOMER_ID '1.5' is not a whole number from 0 to 2**64 - 1"),
+            (5, "2018-02-30 10:00:00", "TX_DATETIME '2018-02-30 10:00:00' is not a date and time such as"),
+            (6, "", "TX_AMOUNT '' is not a finite number"), (8, "2", "TX_FRAUD '2' is not 0 or 1")]
+
+
+def labelled_file(path, rows=9):
+    """A small Handbook CSV with the BAD_ROWS values put in at their lines."""
+    header = "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD"
+    lines = [[str(i), f"2018-04-01 00:00:{i:02d}", str(i), "3", "10.5", "1"] for i in range(rows)]
+    for line, value, message in BAD_ROWS:
+        column = message.split()[0]
+        lines[line - 2][header.split(",").index(column)] = value
+    path.write_text("\n".join([header, *(",".join(r) for r in lines)]) + "\n")
+
+
+def test_train_names_the_line_and_column_of_a_value_it_cannot_read(tmp_path):
+    labelled_file(tmp_path / "bad.csv")
+    r = run_cli("train", str(tmp_path / "bad.csv"), *TRAIN, "-o", str(tmp_path / "m.json"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"bad.csv, line 3: {BAD_ROWS[0][2]} (and 3 more rows like it)" in r.stderr, r.stderr
+
+
+def test_label_sends_the_rows_it_can_read_and_reports_the_others(tmp_path):
+    from zfraud import Client
+    from zfraud.local import LocalMesh
+
+    labelled_file(tmp_path / "labels.csv")
+    with LocalMesh(1, log_dir=str(tmp_path)) as mesh:
+        r = run_cli("label", str(tmp_path / "labels.csv"), "--connect", mesh.endpoint)
+        with Client(mesh.endpoint) as c:
+            applied = c.control("w1", "status")["status"]["labels"]
+    assert r.returncode == 3, r.stderr
+    for line, _, message in BAD_ROWS:
+        assert f"input line {line}: {message}" in r.stderr, r.stderr
+    assert "5 labels sent" in r.stdout and "4 rows not sent" in r.stdout and applied == 5

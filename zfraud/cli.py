@@ -502,17 +502,27 @@ def label(file, connect, batch, curve_dir):
     """Publish confirmed fraud / genuine labels (Handbook CSV with TX_FRAUD) to the mesh.
 
     Terminal risk counts a fraud on the day of its transaction; send labels when they are
-    revealed, not before, as a live system would learn them."""
+    revealed, not before, as a live system would learn them. A row that cannot be read is
+    reported (with its line) and not sent; the others are. Exit status: 0, or 3 when some rows
+    could not be read."""
     from .client import Client
     from .dataset import read_labelled
 
-    d = read_labelled(file)
+    errors = []  # (line, message) of rows that cannot be read: reported, the others sent
+    d = read_labelled(file, errors=errors)
     n, frauds = len(d["tx_id"]), 0
     with Client(connect, curve_dir=curve_dir) as client:
         for lo in range(0, n, batch):
             part = {k: d[k][lo:lo + batch] for k in P.LABEL_NAMES}
             frauds += sum(client.label(part).values())
-    click.echo(f"{n:,} labels sent; {frauds:,} frauds counted by their cards' owners")
+    for line, message in errors[:10]:
+        click.echo(f"input line {line}: {message}", err=True)
+    if len(errors) > 10:
+        click.echo(f"... and {len(errors) - 10:,} more unreadable rows", err=True)
+    click.echo(f"{n:,} labels sent; {frauds:,} frauds counted by their cards' owners"
+               + (f"; {len(errors):,} rows not sent (cannot be read, above)" if errors else ""))
+    if errors:
+        sys.exit(3)
 
 
 @main.group()

@@ -18,7 +18,35 @@ DAY_MS = 86_400_000
 REQUIRED = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD")
 
 
-def read_labelled(path) -> dict:
+# column -> (its name in the file, the dtype it is parsed as, what a good value is)
+COLUMNS = {
+    "tx_id": ("TRANSACTION_ID", np.uint64, "a whole number from 0 to 2**64 - 1"),
+    "ts_ms": ("TX_DATETIME", "datetime64[ms]", "a date and time such as 2018-04-01 00:00:31"),
+    "card": ("CUSTOMER_ID", np.uint64, "a whole number from 0 to 2**64 - 1"),
+    "terminal": ("TERMINAL_ID", np.uint64, "a whole number from 0 to 2**64 - 1"),
+    "amount": ("TX_AMOUNT", np.float64, "a finite number"),
+    "fraud": ("TX_FRAUD", np.uint8, "0 or 1"),
+    "scenario": ("TX_FRAUD_SCENARIO", np.uint8, "a whole number from 0 to 255"),
+}
+
+
+def _parse(values: list, column: str) -> np.ndarray:
+    """One column's strings as its dtype; ValueError (or OverflowError) if any is not a good value."""
+    _, dtype, _ = COLUMNS[column]
+    a = np.array(values, dtype=dtype)
+    if column == "ts_ms":
+        a = a.astype(np.int64)
+        if (a == np.iinfo(np.int64).min).any():  # NaT: an empty field
+            raise ValueError("no date")
+    elif (column == "amount" and not np.isfinite(a).all()) or (column == "fraud" and (a > 1).any()):
+        raise ValueError("out of range")
+    return a
+
+
+def read_labelled(path, errors: list | None = None) -> dict:
+    """The file's rows as columns, sorted by event time. A row with a value that cannot be read
+    raises InputError naming the line, the column and the value; with `errors` (a list) such rows
+    are left out instead and reported there as (line, message)."""
     try:
         f = open(path, newline="", encoding="utf-8")
     except OSError as e:
@@ -30,28 +58,40 @@ def read_labelled(path) -> dict:
         if missing:
             raise InputError(f"{path}: missing column(s) {', '.join(missing)}; expected the Handbook's schema "
                              f"({', '.join(REQUIRED)}, TX_FRAUD_SCENARIO)")
-        idx = [header.index(c) for c in REQUIRED]
-        sc = header.index("TX_FRAUD_SCENARIO") if "TX_FRAUD_SCENARIO" in header else None
-        cols = [[] for _ in range(len(REQUIRED) + 1)]
+        idx = [header.index(name) if name in header else None for name, _, _ in COLUMNS.values()]
+        cols = {c: [] for c in COLUMNS}
+        lines = []
+        width = max(i for i in idx if i is not None) + 1
         for line, row in enumerate(rows, start=2):
-            try:
-                for k, i in enumerate(idx):
-                    cols[k].append(row[i])
-                cols[-1].append(row[sc] if sc is not None else "0")
-            except IndexError:
-                raise InputError(f"{path}, line {line}: expected {len(header)} fields, got {len(row)}") from None
-    try:
-        out = {
-            "tx_id": np.array(cols[0], dtype=np.int64).astype(np.uint64),
-            "ts_ms": np.array(cols[1], dtype="datetime64[ms]").astype(np.int64),
-            "card": np.array(cols[2], dtype=np.int64).astype(np.uint64),
-            "terminal": np.array(cols[3], dtype=np.int64).astype(np.uint64),
-            "amount": np.array(cols[4], dtype=np.float64),
-            "fraud": np.array(cols[5], dtype=np.int64).astype(np.uint8),
-            "scenario": np.array(cols[6], dtype=np.int64).astype(np.uint8),
-        }
-    except ValueError as e:
-        raise InputError(f"{path}: a value cannot be read: {e}") from None
+            if len(row) < width:
+                if errors is None:
+                    raise InputError(f"{path}, line {line}: expected {len(header)} fields, got {len(row)}")
+                errors.append((line, f"expected {len(header)} fields, got {len(row)}"))
+                continue
+            for c, i in zip(cols, idx):
+                cols[c].append(row[i] if i is not None else "0")  # no TX_FRAUD_SCENARIO: 0
+            lines.append(line)
+    out, bad = {}, {}
+    for c, values in cols.items():
+        try:
+            out[c] = _parse(values, c)
+        except (ValueError, OverflowError):  # find the rows: one by one, only for this column
+            for k, v in enumerate(values):
+                try:
+                    _parse([v], c)
+                except (ValueError, OverflowError):
+                    name, _, good = COLUMNS[c]
+                    bad.setdefault(k, f"{name} {v!r} is not {good}")
+    if bad:
+        first = min(bad)
+        if errors is None:
+            raise InputError(f"{path}, line {lines[first]}: {bad[first]}"
+                             + (f" (and {len(bad) - 1} more rows like it)" if len(bad) > 1 else ""))
+        errors.extend((lines[k], bad[k]) for k in sorted(bad))
+        keep = np.setdiff1d(np.arange(len(lines)), sorted(bad))
+        out = {c: _parse([values[k] for k in keep], c) for c, values in cols.items()}
+    if errors is not None:
+        errors.sort()
     order = np.argsort(out["ts_ms"], kind="stable")
     out = {k: v[order] for k, v in out.items()}
     out["day"] = out["ts_ms"] // DAY_MS
