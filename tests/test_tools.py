@@ -90,3 +90,10 @@ def test_label_sends_the_rows_it_can_read_and_reports_the_others(tmp_path):
     for line, _, message in BAD_ROWS:
         assert f"input line {line}: {message}" in r.stderr, r.stderr
     assert "5 labels sent" in r.stdout and "4 rows not sent" in r.stdout and applied == 5
+
+
+def test_a_path_that_cannot_be_written_is_one_line_naming_it(tmp_path):
+    out = tmp_path / "no-such-dir" / "data.csv"
+    r = run_cli("gen", str(out), "--days", "1")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"Error: cannot use {out}: No such file or directory", r.stderr

@@ -36,7 +36,10 @@ def friendly_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (MeshError, ModelError, InputError, ValueError, OSError) as e:
+        except OSError as e:  # "cannot use PATH: No such file or directory", not "[Errno 2] ..."
+            where = f"cannot use {e.filename}: " if e.filename else ""
+            raise click.ClickException(f"{where}{e.strerror or e}") from None
+        except (MeshError, ModelError, InputError, ValueError) as e:
             raise click.ClickException(str(e)) from None
     return wrapper
 
