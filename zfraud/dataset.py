@@ -12,7 +12,7 @@ import datetime as dt
 
 import numpy as np
 
-from .sources import InputError
+from .sources import InputError, parse_ids
 
 DAY_MS = 86_400_000
 REQUIRED = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD")
@@ -33,6 +33,8 @@ COLUMNS = {
 def _parse(values: list, column: str) -> np.ndarray:
     """One column's strings as its dtype; ValueError (or OverflowError) if any is not a good value."""
     _, dtype, _ = COLUMNS[column]
+    if dtype is np.uint64:
+        return parse_ids(values, column)  # what an id is, as zfraud send reads it
     a = np.array(values, dtype=dtype)
     if column == "ts_ms":
         a = a.astype(np.int64)

@@ -50,7 +50,7 @@ def _to_ts_ms(values) -> np.ndarray:
     return out
 
 
-def _ids(values: list, name: str) -> np.ndarray:
+def parse_ids(values: list, name: str) -> np.ndarray:
     """Unsigned 64-bit ids from whole numbers or digit strings (all of 0 .. 2**64 - 1). ValueError
     naming the column for anything else: numpy alone would truncate 1.5 to 1, wrap -1 to
     2**64 - 1, take true as 1, or say only "Python int too large to convert to C long"."""
@@ -70,9 +70,9 @@ def _ids(values: list, name: str) -> np.ndarray:
 def _convert(cols: dict) -> dict:
     """Lists of raw values -> TX_COLUMNS arrays; raises ValueError if any value is bad."""
     return {
-        "tx_id": _ids(cols["tx_id"], "tx_id"),
-        "card": _ids(cols["card"], "card"),
-        "terminal": _ids(cols["terminal"], "terminal"),
+        "tx_id": parse_ids(cols["tx_id"], "tx_id"),
+        "card": parse_ids(cols["card"], "card"),
+        "terminal": parse_ids(cols["terminal"], "terminal"),
         "ts_ms": _to_ts_ms(cols["ts_ms"]),
         "amount": np.array(cols["amount"], dtype=np.float64),
     }
