@@ -81,6 +81,27 @@ def test_sigterm_drains_a_worker_mid_send_without_loss_or_double_count(tmp_path)
     assert scored == 200000  # each transaction scored (and counted in its card's windows) once
 
 
+def test_a_draining_worker_that_stops_answering_has_its_batches_resent(tmp_path):
+    """The client leaves a draining worker's batches with it, but not forever: when it stops
+    answering (here SIGSTOP right after its goodbye) their deadline sends them elsewhere."""
+    with LocalMesh(3, log_dir=str(tmp_path)) as mesh:
+        send = start_send(mesh.endpoint, "--synthetic", "200000", "--rate", "80000", "--deadline", "1")
+        time.sleep(1.0)
+        mesh.signal("w2", signal.SIGTERM)
+        end = time.monotonic() + 10
+        while "draining name=w2" not in mesh.log("w2") and time.monotonic() < end:
+            time.sleep(0.01)
+        mesh.signal("w2", signal.SIGSTOP)
+        try:
+            rc, s, err = finish(send)
+        finally:
+            mesh.signal("w2", signal.SIGCONT)
+        assert mesh.procs["w2"].wait(15) == 0
+    assert rc == 0, err
+    assert (s["verdicts"], s["lost"], s["dead_letter"]) == (200000, 0, 0)
+    assert s["resent"] > 0  # what w2 held when it stopped went to w1 and w3
+
+
 def test_a_killed_worker_restarted_rejoins_and_gets_traffic(tmp_path):
     with LocalMesh(2, log_dir=str(tmp_path)) as mesh:
         mesh.signal("w2", signal.SIGKILL)
