@@ -57,6 +57,20 @@ def gen_stream(customers=300, terminals=400, days=40, seed=3) -> dict:
     return d
 
 
+@pytest.fixture(scope="module")
+def data():
+    """gen_stream's history, once per test module."""
+    return gen_stream()
+
+
+@pytest.fixture(scope="module")
+def model_path(data, tmp_path_factory):
+    """A probe model of `data` (probe_model): no score saturates, so equal scores <=> equal features."""
+    path = tmp_path_factory.mktemp("probe") / "probe.json"
+    probe_model(path, data)
+    return path
+
+
 def probe_model(path, data):
     """Write a logistic model on zfraud-v6 that tells features apart by its score: every
     coefficient non-zero and scaled by the feature's spread in `data` (train's replay of it), so

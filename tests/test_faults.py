@@ -6,14 +6,10 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from zfraud import Client
 from zfraud import protocol as P
 from zfraud.local import LocalMesh
 from zfraud.synthetic import synthetic
-
-from conftest import run_cli
 
 
 def start_send(endpoint, *args):

@@ -15,25 +15,12 @@ from zfraud.backtest import stream_with_labels
 from zfraud.features import FULL, FeatureEngine
 from zfraud.local import LocalMesh, free_port
 from zfraud.mesh import owners
-from zfraud.model import LogisticModel, save_model
+from zfraud.model import LogisticModel
 from zfraud.train import label_schedule, replay
 
-from conftest import gen_stream, probe_model, request
+from conftest import request
 
 EXTRA = ["--cards", "4096", "--terminals", "4096", "--heartbeat", "0.2"]
-
-
-@pytest.fixture(scope="module")
-def data():
-    return gen_stream()
-
-
-@pytest.fixture(scope="module")
-def model_path(data, tmp_path_factory):
-    """A probe model (conftest.probe_model): no score saturates, so equal scores <=> equal features."""
-    path = tmp_path_factory.mktemp("handover") / "probe.json"
-    probe_model(path, data)
-    return path
 
 
 def status(c, name):

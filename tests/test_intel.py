@@ -14,24 +14,11 @@ from zfraud.backtest import stream_with_labels
 from zfraud.features import FULL, FeatureEngine
 from zfraud.gen import generate
 from zfraud.local import LocalMesh
-from zfraud.model import LogisticModel, save_model
+from zfraud.model import LogisticModel
 from zfraud.state import mix_keys
 from zfraud.train import replay
 
-from conftest import gen_stream, probe_model, run_cli
-
-
-@pytest.fixture(scope="module")
-def data():
-    return gen_stream()
-
-
-@pytest.fixture(scope="module")
-def model_path(data, tmp_path_factory):
-    """A probe model (conftest.probe_model): no score saturates, so equal scores <=> equal features."""
-    path = tmp_path_factory.mktemp("intel") / "probe.json"
-    probe_model(path, data)
-    return path
+from conftest import run_cli
 
 
 T0 = 17_800 * 86_400_000  # the terminal streams' first event time

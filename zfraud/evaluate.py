@@ -19,8 +19,6 @@ refused).
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional
-
 import numpy as np
 
 __all__ = ["auc", "average_precision", "card_precision_top_k", "known_compromised_mask", "evaluate"]

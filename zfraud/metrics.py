@@ -11,6 +11,7 @@ transaction, and the state once per heartbeat:
     zfraud_cards                          gauge     cards whose state this worker holds
     zfraud_cards_handed_over_total        counter   cards handed to their new owner (acknowledged)
     zfraud_cards_taken_over_total         counter   cards taken over from the worker that held them
+    zfraud_snapshot_failures_total        counter   state snapshots that could not be written
     zfraud_info{worker, model, rules}     gauge     1, labelled with what this worker runs
 """
 from __future__ import annotations

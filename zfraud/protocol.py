@@ -250,7 +250,7 @@ def as_columns(arrays, columns, what: str = "a batch") -> dict:
             raise ValueError(f"{what}: column {name} has {len(a)} rows, {columns[0][0]} has {n}")
         want = np.dtype(dtype)
         if a.dtype != want:
-            if a.dtype.kind not in "biuf":
+            if a.dtype.kind not in "iuf":  # not bool either: true is no card id
                 raise ValueError(f"{what}: column {name} must hold numbers, got {a.dtype}")
             if want.kind in "iu" and a.dtype.kind in "iuf":
                 bad = (a != np.trunc(a)) | ~np.isfinite(a) if a.dtype.kind == "f" else np.zeros(n, bool)
