@@ -185,3 +185,73 @@ def test_a_snapshot_that_cannot_be_written_is_logged_and_scoring_goes_on(tmp_pat
         log = mesh.log("w1")
     assert f"cannot save state to {state}/w1.state.npz: [Errno 20] Not a directory" in log
     assert "could not save its state" in log and "Traceback" not in log
+
+
+def test_labels_for_a_killed_workers_cards_go_to_their_new_owners(tmp_path):
+    """`zfraud label` just after a worker is killed, before the mesh has noticed (the member list
+    still names it): the labels of its cards wait for its answer, then go to the cards' new owners,
+    and every label is applied once."""
+    from conftest import run_cli
+    from zfraud.gen import generate, write_csv
+
+    g = generate(100, 200, 12, seed=5)
+    write_csv(g, str(tmp_path / "labels.csv"))
+    n = len(g["TRANSACTION_ID"])
+    with LocalMesh(3, log_dir=str(tmp_path)) as mesh:
+        mesh.signal("w3", signal.SIGKILL)
+        t0 = time.monotonic()
+        r = run_cli("label", str(tmp_path / "labels.csv"), "--connect", mesh.endpoint)
+        took = time.monotonic() - t0
+        with Client(mesh.endpoint) as c:
+            applied = {w: c.control(w, "status")["status"]["labels"] for w in ("w1", "w2")}
+    assert r.returncode == 0, r.stderr
+    assert f"{n:,} labels sent" in r.stdout
+    assert sum(applied.values()) == n and min(applied.values()) > 0, applied
+    assert 10 <= took < 60, took  # one 10 s wait for w3's answer, then the resend
+
+
+def test_labels_nobody_acknowledges_end_in_one_line_saying_what_to_do(tmp_path):
+    """A worker that answers HELLO but never acknowledges labels (as a hung one would): after its
+    10 s the command gives up with one line that says what may have been applied and what to do."""
+    import threading
+
+    import zmq
+
+    from conftest import run_cli
+    from zfraud.gen import generate, write_csv
+
+    g = generate(50, 100, 5, seed=6)
+    write_csv(g, str(tmp_path / "labels.csv"))
+    n = len(g["TRANSACTION_ID"])
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    ep, stop, labels = f"tcp://127.0.0.1:{port}", threading.Event(), []
+
+    def hung_worker():
+        while not stop.is_set():
+            if router.poll(50):
+                ident, *body = router.recv_multipart()
+                msg = P.parse(body)
+                if msg.command == P.HELLO:
+                    router.send_multipart([ident] + P.encode(P.MEMBERS, {"worker": "w1", "members": [
+                        {"name": "w1", "router": ep, "pub": "tcp://127.0.0.1:1"}]}))
+                elif msg.command == P.LABEL:
+                    labels.append(msg.header["rows"])  # taken, never acknowledged
+
+    t = threading.Thread(target=hung_worker, daemon=True)
+    t.start()
+    try:
+        r = run_cli("label", str(tmp_path / "labels.csv"), "--connect", ep)
+    finally:
+        stop.set()
+        t.join(5)
+        router.close()
+        ctx.term()
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert labels == [n]  # sent once: with no other worker there is nowhere to send them again
+    assert r.stderr.strip() == (
+        f"Error: no live workers to take the labels (w1 did not acknowledge labels within 10 s). Some of the "
+        f"{n:,} labels may have been applied; sending the file again to the same workers applies only the "
+        f"others (each owner skips the labels it holds)"), r.stderr

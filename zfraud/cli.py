@@ -508,7 +508,7 @@ def label(file, connect, batch, curve_dir):
     revealed, not before, as a live system would learn them. A row that cannot be read is
     reported (with its line) and not sent; the others are. Exit status: 0, or 3 when some rows
     could not be read."""
-    from .client import Client
+    from .client import Client, MeshError
     from .dataset import read_labelled
 
     errors = []  # (line, message) of rows that cannot be read: reported, the others sent
@@ -517,7 +517,13 @@ def label(file, connect, batch, curve_dir):
     with Client(connect, curve_dir=curve_dir) as client:
         for lo in range(0, n, batch):
             part = {k: d[k][lo:lo + batch] for k in P.LABEL_NAMES}
-            frauds += sum(client.label(part).values())
+            try:
+                frauds += sum(client.label(part).values())
+            except MeshError as e:
+                done = (f"The first {lo:,} of {n:,} labels were applied, and maybe some of the next "
+                        f"{len(part['tx_id']):,}" if lo else f"Some of the {n:,} labels may have been applied")
+                raise MeshError(f"{e}. {done}; sending the file again to the same workers applies only the "
+                                f"others (each owner skips the labels it holds)") from None
     for line, message in errors[:10]:
         click.echo(f"input line {line}: {message}", err=True)
     if len(errors) > 10:

@@ -530,7 +530,8 @@ class Client:
         """Send confirmed labels (LABEL_COLUMNS arrays), each to its card's owner, and wait until
         every owner has applied its share. The owner counts the frauds and shares the counts with
         the other workers as terminal intelligence, so each label counts exactly once in the mesh.
-        Returns {worker: frauds applied}."""
+        A worker that does not answer within timeout_s is marked down and its share goes to the
+        cards' new owners, up to max_attempts sends in all. Returns {worker: frauds applied}."""
         arrays = P.as_columns(arrays, P.LABEL_COLUMNS, "labels")
         n = len(arrays["card"])
         if n > P.MAX_LABEL_ROWS:  # more than one message may carry: in turn, in pieces that fit
@@ -540,32 +541,53 @@ class Client:
                 for name, frauds in self.label(piece, timeout_s).items():
                     out[name] = out.get(name, 0) + frauds
             return out
-        names = self.members
-        if not names:
-            raise MeshError("no live workers to take the labels")
-        owner = owners(arrays["card"], names)
-        socks, out = {}, {}
+        out, todo, reason = {}, np.arange(n), ""
+        for _ in range(self.max_attempts):
+            names = self.members
+            if not names:
+                raise MeshError("no live workers to take the labels" + (f" ({reason})" if reason else ""))
+            owner = owners(arrays["card"][todo], names)
+            parts = {name: todo[owner == k] for k, name in enumerate(names)}
+            silent = self._send_labels(arrays, {name: idx for name, idx in parts.items() if len(idx)}, timeout_s, out)
+            if not silent:
+                return out
+            # A worker that did not answer (killed, or cut off) is marked down like one that
+            # misses a batch's deadline, and its labels go to the new owners of their cards. The
+            # owner deduplicates by tx_id, so a label that reached a worker still in the list
+            # counts once; one that a silent worker applied after all would count twice.
+            for name in silent:
+                self._worker_down(name, f"no answer to labels within {timeout_s:g} s")
+            reason = f"{', '.join(silent)} did not acknowledge labels within {timeout_s:g} s"
+            todo = np.concatenate([parts[name] for name in silent])
+        raise MeshError(f"{len(todo):,} labels were not acknowledged after {self.max_attempts} attempts: {reason}")
+
+    def _send_labels(self, arrays: dict, parts: dict, timeout_s: float, out: dict) -> list:
+        """Send each worker its rows of `arrays` (parts: name -> row indices) and add the frauds
+        each applied to out[name]. Returns the workers that did not answer within timeout_s; a
+        worker that refuses them raises MeshError (a refusal does not change with a retry)."""
+        socks, silent = {}, []
         try:
-            for k, name in enumerate(names):
-                idx = np.flatnonzero(owner == k)
-                if not len(idx):
-                    continue
+            for name, idx in parts.items():
                 part = {c: np.ascontiguousarray(arrays[c][idx]) for c, _ in P.LABEL_COLUMNS}
                 sock = socks[name] = self._dealer()
                 sock.connect(self.routers[name])
-                sock.send_multipart(P.encode(P.LABEL, {"rows": len(idx), "columns": P.schema(P.LABEL_COLUMNS)},
-                                             P.column_frames(part, P.LABEL_COLUMNS)), copy=False)
+                try:
+                    sock.send_multipart(P.encode(P.LABEL, {"rows": len(idx), "columns": P.schema(P.LABEL_COLUMNS)},
+                                                 P.column_frames(part, P.LABEL_COLUMNS)), copy=False)
+                except zmq.Again:  # it takes nothing: the same as no answer
+                    silent.append(name)
             end = time.monotonic() + timeout_s
             for name, sock in socks.items():
+                if name in silent:
+                    continue
                 if not sock.poll(max(0, int((end - time.monotonic()) * 1000))):
-                    raise MeshError(f"worker {name} did not acknowledge labels within {timeout_s:g} s")
+                    silent.append(name)
+                    continue
                 msg = P.parse(sock.recv_multipart())
                 if msg.command == P.ERROR:
                     raise MeshError(f"worker {name} refused labels: {msg.header.get('message')}")
-                out[name] = msg.header.get("frauds", 0)
-            return out
-        except zmq.Again:
-            raise MeshError("a worker did not take the labels") from None
+                out[name] = out.get(name, 0) + msg.header.get("frauds", 0)
+            return silent
         finally:
             for sock in socks.values():
                 sock.close()
