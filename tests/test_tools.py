@@ -97,3 +97,19 @@ def test_a_path_that_cannot_be_written_is_one_line_naming_it(tmp_path):
     r = run_cli("gen", str(out), "--days", "1")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1] == f"Error: cannot use {out}: No such file or directory", r.stderr
+
+
+@pytest.mark.parametrize("command, dates, message", [
+    ("train", ("--from", "2018-07-31", "--to", "2018-07-04"),
+     "the training dates run backwards: --from 2018-07-31 is after --to 2018-07-04"),
+    ("train", ("--from", "2019-01-01", "--to", "2019-01-31"),
+     "no transactions in the training dates 2019-01-01 to 2019-01-31: the file holds 2018-04-01 to 2018-08-18"),
+    ("backtest", ("--from", "2017-01-01", "--to", "2017-01-07"),
+     "no transactions in the test dates 2017-01-01 to 2017-01-07: the file holds 2018-04-01 to 2018-08-18"),
+])
+def test_dates_outside_the_file_say_which_dates_it_holds(workdir, command, dates, message):
+    (workdir / "empty.json").write_text("")  # backtest checks the dates before it reads the model
+    model = ("-o", "out.json") if command == "train" else ("--model", "empty.json")
+    r = run_cli(command, "data.csv", *dates, *model, cwd=workdir)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"Error: {message}", r.stderr

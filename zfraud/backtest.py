@@ -17,7 +17,7 @@ import numpy as np
 
 from . import protocol as P
 from .client import Client
-from .dataset import read_labelled
+from .dataset import read_labelled, rows_between
 from .evaluate import evaluate, known_compromised_mask
 from .local import LocalMesh
 from .model import load_model
@@ -71,9 +71,7 @@ def backtest(path, model_path, test_from: int, test_to: int, delay_days: int = 7
     """Run the back-test; dates are days since the epoch (inclusive). Returns the metrics."""
     t0 = time.perf_counter()
     data = data if data is not None else read_labelled(path)
-    test = (data["day"] >= test_from) & (data["day"] <= test_to)
-    if not test.any():
-        raise ValueError("no transactions in the test dates")
+    test = rows_between(data, test_from, test_to, "test")
     model_path = os.path.abspath(model_path)  # the workers run in the mesh's own directory
     load_model(model_path)  # a bad file is one clear error here, not workers that fail to start
     extra = ["--model", model_path, "--delay", str(delay_days),

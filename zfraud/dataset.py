@@ -106,3 +106,21 @@ def day_of(date: str) -> int:
         return (dt.date.fromisoformat(date) - dt.date(1970, 1, 1)).days
     except ValueError:
         raise ValueError(f"expected a date as YYYY-MM-DD, got {date!r}") from None
+
+
+def date_of(day: int) -> str:
+    """The YYYY-MM-DD date of a day since the epoch (UTC)."""
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=int(day))).isoformat()
+
+
+def rows_between(data: dict, date_from: int, date_to: int, what: str) -> np.ndarray:
+    """The mask of data's rows dated in [date_from, date_to] (days since the epoch, inclusive);
+    ValueError saying why when there are none, e.g. the dates the file does hold."""
+    if date_from > date_to:
+        raise ValueError(f"the {what} dates run backwards: --from {date_of(date_from)} is after --to {date_of(date_to)}")
+    keep = (data["day"] >= date_from) & (data["day"] <= date_to)
+    if not keep.any():
+        held = (f"the file holds {date_of(data['day'].min())} to {date_of(data['day'].max())}" if len(data["day"])
+                else "the file holds no transactions")
+        raise ValueError(f"no transactions in the {what} dates {date_of(date_from)} to {date_of(date_to)}: {held}")
+    return keep

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .dataset import rows_between
 from .features import BASIC, FULL, FeatureEngine
 from .model import DEFAULT_MODEL, LogisticModel, save_model
 from .protocol import LABEL_NAMES
@@ -131,9 +132,7 @@ def fit_gbdt(X: np.ndarray, y: np.ndarray, names, version: str, feature_set: str
 def train(data: dict, date_from: int, date_to: int, delay_days: int = 7, algo: str = "gbdt",
           version: str = "trained", progress=None):
     """Fit a model on the rows dated in [date_from, date_to] (days since the epoch, inclusive)."""
-    keep = (data["day"] >= date_from) & (data["day"] <= date_to)
-    if not keep.any():
-        raise ValueError("no transactions in the training dates")
+    keep = rows_between(data, date_from, date_to, "training")
     y = data["fraud"][keep]
     if y.min() == y.max():
         raise ValueError("the training dates hold only one class (no frauds, or only frauds)")
