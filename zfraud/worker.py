@@ -1,4 +1,5 @@
-"""A zfraud worker: one process, one thread, one poll loop.
+"""A zfraud worker: one process, one thread, one poll loop (and, with --state-dir, a short-lived
+child that writes each periodic snapshot: zfraud.snapshots).
 
 Sockets:
     ROUTER (bound, --bind)  BATCH -> RESULT, HELLO -> MEMBERS, HEARTBEAT -> HEARTBEAT, CONTROL
@@ -37,6 +38,7 @@ from .model import load_model, model_from_dict
 from .rules import RuleSet
 from .scoring import Scorer, Thresholds
 from .security import Curve, SecurityError
+from .snapshots import BackgroundSave
 from .sockets import configure, recv_frames, send_frames
 
 log = logging.getLogger("zfraud.worker")
@@ -180,7 +182,8 @@ class Worker:
         self.started = time.time()
         self.stats = {"batches": 0, "rows": 0, "repeats": 0, "errors": 0, "undelivered": 0, "labels": 0,
                       "cards_taken_over": 0, "snapshot_failures": 0, "decisions": [0] * len(P.DECISIONS)}
-        self.saved_at = None  # time.time() of the last snapshot saved
+        self.saved_at = None  # time.time() of the state in the last snapshot saved
+        self.saver = BackgroundSave()
         self.saved = True  # False when the snapshot at the end failed: the CLI exits 1
         self.handover = Handover(name, lambda: self._secure(configure(self.ctx.socket(zmq.DEALER))))
         self._final_until = None  # set when the drain is over: the last handover's answers are awaited
@@ -367,21 +370,48 @@ class Worker:
             del self.seeds[seed]
             log.info("joined via seed=%s members=%d", seed, len(self.members.members))
 
+    def _save(self) -> None:
+        self.scorer.features.save(self.state_path, {"seen": self.seen.ids(), "labels_seen": self.labels_seen.ids()})
+
+    def _has_state(self) -> bool:
+        return self.state_path is not None and self.scorer.features.state is not None
+
+    def _snapshot_failed(self, error) -> None:
+        self.stats["snapshot_failures"] += 1
+        if self.metrics is not None:
+            self.metrics.snapshot_failures.inc()
+        log.error("cannot save state to %s: %s (the last good snapshot there is kept)", self.state_path, error)
+
+    def _snapshot_in_background(self) -> None:
+        """Start the periodic save in a forked child (zfraud.snapshots): scoring pauses for the
+        fork, a few ms, not for the write. One at a time: a save still running defers the next."""
+        if self._has_state():
+            self.saver.start(self._save)
+
+    def _reap_snapshot(self, block: bool = False) -> None:
+        """Log and count how a background save ended (once it has). A failed one (a full disk, a
+        directory gone) leaves the last good snapshot on disk (saves are atomic); the worker
+        keeps scoring and the next interval tries again."""
+        done = self.saver.poll(block)
+        if done is None:
+            return
+        if not done.ok:
+            self._snapshot_failed(done.error)
+            return
+        self.saved_at = done.taken_at
+        log.info("saved state to %s in %.0f ms in the background (scoring paused %.1f ms)",
+                 self.state_path, done.write_s * 1000, done.pause_ms)
+
     def _snapshot(self) -> bool:
-        """Save the state (with --state-dir); False if that failed. A failed save (a full disk, a
-        directory gone) is logged and counted, and the worker keeps scoring: the last good
-        snapshot stays on disk (saves are atomic) and the next interval tries again."""
-        if self.state_path is None or self.scorer.features.state is None:
+        """Save the state now, in this process (a clean stop); False if that failed."""
+        self._reap_snapshot(block=True)  # a background save must not land after this one
+        if not self._has_state():
             return True  # nothing to save: no --state-dir, or no streaming state (yet)
         t0 = time.perf_counter()
         try:
-            self.scorer.features.save(self.state_path, {"seen": self.seen.ids(),
-                                                         "labels_seen": self.labels_seen.ids()})
+            self._save()
         except OSError as e:
-            self.stats["snapshot_failures"] += 1
-            if self.metrics is not None:
-                self.metrics.snapshot_failures.inc()
-            log.error("cannot save state to %s: %s (the last good snapshot there is kept)", self.state_path, e)
+            self._snapshot_failed(e)
             return False
         self.saved_at = time.time()
         log.info("saved state to %s in %.0f ms", self.state_path, (time.perf_counter() - t0) * 1000)
@@ -404,8 +434,9 @@ class Worker:
             else:
                 self._key_problem = None
         self._publish_intel()
-        if self.state_path is not None and now >= self._next_snapshot:
-            self._snapshot()
+        self._reap_snapshot()
+        if self.state_path is not None and now >= self._next_snapshot and not self.saver.busy:
+            self._snapshot_in_background()
             self._next_snapshot = now + self.snapshot_every_s
         self._rows_at.append((now, self.stats["rows"]))
         self._in_flight, self._backlog = self._backlog, 0
