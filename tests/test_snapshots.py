@@ -77,3 +77,22 @@ def test_the_child_holds_none_of_the_parents_descriptors(tmp_path):
     finally:
         again.close()
     assert saver.busy and wait(saver).ok
+
+
+def test_without_a_fork_the_save_runs_in_place(tmp_path, monkeypatch):
+    """Under strict overcommit, fork fails with ENOMEM for a large worker: the save must still
+    happen (in the loop, as before background saves) and say why."""
+    def no_fork():
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    saver = BackgroundSave()
+    assert saver.start(lambda: np.save(tmp_path / "s.npy", np.arange(3)))
+    assert not saver.busy
+    done = saver.poll()
+    assert done.ok and done.in_place == "cannot fork: [Errno 12] Cannot allocate memory"
+    assert done.pause_ms == done.write_s * 1000 and saver.poll() is None
+    np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), np.arange(3))
+    saver.start(lambda: open(tmp_path / "no-such-dir" / "s.npy", "wb"))
+    done = saver.poll()
+    assert not done.ok and "No such file or directory" in done.error

@@ -15,7 +15,8 @@ first thing, so a listening port is not held by a child that outlives a killed p
 comes back on a pipe, as one line. The child takes no lock another thread could hold (ZeroMQ's
 I/O threads, an HTTP metrics thread): it runs numpy and file writes only, and glibc's malloc is
 fork-safe; Python 3.12 and later warn about fork in a process with threads all the same (a
-DeprecationWarning, hidden by default). Where fork does not exist, the save runs in the caller.
+DeprecationWarning, hidden by default). Where fork does not exist or fails (no memory for the image under strict
+overcommit), the save runs in the caller, as before.
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ class Outcome:
     error: str           # why it failed ("" if ok)
     taken_at: float      # time.time() of the image that was saved
     write_s: float       # from the fork to the end of the write (as the child measured it, if it succeeded)
-    pause_ms: float      # how long the parent stopped for the fork
+    pause_ms: float      # how long the parent stopped: for the fork, or for the whole save in place
+    in_place: str = ""   # why the save ran in the parent ("" when a child wrote it)
 
 
 class BackgroundSave:
@@ -43,7 +45,7 @@ class BackgroundSave:
     def __init__(self):
         self.pid: int | None = None
         self._pipe: int | None = None
-        self._done: Outcome | None = None  # without fork: the outcome of the save run in place
+        self._done: Outcome | None = None  # the outcome of a save run in place, until polled
         self._taken_at = self._started = self._pause_ms = 0.0
 
     @property
@@ -52,19 +54,23 @@ class BackgroundSave:
 
     def start(self, save) -> bool:
         """Run save() in a child on an image of this moment. False if a save is still running.
-        Without os.fork, save() runs here (an exception propagates) and poll() reports it."""
+        Where there is no fork, or it fails, save() runs here and poll() reports it (an OSError
+        as a failed save; anything else propagates)."""
         if self.pid is not None:
             return False
         self._taken_at, t0 = time.time(), time.perf_counter()
         if not hasattr(os, "fork"):
-            try:
-                save()
-                self._done = Outcome(True, "", self._taken_at, time.perf_counter() - t0, 0.0)
-            except OSError as e:
-                self._done = Outcome(False, str(e), self._taken_at, time.perf_counter() - t0, 0.0)
-            return True
-        r, w = os.pipe()
-        pid = os.fork()
+            return self._in_place(save, t0, "this platform has no fork")
+        try:
+            r, w = os.pipe()
+        except OSError as e:  # out of descriptors
+            return self._in_place(save, t0, f"no pipe: {e}")
+        try:
+            pid = os.fork()
+        except OSError as e:  # e.g. ENOMEM under strict overcommit: the image would not fit
+            os.close(r)
+            os.close(w)
+            return self._in_place(save, t0, f"cannot fork: {e}")
         if pid == 0:  # the child
             code = 1
             try:
@@ -86,9 +92,20 @@ class BackgroundSave:
         self.pid, self._pipe, self._pause_ms = pid, r, (self._started - t0) * 1000
         return True
 
+    def _in_place(self, save, t0: float, why: str) -> bool:
+        """No child: save here, the scoring loop waiting (as it did before background saves)."""
+        try:
+            save()
+            ok, error = True, ""
+        except OSError as e:
+            ok, error = False, str(e)
+        took = time.perf_counter() - t0
+        self._done = Outcome(ok, error, self._taken_at, took, took * 1000, in_place=why)
+        return True
+
     def poll(self, block: bool = False) -> Outcome | None:
         """How the last save ended, once (None while it runs, or if there is none)."""
-        if not hasattr(os, "fork"):
+        if self._done is not None:
             done, self._done = self._done, None
             return done
         if self.pid is None:

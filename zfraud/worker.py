@@ -399,8 +399,12 @@ class Worker:
             self._snapshot_failed(done.error)
             return
         self.saved_at = done.taken_at
-        log.info("saved state to %s in %.0f ms in the background (scoring paused %.1f ms)",
-                 self.state_path, done.write_s * 1000, done.pause_ms)
+        if done.in_place:
+            log.warning("saved state to %s in %.0f ms in the loop (%s)", self.state_path, done.write_s * 1000,
+                        done.in_place)
+        else:
+            log.info("saved state to %s in %.0f ms in the background (scoring paused %.1f ms)",
+                     self.state_path, done.write_s * 1000, done.pause_ms)
 
     def _snapshot(self) -> bool:
         """Save the state now, in this process (a clean stop); False if that failed."""
