@@ -107,10 +107,12 @@ def main():
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None,
               help="Snapshot the streaming state here on SIGTERM and every --snapshot-every seconds; "
                    "load it on start.")
-@click.option("--snapshot-every", type=click.FloatRange(1), default=60.0, help="Seconds between snapshots.")
-@click.option("--cards", type=click.IntRange(1024), default=1 << 18, help="Card table capacity (about 384 bytes each).")
+@click.option("--snapshot-every", type=click.FloatRange(1), default=60.0,
+              help="Seconds between snapshots. A forked child writes each one while scoring goes on.")
+@click.option("--cards", type=click.IntRange(1024), default=1 << 18,
+              help="Card table capacity (400 bytes each: a 384-byte record and its index).")
 @click.option("--terminals", type=click.IntRange(1024), default=1 << 15,
-              help="Terminal table capacity (about 13.5 KB each at first: transaction and fraud counts in 4-hour buckets; up to 36.6 KB as peers join).")
+              help="Terminal table capacity (10.2 KB each at first: transaction and fraud counts in 4-hour buckets; up to 30.3 KB as peers join).")
 @click.option("--delay", "delay_days", type=click.IntRange(0, 30), default=7,
               help="Label delay in days: terminal risk uses windows that end this long ago.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
