@@ -361,6 +361,29 @@ def test_client_api_refuses_nothing_listening():
         Client(f"tcp://127.0.0.1:{free_port()}", hello_timeout_s=0.5)
 
 
+def test_a_local_mesh_whose_port_is_taken_before_the_worker_binds_it_starts_again(tmp_path, monkeypatch):
+    """free_port() cannot reserve a port: here another process takes the first one it finds
+    before the worker binds it (as an outgoing connection's ephemeral port can). The worker exits
+    at once with `Address already in use`, and the mesh starts again on new ports."""
+    import zfraud.local as local
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    ports = iter([port])
+    monkeypatch.setattr(local, "free_port", lambda host="127.0.0.1": next(ports, None) or free_port(host))
+    try:
+        with LocalMesh(2, log_dir=str(tmp_path)) as mesh:
+            first = mesh.log("w1")
+            with Client(mesh.endpoint) as c:
+                v = c.score(next(synthetic(1000, batch=1000)))
+    finally:
+        taken.close()
+    assert f"cannot bind --bind tcp://127.0.0.1:{port}: Address already in use" in first
+    assert mesh.routers["w1"] != f"tcp://127.0.0.1:{port}" and sorted(set(v["worker"])) == ["w1", "w2"]
+
+
 def test_a_third_worker_joins_by_seed_and_gets_traffic(tmp_path):
     with LocalMesh(2, log_dir=str(tmp_path)) as mesh:
         mesh.start_worker("w3", seed=mesh.routers["w2"])

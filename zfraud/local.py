@@ -66,11 +66,25 @@ class LocalMesh:
         self.routers[name], self.pubs[name] = router, pub
         return self.procs[name]
 
-    def start(self) -> "LocalMesh":
-        for i, name in enumerate(self.names):
-            self.start_worker(name, seed=self.routers[self.names[0]] if i else None)
-        self.wait_members(self.names)
-        return self
+    def start(self, attempts: int = 3) -> "LocalMesh":
+        """Start every worker and wait until they all see each other. free_port() cannot reserve
+        the ports it finds: another process (an outgoing connection's ephemeral port, say) can
+        take one before the worker binds it. A worker that cannot bind its port exits at once,
+        so then every worker is stopped and the mesh starts again on new ports."""
+        for attempt in range(attempts):
+            for i, name in enumerate(self.names):
+                self.start_worker(name, seed=self.routers[self.names[0]] if i else None)
+            try:
+                self.wait_members(self.names)
+                return self
+            except RuntimeError as e:
+                if attempt + 1 == attempts or "Address already in use" not in str(e):
+                    raise
+                self._stop_all()
+                self.procs.clear()
+                self.routers.clear()
+                self.pubs.clear()
+        raise AssertionError("unreachable")
 
     def members_of(self, name: str, timeout_s: float = 1.0) -> list[str] | None:
         """The member names worker `name` reports, or None if it does not answer in time."""
@@ -126,13 +140,16 @@ class LocalMesh:
             proc.kill()
             return proc.wait(5)
 
-    def stop(self) -> None:
+    def _stop_all(self) -> list:
         for name in list(self.procs):
             proc = self.procs[name]
             if proc.poll() is None:
                 proc.send_signal(signal.SIGCONT)
                 proc.terminate()
-        codes = [self.stop_worker(name, signalled=True) for name in list(self.procs)]
+        return [self.stop_worker(name, signalled=True) for name in list(self.procs)]
+
+    def stop(self) -> None:
+        codes = self._stop_all()
         if self._own_dir and all(code == 0 for code in codes):  # else its logs are kept, to be read
             shutil.rmtree(self.log_dir, ignore_errors=True)
 
