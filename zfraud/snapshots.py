@@ -1,21 +1,21 @@
 """Periodic snapshots written by a forked child, so that scoring does not wait for the disk.
 
 A worker's state at the default sizes is 100-200 MB. Writing it (numpy .npz, fsync, rename)
-took 550-650 ms on the development machine, and copying it to write it from a thread would
-still stop the scoring loop for 115 ms. os.fork() gives the child a copy-on-write image of
-this moment in 3-4 ms; the child writes that image and exits, while the parent goes on
-scoring and only reads the child's exit status at its next heartbeats (Redis's BGSAVE does the
-same). Pages the parent changes meanwhile are copied once, so memory grows by what the
-scoring loop touches during the write, at most the state's size.
+stopped the scoring loop for 822 ms in bench/snapshot_pause.py (131 071 cards, 163 MB), and
+copying it to write it from a thread would still stop it for about 115 ms. os.fork() gives the
+child a copy-on-write image of this moment in about 3 ms; the child writes that image and exits,
+while the parent goes on scoring and reads the child's exit status at its next heartbeats
+(Redis's BGSAVE does the same). Pages the parent changes meanwhile are copied once, so memory
+grows by what the scoring loop touches during the write, at most the state's size.
 
 The child only writes a file: it touches no socket, logs nothing, runs no garbage collection (a
 finalizer could close one of the parent's ZeroMQ sockets) and leaves with os._exit (no atexit
-handler, no buffer flush, no ZeroMQ teardown). It closes every inherited descriptor
-first thing, so a listening port is not held by a child that outlives a killed parent. An error
-comes back on a pipe, as one line. The child takes no lock another thread could hold (ZeroMQ's
-I/O threads, an HTTP metrics thread): it runs numpy and file writes only, and glibc's malloc is
-fork-safe; Python 3.12 and later warn about fork in a process with threads all the same (a
-DeprecationWarning, hidden by default). Where fork does not exist or fails (no memory for the image under strict
+handler, no buffer flush, no ZeroMQ teardown). It closes every inherited descriptor first thing,
+so a listening port is not held by a child that outlives a killed parent. An error comes back on
+a pipe, as one line. The child takes no lock another thread could hold (ZeroMQ's I/O threads, an
+HTTP metrics thread): it runs numpy and file writes only, and glibc's malloc is fork-safe. Python
+3.12 and later warn about fork in a process with threads all the same (a DeprecationWarning,
+hidden by default). Where fork does not exist or fails (no memory for the image under strict
 overcommit), the save runs in the caller, as before.
 """
 from __future__ import annotations
