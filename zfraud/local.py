@@ -24,6 +24,7 @@ from . import protocol as P
 from .security import Curve
 from .sockets import configure
 
+START_ATTEMPTS = 3  # a mesh whose port another process took starts again on new ports, this often in all
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
@@ -66,25 +67,24 @@ class LocalMesh:
         self.routers[name], self.pubs[name] = router, pub
         return self.procs[name]
 
-    def start(self, attempts: int = 3) -> "LocalMesh":
+    def start(self) -> "LocalMesh":
         """Start every worker and wait until they all see each other. free_port() cannot reserve
         the ports it finds: another process (an outgoing connection's ephemeral port, say) can
         take one before the worker binds it. A worker that cannot bind its port exits at once,
         so then every worker is stopped and the mesh starts again on new ports."""
-        for attempt in range(attempts):
+        for attempt in range(START_ATTEMPTS):
             for i, name in enumerate(self.names):
                 self.start_worker(name, seed=self.routers[self.names[0]] if i else None)
             try:
                 self.wait_members(self.names)
                 return self
             except RuntimeError as e:
-                if attempt + 1 == attempts or "Address already in use" not in str(e):
+                if attempt + 1 == START_ATTEMPTS or "Address already in use" not in str(e):
                     raise
                 self._stop_all()
                 self.procs.clear()
                 self.routers.clear()
                 self.pubs.clear()
-        raise AssertionError("unreachable")
 
     def members_of(self, name: str, timeout_s: float = 1.0) -> list[str] | None:
         """The member names worker `name` reports, or None if it does not answer in time."""

@@ -382,12 +382,6 @@ class Worker:
             self.metrics.snapshot_failures.inc()
         log.error("cannot save state to %s: %s (the last good snapshot there is kept)", self.state_path, error)
 
-    def _snapshot_in_background(self) -> None:
-        """Start the periodic save in a forked child (zfraud.snapshots): scoring pauses for the
-        fork, a few ms, not for the write. One at a time: a save still running defers the next."""
-        if self._has_state():
-            self.saver.start(self._save)
-
     def _reap_snapshot(self, block: bool = False) -> None:
         """Log and count how a background save ended (once it has). A failed one (a full disk, a
         directory gone) leaves the last good snapshot on disk (saves are atomic); the worker
@@ -438,9 +432,11 @@ class Worker:
             else:
                 self._key_problem = None
         self._publish_intel()
+        # The periodic save, in a forked child (zfraud.snapshots): scoring pauses for the fork, a
+        # few ms, not for the write. One at a time: a save still running defers the next.
         self._reap_snapshot()
-        if self.state_path is not None and now >= self._next_snapshot and not self.saver.busy:
-            self._snapshot_in_background()
+        if self._has_state() and now >= self._next_snapshot and not self.saver.busy:
+            self.saver.start(self._save)
             self._next_snapshot = now + self.snapshot_every_s
         self._rows_at.append((now, self.stats["rows"]))
         self._in_flight, self._backlog = self._backlog, 0
