@@ -384,6 +384,27 @@ def test_a_local_mesh_whose_port_is_taken_before_the_worker_binds_it_starts_agai
     assert mesh.routers["w1"] != f"tcp://127.0.0.1:{port}" and sorted(set(v["worker"])) == ["w1", "w2"]
 
 
+def test_a_worker_added_later_whose_port_is_taken_starts_again_on_new_ports(tmp_path, monkeypatch):
+    """The same race for a worker added to a running mesh (tests add them often): only that
+    worker starts again, with the seed it was given."""
+    import zfraud.local as local
+
+    with LocalMesh(1, log_dir=str(tmp_path)) as mesh, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = iter([port])
+        monkeypatch.setattr(local, "free_port", lambda host="127.0.0.1": next(ports, None) or free_port(host))
+        w1 = mesh.procs["w1"]
+        mesh.start_worker("w2", seed=mesh.routers["w1"])
+        mesh.wait_members(["w1", "w2"])
+        with Client(mesh.endpoint) as c:
+            v = c.score(next(synthetic(1000, batch=1000)))
+        assert mesh.log("w2").count(f"cannot bind --bind tcp://127.0.0.1:{port}: Address already in use") == 1
+        assert mesh.routers["w2"] != f"tcp://127.0.0.1:{port}" and mesh.procs["w1"] is w1
+        assert sorted(set(v["worker"])) == ["w1", "w2"]
+
+
 def test_a_third_worker_joins_by_seed_and_gets_traffic(tmp_path):
     with LocalMesh(2, log_dir=str(tmp_path)) as mesh:
         mesh.start_worker("w3", seed=mesh.routers["w2"])

@@ -45,6 +45,9 @@ class LocalMesh:
         self.procs: dict[str, subprocess.Popen] = {}
         self.routers: dict[str, str] = {}
         self.pubs: dict[str, str] = {}
+        # Workers started on ports start_worker picked, and not yet seen up: (seed, extra_args,
+        # starts so far). wait_members starts one again on new ports if another process took one.
+        self._picked: dict[str, tuple] = {}
 
     @property
     def endpoint(self) -> str:
@@ -53,6 +56,11 @@ class LocalMesh:
 
     def start_worker(self, name: str, seed: str | None = None, router: str | None = None,
                      pub: str | None = None, extra_args=()) -> subprocess.Popen:
+        """Start worker `name` on the given endpoints, else on those it had, else on free loopback
+        ports; wait_members then waits for it (and starts it again on new ports if another process
+        took one of those it picked)."""
+        picked = not (router or pub or name in self.routers)
+        starts = self._picked[name][2] if picked and name in self._picked else 0
         router = router or self.routers.get(name) or f"tcp://127.0.0.1:{free_port()}"
         pub = pub or self.pubs.get(name) or f"tcp://127.0.0.1:{free_port()}"
         cmd = [sys.executable, "-m", "zfraud", "worker", "--name", name, "--bind", router, "--pub", pub,
@@ -65,16 +73,22 @@ class LocalMesh:
                                             env=env, cwd=self.log_dir)
         log.close()
         self.routers[name], self.pubs[name] = router, pub
+        if picked:
+            self._picked[name] = (seed, list(extra_args), starts + 1)
+        else:
+            self._picked.pop(name, None)
         return self.procs[name]
 
     def start(self) -> "LocalMesh":
         """Start every worker and wait until they all see each other. free_port() cannot reserve
         the ports it finds: another process (an outgoing connection's ephemeral port, say) can
         take one before the worker binds it. A worker that cannot bind its port exits at once,
-        so then every worker is stopped and the mesh starts again on new ports."""
+        so then every worker is stopped and the mesh starts again on new ports (not just that one:
+        the others name the first as their seed)."""
         for attempt in range(START_ATTEMPTS):
             for i, name in enumerate(self.names):
-                self.start_worker(name, seed=self.routers[self.names[0]] if i else None)
+                self.start_worker(name, seed=self.routers[self.names[0]] if i else None,
+                                  router=f"tcp://127.0.0.1:{free_port()}", pub=f"tcp://127.0.0.1:{free_port()}")
             try:
                 self.wait_members(self.names)
                 return self
@@ -107,13 +121,29 @@ class LocalMesh:
         want = sorted(names)
         end = time.monotonic() + (timeout_s or self.start_timeout_s)
         while time.monotonic() < end:
-            for name, proc in self.procs.items():
+            for name, proc in list(self.procs.items()):
                 if name in names and proc.poll() is not None:
+                    if self._start_again(name):
+                        continue
                     raise RuntimeError(f"worker {name} exited with {proc.returncode} during start-up:\n{self.log(name)}")
             if all(self.members_of(n, 0.5) == want for n in names):
+                for n in names:
+                    self._picked.pop(n, None)
                 return
             time.sleep(0.1)
         raise TimeoutError(f"workers {want} did not all see each other within {timeout_s or self.start_timeout_s:g} s")
+
+    def _start_again(self, name: str) -> bool:
+        """Start again, on new ports, a worker that exited because another process took a port
+        start_worker picked for it (free_port() cannot reserve one). False if it exited for
+        another reason, or has been started START_ATTEMPTS times."""
+        spec = self._picked.get(name)
+        if spec is None or spec[2] >= START_ATTEMPTS or "Address already in use" not in self.log(name):
+            return False
+        seed, extra_args, _ = spec
+        del self.routers[name], self.pubs[name]
+        self.start_worker(name, seed=seed, extra_args=extra_args)
+        return True
 
     def log(self, name: str) -> str:
         try:
