@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from zfraud import Client
 from zfraud import protocol as P
 from zfraud.local import LocalMesh
@@ -57,6 +59,31 @@ def test_a_hung_worker_is_detected_by_deadline_and_rejoins_after_sigcont(tmp_pat
         rc, s, err = finish(start_send(mesh.endpoint, "--synthetic", "20000"))
         assert rc == 0 and s["lost"] == 0, err
         assert rows_of(mesh, "w2") - before > 5000  # given traffic again
+
+
+@pytest.mark.parametrize("load", [False, True])
+def test_a_worker_stopped_longer_than_the_liveness_window_rejoins_after_sigcont(tmp_path, load):
+    """Stopped for 6 s (3 s is three missed heartbeats), w2 is dropped by w1 and w3, who stop
+    following its PUB; it may drop them too when it wakes. Only a HELLO to a ROUTER can bring
+    them together again, so whoever dropped a member (or sees its list without itself) asks."""
+    with LocalMesh(3, log_dir=str(tmp_path)) as mesh:
+        send = start_send(mesh.endpoint, "--synthetic", "60000", "--rate", "6000") if load else None
+        time.sleep(1.0)
+        mesh.signal("w2", signal.SIGSTOP)
+        try:
+            mesh.wait_members(["w1", "w3"], timeout_s=10)
+            time.sleep(2.0)
+        finally:
+            mesh.signal("w2", signal.SIGCONT)
+        if send is not None:
+            rc, s, err = finish(send)
+            assert rc == 0 and (s["verdicts"], s["lost"]) == (60000, 0), err
+        mesh.wait_members(["w1", "w2", "w3"], timeout_s=10)
+        before = {w: rows_of(mesh, w) for w in ("w1", "w2", "w3")}
+        rc, s, err = finish(start_send(mesh.routers["w2"], "--synthetic", "30000"))
+        assert rc == 0 and (s["verdicts"], s["lost"]) == (30000, 0), err
+        assert all(rows_of(mesh, w) - before[w] > 5000 for w in ("w1", "w2", "w3"))  # one mesh, not two
+        assert "member lost name=w2" in mesh.log("w1")
 
 
 def test_sigterm_drains_a_worker_mid_send_without_loss_or_double_count(tmp_path):

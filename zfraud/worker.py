@@ -8,6 +8,8 @@ Sockets:
                             mesh.bye on shutdown
     SUB    (connected)      mesh.* from every other member's PUB
     DEALER (one per seed)   HELLO to a seed until it answers with MEMBERS, then closed
+    DEALER (one per lost member, or one that no longer lists this worker)
+                            HELLO until it answers with MEMBERS (for REJOIN_S at most)
     DEALER (one per member) the cards it now owns (zfraud.handover); intel_sync, one at a time
 
 A message that breaks the protocol gets an ERROR reply naming the problem; nothing a peer sends
@@ -55,6 +57,12 @@ INTEL_CHUNK_ROWS = 1 << 22
 # How long a worker keeps following the PUB of a member that said goodbye: its drain (at most
 # drain_max_s, 10 s by default) and its final counts, published as it closes, must still arrive.
 DEPARTED_FOLLOW_S = 15.0
+# How long a worker keeps saying HELLO to a member it dropped for silence (a stopped process, a
+# partition, a long pause), and to one whose member list no longer names it: that member drops
+# this worker too, or already has, and then neither follows the other's PUB; only a HELLO to the
+# ROUTER brings them back together. Whichever side comes back first finds the other.
+REJOIN_S = 600.0
+MAX_REJOIN = 64  # members asked at once at most
 
 
 def intel_chunks(deltas: dict, rows: int | None = None):
@@ -175,6 +183,7 @@ class Worker:
         for seed in seeds:
             if seed != me.router:
                 self.seeds[seed] = self._seed_socket(seed)
+        self.rejoin: dict[str, tuple] = {}  # member name -> (DEALER to its ROUTER, give up at): _rejoin
         self._stopping = False
         self._draining_since = None  # set when stop() is first noticed: leaving, still answering
         self._last_request = time.monotonic()
@@ -258,6 +267,9 @@ class Worker:
                 for seed, sock in list(self.seeds.items()):
                     if sock.poll(0):
                         self._on_seed_reply(seed, sock)
+                for name, (sock, _) in list(self.rejoin.items()):
+                    if sock.poll(0):
+                        self._on_rejoin_reply(name, sock)
                 for name, sock in list(self.sync_socks.items()):
                     if sock in events:
                         self._on_sync_reply(name, sock)
@@ -288,7 +300,8 @@ class Worker:
         self.handover.take_back_all(self.scorer.features)  # unanswered: saved here instead
         self.handover.close()
         self.saved = self._snapshot()
-        for sock in (*self.seeds.values(), *self.sync_socks.values(), self.sub, self.pub, self.router):
+        for sock in (*self.seeds.values(), *(s for s, _ in self.rejoin.values()), *self.sync_socks.values(),
+                     self.sub, self.pub, self.router):
             sock.close()
         if self.curve is not None:
             self.curve.stop()  # before the context ends: the authenticator thread lives in it
@@ -349,12 +362,17 @@ class Worker:
         sock.connect(seed)
         return sock
 
-    def _hello_seeds(self) -> None:
+    def _hello_message(self, to: str | None = None) -> list:
         me = self.members.me
+        h = {"role": "worker", "name": me.name, "router": me.router, "pub": me.pub}
+        if to is not None:
+            h["to"] = to  # a process that has taken over that address since refuses it
+        return P.encode(P.HELLO, h)
+
+    def _hello_seeds(self) -> None:
         for sock in self.seeds.values():
             try:
-                sock.send_multipart(P.encode(P.HELLO, {"role": "worker", "name": me.name, "router": me.router,
-                                                       "pub": me.pub}), zmq.NOBLOCK)
+                sock.send_multipart(self._hello_message(), zmq.NOBLOCK)
             except zmq.Again:
                 pass  # the seed is not there yet; the next heartbeat tries again
 
@@ -369,6 +387,43 @@ class Worker:
             sock.close()
             del self.seeds[seed]
             log.info("joined via seed=%s members=%d", seed, len(self.members.members))
+
+    def _rejoin(self, name: str, router: str, now: float) -> None:
+        """Say HELLO to member `name` at each heartbeat until it answers (see REJOIN_S)."""
+        if name in self.rejoin or len(self.rejoin) >= MAX_REJOIN or self._draining_since is not None:
+            return
+        sock = self._secure(configure(self.ctx.socket(zmq.DEALER)))
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # no HELLOs queued for a peer not there: one per heartbeat
+        sock.connect(router)
+        self.rejoin[name] = (sock, now + REJOIN_S)
+
+    def _hello_lost(self, now: float) -> None:
+        for name, (sock, until) in list(self.rejoin.items()):
+            if now > until:
+                log.info("gave up asking member %s to rejoin after %.0f s", name, REJOIN_S)
+                self._end_rejoin(name)
+                continue
+            try:
+                sock.send_multipart(self._hello_message(to=name), zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # not connected (yet): the next heartbeat tries again
+
+    def _on_rejoin_reply(self, name: str, sock) -> None:
+        try:
+            msg = P.parse(sock.recv_multipart())
+        except P.ProtocolError as e:
+            log.warning("member %s answered HELLO badly: %s", name, e)
+            return
+        if msg.command == P.MEMBERS and msg.header.get("worker") == name:
+            self._end_rejoin(name)
+            self._merge(msg.header.get("members") or [])
+        elif msg.command == P.ERROR:  # another worker has that address now (see _hello's "to")
+            log.info("stopped asking member %s to rejoin: %s", name, msg.header.get("message"))
+            self._end_rejoin(name)
+
+    def _end_rejoin(self, name: str) -> None:
+        sock, _ = self.rejoin.pop(name)
+        sock.close()
 
     def _save(self) -> None:
         self.scorer.features.save(self.state_path, {"seen": self.seen.ids(), "labels_seen": self.labels_seen.ids()})
@@ -446,10 +501,12 @@ class Worker:
                                self.stats["cards_taken_over"])
         for m in self.members.expire(now):
             log.warning("member lost name=%s (silent for over %.1fs)", m.name, self.members.timeout)
+            self._rejoin(m.name, m.router, now)
         self._sync_subscriptions()
         self._tick_handover(now)
         if self._draining_since is not None:
             return  # leaving: a hello would bring us back into the others' member lists
+        self._hello_lost(now)
         me = self.members.me
         self._publish(b"mesh.hello", {"name": me.name, "router": me.router, "pub": me.pub,
                                       "members": self.members.public(now), "load": self._load()})
@@ -644,7 +701,10 @@ class Worker:
             if frames[0] == b"mesh.hello":
                 if self.members.heard(name, str(h["router"]), str(h["pub"]), h.get("load")):
                     self._sync_subscriptions()
-                self._merge(h.get("members") or [])
+                members = h.get("members") or []
+                self._merge(members)
+                if not any(isinstance(m, dict) and m.get("name") == self.name for m in members):
+                    self._rejoin(name, str(h["router"]), time.monotonic())  # it dropped us, or has not heard us yet
         except (P.ProtocolError, KeyError, TypeError, ValueError) as e:
             log.warning("ignored a malformed mesh message: %s", e)
 
@@ -795,6 +855,8 @@ class Worker:
 
     def _hello(self, h: dict) -> list:
         if h.get("role") == "worker":
+            if h.get("to", self.name) != self.name:
+                raise P.ProtocolError(P.BAD_HEADER, f"this is worker {self.name}, not {h.get('to')}")
             try:
                 event = self.members.heard(str(h["name"]), str(h["router"]), str(h["pub"]))
             except KeyError as e:
