@@ -137,6 +137,52 @@ def test_cards_that_reach_their_old_owner_after_the_handover_are_merged_not_lost
             np.testing.assert_array_equal(got[field], want[field], err_msg=f"{w} {field}")
 
 
+def test_a_worker_saves_at_once_after_a_handover_so_a_crash_cannot_hand_the_cards_over_twice(model_path, tmp_path):
+    """w1's snapshot holds every card; w2 joins and takes its share. Had w1 crashed before its
+    next periodic save (--snapshot-every 600 here), it would have restored that share and handed
+    it over again, and w2 would have summed it into what it holds: each of those cards' history
+    counted twice. So a worker saves as soon as cards have changed hands."""
+    rng = np.random.default_rng(8)
+    cards, n, day = 300, 6000, 17_800 * 86_400_000
+    tx = {"tx_id": np.arange(1, n + 1, dtype=np.uint64), "card": rng.integers(1, cards + 1, n).astype(np.uint64),
+          "terminal": rng.integers(0, 50, n).astype(np.uint64),
+          "ts_ms": day + np.arange(n, dtype=np.int64) * 300_000, "amount": rng.integers(1, 300, n).astype(np.float64)}
+    ids = np.unique(tx["card"])
+    w2_owns = owners(ids, ["w1", "w2"]) == 1
+    state = tmp_path / "s"
+    extra = ["--model", str(model_path), *EXTRA, "--state-dir", str(state), "--snapshot-every", "600"]
+    with LocalMesh(1, extra_args=extra, log_dir=str(tmp_path)) as mesh:
+        with Client(mesh.endpoint) as c:
+            c.score(tx)
+        assert mesh.stop_worker("w1") == 0  # its snapshot: every card
+        mesh.start_worker("w1")
+        mesh.wait_members(["w1"])
+        mesh.start_worker("w2", seed=mesh.routers["w1"])
+        mesh.wait_members(["w1", "w2"])
+        with Client(mesh.endpoint) as c:
+            wait_for("w1 hands w2 its cards", lambda: status(c, "w1")["handover"]["cards_handed_over"] == w2_owns.sum())
+        wait_for("w1 saves after the handover", lambda: mesh.log("w1").count("saved state to") == 2, timeout_s=5)
+        mesh.signal("w1", signal.SIGKILL)
+        mesh.procs["w1"].wait(5)
+        mesh.start_worker("w1", seed=mesh.routers["w2"])
+        mesh.wait_members(["w1", "w2"])
+        time.sleep(2.0)  # sweeps at the change of members, and the saves after any cards moved
+        assert "saved state to" in mesh.log("w2")  # what it took over (a clean stop would hand it all to w1)
+        for w in ("w1", "w2"):
+            mesh.signal(w, signal.SIGKILL)
+            mesh.procs[w].wait(5)
+        restarted = mesh.log("w1").rsplit("restored state", 1)[1]
+    assert f"'cards': {(~w2_owns).sum()}" in restarted.splitlines()[0] and "handed over" not in restarted
+    whole = FeatureEngine(FULL, 7, 4096, 4096)
+    whole.transform(tx)
+    e = FeatureEngine(FULL, 7, 4096, 4096)
+    e.load(state / "w2.state.npz")
+    assert sorted(e.card_ids().tolist()) == ids[w2_owns].tolist()
+    got, want = e.take_cards(ids[w2_owns]), whole.take_cards(ids[w2_owns])
+    for field in ("hour_count", "day_count", "hour_sum", "day_sum"):
+        np.testing.assert_array_equal(got[field], want[field], err_msg=field)  # each transaction once
+
+
 def test_a_bad_handover_gets_a_clear_refusal_and_the_worker_carries_on(model_path, tmp_path, ctx):
     from zfraud.state import CARD_DTYPE
 

@@ -138,6 +138,7 @@ class Worker:
                 log.info("restored state from %s: %s", self.state_path, features.state_info())
         self.snapshot_every_s = snapshot_every_s
         self._next_snapshot = time.monotonic() + snapshot_every_s
+        self._moved_at_save = (0, 0, 0)  # cards handed over, taken back, taken over: as of the last save
         self._intel_since = 0      # export versions already published (0: publish everything)
         self._intel_bucket = None  # newest terminal bucket published; a new one publishes at once
         self._intel_due = False    # a batch brought a new terminal bucket: publish after its reply
@@ -489,10 +490,15 @@ class Worker:
         self._publish_intel()
         # The periodic save, in a forked child (zfraud.snapshots): scoring pauses for the fork, a
         # few ms, not for the write. One at a time: a save still running defers the next.
+        # Also at once after cards changed hands: a snapshot that still held cards since handed
+        # over would, after a crash, hand them over again and their owner would count their
+        # history twice; one without cards taken over (or back) would lose them.
         self._reap_snapshot()
-        if self._has_state() and now >= self._next_snapshot and not self.saver.busy:
+        moved = (self.handover.handed, self.handover.taken_back, self.stats["cards_taken_over"])
+        if self._has_state() and (now >= self._next_snapshot or moved != self._moved_at_save) and not self.saver.busy:
             self.saver.start(self._save)
             self._next_snapshot = now + self.snapshot_every_s
+            self._moved_at_save = moved
         self._rows_at.append((now, self.stats["rows"]))
         self._in_flight, self._backlog = self._backlog, 0
         if self.metrics is not None:
