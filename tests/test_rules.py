@@ -34,6 +34,10 @@ ENV = {"amount": np.array([10.0, 600.0, 1500.0, 3000.0]), "hour": np.array([1.0,
     ("terminal not in [9001]", [1, 0, 1, 1]),
     ("hour in (1, 23.0)", [1, 0, 0, 1]),
     ("card == 3", [0, 0, 1, 0]),
+    ("terminal < 1000000", [1, 1, 1, 0]),
+    ("terminal % 2 == 1", [1, 1, 1, 1]),  # exact for ids above 2**53
+    ("card % 4 - 2 < 0", [1, 0, 0, 1]),  # the remainder is signed: no wrap-around
+    ("terminal % 9223372036854775807 == 2", [0, 0, 0, 1]),
 ])
 def test_expressions(expr, expected):
     action, fired = rules(("r", expr, "review")).evaluate(ENV, 4)
@@ -61,6 +65,12 @@ def test_most_severe_action_wins_and_all_fired_rules_are_named():
     ("[x for x in amount]", "ListComp is not allowed"),
     ("amount ** 2 > 1", "BinOp is not allowed"),
     ("amount is 1", "operator Is is not allowed"),
+    ("terminal - 1000000 < 0", "terminal is an identifier: compare it"),  # uint64: it would wrap
+    ("-card > 0", "card is an identifier"),
+    ("tx_id * 2 > 10", "tx_id is an identifier"),
+    ("card % amount == 0", "card is an identifier"),
+    ("card % 0 == 0", "card is an identifier"),
+    ("1 + terminal > 2", "terminal is an identifier"),
 ])
 def test_bad_expressions_are_named_at_load(expr, message):
     with pytest.raises(RulesError, match="rule 'bad'") as e:

@@ -12,7 +12,8 @@ A rule set is TOML (conf/rules.toml is the example):
 
 Expressions: numbers, names (the model's features and the batch's columns: tx_id, card, terminal,
 ts_ms, amount), arithmetic (+ - * / % and unary -), comparisons (< <= > >= == !=, chained),
-`and` / `or` / `not`, `in` / `not in` with a list or tuple of numbers, and parentheses.
+`and` / `or` / `not`, `in` / `not in` with a list or tuple of numbers, and parentheses. The id
+columns (tx_id, card, terminal) take comparisons, `in` and `% N` (N a whole number) only (IDS).
 
 The text is parsed by Python's own parser into a syntax tree and every node is checked against a
 whitelist before anything runs; nothing is ever passed to eval. Each rule compiles to a closure that
@@ -32,6 +33,10 @@ import numpy as np
 ACTIONS = ("review", "decline")  # in increasing severity; values match protocol.REVIEW/DECLINE
 MAX_RULES = 64  # fired rules travel as a 64-bit mask per verdict
 COLUMNS = ("tx_id", "card", "terminal", "ts_ms", "amount")
+# Identifiers, not quantities: unsigned 64-bit, where a subtraction or a minus sign wraps around
+# (terminal - 1000000 < 0 would never fire). A rule compares them, or takes them modulo a whole
+# number (to sample cards, say), exactly; any other arithmetic on them is refused.
+IDS = ("tx_id", "card", "terminal")
 
 _ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: np.true_divide,
           ast.Mod: np.mod}
@@ -61,6 +66,16 @@ def _compile(node, names: frozenset, rule: str):
             fail(f"unknown name {node.id!r}; known: {', '.join(sorted(names))}")
         key = node.id
         return lambda env: env[key]
+    ids = [n.id for n in (getattr(node, "left", None), getattr(node, "right", None), getattr(node, "operand", None))
+           if isinstance(n, ast.Name) and n.id in IDS]
+    if ids and isinstance(node, (ast.BinOp, ast.UnaryOp)) and not isinstance(getattr(node, "op", None), ast.Not):
+        right = getattr(node, "right", None)
+        if not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and ids == [getattr(node.left, "id", None)]
+                and isinstance(right, ast.Constant) and type(right.value) is int and 0 < right.value < 2 ** 63):
+            fail(f"{ids[0]} is an identifier: compare it (==, <, in ...) or take it modulo a whole number "
+                 f"({ids[0]} % 100 < 5), but no other arithmetic (it is unsigned and would wrap around)")
+        key, divisor = node.left.id, np.uint64(right.value)
+        return lambda env: (np.asarray(env[key], dtype=np.uint64) % divisor).astype(np.int64)
     if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
         op, a, b = _ARITH[type(node.op)], _compile(node.left, names, rule), _compile(node.right, names, rule)
         if isinstance(node.op, (ast.Div, ast.Mod)):
