@@ -15,15 +15,16 @@ cpdef enum RowError:
     AMOUNT_NOT_FINITE = 1   # NaN or infinite
     AMOUNT_NEGATIVE = 2
     AMOUNT_TOO_LARGE = 3    # above max_amount
-    TS_OUT_OF_RANGE = 4     # outside [0, max_ts_ms): seconds for milliseconds, or garbage
+    TS_OUT_OF_RANGE = 4     # outside [min_ts_ms, max_ts_ms): seconds or microseconds for
+                            # milliseconds, or garbage
 
 
-def check_rows(const int64_t[::1] ts_ms, const double[::1] amount, int64_t max_ts_ms,
+def check_rows(const int64_t[::1] ts_ms, const double[::1] amount, int64_t min_ts_ms, int64_t max_ts_ms,
                double max_amount, uint8_t[::1] out):
     """out[i] = the error code of row i (OK = 0 for a row that can be scored); returns how many
     rows failed a check.
 
-    ts_ms: (n,) int64 epoch milliseconds, valid in [0, max_ts_ms); amount: (n,) float64, valid
+    ts_ms: (n,) int64 epoch milliseconds, valid in [min_ts_ms, max_ts_ms); amount: (n,) float64, valid
     when finite and in [0, max_amount]; out: (n,) uint8.
     """
     cdef Py_ssize_t n = ts_ms.shape[0], i, bad = 0
@@ -41,7 +42,7 @@ def check_rows(const int64_t[::1] ts_ms, const double[::1] amount, int64_t max_t
                 code = AMOUNT_NEGATIVE
             elif a > max_amount:
                 code = AMOUNT_TOO_LARGE
-            elif ts_ms[i] < 0 or ts_ms[i] >= max_ts_ms:
+            elif ts_ms[i] < min_ts_ms or ts_ms[i] >= max_ts_ms:
                 code = TS_OUT_OF_RANGE
             else:
                 code = OK

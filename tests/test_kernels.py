@@ -141,9 +141,10 @@ def test_row_checks_name_the_first_check_a_row_fails():
     from zfraud import _verdicts as V
 
     amount = np.array([1.0, np.nan, -np.inf, -1.0, 2e12, 1.0, 1.0, 1.0, 0.0, 1e12])
-    ts = np.array([0, 1, 1, -5, 1, -1, 7_258_118_400_000, 7_258_118_399_999, 5, 5], np.int64)
+    lo, hi = 946_684_800_000, 7_258_118_400_000  # 2000-01-01, 2200-01-01
+    ts = np.array([lo, lo + 1, lo + 1, lo - 5, lo + 1, lo - 1, hi, hi - 1, lo + 5, lo + 5], np.int64)
     out = np.empty(len(ts), np.uint8)
-    assert V.check_rows(ts, amount, 7_258_118_400_000, 1e12, out) == 6
+    assert V.check_rows(ts, amount, lo, hi, 1e12, out) == 6
     R = V.RowError
     assert out.tolist() == [R.OK, R.AMOUNT_NOT_FINITE, R.AMOUNT_NOT_FINITE, R.AMOUNT_NEGATIVE, R.AMOUNT_TOO_LARGE,
                             R.TS_OUT_OF_RANGE, R.TS_OUT_OF_RANGE, R.OK, R.OK, R.OK]

@@ -20,7 +20,9 @@ from ._verdicts import RowError, check_rows, decide
 from .features import FeatureEngine
 from .rules import RuleSet
 
-# Event times must fall in [1970, 2200): anything else is a unit mistake (seconds vs ms) or garbage.
+# Event times must fall in [2000, 2200): anything else is a unit mistake or garbage. Seconds read as
+# milliseconds fall in January 1970, microseconds after 2200.
+MIN_TS_MS = 946_684_800_000
 MAX_TS_MS = 7_258_118_400_000
 MAX_AMOUNT = 1e12
 
@@ -30,7 +32,7 @@ ROW_ERRORS = {
     RowError.AMOUNT_NOT_FINITE: "error: amount is NaN or infinite",
     RowError.AMOUNT_NEGATIVE: "error: amount is negative",
     RowError.AMOUNT_TOO_LARGE: f"error: amount is over {MAX_AMOUNT:.0e}",
-    RowError.TS_OUT_OF_RANGE: "error: ts_ms is outside 1970..2200 (epoch milliseconds expected)",
+    RowError.TS_OUT_OF_RANGE: "error: ts_ms is outside 2000..2200 (epoch milliseconds expected)",
 }
 
 
@@ -84,7 +86,7 @@ class Scorer:
         n = len(cols["tx_id"])
         error = np.empty(n, dtype=np.uint8)
         n_bad = check_rows(np.ascontiguousarray(cols["ts_ms"], dtype=np.int64),
-                           np.ascontiguousarray(cols["amount"], dtype=np.float64), MAX_TS_MS, MAX_AMOUNT, error)
+                           np.ascontiguousarray(cols["amount"], dtype=np.float64), MIN_TS_MS, MAX_TS_MS, MAX_AMOUNT, error)
         if n_bad:
             good = np.flatnonzero(error == RowError.OK)
             sub = {name: cols[name][good] for name, _ in P.TX_COLUMNS}
