@@ -86,6 +86,29 @@ def test_a_worker_stopped_longer_than_the_liveness_window_rejoins_after_sigcont(
         assert "member lost name=w2" in mesh.log("w1")
 
 
+def test_batches_a_stopped_worker_finds_past_their_deadline_are_expired_not_counted_twice(tmp_path):
+    """w2 stops (2.5 s: it stays a member) while a client sends; its batches miss their 1 s
+    deadline and go to w1, which scores them. When w2 resumes it finds them queued: scoring them
+    would count their transactions in card and terminal state a second time, so it answers
+    EXPIRED. Every transaction is counted exactly once across the mesh."""
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint, deadline_s=1.0) as c:
+        assert c.members == ["w1", "w2"]
+        t0 = time.monotonic()
+        mesh.signal("w2", signal.SIGSTOP)
+        try:
+            s = c.stream(synthetic(20000, batch=1000), rate=20000)
+            time.sleep(max(0.0, 2.5 - (time.monotonic() - t0)))
+        finally:
+            mesh.signal("w2", signal.SIGCONT)
+        end = time.monotonic() + 10
+        while c.control("w2", "status")["status"]["expired"] == 0 and time.monotonic() < end:
+            time.sleep(0.1)
+        st = {w: c.control(w, "status")["status"] for w in ("w1", "w2")}
+    assert (s.verdicts, s.lost) == (20000, 0) and s.resent > 0
+    assert sum(st[w]["rows"] - st[w]["repeats"] for w in st) == 20000  # none counted twice
+    assert st["w2"]["expired"] > 0 and "answered EXPIRED" in mesh.log("w2")
+
+
 def test_sigterm_drains_a_worker_mid_send_without_loss_or_double_count(tmp_path):
     """A draining worker answers what it was sent, so the client waits for those answers instead
     of sending them again elsewhere, where they would be scored and counted a second time."""

@@ -366,7 +366,11 @@ class Client:
             p = self.pending.pop(h.get("batch"), None)
             if p is not None:
                 self._answered(p)
-                self._dead_letter(p.arrays, p.attempt, f"{h.get('code')}: {h.get('message')}")
+                if h.get("code") == P.EXPIRED and p.attempt + 1 < self.max_attempts:
+                    self.resent += len(p.arrays["tx_id"])  # not scored (usually resent already, on our deadline)
+                    self.submit(p.arrays, p.origin, p.attempt + 1, p.sent_at)
+                else:
+                    self._dead_letter(p.arrays, p.attempt, f"{h.get('code')}: {h.get('message')}")
 
     def _answered(self, p: Pending) -> None:
         self.inflight[p.worker].discard(p.batch)

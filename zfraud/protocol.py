@@ -93,6 +93,7 @@ BAD_COLUMN = "BAD_COLUMN"
 TOO_LARGE = "TOO_LARGE"
 BAD_CONTROL = "BAD_CONTROL"
 INTERNAL = "INTERNAL"
+EXPIRED = "EXPIRED"  # a BATCH that waited past its deadline_ms in a stopped worker: not scored
 
 # Limits. A receiver checks them before it unpacks anything.
 MAX_HEADER_BYTES = 64 * 1024

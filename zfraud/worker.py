@@ -62,6 +62,14 @@ DEPARTED_FOLLOW_S = 15.0
 # this worker too, or already has, and then neither follows the other's PUB; only a HELLO to the
 # ROUTER brings them back together. Whichever side comes back first finds the other.
 REJOIN_S = 600.0
+# A turn of the loop that took longer than STALL_S (SIGSTOP, a VM or GC pause) means the batches
+# queued meanwhile may have passed their deadline_ms, and clients have then sent them elsewhere:
+# for STALE_S after it, such a batch is answered EXPIRED, not scored, so that its transactions are
+# not counted twice (the backlog is read well within that; the ROUTER can look empty for a moment
+# after a resume, while the I/O thread reads what the kernel buffered). Only then is deadline_ms
+# read, so a worker whose clock is off by more than the clients' deadline still scores normally.
+STALL_S = 1.0
+STALE_S = 5.0
 MAX_REJOIN = 64  # members asked at once at most
 
 
@@ -191,7 +199,7 @@ class Worker:
         self._seq = {}  # topic -> last PUB sequence number, for gap detection by subscribers
         self.started = time.time()
         self.stats = {"batches": 0, "rows": 0, "repeats": 0, "errors": 0, "undelivered": 0, "labels": 0,
-                      "cards_taken_over": 0, "snapshot_failures": 0, "decisions": [0] * len(P.DECISIONS)}
+                      "cards_taken_over": 0, "snapshot_failures": 0, "expired": 0, "decisions": [0] * len(P.DECISIONS)}
         self.saved_at = None  # time.time() of the state in the last snapshot saved
         self.saver = BackgroundSave()
         self.saved = True  # False when the snapshot at the end failed: the CLI exits 1
@@ -203,6 +211,7 @@ class Worker:
         self._backlog = 0       # most requests found queued in a row since the last heartbeat
         self._queued = 0        # requests handled since the router was last found empty
         self._in_flight = 0     # ... as of the last heartbeat
+        self._stale_until = 0.0  # after a stall: until when batches past their deadline expire
         self.metrics = None     # zfraud.metrics.Metrics when --metrics-port is given
         if metrics_port is not None:
             from .metrics import Metrics
@@ -241,6 +250,7 @@ class Worker:
         self.handover.poller = poller
         next_beat = 0.0
         next_seed = 0.0
+        last_poll = time.monotonic()
         try:
             while True:
                 now = time.monotonic()
@@ -253,6 +263,10 @@ class Worker:
                     self._hello_seeds()
                     next_seed = now + self.heartbeat
                 events = dict(poller.poll(timeout=100))
+                polled = time.monotonic()
+                if polled - last_poll > STALL_S + 0.1:  # 0.1: the poll's own timeout
+                    self._stalled(polled - last_poll, polled)
+                last_poll = polled
                 if self.sub in events:
                     self._read_all(self.sub, self._on_mesh)
                 if self.pub in events:
@@ -279,6 +293,21 @@ class Worker:
                         self.handover.on_reply(name, self.scorer.features)
         finally:
             self._close()
+
+    def _stalled(self, gap: float, now: float) -> None:
+        self._stale_until = now + STALE_S
+        log.warning("the loop stood still for %.1f s (stopped or paused): batches found waiting past "
+                    "their deadline are answered EXPIRED, not scored (their clients have sent them again)", gap)
+
+    def _expired(self, header: dict) -> bool:
+        deadline = header.get("deadline_ms")
+        return (self._stale_until > 0 and type(deadline) is int and deadline < time.time() * 1000
+                and time.monotonic() < self._stale_until)
+
+    def _expired_reply(self, batch: int) -> list:
+        self.stats["expired"] += 1
+        return P.error_message(P.EXPIRED, f"batch {batch} waited past its deadline while this worker stood "
+                                          "still; not scored: send it again", batch, self.name)
 
     def _handed_over(self, now: float) -> bool:
         """At the end of a drain: hand every card to its owner among the others, then wait up to
@@ -724,7 +753,7 @@ class Worker:
             msg = P.parse(body)
             if msg.command == P.BATCH:
                 batch, attempt, cols = P.parse_batch(msg)
-                reply = self._score([(batch, attempt, cols)])[0]
+                reply = self._expired_reply(batch) if self._expired(msg.header) else self._score([(batch, attempt, cols)])[0]
             elif msg.command == P.HELLO:
                 reply = self._hello(msg.header)
             elif msg.command == P.LABEL:
@@ -752,9 +781,15 @@ class Worker:
         replies, batches = [], []  # (routing id, reply frames); (routing id, (batch, attempt, cols))
         for frames in run:
             try:
-                batches.append((frames[0], P.parse_batch(P.parse(frames[1:]))))
+                msg = P.parse(frames[1:])
+                item = P.parse_batch(msg)
             except P.ProtocolError as e:
                 replies.append((frames[0], self._error_reply(e)))
+                continue
+            if self._expired(msg.header):
+                replies.append((frames[0], self._expired_reply(item[0])))
+            else:
+                batches.append((frames[0], item))
         if batches:
             try:
                 results = self._score([b for _, b in batches])
@@ -888,6 +923,7 @@ class Worker:
                 "shadow": self.scorer.shadow_version,
                 "batches": self.stats["batches"], "rows": self.stats["rows"], "errors": self.stats["errors"],
                 "repeats": self.stats["repeats"], "undelivered": self.stats["undelivered"],
+                "expired": self.stats["expired"],
                 "labels": self.stats["labels"],
                 "rate_tx_per_s": round((r1 - r0) / (t1 - t0), 1) if t1 > t0 else 0.0,
                 "in_flight": self._in_flight,
