@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 
+from zfraud.dataset import read_labelled
 from zfraud.sources import InputError, open_source
 
 HEADER = "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_TIME_SECONDS,TX_TIME_DAYS,TX_FRAUD,TX_FRAUD_SCENARIO\n"
@@ -68,3 +69,14 @@ def test_an_id_that_is_not_a_whole_number_in_range_is_refused_not_cast(tmp_path,
     for (_, message), i in zip(reader.errors, bad):
         assert message == f"card must be a whole number from 0 to 2**64 - 1, got {cards[i]!r}" or (
             fmt == "csv" and message == f"card must be a whole number from 0 to 2**64 - 1, got {str(cards[i])!r}")
+
+
+def test_a_csv_with_a_byte_order_mark_is_read(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte-order mark: it is not part of the first column's name."""
+    p = tmp_path / "tx.csv"
+    p.write_bytes(b"\xef\xbb\xbf" + (HEADER + "0,2018-04-01 00:00:31,596,3156,57.16,31,0,0,1\n").encode())
+    reader = open_source(p)
+    (chunk,) = list(reader)
+    assert chunk["tx_id"].tolist() == [0] and chunk["card"].tolist() == [596] and reader.errors == []
+    d = read_labelled(p)
+    assert d["tx_id"].tolist() == [0] and d["scenario"].tolist() == [1]

@@ -12,7 +12,7 @@ import datetime as dt
 
 import numpy as np
 
-from .sources import InputError, parse_ids
+from .sources import InputError, open_text, parse_ids
 
 DAY_MS = 86_400_000
 REQUIRED = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD")
@@ -50,7 +50,7 @@ def read_labelled(path, errors: list | None = None) -> dict:
     raises InputError naming the line, the column and the value; with `errors` (a list) such rows
     are left out instead and reported there as (line, message)."""
     try:
-        f = open(path, newline="", encoding="utf-8")
+        f = open_text(path)
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}") from None
     with f:

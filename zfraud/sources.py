@@ -6,7 +6,7 @@ never takes the records around it down: good records are still yielded.
 
 Field names: the Handbook's raw schema (TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID, TERMINAL_ID,
 TX_AMOUNT; DESIGN.md "Evaluation and data") or zfraud's own (tx_id, ts_ms, card, terminal, amount).
-TX_DATETIME is read as UTC, "YYYY-MM-DD HH:MM:SS".
+TX_DATETIME is read as UTC, "YYYY-MM-DD HH:MM:SS". Files are UTF-8, with or without a byte-order mark.
 """
 from __future__ import annotations
 
@@ -125,10 +125,12 @@ class Reader:
             yield chunk
 
 
-def _open(path):
+def open_text(path):
+    """The file (- or None: standard input) as UTF-8 text, without the byte-order mark Excel puts
+    first, which would otherwise be read as part of the first column's name."""
     if path in (None, "-"):
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="")
-    return open(path, newline="", encoding="utf-8")
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline="")
+    return open(path, newline="", encoding="utf-8-sig")
 
 
 class CsvReader(Reader):
@@ -137,7 +139,7 @@ class CsvReader(Reader):
         self.path = path
 
     def _records(self):
-        with _open(self.path) as f:
+        with open_text(self.path) as f:
             rows = csv.reader(f)
             header = next(rows, None)
             if header is None:
@@ -163,7 +165,7 @@ class JsonLinesReader(Reader):
         self.path = path
 
     def _records(self):
-        with _open(self.path) as f:
+        with open_text(self.path) as f:
             for line, text in enumerate(f, start=1):
                 if not text.strip():
                     continue
