@@ -7,6 +7,8 @@ import pytest
 from zfraud.dataset import read_labelled
 from zfraud.sources import InputError, open_source
 
+from conftest import run_cli
+
 HEADER = "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_TIME_SECONDS,TX_TIME_DAYS,TX_FRAUD,TX_FRAUD_SCENARIO\n"
 
 
@@ -80,3 +82,53 @@ def test_a_csv_with_a_byte_order_mark_is_read(tmp_path):
     assert chunk["tx_id"].tolist() == [0] and chunk["card"].tolist() == [596] and reader.errors == []
     d = read_labelled(p)
     assert d["tx_id"].tolist() == [0] and d["scenario"].tolist() == [1]
+
+
+def rows(n, first=0):
+    """n good Handbook CSV rows, tx_id first, first + 1, ..."""
+    return [f"{i},2018-04-01 {i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d},{i % 97},{i % 13},{10 + i % 300}.5,0,0,0,0"
+            for i in range(first, first + n)]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_byte_that_is_not_utf8_is_a_bad_line_not_the_end_of_the_file(tmp_path, fmt):
+    """A Latin-1 "café" used to stop the read where the decoder met it (no line, no summary)."""
+    if fmt == "csv":
+        lines = [HEADER.strip().encode(), *(r.encode() for r in rows(5))]
+        lines[4] += b" caf\xe9"  # tx 3, in a column zfraud does not read
+    else:
+        lines = [json.dumps({"tx_id": i, "card": 1, "terminal": 2, "ts_ms": 1522540831000, "amount": 5.5}).encode()
+                 for i in range(5)]
+        lines[4] = lines[4][:-1] + b', "note": "caf\xe9"}'  # tx 4
+    p = tmp_path / f"tx.{fmt}"
+    p.write_bytes(b"\n".join(lines) + b"\n")
+    reader = open_source(p, batch=2)
+    ids = np.concatenate([c["tx_id"] for c in reader]).tolist()
+    assert ids == ([0, 1, 2, 4] if fmt == "csv" else [0, 1, 2, 3])
+    assert reader.errors == [(5, "not UTF-8 text (byte 0xe9): save the file as UTF-8")]
+
+
+def test_read_labelled_names_the_line_of_a_byte_that_is_not_utf8(tmp_path):
+    p = tmp_path / "tx.csv"
+    p.write_bytes((HEADER + "\n".join(rows(3)) + "\n").encode().replace(b",0,0\n2,", b",0,\xe9\n2,"))
+    errors = []
+    assert read_labelled(p, errors)["tx_id"].tolist() == [0, 2]
+    assert errors == [(3, "not UTF-8 text (byte 0xe9): save the file as UTF-8")]
+    with pytest.raises(InputError) as e:
+        read_labelled(p)
+    assert str(e.value) == f"{p}, line 3: not UTF-8 text (byte 0xe9): save the file as UTF-8"
+
+
+def send(mesh, path):
+    r = run_cli("send", str(path), "--connect", mesh.endpoint, "--json")
+    return r, json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else None
+
+
+def test_send_reports_a_byte_that_is_not_utf8_and_sends_every_other_row(mesh2, tmp_path):
+    p = tmp_path / "latin.csv"  # the bad byte far in: 2,000 rows were sent when it stopped the read
+    p.write_bytes("\n".join([HEADER.strip(), *rows(2000)]).encode() + b" caf\xe9\n"
+                  + "\n".join(rows(1000, 2000)).encode() + b"\n")
+    r, s = send(mesh2, p)
+    assert r.returncode == 3, r.stderr
+    assert "input line 2001: not UTF-8 text (byte 0xe9): save the file as UTF-8" in r.stderr
+    assert (s["sent"], s["verdicts"], s["errors"], s["lost"]) == (3000, 2999, 1, 0)

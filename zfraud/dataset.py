@@ -7,12 +7,11 @@ Rows come back sorted by event time (stable), as the streaming features need.
 """
 from __future__ import annotations
 
-import csv
 import datetime as dt
 
 import numpy as np
 
-from .sources import InputError, open_text, parse_ids
+from .sources import InputError, csv_rows, open_text, parse_ids
 
 DAY_MS = 86_400_000
 REQUIRED = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD")
@@ -54,8 +53,10 @@ def read_labelled(path, errors: list | None = None) -> dict:
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}") from None
     with f:
-        rows = csv.reader(f)
-        header = next(rows, None) or []
+        rows = csv_rows(f)
+        _, header, why = next(rows, (1, [], None))
+        if why:
+            raise InputError(f"{path}, line 1: {why}")
         missing = [c for c in REQUIRED if c not in header]
         if missing:
             raise InputError(f"{path}: missing column(s) {', '.join(missing)}; expected the Handbook's schema "
@@ -64,11 +65,13 @@ def read_labelled(path, errors: list | None = None) -> dict:
         cols = {c: [] for c in COLUMNS}
         lines = []
         width = max(i for i in idx if i is not None) + 1
-        for line, row in enumerate(rows, start=2):
-            if len(row) < width:
+        for line, row, why in rows:
+            if why is None and len(row) < width:
+                why = f"expected {len(header)} fields, got {len(row)}"
+            if why:
                 if errors is None:
-                    raise InputError(f"{path}, line {line}: expected {len(header)} fields, got {len(row)}")
-                errors.append((line, f"expected {len(header)} fields, got {len(row)}"))
+                    raise InputError(f"{path}, line {line}: {why}")
+                errors.append((line, why))
                 continue
             for c, i in zip(cols, idx):
                 cols[c].append(row[i] if i is not None else "0")  # no TX_FRAUD_SCENARIO: 0

@@ -127,10 +127,32 @@ class Reader:
 
 def open_text(path):
     """The file (- or None: standard input) as UTF-8 text, without the byte-order mark Excel puts
-    first, which would otherwise be read as part of the first column's name."""
+    first, which would otherwise be read as part of the first column's name. A byte that is not
+    UTF-8 is kept as a surrogate escape for not_utf8 to find in its line: decoding strictly would
+    stop the whole read at it, with no line number, in the middle of the file."""
     if path in (None, "-"):
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline="")
-    return open(path, newline="", encoding="utf-8-sig")
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    return open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
+
+
+def not_utf8(text: str) -> str | None:
+    """Why text read by open_text is not UTF-8 (its first byte that is not), or None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a surrogate escape U+DC80..U+DCFF stands for the byte 0x80..0xFF
+        return f"not UTF-8 text (byte 0x{ord(text[e.start]) - 0xDC00:02x}): save the file as UTF-8"
+    return None
+
+
+def csv_rows(f):
+    """(line number, fields, None) for each row of a CSV file opened by open_text, the header
+    first; (line number, None, why) for a row that cannot be read."""
+    rows = csv.reader(f)
+    for line, row in enumerate(rows, start=1):
+        why = not_utf8("".join(row))
+        yield line, (None if why else row), why
 
 
 class CsvReader(Reader):
@@ -140,8 +162,10 @@ class CsvReader(Reader):
 
     def _records(self):
         with open_text(self.path) as f:
-            rows = csv.reader(f)
-            header = next(rows, None)
+            rows = csv_rows(f)
+            _, header, why = next(rows, (1, None, None))
+            if why:
+                raise InputError(f"{self.path}, line 1: {why}")
             if header is None:
                 return
             index = {}
@@ -151,7 +175,10 @@ class CsvReader(Reader):
                     raise InputError(f"{self.path}: no column {' or '.join(names)} in the header {header}")
                 index[col] = found[0]
             width = max(index.values()) + 1
-            for line, row in enumerate(rows, start=2):
+            for line, row, why in rows:
+                if why:
+                    self._error(line, why)
+                    continue
                 if len(row) < width:
                     if row:
                         self._error(line, f"expected at least {width} fields, got {len(row)}")
@@ -170,6 +197,9 @@ class JsonLinesReader(Reader):
                 if not text.strip():
                     continue
                 try:
+                    why = not_utf8(text)
+                    if why:
+                        raise ValueError(why)
                     obj = json.loads(text)
                     if not isinstance(obj, dict):
                         raise ValueError("a line must be a JSON object")
