@@ -132,3 +132,39 @@ def test_send_reports_a_byte_that_is_not_utf8_and_sends_every_other_row(mesh2, t
     assert r.returncode == 3, r.stderr
     assert "input line 2001: not UTF-8 text (byte 0xe9): save the file as UTF-8" in r.stderr
     assert (s["sent"], s["verdicts"], s["errors"], s["lost"]) == (3000, 2999, 1, 0)
+
+
+OPEN_QUOTE = "a quote opened on this line runs on over the lines after it ({}): the rest of the file is not read"
+
+
+@pytest.mark.parametrize("after, why", [(10, "unexpected end of data"), (4000, "field larger than field limit (131072)")])
+def test_an_unterminated_quote_is_reported_at_its_line_and_the_rows_before_it_are_kept(tmp_path, after, why):
+    """The quote swallows the lines after it into one field: up to the csv module's field limit it
+    used to pass for one short row (the rows it took silently gone), beyond it raise a traceback."""
+    p = tmp_path / "tx.csv"
+    p.write_text("\n".join([HEADER.strip(), *rows(3), '9,"2018-04-01 00:00:09,1,2,3.5,0,0,0,0', *rows(after, 10)]) + "\n")
+    reader = open_source(p, batch=2)
+    assert np.concatenate([c["tx_id"] for c in reader]).tolist() == [0, 1, 2]
+    assert reader.errors == [(5, OPEN_QUOTE.format(why))]
+    errors = []
+    assert read_labelled(p, errors)["tx_id"].tolist() == [0, 1, 2] and errors == [(5, OPEN_QUOTE.format(why))]
+    with pytest.raises(InputError) as e:
+        read_labelled(p)
+    assert str(e.value) == f"{p}, line 5: {OPEN_QUOTE.format(why)}"
+
+
+def test_a_quote_that_does_not_split_is_a_bad_line(tmp_path):
+    p = tmp_path / "tx.csv"
+    p.write_text("\n".join([HEADER.strip(), *rows(2), '2,"2018-04-01 00:00:02"x,1,2,3.5,0,0,0,0', *rows(2, 3)]) + "\n")
+    reader = open_source(p)
+    assert np.concatenate([c["tx_id"] for c in reader]).tolist() == [0, 1, 3, 4]
+    assert reader.errors == [(4, "cannot split the line into fields: ',' expected after '\"'")]
+
+
+def test_send_scores_the_rows_before_an_unterminated_quote_and_says_where_it_stopped(mesh2, tmp_path):
+    p = tmp_path / "quote.csv"
+    p.write_text("\n".join([HEADER.strip(), *rows(99), '99,"2018-04-01 00:01:39,1,2,3.5,0,0,0,0', *rows(4000, 100)]) + "\n")
+    r, s = send(mesh2, p)
+    assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr
+    assert f"input line 101: {OPEN_QUOTE.format('field larger than field limit (131072)')}" in r.stderr, r.stderr
+    assert (s["sent"], s["verdicts"], s["errors"], s["lost"]) == (100, 99, 1, 0)

@@ -148,9 +148,25 @@ def not_utf8(text: str) -> str | None:
 
 def csv_rows(f):
     """(line number, fields, None) for each row of a CSV file opened by open_text, the header
-    first; (line number, None, why) for a row that cannot be read."""
-    rows = csv.reader(f)
-    for line, row in enumerate(rows, start=1):
+    first; (line number, None, why) for a row that cannot be read. A quote left open takes the
+    lines after it into its field, up to the end of the file or the csv module's field limit: it
+    is reported at its line and nothing after it is read, as which lines it took cannot be told.
+    strict, or the end of the file would close such a quote without a word; a quote out of place
+    within a line ("a"b) is then that line's error."""
+    rows = csv.reader(f, strict=True)
+    while True:
+        line = rows.line_num + 1
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            if rows.line_num == line:  # a quote out of place within the line: go on at the next
+                yield line, None, f"cannot split the line into fields: {e}"
+                continue
+            yield line, None, (f"a quote opened on this line runs on over the lines after it ({e}): "
+                               "the rest of the file is not read")
+            return
         why = not_utf8("".join(row))
         yield line, (None if why else row), why
 
