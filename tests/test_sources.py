@@ -168,3 +168,36 @@ def test_send_scores_the_rows_before_an_unterminated_quote_and_says_where_it_sto
     assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr
     assert f"input line 101: {OPEN_QUOTE.format('field larger than field limit (131072)')}" in r.stderr, r.stderr
     assert (s["sent"], s["verdicts"], s["errors"], s["lost"]) == (100, 99, 1, 0)
+
+
+TS = "ts_ms must be epoch milliseconds or a date and time such as 2018-04-01 00:00:31"
+
+
+@pytest.mark.parametrize("column, good, bad, message", [
+    ("amount", [10.5, 7, "3.25", 10**30], [[1], {"a": 1}, True, None, "abc", 10**400], "amount must be a number"),
+    ("ts_ms", [1522540831000, 1522540831000.0, "1522540831000", "2018-04-01 00:00:31"],
+     [[1], {"a": 1}, True, None, "abc", 1.5, 1e300, 2**70], TS),
+])
+def test_a_json_value_of_the_wrong_type_is_refused_naming_its_column(tmp_path, column, good, bad, message):
+    """numpy alone would read true as 1, null as NaN, wrap 1e300 to -2**63 ms, and for a list stop
+    the whole send ("setting an array element with a sequence"), the good rows with it."""
+    values = good + bad
+    p = tmp_path / "tx.jsonl"
+    p.write_text("".join(json.dumps({"tx_id": i, "card": 1, "terminal": 2, "ts_ms": 1522540831000, "amount": 10.5,
+                                     column: v}) + "\n" for i, v in enumerate(values)))
+    reader = open_source(p)
+    (chunk,) = list(reader)
+    assert chunk["tx_id"].tolist() == list(range(len(good)))
+    want = [10.5, 7.0, 3.25, 1e30] if column == "amount" else [1522540831000] * 4
+    assert chunk[column].tolist() == want
+    assert reader.errors == [(len(good) + 1 + k, f"{message}, got {v!r}") for k, v in enumerate(bad)]
+
+
+def test_send_scores_the_good_json_line_beside_one_with_a_list_for_an_amount(mesh2, tmp_path):
+    p = tmp_path / "j2.jsonl"
+    p.write_text('{"tx_id":1,"ts_ms":1522540831000,"card":1,"terminal":2,"amount":10.5}\n'
+                 '{"tx_id":7,"ts_ms":1522540831000,"card":1,"terminal":2,"amount":[1]}\n')
+    r, s = send(mesh2, p)
+    assert r.returncode == 3, r.stderr
+    assert "input line 2: amount must be a number, got [1]" in r.stderr, r.stderr
+    assert (s["sent"], s["verdicts"], s["errors"], s["lost"]) == (2, 1, 1, 0)

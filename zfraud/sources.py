@@ -33,21 +33,40 @@ class InputError(ValueError):
     """The input as a whole cannot be read (missing columns, unknown format)."""
 
 
-def _to_ts_ms(values) -> np.ndarray:
-    """Epoch milliseconds from integers, digit strings, or "YYYY-MM-DD HH:MM:SS" strings (UTC)."""
-    a = np.asarray(values)
-    if a.dtype.kind in "iu":
-        return a.astype(np.int64)
-    if a.dtype.kind == "f":
-        if not np.isfinite(a).all() or (a != np.round(a)).any():
-            raise ValueError("ts_ms must be whole epoch milliseconds")
-        return a.astype(np.int64)
-    a = a.astype(str)
-    digits = np.char.isdigit(a)
-    out = np.empty(len(a), dtype=np.int64)
-    out[digits] = a[digits].astype(np.int64)
-    out[~digits] = a[~digits].astype("datetime64[ms]").astype(np.int64)
-    return out
+def parse_ts_ms(values: list) -> np.ndarray:
+    """Epoch milliseconds (int64) from whole numbers, digit strings, or "YYYY-MM-DD HH:MM:SS"
+    strings (UTC). ValueError naming the column for anything else: numpy alone would take true
+    as 1 ms, wrap 1e300 to -2**63, or stop at a list ("setting an array element with a sequence")."""
+    kinds = {type(v) for v in values}
+    if float in kinds:  # JSON from a writer that prints whole numbers as 5.0 (exact below 2**53)
+        values = [int(v) if type(v) is float and v.is_integer() and abs(v) < 2**53 else v for v in values]
+        kinds = {type(v) for v in values}
+    try:
+        if kinds <= {int}:
+            return np.array(values, dtype=np.int64)
+        if kinds <= {int, str}:
+            a = np.array(values, dtype=str)
+            digits = np.char.isdigit(a)
+            out = np.empty(len(a), dtype=np.int64)
+            out[digits] = a[digits].astype(np.int64)
+            out[~digits] = a[~digits].astype("datetime64[ms]").astype(np.int64)
+            return out
+    except (ValueError, OverflowError):
+        pass
+    got = f", got {values[0]!r}" if len(values) == 1 else ""
+    raise ValueError(f"ts_ms must be epoch milliseconds or a date and time such as 2018-04-01 00:00:31{got}")
+
+
+def parse_amounts(values: list) -> np.ndarray:
+    """float64 amounts from numbers or numeric strings. ValueError naming the column for anything
+    else: numpy alone would take true as 1.0 and null as NaN, or stop at a list."""
+    if {type(v) for v in values} <= {int, float, str}:
+        try:
+            return np.array(values, dtype=np.float64)
+        except (ValueError, OverflowError):
+            pass
+    got = f", got {values[0]!r}" if len(values) == 1 else ""
+    raise ValueError(f"amount must be a number{got}")
 
 
 def parse_ids(values: list, name: str) -> np.ndarray:
@@ -73,8 +92,8 @@ def _convert(cols: dict) -> dict:
         "tx_id": parse_ids(cols["tx_id"], "tx_id"),
         "card": parse_ids(cols["card"], "card"),
         "terminal": parse_ids(cols["terminal"], "terminal"),
-        "ts_ms": _to_ts_ms(cols["ts_ms"]),
-        "amount": np.array(cols["amount"], dtype=np.float64),
+        "ts_ms": parse_ts_ms(cols["ts_ms"]),
+        "amount": parse_amounts(cols["amount"]),
     }
 
 
