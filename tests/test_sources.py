@@ -1,5 +1,6 @@
 """Readers: Handbook CSV and JSON lines; a bad record is reported, its neighbours are kept."""
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -201,3 +202,15 @@ def test_send_scores_the_good_json_line_beside_one_with_a_list_for_an_amount(mes
     assert r.returncode == 3, r.stderr
     assert "input line 2: amount must be a number, got [1]" in r.stderr, r.stderr
     assert (s["sent"], s["verdicts"], s["errors"], s["lost"]) == (2, 1, 1, 0)
+
+
+def test_a_timestamp_in_utc_with_a_z_is_read_without_a_warning(tmp_path):
+    """numpy parses "...Z" but warns of any time zone, even UTC's, with a line of our source."""
+    p = tmp_path / "tx.jsonl"
+    p.write_text("".join(json.dumps({"tx_id": i, "card": 1, "terminal": 2, "ts_ms": ts, "amount": 5.5}) + "\n"
+                         for i, ts in enumerate(["2018-04-01T00:00:31Z", "2018-04-01 00:00:32Z", "2018-04-01T00:00:33"])))
+    reader = open_source(p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (chunk,) = list(reader)
+    assert chunk["ts_ms"].tolist() == [1522540831000, 1522540832000, 1522540833000] and reader.errors == []

@@ -6,7 +6,8 @@ never takes the records around it down: good records are still yielded.
 
 Field names: the Handbook's raw schema (TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID, TERMINAL_ID,
 TX_AMOUNT; DESIGN.md "Evaluation and data") or zfraud's own (tx_id, ts_ms, card, terminal, amount).
-TX_DATETIME is read as UTC, "YYYY-MM-DD HH:MM:SS". Files are UTF-8, with or without a byte-order mark.
+TX_DATETIME is read as UTC, "YYYY-MM-DD HH:MM:SS" (or ISO 8601's "YYYY-MM-DDTHH:MM:SSZ"). Files are
+UTF-8, with or without a byte-order mark.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class InputError(ValueError):
 
 def parse_ts_ms(values: list) -> np.ndarray:
     """Epoch milliseconds (int64) from whole numbers, digit strings, or "YYYY-MM-DD HH:MM:SS"
-    strings (UTC). ValueError naming the column for anything else: numpy alone would take true
+    strings (UTC, with or without a Z). ValueError naming the column for anything else: numpy alone would take true
     as 1 ms, wrap 1e300 to -2**63, or stop at a list ("setting an array element with a sequence")."""
     kinds = {type(v) for v in values}
     if float in kinds:  # JSON from a writer that prints whole numbers as 5.0 (exact below 2**53)
@@ -49,7 +50,8 @@ def parse_ts_ms(values: list) -> np.ndarray:
             digits = np.char.isdigit(a)
             out = np.empty(len(a), dtype=np.int64)
             out[digits] = a[digits].astype(np.int64)
-            out[~digits] = a[~digits].astype("datetime64[ms]").astype(np.int64)
+            dates = np.char.rstrip(a[~digits], "Z")  # ISO 8601's UTC: numpy warns of it as of any zone
+            out[~digits] = dates.astype("datetime64[ms]").astype(np.int64)
             return out
     except (ValueError, OverflowError):
         pass
