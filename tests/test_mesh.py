@@ -1,6 +1,7 @@
 """The mesh with real worker processes on loopback, driven through the Python API and the CLI."""
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -271,6 +272,24 @@ def test_send_reads_a_handbook_csv_and_reports_a_bad_line(mesh2, tmp_path):
     assert "input line 1501" in r.stderr
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(written) == 2999 and len({w["tx_id"] for w in written}) == 2999
+
+
+def test_send_answers_a_tx_id_the_input_repeats_each_time_and_counts_the_repeats(mesh2, tmp_path):
+    """Five rows, then the same five again: ten transactions sent and answered, five of them
+    repeats, none lost (the summary counts rows, as the --out file holds them)."""
+    path = tmp_path / "dup.csv"
+    rows = [f"{i},2018-04-01 0{i}:00:00,{100 + i},{i},{10 + i}.5" for i in range(5)]
+    path.write_text("\n".join(["TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT", *rows, *rows]) + "\n")
+    out = tmp_path / "verdicts.jsonl"
+    r = run_cli("send", str(path), "--connect", mesh2.endpoint, "--json", "--out", str(out))
+    assert r.returncode == 0, r.stderr + r.stdout
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (s["sent"], s["repeated"], s["verdicts"], s["errors"], s["lost"]) == (10, 5, 10, 0, 0)
+    assert sum(s["decisions"].values()) == 10 and s["decisions"]["rejected"] == 0
+    assert sorted(json.loads(line)["tx_id"] for line in out.read_text().splitlines()) == sorted([0, 1, 2, 3, 4] * 2)
+    summary = dict(re.match(r"(.*?\S)\s{2,}(\S.*)$", line).groups() for line in r.stderr.splitlines())
+    assert [summary[k] for k in ("transactions sent", "  with a tx_id sent before", "verdicts", "lost")] \
+        == ["10", "5", "10", "0"]
 
 
 def test_send_without_a_mesh_fails_fast_with_one_line():

@@ -147,6 +147,7 @@ def print_summary(s, out=sys.stdout) -> None:
     d = s.decisions
     rows = [
         ("transactions sent", f"{s.sent:,}"),
+        ("  with a tx_id sent before", f"{s.repeated:,}"),
         ("verdicts", f"{s.verdicts:,}"),
         ("  approve / review / decline", f"{d.get('approve', 0):,} / {d.get('review', 0):,} / {d.get('decline', 0):,}"),
         ("errors (rejected with a reason)", f"{s.errors:,}"),
@@ -189,6 +190,9 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
     FILE is a CSV with the Fraud Detection Handbook's columns (TRANSACTION_ID, TX_DATETIME,
     CUSTOMER_ID, TERMINAL_ID, TX_AMOUNT, ...) or JSON lines with the same fields (or tx_id, ts_ms,
     card, terminal, amount); - reads standard input.
+
+    The summary counts records: one whose tx_id an earlier record had is sent, answered and
+    counted again, and also counted in "with a tx_id sent before" (repeated).
 
     Exit status: 0 every transaction got a verdict; 1 some were lost or dead-lettered;
     3 all were answered but some were rejected as invalid (see the messages on stderr).

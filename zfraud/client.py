@@ -51,10 +51,12 @@ class Pending:
 
 @dataclass
 class Summary:
-    """What a stream did. `lost` = sent - verdicts - errors: transactions with no answer at all."""
+    """What a stream did, counted in rows of the input (a tx_id the input repeats counts each
+    time). `lost` = sent - verdicts - errors: transactions with no answer at all."""
 
     sent: int = 0
-    verdicts: int = 0     # distinct transactions answered with approve/review/decline
+    repeated: int = 0     # of those sent, the transactions whose tx_id an earlier one had
+    verdicts: int = 0     # transactions answered with approve/review/decline
     errors: int = 0       # transactions rejected with a reason (bad row, unreadable input, dead letter)
     lost: int = 0
     resent: int = 0       # transactions sent again after a worker missed a deadline or its connection closed
@@ -460,8 +462,8 @@ class Client:
 
         progress(rows) is called as answers arrive; on_verdicts(v, header) sees each RESULT;
         input_errors() reports rows the reader could not parse."""
-        # What each RESULT brought: (when it was read, tx ids, decisions, the rows' positions in
-        # the stream, round trip in ms). The summary is computed from it at the end, so that
+        # What each RESULT brought: (when it was read, decisions, the rows' positions in the
+        # stream, round trip in ms). The summary is computed from it at the end, so that
         # reading a RESULT costs the sending loop as little as possible.
         results = []
         resent0 = self.resent
@@ -469,20 +471,21 @@ class Client:
         t0 = time.perf_counter()
 
         def collect(v, h):
-            results.append((time.perf_counter(), v["tx_id"], v["decision"], h["origin"], h["latency_ms"]))
+            results.append((time.perf_counter(), v["decision"], h["origin"], h["latency_ms"]))
             if progress is not None:
                 progress(len(v["tx_id"]))
             if on_verdicts is not None:
                 on_verdicts(v, h)
 
         previous, self.on_result = self.on_result, collect
-        sent = 0
+        sent, sent_ids = 0, []
         try:
             for chunk in chunks:
                 n = len(chunk["tx_id"])
                 if not rate:
                     self.submit(chunk, np.arange(sent, sent + n))
                     sent += n
+                    sent_ids.append(np.array(chunk["tx_id"], np.uint64))  # a copy: the caller may reuse its arrays
                     self.poll(0)
                     continue
                 pos = 0
@@ -493,6 +496,7 @@ class Client:
                         part = {k: v[pos:pos + due] for k, v in chunk.items()}
                         self.submit(part, np.arange(sent, sent + due))
                         sent += due
+                        sent_ids.append(np.array(part["tx_id"], np.uint64))
                         pos += due
                         self.poll(0)
                         continue
@@ -506,15 +510,20 @@ class Client:
         elapsed = time.perf_counter() - t0
         s = Summary(workers=len(self.members))
         s.sent = sent + input_errors()
+        if sent_ids:
+            ids = np.concatenate(sent_ids)
+            s.repeated = len(ids) - int(np.unique(ids).size)
         rejected = 0
         decisions = np.zeros(len(P.DECISIONS), dtype=np.int64)
         if results:
-            read_at, ids, decision, origin, round_trip = zip(*results)
-            ids, decision = np.concatenate(ids), np.concatenate(decision)
-            ok = decision != P.REJECTED
-            s.verdicts = int(np.unique(ids[ok]).size)
-            rejected = int(np.unique(ids[~ok]).size)
+            # Every row sent is answered at most once: the ledger takes a batch's first RESULT
+            # and ignores a late one for a batch resent since. So rows are counted, not tx_ids,
+            # which the input may repeat.
+            read_at, decision, origin, round_trip = zip(*results)
+            decision = np.concatenate(decision)
             decisions = np.bincount(decision, minlength=len(P.DECISIONS))
+            rejected = int(decisions[P.REJECTED])
+            s.verdicts = int(decision.size) - rejected
             if rate:
                 lat = np.concatenate([(t - t0) * 1000 - o * (1000 / rate) for t, o in zip(read_at, origin)])
             else:
