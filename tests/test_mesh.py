@@ -207,6 +207,27 @@ def test_tail_filters_by_decision(mesh2):
     assert all(line.split()[1] == "decline" for line in lines)
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--count", "100"], "interrupted after 10 of 100 verdicts"),
+    (["--count", "100", "--timeout", "60"], "interrupted after 10 of 100 verdicts"),
+    ([], ""),
+])
+def test_tail_stops_on_sigint_with_status_0_and_says_how_many_of_count_came(mesh2, args, message):
+    tail = subprocess.Popen([sys.executable, "-m", "zfraud", "tail", "--connect", mesh2.endpoint, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        with Client(mesh2.endpoint) as c:
+            c.score(next(synthetic(10, batch=10, seed=8, first_id=8_000_000)))
+        lines = [tail.stdout.readline() for _ in range(10)]  # it follows: SIGINT lands in its loop
+        tail.send_signal(signal.SIGINT)
+        out, err = tail.communicate(timeout=30)
+    finally:
+        tail.kill()
+    assert sorted(json.loads(line)["tx_id"] for line in lines) == list(range(8_000_000, 8_000_010)), err
+    assert (tail.returncode, out, err.strip()) == (0, "", message)
+
+
 def test_tail_outlives_the_worker_it_was_pointed_at(tmp_path):
     """tail --connect w1; w1 leaves, then w3 joins through w2: tail learns of w3 from w2 and
     follows its verdicts too. It stops asking w1 once w1 says it is leaving, so w1 drains in

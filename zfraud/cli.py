@@ -244,11 +244,14 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
 @curve_option
 @friendly_errors
 def tail(connect, decision, fmt, count, timeout, curve_dir):
-    """Follow the verdict stream of every worker in the mesh."""
+    """Follow the verdict stream of every worker in the mesh.
+
+    Ctrl-C (SIGINT) stops it, with status 0 (saying how many of --count came, if given); status 1
+    when --timeout passes without a verdict before --count verdicts came."""
     from .tail import Tail
 
     decisions = [d.strip() for d in decision.split(",") if d.strip()]
-    seen = 0
+    seen, interrupted = 0, False
     with Tail(connect, decisions, curve_dir=curve_dir) as t:
         try:
             for v in t.verdicts(timeout_s=timeout):
@@ -261,11 +264,14 @@ def tail(connect, decision, fmt, count, timeout, curve_dir):
                 seen += 1
                 if count is not None and seen >= count:
                     break
-        except KeyboardInterrupt:
-            pass
+        except KeyboardInterrupt:  # the way to stop following: not a failure
+            interrupted = True
     if count is not None and seen < count:
-        click.echo(f"stopped after {seen} of {count} verdicts ({timeout:g} s without one)", err=True)
-        sys.exit(1)
+        if interrupted:
+            click.echo(f"interrupted after {seen} of {count} verdicts", err=True)
+        else:
+            click.echo(f"stopped after {seen} of {count} verdicts ({timeout:g} s without one)", err=True)
+            sys.exit(1)
 
 
 @main.command()
