@@ -99,6 +99,31 @@ def test_a_path_that_cannot_be_written_is_one_line_naming_it(tmp_path):
     assert r.stderr.strip().splitlines()[-1] == f"Error: cannot use {out}: No such file or directory", r.stderr
 
 
+@pytest.mark.parametrize("start, message", [
+    ("20180401", "expected a date as YYYY-MM-DD, got '20180401'"),
+    ("2018", "expected a date as YYYY-MM-DD, got '2018'"),
+    ("2018-04-01 12:00", "expected a date as YYYY-MM-DD, got '2018-04-01 12:00'"),
+    ("9999-12-30", "the 40 days from 9999-12-30 run past 9999-12-31"),
+])
+def test_gen_refuses_a_start_that_is_not_a_date_or_runs_past_year_9999(tmp_path, start, message):
+    r = run_cli("gen", "out.csv", "--customers", "20", "--terminals", "40", "--days", "40", "--start", start,
+                cwd=tmp_path)
+    assert r.returncode == 2 and not (tmp_path / "out.csv").exists()
+    assert r.stderr.strip().splitlines()[-1] == f"Error: Invalid value for '--start': {message}", r.stderr
+
+
+def test_gen_goes_up_to_the_last_day_a_date_can_have_and_train_takes_only_yyyy_mm_dd(tmp_path):
+    r = run_cli("gen", "out.csv", "--customers", "200", "--terminals", "300", "--days", "30",
+                "--start", "9999-12-02", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    d = read_labelled(str(tmp_path / "out.csv"))
+    assert (d["day"].min(), d["day"].max()) == (day_of("9999-12-02"), day_of("9999-12-31"))
+    r = run_cli("train", "out.csv", "--from", "99991202", "--to", "9999-12-31", "-o", "m.json", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == "Error: Invalid value for '--from': expected a date as YYYY-MM-DD, " \
+                                                "got '99991202'", r.stderr
+
+
 @pytest.mark.parametrize("command, dates, message", [
     ("train", ("--from", "2018-07-31", "--to", "2018-07-04"),
      "the training dates run backwards: --from 2018-07-31 is after --to 2018-07-04"),

@@ -78,6 +78,21 @@ class Progress:
             sys.stderr.write("\n")
 
 
+def _date(ctx, param, value):
+    """A YYYY-MM-DD option as days since the epoch; a usage error (status 2) for anything else."""
+    from .dataset import date_of, day_of
+
+    if value is None:
+        return None
+    try:
+        day = day_of(value)
+        if date_of(day) != value:  # day_of takes other ISO forms too (20180401, 2018-W13-7)
+            raise ValueError(f"expected a date as YYYY-MM-DD, got {value!r}")
+        return day
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "ZFRAUD",
                                "show_default": True})
 @click.version_option(__version__, prog_name="zfraud")
@@ -308,14 +323,18 @@ def demo(workers, transactions, batch):
 @click.option("--terminals", type=click.IntRange(1), default=10000)
 @click.option("--days", type=click.IntRange(1), default=183)
 @click.option("--seed", type=int, default=0)
-@click.option("--start", default="2018-04-01", help="First day, YYYY-MM-DD.")
+@click.option("--start", default="2018-04-01", callback=_date, help="First day, YYYY-MM-DD.")
 @friendly_errors
 def gen(out, customers, terminals, days, seed, start):
     """Write the Fraud Detection Handbook's simulated transactions to OUT (CSV; - for stdout).
 
     The defaults reproduce the book's scale: about 1.75 M transactions, about 0.84 % fraud.
     """
+    from .dataset import date_of, day_of
     from .gen import generate, write_csv
+
+    if start + days - 1 > day_of("9999-12-31"):  # the last date a TX_DATETIME can hold
+        raise click.BadParameter(f"the {days} days from {date_of(start)} run past 9999-12-31", param_hint="'--start'")
 
     bar = Progress(label="units of work done")
     state = {"done": 0}
@@ -326,7 +345,7 @@ def gen(out, customers, terminals, days, seed, start):
         state["done"] = done
 
     t0 = time.perf_counter()
-    columns = generate(customers, terminals, days, seed, start, progress=step)
+    columns = generate(customers, terminals, days, seed, date_of(start), progress=step)
     bar.close()
     n = len(columns["TRANSACTION_ID"])
     rows = Progress(total=n, label="written")
@@ -564,15 +583,6 @@ def keys_init(directory, force):
 
     for name, path in make(directory, force=force).items():
         click.echo(f"{name:<18} {path}")
-
-
-def _date(ctx, param, value):
-    from .dataset import day_of
-
-    try:
-        return day_of(value) if value is not None else None
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
 
 
 @main.command()
