@@ -1,5 +1,8 @@
 """Tests for zfraud.gen, the Handbook's transaction simulator (handbook.md section 1)."""
 import io
+import os
+import stat
+import threading
 from math import erf, sqrt
 
 import numpy as np
@@ -101,6 +104,48 @@ def test_csv_chunking_path_and_progress(small, tmp_path, monkeypatch):
     assert calls[-1] == (n, n)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
     assert len(calls) == -(-n // 997)
+
+
+@pytest.mark.parametrize("existing", [b"old contents\n", None])
+def test_a_csv_path_is_written_whole_or_left_as_it_was(small, tmp_path, monkeypatch, existing):
+    """Interrupted after its first chunk (Ctrl-C), write_csv leaves the file as it was, or
+    absent, and no temporary file; done, it holds the CSV, with the mode a plain open gives
+    (the file's own, or the umask's)."""
+    monkeypatch.setattr(gen, "_CSV_CHUNK", 997)
+    path = tmp_path / "tx.csv"
+    if existing is not None:
+        path.write_bytes(existing)
+
+    def interrupt(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_csv(small, path, progress=interrupt)
+    assert [f.name for f in tmp_path.iterdir()] == (["tx.csv"] if existing else [])
+    assert existing is None or path.read_bytes() == existing
+    if existing is not None:
+        path.chmod(0o640)
+    write_csv(small, path)
+    assert [f.name for f in tmp_path.iterdir()] == ["tx.csv"] and path.read_bytes() == _csv_bytes(small)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == (0o640 if existing else 0o666 & ~umask)
+
+
+def test_a_csv_path_that_is_a_pipe_or_a_link_stays_one(small, tmp_path):
+    fifo, link, real = tmp_path / "fifo", tmp_path / "link.csv", tmp_path / "real.csv"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    write_csv(small, fifo)
+    reader.join(10)
+    assert got == [_csv_bytes(small)] and stat.S_ISFIFO(fifo.stat().st_mode)
+    real.write_bytes(b"old")
+    link.symlink_to(real.name)
+    write_csv(small, link)
+    assert link.is_symlink() and real.read_bytes() == _csv_bytes(small)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["fifo", "link.csv", "real.csv"]
 
 
 # ---------------------------------------------------------------------------- determinism

@@ -2,6 +2,10 @@
 with either algorithm, then `zfraud backtest --json` through a real local mesh, all with paths
 relative to the working directory."""
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -97,6 +101,30 @@ def test_a_path_that_cannot_be_written_is_one_line_naming_it(tmp_path):
     r = run_cli("gen", str(out), "--days", "1")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1] == f"Error: cannot use {out}: No such file or directory", r.stderr
+
+
+def test_gen_interrupted_while_writing_leaves_out_as_it_was(tmp_path):
+    """SIGINT once the CSV's first rows are on disk: OUT keeps its old contents, nothing else is left."""
+    out = tmp_path / "data.csv"
+    out.write_text("old\n")
+    gen = subprocess.Popen([sys.executable, "-m", "zfraud", "gen", str(out)], stderr=subprocess.PIPE, text=True)
+    def writing():  # a file in the directory starts with the CSV's header
+        for f in tmp_path.iterdir():
+            with f.open("rb") as h:
+                if h.read(14) == b"TRANSACTION_ID":
+                    return True
+        return False
+
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and gen.poll() is None and not writing():
+            time.sleep(0.01)
+        gen.send_signal(signal.SIGINT)
+        _, err = gen.communicate(timeout=60)
+    finally:
+        gen.kill()
+    assert gen.returncode == 1 and err.strip().splitlines()[-1] == "Aborted!", err
+    assert [f.name for f in tmp_path.iterdir()] == ["data.csv"] and out.read_text() == "old\n"
 
 
 @pytest.mark.parametrize("start, message", [

@@ -330,8 +330,10 @@ def gen(out, customers, terminals, days, seed, start):
 
     The defaults reproduce the book's scale: about 1.75 M transactions, about 0.84 % fraud.
     """
+    from contextlib import nullcontext
+
     from .dataset import date_of, day_of
-    from .gen import generate, write_csv
+    from .gen import generate, replacing, write_csv
 
     if start + days - 1 > day_of("9999-12-31"):  # the last date a TX_DATETIME can hold
         raise click.BadParameter(f"the {days} days from {date_of(start)} run past 9999-12-31", param_hint="'--start'")
@@ -345,12 +347,14 @@ def gen(out, customers, terminals, days, seed, start):
         state["done"] = done
 
     t0 = time.perf_counter()
-    columns = generate(customers, terminals, days, seed, date_of(start), progress=step)
-    bar.close()
-    n = len(columns["TRANSACTION_ID"])
-    rows = Progress(total=n, label="written")
-    write_csv(columns, sys.stdout.buffer if out == "-" else out, progress=lambda done, total: rows(done - rows.done))
-    rows.close()
+    # OUT is opened first (a bad path fails at once) and only replaced once complete
+    with nullcontext(sys.stdout.buffer) if out == "-" else replacing(out) as f:
+        columns = generate(customers, terminals, days, seed, date_of(start), progress=step)
+        bar.close()
+        n = len(columns["TRANSACTION_ID"])
+        rows = Progress(total=n, label="written")
+        write_csv(columns, f, progress=lambda done, total: rows(done - rows.done))
+        rows.close()
     frauds = int(columns["TX_FRAUD"].sum())
     click.echo(f"{n:,} transactions, {frauds:,} fraudulent ({frauds / max(n, 1):.3%}), "
                f"{time.perf_counter() - t0:.1f} s -> {out}", err=True)
