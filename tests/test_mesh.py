@@ -313,6 +313,17 @@ def test_send_answers_a_tx_id_the_input_repeats_each_time_and_counts_the_repeats
         == ["10", "5", "10", "0"]
 
 
+@pytest.mark.parametrize("where, why", [("no-such-dir/dl.jsonl", "No such file or directory"),
+                                        ("a-file/dl.jsonl", "Not a directory")])
+def test_send_checks_the_dead_letter_path_before_it_sends_anything(tmp_path, where, why):
+    (tmp_path / "a-file").write_text("")
+    dead = tmp_path / where
+    r = run_cli("send", "--connect", f"tcp://127.0.0.1:{free_port()}", "--synthetic", "10", "--dead-letter", str(dead),
+                timeout=30)  # nothing listens there: a usage error comes before any attempt to connect
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"Error: Invalid value for '--dead-letter': cannot use {dead}: {why}"
+
+
 def test_send_without_a_mesh_fails_fast_with_one_line():
     t0 = time.monotonic()
     r = run_cli("send", "--connect", f"tcp://127.0.0.1:{free_port()}", "--synthetic", "10", timeout=30)

@@ -5,9 +5,11 @@ auto_envvar_prefix), e.g. ZFRAUD_SEND_CONNECT. Library errors become one-line me
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -91,6 +93,23 @@ def _date(ctx, param, value):
         return day
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
+
+
+def _appendable(ctx, param, value):
+    """A file that is only appended to if need be, checked now without creating it: a usage
+    error (status 2) if it could not be written, rather than after all the work."""
+    directory = os.path.dirname(value) or "."
+    if os.path.exists(value):
+        error = None if os.access(value, os.W_OK) else errno.EACCES
+    elif not os.path.exists(directory):
+        error = errno.ENOENT
+    elif not os.path.isdir(directory):
+        error = errno.ENOTDIR
+    else:
+        error = None if os.access(directory, os.W_OK | os.X_OK) else errno.EACCES
+    if error is not None:
+        raise click.BadParameter(f"cannot use {value}: {os.strerror(error)}")
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "ZFRAUD",
@@ -196,7 +215,8 @@ def print_summary(s, out=sys.stdout) -> None:
 @click.option("--deadline", type=click.FloatRange(0.1), default=5.0,
               help="Seconds a worker has to answer a batch before it is resent elsewhere.")
 @click.option("--dead-letter", type=click.Path(dir_okay=False), default="zfraud-dead-letter.jsonl",
-              help="Where batches that failed every attempt are written, with the reason.")
+              callback=_appendable,
+              help="Where batches that failed every attempt are appended, with the reason (checked before sending).")
 @curve_option
 @friendly_errors
 def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadline, dead_letter, curve_dir):
