@@ -324,6 +324,35 @@ def test_send_checks_the_dead_letter_path_before_it_sends_anything(tmp_path, whe
     assert r.stderr.strip().splitlines()[-1] == f"Error: Invalid value for '--dead-letter': cannot use {dead}: {why}"
 
 
+def test_a_stream_told_to_stop_reads_no_further_and_counts_what_it_sent(mesh2):
+    with Client(mesh2.endpoint) as c:
+        s = c.stream(synthetic(100_000, batch=1000, seed=9, first_id=9_000_000), stop=lambda: True)
+    assert (s.sent, s.verdicts, s.errors, s.lost) == (1000, 1000, 0, 0)
+
+
+def test_send_interrupted_prints_the_summary_of_what_it_sent_and_exits_130(mesh2, tmp_path):
+    out = tmp_path / "verdicts.jsonl"
+    send = subprocess.Popen([sys.executable, "-m", "zfraud", "send", "--connect", mesh2.endpoint, "--synthetic",
+                             "10000000", "--rate", "5000", "--out", str(out), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and send.poll() is None and not (out.exists() and out.stat().st_size):
+            time.sleep(0.05)  # until verdicts come back
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        send.send_signal(signal.SIGINT)
+        stdout, err = send.communicate(timeout=60)
+    finally:
+        send.kill()
+    assert send.returncode == 130, err
+    assert time.monotonic() - t0 < 5  # what was in flight, answered within the --deadline (5 s)
+    assert err.splitlines()[0] == "interrupted: the input was read no further; the summary counts what was sent"
+    s = json.loads(stdout.strip().splitlines()[-1])
+    assert 0 < s["sent"] < 10_000_000 and (s["verdicts"], s["errors"], s["lost"]) == (s["sent"], 0, 0)
+    assert len(out.read_text().splitlines()) == s["sent"]
+
+
 def test_send_without_a_mesh_fails_fast_with_one_line():
     t0 = time.monotonic()
     r = run_cli("send", "--connect", f"tcp://127.0.0.1:{free_port()}", "--synthetic", "10", timeout=30)

@@ -229,8 +229,13 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
     The summary counts records: one whose tx_id an earlier record had is sent, answered and
     counted again, and also counted in "with a tx_id sent before" (repeated).
 
+    Ctrl-C (SIGINT) stops reading the input: what was sent gets up to --deadline to be answered,
+    then the summary is printed (the rest counted as lost), with status 130. A second Ctrl-C
+    stops at once, without a summary.
+
     Exit status: 0 every transaction got a verdict; 1 some were lost or dead-lettered;
-    3 all were answered but some were rejected as invalid (see the messages on stderr).
+    3 all were answered but some were rejected as invalid (see the messages on stderr);
+    130 interrupted.
     """
     from .client import Client
     from .sources import open_source
@@ -242,15 +247,27 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
     sink = open(out, "w") if out else None
     on_verdicts = (lambda v, h: sink.writelines(json.dumps(r) + "\n" for r in records(v, h))) if sink else None
     progress = Progress(total=synthetic)
+    interrupted = []
+
+    def interrupt(*_):
+        if interrupted:  # the second Ctrl-C: stop waiting
+            raise KeyboardInterrupt
+        interrupted.append(True)
+
+    previous = signal.getsignal(signal.SIGINT)
     try:
         with Client(connect, window=window, deadline_s=deadline, dead_letter_path=dead_letter,
                     curve_dir=curve_dir) as client:
+            signal.signal(signal.SIGINT, interrupt)
             summary = client.stream(source, rate=rate, progress=progress, on_verdicts=on_verdicts,
-                                    input_errors=lambda: source.error_count)
+                                    input_errors=lambda: source.error_count, stop=lambda: bool(interrupted))
     finally:
+        signal.signal(signal.SIGINT, previous)
         progress.close()
         if sink:
             sink.close()
+    if interrupted:
+        click.echo("interrupted: the input was read no further; the summary counts what was sent", err=True)
     for line, message in source.errors[:10]:
         click.echo(f"input line {line}: {message}", err=True)
     if source.error_count > 10:
@@ -262,6 +279,8 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
         click.echo(json.dumps(summary.to_dict()))
     else:
         print_summary(summary)
+    if interrupted:
+        sys.exit(130)
     if summary.lost or summary.dead_letter:
         sys.exit(1)
     if summary.errors:

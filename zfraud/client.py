@@ -413,10 +413,13 @@ class Client:
             with open(self.dead_letter_path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
 
-    def drain(self, timeout_s: float = 60.0) -> bool:
-        """Wait until every sent sub-batch is answered or dead-lettered; False on timeout."""
-        end = time.monotonic() + timeout_s
+    def drain(self, timeout_s: float = 60.0, stop=lambda: False) -> bool:
+        """Wait until every sent sub-batch is answered or dead-lettered; False on timeout. Once
+        stop() is true, wait deadline_s more at most: what was sent by then is due by then."""
+        end, stopping = time.monotonic() + timeout_s, False
         while self.pending and time.monotonic() < end:
+            if not stopping and stop():
+                stopping, end = True, min(end, time.monotonic() + self.deadline_s)
             self.poll(50)
         return not self.pending
 
@@ -451,7 +454,8 @@ class Client:
         return out
 
     def stream(self, chunks, rate: float | None = None, linger_s: float = 0.001, progress=None,
-               on_verdicts=None, drain_timeout_s: float = 120.0, input_errors=lambda: 0) -> Summary:
+               on_verdicts=None, drain_timeout_s: float = 120.0, input_errors=lambda: 0,
+               stop=lambda: False) -> Summary:
         """Send every chunk (dicts of TX_COLUMNS arrays) and wait for every answer.
 
         Without `rate`: closed loop, as fast as credit allows; latency is timed per sub-batch
@@ -461,7 +465,10 @@ class Client:
         so a stall anywhere shows up instead of being hidden.
 
         progress(rows) is called as answers arrive; on_verdicts(v, header) sees each RESULT;
-        input_errors() reports rows the reader could not parse."""
+        input_errors() reports rows the reader could not parse. stop() is asked after each batch
+        sent (a signal handler may set what it reads): once it is true, no more chunks are read,
+        what was sent gets up to deadline_s to be answered, and the summary counts what was sent
+        (the rows not answered by then as lost)."""
         # What each RESULT brought: (when it was read, decisions, the rows' positions in the
         # stream, round trip in ms). The summary is computed from it at the end, so that
         # reading a RESULT costs the sending loop as little as possible.
@@ -487,9 +494,11 @@ class Client:
                     sent += n
                     sent_ids.append(np.array(chunk["tx_id"], np.uint64))  # a copy: the caller may reuse its arrays
                     self.poll(0)
+                    if stop():
+                        break
                     continue
                 pos = 0
-                while pos < n:
+                while pos < n and not stop():
                     now = time.perf_counter() - t0
                     due = min(int(now * rate) + 1 - sent, n - pos)  # rows of this chunk due by now
                     if due == n - pos or (due > 0 and now - sent / rate >= linger_s):
@@ -504,7 +513,9 @@ class Client:
                     # answers are read as they arrive meanwhile
                     if self.wait(min((sent + n - pos - 1) / rate, sent / rate + linger_s) - now):
                         self.poll(0)
-            self.drain(drain_timeout_s)
+                if stop():
+                    break
+            self.drain(drain_timeout_s, stop)
         finally:
             self.on_result = previous
         elapsed = time.perf_counter() - t0
