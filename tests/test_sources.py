@@ -214,3 +214,18 @@ def test_a_timestamp_in_utc_with_a_z_is_read_without_a_warning(tmp_path):
         warnings.simplefilter("error")
         (chunk,) = list(reader)
     assert chunk["ts_ms"].tolist() == [1522540831000, 1522540832000, 1522540833000] and reader.errors == []
+
+
+def test_a_json_line_nested_too_deeply_is_that_lines_error(tmp_path):
+    """json's parser recurses once per level: 200,000 '[' raised RecursionError out of the reader."""
+    good = '{"tx_id":1,"ts_ms":1522540831000,"card":1,"terminal":2,"amount":10.5}\n'
+    p = tmp_path / "deep.jsonl"
+    p.write_text(good + "[" * 200_000 + "\n" + good.replace('"tx_id":1', '"tx_id":3'))
+    reader = open_source(p)
+    (chunk,) = list(reader)
+    assert chunk["tx_id"].tolist() == [1, 3] and reader.errors == [(2, "JSON nested too deeply")]
+
+
+def test_send_refuses_a_file_and_synthetic_together():
+    r = run_cli("send", "tx.csv", "--synthetic", "10", "--connect", "tcp://127.0.0.1:9")
+    assert r.returncode == 2 and "give a FILE or --synthetic N, not both (FILE tx.csv would not be read)" in r.stderr

@@ -243,6 +243,8 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
 
     if synthetic is None and file is None:
         raise click.UsageError("give a FILE (or - for stdin) or --synthetic N")
+    if synthetic is not None and file is not None:
+        raise click.UsageError(f"give a FILE or --synthetic N, not both (FILE {file} would not be read)")
     source = open_source(file, synthetic, batch, fmt)
     sink = open(out, "w") if out else None
     on_verdicts = (lambda v, h: sink.writelines(json.dumps(r) + "\n" for r in records(v, h))) if sink else None

@@ -237,7 +237,10 @@ class JsonLinesReader(Reader):
                     why = not_utf8(text)
                     if why:
                         raise ValueError(why)
-                    obj = json.loads(text)
+                    try:
+                        obj = json.loads(text)
+                    except RecursionError:  # json's parser recurses once per level
+                        raise ValueError("JSON nested too deeply") from None
                     if not isinstance(obj, dict):
                         raise ValueError("a line must be a JSON object")
                     rec = {}
