@@ -34,14 +34,22 @@ class InputError(ValueError):
     """The input as a whole cannot be read (missing columns, unknown format)."""
 
 
+def _whole_floats(values: list, low: int) -> tuple[list, set]:
+    """JSON from a writer that prints whole numbers as 5.0: those (from `low` up, exact below
+    2**53) as ints. Returns the values and the set of their types."""
+    kinds = {type(v) for v in values}
+    if float in kinds:
+        values = [int(v) if type(v) is float and v.is_integer() and low <= v < 2**53 else v for v in values]
+        kinds = {type(v) for v in values}
+    return values, kinds
+
+
 def parse_ts_ms(values: list) -> np.ndarray:
     """Epoch milliseconds (int64) from whole numbers, digit strings, or "YYYY-MM-DD HH:MM:SS"
-    strings (UTC, with or without a Z). ValueError naming the column for anything else: numpy alone would take true
-    as 1 ms, wrap 1e300 to -2**63, or stop at a list ("setting an array element with a sequence")."""
-    kinds = {type(v) for v in values}
-    if float in kinds:  # JSON from a writer that prints whole numbers as 5.0 (exact below 2**53)
-        values = [int(v) if type(v) is float and v.is_integer() and abs(v) < 2**53 else v for v in values]
-        kinds = {type(v) for v in values}
+    strings (UTC, with or without a Z). ValueError naming the column for anything else: numpy alone
+    would take true as 1 ms, wrap 1e300 to -2**63, or stop at a list ("setting an array element with
+    a sequence")."""
+    values, kinds = _whole_floats(values, -2**53)
     try:
         if kinds <= {int}:
             return np.array(values, dtype=np.int64)
@@ -75,10 +83,7 @@ def parse_ids(values: list, name: str) -> np.ndarray:
     """Unsigned 64-bit ids from whole numbers or digit strings (all of 0 .. 2**64 - 1). ValueError
     naming the column for anything else: numpy alone would truncate 1.5 to 1, wrap -1 to
     2**64 - 1, take true as 1, or say only "Python int too large to convert to C long"."""
-    kinds = {type(v) for v in values}
-    if float in kinds:  # JSON from a writer that prints whole numbers as 5.0 (exact below 2**53)
-        values = [int(v) if type(v) is float and v.is_integer() and 0 <= v < 2**53 else v for v in values]
-        kinds = {type(v) for v in values}
+    values, kinds = _whole_floats(values, 0)
     if kinds <= {int, str}:  # CSV gives digit strings, JSON ints: numpy parses and range-checks them
         try:
             return np.array(values, dtype=np.uint64)
