@@ -505,7 +505,6 @@ class Client:
                         part = {k: v[pos:pos + due] for k, v in chunk.items()}
                         self.submit(part, np.arange(sent, sent + due))
                         sent += due
-                        sent_ids.append(np.array(part["tx_id"], np.uint64))
                         pos += due
                         self.poll(0)
                         continue
@@ -513,6 +512,7 @@ class Client:
                     # answers are read as they arrive meanwhile
                     if self.wait(min((sent + n - pos - 1) / rate, sent / rate + linger_s) - now):
                         self.poll(0)
+                sent_ids.append(np.array(chunk["tx_id"][:pos], np.uint64))  # the rows sent, once per chunk
                 if stop():
                     break
             self.drain(drain_timeout_s, stop)

@@ -66,11 +66,12 @@ def _compile(node, names: frozenset, rule: str):
             fail(f"unknown name {node.id!r}; known: {', '.join(sorted(names))}")
         key = node.id
         return lambda env: env[key]
-    ids = [n.id for n in (getattr(node, "left", None), getattr(node, "right", None), getattr(node, "operand", None))
-           if isinstance(n, ast.Name) and n.id in IDS]
-    if ids and isinstance(node, (ast.BinOp, ast.UnaryOp)) and not isinstance(getattr(node, "op", None), ast.Not):
-        right = getattr(node, "right", None)
-        if not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and ids == [getattr(node.left, "id", None)]
+    operands = ([node.left, node.right] if isinstance(node, ast.BinOp) else
+                [node.operand] if isinstance(node, ast.UnaryOp) and not isinstance(node.op, ast.Not) else [])
+    ids = [n.id for n in operands if isinstance(n, ast.Name) and n.id in IDS]
+    if ids:  # arithmetic on an id: only `id % N`, computed exactly
+        right = operands[-1]
+        if not (isinstance(node.op, ast.Mod) and ids == [getattr(node.left, "id", None)]
                 and isinstance(right, ast.Constant) and type(right.value) is int and 0 < right.value < 2 ** 63):
             fail(f"{ids[0]} is an identifier: compare it (==, <, in ...) or take it modulo a whole number "
                  f"({ids[0]} % 100 < 5), but no other arithmetic (it is unsigned and would wrap around)")

@@ -7,9 +7,9 @@ Sockets:
     PUB    (bound, --pub)   verdict.<decision> for every scored batch; mesh.hello every heartbeat;
                             mesh.bye on shutdown
     SUB    (connected)      mesh.* from every other member's PUB
-    DEALER (one per seed)   HELLO to a seed until it answers with MEMBERS, then closed
-    DEALER (one per lost member, or one that no longer lists this worker)
-                            HELLO until it answers with MEMBERS (for REJOIN_S at most)
+    DEALER (one per seed, lost member, or member that no longer lists this worker)
+                            HELLO until it answers with MEMBERS, then closed (a member: for
+                            REJOIN_S at most)
     DEALER (one per member) the cards it now owns (zfraud.handover); intel_sync, one at a time
 
 A message that breaks the protocol gets an ERROR reply naming the problem; nothing a peer sends
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -188,11 +189,11 @@ class Worker:
         self.members = Membership(me, timeout=heartbeat * liveness)
         self.subscribed: dict[str, str] = {}  # member name -> PUB endpoint our SUB is connected to
         self._departed: dict[str, tuple] = {}  # name -> (PUB, until when) of members that said goodbye
-        self.seeds = {}  # seed endpoint -> DEALER still waiting for its MEMBERS
+        # ROUTER endpoint -> (DEALER, the member expected there or None for a seed, give up at): _ask
+        self.asking: dict[str, tuple] = {}
         for seed in seeds:
             if seed != me.router:
-                self.seeds[seed] = self._seed_socket(seed)
-        self.rejoin: dict[str, tuple] = {}  # member name -> (DEALER to its ROUTER, give up at): _rejoin
+                self._ask(seed)
         self._stopping = False
         self._draining_since = None  # set when stop() is first noticed: leaving, still answering
         self._last_request = time.monotonic()
@@ -249,7 +250,7 @@ class Worker:
         poller.register(self.pub, zmq.POLLIN)
         self.handover.poller = poller
         next_beat = 0.0
-        next_seed = 0.0
+        next_ask = 0.0
         last_poll = time.monotonic()
         try:
             while True:
@@ -259,9 +260,9 @@ class Worker:
                 if now >= next_beat:
                     self._beat(now)
                     next_beat = now + self.heartbeat
-                if self.seeds and now >= next_seed:
-                    self._hello_seeds()
-                    next_seed = now + self.heartbeat
+                if self.asking and now >= next_ask:
+                    self._hello_asking(now)
+                    next_ask = now + self.heartbeat
                 events = dict(poller.poll(timeout=100))
                 polled = time.monotonic()
                 if polled - last_poll > STALL_S + 0.1:  # 0.1: the poll's own timeout
@@ -279,12 +280,9 @@ class Worker:
                     self._backlog = max(self._backlog, self._queued)
                 else:
                     self._queued = 0
-                for seed, sock in list(self.seeds.items()):
+                for router, (sock, _, _) in list(self.asking.items()):
                     if sock.poll(0):
-                        self._on_seed_reply(seed, sock)
-                for name, (sock, _) in list(self.rejoin.items()):
-                    if sock.poll(0):
-                        self._on_rejoin_reply(name, sock)
+                        self._on_hello_answer(router, sock)
                 for name, sock in list(self.sync_socks.items()):
                     if sock in events:
                         self._on_sync_reply(name, sock)
@@ -330,8 +328,8 @@ class Worker:
         self.handover.take_back_all(self.scorer.features)  # unanswered: saved here instead
         self.handover.close()
         self.saved = self._snapshot()
-        for sock in (*self.seeds.values(), *(s for s, _ in self.rejoin.values()), *self.sync_socks.values(),
-                     self.sub, self.pub, self.router):
+        for sock in (*(s for s, _, _ in self.asking.values()), *self.sync_socks.values(), self.sub, self.pub,
+                     self.router):
             sock.close()
         if self.curve is not None:
             self.curve.stop()  # before the context ends: the authenticator thread lives in it
@@ -387,11 +385,6 @@ class Worker:
             return sock
         return self.curve.server(sock) if server else self.curve.client(sock)
 
-    def _seed_socket(self, seed: str):
-        sock = self._secure(configure(self.ctx.socket(zmq.DEALER)))
-        sock.connect(seed)
-        return sock
-
     def _hello_message(self, to: str | None = None) -> list:
         me = self.members.me
         h = {"role": "worker", "name": me.name, "router": me.router, "pub": me.pub}
@@ -399,61 +392,54 @@ class Worker:
             h["to"] = to  # a process that has taken over that address since refuses it
         return P.encode(P.HELLO, h)
 
-    def _hello_seeds(self) -> None:
-        for sock in self.seeds.values():
-            try:
-                sock.send_multipart(self._hello_message(), zmq.NOBLOCK)
-            except zmq.Again:
-                pass  # the seed is not there yet; the next heartbeat tries again
-
-    def _on_seed_reply(self, seed: str, sock) -> None:
-        try:
-            msg = P.parse(sock.recv_multipart())
-        except P.ProtocolError as e:
-            log.warning("seed %s answered badly: %s", seed, e)
-            return
-        if msg.command == P.MEMBERS:
-            self._merge(msg.header.get("members") or [])
-            sock.close()
-            del self.seeds[seed]
-            log.info("joined via seed=%s members=%d", seed, len(self.members.members))
-
-    def _rejoin(self, name: str, router: str, now: float) -> None:
-        """Say HELLO to member `name` at each heartbeat until it answers (see REJOIN_S)."""
-        if name in self.rejoin or len(self.rejoin) >= MAX_REJOIN or self._draining_since is not None:
+    def _ask(self, router: str, name: str | None = None, until: float = math.inf) -> None:
+        """Say HELLO to the ROUTER at `router` at each heartbeat until the worker there answers
+        with MEMBERS: a seed (name None: any worker, for as long as it takes), or member `name`
+        (a rejoin: that member only, until `until`)."""
+        if router in self.asking:
             return
         sock = self._secure(configure(self.ctx.socket(zmq.DEALER)))
-        sock.setsockopt(zmq.IMMEDIATE, 1)  # no HELLOs queued for a peer not there: one per heartbeat
+        if name is not None:
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # no HELLOs queued for a member not there: one per heartbeat
         sock.connect(router)
-        self.rejoin[name] = (sock, now + REJOIN_S)
+        self.asking[router] = (sock, name, until)
 
-    def _hello_lost(self, now: float) -> None:
-        for name, (sock, until) in list(self.rejoin.items()):
+    def _rejoin(self, name: str, router: str, now: float) -> None:
+        """Ask member `name` to rejoin (see REJOIN_S); not while leaving."""
+        if len(self.asking) < MAX_REJOIN and self._draining_since is None:
+            self._ask(router, name, now + REJOIN_S)
+
+    def _hello_asking(self, now: float) -> None:
+        for router, (sock, name, until) in list(self.asking.items()):
+            if name is not None and self._draining_since is not None:
+                continue  # leaving: a rejoin would bring us back into its member list
             if now > until:
                 log.info("gave up asking member %s to rejoin after %.0f s", name, REJOIN_S)
-                self._end_rejoin(name)
+                self._stop_asking(router)
                 continue
             try:
                 sock.send_multipart(self._hello_message(to=name), zmq.NOBLOCK)
             except zmq.Again:
-                pass  # not connected (yet): the next heartbeat tries again
+                pass  # not there yet: the next heartbeat tries again
 
-    def _on_rejoin_reply(self, name: str, sock) -> None:
+    def _on_hello_answer(self, router: str, sock) -> None:
         try:
             msg = P.parse(sock.recv_multipart())
         except P.ProtocolError as e:
-            log.warning("member %s answered HELLO badly: %s", name, e)
+            log.warning("%s answered HELLO badly: %s", router, e)
             return
-        if msg.command == P.MEMBERS and msg.header.get("worker") == name:
-            self._end_rejoin(name)
+        name = self.asking[router][1]
+        if msg.command == P.MEMBERS and name in (None, msg.header.get("worker")):
+            self._stop_asking(router)
             self._merge(msg.header.get("members") or [])
-        elif msg.command == P.ERROR:  # another worker has that address now (see _hello's "to")
+            if name is None:
+                log.info("joined via seed=%s members=%d", router, len(self.members.members))
+        elif msg.command == P.ERROR and name is not None:  # another worker has that address now (_hello's "to")
             log.info("stopped asking member %s to rejoin: %s", name, msg.header.get("message"))
-            self._end_rejoin(name)
+            self._stop_asking(router)
 
-    def _end_rejoin(self, name: str) -> None:
-        sock, _ = self.rejoin.pop(name)
-        sock.close()
+    def _stop_asking(self, router: str) -> None:
+        self.asking.pop(router)[0].close()
 
     def _save(self) -> None:
         self.scorer.features.save(self.state_path, {"seen": self.seen.ids(), "labels_seen": self.labels_seen.ids()})
@@ -541,7 +527,6 @@ class Worker:
         self._tick_handover(now)
         if self._draining_since is not None:
             return  # leaving: a hello would bring us back into the others' member lists
-        self._hello_lost(now)
         me = self.members.me
         self._publish(b"mesh.hello", {"name": me.name, "router": me.router, "pub": me.pub,
                                       "members": self.members.public(now), "load": self._load()})
