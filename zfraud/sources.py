@@ -44,6 +44,18 @@ def _whole_floats(values: list, low: int) -> tuple[list, set]:
     return values, kinds
 
 
+def _array(values: list, kinds: set, allowed: set, dtype, why: str) -> np.ndarray:
+    """np.array(values, dtype) if every value's type is allowed and numpy takes them all, else
+    ValueError(why), with the value when there is one."""
+    if kinds <= allowed:
+        try:
+            return np.array(values, dtype=dtype)
+        except (ValueError, OverflowError):
+            pass
+    got = f", got {values[0]!r}" if len(values) == 1 else ""
+    raise ValueError(f"{why}{got}")
+
+
 def parse_ts_ms(values: list) -> np.ndarray:
     """Epoch milliseconds (int64) from whole numbers, digit strings, or "YYYY-MM-DD HH:MM:SS"
     strings (UTC, with or without a Z). ValueError naming the column for anything else: numpy alone
@@ -70,27 +82,15 @@ def parse_ts_ms(values: list) -> np.ndarray:
 def parse_amounts(values: list) -> np.ndarray:
     """float64 amounts from numbers or numeric strings. ValueError naming the column for anything
     else: numpy alone would take true as 1.0 and null as NaN, or stop at a list."""
-    if {type(v) for v in values} <= {int, float, str}:
-        try:
-            return np.array(values, dtype=np.float64)
-        except (ValueError, OverflowError):
-            pass
-    got = f", got {values[0]!r}" if len(values) == 1 else ""
-    raise ValueError(f"amount must be a number{got}")
+    return _array(values, {type(v) for v in values}, {int, float, str}, np.float64, "amount must be a number")
 
 
 def parse_ids(values: list, name: str) -> np.ndarray:
     """Unsigned 64-bit ids from whole numbers or digit strings (all of 0 .. 2**64 - 1). ValueError
     naming the column for anything else: numpy alone would truncate 1.5 to 1, wrap -1 to
     2**64 - 1, take true as 1, or say only "Python int too large to convert to C long"."""
-    values, kinds = _whole_floats(values, 0)
-    if kinds <= {int, str}:  # CSV gives digit strings, JSON ints: numpy parses and range-checks them
-        try:
-            return np.array(values, dtype=np.uint64)
-        except (ValueError, OverflowError):
-            pass
-    got = f", got {values[0]!r}" if len(values) == 1 else ""
-    raise ValueError(f"{name} must be a whole number from 0 to 2**64 - 1{got}")
+    values, kinds = _whole_floats(values, 0)  # CSV gives digit strings, JSON ints: numpy parses and range-checks them
+    return _array(values, kinds, {int, str}, np.uint64, f"{name} must be a whole number from 0 to 2**64 - 1")
 
 
 def _convert(cols: dict) -> dict:
