@@ -64,15 +64,11 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("data", help="a CSV written by `zfraud gen`")
-    ap.add_argument("--reps", type=int, default=1000, help="bootstrap resamples")
-    ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
-    a = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    d = read_labelled(a.data)
-    raw = hb.load(a.data)
+def fit_all(path: str):
+    """(data, test-row mask, {model name: test-row scores}): zfraud's offline fit and the book's
+    three models on the split of bench/beat_handbook.py (see the module's docstring)."""
+    d = read_labelled(path)
+    raw = hb.load(path)
     if not np.array_equal(raw["TRANSACTION_ID"].astype(np.uint64), d["tx_id"]):
         sys.exit("the file is not in time order with ties by transaction id: write it with `zfraud gen`")
     delay = int(SPLIT["delay"])
@@ -94,6 +90,17 @@ def main(argv=None) -> int:
     for name, (_, m) in hb.make_models(2, "auto").items():
         m.fit(scaler.transform(Xb[train]), d["fraud"][train])
         scores[name] = m.predict_proba(scaler.transform(Xb[test]))[:, 1]
+    return d, test, scores
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", help="a CSV written by `zfraud gen`")
+    ap.add_argument("--reps", type=int, default=1000, help="bootstrap resamples")
+    ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    d, test, scores = fit_all(a.data)
     y, scenario = d["fraud"][test], d["scenario"][test]
     full = {name: evaluate(d["day"][test], d["card"][test], y, s, scenario=scenario) for name, s in scores.items()}
     book = [n for n in scores if n != "zfraud"]
