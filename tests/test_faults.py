@@ -1,4 +1,5 @@
 """Failures on real processes: killed, hung, drained and restarted workers; nothing is lost."""
+import itertools
 import json
 import re
 import signal
@@ -305,3 +306,49 @@ def test_labels_nobody_acknowledges_end_in_one_line_saying_what_to_do(tmp_path):
         f"Error: no live workers to take the labels (w1 did not acknowledge labels within 10 s). Some of the "
         f"{n:,} labels may have been applied; sending the file again to the same workers applies only the "
         f"others (each owner skips the labels it holds)"), r.stderr
+
+
+def test_tail_counts_what_it_missed_of_a_worker_restarted_under_its_name(tmp_path):
+    """A restarted worker numbers its messages from 1 again. Those it publishes (for other
+    subscribers) before this tail's SUB reconnects are gone; tail counts them when the next one
+    comes. For every worker and decision, messages seen + counted missed = the last seq seen."""
+    cmd = [sys.executable, "-m", "zfraud", "tail", "--connect"]
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh, open(tmp_path / "tail.out", "w") as out:
+        tail = subprocess.Popen(cmd + [mesh.endpoint], stdout=out, stderr=subprocess.PIPE, text=True)
+        other = subprocess.Popen(cmd + [mesh.endpoint], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(1.5)  # subscriptions reach both workers
+            # paced small batches: w2 publishes many messages, so the new w2's seq starts below its last
+            assert finish(start_send(mesh.endpoint, "--synthetic", "20000", "--batch", "256", "--rate", "20000"))[0] == 0
+            mesh.signal("w2", signal.SIGKILL)
+            mesh.procs["w2"].wait(5)
+            tail.send_signal(signal.SIGSTOP)
+            try:
+                mesh.start_worker("w2", seed=mesh.routers["w1"])
+                mesh.wait_members(["w1", "w2"], timeout_s=15)
+                time.sleep(1.5)  # the other tail follows the new w2, so it publishes
+                assert finish(start_send(mesh.routers["w2"], "--synthetic", "5000"))[0] == 0
+            finally:
+                tail.send_signal(signal.SIGCONT)
+            time.sleep(2.0)  # this tail's SUB reconnects to the new w2
+            assert finish(start_send(mesh.endpoint, "--synthetic", "2000"))[0] == 0
+            time.sleep(1.0)
+            tail.send_signal(signal.SIGINT)
+            _, err = tail.communicate(timeout=30)
+        finally:
+            tail.kill()
+            other.kill()
+    assert tail.returncode == 0, err
+    runs = {}  # (worker, decision) -> [[first seq, last seq, messages]], one per process
+    records = map(json.loads, (tmp_path / "tail.out").read_text().splitlines())
+    for (seq, *key), _ in itertools.groupby((v["seq"], v["worker"], v["decision"]) for v in records):  # messages
+        r = runs.setdefault(tuple(key), [])
+        if r and seq > r[-1][1]:
+            r[-1][1:] = [seq, r[-1][2] + 1]
+        else:  # the first, or seq went back: a new process
+            r.append([seq, seq, 1])
+    new_w2 = [r[1] for (w, _), r in runs.items() if w == "w2" and len(r) > 1]
+    assert new_w2 and sum(first - 1 for first, _, _ in new_w2) > 0  # the stop hid its first messages
+    missed = sum(last - first + 1 - n + (first - 1) * (i > 0)
+                 for r in runs.values() for i, (first, last, n) in enumerate(r))
+    assert f"missed {missed:,} verdict messages" in err

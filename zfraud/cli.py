@@ -322,6 +322,9 @@ def tail(connect, decision, fmt, count, timeout, curve_dir):
                     break
         except KeyboardInterrupt:  # the way to stop following: not a failure
             interrupted = True
+        if t.gaps:
+            click.echo(f"missed {t.gaps:,} verdict messages: their seq numbers never arrived (PUB/SUB drops "
+                       f"what a subscriber is not connected for, e.g. a restarted worker's first ones)", err=True)
     if count is not None and seen < count:
         if interrupted:
             click.echo(f"interrupted after {seen} of {count} verdicts", err=True)

@@ -3,7 +3,10 @@
 The member list comes from the worker given (HELLO -> MEMBERS), then from any member, and is
 refreshed every second, so a worker that joins later is followed too, also after the first one
 has gone. PUB/SUB is best-effort fan-out: each publisher numbers its
-messages (`seq`), and `Tail.gaps` counts the messages known to be missed.
+messages (`seq`, per topic, from 1 in each process), and `Tail.gaps` counts the messages known to
+be missed: a jump in a publisher's `seq`, and when it goes back (the worker restarted under its
+name, and its first messages went out before this SUB reconnected), the new process's messages
+before the first one seen.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from .sockets import configure
 
 
 def records(cols: dict, h: dict):
-    """One dict per verdict: tx_id, score, decision, reason, fired (rule names), worker, model, rules."""
+    """One dict per verdict: tx_id, score, decision, reason, fired (rule names), worker, model, rules,
+    and seq (the number of the message it came in, per worker and decision; see the module's docstring)."""
     reasons = h.get("reasons") or []
     rule_names = h.get("rule_names") or []
     fired = cols["rules"]
@@ -29,7 +33,7 @@ def records(cols: dict, h: dict):
                "decision": P.DECISIONS[d] if d < len(P.DECISIONS) else str(d),
                "reason": reasons[r] if 0 <= r < len(reasons) else None,
                "fired": [n for k, n in enumerate(rule_names) if mask >> k & 1] if mask else [],
-               "worker": h.get("worker"), "model": h.get("model"), "rules": h.get("rules")}
+               "worker": h.get("worker"), "model": h.get("model"), "rules": h.get("rules"), "seq": h.get("seq")}
 
 
 class Tail:
@@ -139,6 +143,8 @@ class Tail:
                 last = self.last_seq.get(key)
                 if last is not None and seq > last + 1:
                     self.gaps += seq - last - 1
+                elif last is not None and seq <= last:  # the publisher restarted (seq counts per process)
+                    self.gaps += seq - 1  # its new process's messages before this one went by unseen
                 self.last_seq[key] = seq
             silent_since = time.monotonic()
             yield h, cols
