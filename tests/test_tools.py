@@ -14,6 +14,7 @@ from zfraud import load_model
 from zfraud.dataset import day_of, read_labelled
 from zfraud.evaluate import known_compromised_mask
 from zfraud.features import FEATURE_SETS, FULL
+from zfraud.local import LocalMesh
 
 from conftest import run_cli
 
@@ -57,6 +58,24 @@ def test_a_bad_model_file_is_one_line_before_any_worker_starts(workdir):
     r = run_cli("backtest", "data.csv", "--model", "bad.json", *TEST, cwd=workdir)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "bad.json: not a zfraud model file" in r.stderr, r.stderr
+
+
+def test_a_model_trained_with_another_delay_is_refused_by_backtest_workers_and_deploy(workdir, tmp_path):
+    """The terminal windows end --delay days back: a model trained with 5 would be fed windows it
+    never learned by a worker running with the default 7, so nothing runs it there."""
+    r = run_cli("train", "data.csv", *TRAIN, "--algo", "logistic", "--delay", "5", "-o", "d5.json", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert load_model(str(workdir / "d5.json")).delay_days == 5
+    said = "model d5 was trained with labels 5 days late, and {} runs with --delay 7"
+    r = run_cli("backtest", "data.csv", "--model", "d5.json", *TEST, cwd=workdir)
+    assert r.returncode == 1 and said.format("this back-test") in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_cli("worker", "--model", str(workdir / "d5.json"), "--bind", "tcp://127.0.0.1:99999")
+    assert r.returncode == 1 and said.format("this worker") in r.stderr and "Traceback" not in r.stderr, r.stderr
+    with LocalMesh(1, log_dir=str(tmp_path)) as mesh:
+        r = run_cli("deploy", "--connect", mesh.endpoint, "--model", str(workdir / "d5.json"))
+        assert r.returncode == 1 and said.format("this worker") in r.stderr, r.stderr
+    r = run_cli("worker", "--model", str(workdir / "d5.json"), "--delay", "5", "--bind", "tcp://127.0.0.1:99999")
+    assert r.returncode == 1 and "--bind" in r.stderr and "trained with" not in r.stderr, r.stderr  # on to the bind
 
 
 BAD_ROWS = [(3, "1.5", "CUSTOMER_ID '1.5' is not a whole number from 0 to 2**64 - 1"),

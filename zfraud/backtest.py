@@ -20,7 +20,7 @@ from .client import Client
 from .dataset import read_labelled, rows_between
 from .evaluate import evaluate, known_compromised_mask
 from .local import LocalMesh
-from .model import load_model
+from .model import check_delay, load_model
 from .train import _capacity, label_schedule
 
 TX = ("tx_id", "card", "terminal", "ts_ms", "amount")
@@ -73,7 +73,7 @@ def backtest(path, model_path, test_from: int, test_to: int, delay_days: int = 7
     data = data if data is not None else read_labelled(path)
     test = rows_between(data, test_from, test_to, "test")
     model_path = os.path.abspath(model_path)  # the workers run in the mesh's own directory
-    load_model(model_path)  # a bad file is one clear error here, not workers that fail to start
+    check_delay(load_model(model_path), delay_days, "this back-test")  # one clear error, not workers that fail to start
     extra = ["--model", model_path, "--delay", str(delay_days),
              "--cards", str(_capacity(data["card"])), "--terminals", str(_capacity(data["terminal"]))]
     with LocalMesh(workers, extra_args=extra) as mesh, Client(mesh.endpoint, deadline_s=30) as client:

@@ -1,7 +1,13 @@
 """Model files: self-describing JSON, validated when loaded.
 
     {"format": "zfraud-model", "format_version": 1, "kind": "logistic", "version": "...",
-     "feature_set": "basic-v1", "features": [...], "source": "...", ...kind-specific arrays}
+     "feature_set": "basic-v1", "features": [...], "source": "...", "delay_days": 7 or null,
+     ...kind-specific arrays}
+
+`delay_days` is the label delay the model was trained with (`zfraud train --delay`): the terminal
+windows of the zfraud-v* feature sets end that many days back, so a worker or back-test with
+another `--delay` would feed it features it never learned. They refuse it (`check_delay`). Null
+(files written before it was recorded, imported models) means unknown: not checked.
 
 `load_model(path)` returns an object with `features`, `version`, `predict_proba(X)` and
 `explain(X)`, where X is a C-contiguous float32 (n, len(features)) matrix.
@@ -35,6 +41,7 @@ class LogisticModel:
     """logit = intercept + sum_j coef[j] * (x[j] - center[j])."""
 
     kind = "logistic"
+    delay_days = None  # see the module's docstring
 
     def __init__(self, features, coef, center, intercept, version="unversioned",
                  feature_set="basic-v1", source=""):
@@ -66,7 +73,7 @@ class LogisticModel:
     def to_dict(self) -> dict:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind,
                 "version": self.version, "feature_set": self.feature_set,
-                "features": list(self.features), "source": self.source,
+                "features": list(self.features), "source": self.source, "delay_days": self.delay_days,
                 "coef": self.coef.tolist(), "center": self.center.tolist(), "intercept": self.intercept}
 
     @classmethod
@@ -87,11 +94,24 @@ def model_from_dict(d: dict, where: str = "model"):
     if kind not in KINDS:
         raise ModelError(f"{where}: unknown model kind {kind!r}; known: {', '.join(sorted(KINDS))}")
     try:
-        return KINDS[kind].from_dict(d)
+        model = KINDS[kind].from_dict(d)
+        delay = d.get("delay_days")
+        if delay is not None and (type(delay) is not int or not 0 <= delay <= 30):
+            raise ModelError(f"delay_days must be a whole number of days from 0 to 30 or null, got {delay!r}")
+        model.delay_days = delay
+        return model
     except ModelError as e:
         raise ModelError(f"{where}: {e}") from None
     except (KeyError, TypeError, ValueError) as e:
         raise ModelError(f"{where}: malformed {kind} model: {type(e).__name__}: {e}") from None
+
+
+def check_delay(model, delay_days: int, who: str = "this worker") -> None:
+    """ModelError when the model was trained with another label delay than `delay_days`."""
+    if model.delay_days is not None and model.delay_days != delay_days:
+        raise ModelError(f"model {model.version} was trained with labels {model.delay_days} days late, and {who} "
+                         f"runs with --delay {delay_days}: its terminal windows would not be the ones the model "
+                         f"learned. Use --delay {model.delay_days}, or retrain with `zfraud train --delay {delay_days}`")
 
 
 def load_model(path=None):

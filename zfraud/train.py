@@ -141,10 +141,13 @@ def train(data: dict, date_from: int, date_to: int, delay_days: int = 7, algo: s
     source = f"zfraud train: {algo} on {int(keep.sum())} transactions ({int(y.sum())} frauds), delay {delay_days} days"
     if algo == "logistic":
         coef, center, intercept = fit_logistic(X, y)
-        return LogisticModel(names, coef, center, intercept, version=version, feature_set=FULL, source=source)
-    if algo == "gbdt":
-        return fit_gbdt(X, y, names, version, FULL, source)
-    raise ValueError(f"unknown algorithm {algo!r}: use gbdt or logistic")
+        model = LogisticModel(names, coef, center, intercept, version=version, feature_set=FULL, source=source)
+    elif algo == "gbdt":
+        model = fit_gbdt(X, y, names, version, FULL, source)
+    else:
+        raise ValueError(f"unknown algorithm {algo!r}: use gbdt or logistic")
+    model.delay_days = delay_days
+    return model
 
 
 def default_model(n: int = 400_000) -> LogisticModel:

@@ -83,6 +83,7 @@ class TreeEnsemble:
     """
 
     kind = KIND
+    delay_days = None  # the label delay it was trained with (zfraud.model's docstring)
 
     def __init__(self, features, *, tree_start, split_feature, threshold, decision, left_child,
                  right_child, value, leaf_id, cat_start=(0,), cat_bits=(), base_score=0.0,
@@ -332,7 +333,7 @@ class TreeEnsemble:
     def to_dict(self) -> dict:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind,
                 "version": self.version, "feature_set": self.feature_set,
-                "features": list(self.features), "source": self.source,
+                "features": list(self.features), "source": self.source, "delay_days": self.delay_days,
                 "objective": self.objective, "base_score": self.base_score,
                 "tree_start": self.tree_start.tolist(), "split_feature": self.split_feature.tolist(),
                 "threshold": self.threshold.tolist(), "decision": self.decision.tolist(),

@@ -37,7 +37,7 @@ from ._dedup import SeenSet
 from .mesh import Member, Membership, check_endpoint, check_member
 from .features import TERMINAL_BUCKET_HOURS, FeatureEngine
 from .handover import ACK_S, Handover, take_over
-from .model import load_model, model_from_dict
+from .model import check_delay, load_model, model_from_dict
 from .rules import RuleSet
 from .scoring import Scorer, Thresholds
 from .security import Curve, SecurityError
@@ -130,6 +130,7 @@ class Worker:
         self.labels_seen = SeenSet(remember)  # labels already applied here (a resent label counts once)
         self.engine_args = (delay_days, cards, terminals)
         model = model if model is not None else load_model()
+        check_delay(model, delay_days)
         features = FeatureEngine(model.feature_set, *self.engine_args)
         self.state_path = Path(state_dir) / f"{name}.state.npz" if state_dir else None
         if self.state_path is not None:
@@ -982,6 +983,8 @@ class Worker:
         cur = self.scorer
         try:
             model = model_from_dict(json.loads(bytes(payload[0])), "deployed model") if len(payload[0]) else None
+            if model is not None:
+                check_delay(model, self.engine_args[0])
             if h.get("shadow"):
                 if model is None:
                     raise ValueError("a shadow deploy needs a model")
