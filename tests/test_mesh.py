@@ -537,3 +537,22 @@ def test_a_local_mesh_removes_its_temporary_logs_only_after_a_clean_stop():
         assert os.path.exists(os.path.join(kept, "w1.log"))  # a crash leaves its log to be read
     finally:
         shutil.rmtree(kept, ignore_errors=True)
+
+
+def test_dropped_members_are_asked_to_rejoin_until_they_answer_and_only_the_oldest_of_too_many_is_let_go(ctx):
+    """No time limit (a partition that outlasted one would split the mesh for good); crashed
+    members never answer, so past MAX_REJOIN the oldest ask makes way. Seeds are never let go."""
+    from zfraud.worker import MAX_REJOIN, Worker
+
+    w = Worker("w1", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", context=ctx)
+    try:
+        w._ask("tcp://127.0.0.1:9")  # a seed nobody answers at
+        for i in range(MAX_REJOIN + 1):
+            w._rejoin(f"gone{i}", f"tcp://127.0.0.1:{20000 + i}")
+        for _ in range(3):
+            w._hello_asking()  # one heartbeat's HELLOs each: nobody is there, nobody is given up on
+        names = [name for _, name in w.asking.values()]
+        assert names[0] is None and len(names) == 1 + MAX_REJOIN
+        assert names[1:] == [f"gone{i}" for i in range(1, MAX_REJOIN + 1)]  # gone0, the oldest, made way
+    finally:
+        w._close()

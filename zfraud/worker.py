@@ -8,8 +8,8 @@ Sockets:
                             mesh.bye on shutdown
     SUB    (connected)      mesh.* from every other member's PUB
     DEALER (one per seed, lost member, or member that no longer lists this worker)
-                            HELLO until it answers with MEMBERS, then closed (a member: for
-                            REJOIN_S at most)
+                            HELLO until it answers with MEMBERS, then closed (a member: until
+                            it answers, refuses, or MAX_REJOIN newer ones push it out)
     DEALER (one per member) the cards it now owns (zfraud.handover); intel_sync, one at a time
 
 A message that breaks the protocol gets an ERROR reply naming the problem; nothing a peer sends
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import socket
 import time
@@ -58,11 +57,6 @@ INTEL_CHUNK_ROWS = 1 << 22
 # How long a worker keeps following the PUB of a member that said goodbye: its drain (at most
 # drain_max_s, 10 s by default) and its final counts, published as it closes, must still arrive.
 DEPARTED_FOLLOW_S = 15.0
-# How long a worker keeps saying HELLO to a member it dropped for silence (a stopped process, a
-# partition, a long pause), and to one whose member list no longer names it: that member drops
-# this worker too, or already has, and then neither follows the other's PUB; only a HELLO to the
-# ROUTER brings them back together. Whichever side comes back first finds the other.
-REJOIN_S = 600.0
 # A turn of the loop that took longer than STALL_S (SIGSTOP, a VM or GC pause) means the batches
 # queued meanwhile may have passed their deadline_ms, and clients have then sent them elsewhere:
 # for STALE_S after it, such a batch is answered EXPIRED, not scored, so that its transactions are
@@ -71,7 +65,15 @@ REJOIN_S = 600.0
 # read, so a worker whose clock is off by more than the clients' deadline still scores normally.
 STALL_S = 1.0
 STALE_S = 5.0
-MAX_REJOIN = 64  # members asked at once at most
+# A worker keeps saying HELLO to a member it dropped for silence (a stopped process, a partition,
+# a long pause), and to one whose member list no longer names it: that member drops this worker
+# too, or already has, and then neither follows the other's PUB; only a HELLO to the ROUTER brings
+# them back together, however long the partition lasted (a time limit would split the mesh for
+# good after one that outlasted it). Whichever side comes back first finds the other. It stops
+# when the member answers, when another worker answers at that address, or when MAX_REJOIN newer
+# ones push the oldest out (crashed members never answer; a HELLO to a dead address costs nothing:
+# IMMEDIATE drops it at once).
+MAX_REJOIN = 64
 
 
 def intel_chunks(deltas: dict, rows: int | None = None):
@@ -262,7 +264,7 @@ class Worker:
                     self._beat(now)
                     next_beat = now + self.heartbeat
                 if self.asking and now >= next_ask:
-                    self._hello_asking(now)
+                    self._hello_asking()
                     next_ask = now + self.heartbeat
                 events = dict(poller.poll(timeout=100))
                 polled = time.monotonic()
@@ -281,7 +283,7 @@ class Worker:
                     self._backlog = max(self._backlog, self._queued)
                 else:
                     self._queued = 0
-                for router, (sock, _, _) in list(self.asking.items()):
+                for router, (sock, _) in list(self.asking.items()):
                     if sock.poll(0):
                         self._on_hello_answer(router, sock)
                 for name, sock in list(self.sync_socks.items()):
@@ -329,7 +331,7 @@ class Worker:
         self.handover.take_back_all(self.scorer.features)  # unanswered: saved here instead
         self.handover.close()
         self.saved = self._snapshot()
-        for sock in (*(s for s, _, _ in self.asking.values()), *self.sync_socks.values(), self.sub, self.pub,
+        for sock in (*(s for s, _ in self.asking.values()), *self.sync_socks.values(), self.sub, self.pub,
                      self.router):
             sock.close()
         if self.curve is not None:
@@ -393,31 +395,33 @@ class Worker:
             h["to"] = to  # a process that has taken over that address since refuses it
         return P.encode(P.HELLO, h)
 
-    def _ask(self, router: str, name: str | None = None, until: float = math.inf) -> None:
+    def _ask(self, router: str, name: str | None = None) -> None:
         """Say HELLO to the ROUTER at `router` at each heartbeat until the worker there answers
-        with MEMBERS: a seed (name None: any worker, for as long as it takes), or member `name`
-        (a rejoin: that member only, until `until`)."""
+        with MEMBERS: a seed (name None: any worker), or member `name` (a rejoin: that member only;
+        see MAX_REJOIN)."""
         if router in self.asking:
             return
         sock = self._secure(configure(self.ctx.socket(zmq.DEALER)))
         if name is not None:
             sock.setsockopt(zmq.IMMEDIATE, 1)  # no HELLOs queued for a member not there: one per heartbeat
         sock.connect(router)
-        self.asking[router] = (sock, name, until)
+        self.asking[router] = (sock, name)
 
-    def _rejoin(self, name: str, router: str, now: float) -> None:
-        """Ask member `name` to rejoin (see REJOIN_S); not while leaving."""
-        if len(self.asking) < MAX_REJOIN and self._draining_since is None:
-            self._ask(router, name, now + REJOIN_S)
+    def _rejoin(self, name: str, router: str) -> None:
+        """Ask member `name` to rejoin (see MAX_REJOIN); not while leaving."""
+        if self._draining_since is not None or router in self.asking:
+            return
+        rejoins = [r for r, (_, n) in self.asking.items() if n is not None]  # oldest first
+        if len(rejoins) >= MAX_REJOIN:
+            log.info("stopped asking member %s to rejoin: %d newer ones are asked", self.asking[rejoins[0]][1],
+                     MAX_REJOIN)
+            self._stop_asking(rejoins[0])
+        self._ask(router, name)
 
-    def _hello_asking(self, now: float) -> None:
-        for router, (sock, name, until) in list(self.asking.items()):
+    def _hello_asking(self) -> None:
+        for router, (sock, name) in list(self.asking.items()):
             if name is not None and self._draining_since is not None:
                 continue  # leaving: a rejoin would bring us back into its member list
-            if now > until:
-                log.info("gave up asking member %s to rejoin after %.0f s", name, REJOIN_S)
-                self._stop_asking(router)
-                continue
             try:
                 sock.send_multipart(self._hello_message(to=name), zmq.NOBLOCK)
             except zmq.Again:
@@ -523,7 +527,7 @@ class Worker:
                                self.stats["cards_taken_over"])
         for m in self.members.expire(now):
             log.warning("member lost name=%s (silent for over %.1fs)", m.name, self.members.timeout)
-            self._rejoin(m.name, m.router, now)
+            self._rejoin(m.name, m.router)
         self._sync_subscriptions()
         self._tick_handover(now)
         if self._draining_since is not None:
@@ -725,7 +729,7 @@ class Worker:
                 members = h.get("members") or []
                 self._merge(members)
                 if not any(isinstance(m, dict) and m.get("name") == self.name for m in members):
-                    self._rejoin(name, str(h["router"]), time.monotonic())  # it dropped us, or has not heard us yet
+                    self._rejoin(name, str(h["router"]))  # it dropped us, or has not heard us yet
         except (P.ProtocolError, KeyError, TypeError, ValueError) as e:
             log.warning("ignored a malformed mesh message: %s", e)
 
