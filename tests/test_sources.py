@@ -204,6 +204,41 @@ def test_send_scores_the_good_json_line_beside_one_with_a_list_for_an_amount(mes
     assert (s["sent"], s["verdicts"], s["errors"], s["lost"]) == (2, 1, 1, 0)
 
 
+JSONL_EXPECTED = ('JSON lines: one object per line, such as {"tx_id": 1, "ts_ms": "2018-04-01 00:00:31", "card": 7, '
+                  '"terminal": 3, "amount": 12.5} (or the Handbook\'s field names)')
+CSV_EXPECTED = ("a CSV file with the Handbook's header (TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID, TERMINAL_ID, "
+                "TX_AMOUNT, ...) and times as YYYY-MM-DD HH:MM:SS in UTC")
+
+
+@pytest.mark.parametrize("name, text, sent, reason, expected", [
+    ("array.json", json.dumps([{"tx_id": i, "ts_ms": 1522540831000, "card": 1, "terminal": 2, "amount": 5.5}
+                               for i in range(3)], indent=2), 23, "(15 of 23 rows): Extra data", JSONL_EXPECTED),
+    ("dates.csv", HEADER + "".join(f"{i},01/04/2018 10:00:0{i},1,2,5.5,0,0,0,0\n" for i in range(4)), 4,
+     f"(4 of 4 rows): {TS}", CSV_EXPECTED),
+], ids=["json-array", "day-first-dates"])
+def test_send_says_in_one_line_that_no_row_was_scored_why_and_what_it_expects(mesh2, tmp_path, name, text, sent,
+                                                                               reason, expected):
+    """A JSON array instead of JSON lines, or day-first dates: every row rejected, which the
+    summary alone (status 3, as when a few are) did not make plain."""
+    p = tmp_path / name
+    p.write_text(text)
+    r, s = send(mesh2, p)
+    assert r.returncode == 3, r.stderr
+    assert (s["sent"], s["verdicts"], s["errors"], s["lost"]) == (sent, 0, sent, 0)
+    assert r.stderr.splitlines()[-1] == f"no row was scored; the most common reason {reason}. Expected {expected}"
+
+
+def test_send_says_in_one_line_that_no_row_was_scored_when_the_workers_rejected_every_one(mesh2, tmp_path):
+    p = tmp_path / "negative.jsonl"  # read, but no amount is valid
+    p.write_text("".join(json.dumps({"tx_id": i, "ts_ms": 1522540831000, "card": i, "terminal": 2, "amount": -5})
+                         + "\n" for i in range(6)))
+    r, s = send(mesh2, p)
+    assert r.returncode == 3, r.stderr
+    assert (s["sent"], s["verdicts"], s["errors"], s["lost"]) == (6, 0, 6, 0)
+    assert r.stderr.splitlines()[-1] == ("no row was scored: the workers rejected all 6 they answered "
+                                         "(--out FILE writes each verdict with its reason)")
+
+
 def test_a_timestamp_in_utc_with_a_z_is_read_without_a_warning(tmp_path):
     """numpy parses "...Z" but warns of any time zone, even UTC's, with a line of our source."""
     p = tmp_path / "tx.jsonl"

@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -197,6 +198,19 @@ def print_summary(s, out=sys.stdout) -> None:
         click.echo(f"{k:<{width}}  {v}", file=out)
 
 
+def nothing_scored(source, summary) -> str:
+    """The line saying that no row was scored: the most common reason rows were rejected (the
+    message without the value or the JSON position it names) and the input `source` expects."""
+    from collections import Counter
+
+    if not source.errors:
+        return (f"no row was scored: the workers rejected all {summary.errors - summary.dead_letter:,} they "
+                f"answered (--out FILE writes each verdict with its reason)")
+    reasons = Counter(re.sub(r"(, got .*|: line \d+ column \d+ \(char \d+\))$", "", m) for _, m in source.errors)
+    reason, n = reasons.most_common(1)[0]
+    return f"no row was scored; the most common reason ({n:,} of {summary.sent:,} rows): {reason}. Expected {source.expected}"
+
+
 @main.command()
 @click.argument("file", required=False, type=click.Path(allow_dash=True, dir_okay=False))
 @click.option("--connect", required=True, help=CONNECT_HELP)
@@ -234,7 +248,8 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
     stops at once, without a summary.
 
     Exit status: 0 every transaction got a verdict; 1 some were lost or dead-lettered;
-    3 all were answered but some were rejected as invalid (see the messages on stderr);
+    3 all were answered but some were rejected as invalid (see the messages on stderr; when
+    none was scored, the last line says so, with the most common reason and the input expected);
     130 interrupted.
     """
     from .client import Client
@@ -281,6 +296,8 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
         click.echo(json.dumps(summary.to_dict()))
     else:
         print_summary(summary)
+    if not summary.verdicts and summary.errors > summary.dead_letter:  # every row answered was rejected
+        click.echo(nothing_scored(source, summary), err=True)
     if interrupted:
         sys.exit(130)
     if summary.lost or summary.dead_letter:

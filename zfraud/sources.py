@@ -198,6 +198,9 @@ def csv_rows(f):
 
 
 class CsvReader(Reader):
+    expected = ("a CSV file with the Handbook's header (TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID, TERMINAL_ID, "
+                "TX_AMOUNT, ...) and times as YYYY-MM-DD HH:MM:SS in UTC")
+
     def __init__(self, path, batch: int = 1024):
         super().__init__(batch)
         self.path = path
@@ -229,6 +232,9 @@ class CsvReader(Reader):
 
 
 class JsonLinesReader(Reader):
+    expected = ('JSON lines: one object per line, such as {"tx_id": 1, "ts_ms": "2018-04-01 00:00:31", '
+                '"card": 7, "terminal": 3, "amount": 12.5} (or the Handbook\'s field names)')
+
     def __init__(self, path, batch: int = 1024):
         super().__init__(batch)
         self.path = path
