@@ -251,6 +251,22 @@ def test_a_timestamp_in_utc_with_a_z_is_read_without_a_warning(tmp_path):
     assert chunk["ts_ms"].tolist() == [1522540831000, 1522540832000, 1522540833000] and reader.errors == []
 
 
+def test_a_timestamp_with_an_offset_is_converted_to_utc_without_a_warning(tmp_path):
+    """numpy parses +02:00 but warns that it is deprecated (a UserWarning naming our source)."""
+    times = ["2018-04-01T10:00:00+02:00", "2018-04-01 10:00:00+0200", "2018-04-01T10:00:00.250-05:30",
+             "2018-04-01T10:00:00+02", "2018-04-01T00:30:00-00:00", "2018-04-01T10:00:00+24:00",
+             "2018-04-01T10:00:00+02:60", "2018-04-01T10:00:00+2:00", "2018-04-01T10:00:00+02:"]
+    p = tmp_path / "tx.csv"
+    p.write_text(HEADER + "".join(f"{i},{t},1,2,5.5,0,0,0,0\n" for i, t in enumerate(times)))
+    reader = open_source(p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (chunk,) = list(reader)
+    assert chunk["tx_id"].tolist() == [0, 1, 2, 3, 4]
+    assert chunk["ts_ms"].tolist() == [1522569600000, 1522569600000, 1522596600250, 1522569600000, 1522542600000]
+    assert reader.errors == [(7 + k, f"{TS}, got {t!r}") for k, t in enumerate(times[5:])]
+
+
 def test_a_json_line_nested_too_deeply_is_that_lines_error(tmp_path):
     """json's parser recurses once per level: 200,000 '[' raised RecursionError out of the reader."""
     good = '{"tx_id":1,"ts_ms":1522540831000,"card":1,"terminal":2,"amount":10.5}\n'

@@ -6,14 +6,15 @@ never takes the records around it down: good records are still yielded.
 
 Field names: the Handbook's raw schema (TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID, TERMINAL_ID,
 TX_AMOUNT; DESIGN.md "Evaluation and data") or zfraud's own (tx_id, ts_ms, card, terminal, amount).
-TX_DATETIME is read as UTC, "YYYY-MM-DD HH:MM:SS" (or ISO 8601's "YYYY-MM-DDTHH:MM:SSZ"). Files are
-UTF-8, with or without a byte-order mark.
+TX_DATETIME is read as UTC, "YYYY-MM-DD HH:MM:SS" (or ISO 8601's "YYYY-MM-DDTHH:MM:SSZ", or with
+an offset such as +02:00, converted to UTC). Files are UTF-8, with or without a byte-order mark.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import re
 import sys
 
 import numpy as np
@@ -56,11 +57,28 @@ def _array(values: list, kinds: set, allowed: set, dtype, why: str) -> np.ndarra
     raise ValueError(f"{why}{got}")
 
 
+OFFSET = re.compile(r"(.*\d)([+-])(\d\d)(?::?(\d\d))?")  # ISO 8601's +HH:MM, +HHMM or +HH after a time
+
+
+def _offsets_ms(dates: np.ndarray) -> np.ndarray:
+    """Each date's time-zone offset in ms (0 for none), removed from `dates` in place: numpy
+    parses one but warns that it is deprecated. ValueError for one that is not +HH:MM, +HHMM or +HH
+    (- too) up to 23:59. Only the dates with a + or - after the date's YYYY-MM-DD are looked at."""
+    offsets = np.zeros(len(dates), np.int64)
+    for i in np.flatnonzero((np.char.find(dates, "+", 10) >= 0) | (np.char.find(dates, "-", 10) >= 0)):
+        m = OFFSET.fullmatch(dates[i])
+        if m is None or int(m[3]) > 23 or int(m[4] or 0) > 59:
+            raise ValueError(f"bad time zone offset in {dates[i]!r}")
+        dates[i] = m[1]
+        offsets[i] = (int(m[3]) * 60 + int(m[4] or 0)) * 60_000 * (1 if m[2] == "+" else -1)
+    return offsets
+
+
 def parse_ts_ms(values: list) -> np.ndarray:
     """Epoch milliseconds (int64) from whole numbers, digit strings, or "YYYY-MM-DD HH:MM:SS"
-    strings (UTC, with or without a Z). ValueError naming the column for anything else: numpy alone
-    would take true as 1 ms, wrap 1e300 to -2**63, or stop at a list ("setting an array element with
-    a sequence")."""
+    strings (UTC, or with ISO 8601's Z or an offset such as +02:00 or -0530). ValueError naming the
+    column for anything else: numpy alone would take true as 1 ms, wrap 1e300 to -2**63, or stop at
+    a list ("setting an array element with a sequence")."""
     values, kinds = _whole_floats(values, -2**53)
     try:
         if kinds <= {int}:
@@ -71,7 +89,8 @@ def parse_ts_ms(values: list) -> np.ndarray:
             out = np.empty(len(a), dtype=np.int64)
             out[digits] = a[digits].astype(np.int64)
             dates = np.char.rstrip(a[~digits], "Z")  # ISO 8601's UTC: numpy warns of it as of any zone
-            out[~digits] = dates.astype("datetime64[ms]").astype(np.int64)
+            offsets = _offsets_ms(dates)
+            out[~digits] = dates.astype("datetime64[ms]").astype(np.int64) - offsets
             return out
     except (ValueError, OverflowError):
         pass
