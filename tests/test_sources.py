@@ -267,6 +267,23 @@ def test_a_timestamp_with_an_offset_is_converted_to_utc_without_a_warning(tmp_pa
     assert reader.errors == [(7 + k, f"{TS}, got {t!r}") for k, t in enumerate(times[5:])]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_now_and_today_are_not_times(tmp_path, fmt):
+    """numpy reads "now" and "today" as the clock's time and date (and "NaT" as -2**63 ms)."""
+    times = ["2018-04-01 00:00:31", "now", "today", "NOW", "Today", "NaT", "2018-04-01 00:00:32"]
+    p = tmp_path / f"tx.{fmt}"
+    if fmt == "csv":
+        p.write_text(HEADER + "".join(f"{i},{t},1,2,5.5,0,0,0,0\n" for i, t in enumerate(times)))
+    else:
+        p.write_text("".join(json.dumps({"tx_id": i, "card": 1, "terminal": 2, "ts_ms": t, "amount": 5.5}) + "\n"
+                             for i, t in enumerate(times)))
+    reader = open_source(p)
+    (chunk,) = list(reader)
+    assert chunk["tx_id"].tolist() == [0, 6] and chunk["ts_ms"].tolist() == [1522540831000, 1522540832000]
+    first = 3 if fmt == "csv" else 2
+    assert reader.errors == [(first + k, f"{TS}, got {t!r}") for k, t in enumerate(times[1:6])]
+
+
 def test_a_json_line_nested_too_deeply_is_that_lines_error(tmp_path):
     """json's parser recurses once per level: 200,000 '[' raised RecursionError out of the reader."""
     good = '{"tx_id":1,"ts_ms":1522540831000,"card":1,"terminal":2,"amount":10.5}\n'
