@@ -284,6 +284,18 @@ def test_now_and_today_are_not_times(tmp_path, fmt):
     assert reader.errors == [(first + k, f"{TS}, got {t!r}") for k, t in enumerate(times[1:6])]
 
 
+def test_send_reports_an_empty_time_at_its_line_and_scores_the_rows_around_it(mesh2, tmp_path):
+    """numpy reads an empty time as NaT (-2**63 ms): the worker rejected it, with no line to find it by."""
+    lines = rows(5)
+    lines[2] = "2,,1,2,5.5,0,0,0,0"
+    p = tmp_path / "empty.csv"
+    p.write_text("\n".join([HEADER.strip(), *lines]) + "\n")
+    r, s = send(mesh2, p)
+    assert r.returncode == 3, r.stderr
+    assert f"input line 4: {TS}, got ''" in r.stderr.splitlines(), r.stderr
+    assert (s["sent"], s["verdicts"], s["errors"], s["lost"]) == (5, 4, 1, 0)
+
+
 def test_a_json_line_nested_too_deeply_is_that_lines_error(tmp_path):
     """json's parser recurses once per level: 200,000 '[' raised RecursionError out of the reader."""
     good = '{"tx_id":1,"ts_ms":1522540831000,"card":1,"terminal":2,"amount":10.5}\n'

@@ -89,7 +89,8 @@ def parse_ts_ms(values: list) -> np.ndarray:
             out = np.empty(len(a), dtype=np.int64)
             out[digits] = a[digits].astype(np.int64)
             dates = np.char.rstrip(a[~digits], "Z")  # ISO 8601's UTC: numpy warns of it as of any zone
-            if np.char.isalpha(dates).any():  # a word numpy reads as a time: now, today (or NaT)
+            # not a time, though numpy reads one: a word (now, today, NaT) or nothing (NaT)
+            if (np.char.isalpha(dates) | (dates == "")).any():
                 raise ValueError("not a date")
             offsets = _offsets_ms(dates)
             out[~digits] = dates.astype("datetime64[ms]").astype(np.int64) - offsets
