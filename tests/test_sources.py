@@ -296,6 +296,28 @@ def test_send_reports_an_empty_time_at_its_line_and_scores_the_rows_around_it(me
     assert (s["sent"], s["verdicts"], s["errors"], s["lost"]) == (5, 4, 1, 0)
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_send_lists_the_input_errors_in_line_order(mesh2, tmp_path, fmt):
+    """A line that cannot be split (or parsed) is found as it is read, a bad value when its batch
+    is converted: the first used to be listed before the second however late it came."""
+    p = tmp_path / f"order.{fmt}"
+    if fmt == "csv":
+        lines = [HEADER.strip(), *rows(6)]
+        lines[2], lines[5] = "1,2018-04-01 00:00:01,1,2,abc,0,0,0,0", "4,2018"  # a bad amount, then a short row
+        want = ["input line 3: amount must be a number, got 'abc'", "input line 6: expected at least 5 fields, got 2"]
+    else:
+        lines = [json.dumps({"tx_id": i, "card": 1, "terminal": 2, "ts_ms": 1522540831000, "amount": 5.5})
+                 for i in range(6)]
+        lines[1], lines[4] = lines[1].replace("5.5", '"abc"'), "{broken"
+        want = ["input line 2: amount must be a number, got 'abc'",
+                "input line 5: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"]
+    p.write_text("\n".join(lines) + "\n")
+    r, s = send(mesh2, p)
+    assert r.returncode == 3, r.stderr
+    assert [line for line in r.stderr.splitlines() if line.startswith("input line")] == want
+    assert (s["sent"], s["verdicts"], s["errors"]) == (6, 4, 2)
+
+
 def test_a_json_line_nested_too_deeply_is_that_lines_error(tmp_path):
     """json's parser recurses once per level: 200,000 '[' raised RecursionError out of the reader."""
     good = '{"tx_id":1,"ts_ms":1522540831000,"card":1,"terminal":2,"amount":10.5}\n'

@@ -11,6 +11,7 @@ an offset such as +02:00, converted to UTC). Files are UTF-8, with or without a 
 """
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import json
@@ -131,13 +132,15 @@ class Reader:
 
     def __init__(self, batch: int = 1024):
         self.batch = batch
-        self.errors: list[tuple[int, str]] = []  # (line number, message), the first MAX_REPORTED
+        self.errors: list[tuple[int, str]] = []  # (line number, message), the first MAX_REPORTED, in line order
         self.error_count = 0
 
     def _error(self, line: int, message: str) -> None:
+        """A record that cannot be read. A line that cannot be split is reported as it is read, a
+        bad value when its batch is converted, after the lines read since: insort keeps line order."""
         self.error_count += 1
         if len(self.errors) < MAX_REPORTED:
-            self.errors.append((line, message))
+            bisect.insort(self.errors, (line, message))
 
     def _chunk(self, records: list[tuple[int, dict]]):
         """records: (line number, {column: raw value}). Returns the arrays of the good ones."""
