@@ -122,6 +122,22 @@ def test_a_path_that_cannot_be_written_is_one_line_naming_it(tmp_path):
     assert r.stderr.strip().splitlines()[-1] == f"Error: cannot use {out}: No such file or directory", r.stderr
 
 
+@pytest.mark.parametrize("command, option", [
+    (["send", "--synthetic", "10", "--connect", "tcp://127.0.0.1:9"], "'--out'"),  # nothing listens: not reached
+    (["train", "data.csv", "--from", "2018-04-01", "--to", "2018-04-02"], "'-o' / '--out'"),
+    (["model", "import", "lightgbm", "data.csv"], "'-o' / '--out'"),
+])
+@pytest.mark.parametrize("where, why", [("no-such-dir/f", "No such file or directory"), ("a-file/f", "Not a directory")])
+def test_an_out_path_that_cannot_be_written_is_a_usage_error_before_any_work(tmp_path, command, option, where, why):
+    """It was found only when the file was opened, after connecting, or after the training: status 1."""
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "data.csv").write_text("not read\n")
+    out = tmp_path / where
+    r = run_cli(*command, "--out", str(out), cwd=tmp_path, timeout=30)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"Error: Invalid value for {option}: cannot use {out}: {why}"
+
+
 def test_gen_interrupted_while_writing_leaves_out_as_it_was(tmp_path):
     """SIGINT once the CSV's first rows are on disk: OUT keeps its old contents, nothing else is left."""
     out = tmp_path / "data.csv"

@@ -96,9 +96,11 @@ def _date(ctx, param, value):
         raise click.BadParameter(str(e)) from None
 
 
-def _appendable(ctx, param, value):
-    """A file that is only appended to if need be, checked now without creating it: a usage
-    error (status 2) if it could not be written, rather than after all the work."""
+def _writable(ctx, param, value):
+    """A file to be written (or only appended to if need be), checked now without creating it: a
+    usage error (status 2) if it could not be written, rather than after all the work."""
+    if value is None:
+        return None
     directory = os.path.dirname(value) or "."
     if os.path.exists(value):
         error = None if os.access(value, os.W_OK) else errno.EACCES
@@ -222,14 +224,14 @@ def nothing_scored(source, summary) -> str:
               help="Offered load in transactions per second. Default: as fast as the mesh answers.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
               help="Input format. Default: from the file name (.jsonl/.json/.ndjson, else CSV).")
-@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write every verdict as a JSON line to this file.")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, callback=_writable,
+              help="Write every verdict as a JSON line to this file (checked before sending).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object (the last line).")
 @click.option("--window", type=click.IntRange(1, 1024), default=8, help="Batches in flight per worker (credit).")
 @click.option("--deadline", type=click.FloatRange(0.1), default=5.0,
               help="Seconds a worker has to answer a batch before it is resent elsewhere.")
 @click.option("--dead-letter", type=click.Path(dir_okay=False), default="zfraud-dead-letter.jsonl",
-              callback=_appendable,
+              callback=_writable,
               help="Where batches that failed every attempt are appended, with the reason (checked before sending).")
 @curve_option
 @friendly_errors
@@ -451,7 +453,8 @@ def model():
 @model.command("import")
 @click.argument("kind", type=click.Choice(["lightgbm", "xgboost"]))
 @click.argument("source", type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="zfraud model file to write.")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=_writable,
+              help="zfraud model file to write.")
 @click.option("--version", "version", default=None, help="Model version to record. Default: from the file name.")
 @click.option("--feature-set", default="basic-v1", show_default=True,
               help="The worker feature set the model was trained on, in that order (basic-v1 or zfraud-v6).")
@@ -657,7 +660,8 @@ def keys_init(directory, force):
 @click.option("--delay", "delay_days", type=click.IntRange(0, 30), default=7, help="Label delay in days.")
 @click.option("--algo", type=click.Choice(["gbdt", "logistic"]), default="gbdt",
               help="gbdt needs LightGBM (the `train` extra); logistic needs only numpy.")
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Model file to write.")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=_writable,
+              help="Model file to write (checked before training).")
 @click.option("--version", "version", default=None, help="Model version. Default: from the file name.")
 @friendly_errors
 def train(data, date_from, date_to, delay_days, algo, out, version):
