@@ -385,6 +385,20 @@ def test_a_worker_that_cannot_bind_or_reach_its_seed_says_why_in_one_line(args, 
     assert why.format(busy=busy) in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("contents", [b"hello\n", b"", b"\x93NUMPY\x01\x00"])
+def test_a_snapshot_file_that_is_not_an_npz_archive_is_named_as_such(tmp_path, model_path, contents):
+    """Text in the snapshot's place was "pickled (object) data" to np.load, an empty file "No data
+    left in file", the start of a .npy a bad array header. (A model with streaming state, or the
+    worker has nothing to restore.)"""
+    path = tmp_path / "w.state.npz"
+    path.write_bytes(contents)
+    r = run_cli("worker", "--name", "w", "--bind", f"tcp://127.0.0.1:{free_port()}", "--model", str(model_path),
+                "--pub", f"tcp://127.0.0.1:{free_port()}", "--state-dir", str(tmp_path), timeout=30)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (f"Error: cannot restore {path}: state file '{path}': not a zfraud "
+                                                 f"snapshot (not an .npz archive) (move it away to start empty)")
+
+
 @pytest.mark.parametrize("command", ["send", "tail", "status"])
 def test_a_malformed_connect_endpoint_gets_one_line(command):
     r = run_cli(command, "--connect", "tcp://127.0.0.1:70000", *(["--synthetic", "5"] if command == "send" else []),

@@ -927,7 +927,7 @@ def test_feature_state_load_rejects_other_files(tmp_path):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")
     st = FeatureState(card_capacity=10, terminal_capacity=10)
-    with pytest.raises(ValueError, match="expected"):
+    with pytest.raises(ValueError, match=r"not a zfraud snapshot \(not an \.npz archive\)"):
         st.load(bad)
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(ValueError, match="expected format"):

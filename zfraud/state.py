@@ -221,7 +221,11 @@ def load_npz(path) -> dict:
     if not os.path.exists(path):
         raise FileNotFoundError(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"  # else np.load takes it for a .npy or a pickle
+        if zipped:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"state file {path!r}: expected a numpy .npz of arrays, got {e}") from e
+    raise ValueError(f"state file {path!r}: not a zfraud snapshot (not an .npz archive)")
