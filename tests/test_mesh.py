@@ -1,4 +1,5 @@
 """The mesh with real worker processes on loopback, driven through the Python API and the CLI."""
+import contextlib
 import json
 import os
 import re
@@ -536,6 +537,35 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "verdicts                         20,000" in r.stdout
     assert "lost                             0" in r.stdout
     assert r.stdout.rstrip().endswith("done.")
+    # its workers' logs go after a clean stop: it printed their paths, which then named nothing
+    workers = re.findall(r"^  (w\d): ROUTER tcp://127\.0\.0\.1:\d+  PUB tcp://127\.0\.0\.1:\d+$", r.stdout, re.M)
+    assert workers == ["w1", "w2"] and "log" not in r.stdout + r.stderr, r.stdout
+
+
+def test_demo_says_where_its_workers_logs_are_kept_when_one_failed():
+    demo = subprocess.Popen([sys.executable, "-m", "zfraud", "demo", "--transactions", "2000000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers = []
+    try:
+        while not demo.stdout.readline().startswith("scoring"):  # the workers are up
+            assert demo.poll() is None
+        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(demo.pid)], capture_output=True,
+                                                  text=True).stdout.split()]
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = demo.communicate(timeout=120)
+    finally:
+        demo.kill()
+        for pid in workers[1:]:  # not left behind if the test fails
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(r"the workers' logs are kept in \S+", last), err
+    log_dir = last.rsplit(" ", 1)[1]
+    try:
+        assert sorted(os.listdir(log_dir)) == ["w1.log", "w2.log"]
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
 
 
 def test_a_local_mesh_removes_its_temporary_logs_only_after_a_clean_stop():

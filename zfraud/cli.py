@@ -364,17 +364,22 @@ def demo(workers, transactions, batch):
     from .sources import SyntheticReader
 
     click.echo(f"starting {workers} workers on 127.0.0.1 ...")
-    with LocalMesh(workers) as mesh:
-        for name in mesh.names:
-            click.echo(f"  {name}: ROUTER {mesh.routers[name]}  PUB {mesh.pubs[name]}  (log {mesh.log_dir}/{name}.log)")
-        click.echo(f"scoring {transactions:,} synthetic transactions in batches of {batch} ...")
-        progress = Progress(total=transactions)
-        with Client(mesh.endpoint) as client:
-            summary = client.stream(SyntheticReader(transactions, batch), progress=progress)
-        progress.close()
-        click.echo("")
-        print_summary(summary)
-        click.echo("stopping workers ...")
+    mesh = LocalMesh(workers)
+    try:
+        with mesh:
+            for name in mesh.names:
+                click.echo(f"  {name}: ROUTER {mesh.routers[name]}  PUB {mesh.pubs[name]}")
+            click.echo(f"scoring {transactions:,} synthetic transactions in batches of {batch} ...")
+            progress = Progress(total=transactions)
+            with Client(mesh.endpoint) as client:
+                summary = client.stream(SyntheticReader(transactions, batch), progress=progress)
+            progress.close()
+            click.echo("")
+            print_summary(summary)
+            click.echo("stopping workers ...")
+    finally:
+        if os.path.isdir(mesh.log_dir):  # removed after a clean stop, kept when a worker failed
+            click.echo(f"the workers' logs are kept in {mesh.log_dir}", err=True)
     click.echo("done.")
     if summary.lost:
         sys.exit(1)
