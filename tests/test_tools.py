@@ -138,8 +138,10 @@ def test_an_out_path_that_cannot_be_written_is_a_usage_error_before_any_work(tmp
     assert r.stderr.strip().splitlines()[-1] == f"Error: Invalid value for {option}: cannot use {out}: {why}"
 
 
-def test_gen_interrupted_while_writing_leaves_out_as_it_was(tmp_path):
-    """SIGINT once the CSV's first rows are on disk: OUT keeps its old contents, nothing else is left."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_gen_interrupted_while_writing_leaves_out_as_it_was(tmp_path, sig):
+    """SIGINT or SIGTERM once the CSV's first rows are on disk: OUT keeps its old contents, nothing
+    else is left (SIGTERM used to leave the temporary file)."""
     out = tmp_path / "data.csv"
     out.write_text("old\n")
     gen = subprocess.Popen([sys.executable, "-m", "zfraud", "gen", str(out)], stderr=subprocess.PIPE, text=True)
@@ -154,12 +156,12 @@ def test_gen_interrupted_while_writing_leaves_out_as_it_was(tmp_path):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and gen.poll() is None and not writing():
             time.sleep(0.01)
-        gen.send_signal(signal.SIGINT)
+        gen.send_signal(sig)
         _, err = gen.communicate(timeout=60)
     finally:
         gen.kill()
-    assert gen.returncode == 1 and err.strip().splitlines()[-1] == "Aborted!", err
     assert [f.name for f in tmp_path.iterdir()] == ["data.csv"] and out.read_text() == "old\n"
+    assert gen.returncode == 1 and err.strip().splitlines()[-1] == "Aborted!", err
 
 
 @pytest.mark.parametrize("start, message", [

@@ -96,6 +96,11 @@ def _date(ctx, param, value):
         raise click.BadParameter(str(e)) from None
 
 
+def _interrupt(signum, frame):
+    """A signal handler that raises KeyboardInterrupt: SIGTERM then cleans up as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 def _writable(ctx, param, value):
     """A file to be written (or only appended to if need be), checked now without creating it: a
     usage error (status 2) if it could not be written, rather than after all the work."""
@@ -406,6 +411,7 @@ def gen(out, customers, terminals, days, seed, start):
     if start + days - 1 > day_of("9999-12-31"):  # the last date a TX_DATETIME can hold
         raise click.BadParameter(f"the {days} days from {date_of(start)} run past 9999-12-31", param_hint="'--start'")
 
+    signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl-C: the temporary file is removed, OUT left as it was
     bar = Progress(label="units of work done")
     state = {"done": 0}
 
