@@ -361,6 +361,26 @@ def test_send_without_a_mesh_fails_fast_with_one_line():
     assert "no zfraud worker answered" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("command", [["send", "--synthetic", "10"], ["tail"]])
+def test_ctrl_c_while_connecting_says_so_and_exits_130(command):
+    """A listener that never answers holds the handshake; Ctrl-C then printed click's bare "Aborted!" (status 1)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(30)
+        endpoint = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        proc = subprocess.Popen([sys.executable, "-m", "zfraud", *command, "--connect", endpoint],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            conn, _ = silent.accept()  # it is connecting
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+            conn.close()
+        finally:
+            proc.kill()
+    assert (proc.returncode, out, err) == (130, "", f"interrupted while connecting to {endpoint}\n")
+
+
 @pytest.mark.parametrize("args, why", [
     (["--bind", "tcp://127.0.0.1:{busy}"], "cannot bind --bind tcp://127.0.0.1:{busy}: Address already in use: another"),
     (["--pub", "tcp://127.0.0.1:{busy}"], "cannot bind --pub tcp://127.0.0.1:{busy}: Address already in use"),

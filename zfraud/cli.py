@@ -5,6 +5,7 @@ auto_envvar_prefix), e.g. ZFRAUD_SEND_CONNECT. Library errors become one-line me
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
@@ -94,6 +95,17 @@ def _date(ctx, param, value):
         return day
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
+
+
+@contextlib.contextmanager
+def _connecting(endpoint: str):
+    """Ctrl-C while the mesh is first reached: one line saying so and status 130, not click's bare
+    "Aborted!" (status 1)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo(f"interrupted while connecting to {endpoint}", err=True)
+        sys.exit(130)
 
 
 def _interrupt(signum, frame):
@@ -252,7 +264,7 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
 
     Ctrl-C (SIGINT) stops reading the input: what was sent gets up to --deadline to be answered,
     then the summary is printed (the rest counted as lost), with status 130. A second Ctrl-C
-    stops at once, without a summary.
+    stops at once, without a summary; one while still connecting says so, status 130.
 
     Exit status: 0 every transaction got a verdict; 1 some were lost or dead-lettered;
     3 all were answered but some were rejected as invalid (see the messages on stderr; when
@@ -280,8 +292,10 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
 
     previous = signal.getsignal(signal.SIGINT)
     try:
-        with Client(connect, window=window, deadline_s=deadline, dead_letter_path=dead_letter,
-                    curve_dir=curve_dir) as client:
+        with _connecting(connect):
+            client = Client(connect, window=window, deadline_s=deadline, dead_letter_path=dead_letter,
+                            curve_dir=curve_dir)
+        with client:
             signal.signal(signal.SIGINT, interrupt)
             summary = client.stream(source, rate=rate, progress=progress, on_verdicts=on_verdicts,
                                     input_errors=lambda: source.error_count, stop=lambda: bool(interrupted))
@@ -326,13 +340,16 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
 def tail(connect, decision, fmt, count, timeout, curve_dir):
     """Follow the verdict stream of every worker in the mesh.
 
-    Ctrl-C (SIGINT) stops it, with status 0 (saying how many of --count came, if given); status 1
-    when --timeout passes without a verdict before --count verdicts came."""
+    Ctrl-C (SIGINT) stops it, with status 0 (saying how many of --count came, if given; status
+    130 while still connecting); status 1 when --timeout passes without a verdict before --count
+    verdicts came."""
     from .tail import Tail
 
     decisions = [d.strip() for d in decision.split(",") if d.strip()]
     seen, interrupted = 0, False
-    with Tail(connect, decisions, curve_dir=curve_dir) as t:
+    with _connecting(connect):
+        t = Tail(connect, decisions, curve_dir=curve_dir)
+    with t:
         try:
             for v in t.verdicts(timeout_s=timeout):
                 if fmt == "jsonl":
