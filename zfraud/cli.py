@@ -349,20 +349,35 @@ def tail(connect, decision, fmt, count, timeout, curve_dir):
     seen, interrupted = 0, False
     with _connecting(connect):
         t = Tail(connect, decisions, curve_dir=curve_dir)
+    printing = [False, False]  # printing a line; a Ctrl-C came meanwhile
+
+    def interrupt(signum, frame):
+        if not printing[0]:
+            raise KeyboardInterrupt
+        printing[1] = True
+
+    previous = signal.signal(signal.SIGINT, interrupt)
     with t:
         try:
             for v in t.verdicts(timeout_s=timeout):
                 if fmt == "jsonl":
-                    click.echo(json.dumps(v))
+                    line = json.dumps(v)
                 else:
                     score = "  nan " if v["score"] is None else f"{v['score']:.4f}"
                     fired = f"  rules: {','.join(v['fired'])}" if v["fired"] else ""
-                    click.echo(f"{v['tx_id']:>12}  {v['decision']:<8} {score}  {v['worker']:<10} {v['reason']}{fired}")
+                    line = f"{v['tx_id']:>12}  {v['decision']:<8} {score}  {v['worker']:<10} {v['reason']}{fired}"
+                printing[0] = True  # a Ctrl-C now waits until the line is out and counted
+                click.echo(line)
                 seen += 1
+                printing[0] = False
+                if printing[1]:
+                    raise KeyboardInterrupt
                 if count is not None and seen >= count:
                     break
         except KeyboardInterrupt:  # the way to stop following: not a failure
             interrupted = True
+        finally:
+            signal.signal(signal.SIGINT, previous)
         if t.gaps:
             click.echo(f"missed {t.gaps:,} verdict messages: their seq numbers never arrived (PUB/SUB drops "
                        f"what a subscriber is not connected for, e.g. a restarted worker's first ones)", err=True)
