@@ -352,3 +352,35 @@ def test_tail_counts_what_it_missed_of_a_worker_restarted_under_its_name(tmp_pat
     missed = sum(last - first + 1 - n + (first - 1) * (i > 0)
                  for r in runs.values() for i, (first, last, n) in enumerate(r))
     assert f"missed {missed:,} verdict messages" in err
+
+
+def test_workers_of_a_local_mesh_whose_parent_is_killed_stop_too(tmp_path):
+    """SIGKILL gives `zfraud demo`, a back-test or a test run no chance to stop its workers; they
+    get SIGTERM from Linux instead (PR_SET_PDEATHSIG), drain and stop, freeing their ports."""
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from zfraud.local import LocalMesh\n"
+        f"with LocalMesh(2, log_dir={str(tmp_path)!r}) as mesh:\n"
+        "    print(*(p.pid for p in mesh.procs.values()), flush=True)\n"
+        "    time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 2
+        parent.kill()
+        parent.wait(10)
+        end = time.monotonic() + 20
+
+        def alive(pid):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+            except FileNotFoundError:
+                return False
+
+        while any(map(alive, pids)) and time.monotonic() < end:
+            time.sleep(0.2)
+        assert not any(map(alive, pids))
+    finally:
+        parent.kill()
+    logs = [(tmp_path / f"w{i}.log").read_text() for i in (1, 2)]
+    assert all("stopped name=" in log for log in logs), logs  # a clean stop, not a kill

@@ -177,11 +177,13 @@ def main():
 def worker(name, bind, pub, seeds, model_path, rules_path, review_at, decline_at, heartbeat, state_dir,
            snapshot_every, cards, terminals, delay_days, metrics_port, curve_dir, log_level):
     """Run a worker: bind a ROUTER and a PUB, join the mesh, score batches until SIGINT/SIGTERM."""
+    from .local import stop_with_parent
     from .model import load_model
     from .rules import RuleSet
     from .scoring import Thresholds
     from .worker import Worker
 
+    stop_with_parent()  # a no-op unless LocalMesh started it
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
     model = load_model(model_path)

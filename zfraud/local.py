@@ -5,10 +5,12 @@
 
 Each worker is `python -m zfraud worker` in its own process with free loopback ports. Start-up
 waits (with a deadline) until every worker lists every other as a member; shutdown sends SIGTERM,
-waits, and kills whatever has not gone.
+waits, and kills whatever has not gone. A worker also gets SIGTERM when the process that started
+it dies (on Linux: `stop_with_parent`), so a killed demo, back-test or test run leaves none behind.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -25,6 +27,24 @@ from .security import Curve
 from .sockets import configure
 
 START_ATTEMPTS = 3  # a mesh whose port another process took starts again on new ports, this often in all
+PARENT_ENV = "ZFRAUD_STOP_WITH_PARENT"  # set for the workers LocalMesh starts: the starter's pid
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def stop_with_parent() -> None:
+    """In a worker LocalMesh started: ask Linux for SIGTERM (a drain and a clean stop) when the
+    thread that started it exits, so that a killed parent leaves no worker holding its ports. If
+    that parent is already gone, stop now. Elsewhere, LocalMesh's own shutdown is all there is."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+    try:
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+            return
+    except (OSError, AttributeError):  # no prctl: not Linux
+        return
+    if os.getppid() != int(parent):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
@@ -68,7 +88,7 @@ class LocalMesh:
         if seed:
             cmd += ["--seed", seed]
         log = open(os.path.join(self.log_dir, f"{name}.log"), "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}
         self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             env=env, cwd=self.log_dir)
         log.close()
