@@ -100,6 +100,19 @@ def test_train_names_the_line_and_column_of_a_value_it_cannot_read(tmp_path):
     assert f"bad.csv, line 3: {BAD_ROWS[0][2]} (and 3 more rows like it)" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("word", ["now", "today"])
+def test_a_word_for_a_time_is_that_rows_error_in_labelled_files(tmp_path, word):
+    """numpy reads "now" and "today" as times (the moment the file is read): not in a history."""
+    (tmp_path / "words.csv").write_text("TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n"
+                                        "0,2018-04-01 00:00:00,1,2,10.5,0\n"
+                                        f"1,{word},1,2,10.5,0\n"
+                                        "2,2018-04-01 00:00:02,1,2,10.5,0\n")
+    errors = []
+    d = read_labelled(str(tmp_path / "words.csv"), errors)
+    assert (3, f"TX_DATETIME {word!r} is not a date and time such as 2018-04-01 00:00:31") in errors
+    assert 1 not in d["tx_id"].tolist() and d["ts_ms"].max() < 1_600_000_000_000  # no row dated today
+
+
 def test_label_sends_the_rows_it_can_read_and_reports_the_others(tmp_path):
     from zfraud import Client
     from zfraud.local import LocalMesh

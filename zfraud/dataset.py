@@ -34,6 +34,8 @@ def _parse(values: list, column: str) -> np.ndarray:
     _, dtype, _ = COLUMNS[column]
     if dtype is np.uint64:
         return parse_ids(values, column)  # what an id is, as zfraud send reads it
+    if column == "ts_ms" and not np.char.isdigit(np.array(values, dtype="U1")).all():
+        raise ValueError("not a date")  # numpy would read "now" and "today" as times
     a = np.array(values, dtype=dtype)
     if column == "ts_ms":
         a = a.astype(np.int64)
