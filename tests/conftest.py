@@ -1,5 +1,6 @@
 """Shared fixtures: real worker processes on free loopback ports, sockets that wait with timeouts."""
 import os
+import signal
 import subprocess
 import sys
 
@@ -10,6 +11,13 @@ import zmq
 from zfraud import protocol as P
 from zfraud.local import LocalMesh
 from zfraud.sockets import configure
+
+# Tests send SIGINT to the processes they start, as Ctrl-C would. A shell that starts the run in
+# the background (`pytest &`, or a CI step in a non-interactive shell) ignores SIGINT, the
+# processes inherit that across exec, and Python then never raises KeyboardInterrupt in them.
+# A handler here is reset to the default across exec, so the processes get Ctrl-C again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="module")
