@@ -132,8 +132,11 @@ def test_a_draining_worker_that_stops_answering_has_its_batches_resent(tmp_path)
     """The client leaves a draining worker's batches with it, but not forever: when it stops
     answering (here SIGSTOP right after its goodbye) their deadline sends them elsewhere."""
     with LocalMesh(3, log_dir=str(tmp_path)) as mesh:
-        send = start_send(mesh.endpoint, "--synthetic", "200000", "--rate", "80000", "--deadline", "1")
-        time.sleep(1.0)
+        # Unpaced, with a deep window: w2 always holds a queue of batches, so it still holds some
+        # when it is stopped just after it starts draining (a paced send left it one or two, which
+        # it could answer first under load).
+        send = start_send(mesh.endpoint, "--synthetic", "1000000", "--window", "64", "--deadline", "1")
+        time.sleep(0.5)
         mesh.signal("w2", signal.SIGTERM)
         end = time.monotonic() + 10
         while "draining name=w2" not in mesh.log("w2") and time.monotonic() < end:
@@ -145,7 +148,7 @@ def test_a_draining_worker_that_stops_answering_has_its_batches_resent(tmp_path)
             mesh.signal("w2", signal.SIGCONT)
         assert mesh.procs["w2"].wait(15) == 0
     assert rc == 0, err
-    assert (s["verdicts"], s["lost"], s["dead_letter"]) == (200000, 0, 0)
+    assert (s["verdicts"], s["lost"], s["dead_letter"]) == (1000000, 0, 0)
     assert s["resent"] > 0  # what w2 held when it stopped went to w1 and w3
 
 
