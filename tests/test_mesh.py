@@ -361,14 +361,22 @@ def test_send_without_a_mesh_fails_fast_with_one_line():
     assert "no zfraud worker answered" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("command", [["send", "--synthetic", "10"], ["tail"]])
-def test_ctrl_c_while_connecting_says_so_and_exits_130(command):
+RULES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "conf", "rules.toml")
+
+
+@pytest.mark.parametrize("command", [["send", "--synthetic", "10"], ["tail"], ["status"], ["top"],
+                                     ["deploy", "--rules", RULES], ["label", "{labels}"]])
+def test_ctrl_c_while_connecting_says_so_and_exits_130(command, tmp_path):
     """A listener that never answers holds the handshake; Ctrl-C then printed click's bare "Aborted!" (status 1)."""
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         silent.settimeout(30)
         endpoint = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        labels = tmp_path / "labels.csv"
+        labels.write_text("TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n"
+                          "1,2018-04-01 00:00:01,2,3,10.5,1\n")
+        command = [c.format(labels=labels) for c in command]
         proc = subprocess.Popen([sys.executable, "-m", "zfraud", *command, "--connect", endpoint],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:

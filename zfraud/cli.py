@@ -99,8 +99,8 @@ def _date(ctx, param, value):
 
 @contextlib.contextmanager
 def _connecting(endpoint: str):
-    """Ctrl-C while the mesh is first reached: one line saying so and status 130, not click's bare
-    "Aborted!" (status 1)."""
+    """Ctrl-C while the mesh is first reached (every command that connects): one line saying so
+    and status 130, not click's bare "Aborted!" (status 1)."""
     try:
         yield
     except KeyboardInterrupt:
@@ -484,7 +484,9 @@ def deploy(connect, model_path, rules_path, shadow, timeout, curve_dir):
     from .client import Client
     from .deploy import deploy as ship
 
-    with Client(connect, curve_dir=curve_dir) as client:
+    with _connecting(connect):
+        client = Client(connect, curve_dir=curve_dir)
+    with client:
         answers = ship(client, model_path, rules_path, shadow, timeout)
     for name, a in sorted(answers.items()):
         click.echo(f"{name:<12} model={a['model']}  rules={a['rules']}  shadow={a['shadow']}")
@@ -602,7 +604,9 @@ def status(connect, as_json, curve_dir):
     """One row per member: transactions, rate, batch latency, in-flight, versions, state, uptime."""
     from .client import Client
 
-    with Client(connect, curve_dir=curve_dir) as client:
+    with _connecting(connect):
+        client = Client(connect, curve_dir=curve_dir)
+    with client:
         rows = _statuses(client)
     if as_json:
         click.echo(json.dumps({"members": rows}))
@@ -620,7 +624,9 @@ def top(connect, interval, iterations, curve_dir):
     """`status`, refreshing live, with the decision mix. Ctrl-C to leave."""
     from .client import Client
 
-    with Client(connect, curve_dir=curve_dir) as client:
+    with _connecting(connect):
+        client = Client(connect, curve_dir=curve_dir)
+    with client:
         k = 0
         try:
             while iterations is None or k < iterations:
@@ -658,7 +664,9 @@ def label(file, connect, batch, curve_dir):
     errors = []  # (line, message) of rows that cannot be read: reported, the others sent
     d = read_labelled(file, errors=errors)
     n, frauds = len(d["tx_id"]), 0
-    with Client(connect, curve_dir=curve_dir) as client:
+    with _connecting(connect):
+        client = Client(connect, curve_dir=curve_dir)
+    with client:
         for lo in range(0, n, batch):
             part = {k: d[k][lo:lo + batch] for k in P.LABEL_NAMES}
             try:
