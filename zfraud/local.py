@@ -145,7 +145,7 @@ class LocalMesh:
                 if name in names and proc.poll() is not None:
                     if self._start_again(name):
                         continue
-                    raise RuntimeError(f"worker {name} exited with {proc.returncode} during start-up:\n{self.log(name)}")
+                    raise RuntimeError(f"worker {name} exited with {proc.returncode} during start-up:\n{self.log(name)[-4000:]}")
             if all(self.members_of(n, 0.5) == want for n in names):
                 for n in names:
                     self._picked.pop(n, None)
@@ -158,7 +158,7 @@ class LocalMesh:
         start_worker picked for it (free_port() cannot reserve one). False if it exited for
         another reason, or has been started START_ATTEMPTS times."""
         spec = self._picked.get(name)
-        if spec is None or spec[2] >= START_ATTEMPTS or "Address already in use" not in self.log(name):
+        if spec is None or spec[2] >= START_ATTEMPTS or "Address already in use" not in self.log(name)[-4000:]:
             return False
         seed, extra_args, _ = spec
         del self.routers[name], self.pubs[name]
@@ -166,9 +166,10 @@ class LocalMesh:
         return True
 
     def log(self, name: str) -> str:
+        """Everything worker `name` has logged (all its starts under this mesh)."""
         try:
             with open(os.path.join(self.log_dir, f"{name}.log"), errors="replace") as f:
-                return f.read()[-4000:]
+                return f.read()
         except OSError:
             return ""
 
