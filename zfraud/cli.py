@@ -5,7 +5,6 @@ auto_envvar_prefix), e.g. ZFRAUD_SEND_CONNECT. Library errors become one-line me
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import json
@@ -97,12 +96,12 @@ def _date(ctx, param, value):
         raise click.BadParameter(str(e)) from None
 
 
-@contextlib.contextmanager
-def _connecting(endpoint: str):
-    """Ctrl-C while the mesh is first reached (every command that connects): one line saying so
-    and status 130, not click's bare "Aborted!" (status 1)."""
+def _connected(make, endpoint: str, *args, **kwargs):
+    """make(endpoint, ...): a Client or a Tail, which first reaches the mesh. A Ctrl-C meanwhile
+    (in every command that connects) is one line saying so and status 130, not click's bare
+    "Aborted!" (status 1)."""
     try:
-        yield
+        return make(endpoint, *args, **kwargs)
     except KeyboardInterrupt:
         click.echo(f"interrupted while connecting to {endpoint}", err=True)
         sys.exit(130)
@@ -294,10 +293,8 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
 
     previous = signal.getsignal(signal.SIGINT)
     try:
-        with _connecting(connect):
-            client = Client(connect, window=window, deadline_s=deadline, dead_letter_path=dead_letter,
-                            curve_dir=curve_dir)
-        with client:
+        with _connected(Client, connect, window=window, deadline_s=deadline, dead_letter_path=dead_letter,
+                        curve_dir=curve_dir) as client:
             signal.signal(signal.SIGINT, interrupt)
             summary = client.stream(source, rate=rate, progress=progress, on_verdicts=on_verdicts,
                                     input_errors=lambda: source.error_count, stop=lambda: bool(interrupted))
@@ -349,8 +346,7 @@ def tail(connect, decision, fmt, count, timeout, curve_dir):
 
     decisions = [d.strip() for d in decision.split(",") if d.strip()]
     seen, interrupted = 0, False
-    with _connecting(connect):
-        t = Tail(connect, decisions, curve_dir=curve_dir)
+    t = _connected(Tail, connect, decisions, curve_dir=curve_dir)
     printing = [False, False]  # printing a line; a Ctrl-C came meanwhile
 
     def interrupt(signum, frame):
@@ -484,9 +480,7 @@ def deploy(connect, model_path, rules_path, shadow, timeout, curve_dir):
     from .client import Client
     from .deploy import deploy as ship
 
-    with _connecting(connect):
-        client = Client(connect, curve_dir=curve_dir)
-    with client:
+    with _connected(Client, connect, curve_dir=curve_dir) as client:
         answers = ship(client, model_path, rules_path, shadow, timeout)
     for name, a in sorted(answers.items()):
         click.echo(f"{name:<12} model={a['model']}  rules={a['rules']}  shadow={a['shadow']}")
@@ -604,9 +598,7 @@ def status(connect, as_json, curve_dir):
     """One row per member: transactions, rate, batch latency, in-flight, versions, state, uptime."""
     from .client import Client
 
-    with _connecting(connect):
-        client = Client(connect, curve_dir=curve_dir)
-    with client:
+    with _connected(Client, connect, curve_dir=curve_dir) as client:
         rows = _statuses(client)
     if as_json:
         click.echo(json.dumps({"members": rows}))
@@ -624,9 +616,7 @@ def top(connect, interval, iterations, curve_dir):
     """`status`, refreshing live, with the decision mix. Ctrl-C to leave."""
     from .client import Client
 
-    with _connecting(connect):
-        client = Client(connect, curve_dir=curve_dir)
-    with client:
+    with _connected(Client, connect, curve_dir=curve_dir) as client:
         k = 0
         try:
             while iterations is None or k < iterations:
@@ -664,9 +654,7 @@ def label(file, connect, batch, curve_dir):
     errors = []  # (line, message) of rows that cannot be read: reported, the others sent
     d = read_labelled(file, errors=errors)
     n, frauds = len(d["tx_id"]), 0
-    with _connecting(connect):
-        client = Client(connect, curve_dir=curve_dir)
-    with client:
+    with _connected(Client, connect, curve_dir=curve_dir) as client:
         for lo in range(0, n, batch):
             part = {k: d[k][lo:lo + batch] for k in P.LABEL_NAMES}
             try:

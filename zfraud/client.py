@@ -368,9 +368,8 @@ class Client:
             p = self.pending.pop(h.get("batch"), None)
             if p is not None:
                 self._answered(p)
-                if h.get("code") == P.EXPIRED and p.attempt + 1 < self.max_attempts:
-                    self.resent += len(p.arrays["tx_id"])  # not scored (usually resent already, on our deadline)
-                    self.submit(p.arrays, p.origin, p.attempt + 1, p.sent_at)
+                if h.get("code") == P.EXPIRED:  # not scored (usually resent already, on our deadline)
+                    self._retry(p, f"{p.worker}: {h.get('code')}: {h.get('message')}")
                 else:
                     self._dead_letter(p.arrays, p.attempt, f"{h.get('code')}: {h.get('message')}")
 
@@ -400,11 +399,15 @@ class Client:
         if name in self.leaving:
             self._drop_peer(name)
         for p in stranded:
-            if p.attempt + 1 >= self.max_attempts:
-                self._dead_letter(p.arrays, p.attempt, f"{name}: {reason}; gave up after {p.attempt + 1} attempts")
-            else:
-                self.resent += len(p.arrays["tx_id"])
-                self.submit(p.arrays, p.origin, p.attempt + 1, p.sent_at)
+            self._retry(p, f"{name}: {reason}")
+
+    def _retry(self, p: Pending, reason: str) -> None:
+        """Send p's rows again, to their cards' owners now, or dead-letter them after max_attempts."""
+        if p.attempt + 1 >= self.max_attempts:
+            self._dead_letter(p.arrays, p.attempt, f"{reason}; gave up after {p.attempt + 1} attempts")
+        else:
+            self.resent += len(p.arrays["tx_id"])
+            self.submit(p.arrays, p.origin, p.attempt + 1, p.sent_at)
 
     def _dead_letter(self, arrays: dict, attempt: int, reason: str) -> None:
         entry = {"reason": reason, "attempts": attempt + 1, "tx_id": arrays["tx_id"].tolist()}

@@ -46,6 +46,7 @@ def stop_with_parent() -> None:
     if os.getppid() != int(parent):
         os.kill(os.getpid(), signal.SIGTERM)
 
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))

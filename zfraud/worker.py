@@ -192,7 +192,7 @@ class Worker:
         self.members = Membership(me, timeout=heartbeat * liveness)
         self.subscribed: dict[str, str] = {}  # member name -> PUB endpoint our SUB is connected to
         self._departed: dict[str, tuple] = {}  # name -> (PUB, until when) of members that said goodbye
-        # ROUTER endpoint -> (DEALER, the member expected there or None for a seed, give up at): _ask
+        # ROUTER endpoint -> (DEALER, the member expected there, or None for a seed): _ask
         self.asking: dict[str, tuple] = {}
         for seed in seeds:
             if seed != me.router:
