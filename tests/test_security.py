@@ -302,7 +302,8 @@ def test_nobody_listening(ctx, keydir):
 
 
 def test_check_handshake_leaves_monitor_slot_free(ctx, keydir, worker):
-    (first, endpoint), (other, second) = router(ctx, worker), router(ctx, worker)  # keep both alive
+    routers = router(ctx, worker), router(ctx, worker)  # held to the end: both sockets stay open
+    (_, endpoint), (_, second) = routers
     client = Curve.from_dir(keydir, "client").client(sock(ctx, zmq.DEALER))
     assert check_handshake(client, endpoint, timeout_s=5) is None
     assert check_handshake(client, second, timeout_s=5) is None  # the same socket, monitored again

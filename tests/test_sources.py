@@ -265,6 +265,13 @@ def test_a_timestamp_with_an_offset_is_converted_to_utc_without_a_warning(tmp_pa
     assert chunk["tx_id"].tolist() == [0, 1, 2, 3, 4]
     assert chunk["ts_ms"].tolist() == [1522569600000, 1522569600000, 1522596600250, 1522569600000, 1522542600000]
     assert reader.errors == [(7 + k, f"{TS}, got {t!r}") for k, t in enumerate(times[5:])]
+    errors = []  # train, backtest and label read the same file the same way
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = read_labelled(p, errors)
+    assert d["tx_id"].tolist() == [4, 0, 1, 3, 2]  # sorted by event time, in UTC
+    assert d["ts_ms"].tolist() == [1522542600000, 1522569600000, 1522569600000, 1522569600000, 1522596600250]
+    assert [line for line, _ in errors] == [7, 8, 9, 10]
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])

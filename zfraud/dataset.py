@@ -8,10 +8,11 @@ Rows come back sorted by event time (stable), as the streaming features need.
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 
 import numpy as np
 
-from .sources import InputError, csv_rows, open_text, parse_ids
+from .sources import InputError, _offsets_ms, csv_rows, open_text, parse_ids
 
 DAY_MS = 86_400_000
 REQUIRED = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD")
@@ -34,14 +35,22 @@ def _parse(values: list, column: str) -> np.ndarray:
     _, dtype, _ = COLUMNS[column]
     if dtype is np.uint64:
         return parse_ids(values, column)  # what an id is, as zfraud send reads it
-    if column == "ts_ms" and not np.char.isdigit(np.array(values, dtype="U1")).all():
-        raise ValueError("not a date")  # numpy would read "now" and "today" as times
-    a = np.array(values, dtype=dtype)
     if column == "ts_ms":
-        a = a.astype(np.int64)
+        if not np.char.isdigit(np.array(values, dtype="U1")).all():
+            raise ValueError("not a date")  # numpy would read "now" and "today" as times
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a time zone: numpy reads it but warns, so take it apart below
+            try:
+                a, offsets = np.array(values, dtype=dtype).astype(np.int64), 0
+            except (UserWarning, DeprecationWarning):
+                dates = np.char.rstrip(np.array(values, dtype=str), "Z")  # ISO 8601's UTC
+                offsets = _offsets_ms(dates)  # +02:00, +0200 or +02, exactly
+                a = dates.astype(dtype).astype(np.int64)
         if (a == np.iinfo(np.int64).min).any():  # NaT: an empty field
             raise ValueError("no date")
-    elif (column == "amount" and not np.isfinite(a).all()) or (column == "fraud" and (a > 1).any()):
+        return a - offsets
+    a = np.array(values, dtype=dtype)
+    if (column == "amount" and not np.isfinite(a).all()) or (column == "fraud" and (a > 1).any()):
         raise ValueError("out of range")
     return a
 

@@ -6,8 +6,6 @@ import selectors
 import socket
 import time
 
-import numpy as np
-
 from zfraud.mesh import owners
 
 
