@@ -311,18 +311,23 @@ def test_labels_nobody_acknowledges_end_in_one_line_saying_what_to_do(tmp_path):
         f"others (each owner skips the labels it holds)"), r.stderr
 
 
-def test_tail_counts_what_it_missed_of_a_worker_restarted_under_its_name(tmp_path):
+@pytest.mark.parametrize("new_numbering", ["behind", "past"])
+def test_tail_counts_what_it_missed_of_a_worker_restarted_under_its_name(tmp_path, new_numbering):
     """A restarted worker numbers its messages from 1 again. Those it publishes (for other
     subscribers) before this tail's SUB reconnects are gone; tail counts them when the next one
-    comes. For every worker and decision, messages seen + counted missed = the last seq seen."""
+    comes, also when the new process has already published more messages than the old one did
+    ("past": its seq then looked like a plain jump). For every worker process and decision,
+    messages seen + counted missed = the last seq seen."""
     cmd = [sys.executable, "-m", "zfraud", "tail", "--connect"]
+    many = ["--synthetic", "20000", "--batch", "256", "--rate", "20000"]  # paced small batches: many messages
+    few = ["--synthetic", "2000"]
+    before, during = (many, few) if new_numbering == "behind" else (few, many)
     with LocalMesh(2, log_dir=str(tmp_path)) as mesh, open(tmp_path / "tail.out", "w") as out:
         tail = subprocess.Popen(cmd + [mesh.endpoint], stdout=out, stderr=subprocess.PIPE, text=True)
         other = subprocess.Popen(cmd + [mesh.endpoint], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(1.5)  # subscriptions reach both workers
-            # paced small batches: w2 publishes many messages, so the new w2's seq starts below its last
-            assert finish(start_send(mesh.endpoint, "--synthetic", "20000", "--batch", "256", "--rate", "20000"))[0] == 0
+            assert finish(start_send(mesh.endpoint, *before))[0] == 0
             mesh.signal("w2", signal.SIGKILL)
             mesh.procs["w2"].wait(5)
             tail.send_signal(signal.SIGSTOP)
@@ -330,7 +335,7 @@ def test_tail_counts_what_it_missed_of_a_worker_restarted_under_its_name(tmp_pat
                 mesh.start_worker("w2", seed=mesh.routers["w1"])
                 mesh.wait_members(["w1", "w2"], timeout_s=15)
                 time.sleep(1.5)  # the other tail follows the new w2, so it publishes
-                assert finish(start_send(mesh.routers["w2"], "--synthetic", "5000"))[0] == 0
+                assert finish(start_send(mesh.routers["w2"], *during))[0] == 0
             finally:
                 tail.send_signal(signal.SIGCONT)
             time.sleep(2.0)  # this tail's SUB reconnects to the new w2
@@ -342,18 +347,23 @@ def test_tail_counts_what_it_missed_of_a_worker_restarted_under_its_name(tmp_pat
             tail.kill()
             other.kill()
     assert tail.returncode == 0, err
-    runs = {}  # (worker, decision) -> [[first seq, last seq, messages]], one per process
+    runs = {}  # (worker, decision) -> {boot: [first seq, last seq, messages]}, in the order the processes came
     records = map(json.loads, (tmp_path / "tail.out").read_text().splitlines())
-    for (seq, *key), _ in itertools.groupby((v["seq"], v["worker"], v["decision"]) for v in records):  # messages
-        r = runs.setdefault(tuple(key), [])
-        if r and seq > r[-1][1]:
-            r[-1][1:] = [seq, r[-1][2] + 1]
-        else:  # the first, or seq went back: a new process
-            r.append([seq, seq, 1])
-    new_w2 = [r[1] for (w, _), r in runs.items() if w == "w2" and len(r) > 1]
-    assert new_w2 and sum(first - 1 for first, _, _ in new_w2) > 0  # the stop hid its first messages
-    missed = sum(last - first + 1 - n + (first - 1) * (i > 0)
-                 for r in runs.values() for i, (first, last, n) in enumerate(r))
+    for (seq, *key, boot), _ in itertools.groupby((v["seq"], v["worker"], v["decision"], v["boot"]) for v in records):
+        r = runs.setdefault(tuple(key), {}).setdefault(boot, [seq, seq, 0])
+        assert seq > r[1] or r[2] == 0  # in one process, seq only goes up
+        r[1:] = [seq, r[2] + 1]
+    w2 = [list(p.values()) for (w, _), p in runs.items() if w == "w2" and len(p) > 1]  # decisions both published
+    assert w2 and all(len(p) == 2 for p in w2)  # w2's two processes, told apart by boot
+    assert len({b for p in runs.values() for b in p}) == 3 and all(isinstance(b, int) for p in runs.values() for b in p)
+    assert sum(new[0] - 1 for _, new in w2) > 0  # the stop hid the new w2's first messages
+    if new_numbering == "past":
+        assert all(new[0] > old[1] for old, new in w2)  # what a seq going back cannot show
+    else:
+        assert all(new[0] <= old[1] for old, new in w2)
+    # the first process of a key counts from its first message seen (this tail may have come late), a later one from 1
+    missed = sum(last - (first - 1 if i == 0 else 0) - n
+                 for p in runs.values() for i, (first, last, n) in enumerate(p.values()))
     assert f"missed {missed:,} verdict messages" in err
 
 

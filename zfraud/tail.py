@@ -3,10 +3,10 @@
 The member list comes from the worker given (HELLO -> MEMBERS), then from any member, and is
 refreshed every second, so a worker that joins later is followed too, also after the first one
 has gone. PUB/SUB is best-effort fan-out: each publisher numbers its
-messages (`seq`, per topic, from 1 in each process), and `Tail.gaps` counts the messages known to
-be missed: a jump in a publisher's `seq`, and when it goes back (the worker restarted under its
-name, and its first messages went out before this SUB reconnected), the new process's messages
-before the first one seen.
+messages (`seq`, per topic, from 1 in each process, which `boot` names), and `Tail.gaps` counts
+the messages known to be missed: a jump in a process's `seq`, and when a new process appears under
+a worker's name (it restarted, and its first messages went out before this SUB reconnected), its
+messages before the first one seen.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from .sockets import configure
 
 def records(cols: dict, h: dict):
     """One dict per verdict: tx_id, score, decision, reason, fired (rule names), worker, model, rules,
-    and seq (the number of the message it came in, per worker and decision; see the module's docstring)."""
+    seq (the number of the message it came in, per worker process and decision) and boot (the worker
+    process; see the module's docstring)."""
     reasons = h.get("reasons") or []
     rule_names = h.get("rule_names") or []
     fired = cols["rules"]
@@ -33,7 +34,8 @@ def records(cols: dict, h: dict):
                "decision": P.DECISIONS[d] if d < len(P.DECISIONS) else str(d),
                "reason": reasons[r] if 0 <= r < len(reasons) else None,
                "fired": [n for k, n in enumerate(rule_names) if mask >> k & 1] if mask else [],
-               "worker": h.get("worker"), "model": h.get("model"), "rules": h.get("rules"), "seq": h.get("seq")}
+               "worker": h.get("worker"), "model": h.get("model"), "rules": h.get("rules"), "seq": h.get("seq"),
+               "boot": h.get("boot")}
 
 
 class Tail:
@@ -61,7 +63,7 @@ class Tail:
         self.pubs: dict[str, str] = {}  # worker name -> PUB endpoint we are connected to
         self.routers: dict[str, str] = {}  # worker name -> its ROUTER endpoint
         self.asking = {connect}  # the endpoints the member-list requests go to (round-robin)
-        self.last_seq: dict[tuple, int] = {}  # (worker, topic) -> last sequence number seen
+        self.last_seq: dict[tuple, tuple] = {}  # (worker, topic) -> (its process's boot, last seq seen)
         self.gaps = 0
         self._ask()
         if not self.hello.poll(int(hello_timeout_s * 1000)):
@@ -138,14 +140,14 @@ class Tail:
                 cols = P.read_columns(frames[3:], int(h["rows"]), P.VERDICT_COLUMNS)
             except (P.ProtocolError, KeyError, TypeError, ValueError):
                 continue
-            key, seq = (str(h.get("worker")), frames[0]), h.get("seq")
+            key, seq, boot = (str(h.get("worker")), frames[0]), h.get("seq"), h.get("boot")
             if isinstance(seq, int):
-                last = self.last_seq.get(key)
-                if last is not None and seq > last + 1:
+                last_boot, last = self.last_seq.get(key, (boot, None))
+                if last_boot != boot or (boot is None and last is not None and seq <= last):
+                    self.gaps += seq - 1  # a new process (seq counts per process): its messages before this one
+                elif last is not None and seq > last + 1:
                     self.gaps += seq - last - 1
-                elif last is not None and seq <= last:  # the publisher restarted (seq counts per process)
-                    self.gaps += seq - 1  # its new process's messages before this one went by unseen
-                self.last_seq[key] = seq
+                self.last_seq[key] = boot, seq
             silent_since = time.monotonic()
             yield h, cols
 

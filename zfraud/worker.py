@@ -201,6 +201,7 @@ class Worker:
         self._draining_since = None  # set when stop() is first noticed: leaving, still answering
         self._last_request = time.monotonic()
         self._seq = {}  # topic -> last PUB sequence number, for gap detection by subscribers
+        self.boot = int.from_bytes(os.urandom(6), "big")  # this process, in its verdict messages: seq restarts with it
         self.started = time.time()
         self.stats = {"batches": 0, "rows": 0, "repeats": 0, "errors": 0, "undelivered": 0, "labels": 0,
                       "cards_taken_over": 0, "snapshot_failures": 0, "expired": 0, "decisions": [0] * len(P.DECISIONS)}
@@ -869,7 +870,7 @@ class Worker:
     def _verdict_header(self, scorer: Scorer) -> P.HeaderPrefix:
         """The header fields every verdict message of `scorer` carries (packed once per scorer)."""
         if self._header_of is not scorer:
-            self._header = P.HeaderPrefix({"worker": self.name, "model": scorer.model_version,
+            self._header = P.HeaderPrefix({"worker": self.name, "boot": self.boot, "model": scorer.model_version,
                                            "rules": scorer.rules_version, "reasons": scorer.reasons,
                                            "rule_names": scorer.rules.names, "columns": P.schema(P.VERDICT_COLUMNS)})
             self._header_of = scorer
