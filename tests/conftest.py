@@ -1,4 +1,5 @@
 """Shared fixtures: real worker processes on free loopback ports, sockets that wait with timeouts."""
+import json
 import os
 import signal
 import subprocess
@@ -50,6 +51,21 @@ def run_cli(*args, timeout=120, input=None, cwd=None):
     """Run `python -m zfraud ARGS` in a subprocess; returns the CompletedProcess."""
     return subprocess.run([sys.executable, "-m", "zfraud", *args], capture_output=True, text=True,
                           timeout=timeout, input=input, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def start_send(endpoint, *args):
+    """`zfraud send --json ARGS` to `endpoint`, started in the background."""
+    return subprocess.Popen([sys.executable, "-m", "zfraud", "send", "--connect", endpoint, "--json", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc, timeout=120):
+    """(exit status, the JSON summary, stderr) of a start_send process."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+    return proc.returncode, json.loads(out.strip().splitlines()[-1]), err
 
 
 def gen_stream(customers=300, terminals=400, days=40, seed=3) -> dict:

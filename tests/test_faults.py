@@ -14,18 +14,7 @@ from zfraud import protocol as P
 from zfraud.local import LocalMesh
 from zfraud.synthetic import synthetic
 
-
-def start_send(endpoint, *args):
-    return subprocess.Popen([sys.executable, "-m", "zfraud", "send", "--connect", endpoint, "--json", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc, timeout=120):
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        proc.kill()
-    return proc.returncode, json.loads(out.strip().splitlines()[-1]), err
+from conftest import finish, start_send
 
 
 def rows_of(mesh, name):

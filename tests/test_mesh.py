@@ -21,7 +21,7 @@ from zfraud.local import LocalMesh, free_port
 from zfraud.scoring import Scorer
 from zfraud.synthetic import synthetic
 
-from conftest import request, run_cli
+from conftest import finish, request, run_cli, start_send
 
 
 def status(mesh, name):
@@ -628,3 +628,51 @@ def test_dropped_members_are_asked_to_rejoin_until_they_answer_and_only_the_olde
         assert names[1:] == [f"gone{i}" for i in range(1, MAX_REJOIN + 1)]  # gone0, the oldest, made way
     finally:
         w._close()
+
+
+def member_routers(mesh, name):
+    """{member name: ROUTER endpoint} as worker `name` lists them."""
+    reply = request(zmq.Context.instance(), mesh.routers[name], P.encode(P.HELLO, {"role": "client"}))
+    return {m["name"]: m["router"] for m in reply.header["members"]}
+
+
+@pytest.mark.parametrize("seed", ["the namesake", "another member"])
+def test_a_second_worker_under_a_live_members_name_stops_and_the_mesh_keeps_the_first(tmp_path, seed):
+    """Two processes under one name would both own its cards, and the mesh would move the name
+    between their endpoints at every heartbeat. The second is refused (NAME_TAKEN) and exits 1
+    without joining; asked through another member, it asks again for two timeouts first (it could
+    be its own previous process, killed and started on new ports, that the member still lists)."""
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh:
+        before = member_routers(mesh, "w1")
+        via = mesh.routers["w2" if seed == "the namesake" else "w1"]
+        t0 = time.monotonic()
+        r = run_cli("worker", "--name", "w2", "--bind", f"tcp://127.0.0.1:{free_port()}",
+                    "--pub", f"tcp://127.0.0.1:{free_port()}", "--seed", via, timeout=60)
+        took = time.monotonic() - t0
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.splitlines()[-1] == (f"Error: worker name w2 is taken by the member at {mesh.routers['w2']}: "
+                                             "start this worker under another --name, or stop the other process "
+                                             "first (to move a worker to new endpoints, stop it, then start it there)")
+        assert "saved state" not in r.stderr and "joined via" not in r.stderr
+        if seed == "another member":
+            assert "asking again for 6 s" in r.stderr and took > 6.0
+        else:
+            assert "asking again" not in r.stderr
+        time.sleep(1.5)  # a heartbeat: nothing of the second process reached the members' lists
+        assert member_routers(mesh, "w1") == member_routers(mesh, "w2") == before
+        assert "NAME_TAKEN" in mesh.log("w1" if seed == "another member" else "w2")
+        assert finish(start_send(mesh.endpoint, "--synthetic", "5000"))[:1] == (0,)
+
+
+def test_a_worker_killed_and_started_on_new_endpoints_under_its_name_joins(tmp_path):
+    """The member that still lists the killed process refuses the new one until it drops the old
+    (one timeout, 3 s): the new one asks again meanwhile and joins."""
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh:
+        mesh.signal("w2", signal.SIGKILL)
+        mesh.procs["w2"].wait(5)
+        new = f"tcp://127.0.0.1:{free_port()}"
+        mesh.start_worker("w2", seed=mesh.routers["w1"], router=new, pub=f"tcp://127.0.0.1:{free_port()}")
+        mesh.wait_members(["w1", "w2"], timeout_s=20)
+        assert member_routers(mesh, "w1")["w2"] == new
+        assert "refuses this worker: worker name w2 is taken" in mesh.log("w2")
+        assert finish(start_send(mesh.endpoint, "--synthetic", "5000"))[:1] == (0,)

@@ -49,3 +49,14 @@ def test_a_member_that_moved_is_followed():
     assert ms.heard("b", "tcp://b:9", "tcp://b:8", now=2.0) == "moved"
     assert ms.members["b"].router == "tcp://b:9"
     assert ms.heard("b", "tcp://b:1", "tcp://b:2", now=3.0, age=2.5) is None  # older news of the old address
+
+
+def test_a_name_is_taken_while_its_member_is_live_at_other_endpoints():
+    ms = Membership(Member("a", "tcp://a:1", "tcp://a:2", 0.0), timeout=3.0)
+    ms.heard("b", "tcp://b:1", "tcp://b:2", now=10.0)
+    assert ms.taken("a", "tcp://x:1", "tcp://x:2", now=100.0) is ms.me  # this worker: always live
+    assert ms.taken("a", "tcp://a:1", "tcp://a:2", now=100.0) is None  # its own endpoints
+    assert ms.taken("b", "tcp://x:1", "tcp://b:2", now=12.9).router == "tcp://b:1"  # heard 2.9 s ago
+    assert ms.taken("b", "tcp://b:1", "tcp://b:2", now=12.9) is None  # the same process
+    assert ms.taken("b", "tcp://x:1", "tcp://x:2", now=13.0) is None  # silent for the timeout: maybe gone
+    assert ms.taken("c", "tcp://c:1", "tcp://c:2", now=10.0) is None  # unknown

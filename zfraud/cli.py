@@ -194,6 +194,8 @@ def worker(name, bind, pub, seeds, model_path, rules_path, review_at, decline_at
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: w.stop())
     w.run()
+    if w.fatal is not None:
+        raise click.ClickException(w.fatal)
     if not w.saved:
         raise click.ClickException(f"stopped, but could not save its state to {w.state_path} (see the log above)")
 

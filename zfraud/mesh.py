@@ -134,6 +134,16 @@ class Membership:
                 m.info = info
         return None
 
+    def taken(self, name: str, router: str, pub: str, now: float | None = None) -> Member | None:
+        """The live member (this worker, or one heard within the timeout) that has `name` at other
+        endpoints than these, or None. Two processes under one name would both own that name's
+        cards, and their news would move the name between their endpoints at every heartbeat."""
+        m = self.members.get(name)
+        if m is None or (m.router, m.pub) == (router, pub):
+            return None
+        now = time.monotonic() if now is None else now
+        return m if m is self.me or now - m.last_heard < self.timeout else None
+
     def gossip(self, members: list, now: float | None = None) -> list[tuple[str, Member]]:
         """Merge a member list received from another member; returns [(event, member)]."""
         now = time.monotonic() if now is None else now

@@ -94,6 +94,7 @@ TOO_LARGE = "TOO_LARGE"
 BAD_CONTROL = "BAD_CONTROL"
 INTERNAL = "INTERNAL"
 EXPIRED = "EXPIRED"  # a BATCH that waited past its deadline_ms in a stopped worker: not scored
+NAME_TAKEN = "NAME_TAKEN"  # a worker HELLO under the name of a live member at other endpoints
 
 # Limits. A receiver checks them before it unpacks anything.
 MAX_HEADER_BYTES = 64 * 1024

@@ -74,6 +74,12 @@ STALE_S = 5.0
 # ones push the oldest out (crashed members never answer; a HELLO to a dead address costs nothing:
 # IMMEDIATE drops it at once).
 MAX_REJOIN = 64
+# A worker whose HELLO is refused because a live member has its name at other endpoints stops
+# (Worker.fatal) without joining, saving or saying goodbye under that name. It asks again for
+# NAME_WAIT_TIMEOUTS membership timeouts first, unless the refusal came from the namesake itself:
+# a member may still list this worker's own previous process (killed, restarted on new ports) for
+# up to one timeout.
+NAME_WAIT_TIMEOUTS = 2
 
 
 def intel_chunks(deltas: dict, rows: int | None = None):
@@ -208,6 +214,8 @@ class Worker:
         self.saved_at = None  # time.time() of the state in the last snapshot saved
         self.saver = BackgroundSave()
         self.saved = True  # False when the snapshot at the end failed: the CLI exits 1
+        self.fatal: str | None = None  # why the worker stopped without joining (its name is taken): the CLI exits 1
+        self._name_refused_at: float | None = None
         self.handover = Handover(name, lambda: self._secure(configure(self.ctx.socket(zmq.DEALER))))
         self._final_until = None  # set when the drain is over: the last handover's answers are awaited
         self._batch_ms = deque(maxlen=2048)  # recent scoring times (a run of batches scores as one)
@@ -259,7 +267,7 @@ class Worker:
         try:
             while True:
                 now = time.monotonic()
-                if self._stopping and self._drained(now) and self._handed_over(now):
+                if self.fatal is not None or (self._stopping and self._drained(now) and self._handed_over(now)):
                     break
                 if now >= next_beat:
                     self._beat(now)
@@ -327,11 +335,13 @@ class Worker:
         self.handover.tick(self.scorer.features, routers, names, now, force)
 
     def _close(self) -> None:
-        self._publish_intel()  # what we counted while draining: the peers still follow us a while
-        self._publish(b"mesh.bye", {"name": self.name})
-        self.handover.take_back_all(self.scorer.features)  # unanswered: saved here instead
+        if self.fatal is None:  # else the name is another process's: no goodbye, no snapshot under it
+            self._publish_intel()  # what we counted while draining: the peers still follow us a while
+            self._publish(b"mesh.bye", {"name": self.name})
+            self.handover.take_back_all(self.scorer.features)  # unanswered: saved here instead
         self.handover.close()
-        self.saved = self._snapshot()
+        if self.fatal is None:
+            self.saved = self._snapshot()
         for sock in (*(s for s, _ in self.asking.values()), *self.sync_socks.values(), self.sub, self.pub,
                      self.router):
             sock.close()
@@ -437,12 +447,28 @@ class Worker:
         name = self.asking[router][1]
         if msg.command == P.MEMBERS and name in (None, msg.header.get("worker")):
             self._stop_asking(router)
+            self._name_refused_at = None
             self._merge(msg.header.get("members") or [])
             if name is None:
                 log.info("joined via seed=%s members=%d", router, len(self.members.members))
+        elif msg.command == P.ERROR and msg.header.get("code") == P.NAME_TAKEN:
+            self._name_refused(router, msg.header)
         elif msg.command == P.ERROR and name is not None:  # another worker has that address now (_hello's "to")
             log.info("stopped asking member %s to rejoin: %s", name, msg.header.get("message"))
             self._stop_asking(router)
+
+    def _name_refused(self, router: str, h: dict) -> None:
+        now = time.monotonic()
+        if self._name_refused_at is None:
+            self._name_refused_at = now
+        wait_s = NAME_WAIT_TIMEOUTS * self.members.timeout
+        if h.get("worker") == self.name or now - self._name_refused_at > wait_s:
+            self.fatal = (f"{h.get('message')}: start this worker under another --name, or stop the other "
+                          f"process first (to move a worker to new endpoints, stop it, then start it there)")
+            log.error("not joining the mesh: %s", self.fatal)
+        elif self._name_refused_at == now:
+            log.warning("%s refuses this worker: %s; asking again for %g s, in case it is this worker's "
+                        "own previous process", router, h.get("message"), wait_s)
 
     def _stop_asking(self, router: str) -> None:
         self.asking.pop(router)[0].close()
@@ -890,11 +916,16 @@ class Worker:
             if h.get("to", self.name) != self.name:
                 raise P.ProtocolError(P.BAD_HEADER, f"this is worker {self.name}, not {h.get('to')}")
             try:
-                event = self.members.heard(str(h["name"]), str(h["router"]), str(h["pub"]))
+                name, router, pub = str(h["name"]), str(h["router"]), str(h["pub"])
+                check_member(name, router, pub)
             except KeyError as e:
                 raise P.ProtocolError(P.BAD_HEADER, f"a worker HELLO needs name, router and pub; missing {e}") from None
             except ValueError as e:
                 raise P.ProtocolError(P.BAD_HEADER, f"bad worker HELLO: {e}") from None
+            namesake = self.members.taken(name, router, pub)
+            if namesake is not None:
+                raise P.ProtocolError(P.NAME_TAKEN, f"worker name {name} is taken by the member at {namesake.router}")
+            event = self.members.heard(name, router, pub)
             if event:
                 self._sync_subscriptions()
         members = self.members.public()
