@@ -637,7 +637,7 @@ def member_routers(mesh, name):
 
 
 @pytest.mark.parametrize("seed", ["the namesake", "another member"])
-def test_a_second_worker_under_a_live_members_name_stops_and_the_mesh_keeps_the_first(tmp_path, seed):
+def test_a_second_worker_under_a_live_members_name_stops_and_the_mesh_keeps_the_first(tmp_path, seed, model_path):
     """Two processes under one name would both own its cards, and the mesh would move the name
     between their endpoints at every heartbeat. The second is refused (NAME_TAKEN) and exits 1
     without joining; asked through another member, it asks again for two timeouts first (it could
@@ -646,14 +646,26 @@ def test_a_second_worker_under_a_live_members_name_stops_and_the_mesh_keeps_the_
         before = member_routers(mesh, "w1")
         via = mesh.routers["w2" if seed == "the namesake" else "w1"]
         t0 = time.monotonic()
-        r = run_cli("worker", "--name", "w2", "--bind", f"tcp://127.0.0.1:{free_port()}",
-                    "--pub", f"tcp://127.0.0.1:{free_port()}", "--seed", via, timeout=60)
+        own = f"tcp://127.0.0.1:{free_port()}"
+        second = subprocess.Popen([sys.executable, "-m", "zfraud", "worker", "--name", "w2", "--bind", own,
+                                   "--pub", f"tcp://127.0.0.1:{free_port()}", "--seed", via, "--state-dir",
+                                   str(tmp_path), "--snapshot-every", "1", "--model", str(model_path)],
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            if seed == "another member":  # a client that finds it meanwhile changes its state: still no snapshot
+                time.sleep(2.0)
+                assert finish(start_send(own, "--synthetic", "2000"))[:1] == (0,)
+            _, err = second.communicate(timeout=60)
+        finally:
+            second.kill()
         took = time.monotonic() - t0
+        r = subprocess.CompletedProcess(second.args, second.returncode, None, err)
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.splitlines()[-1] == (f"Error: worker name w2 is taken by the member at {mesh.routers['w2']}: "
                                              "start this worker under another --name, or stop the other process "
                                              "first (to move a worker to new endpoints, stop it, then start it there)")
         assert "saved state" not in r.stderr and "joined via" not in r.stderr
+        assert not list(tmp_path.glob("*.npz"))  # no snapshot under the name, which may be the namesake's
         if seed == "another member":
             assert "asking again for 6 s" in r.stderr and took > 6.0
         else:

@@ -540,9 +540,11 @@ class Worker:
         # Also at once after cards changed hands: a snapshot that still held cards since handed
         # over would, after a crash, hand them over again and their owner would count their
         # history twice; one without cards taken over (or back) would lose them.
+        # None while the mesh refuses this worker's name: the snapshot under it may be the namesake's.
         self._reap_snapshot()
         moved = (self.handover.handed, self.handover.taken_back, self.stats["cards_taken_over"])
-        if self._has_state() and (now >= self._next_snapshot or moved != self._moved_at_save) and not self.saver.busy:
+        if (self._has_state() and (now >= self._next_snapshot or moved != self._moved_at_save) and not self.saver.busy
+                and self._name_refused_at is None):
             self.saver.start(self._save)
             self._next_snapshot = now + self.snapshot_every_s
             self._moved_at_save = moved
