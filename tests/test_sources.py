@@ -1,5 +1,6 @@
 """Readers: Handbook CSV and JSON lines; a bad record is reported, its neighbours are kept."""
 import json
+import re
 import warnings
 
 import numpy as np
@@ -338,3 +339,16 @@ def test_a_json_line_nested_too_deeply_is_that_lines_error(tmp_path):
 def test_send_refuses_a_file_and_synthetic_together():
     r = run_cli("send", "tx.csv", "--synthetic", "10", "--connect", "tcp://127.0.0.1:9")
     assert r.returncode == 2 and "give a FILE or --synthetic N, not both (FILE tx.csv would not be read)" in r.stderr
+
+
+def test_the_summary_has_no_latency_to_show_when_nothing_was_answered(mesh2, tmp_path):
+    """Rows that all fail at the client reach no worker: 0.00 ms would read as an instant answer."""
+    p = tmp_path / "dates.csv"
+    p.write_text(HEADER + "".join(f"{i},01/04/2018 10:00:0{i},1,2,5.5,0,0,0,0\n" for i in range(4)))
+    r = run_cli("send", str(p), "--connect", mesh2.endpoint, timeout=60)
+    assert r.returncode == 3, r.stderr
+    assert "latency p50 / p99 / p99.9        none: no transaction was answered" in r.stdout.splitlines(), r.stdout
+    p.write_text(HEADER + "0,2018-04-01 10:00:00,1,2,5.5,0,0,0,0\n1,2018-04-01 10:00:01,1,2,-5,0,0,0,0\n")
+    r = run_cli("send", str(p), "--connect", mesh2.endpoint, timeout=60)  # one scored, one rejected by its worker
+    assert r.returncode == 3 and re.search(r"^latency p50 / p99 / p99\.9 +\d+\.\d\d / \d+\.\d\d / \d+\.\d\d ms$",
+                                           r.stdout, re.M), r.stdout

@@ -213,7 +213,8 @@ def print_summary(s, out=sys.stdout) -> None:
         ("workers", f"{s.workers}"),
         ("elapsed", f"{s.elapsed_s:.2f} s"),
         ("throughput", f"{s.tx_per_s:,.0f} tx/s"),
-        ("latency p50 / p99 / p99.9", f"{s.p50_ms:.2f} / {s.p99_ms:.2f} / {s.p999_ms:.2f} ms"),
+        ("latency p50 / p99 / p99.9", f"{s.p50_ms:.2f} / {s.p99_ms:.2f} / {s.p999_ms:.2f} ms"
+         if s.verdicts or d.get("rejected") else "none: no transaction was answered"),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
