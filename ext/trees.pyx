@@ -23,7 +23,9 @@ tree_start[t + 1]), its internal nodes first and its leaves from tree_first_leaf
 
 How the loops run:
 - Rows are prepared in blocks of BLOCK rows, column-major, so the LANES rows that walk a tree
-  in lock-step share one base address (lane k reads 4 * k bytes further on).
+  in lock-step share one base address (lane k reads 4 * k bytes further on). walk_explain,
+  whose lanes also add to their rows' contributions, walks XLANES rows at a time instead (the
+  fastest counts for each walk on the 2-core development machine: bench/RESULTS.md).
 - Trees are taken in chunks of about CHUNK_BYTES of nodes, so a chunk stays in cache while
   every block of a super-block (SUPER_BLOCKS blocks) walks it; within a chunk each block walks
   the trees in order, so every row sums its leaves in tree order, in double (as LightGBM does).
@@ -76,7 +78,8 @@ cdef struct ExplainStep:
 
 cdef enum:
     BLOCK = 64                  # rows prepared together, column-major
-    LANES = 8                   # rows walked in lock-step through one tree; divides BLOCK
+    LANES = 16                  # rows walked in lock-step through one tree; divides BLOCK
+    XLANES = 8                  # the same for walk_explain, whose lanes also add to contrib
     SUPER_BLOCKS = 64           # blocks that share one pass over the chunks (4096 rows)
     CHUNK_BYTES = 16384         # about this many node bytes per chunk of trees
     T_VALUE = 0                 # column transforms
@@ -84,8 +87,8 @@ cdef enum:
     T_ZERO_MISSING = 2
     T_NEGATED_ZERO_MISSING = 3
 
-if BLOCK % LANES:
-    raise ImportError("zfraud._trees: LANES must divide BLOCK")
+if BLOCK % LANES or BLOCK % XLANES or XLANES > LANES:
+    raise ImportError("zfraud._trees: LANES and XLANES must divide BLOCK, XLANES <= LANES")
 
 # LightGBM's kZeroThreshold (1e-35f): |x| <= this is "zero" for zero-as-missing splits.
 cdef float ZERO_THRESHOLD = 1e-35
@@ -166,26 +169,26 @@ cdef inline void walk_explain(const char* base, int64_t root, int32_t min_depth,
                               const bint has_cat) noexcept nogil:
     """walk() over ExplainSteps that also adds each split's delta to its feature's total in
     contrib (n_features doubles per lane)."""
-    cdef int64_t nd[LANES]
+    cdef int64_t nd[XLANES]
     cdef int64_t inside
     cdef int32_t it, k, go
     cdef const ExplainStep* p
-    for k in range(LANES):
+    for k in range(XLANES):
         nd[k] = root
     for it in range(depth):
         if it >= min_depth:
             inside = 0
-            for k in range(LANES):
+            for k in range(XLANES):
                 inside |= nd[k]
             if inside >= 0:
                 break
-        for k in range(LANES):
+        for k in range(XLANES):
             p = <const ExplainStep*>(base + (nd[k] >> 32))
             go = decide(<const Step*>p, (<const float*>(rows + 4 * k + <uint32_t>nd[k]))[0],
                         cats, bits, has_cat)
             contrib[k * n_features + p.feature] += p.delta[go]
             nd[k] = p.child[go]
-    for k in range(LANES):
+    for k in range(XLANES):
         leaf[k] = nd[k]
 
 
@@ -449,16 +452,16 @@ cdef class Forest:
                     memset(contrib, 0, BLOCK * F * sizeof(double))
                     for t in range(self.n_trees):
                         base = explain_steps + first[t] * <Py_ssize_t>sizeof(ExplainStep)
-                        for g in range(0, (m + LANES - 1) // LANES):
-                            rows = <const char*>(blocks + b * block_floats + g * LANES)
+                        for g in range(0, (m + XLANES - 1) // XLANES):
+                            rows = <const char*>(blocks + b * block_floats + g * XLANES)
                             if has_cat:
                                 walk_explain(base, explain_root[t], min_depth[t], depth[t], rows,
-                                             cats, bits, contrib + g * LANES * F, F, leaf, True)
+                                             cats, bits, contrib + g * XLANES * F, F, leaf, True)
                             else:
                                 walk_explain(base, explain_root[t], min_depth[t], depth[t], rows,
-                                             cats, bits, contrib + g * LANES * F, F, leaf, False)
-                            for k in range(LANES):
-                                acc[g * LANES + k] += value[node_index(base, leaf[k])]
+                                             cats, bits, contrib + g * XLANES * F, F, leaf, False)
+                            for k in range(XLANES):
+                                acc[g * XLANES + k] += value[node_index(base, leaf[k])]
                     for k in range(m):
                         out[r0 + k] = sigmoid(acc[k])
                         best = 0.0
