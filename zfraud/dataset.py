@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-from .sources import InputError, _offsets_ms, csv_rows, open_text, parse_ids
+from .sources import InputError, csv_rows, open_text, parse_ids, split_offsets_ms
 
 DAY_MS = 86_400_000
 REQUIRED = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD")
@@ -44,7 +44,7 @@ def _parse(values: list, column: str) -> np.ndarray:
                 a, offsets = np.array(values, dtype=dtype).astype(np.int64), 0
             except (UserWarning, DeprecationWarning):
                 dates = np.char.rstrip(np.array(values, dtype=str), "Z")  # ISO 8601's UTC
-                offsets = _offsets_ms(dates)  # +02:00, +0200 or +02, exactly
+                offsets = split_offsets_ms(dates)  # +02:00, +0200 or +02, exactly
                 a = dates.astype(dtype).astype(np.int64)
         if (a == np.iinfo(np.int64).min).any():  # NaT: an empty field
             raise ValueError("no date")

@@ -61,7 +61,7 @@ def _array(values: list, kinds: set, allowed: set, dtype, why: str) -> np.ndarra
 OFFSET = re.compile(r"(.*\d)([+-])(\d\d)(?::?(\d\d))?")  # ISO 8601's +HH:MM, +HHMM or +HH after a time
 
 
-def _offsets_ms(dates: np.ndarray) -> np.ndarray:
+def split_offsets_ms(dates: np.ndarray) -> np.ndarray:
     """Each date's time-zone offset in ms (0 for none), removed from `dates` in place: numpy
     parses one but warns that it is deprecated. ValueError for one that is not +HH:MM, +HHMM or +HH
     (- too) up to 23:59. Only the dates with a + or - after the date's YYYY-MM-DD are looked at."""
@@ -93,7 +93,7 @@ def parse_ts_ms(values: list) -> np.ndarray:
             # not a time, though numpy reads one: a word (now, today, NaT) or nothing (NaT)
             if (np.char.isalpha(dates) | (dates == "")).any():
                 raise ValueError("not a date")
-            offsets = _offsets_ms(dates)
+            offsets = split_offsets_ms(dates)
             out[~digits] = dates.astype("datetime64[ms]").astype(np.int64) - offsets
             return out
     except (ValueError, OverflowError):

@@ -539,8 +539,8 @@ class Worker:
         # few ms, not for the write. One at a time: a save still running defers the next.
         # Also at once after cards changed hands: a snapshot that still held cards since handed
         # over would, after a crash, hand them over again and their owner would count their
-        # history twice; one without cards taken over (or back) would lose them.
-        # None while the mesh refuses this worker's name: the snapshot under it may be the namesake's.
+        # history twice; one without cards taken over (or back) would lose them. None while the
+        # mesh refuses this worker's name: the file under that name may be its namesake's.
         self._reap_snapshot()
         moved = (self.handover.handed, self.handover.taken_back, self.stats["cards_taken_over"])
         if (self._has_state() and (now >= self._next_snapshot or moved != self._moved_at_save) and not self.saver.busy
