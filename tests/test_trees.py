@@ -238,6 +238,22 @@ def test_xgboost_top_feature_matches_its_approximate_contributions(xgb_model):
     np.testing.assert_allclose(ours[differ], np.maximum(best[differ], 0), atol=1e-5)
 
 
+def test_xgboost_dart_trees_are_weighted_as_xgboost_weighs_them(tmp_path):
+    """DART scales each tree by a weight (weight_drop). XGBoost up to 3.2 saves such a model as
+    booster "dart"; later ones as "gbtree" with the weights in the model, which an importer that
+    ignores them read as plain trees (probabilities off by 0.1 here)."""
+    X, y = training_data(3000, seed=6, inf=False)
+    booster = xgb.train(dict(objective="binary:logistic", booster="dart", rate_drop=0.5, max_depth=4, nthread=1,
+                             seed=0), xgb.DMatrix(X, y), 20)
+    booster.save_model(str(tmp_path / "dart.json"))
+    gb = json.loads((tmp_path / "dart.json").read_text())["learner"]["gradient_booster"]
+    weights = np.asarray(gb.get("weight_drop") or gb["model"]["weight_drop"])
+    assert weights.size == 20 and weights.min() < 0.9  # the case: trees that do not count in full
+    model = from_xgboost_json(tmp_path / "dart.json")
+    np.testing.assert_array_equal(model.predict_leaf(X), booster.predict(xgb.DMatrix(X), pred_leaf=True).astype(np.int32))
+    np.testing.assert_allclose(model.predict_proba(X), booster.predict(xgb.DMatrix(X)), rtol=0, atol=1e-6)
+
+
 def test_xgboost_base_score_is_a_margin_offset(tmp_path):
     X, y = training_data(2000, seed=5, inf=False)
     booster = xgb.train(dict(objective="binary:logistic", base_score=0.2, max_depth=3, nthread=1),
@@ -478,9 +494,9 @@ def test_xgboost_importer_refusals(tmp_path):
     multi.save_model(str(tmp_path / "multi.json"))
     with pytest.raises(ModelError, match=r"expected objective 'binary:logistic', got 'multi:softprob'"):
         from_xgboost_json(tmp_path / "multi.json")
-    dart = xgb.train(dict(objective="binary:logistic", booster="dart", nthread=1), xgb.DMatrix(X, y), 2)
-    dart.save_model(str(tmp_path / "dart.json"))
-    with pytest.raises(ModelError, match=r"expected a gbtree booster, got 'dart'"):
-        from_xgboost_json(tmp_path / "dart.json")
+    linear = xgb.train(dict(objective="binary:logistic", booster="gblinear", nthread=1), xgb.DMatrix(X, y), 2)
+    linear.save_model(str(tmp_path / "linear.json"))
+    with pytest.raises(ModelError, match=r"expected a gbtree or dart booster, got 'gblinear'"):
+        from_xgboost_json(tmp_path / "linear.json")
     with pytest.raises(ModelError, match=r"expected an XGBoost JSON model"):
         from_xgboost_json('{"learner": {}}')

@@ -224,7 +224,10 @@ def _xgb_base_score(raw) -> float:
 def from_xgboost_json(path, version=None, feature_set="basic-v1") -> TreeEnsemble:
     """A TreeEnsemble from an XGBoost JSON model (`save_model("m.json")`): a path or the JSON text.
 
-    Supports gbtree boosters with objective binary:logistic and numerical splits.
+    Supports gbtree and dart boosters with objective binary:logistic and numerical splits. A
+    DART model's trees carry weights (`weight_drop`: beside the trees under booster "dart" up to
+    XGBoost 3.2; in the model of a "gbtree" booster trained with `rate_drop` since): each tree's
+    values are scaled by its weight, as XGBoost's prediction does.
     """
     text, where = _read(path, lambda s: s.lstrip().startswith("{"))
     try:
@@ -240,9 +243,9 @@ def from_xgboost_json(path, version=None, feature_set="basic-v1") -> TreeEnsembl
     if int(mp.get("num_class", "0")) > 1 or int(mp.get("num_target", "1")) != 1:
         raise ModelError(f"{where}: expected a single-output binary model, got num_class="
                          f"{mp.get('num_class')}, num_target={mp.get('num_target')}")
-    if booster.get("name") != "gbtree":
-        raise ModelError(f"{where}: expected a gbtree booster, got {booster.get('name')!r} "
-                         f"(dart and gblinear are not supported)")
+    if booster.get("name") not in ("gbtree", "dart"):
+        raise ModelError(f"{where}: expected a gbtree or dart booster, got {booster.get('name')!r} "
+                         f"(gblinear is not supported)")
     try:
         base = _xgb_base_score(mp.get("base_score", "0.5"))
     except ValueError as e:
@@ -255,9 +258,18 @@ def from_xgboost_json(path, version=None, feature_set="basic-v1") -> TreeEnsembl
         raise ModelError(f"{where}: expected {n_features} feature names, got {len(features)}")
     if any(ft == "c" for ft in learner.get("feature_types") or []):
         raise ModelError(f"{where}: categorical features are not supported for XGBoost models")
-    trees = booster["model"]["trees"]
+    try:
+        model = booster["gbtree"]["model"] if booster["name"] == "dart" else booster["model"]
+        trees = model["trees"]
+        weights = booster.get("weight_drop") if booster["name"] == "dart" else model.get("weight_drop")
+        weights = np.ones(len(trees)) if weights is None else np.asarray(weights, np.float64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"{where}: expected an XGBoost JSON model, got {type(e).__name__}: {e}") from None
     if not trees:
         raise ModelError(f"{where}: expected at least one tree, got none")
+    if weights.shape != (len(trees),) or not np.all(np.isfinite(weights)):
+        raise ModelError(f"{where}: expected a finite weight_drop for each of the {len(trees)} trees, "
+                         f"got {weights.size} values")
 
     cols = {k: [] for k in ("split_feature", "threshold", "decision", "left_child", "right_child",
                             "value", "leaf_id")}
@@ -314,7 +326,7 @@ def from_xgboost_json(path, version=None, feature_set="basic-v1") -> TreeEnsembl
         cols["decision"].append(np.where(~leaf & (dleft[order] != 0), MISSING_LEFT, 0))
         cols["left_child"].append(np.where(leaf, -1, local[np.where(leaf, 0, lc[order])]))
         cols["right_child"].append(np.where(leaf, -1, local[np.where(leaf, 0, rc[order])]))
-        cols["value"].append(np.where(leaf, cond[order].astype(np.float64), mean[order]))
+        cols["value"].append(np.where(leaf, cond[order].astype(np.float64), mean[order]) * weights[t])
         cols["leaf_id"].append(np.where(leaf, order, -1))
         tree_start.append(tree_start[-1] + order.size)
 
