@@ -24,11 +24,15 @@ from __future__ import annotations
 
 import ast
 import operator
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (a dependency there)
+    import tomli as tomllib
 
 ACTIONS = ("review", "decline")  # in increasing severity; values match protocol.REVIEW/DECLINE
 MAX_RULES = 64  # fired rules travel as a 64-bit mask per verdict
