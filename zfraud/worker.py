@@ -551,7 +551,6 @@ class Worker:
         self._rows_at.append((now, self.stats["rows"]))
         self._in_flight, self._backlog = self._backlog, 0
         if self.metrics is not None:
-            self.metrics.members(len(self.members.members))
             self.metrics.cards(self.scorer.features.state_info()["cards"], self.handover.handed,
                                self.stats["cards_taken_over"])
         for m in self.members.expire(now):
@@ -599,6 +598,8 @@ class Worker:
                 m = self.members.members[name]
                 log.info("member joined name=%s router=%s pub=%s", name, m.router, m.pub)
                 self._request_sync(name)  # and we need all of its: now, not at its next news
+        if self.metrics is not None:  # at once: a scrape right after a join must not see the old count
+            self.metrics.members(len(self.members.members))
 
     def _on_subscription(self, frames) -> None:
         """XPUB's news: b"\\x01" + prefix when the first subscriber of a prefix arrives, b"\\x00" +
