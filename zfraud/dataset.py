@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-from .sources import InputError, csv_rows, open_text, parse_ids, split_offsets_ms
+from .sources import InputError, csv_rows, dates_ms, open_text, parse_ids
 
 DAY_MS = 86_400_000
 REQUIRED = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD")
@@ -41,14 +41,12 @@ def _parse(values: list, column: str) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a time zone: numpy reads it but warns, so take it apart below
             try:
-                a, offsets = np.array(values, dtype=dtype).astype(np.int64), 0
+                a = np.array(values, dtype=dtype).astype(np.int64)
             except (UserWarning, DeprecationWarning):
-                dates = np.char.rstrip(np.array(values, dtype=str), "Z")  # ISO 8601's UTC
-                offsets = split_offsets_ms(dates)  # +02:00, +0200 or +02, exactly
-                a = dates.astype(dtype).astype(np.int64)
+                a = dates_ms(np.array(values, dtype=str))  # as send reads them: Z, +02:00, +0200, +02
         if (a == np.iinfo(np.int64).min).any():  # NaT: an empty field
             raise ValueError("no date")
-        return a - offsets
+        return a
     a = np.array(values, dtype=dtype)
     if (column == "amount" and not np.isfinite(a).all()) or (column == "fraud" and (a > 1).any()):
         raise ValueError("out of range")

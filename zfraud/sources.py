@@ -75,6 +75,14 @@ def split_offsets_ms(dates: np.ndarray) -> np.ndarray:
     return offsets
 
 
+def dates_ms(dates: np.ndarray) -> np.ndarray:
+    """Epoch milliseconds (int64) of ISO 8601 date strings, with Z or an offset taken exactly (numpy
+    parses both but warns). ValueError for a bad offset; NaT for an empty string."""
+    dates = np.char.rstrip(dates, "Z")  # ISO 8601's UTC: numpy warns of it as of any zone
+    offsets = split_offsets_ms(dates)
+    return dates.astype("datetime64[ms]").astype(np.int64) - offsets
+
+
 def parse_ts_ms(values: list) -> np.ndarray:
     """Epoch milliseconds (int64) from whole numbers, digit strings, or "YYYY-MM-DD HH:MM:SS"
     strings (UTC, or with ISO 8601's Z or an offset such as +02:00 or -0530). ValueError naming the
@@ -89,12 +97,12 @@ def parse_ts_ms(values: list) -> np.ndarray:
             digits = np.char.isdigit(a)
             out = np.empty(len(a), dtype=np.int64)
             out[digits] = a[digits].astype(np.int64)
-            dates = np.char.rstrip(a[~digits], "Z")  # ISO 8601's UTC: numpy warns of it as of any zone
+            dates = a[~digits]
             # not a time, though numpy reads one: a word (now, today, NaT) or nothing (NaT)
-            if (np.char.isalpha(dates) | (dates == "")).any():
+            bare = np.char.rstrip(dates, "Z")
+            if (np.char.isalpha(bare) | (bare == "")).any():
                 raise ValueError("not a date")
-            offsets = split_offsets_ms(dates)
-            out[~digits] = dates.astype("datetime64[ms]").astype(np.int64) - offsets
+            out[~digits] = dates_ms(dates)
             return out
     except (ValueError, OverflowError):
         pass
