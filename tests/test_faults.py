@@ -361,6 +361,48 @@ def test_tail_counts_what_it_missed_of_a_worker_restarted_under_its_name(tmp_pat
     assert f"missed {missed:,} verdict messages" in err
 
 
+def test_tail_counts_what_a_restarted_or_new_worker_sent_before_it_was_followed(tmp_path):
+    """With no other subscriber, a restarted w2 and a new w3 score while this tail is stopped, so
+    they publish nothing: their first messages are not built at all. They still take their seq,
+    so tail counts them when it hears the next ones (it used to report nothing missed)."""
+    cmd = [sys.executable, "-m", "zfraud", "tail", "--connect"]
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh, open(tmp_path / "tail.out", "w") as out:
+        tail = subprocess.Popen(cmd + [mesh.endpoint], stdout=out, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.5)  # subscriptions reach both workers
+            assert finish(start_send(mesh.endpoint, "--synthetic", "2000"))[0] == 0
+            mesh.signal("w2", signal.SIGKILL)
+            mesh.procs["w2"].wait(5)
+            tail.send_signal(signal.SIGSTOP)
+            try:
+                mesh.start_worker("w2", seed=mesh.routers["w1"])
+                mesh.start_worker("w3", seed=mesh.routers["w1"])
+                mesh.wait_members(["w1", "w2", "w3"], timeout_s=15)
+                rc, s, _ = finish(start_send(mesh.endpoint, "--synthetic", "20000", "--batch", "256"))
+                assert rc == 0 and s["verdicts"] == 20000
+            finally:
+                tail.send_signal(signal.SIGCONT)
+            time.sleep(2.5)  # this tail's SUB connects to the new w2 and to w3
+            assert finish(start_send(mesh.endpoint, "--synthetic", "2000"))[0] == 0
+            time.sleep(1.0)
+            tail.send_signal(signal.SIGINT)
+            _, err = tail.communicate(timeout=30)
+        finally:
+            tail.kill()
+    assert tail.returncode == 0, err
+    runs = {}  # (worker, decision) -> {boot: [first seq, last seq, messages]}, in the order the processes came
+    records = map(json.loads, (tmp_path / "tail.out").read_text().splitlines())
+    for (seq, *key, boot), _ in itertools.groupby((v["seq"], v["worker"], v["decision"], v["boot"]) for v in records):
+        r = runs.setdefault(tuple(key), {}).setdefault(boot, [seq, seq, 0])
+        r[1:] = [seq, r[2] + 1]
+    late = [first for (w, _), p in runs.items() for i, (first, _, _) in enumerate(p.values()) if w == "w3" or i]
+    assert late and any(first > 1 for first in late)  # the new processes' first messages were missed
+    # w1's and the first w2's counted from the first message seen (the tail started after them), the rest from 1
+    missed = sum(last - (first - 1 if i == 0 and w != "w3" else 0) - n
+                 for (w, _), p in runs.items() for i, (first, last, n) in enumerate(p.values()))
+    assert missed > 0 and f"missed {missed:,} verdict messages" in err, err
+
+
 def test_workers_of_a_local_mesh_whose_parent_is_killed_stop_too(tmp_path):
     """SIGKILL gives `zfraud demo`, a back-test or a test run no chance to stop its workers; they
     get SIGTERM from Linux instead (PR_SET_PDEATHSIG), drain and stop, freeing their ports."""

@@ -4,9 +4,10 @@ The member list comes from the worker given (HELLO -> MEMBERS), then from any me
 refreshed every second, so a worker that joins later is followed too, also after the first one
 has gone. PUB/SUB is best-effort fan-out: each publisher numbers its
 messages (`seq`, per topic, from 1 in each process, which `boot` names), and `Tail.gaps` counts
-the messages known to be missed: a jump in a process's `seq`, and when a new process appears under
-a worker's name (it restarted, and its first messages went out before this SUB reconnected), its
-messages before the first one seen.
+the messages known to be missed: a jump in a process's `seq`, and, for a new process under a
+worker's name (it restarted) or a worker that joined after this tail started, its messages before
+the first one seen (they went out before this SUB connected: a worker numbers every verdict
+message, also those it does not build because no one follows their topic yet).
 """
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ class Tail:
             raise MeshError(f"no zfraud worker answered at {connect} within {hello_timeout_s:g} s: "
                             f"check that `zfraud worker` runs there and the endpoint is right")
         self._on_hello()
+        self.first_members = set(self.pubs)  # a worker seen later: its messages before the first one heard are missed
         self._next_refresh = time.monotonic() + 1.0
 
     def _ask(self) -> None:
@@ -142,7 +144,7 @@ class Tail:
                 continue
             key, seq, boot = (str(h.get("worker")), frames[0]), h.get("seq"), h.get("boot")
             if isinstance(seq, int):
-                last_boot, last = self.last_seq.get(key, (boot, None))
+                last_boot, last = self.last_seq.get(key, (None, None) if key[0] not in self.first_members else (boot, None))
                 if last_boot != boot or (boot is None and last is not None and seq <= last):
                     self.gaps += seq - 1  # a new process (seq counts per process): its messages before this one
                 elif last is not None and seq > last + 1:

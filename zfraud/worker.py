@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 import time
-from collections import deque
+from collections import defaultdict, deque
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -206,7 +206,7 @@ class Worker:
         self._stopping = False
         self._draining_since = None  # set when stop() is first noticed: leaving, still answering
         self._last_request = time.monotonic()
-        self._seq = {}  # topic -> last PUB sequence number, for gap detection by subscribers
+        self._seq = defaultdict(int)  # topic -> last seq given (published or not), for gap detection
         self.boot = int.from_bytes(os.urandom(6), "big")  # this process, in its verdict messages: seq restarts with it
         self.started = time.time()
         self.stats = {"batches": 0, "rows": 0, "repeats": 0, "errors": 0, "undelivered": 0, "labels": 0,
@@ -859,15 +859,21 @@ class Worker:
         base = self._verdict_header(scorer)
         frames = P.column_frames(v, P.VERDICT_COLUMNS)
         followed = self._followed
+        # A message no one follows is not built, but it takes its seq: a subscriber that comes
+        # later sees that it missed it (tail counts what a restarted or new worker sent before)
         if max(counts) == n:  # the common case: one decision for every row
             d = counts.index(n)
             if followed[VERDICT_TOPICS[d]]:
                 self._publish(VERDICT_TOPICS[d], {"rows": n}, frames, base)
+            else:
+                self._seq[VERDICT_TOPICS[d]] += 1
         else:
             for d, c in enumerate(counts):
                 if c and followed[VERDICT_TOPICS[d]]:
                     idx = np.flatnonzero(v["decision"] == d)
                     self._publish(VERDICT_TOPICS[d], {"rows": c}, [f[idx] for f in frames], base)
+                elif c:
+                    self._seq[VERDICT_TOPICS[d]] += 1
         if counts[P.REJECTED] < n:
             ts = cols["ts_ms"] if not counts[P.REJECTED] else cols["ts_ms"][v["decision"] != P.REJECTED]
             bucket = int(ts.max()) // INTEL_BUCKET_MS
@@ -907,7 +913,7 @@ class Worker:
 
     def _publish(self, topic: bytes, header: dict, columns=(), prefix: P.HeaderPrefix | None = None) -> None:
         """Publish on `topic`; the header is prefix's fields (if given), then `header`, then "seq"."""
-        header["seq"] = self._seq[topic] = self._seq.get(topic, 0) + 1
+        header["seq"] = self._seq[topic] = self._seq[topic] + 1
         raw = P.pack(header) if prefix is None else prefix.pack(header)
         try:
             send_frames(self.pub, [topic, P.VERSION, raw, *columns], zmq.NOBLOCK)
