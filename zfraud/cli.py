@@ -208,6 +208,7 @@ def print_summary(s, out=sys.stdout) -> None:
         ("verdicts", f"{s.verdicts:,}"),
         ("  approve / review / decline", f"{d.get('approve', 0):,} / {d.get('review', 0):,} / {d.get('decline', 0):,}"),
         ("errors (rejected with a reason)", f"{s.errors:,}"),
+        ("dead-lettered (given up on)", f"{s.dead_letter:,}"),
         ("lost", f"{s.lost:,}"),
         ("resent", f"{s.resent:,}"),
         ("workers", f"{s.workers}"),
@@ -227,7 +228,7 @@ def nothing_scored(source, summary) -> str:
     from collections import Counter
 
     if not source.errors:
-        return (f"no row was scored: the workers rejected all {summary.errors - summary.dead_letter:,} they "
+        return (f"no row was scored: the workers rejected all {summary.errors:,} they "
                 f"answered (--out FILE writes each verdict with its reason)")
     reasons = Counter(re.sub(r"(, got .*|: line \d+ column \d+ \(char \d+\))$", "", m) for _, m in source.errors)
     reason, n = reasons.most_common(1)[0]
@@ -319,7 +320,7 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
         click.echo(json.dumps(summary.to_dict()))
     else:
         print_summary(summary)
-    if not summary.verdicts and summary.errors > summary.dead_letter:  # every row answered was rejected
+    if not summary.verdicts and summary.errors:  # every row answered was rejected
         click.echo(nothing_scored(source, summary), err=True)
     if interrupted:
         sys.exit(130)

@@ -52,15 +52,16 @@ class Pending:
 @dataclass
 class Summary:
     """What a stream did, counted in rows of the input (a tx_id the input repeats counts each
-    time). `lost` = sent - verdicts - errors: transactions with no answer at all."""
+    time). `lost` = sent - verdicts - errors - dead_letter: transactions with no answer at all,
+    and in no dead-letter entry."""
 
     sent: int = 0
     repeated: int = 0     # of those sent, the transactions whose tx_id an earlier one had
     verdicts: int = 0     # transactions answered with approve/review/decline
-    errors: int = 0       # transactions rejected with a reason (bad row, unreadable input, dead letter)
+    errors: int = 0       # transactions rejected with a reason (a worker's, or unreadable input)
     lost: int = 0
     resent: int = 0       # transactions sent again after a worker missed a deadline or its connection closed
-    dead_letter: int = 0  # transactions given up on after max_attempts
+    dead_letter: int = 0  # transactions given up on: unanswered, no live worker, or refused whole
     decisions: dict = field(default_factory=dict)
     elapsed_s: float = 0.0
     tx_per_s: float = 0.0
@@ -544,8 +545,8 @@ class Client:
                 lat = np.repeat(round_trip, [len(o) for o in origin])
             s.p50_ms, s.p99_ms, s.p999_ms = (round(float(x), 3) for x in np.percentile(lat, [50, 99, 99.9]))
         s.dead_letter = sum(len(e["tx_id"]) for e in self.dead_letters[dead0:])
-        s.errors = rejected + s.dead_letter + input_errors()
-        s.lost = s.sent - s.verdicts - s.errors
+        s.errors = rejected + input_errors()
+        s.lost = s.sent - s.verdicts - s.errors - s.dead_letter
         s.resent = self.resent - resent0
         s.decisions = dict(zip(P.DECISIONS, decisions.tolist()))
         s.elapsed_s = round(elapsed, 3)
