@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import time
+from contextlib import nullcontext
 
 import click
 
@@ -129,6 +130,22 @@ def _writable(ctx, param, value):
     if error is not None:
         raise click.BadParameter(f"cannot use {value}: {os.strerror(error)}")
     return value
+
+
+def _distinct_files(**paths) -> None:
+    """A usage error if two of the named files (None and - skipped) are one file: `--out` the
+    input would empty the input before it is read."""
+    seen = {}
+    for option, path in paths.items():
+        if path in (None, "-"):
+            continue
+        key = os.path.realpath(path)
+        for other, other_key in seen.items():
+            if key == other_key or (os.path.exists(path) and os.path.exists(paths[other])
+                                    and os.path.samefile(path, paths[other])):
+                names = [n.upper() if n == "file" else "--" + n.replace("_", "-") for n in (other, option)]
+                raise click.UsageError(f"{names[0]} and {names[1]} are the same file ({path}): give another")
+        seen[option] = key
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "ZFRAUD",
@@ -247,7 +264,8 @@ def nothing_scored(source, summary) -> str:
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
               help="Input format. Default: from the file name (.jsonl/.json/.ndjson, else CSV).")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, callback=_writable,
-              help="Write every verdict as a JSON line to this file (checked before sending).")
+              help="Write every verdict as a JSON line to this file (checked before sending). It is "
+                   "replaced when the send ends with its summary; a send that fails before leaves it as it was.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object (the last line).")
 @click.option("--window", type=click.IntRange(1, 1024), default=8, help="Batches in flight per worker (credit).")
 @click.option("--deadline", type=click.FloatRange(0.1), default=5.0,
@@ -277,6 +295,7 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
     130 interrupted.
     """
     from .client import Client
+    from .files import replacing
     from .sources import open_source
     from .tail import records
 
@@ -284,9 +303,10 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
         raise click.UsageError("give a FILE (or - for stdin) or --synthetic N")
     if synthetic is not None and file is not None:
         raise click.UsageError(f"give a FILE or --synthetic N, not both (FILE {file} would not be read)")
+    if file not in (None, "-") and not os.path.exists(file):  # before connecting: the mesh may take 5 s to fail
+        raise click.BadParameter(f"{file} does not exist", param_hint="'FILE'")
+    _distinct_files(file=file, out=out, dead_letter=dead_letter)
     source = open_source(file, synthetic, batch, fmt)
-    sink = open(out, "w") if out else None
-    on_verdicts = (lambda v, h: sink.writelines(json.dumps(r) + "\n" for r in records(v, h))) if sink else None
     progress = Progress(total=synthetic)
     interrupted = []
 
@@ -297,18 +317,21 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
 
     previous = signal.getsignal(signal.SIGINT)
     try:
+        # --out is replaced only by a send that gets to its summary (files.replacing)
         with _connected(Client, connect, window=window, deadline_s=deadline, dead_letter_path=dead_letter,
-                        curve_dir=curve_dir) as client:
+                        curve_dir=curve_dir) as client, (replacing(out) if out else nullcontext()) as sink:
+            on_verdicts = (lambda v, h: sink.write("".join(json.dumps(r) + "\n" for r in records(v, h)).encode())
+                           ) if sink else None
             signal.signal(signal.SIGINT, interrupt)
             summary = client.stream(source, rate=rate, progress=progress, on_verdicts=on_verdicts,
                                     input_errors=lambda: source.error_count, stop=lambda: bool(interrupted))
     finally:
         signal.signal(signal.SIGINT, previous)
         progress.close()
-        if sink:
-            sink.close()
     if interrupted:
         click.echo("interrupted: the input was read no further; the summary counts what was sent", err=True)
+    if not summary.sent:
+        click.echo("the input held no transaction: nothing was sent", err=True)
     for line, message in source.errors[:10]:
         click.echo(f"input line {line}: {message}", err=True)
     if source.error_count > 10:
@@ -437,10 +460,10 @@ def gen(out, customers, terminals, days, seed, start):
 
     The defaults reproduce the book's scale: about 1.75 M transactions, about 0.84 % fraud.
     """
-    from contextlib import nullcontext
 
     from .dataset import date_of, day_of
-    from .gen import generate, replacing, write_csv
+    from .files import replacing
+    from .gen import generate, write_csv
 
     if start + days - 1 > day_of("9999-12-31"):  # the last date a TX_DATETIME can hold
         raise click.BadParameter(f"the {days} days from {date_of(start)} run past 9999-12-31", param_hint="'--start'")

@@ -1,0 +1,70 @@
+"""`zfraud send`'s files: --out holds a finished send's verdicts, and a send that fails first (or
+is pointed at its own input) leaves every file as it was."""
+import json
+import os
+
+from conftest import run_cli
+
+HEADER = "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT\n"
+ROWS = "".join(f"{i},2018-04-01 00:00:{i:02d},{i % 7},{i % 5},{10 + i}.5\n" for i in range(20))
+OLD = '{"tx_id": 999, "kept": true}\n'
+
+
+def test_out_is_replaced_with_every_verdict_once(mesh2, tmp_path):
+    data, out = tmp_path / "tx.csv", tmp_path / "verdicts.jsonl"
+    data.write_text(HEADER + ROWS)
+    out.write_text(OLD * 50)  # longer than what replaces it: nothing of it may be left
+    r = run_cli("send", str(data), "--connect", mesh2.endpoint, "--out", str(out), "--json", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert sorted(json.loads(line)["tx_id"] for line in out.read_text().splitlines()) == list(range(20))
+    assert sorted(os.listdir(tmp_path)) == ["tx.csv", "verdicts.jsonl"]  # no temporary file left
+
+
+def test_out_that_is_the_input_is_refused_and_the_input_kept(tmp_path):
+    data = tmp_path / "tx.csv"
+    data.write_text(HEADER + ROWS)
+    os.symlink(data, tmp_path / "link.csv")
+    for out in (data, tmp_path / "link.csv", tmp_path / "sub" / os.pardir / "tx.csv"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        r = run_cli("send", str(data), "--connect", "tcp://127.0.0.1:9", "--out", str(out), timeout=30)
+        assert r.returncode == 2, r.stderr
+        assert f"FILE and --out are the same file ({out}): give another" in r.stderr
+        assert data.read_text() == HEADER + ROWS
+    r = run_cli("send", str(data), "--connect", "tcp://127.0.0.1:9", "--dead-letter", str(data), timeout=30)
+    assert r.returncode == 2 and "FILE and --dead-letter are the same file" in r.stderr
+    out = tmp_path / "v.jsonl"
+    r = run_cli("send", str(data), "--connect", "tcp://127.0.0.1:9", "--out", str(out), "--dead-letter", str(out),
+                timeout=30)
+    assert r.returncode == 2 and "--out and --dead-letter are the same file" in r.stderr
+    assert data.read_text() == HEADER + ROWS
+
+
+def test_a_send_that_fails_before_its_summary_leaves_out_as_it_was(mesh2, tmp_path):
+    """No mesh at the endpoint, or an input without a needed column: the previous verdicts stay."""
+    data, out = tmp_path / "tx.csv", tmp_path / "verdicts.jsonl"
+    out.write_text(OLD)
+    data.write_text(HEADER + ROWS)
+    r = run_cli("send", str(data), "--connect", "tcp://127.0.0.1:9", "--out", str(out), timeout=60)
+    assert r.returncode == 1 and "no zfraud worker answered" in r.stderr, r.stderr
+    assert out.read_text() == OLD
+    data.write_text("TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TX_AMOUNT\n1,2018-04-01 00:00:01,2,4.5\n")
+    r = run_cli("send", str(data), "--connect", mesh2.endpoint, "--out", str(out), timeout=60)
+    assert r.returncode == 1 and "no column terminal or TERMINAL_ID" in r.stderr, r.stderr
+    assert out.read_text() == OLD
+    assert sorted(os.listdir(tmp_path)) == ["tx.csv", "verdicts.jsonl"]
+
+
+def test_a_missing_input_is_a_usage_error_before_connecting(tmp_path):
+    r = run_cli("send", str(tmp_path / "nope.csv"), "--connect", "tcp://127.0.0.1:9", timeout=30)
+    assert r.returncode == 2 and "does not exist" in r.stderr, r.stderr
+    assert "no zfraud worker answered" not in r.stderr  # it did not wait for the mesh first
+
+
+def test_an_empty_input_says_nothing_was_sent(mesh2, tmp_path):
+    data = tmp_path / "tx.csv"
+    for text in ("", HEADER):
+        data.write_text(text)
+        r = run_cli("send", str(data), "--connect", mesh2.endpoint, "--json", timeout=60)
+        assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["sent"] == 0, r.stderr
+        assert "the input held no transaction: nothing was sent" in r.stderr
+
