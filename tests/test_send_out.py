@@ -68,3 +68,22 @@ def test_an_empty_input_says_nothing_was_sent(mesh2, tmp_path):
         assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["sent"] == 0, r.stderr
         assert "the input held no transaction: nothing was sent" in r.stderr
 
+
+def test_a_host_name_that_does_not_resolve_is_named_as_the_reason():
+    r = run_cli("status", "--connect", "tcp://nohost.invalid:5555", timeout=60)
+    assert r.returncode == 1 and "the host name nohost.invalid does not resolve" in r.stderr, r.stderr
+    assert "is a worker listening there?" not in r.stderr
+    r = run_cli("status", "--connect", "tcp://127.0.0.1:9", timeout=60)  # resolves: nobody listens
+    assert r.returncode == 1 and "(is a worker listening there?)" in r.stderr, r.stderr
+
+
+def test_tail_without_a_decision_and_keys_without_a_directory_are_usage_errors():
+    r = run_cli("tail", "--connect", "tcp://127.0.0.1:9", "--decision", ",", timeout=30)
+    assert r.returncode == 2 and "no decision given in ','" in r.stderr, r.stderr
+    r = run_cli("keys", "init", "", timeout=30)
+    assert r.returncode == 2 and "empty: give the directory to create the keys in" in r.stderr, r.stderr
+
+
+def test_gen_refuses_a_negative_seed_as_a_usage_error(tmp_path):
+    r = run_cli("gen", str(tmp_path / "x.csv"), "--seed", "-1", "--days", "1", timeout=30)
+    assert r.returncode == 2 and "--seed" in r.stderr and "-1 is not in the range x>=0" in r.stderr, r.stderr

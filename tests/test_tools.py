@@ -174,7 +174,7 @@ def test_gen_interrupted_while_writing_leaves_out_as_it_was(tmp_path, sig):
     finally:
         gen.kill()
     assert [f.name for f in tmp_path.iterdir()] == ["data.csv"] and out.read_text() == "old\n"
-    assert gen.returncode == 1 and err.strip().splitlines()[-1] == "Aborted!", err
+    assert gen.returncode == 130 and err.strip().splitlines()[-1] == f"interrupted: {out} was left as it was", err
 
 
 @pytest.mark.parametrize("start, message", [

@@ -188,7 +188,8 @@ def main():
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
               help="Serve Prometheus metrics on 127.0.0.1:PORT (needs the `metrics` extra).")
 @curve_option
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info",
+              help="Least severe level logged on stderr (debug adds replies a client left before they were sent).")
 @friendly_errors
 def worker(name, bind, pub, seeds, model_path, rules_path, review_at, decline_at, heartbeat, state_dir,
            snapshot_every, cards, terminals, delay_days, metrics_port, curve_dir, log_level):
@@ -356,7 +357,7 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
 @main.command()
 @click.option("--connect", required=True, help=CONNECT_HELP)
 @click.option("--decision", default="approve,review,decline,rejected",
-              help="Comma-separated decisions to follow.")
+              help="Comma-separated decisions to follow, from approve, review, decline and rejected.")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "text"]), default="jsonl")
 @click.option("--count", type=click.IntRange(1), default=None, help="Exit after N verdicts.")
 @click.option("--timeout", type=click.FloatRange(0.1), default=None,
@@ -372,6 +373,9 @@ def tail(connect, decision, fmt, count, timeout, curve_dir):
     from .tail import Tail
 
     decisions = [d.strip() for d in decision.split(",") if d.strip()]
+    if not decisions:
+        raise click.BadParameter(f"no decision given in {decision!r}: name one or more of "
+                                 f"{', '.join(P.DECISIONS)}", param_hint="'--decision'")
     seen, interrupted = 0, False
     t = _connected(Tail, connect, decisions, curve_dir=curve_dir)
     printing = [False, False]  # printing a line; a Ctrl-C came meanwhile
@@ -449,10 +453,11 @@ def demo(workers, transactions, batch):
 
 @main.command()
 @click.argument("out", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("--customers", type=click.IntRange(1), default=5000)
-@click.option("--terminals", type=click.IntRange(1), default=10000)
-@click.option("--days", type=click.IntRange(1), default=183)
-@click.option("--seed", type=int, default=0)
+@click.option("--customers", type=click.IntRange(1), default=5000, help="Cards (one per customer).")
+@click.option("--terminals", type=click.IntRange(1), default=10000, help="Payment terminals.")
+@click.option("--days", type=click.IntRange(1), default=183, help="Days of transactions, from --start.")
+@click.option("--seed", type=click.IntRange(0), default=0,
+              help="Random seed: the same seed and sizes give the same file.")
 @click.option("--start", default="2018-04-01", callback=_date, help="First day, YYYY-MM-DD.")
 @friendly_errors
 def gen(out, customers, terminals, days, seed, start):
@@ -479,13 +484,17 @@ def gen(out, customers, terminals, days, seed, start):
 
     t0 = time.perf_counter()
     # OUT is opened first (a bad path fails at once) and only replaced once complete
-    with nullcontext(sys.stdout.buffer) if out == "-" else replacing(out) as f:
-        columns = generate(customers, terminals, days, seed, date_of(start), progress=step)
-        bar.close()
-        n = len(columns["TRANSACTION_ID"])
-        rows = Progress(total=n, label="written")
-        write_csv(columns, f, progress=lambda done, total: rows(done - rows.done))
-        rows.close()
+    try:
+        with nullcontext(sys.stdout.buffer) if out == "-" else replacing(out) as f:
+            columns = generate(customers, terminals, days, seed, date_of(start), progress=step)
+            bar.close()
+            n = len(columns["TRANSACTION_ID"])
+            rows = Progress(total=n, label="written")
+            write_csv(columns, f, progress=lambda done, total: rows(done - rows.done))
+            rows.close()
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {out} was left as it was" if out != "-" else "\ninterrupted", err=True)
+        sys.exit(130)
     frauds = int(columns["TX_FRAUD"].sum())
     click.echo(f"{n:,} transactions, {frauds:,} fraudulent ({frauds / max(n, 1):.3%}), "
                f"{time.perf_counter() - t0:.1f} s -> {out}", err=True)
@@ -717,6 +726,8 @@ def keys_init(directory, force):
     client's .key file there to let it in, remove it to shut it out."""
     from .security import keys_init as make
 
+    if not directory:
+        raise click.BadParameter("empty: give the directory to create the keys in", param_hint="'DIRECTORY'")
     for name, path in make(directory, force=force).items():
         click.echo(f"{name:<18} {path}")
 
@@ -752,7 +763,8 @@ def train(data, date_from, date_to, delay_days, algo, out, version):
 
 @main.command()
 @click.argument("data", type=click.Path(exists=True, dir_okay=False))
-@click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Model file to score with (from `zfraud train`), loaded by every worker of the mesh.")
 @click.option("--from", "date_from", required=True, callback=_date, help="First test day, YYYY-MM-DD.")
 @click.option("--to", "date_to", required=True, callback=_date, help="Last test day, YYYY-MM-DD (inclusive).")
 @click.option("--delay", "delay_days", type=click.IntRange(0, 30), default=7, help="Label delay in days.")

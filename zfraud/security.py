@@ -47,11 +47,13 @@ import itertools
 import logging
 import os
 import shutil
+import socket
 import stat
 import tempfile
 import time
 import weakref
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import zmq
 import zmq.auth
@@ -357,6 +359,18 @@ def describe_handshake_failure(event: dict) -> str | None:
     return None
 
 
+def _unreachable_why(endpoint: str) -> str:
+    """The likelier reason nothing answered at a tcp endpoint: its host name does not resolve, or
+    no worker listens there."""
+    parts = urlsplit(endpoint)
+    if parts.scheme == "tcp" and parts.hostname:
+        try:
+            socket.getaddrinfo(parts.hostname, None)
+        except (socket.gaierror, UnicodeError) as e:
+            return f"the host name {parts.hostname} does not resolve: {getattr(e, 'strerror', None) or e}"
+    return "is a worker listening there?"
+
+
 def check_handshake(sock, endpoint: str, timeout_s: float = 2.0) -> str | None:
     """Connect `sock` to `endpoint` and wait up to `timeout_s` for the handshake's outcome:
     None if it succeeded, otherwise a one-line explanation (see describe_handshake_failure).
@@ -395,7 +409,7 @@ def check_handshake(sock, endpoint: str, timeout_s: float = 2.0) -> str | None:
                 return problem
         if connected:
             return f"connected to {endpoint} but no handshake finished within {timeout_s:g} s"
-        return f"could not connect to {endpoint} within {timeout_s:g} s (is a worker listening there?)"
+        return f"could not connect to {endpoint} within {timeout_s:g} s ({_unreachable_why(endpoint)})"
     finally:
         sock.disable_monitor()
         monitor.close(linger=0)

@@ -18,6 +18,7 @@ means a resend and a repeated verdict, never a lost one.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -120,7 +121,9 @@ def _bind(sock, endpoint: str, what: str, also=None) -> None:
             if s is not None:
                 s.close(linger=0)
         hint = {zmq.EADDRINUSE: ": another process (another worker?) listens there",
-                zmq.EADDRNOTAVAIL: ": that address is not one of this machine's"}.get(e.errno, "")
+                zmq.EADDRNOTAVAIL: ": that address is not one of this machine's",
+                errno.ENODEV: ": bind an IP address of this machine, an interface name, or * for all "
+                            "(a host name is not resolved)"}.get(e.errno, "")
         raise ValueError(f"cannot bind {what} {endpoint}: {zmq.strerror(e.errno)}{hint}") from None
 
 
