@@ -488,6 +488,56 @@ def test_lightgbm_importer_refusals(tmp_path):
         from_lightgbm_text(re.sub(r"(Tree=1\n(?:.*\n)*?left_child=)(\S+)", r"\g<1>0", good, count=1))
 
 
+@pytest.fixture(scope="module")
+def lgb_five_trees(tmp_path_factory):
+    """(path, text, Booster) of a 5-tree binary model saved by LightGBM."""
+    X, y = training_data(600, seed=8)
+    booster = lgb.train(dict(objective="binary", verbose=-1, num_threads=1), lgb.Dataset(X, y), 5)
+    path = tmp_path_factory.mktemp("lgb5") / "m.txt"
+    booster.save_model(str(path))
+    return path, path.read_text(), booster
+
+
+def test_lightgbm_truncated_file_is_refused(lgb_five_trees, tmp_path):
+    _, text, _ = lgb_five_trees
+    cut = tmp_path / "t.txt"
+    cut.write_text(text[:1500])
+    n = text[:1500].count("\nTree=")
+    with pytest.raises(ModelError, match=rf"t\.txt: {n} of 5 trees \(tree_sizes lists 5; no 'end of "
+                                         rf"trees' line\): the file is truncated"):
+        from_lightgbm_text(cut)
+    # Cut at every line before "end of trees": each is refused, whatever tree it ends in.
+    lines = text.splitlines(keepends=True)
+    end = lines.index("end of trees\n")
+    first_tree = next(i for i, line in enumerate(lines) if line.startswith("Tree="))
+    for k in range(first_tree + 1, end):
+        with pytest.raises(ModelError, match=r"no 'end of trees' line\): the file is truncated"):
+            from_lightgbm_text("".join(lines[:k]))
+    # A tree missing between complete ones: the count disagrees with tree_sizes.
+    dropped = re.sub(r"Tree=3\n(?:.+\n)+\n+", "", text, count=1)
+    assert dropped.count("\nTree=") == 4
+    with pytest.raises(ModelError, match=r"4 trees, but tree_sizes lists 5: the file is incomplete"):
+        from_lightgbm_text(dropped)
+
+
+def test_lightgbm_files_without_tree_sizes_still_import(lgb_five_trees):
+    """The oldest text format (version=v2) has no tree_sizes and no "end of trees" line: its trees
+    are followed by "feature importances:". Without either end line the file is cut short."""
+    _, text, booster = lgb_five_trees
+    X, _ = training_data(200, seed=9)
+    old = re.sub(r"tree_sizes=.*\n", "", text).replace("end of trees\n", "")
+    old = old.replace("feature_importances:", "feature importances:")
+    assert "tree_sizes" not in old and "end of trees" not in old
+    np.testing.assert_allclose(from_lightgbm_text(old).predict_proba(X), booster.predict(X),
+                               rtol=0, atol=1e-6)
+    no_size = re.sub(r"tree_sizes=.*\n", "", text)  # tree_sizes alone is not required either
+    np.testing.assert_allclose(from_lightgbm_text(no_size).predict_proba(X), booster.predict(X),
+                               rtol=0, atol=1e-6)
+    trees_only = old[:old.index("feature importances:")]
+    with pytest.raises(ModelError, match=r"5 trees and no 'end of trees' line: the file is truncated"):
+        from_lightgbm_text(trees_only)
+
+
 def test_xgboost_importer_refusals(tmp_path):
     X, y = training_data(600, seed=7, inf=False)
     multi = xgb.train(dict(objective="multi:softprob", num_class=3, nthread=1), xgb.DMatrix(X, y + (X[:, 0] > 1)), 2)

@@ -60,16 +60,26 @@ def _digest(content: str) -> str:
 
 # -- LightGBM -------------------------------------------------------------------------------
 
+# The line after the last tree: "end of trees" (with tree_sizes=, one size per tree, in the
+# header); the oldest text files (version=v2) have neither, and go on with the importances.
+_LGB_ENDS = ("end of trees", "feature importances:")
+
+
 def _lgb_sections(text: str, where: str):
-    """Header dict and one dict per tree from LightGBM's `key=value` text format."""
+    """Header dict and one dict per tree from LightGBM's `key=value` text format.
+
+    A file cut short is refused: the trees must be followed by their end line, and be as many
+    as tree_sizes lists when the header has one.
+    """
     lines = text.splitlines()
     if not lines or lines[0].strip() != "tree":
         raise ModelError(f"{where}: expected a LightGBM text model (first line 'tree'), got "
                          f"{(lines[0][:40] if lines else '')!r}")
-    header, trees, current = {}, [], None
+    header, trees, current, ended = {}, [], None, False
     for line in lines[1:]:
         line = line.strip()
-        if line == "end of trees":
+        if line in _LGB_ENDS:
+            ended = True
             break
         if line.startswith("Tree="):
             current = {}
@@ -80,6 +90,18 @@ def _lgb_sections(text: str, where: str):
             continue
         target = header if current is None else current
         target[key] = value if eq else True
+    sizes = header.get("tree_sizes")
+    listed = len(sizes.split()) if isinstance(sizes, str) else None
+    n = len(trees)
+    if not ended and listed is not None:
+        raise ModelError(f"{where}: {n} of {listed} trees (tree_sizes lists {listed}; no 'end of "
+                         f"trees' line): the file is truncated; save or copy it again")
+    if not ended:
+        raise ModelError(f"{where}: {n} trees and no 'end of trees' line: the file is truncated; "
+                         f"save or copy it again")
+    if listed is not None and listed != n:
+        raise ModelError(f"{where}: {n} trees, but tree_sizes lists {listed}: the file is "
+                         f"incomplete; save or copy it again")
     return header, trees
 
 
