@@ -538,6 +538,25 @@ def test_lightgbm_files_without_tree_sizes_still_import(lgb_five_trees):
         from_lightgbm_text(trees_only)
 
 
+@pytest.mark.parametrize("edit, message", [
+    (("num_class=1", "num_class=x"), r"t\.txt: num_class is 'x', expected an integer"),
+    (("num_tree_per_iteration=1", "num_tree_per_iteration=1.5"),
+     r"t\.txt: num_tree_per_iteration is '1\.5', expected an integer"),
+    (("max_feature_idx=4", "max_feature_idx="), r"t\.txt: max_feature_idx is '', expected an integer"),
+    (("max_feature_idx=4", "max_feature_idx"), r"t\.txt: max_feature_idx is '', expected an integer"),
+    (("objective=binary sigmoid:1", "objective=binary sigmoid:one"),
+     r"t\.txt: sigmoid is 'one', expected a number"),
+    (("num_leaves=", "num_leaves=x"), r"t\.txt: tree 0: num_leaves is 'x', expected an integer"),
+])
+def test_lightgbm_malformed_header_numbers_name_the_field(lgb_five_trees, tmp_path, edit, message):
+    _, text, _ = lgb_five_trees
+    old, new = edit
+    assert old in text
+    bad = tmp_path / "t.txt"
+    bad.write_text(re.sub(re.escape(old) + r"\S*", new, text, count=1))
+    with pytest.raises(ModelError, match=message):
+        from_lightgbm_text(bad)
+
 def test_xgboost_importer_refusals(tmp_path):
     X, y = training_data(600, seed=7, inf=False)
     multi = xgb.train(dict(objective="multi:softprob", num_class=3, nthread=1), xgb.DMatrix(X, y + (X[:, 0] > 1)), 2)
@@ -550,3 +569,10 @@ def test_xgboost_importer_refusals(tmp_path):
         from_xgboost_json(tmp_path / "linear.json")
     with pytest.raises(ModelError, match=r"expected an XGBoost JSON model"):
         from_xgboost_json('{"learner": {}}')
+    good = xgb.train(dict(objective="binary:logistic", nthread=1), xgb.DMatrix(X, y), 2)
+    good.save_model(str(tmp_path / "good.json"))
+    d = json.loads((tmp_path / "good.json").read_text())
+    d["learner"]["learner_model_param"]["num_feature"] = "5x"
+    (tmp_path / "t.json").write_text(json.dumps(d))
+    with pytest.raises(ModelError, match=r"t\.json: num_feature is '5x', expected an integer"):
+        from_xgboost_json(tmp_path / "t.json")

@@ -105,6 +105,17 @@ def _lgb_sections(text: str, where: str):
     return header, trees
 
 
+def _scalar(section: dict, key: str, default: str, where: str, kind=int):
+    """The `key=` value of a header or tree section (default when absent) read as `kind`."""
+    raw = section.get(key, default)
+    raw = "" if raw is True else raw  # a `key` line without '='
+    try:
+        return kind(raw)
+    except (TypeError, ValueError):
+        what = "an integer" if kind is int else "a number"
+        raise ModelError(f"{where}: {key} is {raw!r}, expected {what}") from None
+
+
 def _numbers(tree: dict, key: str, n: int, dtype, t: int, where: str,
              lo: int = -2**31, hi: int = 2**31) -> np.ndarray:
     """The n numbers of a tree's `key=` line (integers in [lo, hi) unless dtype is float64)."""
@@ -132,18 +143,16 @@ def from_lightgbm_text(path_or_text, version=None, feature_set="basic-v1") -> Tr
     """
     text, where = _read(path_or_text, lambda s: s.lstrip().startswith("tree\n") or "\nTree=" in s)
     h, trees = _lgb_sections(text, where)
-    num_class = int(h.get("num_class", "1"))
-    per_iter = int(h.get("num_tree_per_iteration", "1"))
+    num_class = _scalar(h, "num_class", "1", where)
+    per_iter = _scalar(h, "num_tree_per_iteration", "1", where)
     if num_class != 1 or per_iter != 1:
         raise ModelError(f"{where}: expected a binary model (num_class=1), got num_class={num_class} "
                          f"(multiclass models are not supported)")
     objective = str(h.get("objective", "")).split()
     if not objective or objective[0] != "binary":
         raise ModelError(f"{where}: expected objective 'binary', got {' '.join(objective)!r}")
-    alpha = 1.0
-    for opt in objective[1:]:
-        if opt.startswith("sigmoid:"):
-            alpha = float(opt.split(":", 1)[1])
+    options = dict(opt.partition(":")[::2] for opt in objective[1:])
+    alpha = _scalar(options, "sigmoid", "1", where, float)
     if not (math.isfinite(alpha) and alpha > 0):
         raise ModelError(f"{where}: expected a positive sigmoid parameter, got {alpha}")
     if "average_output" in h:
@@ -151,8 +160,9 @@ def from_lightgbm_text(path_or_text, version=None, feature_set="basic-v1") -> Tr
     if "feature_names" not in h or h["feature_names"] is True:
         raise ModelError(f"{where}: expected a feature_names= line, got none")
     features = h["feature_names"].split()
-    if len(features) != int(h.get("max_feature_idx", len(features) - 1)) + 1:
-        raise ModelError(f"{where}: expected {int(h['max_feature_idx']) + 1} feature names "
+    n_features = _scalar(h, "max_feature_idx", str(len(features) - 1), where) + 1
+    if len(features) != n_features:
+        raise ModelError(f"{where}: expected {n_features} feature names "
                          f"(max_feature_idx), got {len(features)}")
     if not trees:
         raise ModelError(f"{where}: expected at least one tree, got none")
@@ -163,7 +173,7 @@ def from_lightgbm_text(path_or_text, version=None, feature_set="basic-v1") -> Tr
     for t, tree in enumerate(trees):
         if str(tree.get("is_linear", "0")) != "0":
             raise ModelError(f"{where}: tree {t}: linear trees (linear_tree=true) are not supported")
-        L = int(tree.get("num_leaves", "0"))
+        L = _scalar(tree, "num_leaves", "0", f"{where}: tree {t}")
         if L < 1:
             raise ModelError(f"{where}: tree {t}: expected num_leaves >= 1, got {L}")
         leaf_value = _numbers(tree, "leaf_value", L, np.float64, t, where)
@@ -197,7 +207,7 @@ def from_lightgbm_text(path_or_text, version=None, feature_set="basic-v1") -> Tr
             dec = np.where(nan_left, MISSING_LEFT, 0) | np.where(missing == 1, ZERO_MISSING, 0)
             dec = np.where(is_cat, CATEGORICAL, dec)
             if is_cat.any():
-                n_cat = int(tree.get("num_cat", "0"))
+                n_cat = _scalar(tree, "num_cat", "0", f"{where}: tree {t}")
                 bounds = _numbers(tree, "cat_boundaries", n_cat + 1, np.int64, t, where)
                 words = _numbers(tree, "cat_threshold", int(bounds[-1]), np.int64, t, where,
                                  lo=0, hi=2**32)
@@ -262,7 +272,7 @@ def from_xgboost_json(path, version=None, feature_set="basic-v1") -> TreeEnsembl
         raise ModelError(f"{where}: expected an XGBoost JSON model, got {type(e).__name__}: {e}") from None
     if objective != "binary:logistic":
         raise ModelError(f"{where}: expected objective 'binary:logistic', got {objective!r}")
-    if int(mp.get("num_class", "0")) > 1 or int(mp.get("num_target", "1")) != 1:
+    if _scalar(mp, "num_class", "0", where) > 1 or _scalar(mp, "num_target", "1", where) != 1:
         raise ModelError(f"{where}: expected a single-output binary model, got num_class="
                          f"{mp.get('num_class')}, num_target={mp.get('num_target')}")
     if booster.get("name") not in ("gbtree", "dart"):
@@ -274,7 +284,7 @@ def from_xgboost_json(path, version=None, feature_set="basic-v1") -> TreeEnsembl
         raise ModelError(f"{where}: base_score: {e}") from None
     if not 0.0 < base < 1.0:
         raise ModelError(f"{where}: expected a base_score in (0, 1) for binary:logistic, got {base}")
-    n_features = int(mp.get("num_feature", "0"))
+    n_features = _scalar(mp, "num_feature", "0", where)
     features = list(learner.get("feature_names") or [f"f{i}" for i in range(n_features)])
     if len(features) != n_features:
         raise ModelError(f"{where}: expected {n_features} feature names, got {len(features)}")
