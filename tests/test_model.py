@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from zfraud import load_model
-from zfraud.model import DEFAULT_MODEL, ModelError, save_model
+from zfraud.model import DEFAULT_MODEL, LogisticModel, ModelError, save_model
 
 from conftest import run_cli
 
@@ -41,6 +41,39 @@ def test_corrupt_model_files_are_refused(tmp_path, change, message):
     path.write_text(json.dumps(d))
     with pytest.raises(ModelError, match=message):
         load_model(path)
+
+
+def test_a_model_whose_logit_can_overflow_is_refused(tmp_path):
+    """coef 1e308 is finite, but coef x feature is not: the kernel's sum became inf - inf, a NaN
+    score, and the decision step approves NaN. Refused when loaded, by the library and the CLI."""
+    d = json.loads(DEFAULT_MODEL.read_text())
+    d["coef"] = [1e308] * len(d["coef"])
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps(d))
+    message = r"huge\.json: a row's logit can reach inf \(\|intercept\| \+ the sum of \|coef\| x .*\), " \
+              r"expected at most 8\.99e\+307: float64 sums overflow there and the row scores NaN"
+    with pytest.raises(ModelError, match=message):
+        load_model(path)
+    r = run_cli("model", "info", str(path))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "the row scores NaN" in r.stderr.replace("\n", " "), r.stderr
+
+
+def test_a_model_just_inside_the_logit_bound_loads_and_scores_every_row():
+    """Just below the bound a model still loads, and scores every float32 row (both extremes,
+    NaN) with a probability; just above it, it is refused."""
+    m = load_model()
+    big = np.finfo(np.float32).max
+    room = np.finfo(np.float64).max / 2 - abs(m.intercept)  # the bound: half of DBL_MAX
+    coef = np.where(np.arange(5) % 2, 1.0, -1.0) * room / np.sum(float(big) + np.abs(m.center))
+    edge = LogisticModel(m.features, coef * (1 - 1e-9), m.center, m.intercept)
+    X = np.array([[big] * 5, [-big] * 5, [big, -big] * 2 + [big], [-big, big] * 2 + [-big],
+                  [np.nan] * 5, [0.0] * 5], np.float32)
+    p = edge.predict_proba(X)
+    assert np.all((p >= 0) & (p <= 1)), p
+    assert p[2] == 0.0 and p[3] == 1.0  # each row pushed to the extreme its signs give
+    with pytest.raises(ModelError, match=r"logit can reach 9\.\d+e\+307"):
+        LogisticModel(m.features, coef * 1.01, m.center, m.intercept)
 
 
 def test_unreadable_files(tmp_path):

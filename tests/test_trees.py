@@ -364,6 +364,11 @@ def corrupt(*edits, **changes):
     (corrupt(cat_start=[0, 1], cat_bits=[2**32]), r"cat_bits: expected 32-bit unsigned words"),
     (corrupt(leaf_id=[-1, -1, -1, 1, 2, 0]), r"node 1: expected a leaf_id >= 0 for a leaf"),
     (corrupt(base_score=float("inf")), r"expected a finite base_score"),
+    (corrupt(value=[0.0, 0.25, 0.5, -1.0, 1e308, 1e308]),  # leaf 2 then tree 1: inf
+     r"a row's logit can reach inf \(\|base_score\| \+ the sum of each tree's largest \|value\|\), "
+     r"expected at most 8\.99e\+307"),
+    (corrupt(value=[0.0, 0.25, 0.5, -1.0, 2.0, 0.75], base_score=-1e308),
+     r"a row's logit can reach 1e\+308"),
     (corrupt(objective="multiclass"), r"expected objective 'binary', got 'multiclass'"),
     (corrupt(features=["a", "a"]), r"expected unique feature names"),
     (corrupt(features="ab"), r"expected a list of feature names"),

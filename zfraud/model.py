@@ -30,6 +30,23 @@ class ModelError(ValueError):
     """A model file that cannot be used: says which file and what is wrong."""
 
 
+# A model's largest possible |logit| (logistic) or |margin| (trees) must stay below MAX_MARGIN.
+# Both kernels add in float64: a sum past DBL_MAX is +-inf, then inf - inf is a NaN score, which
+# the decision step approves. Half of DBL_MAX leaves room for the rounding of the kernel's sum and
+# of the bound itself; trained models stay hundreds of orders of magnitude below it.
+MAX_MARGIN = float(np.finfo(np.float64).max) / 2
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the largest finite feature value
+
+
+def check_margin(bound: float, what: str) -> None:
+    """ModelError unless `bound`, the largest |logit| any row can reach (`what` says how it is
+    computed), is below MAX_MARGIN."""
+    if not bound <= MAX_MARGIN:
+        raise ModelError(f"a row's logit can reach {bound:.3g} ({what}), expected at most "
+                         f"{MAX_MARGIN:.3g}: float64 sums overflow there and the row scores NaN. "
+                         f"Retrain the model or fix the file")
+
+
 def _check_matrix(X, n_features: int) -> np.ndarray:
     X = np.ascontiguousarray(X, dtype=np.float32)
     if X.ndim != 2 or X.shape[1] != n_features:
@@ -58,6 +75,10 @@ class LogisticModel:
                              f"got {self.coef.shape} and {self.center.shape}")
         if not (np.isfinite(self.coef).all() and np.isfinite(self.center).all() and np.isfinite(self.intercept)):
             raise ModelError("coef, center and intercept must be finite numbers")
+        with np.errstate(over="ignore"):
+            bound = abs(self.intercept) + np.sum(np.abs(self.coef) * (FLOAT32_MAX + np.abs(self.center)))
+        check_margin(bound, f"|intercept| + the sum of |coef| x (|center| + {FLOAT32_MAX:.3g}, "
+                            f"the largest float32 feature)")
 
     def score(self, X) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities (n,) float64, top contributing feature index (n,) int32, -1 for none)."""
@@ -130,8 +151,8 @@ def save_model(model, path) -> None:
     Path(path).write_text(json.dumps(model.to_dict(), indent=1) + "\n")
 
 
-# Registered last: zfraud.trees imports ModelError, FORMAT and _check_matrix from this module,
-# which are all defined by now.
+# Registered last: zfraud.trees imports ModelError, FORMAT, _check_matrix and check_margin from
+# this module, which are all defined by now.
 from .trees import TreeEnsemble  # noqa: E402
 
 KINDS["trees"] = TreeEnsemble

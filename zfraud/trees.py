@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _trees
-from .model import FORMAT, FORMAT_VERSION, ModelError, _check_matrix
+from .model import FORMAT, FORMAT_VERSION, ModelError, _check_matrix, check_margin
 
 KIND = "trees"
 CATEGORICAL, MISSING_LEFT, ZERO_MISSING = 1, 2, 4
@@ -172,6 +172,9 @@ class TreeEnsemble:
         if not np.isfinite(a["value"]).all():
             i = _first(~np.isfinite(a["value"]))
             raise ModelError(f"{where(i)}: expected a finite value, got {float(a['value'][i])!r}")
+        with np.errstate(over="ignore"):
+            bound = abs(self.base_score) + np.maximum.reduceat(np.abs(a["value"]), ts[:-1]).sum()
+        check_margin(bound, "|base_score| + the sum of each tree's largest |value|")
         bad = np.where(leaf, a["leaf_id"] < 0, a["leaf_id"] != -1)
         if bad.any():
             i = _first(bad)
