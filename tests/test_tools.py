@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from zfraud import load_model
-from zfraud.dataset import day_of, read_labelled
+from zfraud.dataset import date_of, day_of, read_labelled
 from zfraud.evaluate import known_compromised_mask
 from zfraud.features import FEATURE_SETS, FULL
 from zfraud.local import LocalMesh
@@ -79,8 +79,8 @@ def test_a_model_trained_with_another_delay_is_refused_by_backtest_workers_and_d
 
 
 BAD_ROWS = [(3, "1.5", "CUSTOMER_ID '1.5' is not a whole number from 0 to 2**64 - 1"),
-            (5, "2018-02-30 10:00:00", "TX_DATETIME '2018-02-30 10:00:00' is not a date and time such as"),
-            (6, "", "TX_AMOUNT '' is not a finite number"), (8, "2", "TX_FRAUD '2' is not 0 or 1")]
+            (5, "2018-02-30 10:00:00", "TX_DATETIME '2018-02-30 10:00:00' is not a date and time from 2000-01-01 to 2199-12-31"),
+            (6, "", "TX_AMOUNT '' is not a number from 0 to 1e+12"), (8, "2", "TX_FRAUD '2' is not 0 or 1")]
 
 
 def labelled_file(path, rows=9):
@@ -109,8 +109,52 @@ def test_a_word_for_a_time_is_that_rows_error_in_labelled_files(tmp_path, word):
                                         "2,2018-04-01 00:00:02,1,2,10.5,0\n")
     errors = []
     d = read_labelled(str(tmp_path / "words.csv"), errors)
-    assert (3, f"TX_DATETIME {word!r} is not a date and time such as 2018-04-01 00:00:31") in errors
+    assert (3, f"TX_DATETIME {word!r} is not a date and time from 2000-01-01 to 2199-12-31, such as "
+               "2018-04-01 00:00:31") in errors
     assert 1 not in d["tx_id"].tolist() and d["ts_ms"].max() < 1_600_000_000_000  # no row dated today
+
+
+OUT_OF_RANGE = [("TX_AMOUNT", "-5", "TX_AMOUNT '-5' is not a number from 0 to 1e+12"),
+                ("TX_AMOUNT", "1e300", "TX_AMOUNT '1e300' is not a number from 0 to 1e+12"),
+                ("TX_AMOUNT", "1000000000000.01", "TX_AMOUNT '1000000000000.01' is not a number from 0 to 1e+12"),
+                ("TX_DATETIME", "1999-12-31 23:59:59", "TX_DATETIME '1999-12-31 23:59:59' is not a date and time "
+                                                       "from 2000-01-01 to 2199-12-31, such as 2018-04-01 00:00:31"),
+                ("TX_DATETIME", "2200-01-01 00:00:00", "TX_DATETIME '2200-01-01 00:00:00' is not a date and time "
+                                                       "from 2000-01-01 to 2199-12-31, such as 2018-04-01 00:00:31")]
+
+
+@pytest.mark.parametrize("column, value, message", OUT_OF_RANGE)
+def test_a_value_the_workers_would_reject_is_that_rows_error_in_labelled_files(tmp_path, column, value, message):
+    """Such a row trained (a warning and a useless model for 1e300) and made backtest fail at the
+    end with "score contains NaN", with no line to find it by."""
+    header = "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD"
+    rows = [[str(i), f"2018-04-01 00:00:{i:02d}", "1", "2", "10.5", "0"] for i in range(3)]
+    rows[1][header.split(",").index(column)] = value
+    p = tmp_path / "range.csv"
+    p.write_text("\n".join([header, *(",".join(r) for r in rows)]) + "\n")
+    errors = []
+    assert read_labelled(str(p), errors)["tx_id"].tolist() == [0, 2] and errors == [(3, message)]
+    with pytest.raises(ValueError) as e:
+        read_labelled(str(p))
+    assert str(e.value) == f"{p}, line 3: {message}"
+
+
+@pytest.mark.parametrize("command, column, value, message", [
+    ("train", "TX_AMOUNT", "1e300", OUT_OF_RANGE[1][2]),  # was a RuntimeWarning and "coef ... must be finite"
+    ("backtest", "TX_AMOUNT", "-5", OUT_OF_RANGE[0][2]),  # was "score contains NaN", after the whole run
+    ("backtest", "TX_DATETIME", "1999-12-31 23:59:59", OUT_OF_RANGE[3][2]),
+])
+def test_train_and_backtest_stop_at_the_line_of_a_value_the_workers_would_reject(tmp_path, command, column, value,
+                                                                                  message):
+    header = "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD"
+    days = range(day_of("2018-07-01"), day_of("2018-08-15"))  # TRAIN and TEST
+    rows = [[str(i), f"{date_of(day)} 10:00:00", str(i % 7), "3", "10.5", str(i % 2)] for i, day in enumerate(days)]
+    rows[3][header.split(",").index(column)] = value
+    (tmp_path / "bad.csv").write_text("\n".join([header, *(",".join(r) for r in rows)]) + "\n")
+    (tmp_path / "empty.json").write_text("")  # backtest reads the data before the model
+    model = ("--algo", "logistic", "-o", "m.json") if command == "train" else ("--model", "empty.json")
+    r = run_cli(command, "bad.csv", *(TRAIN if command == "train" else TEST), *model, cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [f"Error: bad.csv, line 5: {message}"], r.stderr
 
 
 def test_label_sends_the_rows_it_can_read_and_reports_the_others(tmp_path):
@@ -190,12 +234,12 @@ def test_gen_refuses_a_start_that_is_not_a_date_or_runs_past_year_9999(tmp_path,
     assert r.stderr.strip().splitlines()[-1] == f"Error: Invalid value for '--start': {message}", r.stderr
 
 
-def test_gen_goes_up_to_the_last_day_a_date_can_have_and_train_takes_only_yyyy_mm_dd(tmp_path):
+def test_gen_goes_up_to_the_last_day_workers_accept_and_train_takes_only_yyyy_mm_dd(tmp_path):
     r = run_cli("gen", "out.csv", "--customers", "200", "--terminals", "300", "--days", "30",
-                "--start", "9999-12-02", cwd=tmp_path)
+                "--start", "2199-12-02", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     d = read_labelled(str(tmp_path / "out.csv"))
-    assert (d["day"].min(), d["day"].max()) == (day_of("9999-12-02"), day_of("9999-12-31"))
+    assert (d["day"].min(), d["day"].max()) == (day_of("2199-12-02"), day_of("2199-12-31"))
     r = run_cli("train", "out.csv", "--from", "99991202", "--to", "9999-12-31", "-o", "m.json", cwd=tmp_path)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == "Error: Invalid value for '--from': expected a date as YYYY-MM-DD, " \

@@ -12,19 +12,29 @@ import warnings
 
 import numpy as np
 
+from .scoring import MAX_AMOUNT, MAX_TS_MS, MIN_TS_MS
 from .sources import InputError, csv_rows, dates_ms, open_text, parse_ids
 
 DAY_MS = 86_400_000
 REQUIRED = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD")
 
 
+
+def date_of(day: int) -> str:
+    """The YYYY-MM-DD date of a day since the epoch (UTC)."""
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=int(day))).isoformat()
+
+
+# What the workers accept (zfraud.scoring): a row they would reject is refused here, at its line.
+DATES = f"from {date_of(MIN_TS_MS // DAY_MS)} to {date_of((MAX_TS_MS - 1) // DAY_MS)}"
+
 # column -> (its name in the file, the dtype it is parsed as, what a good value is)
 COLUMNS = {
     "tx_id": ("TRANSACTION_ID", np.uint64, "a whole number from 0 to 2**64 - 1"),
-    "ts_ms": ("TX_DATETIME", "datetime64[ms]", "a date and time such as 2018-04-01 00:00:31"),
+    "ts_ms": ("TX_DATETIME", "datetime64[ms]", f"a date and time {DATES}, such as 2018-04-01 00:00:31"),
     "card": ("CUSTOMER_ID", np.uint64, "a whole number from 0 to 2**64 - 1"),
     "terminal": ("TERMINAL_ID", np.uint64, "a whole number from 0 to 2**64 - 1"),
-    "amount": ("TX_AMOUNT", np.float64, "a finite number"),
+    "amount": ("TX_AMOUNT", np.float64, f"a number from 0 to {MAX_AMOUNT:.0e}"),
     "fraud": ("TX_FRAUD", np.uint8, "0 or 1"),
     "scenario": ("TX_FRAUD_SCENARIO", np.uint8, "a whole number from 0 to 255"),
 }
@@ -44,11 +54,11 @@ def _parse(values: list, column: str) -> np.ndarray:
                 a = np.array(values, dtype=dtype).astype(np.int64)
             except (UserWarning, DeprecationWarning):
                 a = dates_ms(np.array(values, dtype=str))  # as send reads them: Z, +02:00, +0200, +02
-        if (a == np.iinfo(np.int64).min).any():  # NaT: an empty field
-            raise ValueError("no date")
+        if ((a < MIN_TS_MS) | (a >= MAX_TS_MS)).any():  # and NaT, -2**63: an empty field
+            raise ValueError("out of range")
         return a
     a = np.array(values, dtype=dtype)
-    if (column == "amount" and not np.isfinite(a).all()) or (column == "fraud" and (a > 1).any()):
+    if (column == "amount" and not ((a >= 0) & (a <= MAX_AMOUNT)).all()) or (column == "fraud" and (a > 1).any()):
         raise ValueError("out of range")
     return a
 
@@ -118,11 +128,6 @@ def day_of(date: str) -> int:
         return (dt.date.fromisoformat(date) - dt.date(1970, 1, 1)).days
     except ValueError:
         raise ValueError(f"expected a date as YYYY-MM-DD, got {date!r}") from None
-
-
-def date_of(day: int) -> str:
-    """The YYYY-MM-DD date of a day since the epoch (UTC)."""
-    return (dt.date(1970, 1, 1) + dt.timedelta(days=int(day))).isoformat()
 
 
 def rows_between(data: dict, date_from: int, date_to: int, what: str) -> np.ndarray:
