@@ -234,6 +234,21 @@ def test_gen_refuses_a_start_that_is_not_a_date_or_runs_past_year_9999(tmp_path,
     assert r.stderr.strip().splitlines()[-1] == f"Error: Invalid value for '--start': {message}", r.stderr
 
 
+@pytest.mark.parametrize("start, days, message", [
+    ("1990-01-01", "20", "the 20 days 1990-01-01 to 1990-01-20"),
+    ("1999-12-31", "20", "the 20 days 1999-12-31 to 2000-01-19"),
+    ("2199-12-20", "20", "the 20 days 2199-12-20 to 2200-01-08"),
+])
+def test_gen_refuses_dates_the_workers_would_reject(tmp_path, start, days, message):
+    """Such a file trained, and backtest then failed with "score contains NaN"."""
+    r = run_cli("gen", "out.csv", "--customers", "20", "--terminals", "40", "--days", days, "--start", start,
+                cwd=tmp_path)
+    assert r.returncode == 1 and not (tmp_path / "out.csv").exists()
+    assert r.stderr.strip().splitlines() == [f"Error: {message} run outside the dates the workers accept, from "
+                                             "2000-01-01 to 2199-12-31: choose a start and a number of days "
+                                             "within them"], r.stderr
+
+
 def test_gen_goes_up_to_the_last_day_workers_accept_and_train_takes_only_yyyy_mm_dd(tmp_path):
     r = run_cli("gen", "out.csv", "--customers", "200", "--terminals", "300", "--days", "30",
                 "--start", "2199-12-02", cwd=tmp_path)

@@ -171,13 +171,28 @@ def _transactions(p: dict, days: int, rng: np.random.Generator, progress=None):
     return {key: (np.concatenate(v) if v else np.zeros(0)) for key, v in out.items()}
 
 
+def _check_dates(start64: np.datetime64, days: int) -> None:
+    """ValueError unless every time of the `days` days from `start64` is one the workers accept
+    (zfraud.scoring): a file they would reject, every row of it, is no use."""
+    from .dataset import DATES, DAY_MS
+    from .scoring import MAX_TS_MS, MIN_TS_MS
+
+    first = int(start64.astype("datetime64[ms]").astype(np.int64))
+    if first < MIN_TS_MS or first + days * DAY_MS > MAX_TS_MS:
+        last = np.datetime64(first + (days - 1) * DAY_MS, "ms").astype("datetime64[D]")
+        raise ValueError(f"the {days} days {start64.astype('datetime64[D]')} to {last} run outside the dates the "
+                         f"workers accept, {DATES}: choose a start and a number of days within them")
+
+
 def generate(customers: int = 5000, terminals: int = 10000, days: int = 183, seed: int = 0,
              start="2018-04-01", r: float = 5, progress: Progress = None) -> dict:
     """Simulate the Handbook's raw transaction table.
 
     Returns a dict of numpy arrays in the book's column order (COLUMNS), sorted by time, with
-    TRANSACTION_ID = 0..n-1. `progress(done, total)`, if given, is called as work advances."""
+    TRANSACTION_ID = 0..n-1. `progress(done, total)`, if given, is called as work advances.
+    ValueError if the days from `start` run outside the dates workers accept."""
     start64 = np.datetime64(start, "s")
+    _check_dates(start64, days)
     total = 2 * customers + 2 + max(days - 1, 0)
     state = [0]
 
