@@ -275,6 +275,35 @@ def test_a_timestamp_with_an_offset_is_converted_to_utc_without_a_warning(tmp_pa
     assert [line for line, _ in errors] == [7, 8, 9, 10]
 
 
+ZONES = ["2018-04-01 00:00:01 UTC", "2018-04-01 00:00:02 CET", "2018-04-01T00:00:03 +02:00", "2018-04-01 00:00:04 Z"]
+
+
+def test_a_time_zone_name_is_that_rows_error_without_a_warning(tmp_path):
+    """numpy warns of a zone it cannot read (a UserWarning with a line of our source on stderr)
+    before failing; the labelled reader let that warning out as a traceback."""
+    p = tmp_path / "tx.csv"
+    p.write_text(HEADER + "".join(f"{i},{t},1,2,5.5,0,0,0,0\n" for i, t in enumerate(["2018-04-01 00:00:00", *ZONES])))
+    errors = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reader = open_source(p)
+        (chunk,) = list(reader)
+        d = read_labelled(p, errors)
+    assert caught == []
+    assert chunk["tx_id"].tolist() == [0] and reader.errors == [(3 + k, f"{TS}, got {t!r}") for k, t in enumerate(ZONES)]
+    assert d["tx_id"].tolist() == [0] and [line for line, _ in errors] == [3, 4, 5, 6]
+    assert errors[0][1].startswith("TX_DATETIME '2018-04-01 00:00:01 UTC' is not a date and time")
+
+
+def test_send_reports_a_time_zone_name_at_its_line_and_nothing_else(mesh2, tmp_path):
+    p = tmp_path / "utc.csv"
+    p.write_text(HEADER + f"1,{ZONES[0]},1,2,5.5,0,0,0,0\n2,2018-04-01 00:00:02,1,2,5.5,0,0,0,0\n")
+    r, s = send(mesh2, p)
+    assert r.returncode == 3 and (s["sent"], s["verdicts"], s["errors"]) == (2, 1, 1), r.stderr
+    assert r.stderr.splitlines()[0] == f"input line 2: {TS}, got {ZONES[0]!r}", r.stderr  # then the summary
+    assert "Warning" not in r.stderr and "sources.py" not in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_now_and_today_are_not_times(tmp_path, fmt):
     """numpy reads "now" and "today" as the clock's time and date (and "NaT" as -2**63 ms)."""

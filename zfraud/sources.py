@@ -17,6 +17,7 @@ import io
 import json
 import re
 import sys
+import warnings
 
 import numpy as np
 
@@ -77,10 +78,18 @@ def split_offsets_ms(dates: np.ndarray) -> np.ndarray:
 
 def dates_ms(dates: np.ndarray) -> np.ndarray:
     """Epoch milliseconds (int64) of ISO 8601 date strings, with Z or an offset taken exactly (numpy
-    parses both but warns). ValueError for a bad offset; NaT for an empty string."""
+    parses both but warns). ValueError for a bad offset or any other zone (UTC, CET); NaT for an
+    empty string."""
     dates = np.char.rstrip(dates, "Z")  # ISO 8601's UTC: numpy warns of it as of any zone
     offsets = split_offsets_ms(dates)
-    return dates.astype("datetime64[ms]").astype(np.int64) - offsets
+    with warnings.catch_warnings():  # what numpy still warns of is a zone it cannot read either
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        try:
+            ms = dates.astype("datetime64[ms]").astype(np.int64)
+        except (UserWarning, DeprecationWarning):
+            raise ValueError("a time zone other than Z or an offset such as +02:00") from None
+    return ms - offsets
 
 
 def parse_ts_ms(values: list) -> np.ndarray:
