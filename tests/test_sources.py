@@ -304,6 +304,24 @@ def test_send_reports_a_time_zone_name_at_its_line_and_nothing_else(mesh2, tmp_p
     assert "Warning" not in r.stderr and "sources.py" not in r.stderr, r.stderr
 
 
+def test_a_time_with_spaces_around_it_is_read_without_a_warning(tmp_path):
+    """numpy reads " 1522540831000" as the year 1522540831000 (garbage ms, that the workers then
+    reject with no line), and a space after a date as a time zone (a warning)."""
+    times = [" 1522540831000", "1522540832000 ", " 2018-04-01 00:00:33", "2018-04-01 00:00:34 ", " 2018-04-01T00:00:35Z "]
+    p = tmp_path / "tx.csv"
+    p.write_text("TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n"
+                 + "".join(f"{i},{t},1,2,5.5,0\n" for i, t in enumerate(times)))
+    errors = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reader = open_source(p)
+        (chunk,) = list(reader)
+        d = read_labelled(p, errors)
+    want = [1522540831000, 1522540832000, 1522540833000, 1522540834000, 1522540835000]
+    assert chunk["ts_ms"].tolist() == want and reader.errors == [] and caught == []
+    assert d["ts_ms"].tolist() == want[2:] and [line for line, _ in errors] == [2, 3]  # the Handbook's: dates only
+
+
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_now_and_today_are_not_times(tmp_path, fmt):
     """numpy reads "now" and "today" as the clock's time and date (and "NaT" as -2**63 ms)."""

@@ -47,13 +47,15 @@ def _parse(values: list, column: str) -> np.ndarray:
         return parse_ids(values, column)  # what an id is, as zfraud send reads it
     if column == "ts_ms":
         if not np.char.isdigit(np.array(values, dtype="U1")).all():
-            raise ValueError("not a date")  # numpy would read "now" and "today" as times
+            values = np.char.strip(np.array(values, dtype=str))  # " 2018-04-01 ...": a space after the comma
+            if not np.char.isdigit(values.astype("U1")).all():
+                raise ValueError("not a date")  # numpy would read "now" and "today" as times
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a time zone: numpy reads it but warns, so take it apart below
             try:
                 a = np.array(values, dtype=dtype).astype(np.int64)
-            except (UserWarning, DeprecationWarning):
-                a = dates_ms(np.array(values, dtype=str))  # as send reads them: Z, +02:00, +0200, +02
+            except (UserWarning, DeprecationWarning):  # as send reads them: Z, +02:00, +0200, +02
+                a = dates_ms(np.char.strip(np.array(values, dtype=str)))  # a trailing space, too
         if ((a < MIN_TS_MS) | (a >= MAX_TS_MS)).any():  # and NaT, -2**63: an empty field
             raise ValueError("out of range")
         return a

@@ -102,7 +102,7 @@ def parse_ts_ms(values: list) -> np.ndarray:
         if kinds <= {int}:
             return np.array(values, dtype=np.int64)
         if kinds <= {int, str}:
-            a = np.array(values, dtype=str)
+            a = np.char.strip(np.array(values, dtype=str))  # numpy reads " 1522540831000" as a year
             digits = np.char.isdigit(a)
             out = np.empty(len(a), dtype=np.int64)
             out[digits] = a[digits].astype(np.int64)
