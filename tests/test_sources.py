@@ -37,6 +37,23 @@ def test_missing_column(tmp_path):
         list(open_source(p))
 
 
+@pytest.mark.parametrize("fmt", ["csv", "labelled"])
+def test_a_header_with_spaces_after_the_commas_is_read(tmp_path, fmt):
+    """As the README writes the columns: "TRANSACTION_ID, TX_DATETIME, ..."."""
+    p = tmp_path / "spaced.csv"
+    p.write_text("TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID, TERMINAL_ID, TX_AMOUNT, TX_FRAUD\n"
+                 "0, 2018-04-01 00:00:31, 596, 3156, 57.16, 1\n1,2018-04-01 00:02:10,4961,3412,81.51,0\n")
+    if fmt == "csv":
+        reader = open_source(p)
+        (cols,) = list(reader)
+        assert reader.errors == []
+    else:
+        cols = read_labelled(p)
+        assert cols["fraud"].tolist() == [1, 0]
+    assert cols["tx_id"].tolist() == [0, 1] and cols["card"].tolist() == [596, 4961]
+    assert cols["ts_ms"].tolist() == [1522540831000, 1522540930000] and cols["amount"].tolist() == [57.16, 81.51]
+
+
 def test_json_lines(tmp_path):
     p = tmp_path / "tx.jsonl"
     lines = [{"tx_id": 1, "card": 2, "terminal": 3, "ts_ms": 1522540831000, "amount": 5.5},

@@ -78,6 +78,7 @@ def read_labelled(path, errors: list | None = None) -> dict:
         _, header, why = next(rows, (1, [], None))
         if why:
             raise InputError(f"{path}, line 1: {why}")
+        header = [name.strip() for name in header]  # "TRANSACTION_ID, TX_DATETIME, ...", as people write it
         missing = [c for c in REQUIRED if c not in header]
         if missing:
             raise InputError(f"{path}: missing column(s) {', '.join(missing)}; expected the Handbook's schema "

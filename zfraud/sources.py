@@ -255,6 +255,7 @@ class CsvReader(Reader):
                 raise InputError(f"{self.path}, line 1: {why}")
             if header is None:
                 return
+            header = [name.strip() for name in header]  # "TRANSACTION_ID, TX_DATETIME, ...", as people write it
             index = {}
             for col, names in FIELDS.items():
                 found = [header.index(n) for n in names if n in header]
