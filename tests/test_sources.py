@@ -54,6 +54,32 @@ def test_a_header_with_spaces_after_the_commas_is_read(tmp_path, fmt):
     assert cols["ts_ms"].tolist() == [1522540831000, 1522540930000] and cols["amount"].tolist() == [57.16, 81.51]
 
 
+@pytest.mark.parametrize("first", ['{"tx_id": 1, "card": 2}', '  {"tx_id": 1}', '\ufeff{"tx_id": 1}'])
+def test_json_lines_read_as_csv_say_to_use_format_jsonl(tmp_path, first):
+    p = tmp_path / "tx.csv"
+    p.write_text(first + "\n")
+    with pytest.raises(InputError) as e:
+        list(open_source(p))
+    assert str(e.value) == f"{p}: the first line looks like JSON lines, not a CSV header: use --format jsonl"
+
+
+def test_send_says_json_lines_on_standard_input_need_format_jsonl(mesh2):
+    r = run_cli("send", "-", "--connect", mesh2.endpoint, input='{"tx_id": 1, "ts_ms": 1522540831000}\n')
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == ["Error: -: the first line looks like JSON lines, not a CSV header: "
+                                             "use --format jsonl"], r.stderr
+
+
+@pytest.mark.parametrize("text", ["", "\n", "\nTRANSACTION_ID\n"])
+def test_an_empty_or_headerless_csv_is_not_taken_for_json(tmp_path, text):
+    p = tmp_path / "tx.csv"
+    p.write_text(text)
+    try:
+        list(open_source(p))
+    except InputError as e:
+        assert "JSON" not in str(e) and "no column" in str(e)
+
+
 def test_json_lines(tmp_path):
     p = tmp_path / "tx.jsonl"
     lines = [{"tx_id": 1, "card": 2, "terminal": 3, "ts_ms": 1522540831000, "amount": 5.5},

@@ -260,6 +260,9 @@ class CsvReader(Reader):
             for col, names in FIELDS.items():
                 found = [header.index(n) for n in names if n in header]
                 if not found:
+                    if header and header[0].startswith("{"):  # stripped above, and open_text drops a byte-order mark
+                        raise InputError(f"{self.path}: the first line looks like JSON lines, not a CSV header: "
+                                         "use --format jsonl")
                     raise InputError(f"{self.path}: no column {' or '.join(names)} in the header {header}")
                 index[col] = found[0]
             width = max(index.values()) + 1
