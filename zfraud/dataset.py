@@ -19,7 +19,6 @@ DAY_MS = 86_400_000
 REQUIRED = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD")
 
 
-
 def date_of(day: int) -> str:
     """The YYYY-MM-DD date of a day since the epoch (UTC)."""
     return (dt.date(1970, 1, 1) + dt.timedelta(days=int(day))).isoformat()
