@@ -232,7 +232,7 @@ def test_a_snapshot_that_cannot_be_written_is_logged_and_scoring_goes_on(tmp_pat
         assert (c.score(second)["decision"] != P.REJECTED).all() and mesh.procs["w1"].poll() is None
         assert mesh.stop_worker("w1") == 1
         log = mesh.log("w1")
-    assert f"cannot save state to {state}/w1.state.npz: [Errno 20] Not a directory" in log
+    assert f"cannot save state to {state}/w1.state.npz: [Errno 20] Not a directory (there is no snapshot there)" in log
     assert "could not save its state" in log and "Traceback" not in log
 
 

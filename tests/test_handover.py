@@ -137,6 +137,36 @@ def test_cards_that_reach_their_old_owner_after_the_handover_are_merged_not_lost
             np.testing.assert_array_equal(got[field], want[field], err_msg=f"{w} {field}")
 
 
+def test_a_worker_killed_and_started_again_within_the_member_timeout_gets_its_cards_back_at_once(
+        model_path, tmp_path, ctx):
+    """w2 is killed and started again at once, so w1 never drops it: the member list does not
+    change. A stale client meanwhile sends w1 transactions of w2's cards, and w1 starts records
+    for them. w1 knows the restart from the new boot in w2's mesh.hello and hands them back at
+    its next heartbeat (it used to wait for its periodic sweep, up to 30 s)."""
+    rng = np.random.default_rng(7)
+    cards, n, day = 400, 4000, 17_800 * 86_400_000
+    tx = {"tx_id": np.arange(1, n + 1, dtype=np.uint64), "card": rng.integers(1, cards + 1, n).astype(np.uint64),
+          "terminal": rng.integers(0, 50, n).astype(np.uint64),
+          "ts_ms": day + np.arange(n, dtype=np.int64) * 300_000, "amount": rng.integers(1, 300, n).astype(np.float64)}
+    ids = np.unique(tx["card"])
+    w2_owns = owners(ids, ["w1", "w2"]) == 1
+    extra = ["--model", str(model_path), "--cards", "4096", "--terminals", "4096", "--heartbeat", "2"]
+    with LocalMesh(2, extra_args=extra, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint) as c:
+        time.sleep(6)  # past the sweeps that follow the mesh's forming (at a heartbeat, and 3 s later)
+        mesh.signal("w2", signal.SIGKILL)
+        mesh.procs["w2"].wait(5)
+        stale = request(ctx, mesh.routers["w1"], P.batch_message(1, 0, tx))  # every card, to w1
+        assert stale.command == P.RESULT and stale.header["rows"] == n
+        assert status(c, "w1")["state"]["cards"] == len(ids)
+        mesh.start_worker("w2")  # the same endpoints, well within w1's 6 s member timeout
+        wait_for("w1 hands the new w2 the cards it started for it",
+                 lambda: status(c, "w1")["state"]["cards"] == (~w2_owns).sum(), timeout_s=12)
+        log = mesh.log("w1")
+    assert "member lost name=w2" not in log  # the member list never changed
+    assert "member restarted name=w2 (a new process at the same endpoints)" in log
+    assert w2_owns.sum() > 100
+
+
 def test_a_worker_saves_at_once_after_a_handover_so_a_crash_cannot_hand_the_cards_over_twice(model_path, tmp_path):
     """w1's snapshot holds every card; w2 joins and takes its share. Had w1 crashed before its
     next periodic save (--snapshot-every 600 here), it would have restored that share and handed

@@ -1,5 +1,6 @@
 """The mesh with real worker processes on loopback, driven through the Python API and the CLI."""
 import contextlib
+import errno
 import json
 import os
 import re
@@ -676,6 +677,60 @@ def test_a_second_worker_under_a_live_members_name_stops_and_the_mesh_keeps_the_
         assert member_routers(mesh, "w1") == member_routers(mesh, "w2") == before
         assert "NAME_TAKEN" in mesh.log("w1" if seed == "another member" else "w2")
         assert finish(start_send(mesh.endpoint, "--synthetic", "5000"))[:1] == (0,)
+
+
+def _unwritable(directory: str) -> bool:
+    try:
+        os.close(os.open(os.path.join(directory, ".zfraud-test"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except OSError as e:
+        return e.errno == errno.EACCES
+    os.unlink(os.path.join(directory, ".zfraud-test"))
+    return False
+
+
+@pytest.mark.skipif(not _unwritable("/sys/kernel"), reason="needs a directory where no file can be created")
+def test_a_state_dir_where_no_snapshot_can_be_written_stops_the_worker_at_its_start(model_path):
+    """sysfs refuses new files even to root (chmod does not): the worker used to run, and fail at
+    every save."""
+    r = run_cli("worker", "--name", "w", "--bind", f"tcp://127.0.0.1:{free_port()}", "--pub",
+                f"tcp://127.0.0.1:{free_port()}", "--model", str(model_path), "--state-dir", "/sys/kernel", timeout=30)
+    assert r.returncode == 1 and "ready name" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "Error: cannot write snapshots in /sys/kernel (--state-dir): Permission denied"
+
+
+def test_a_worker_whose_seed_never_answers_says_so(tmp_path):
+    """It runs as a mesh of its own, and used to say nothing about it."""
+    seed = f"tcp://127.0.0.1:{free_port()}"
+    log = tmp_path / "w.log"
+    with open(log, "w") as f:
+        w = subprocess.Popen([sys.executable, "-m", "zfraud", "worker", "--name", "w", "--bind",
+                              f"tcp://127.0.0.1:{free_port()}", "--pub", f"tcp://127.0.0.1:{free_port()}",
+                              "--seed", seed, "--heartbeat", "0.5"], stderr=f)
+    try:
+        end = time.monotonic() + 20
+        while time.monotonic() < end and "has not answered" not in log.read_text():
+            time.sleep(0.1)
+    finally:
+        w.terminate()
+        w.wait(10)
+    text = log.read_text()
+    assert re.search(rf"WARNING seed {seed} has not answered for [3-9] s \(members: 1\); still asking. A worker that "
+                     r"reaches no seed scores alone, as a mesh of its own: check --seed", text), text
+    assert text.count("has not answered") == 1  # said once
+
+
+def test_a_worker_that_left_and_is_back_within_seconds_is_logged_as_joined(tmp_path):
+    """Its peers still follow a departed worker's PUB for 15 s (what it scored while draining);
+    a restart inside that window joined without the log line, so the log showed it leave for good."""
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh:
+        assert mesh.stop_worker("w2") == 0  # SIGTERM: a goodbye
+        mesh.start_worker("w2", seed=mesh.routers["w1"])
+        mesh.wait_members(["w1", "w2"], timeout_s=15)
+        end = time.monotonic() + 10
+        while time.monotonic() < end and mesh.log("w1").count("member joined name=w2") < 2:
+            time.sleep(0.1)
+        log = mesh.log("w1")
+    assert log.count("member left name=w2") == 1 and log.count("member joined name=w2") == 2, log
 
 
 def test_a_worker_killed_and_started_on_new_endpoints_under_its_name_joins(tmp_path):

@@ -97,13 +97,17 @@ class Handover:
         self.follow(routers)
         if names != self.view:
             self.view = list(names)
-            self.due = [now, now + SETTLE_S]
+            self.soon(now)
         if not (force or now >= self.next_sweep or (self.due and self.due[0] <= now)):
             return
         self.due = [t for t in self.due if t > now]
         self.next_sweep = now + EVERY_S
         if names:
             self.sweep(features, names, now)
+
+    def soon(self, now: float) -> None:
+        """Sweep at the next tick, and SETTLE_S later, as after a change of members."""
+        self.due = [now, now + SETTLE_S]
 
     def sweep(self, features, names: list[str], now: float) -> int:
         """Send every card held here whose owner among `names` is another worker; returns the

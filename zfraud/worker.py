@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import time
 from collections import defaultdict, deque
 from pathlib import Path
@@ -111,6 +112,18 @@ def _advertised(endpoint: str) -> str:
     return endpoint
 
 
+def _check_writable(directory: Path) -> None:
+    """Create `directory` if need be and write a file in it, or ValueError saying why: a worker
+    whose snapshots cannot be written says so at its start, not at its first save."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".zfraud-probe-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"cannot write snapshots in {directory} (--state-dir): {e.strerror or e}") from None
+
+
 def _bind(sock, endpoint: str, what: str, also=None) -> None:
     """sock.bind(endpoint), or ValueError saying why (a port in use, an address not on this
     machine), after closing sock and `also`: a worker that cannot bind cannot start."""
@@ -145,7 +158,7 @@ class Worker:
         features = FeatureEngine(model.feature_set, *self.engine_args)
         self.state_path = Path(state_dir) / f"{name}.state.npz" if state_dir else None
         if self.state_path is not None:
-            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            _check_writable(self.state_path.parent)
             if self.state_path.exists():
                 try:
                     # The ids counted into that state: a resend of one after the restart is a
@@ -209,6 +222,9 @@ class Worker:
         self._stopping = False
         self._draining_since = None  # set when stop() is first noticed: leaving, still answering
         self._last_request = time.monotonic()
+        self._listed: set[str] = set()  # the other members as of the last _sync_subscriptions
+        self._seeds_asked: dict[str, float | None] = {}  # seed -> when first asked (None: warned it is silent)
+        self._boots: dict[str, int] = {}  # member name -> the boot of its process, from its mesh.hello
         self._seq = defaultdict(int)  # topic -> last seq given (published or not), for gap detection
         self.boot = int.from_bytes(os.urandom(6), "big")  # this process, in its verdict messages: seq restarts with it
         self.started = time.time()
@@ -433,13 +449,28 @@ class Worker:
         self._ask(router, name)
 
     def _hello_asking(self) -> None:
+        now = time.monotonic()
         for router, (sock, name) in list(self.asking.items()):
             if name is not None and self._draining_since is not None:
                 continue  # leaving: a rejoin would bring us back into its member list
+            silent = self._seed_silent(router, now) if name is None else None
+            if silent is not None:
+                log.warning("seed %s has not answered for %.0f s (members: %d); still asking. A worker that "
+                            "reaches no seed scores alone, as a mesh of its own: check --seed",
+                            router, silent, len(self.members.members))
             try:
                 sock.send_multipart(self._hello_message(to=name), zmq.NOBLOCK)
             except zmq.Again:
                 pass  # not there yet: the next heartbeat tries again
+
+    def _seed_silent(self, router: str, now: float) -> float | None:
+        """Seconds a seed has not answered HELLO, once per seed, when that passes two member
+        timeouts; else None."""
+        since = self._seeds_asked.setdefault(router, now)
+        if since is None or now - since < 2 * self.members.timeout:
+            return None
+        self._seeds_asked[router] = None  # said once
+        return now - since
 
     def _on_hello_answer(self, router: str, sock) -> None:
         try:
@@ -453,6 +484,7 @@ class Worker:
             self._name_refused_at = None
             self._merge(msg.header.get("members") or [])
             if name is None:
+                self._seeds_asked.pop(router, None)
                 log.info("joined via seed=%s members=%d", router, len(self.members.members))
         elif msg.command == P.ERROR and msg.header.get("code") == P.NAME_TAKEN:
             self._name_refused(router, msg.header)
@@ -486,7 +518,8 @@ class Worker:
         self.stats["snapshot_failures"] += 1
         if self.metrics is not None:
             self.metrics.snapshot_failures.inc()
-        log.error("cannot save state to %s: %s (the last good snapshot there is kept)", self.state_path, error)
+        log.error("cannot save state to %s: %s (%s)", self.state_path, error,
+                  "the last good snapshot there is kept" if self.state_path.exists() else "there is no snapshot there")
 
     def _reap_snapshot(self, block: bool = False) -> None:
         """Log and count how a background save ended (once it has). A failed one (a full disk, a
@@ -564,7 +597,7 @@ class Worker:
         if self._draining_since is not None:
             return  # leaving: a hello would bring us back into the others' member lists
         me = self.members.me
-        self._publish(b"mesh.hello", {"name": me.name, "router": me.router, "pub": me.pub,
+        self._publish(b"mesh.hello", {"name": me.name, "router": me.router, "pub": me.pub, "boot": self.boot,
                                       "members": self.members.public(now), "load": self._load()})
 
     def _sync_subscriptions(self) -> None:
@@ -581,6 +614,8 @@ class Worker:
             sock.close()
         for name in [n for n in self._intel_seq if n not in want]:
             del self._intel_seq[name]  # if it comes back, its first message triggers a full sync
+        for name in [n for n in self._boots if n not in want]:
+            del self._boots[name]  # if it comes back, it joins: that is not a restart
         for name, pub in list(self.subscribed.items()):
             if following.get(name) != pub:
                 try:
@@ -597,10 +632,14 @@ class Worker:
                     self.members.leave(name)
                     continue
                 self.subscribed[name] = pub
-                self._intel_since = 0  # a newcomer needs all our terminal counts, not just news
-                m = self.members.members[name]
-                log.info("member joined name=%s router=%s pub=%s", name, m.router, m.pub)
-                self._request_sync(name)  # and we need all of its: now, not at its next news
+        # A member that said goodbye and is back within DEPARTED_FOLLOW_S was still followed: it
+        # joins all the same (a restart), so a join is a name new to the member list, not a connect
+        for name in [n for n in want if n not in self._listed and n in self.subscribed]:
+            self._intel_since = 0  # a newcomer needs all our terminal counts, not just news
+            m = self.members.members[name]
+            log.info("member joined name=%s router=%s pub=%s", name, m.router, m.pub)
+            self._request_sync(name)  # and we need all of its: now, not at its next news
+        self._listed = {n for n in want if n in self.subscribed}
         if self.metrics is not None:  # at once: a scrape right after a join must not see the old count
             self.metrics.members(len(self.members.members))
 
@@ -759,12 +798,28 @@ class Worker:
             if frames[0] == b"mesh.hello":
                 if self.members.heard(name, str(h["router"]), str(h["pub"]), h.get("load")):
                     self._sync_subscriptions()
+                self._check_boot(name, h.get("boot"))
                 members = h.get("members") or []
                 self._merge(members)
                 if not any(isinstance(m, dict) and m.get("name") == self.name for m in members):
                     self._rejoin(name, str(h["router"]))  # it dropped us, or has not heard us yet
         except (P.ProtocolError, KeyError, TypeError, ValueError) as e:
             log.warning("ignored a malformed mesh message: %s", e)
+
+    def _check_boot(self, name: str, boot) -> None:
+        """A member whose process changed without leaving the member list (killed and started
+        again within the member timeout): what it needs from a joiner, it needs now. The records
+        of its cards started here meanwhile go back at once, not at the next periodic sweep, and
+        terminal counts are exchanged in full."""
+        if not isinstance(boot, int) or name not in self.members.members:
+            return
+        last, self._boots[name] = self._boots.get(name), boot
+        if last is None or last == boot:
+            return
+        log.info("member restarted name=%s (a new process at the same endpoints)", name)
+        self._intel_since = 0
+        self._request_sync(name)
+        self.handover.soon(time.monotonic())
 
     # -- requests ---------------------------------------------------------------------------
     def _on_request(self, frames) -> None:
