@@ -279,7 +279,8 @@ def test_send_says_in_one_line_that_no_row_was_scored_when_the_workers_rejected_
     r, s = send(mesh2, p)
     assert r.returncode == 3, r.stderr
     assert (s["sent"], s["verdicts"], s["errors"], s["lost"]) == (6, 0, 6, 0)
-    assert r.stderr.splitlines()[-1] == ("no row was scored: the workers rejected all 6 they answered "
+    assert r.stderr.splitlines()[-1] == ("no row was scored: the workers rejected all 6 they answered; the most "
+                                         "common reason (6 of 6): amount is negative "
                                          "(--out FILE writes each verdict with its reason)")
 
 

@@ -240,14 +240,17 @@ def print_summary(s, out=sys.stdout) -> None:
         click.echo(f"{k:<{width}}  {v}", file=out)
 
 
-def nothing_scored(source, summary) -> str:
+def nothing_scored(source, summary, rejected) -> str:
     """The line saying that no row was scored: the most common reason rows were rejected (the
-    message without the value or the JSON position it names) and the input `source` expects."""
+    reader's, without the value or the JSON position it names, else the workers': `rejected`,
+    a Counter of their reasons) and the input `source` expects."""
     from collections import Counter
 
     if not source.errors:
-        return (f"no row was scored: the workers rejected all {summary.errors:,} they "
-                f"answered (--out FILE writes each verdict with its reason)")
+        reason, n = rejected.most_common(1)[0] if rejected else ("unknown", 0)
+        return (f"no row was scored: the workers rejected all {summary.errors:,} they answered; the most "
+                f"common reason ({n:,} of {summary.errors:,}): {reason.removeprefix('error: ')} "
+                f"(--out FILE writes each verdict with its reason)")
     reasons = Counter(re.sub(r"(, got .*|: line \d+ column \d+ \(char \d+\))$", "", m) for _, m in source.errors)
     reason, n = reasons.most_common(1)[0]
     return f"no row was scored; the most common reason ({n:,} of {summary.sent:,} rows): {reason}. Expected {source.expected}"
@@ -295,6 +298,10 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
     none was scored, the last line says so, with the most common reason and the input expected);
     130 interrupted.
     """
+    from collections import Counter
+
+    import numpy as np
+
     from .client import Client
     from .files import replacing
     from .sources import open_source
@@ -309,7 +316,7 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
     _distinct_files(file=file, out=out, dead_letter=dead_letter)
     source = open_source(file, synthetic, batch, fmt)
     progress = Progress(total=synthetic)
-    interrupted = []
+    interrupted, rejected = [], Counter()
 
     def interrupt(*_):
         if interrupted:  # the second Ctrl-C: stop waiting
@@ -321,8 +328,15 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
         # --out is replaced only by a send that gets to its summary (files.replacing)
         with _connected(Client, connect, window=window, deadline_s=deadline, dead_letter_path=dead_letter,
                         curve_dir=curve_dir) as client, (replacing(out) if out else nullcontext()) as sink:
-            on_verdicts = (lambda v, h: sink.write("".join(json.dumps(r) + "\n" for r in records(v, h)).encode())
-                           ) if sink else None
+            def on_verdicts(v, h):
+                if sink:
+                    sink.write("".join(json.dumps(r) + "\n" for r in records(v, h)).encode())
+                refused = v["reason"][v["decision"] == P.REJECTED]
+                if len(refused):  # tallied for the line that says no row was scored, if none was
+                    reasons = h.get("reasons") or []
+                    for code, n in zip(*np.unique(refused, return_counts=True)):
+                        rejected[reasons[code] if 0 <= code < len(reasons) else f"reason {code}"] += int(n)
+
             signal.signal(signal.SIGINT, interrupt)
             summary = client.stream(source, rate=rate, progress=progress, on_verdicts=on_verdicts,
                                     input_errors=lambda: source.error_count, stop=lambda: bool(interrupted))
@@ -345,7 +359,7 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
     else:
         print_summary(summary)
     if not summary.verdicts and summary.errors:  # every row answered was rejected
-        click.echo(nothing_scored(source, summary), err=True)
+        click.echo(nothing_scored(source, summary, rejected), err=True)
     if interrupted:
         sys.exit(130)
     if summary.lost or summary.dead_letter:
@@ -682,8 +696,9 @@ def label(file, connect, batch, curve_dir):
 
     Terminal risk counts a fraud on the day of its transaction; send labels when they are
     revealed, not before, as a live system would learn them. A row that cannot be read is
-    reported (with its line) and not sent; the others are. Exit status: 0, or 3 when some rows
-    could not be read."""
+    reported (with its line) and not sent; the others are. Exit status: 0 every label was
+    acknowledged; 1 a worker refused labels, or a share was still unacknowledged after 3 sends
+    (the message says how many were applied); 3 some rows could not be read."""
     from .client import Client, MeshError
     from .dataset import read_labelled
 
