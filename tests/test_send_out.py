@@ -87,3 +87,12 @@ def test_tail_without_a_decision_and_keys_without_a_directory_are_usage_errors()
 def test_gen_refuses_a_negative_seed_as_a_usage_error(tmp_path):
     r = run_cli("gen", str(tmp_path / "x.csv"), "--seed", "-1", "--days", "1", timeout=30)
     assert r.returncode == 2 and "--seed" in r.stderr and "-1 is not in the range x>=0" in r.stderr, r.stderr
+
+
+def test_bytes_that_are_not_utf8_are_one_reason_whatever_the_byte(mesh2, tmp_path):
+    data = tmp_path / "garbage.jsonl"
+    data.write_bytes(b"".join(bytes([b]) + b"xyz\n" for b in (0xe9, 0xac, 0xff, 0xac)))
+    r = run_cli("send", str(data), "--connect", mesh2.endpoint, timeout=60)
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.splitlines()[-1].startswith(
+        "no row was scored; the most common reason (4 of 4 rows): not UTF-8 text: save the file as UTF-8."), r.stderr

@@ -251,7 +251,8 @@ def nothing_scored(source, summary, rejected) -> str:
         return (f"no row was scored: the workers rejected all {summary.errors:,} they answered; the most "
                 f"common reason ({n:,} of {summary.errors:,}): {reason.removeprefix('error: ')} "
                 f"(--out FILE writes each verdict with its reason)")
-    reasons = Counter(re.sub(r"(, got .*|: line \d+ column \d+ \(char \d+\))$", "", m) for _, m in source.errors)
+    reasons = Counter(re.sub(r"(, got .*|: line \d+ column \d+ \(char \d+\))$", "", re.sub(r" \(byte 0x[0-9a-f]+\)", "", m))
+                      for _, m in source.errors)
     reason, n = reasons.most_common(1)[0]
     return f"no row was scored; the most common reason ({n:,} of {summary.sent:,} rows): {reason}. Expected {source.expected}"
 
@@ -296,7 +297,7 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
     Exit status: 0 every transaction got a verdict; 1 some were lost or dead-lettered;
     3 all were answered but some were rejected as invalid (see the messages on stderr; when
     none was scored, the last line says so, with the most common reason and the input expected);
-    130 interrupted.
+    2 a usage error, before anything was sent; 130 interrupted.
     """
     from collections import Counter
 
