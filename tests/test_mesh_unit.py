@@ -60,3 +60,44 @@ def test_a_name_is_taken_while_its_member_is_live_at_other_endpoints():
     assert ms.taken("b", "tcp://b:1", "tcp://b:2", now=12.9) is None  # the same process
     assert ms.taken("b", "tcp://x:1", "tcp://x:2", now=13.0) is None  # silent for the timeout: maybe gone
     assert ms.taken("c", "tcp://c:1", "tcp://c:2", now=10.0) is None  # unknown
+
+
+def test_a_stream_sample_is_exact_up_to_its_capacity_then_evenly_spaced_and_bounded():
+    """Client.stream's latencies: a send of any length keeps at most `capacity` numbers."""
+    from zfraud.client import Sample
+
+    s = Sample(capacity=100)
+    for lo in range(0, 90, 7):
+        s.add(np.arange(lo, min(lo + 7, 90), dtype=float))
+    assert (s.stride, s.kept) == (1, 90) and s.percentiles([50]).tolist() == [np.percentile(np.arange(90), 50)]
+    for lo in range(90, 100_000, 37):  # chunks that do not line up with any stride
+        s.add(np.arange(lo, min(lo + 37, 100_000), dtype=float))
+        assert s.kept <= 100
+    kept = np.concatenate(s._parts)
+    assert s.stride == 1024 and kept.tolist() == list(range(0, 100_000, 1024))  # every stride-th, from the first
+    assert abs(s.percentiles([50])[0] - 50_000) < 1024
+    one = Sample(capacity=100)
+    one.add(np.arange(1000, dtype=float))  # more than twice the capacity at once
+    assert one.stride == 16 and np.concatenate(one._parts).tolist() == list(range(0, 1000, 16))
+
+
+def test_repeats_are_counted_alike_in_order_and_out_of_order_within_the_ids_remembered():
+    """Client.stream's `repeated`: ids going up cost no hash set; the first one out of order
+    switches to one, seeded with the ids remembered so far, so the count is the same as a hash
+    set's from the start (zfraud._dedup.SeenSet, as a worker remembers ids)."""
+    from zfraud._dedup import SeenSet
+    from zfraud.client import Repeats
+
+    rng = np.random.default_rng(3)
+    ids = np.concatenate([np.arange(1, 5000), np.arange(5000, 9000)[::-1], rng.integers(1, 12000, 3000),
+                          np.arange(20000, 23000)]).astype(np.uint64)
+    for capacity in (64, 1000, 100_000):
+        r, want = Repeats(capacity), SeenSet(capacity)
+        got = sum(r(ids[lo:lo + 333]) for lo in range(0, len(ids), 333))
+        new = np.empty(len(ids), np.uint8)
+        want.check_and_add(ids, new)
+        assert got == len(ids) - int(new.sum()) > 0
+    increasing = Repeats(1000)
+    assert sum(increasing(np.arange(k, k + 100, dtype=np.uint64)) for k in range(0, 10_000, 100)) == 0
+    assert increasing.seen is None and increasing.count == 1000  # no hash set; a bounded ring
+    assert increasing(np.array([9_950], np.uint64)) == 1 and increasing(np.array([8_999], np.uint64)) == 0

@@ -288,7 +288,8 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
     card, terminal, amount); - reads standard input.
 
     The summary counts records: one whose tx_id an earlier record had is sent, answered and
-    counted again, and also counted in "with a tx_id sent before" (repeated).
+    counted again, and also counted in "with a tx_id sent before" (repeated; ids are remembered
+    as workers remember them, the last 1,048,576 distinct ones).
 
     Ctrl-C (SIGINT) stops reading the input: what was sent gets up to --deadline to be answered,
     then the summary is printed (the rest counted as lost), with status 130. A second Ctrl-C

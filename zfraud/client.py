@@ -26,6 +26,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol as P
+from ._dedup import SeenSet
 from .mesh import owners
 from .security import HANDSHAKE_EVENTS, Curve, check_handshake, describe_handshake_failure
 from .sockets import configure, recv_frames, send_frames
@@ -49,6 +50,103 @@ class Pending:
     attempt: int
 
 
+REMEMBER_IDS = 1 << 20  # a stream's `repeated` looks this many distinct ids back (a worker remembers as many)
+FOLD_ROWS = 1 << 18      # rows of RESULTs read before they are folded into a stream's counts
+
+
+class Sample:
+    """An evenly spaced sample of a sequence of numbers, bounded: every `stride`-th value, the
+    stride doubling (and every other value kept dropped) whenever more than `capacity` are kept.
+    Exact up to `capacity` values; after that, at least capacity / 2 of them, spread evenly
+    over the whole sequence."""
+
+    def __init__(self, capacity: int = 1 << 20):
+        self.capacity, self.stride, self.seen, self.kept = capacity, 1, 0, 0
+        self._parts: list[np.ndarray] = []
+
+    def add(self, values: np.ndarray) -> None:
+        first = -self.seen % self.stride  # the first value whose position in the sequence is a multiple of stride
+        self.seen += len(values)
+        part = np.asarray(values, dtype=np.float64)[first::self.stride]
+        self._parts.append(part)
+        self.kept += len(part)
+        while self.kept > self.capacity:  # kept: positions 0, stride, 2 stride, ...; keep the even ones
+            whole = np.concatenate(self._parts)[::2]
+            self._parts, self.kept, self.stride = [whole], len(whole), self.stride * 2
+
+    def percentiles(self, q) -> np.ndarray:
+        return np.percentile(np.concatenate(self._parts), q)
+
+
+class Repeats:
+    """Counts the ids that are among the last `capacity` distinct ids counted before, in bounded
+    memory. A stream whose ids only go up (generated, or a file in id order: the common case)
+    costs a comparison and a copy per id; its first id out of order switches to a hash set
+    (zfraud._dedup.SeenSet, what workers use), seeded with the ids remembered so far."""
+
+    def __init__(self, capacity: int = REMEMBER_IDS):
+        self.capacity, self.head, self.count = capacity, 0, 0
+        self.top = None      # the largest id so far, while every id has been larger than the ones before
+        self.ring = None     # the last `capacity` ids, while they go up
+        self.seen = None     # the hash set, once they have not
+
+    def __call__(self, ids) -> int:
+        ids = np.ascontiguousarray(ids, dtype=np.uint64)
+        if not len(ids):
+            return 0
+        if self.seen is None:
+            if (self.top is None or ids[0] > self.top) and bool((ids[1:] > ids[:-1]).all()):
+                self.top = ids[-1]
+                self._remember(ids)
+                return 0
+            self.seen, before = SeenSet(self.capacity), self._remembered()
+            self.seen.check_and_add(before, np.empty(len(before), np.uint8))
+            self.ring = None
+        new = np.empty(len(ids), np.uint8)
+        self.seen.check_and_add(ids, new)
+        return len(ids) - int(new.sum())
+
+    def _remember(self, ids: np.ndarray) -> None:
+        if self.ring is None:
+            self.ring = np.empty(self.capacity, np.uint64)
+        ids = ids[-self.capacity:]
+        first = min(len(ids), self.capacity - self.head)
+        self.ring[self.head:self.head + first] = ids[:first]
+        self.ring[:len(ids) - first] = ids[first:]
+        self.head = (self.head + len(ids)) % self.capacity
+        self.count = min(self.count + len(ids), self.capacity)
+
+    def _remembered(self) -> np.ndarray:
+        """The ids remembered, oldest first."""
+        if self.ring is None:
+            return np.zeros(0, np.uint64)
+        if self.count < self.capacity:
+            return self.ring[:self.count]
+        return np.concatenate([self.ring[self.head:], self.ring[:self.head]])
+
+
+class _Tally:
+    """A stream's decisions and latencies, folded in from the RESULTs read (see Client.stream)."""
+
+    def __init__(self, t0: float, rate: float | None):
+        self.t0, self.rate = t0, rate
+        self.decisions = np.zeros(len(P.DECISIONS), dtype=np.int64)
+        self.latency = Sample()
+
+    def fold(self, results: list) -> None:
+        """Fold in and clear (when it was read, decisions, stream positions, round trip ms) tuples."""
+        if not results:
+            return
+        read_at, decision, origin, round_trip = zip(*results)
+        self.decisions += np.bincount(np.concatenate(decision), minlength=len(P.DECISIONS))
+        if self.rate:  # open loop: from when each row was due
+            lat = np.concatenate([(t - self.t0) * 1000 - o * (1000 / self.rate) for t, o in zip(read_at, origin)])
+        else:
+            lat = np.repeat(round_trip, [len(o) for o in origin])
+        self.latency.add(lat)
+        results.clear()
+
+
 @dataclass
 class Summary:
     """What a stream did, counted in rows of the input (a tx_id the input repeats counts each
@@ -56,7 +154,7 @@ class Summary:
     and in no dead-letter entry."""
 
     sent: int = 0
-    repeated: int = 0     # of those sent, the transactions whose tx_id an earlier one had
+    repeated: int = 0     # of those sent, the transactions whose tx_id is among the last 2**20 distinct ones
     verdicts: int = 0     # transactions answered with approve/review/decline
     errors: int = 0       # transactions rejected with a reason (a worker's, or unreadable input)
     lost: int = 0
@@ -474,29 +572,37 @@ class Client:
         what was sent gets up to deadline_s to be answered, and the summary counts what was sent
         (the rows not answered by then as lost)."""
         # What each RESULT brought: (when it was read, decisions, the rows' positions in the
-        # stream, round trip in ms). The summary is computed from it at the end, so that
-        # reading a RESULT costs the sending loop as little as possible.
-        results = []
+        # stream, round trip in ms). Reading a RESULT only appends to `results`, so that it costs
+        # the sending loop as little as possible; every FOLD_ROWS rows they are folded into
+        # `tally` (and their frames freed), so that memory stays bounded however long the stream.
+        results, unfolded = [], [0]
         resent0 = self.resent
         dead0 = len(self.dead_letters)
         t0 = time.perf_counter()
+        tally = _Tally(t0, rate)
+        count_repeats = Repeats()  # for `repeated`: the last REMEMBER_IDS distinct ids, as a worker keeps them
+        repeated = 0
 
         def collect(v, h):
             results.append((time.perf_counter(), v["decision"], h["origin"], h["latency_ms"]))
+            unfolded[0] += len(v["decision"])
+            if unfolded[0] >= FOLD_ROWS:
+                tally.fold(results)
+                unfolded[0] = 0
             if progress is not None:
                 progress(len(v["tx_id"]))
             if on_verdicts is not None:
                 on_verdicts(v, h)
 
         previous, self.on_result = self.on_result, collect
-        sent, sent_ids = 0, []
+        sent = 0
         try:
             for chunk in chunks:
                 n = len(chunk["tx_id"])
                 if not rate:
                     self.submit(chunk, np.arange(sent, sent + n))
                     sent += n
-                    sent_ids.append(np.array(chunk["tx_id"], np.uint64))  # a copy: the caller may reuse its arrays
+                    repeated += count_repeats(chunk["tx_id"])
                     self.poll(0)
                     if stop():
                         break
@@ -516,7 +622,7 @@ class Client:
                     # answers are read as they arrive meanwhile
                     if self.wait(min((sent + n - pos - 1) / rate, sent / rate + linger_s) - now):
                         self.poll(0)
-                sent_ids.append(np.array(chunk["tx_id"][:pos], np.uint64))  # the rows sent, once per chunk
+                repeated += count_repeats(chunk["tx_id"][:pos])  # the rows sent, once per chunk
                 if stop():
                     break
             self.drain(drain_timeout_s, stop)
@@ -525,25 +631,16 @@ class Client:
         elapsed = time.perf_counter() - t0
         s = Summary(workers=len(self.members))
         s.sent = sent + input_errors()
-        if sent_ids:
-            ids = np.concatenate(sent_ids)
-            s.repeated = len(ids) - int(np.unique(ids).size)
-        rejected = 0
-        decisions = np.zeros(len(P.DECISIONS), dtype=np.int64)
-        if results:
-            # Every row sent is answered at most once: the ledger takes a batch's first RESULT
-            # and ignores a late one for a batch resent since. So rows are counted, not tx_ids,
-            # which the input may repeat.
-            read_at, decision, origin, round_trip = zip(*results)
-            decision = np.concatenate(decision)
-            decisions = np.bincount(decision, minlength=len(P.DECISIONS))
-            rejected = int(decisions[P.REJECTED])
-            s.verdicts = int(decision.size) - rejected
-            if rate:
-                lat = np.concatenate([(t - t0) * 1000 - o * (1000 / rate) for t, o in zip(read_at, origin)])
-            else:
-                lat = np.repeat(round_trip, [len(o) for o in origin])
-            s.p50_ms, s.p99_ms, s.p999_ms = (round(float(x), 3) for x in np.percentile(lat, [50, 99, 99.9]))
+        s.repeated = repeated
+        tally.fold(results)
+        # Every row sent is answered at most once: the ledger takes a batch's first RESULT and
+        # ignores a late one for a batch resent since. So rows are counted, not tx_ids, which the
+        # input may repeat.
+        decisions = tally.decisions
+        rejected = int(decisions[P.REJECTED])
+        s.verdicts = int(decisions.sum()) - rejected
+        if tally.latency.kept:
+            s.p50_ms, s.p99_ms, s.p999_ms = (round(float(x), 3) for x in tally.latency.percentiles([50, 99, 99.9]))
         s.dead_letter = sum(len(e["tx_id"]) for e in self.dead_letters[dead0:])
         s.errors = rejected + input_errors()
         s.lost = s.sent - s.verdicts - s.errors - s.dead_letter
