@@ -62,7 +62,7 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
                     const float[:, ::1] runs, const float[:, ::1] fraud_amount,
                     const float[:, ::1] linked, int n7, int avg7, int n30, int avg30,
                     float[:, ::1] out):
-    """The rows of the windowed feature set (zfraud-v5), assembled from the state's reads.
+    """The rows of the windowed feature set (zfraud-v6), assembled from the state's reads.
 
     ts_ms: (n,) int64; amount: (n,) float64;
     card: (n, k) float32, the card windows (CardState.update_and_read);
