@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -745,3 +746,37 @@ def test_a_worker_killed_and_started_on_new_endpoints_under_its_name_joins(tmp_p
         assert member_routers(mesh, "w1")["w2"] == new
         assert "refuses this worker: worker name w2 is taken" in mesh.log("w2")
         assert finish(start_send(mesh.endpoint, "--synthetic", "5000"))[:1] == (0,)
+
+
+def test_a_worker_that_cannot_start_releases_its_ports_and_context():
+    """In-process: a busy metrics port fails the worker after its ROUTER and PUB were bound; the
+    retry on the same ports used to fail with 'Address already in use: another process'."""
+    from zfraud import Worker
+
+    threads = threading.active_count()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        router, pub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+        with pytest.raises(ValueError, match="cannot serve metrics on 127.0.0.1:.*Address already in use"):
+            Worker("w", router, pub, metrics_port=busy.getsockname()[1])
+    w = Worker("w", router, pub)  # the same ports, free again
+    assert w.endpoints == (router, pub)
+    w._release()
+    assert threading.active_count() == threads  # the failed worker's ZeroMQ context is gone too
+
+
+def test_tail_takes_decisions_as_a_comma_separated_string_too(mesh2):
+    """Tail(ep, decisions="decline") read the string's letters as decisions ('unknown decision c, d, ...')."""
+    from zfraud.tail import Tail
+
+    with Tail(mesh2.endpoint, decisions="decline, review") as t:
+        assert t.pubs  # it reached the mesh
+    with pytest.raises(ValueError, match="unknown decision nope"):
+        Tail(mesh2.endpoint, decisions="decline,nope")
+
+
+@pytest.mark.parametrize("workers, names", [(0, None), (-1, None), (3, ["a"])])
+def test_a_local_mesh_of_no_workers_or_the_wrong_number_of_names_is_refused(workers, names):
+    with pytest.raises(ValueError, match="a local mesh needs at least 1 worker and one name per worker"):
+        LocalMesh(workers, names=names)

@@ -56,6 +56,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 class LocalMesh:
     def __init__(self, workers: int = 2, extra_args=(), start_timeout_s: float = 30.0, log_dir=None,
                  names=None):
+        if workers < 1 or (names is not None and len(names) != workers):
+            raise ValueError(f"a local mesh needs at least 1 worker and one name per worker, got {workers} "
+                             f"worker(s) and names {names!r}")
         self.n = workers
         self.extra_args = list(extra_args)
         self.start_timeout_s = start_timeout_s

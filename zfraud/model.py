@@ -10,7 +10,8 @@ another `--delay` would feed it features it never learned. They refuse it (`chec
 (files written before it was recorded, imported models) means unknown: not checked.
 
 `load_model(path)` returns an object with `features`, `version`, `predict_proba(X)` and
-`explain(X)`, where X is a C-contiguous float32 (n, len(features)) matrix.
+`score(X)` (probabilities and each row's top contributing feature), where X is a float32
+(n, len(features)) matrix.
 """
 from __future__ import annotations
 

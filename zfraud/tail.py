@@ -42,6 +42,8 @@ def records(cols: dict, h: dict):
 class Tail:
     def __init__(self, connect: str, decisions=P.DECISIONS, hello_timeout_s: float = 5.0, curve_dir=None,
                  context: zmq.Context | None = None):
+        if isinstance(decisions, str):  # "decline" or "decline,review", as the command line takes them
+            decisions = [d.strip() for d in decisions.split(",") if d.strip()]
         unknown = set(decisions) - set(P.DECISIONS)
         if unknown:
             raise ValueError(f"unknown decision {', '.join(sorted(unknown))}; choose from {', '.join(P.DECISIONS)}")

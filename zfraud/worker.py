@@ -19,6 +19,7 @@ means a resend and a repeated verdict, never a lost one.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import os
@@ -140,9 +141,23 @@ def _bind(sock, endpoint: str, what: str, also=None) -> None:
         raise ValueError(f"cannot bind {what} {endpoint}: {zmq.strerror(e.errno)}{hint}") from None
 
 
+def _released_on_error(init):
+    """A constructor that, if it raises, first closes what it had opened (sockets, the ZeroMQ
+    context, the metrics server): a worker that cannot start leaves no port bound."""
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        try:
+            init(self, *args, **kwargs)
+        except BaseException:
+            self._release()
+            raise
+    return wrapper
+
+
 class Worker:
     """Scores batches and takes part in the mesh. `run()` blocks until `stop()` or a signal."""
 
+    @_released_on_error
     def __init__(self, name: str, bind: str, pub: str, seeds=(), model=None, thresholds: Thresholds = Thresholds(),
                  rules: RuleSet | None = None, heartbeat: float = 1.0, liveness: int = 3,
                  remember: int = 1 << 20, drain_quiet_s: float = 1.5, drain_max_s: float = 10.0,
@@ -249,6 +264,25 @@ class Worker:
             from .metrics import Metrics
             self.metrics = Metrics(metrics_port, name)
             self.metrics.running(self.scorer.model_version, self.scorer.rules_version)
+
+    def _release(self) -> None:
+        """Close whatever a failed __init__ had opened."""
+        metrics = getattr(self, "metrics", None)
+        if metrics is not None:
+            metrics.close()
+        handover = getattr(self, "handover", None)
+        if handover is not None:
+            handover.close()
+        for sock, _ in getattr(self, "asking", {}).values():
+            sock.close(linger=0)
+        for name in ("sub", "pub", "router"):
+            sock = getattr(self, name, None)
+            if sock is not None:
+                sock.close(linger=0)
+        if getattr(self, "curve", None) is not None:
+            self.curve.stop()
+        if getattr(self, "_own_ctx", False):
+            self.ctx.term()
 
     # -- life cycle -------------------------------------------------------------------------
     @property
