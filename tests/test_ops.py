@@ -61,3 +61,21 @@ def test_prometheus_metrics(mesh3):
     assert sum(v for k, v in values.items() if k.startswith("zfraud_transactions_total")) == rows > 0
     assert values["zfraud_members"] == 3
     assert values['zfraud_info{model="default-1",rules="none",worker="w3"}'] == 1
+
+
+def test_status_exits_1_when_a_member_does_not_answer(tmp_path):
+    """A stopped member is still listed for 3 s: its row says it did not answer, and the exit
+    status says so too (it was 0, so a script could not tell a broken mesh from a healthy one)."""
+    import signal
+
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh:
+        mesh.signal("w2", signal.SIGSTOP)
+        try:
+            r = run_cli("status", "--connect", mesh.endpoint, "--json", timeout=60)
+            top = run_cli("top", "--connect", mesh.endpoint, "--iterations", "1", timeout=60)
+        finally:
+            mesh.signal("w2", signal.SIGCONT)
+    assert r.returncode == 1, r.stderr
+    rows = {m["name"]: m for m in json.loads(r.stdout)["members"]}
+    assert "did not answer status" in rows["w2"]["error"] and rows["w1"]["rows"] == 0
+    assert top.returncode == 0 and "2 members (1 not answering)" in top.stdout, top.stdout

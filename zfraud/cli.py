@@ -647,7 +647,10 @@ def _status_table(rows: list[dict], mix: bool = False) -> str:
 @curve_option
 @friendly_errors
 def status(connect, as_json, curve_dir):
-    """One row per member: transactions, rate, batch latency, in-flight, versions, state, uptime."""
+    """One row per member: transactions, rate, batch latency, in-flight, versions, state, uptime.
+
+    Exit status: 0 every member answered; 1 one did not (its row says why; in --json it has
+    "error" instead of the fields), so that a script can tell."""
     from .client import Client
 
     with _connected(Client, connect, curve_dir=curve_dir) as client:
@@ -656,6 +659,8 @@ def status(connect, as_json, curve_dir):
         click.echo(json.dumps({"members": rows}))
     else:
         click.echo(_status_table(rows))
+    if any("error" in r for r in rows):
+        sys.exit(1)
 
 
 @main.command()
@@ -675,7 +680,9 @@ def top(connect, interval, iterations, curve_dir):
                 client.poll(0)  # follow members joining and leaving
                 rows = _statuses(client)
                 total = sum(r.get("rate_tx_per_s", 0) for r in rows)
-                screen = (f"zfraud top  {time.strftime('%H:%M:%S')}  {len(rows)} members  {total:,.0f} tx/s\n\n"
+                down = sum("error" in r for r in rows)
+                screen = (f"zfraud top  {time.strftime('%H:%M:%S')}  {len(rows)} members"
+                          + (f" ({down} not answering)" if down else "") + f"  {total:,.0f} tx/s\n\n"
                           + _status_table(rows, mix=True))
                 if sys.stdout.isatty():
                     click.clear()
