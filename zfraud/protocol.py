@@ -235,8 +235,8 @@ def as_columns(arrays, columns, what: str = "a batch") -> dict:
     """A caller's arrays (numpy arrays or sequences) as `columns` of the wire: 1-d, of one length,
     each in its column's dtype. ValueError naming the column (and the first bad row) for a missing
     column, unequal lengths, a value that is not a number, or an id or time that is not a whole
-    number (negative too, for an unsigned id): numpy would truncate 1.5 to 1 and wrap -1 to
-    2**64 - 1 without a word. Keys that are not columns are ignored; an array already of the
+    number (negative too, for an unsigned id) or is out of its column's range: numpy would
+    truncate 1.5 to 1, wrap -1 to 2**64 - 1 and 256 to 0, and cast 1e20 to 0, without a word. Keys that are not columns are ignored; an array already of the
     right dtype is used as it is (no copy)."""
     missing = [name for name, _ in columns if name not in arrays]
     if missing:
@@ -251,19 +251,64 @@ def as_columns(arrays, columns, what: str = "a batch") -> dict:
         elif len(a) != n:
             raise ValueError(f"{what}: column {name} has {len(a)} rows, {columns[0][0]} has {n}")
         want = np.dtype(dtype)
+        if want.kind in "iu" and not isinstance(arrays[name], np.ndarray) and (
+                a.dtype == object or (a.dtype.kind == "f" and n and np.abs(a).max() >= 2**53)):
+            a = _exact_ints(arrays[name], want, name, what)  # Python ints numpy could not hold as ints
         if a.dtype != want:
             if a.dtype.kind not in "iuf":  # not bool either: true is no card id
                 raise ValueError(f"{what}: column {name} must hold numbers, got {a.dtype}")
-            if want.kind in "iu" and a.dtype.kind in "iuf":
-                bad = (a != np.trunc(a)) | ~np.isfinite(a) if a.dtype.kind == "f" else np.zeros(n, bool)
-                if want.kind == "u" and a.dtype.kind != "u":
-                    bad |= a < 0
-                if bad.any():
-                    i = int(np.argmax(bad))
-                    raise ValueError(f"{what}: column {name} must hold whole numbers"
-                                     f"{' >= 0' if want.kind == 'u' else ''}; row {i} is {a[i].item()!r}")
+            if want.kind in "iu":
+                _check_whole(a, want, name, what)
         out[name] = np.ascontiguousarray(a, dtype=want)
     return out
+
+
+def _exact_ints(values, want: np.dtype, name: str, what: str) -> np.ndarray:
+    """A 1-d sequence numpy read as objects (ints beyond 64 bits) or as floats (ints that do not
+    all fit one int dtype, e.g. -1 and 2**63), rounding them: checked value by value, exactly."""
+    info, out = np.iinfo(want), []
+    for i, v in enumerate(values):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{what}: column {name} must hold numbers; row {i} is {v!r}")
+        if (isinstance(v, (float, np.floating)) and not (np.isfinite(v) and v == int(v))) or (want.kind == "u" and v < 0):
+            raise ValueError(f"{what}: column {name} must hold whole numbers"
+                             f"{' >= 0' if want.kind == 'u' else ''}; row {i} is {v!r}")
+        if not info.min <= int(v) <= info.max:
+            raise ValueError(f"{what}: column {name} must hold whole numbers in [{info.min}, {info.max}]; "
+                             f"row {i} is {v!r}")
+        out.append(int(v))
+    return np.array(out, dtype=want)
+
+
+def _check_whole(a: np.ndarray, want: np.dtype, name: str, what: str) -> None:
+    """ValueError for the first row of `a` (ints or floats) that `want`, an integer dtype, cannot
+    hold exactly: not a whole number, negative for an unsigned id, or out of its range."""
+    info = np.iinfo(want)
+    if a.dtype.kind == "f":
+        whole = (a != np.trunc(a)) | ~np.isfinite(a)
+        if want.kind == "u":
+            whole |= a < 0
+        # The bounds as floats: info.min (0 or -2**63) is exact, and so is info.max + 1 (a power
+        # of two), where info.max itself would round up to it (2**64 - 1 -> 2.0**64).
+        out_of_range = (a < float(info.min)) | (a >= float(info.max + 1))
+    else:  # ints: only the bounds inside the input dtype's own range can be crossed
+        have = np.iinfo(a.dtype)
+        whole = a < 0 if want.kind == "u" and have.min < 0 else None
+        out_of_range = None
+        if have.min < info.min and info.min < 0:
+            out_of_range = a < info.min
+        if have.max > info.max:
+            out_of_range = a > info.max if out_of_range is None else out_of_range | (a > info.max)
+        if whole is None and out_of_range is None:
+            return  # every value fits (e.g. uint32 ids as uint64)
+    bad = whole if out_of_range is None else out_of_range if whole is None else whole | out_of_range
+    if bad.any():
+        i = int(np.argmax(bad))
+        if whole is not None and whole[i]:
+            raise ValueError(f"{what}: column {name} must hold whole numbers"
+                             f"{' >= 0' if want.kind == 'u' else ''}; row {i} is {a[i].item()!r}")
+        raise ValueError(f"{what}: column {name} must hold whole numbers in [{info.min}, {info.max}]; "
+                         f"row {i} is {a[i].item()!r}")
 
 
 def batch_message(batch: int, attempt: int, arrays: dict, deadline_ms: int | None = None) -> list:
