@@ -1,9 +1,79 @@
 """The Python client API: a failed call leaves the client clean, arguments are checked up front,
 a closed client says so. Against real workers (the mesh2 fixture)."""
+import math
+import time
+
 import numpy as np
 import pytest
 
 from zfraud import protocol as P
+from zfraud.client import Client, MeshError
+from zfraud.synthetic import synthetic
+
+
+def _clean(c: Client) -> bool:
+    return not c.pending and not any(c.inflight.values())
+
+
+def _settle(c: Client, s: float = 0.5) -> None:
+    """Read whatever late replies arrive within s seconds."""
+    end = time.monotonic() + s
+    while time.monotonic() < end:
+        c.poll(20)
+
+
+# -- 1. a stream or score that raises forgets its sub-batches --------------------------------------
+def test_a_stream_whose_input_raises_leaves_the_ledger_clean_and_the_next_stream_exact(mesh2):
+    with Client(mesh2.endpoint) as c:
+        def chunks():
+            yield from synthetic(5000, batch=1000, seed=21, first_id=2 * 10**9)
+            raise RuntimeError("boom mid-way")
+
+        with pytest.raises(RuntimeError, match="boom mid-way"):
+            c.stream(chunks())
+        assert _clean(c)
+        s = c.stream(synthetic(3000, batch=1000, seed=22, first_id=3 * 10**9))
+        assert (s.sent, s.verdicts, s.errors, s.lost, s.dead_letter) == (3000, 3000, 0, 0, 0)
+        assert _clean(c) and c.members == ["w1", "w2"] and not c.dead_letters
+        b = next(synthetic(500, batch=500, seed=23, first_id=4 * 10**9))
+        v = c.score(b)
+        np.testing.assert_array_equal(v["tx_id"], b["tx_id"])
+        assert (v["decision"] != P.REJECTED).all()
+
+
+def test_a_stream_whose_chunk_fails_validation_leaves_the_ledger_clean(mesh2):
+    with Client(mesh2.endpoint) as c:
+        good = list(synthetic(4000, batch=1000, seed=24, first_id=5 * 10**9))
+        bad = {**good[-1], "card": good[-1]["card"].astype(np.int64) - 10**9}
+        with pytest.raises(ValueError, match="a batch: column card must hold whole numbers >= 0; row 0 is -"):
+            c.stream(iter(good[:3] + [bad]))
+        assert _clean(c)
+        s = c.stream(synthetic(2000, batch=1000, seed=25, first_id=6 * 10**9))
+        assert (s.sent, s.verdicts, s.lost, s.dead_letter) == (2000, 2000, 0, 0)
+        assert _clean(c)
+
+
+def test_score_counts_only_the_results_of_its_own_batches(mesh2):
+    with Client(mesh2.endpoint) as c:
+        seen = []
+        c.on_result = lambda v, h: seen.append(len(v["tx_id"]))
+        c.submit(next(synthetic(5000, batch=5000, seed=26, first_id=7 * 10**9)))  # raw API, not yet answered
+        b = next(synthetic(100, batch=100, seed=27, first_id=8 * 10**9))
+        v = c.score(b)
+        np.testing.assert_array_equal(v["tx_id"], b["tx_id"])
+        assert (v["decision"] != P.REJECTED).all()
+        assert c.drain(10)
+        assert sum(seen) == 5000  # the raw batch's RESULTs went to the caller's on_result, not to score()
+
+
+# -- 2. rate -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("rate", [-5, 0, math.nan, math.inf, -math.inf, "fast"])
+def test_stream_refuses_a_rate_that_is_not_a_positive_number(mesh2, rate):
+    with Client(mesh2.endpoint) as c:
+        with pytest.raises(ValueError) as e:
+            c.stream(synthetic(100, batch=100, first_id=9 * 10**9), rate=rate)
+        assert str(e.value) == f"rate must be a positive number of transactions per second, got {rate!r}"
+        assert _clean(c)
 
 
 # -- 3. ranges of integer columns ------------------------------------------------------------------
@@ -58,3 +128,53 @@ def test_as_columns_keeps_integers_at_the_ends_of_their_range():
     assert out["tx_id"].tolist() == [0, 2**64 - 1]
     assert out["fraud"].tolist() == [0, 255] and out["fraud"].dtype == np.uint8
     assert out["terminal"].tolist() == [0, 2**63 - 1]
+
+
+def test_score_refuses_tx_ids_beyond_64_bits(mesh2):
+    b = next(synthetic(1000, batch=1000, seed=28, first_id=10 * 10**9))
+    with Client(mesh2.endpoint) as c:
+        with pytest.raises(ValueError, match=r"a batch: column tx_id must hold whole numbers in "
+                                             r"\[0, 18446744073709551615\]; row 0 is 1e\+20"):
+            c.score({**b, "tx_id": np.full(1000, 1e20)})
+        assert _clean(c)
+
+
+# -- 4. a closed client, an unknown worker ---------------------------------------------------------
+def test_every_public_method_of_a_closed_client_says_it_is_closed(mesh2):
+    b = next(synthetic(10, batch=10, first_id=11 * 10**9))
+    c = Client(mesh2.endpoint)
+    c.close()
+    c.close()  # twice is fine
+    calls = [lambda: c.score(b), lambda: c.stream(iter([b])), lambda: c.control("w1", "status"),
+             lambda: c.label({**b, "fraud": np.zeros(10, np.uint8)}), lambda: c.submit(b), lambda: c.poll(0),
+             lambda: c.drain(1), lambda: c.wait(0.01)]
+    for call in calls:
+        with pytest.raises(MeshError, match="^the client is closed$"):
+            call()
+    with pytest.raises(MeshError, match="^the client is closed$"):
+        with c:
+            pass
+
+
+def test_control_names_an_unknown_worker_and_the_members(mesh2):
+    with Client(mesh2.endpoint) as c:
+        assert isinstance(c.control("w1", "status"), dict)
+        with pytest.raises(MeshError) as e:
+            c.control("nope", "status")
+        assert str(e.value) == "no worker 'nope' in the mesh; its members are w1, w2"
+
+
+# -- 5. stream checks its chunks as score does -------------------------------------------------------
+def test_stream_checks_each_chunk_as_score_does(mesh2):
+    b = next(synthetic(100, batch=100, first_id=12 * 10**9))
+    chunk = {k: v for k, v in b.items() if k != "tx_id"}
+    with Client(mesh2.endpoint) as c:
+        with pytest.raises(ValueError) as e1:
+            c.score(chunk)
+        with pytest.raises(ValueError) as e2:
+            c.stream(iter([chunk]))
+        assert str(e2.value) == str(e1.value) == \
+            "a batch: missing tx_id; expected the columns tx_id, card, terminal, ts_ms, amount"
+        with pytest.raises(ValueError, match="a batch: column amount must hold numbers, got <U4"):
+            c.stream(iter([{**b, "amount": np.array(["12.5"] * 100)}]), rate=10_000)
+        assert _clean(c)

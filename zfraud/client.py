@@ -10,11 +10,17 @@ the batch) takes an entry out. A worker that misses a deadline or leaves the mem
 marked down and its entries are re-partitioned over the remaining owners and resent; after
 `max_attempts` an entry goes to the dead-letter list (and file), with the reason. Credit: at most
 `window` sub-batches are in flight per worker, so a slow mesh slows the sender.
+
+score() and stream() tag the entries they send with the call; a RESULT goes to the call that sent
+its batch (other entries' RESULTs to `on_result`), and when the call ends, returning or raising,
+its entries still unanswered are forgotten: their credit is returned and their late RESULTs are
+ignored, as those of a batch resent elsewhere are.
 """
 from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import random
 import select
@@ -48,6 +54,7 @@ class Pending:
     sent_at: float        # perf_counter when first sent (kept across resends)
     deadline: float       # monotonic deadline for the RESULT
     attempt: int
+    call: object = None   # the score()/stream() call that sent it (None: submit() called directly)
 
 
 REMEMBER_IDS = 1 << 20  # a stream's `repeated` looks this many distinct ids back (a worker remembers as many)
@@ -173,6 +180,9 @@ class Summary:
 
 
 class Client:
+    """A connection to the mesh (see the module docstring). Not thread-safe: its sockets and its
+    ledger belong to one thread at a time, so use one Client per thread."""
+
     def __init__(self, connect, window: int = 8, deadline_s: float = 5.0, max_attempts: int = 3,
                  hello_timeout_s: float = 5.0, dead_letter_path=None, curve_dir=None,
                  context: zmq.Context | None = None):
@@ -197,6 +207,9 @@ class Client:
         self._ids = iter(range(random.getrandbits(31) << 32, 1 << 64))
         self._next_refresh = 0.0
         self.on_result = None  # callable(verdicts: dict, header: dict) for each RESULT
+        self._call = None      # the score()/stream() call sending now: its tag for the ledger
+        self._sinks = {}       # call -> its callable(verdicts, header), instead of on_result
+        self._closed = False
         self._bootstrap([connect] if isinstance(connect, str) else list(connect), hello_timeout_s)
 
     # -- membership -------------------------------------------------------------------------
@@ -343,6 +356,7 @@ class Client:
                first_sent: float | None = None) -> None:
         """Partition one batch by card owner and send each part (in sub-batches of at most
         protocol.MAX_ROWS rows, what a worker takes), waiting for credit if needed."""
+        self._check_open()
         if attempt == 0:  # a resend's arrays are already checked
             arrays = P.as_columns(arrays, P.TX_COLUMNS)
         n = len(arrays["tx_id"])
@@ -385,12 +399,13 @@ class Client:
             self.submit(part, origin, attempt, first_sent)
             return
         sent_at = time.perf_counter() if first_sent is None else first_sent
-        self.pending[batch] = Pending(batch, name, part, origin, sent_at, now + self.deadline_s, attempt)
+        self.pending[batch] = Pending(batch, name, part, origin, sent_at, now + self.deadline_s, attempt, self._call)
         self.inflight[name].add(batch)
 
     # -- receiving --------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 0) -> int:
         """Handle replies that arrive within timeout_ms, and deadlines. Returns messages handled."""
+        self._check_open()
         handled = 0
         for sock, _ in self.poller.poll(timeout_ms):
             if sock in self.monitors:
@@ -421,6 +436,7 @@ class Client:
         whole (and coarse) milliseconds, too long a wait for a sender that lingers 1 ms. A
         socket's ZMQ_FD signals edge-triggered: reading ZMQ_EVENTS resets it, so a message that
         arrives after that read wakes the select."""
+        self._check_open()
         fds = []
         for sock in (*self.peers.values(), *self.monitors):
             if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
@@ -461,8 +477,9 @@ class Client:
                 return
             h["latency_ms"] = (time.perf_counter() - p.sent_at) * 1000
             h["origin"] = p.origin
-            if self.on_result is not None:
-                self.on_result(v, h)
+            sink = self._sinks.get(p.call) if p.call is not None else self.on_result
+            if sink is not None:
+                sink(v, h)
         elif msg.command == P.ERROR:
             p = self.pending.pop(h.get("batch"), None)
             if p is not None:
@@ -506,7 +523,18 @@ class Client:
             self._dead_letter(p.arrays, p.attempt, f"{reason}; gave up after {p.attempt + 1} attempts")
         else:
             self.resent += len(p.arrays["tx_id"])
-            self.submit(p.arrays, p.origin, p.attempt + 1, p.sent_at)
+            call, self._call = self._call, p.call  # a resend belongs to the call that sent it
+            try:
+                self.submit(p.arrays, p.origin, p.attempt + 1, p.sent_at)
+            finally:
+                self._call = call
+
+    def _forget(self, call) -> None:
+        """Take the entries `call` sent out of the ledger and return their credit; a late RESULT
+        for one of them is then ignored, as one for a batch resent elsewhere is."""
+        for p in [p for p in self.pending.values() if p.call is call]:
+            del self.pending[p.batch]
+            self._answered(p)
 
     def _dead_letter(self, arrays: dict, attempt: int, reason: str) -> None:
         entry = {"reason": reason, "attempts": attempt + 1, "tx_id": arrays["tx_id"].tolist()}
@@ -518,6 +546,7 @@ class Client:
     def drain(self, timeout_s: float = 60.0, stop=lambda: False) -> bool:
         """Wait until every sent sub-batch is answered or dead-lettered; False on timeout. Once
         stop() is true, wait deadline_s more at most: what was sent by then is due by then."""
+        self._check_open()
         end, stopping = time.monotonic() + timeout_s, False
         while self.pending and time.monotonic() < end:
             if not stopping and stop():
@@ -528,7 +557,9 @@ class Client:
     # -- convenience APIs -------------------------------------------------------------------
     def score(self, arrays: dict, timeout_s: float = 30.0) -> dict:
         """Score one batch; returns VERDICT_COLUMNS arrays, plus "worker" (the name of the worker
-        that scored each row), in input order."""
+        that scored each row), in input order. If it raises, the rows it sent and had no answer
+        for are forgotten (see the module docstring); the workers may still score them."""
+        self._check_open()
         arrays = P.as_columns(arrays, P.TX_COLUMNS)
         n = len(arrays["tx_id"])
         out = {name: np.zeros(n, dtype=dt) for name, dt in P.VERDICT_COLUMNS}
@@ -543,13 +574,13 @@ class Client:
             out["worker"][h["origin"]] = str(h.get("worker", ""))
             answered[h["origin"]] = True
 
-        previous, self.on_result = self.on_result, collect
+        call = self._begin(collect)
         try:
             self.submit(arrays)
             if not self.drain(timeout_s):
                 raise MeshError(f"{int((~answered).sum())} of {n} transactions unanswered after {timeout_s:g} s")
         finally:
-            self.on_result = previous
+            self._end(call)
         if not answered.all():
             raise MeshError(f"{int((~answered).sum())} of {n} transactions went to the dead-letter list: "
                             f"{self.dead_letters[-1]['reason']}")
@@ -570,7 +601,13 @@ class Client:
         input_errors() reports rows the reader could not parse. stop() is asked after each batch
         sent (a signal handler may set what it reads): once it is true, no more chunks are read,
         what was sent gets up to deadline_s to be answered, and the summary counts what was sent
-        (the rows not answered by then as lost)."""
+        (the rows not answered by then as lost). If it raises (a chunk that fails the checks
+        score() makes, or an input that raises), the rows it sent and had no answer for are
+        forgotten (see the module docstring); the workers may still score them."""
+        self._check_open()
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, numbers.Real)
+                                 or not math.isfinite(rate) or rate <= 0):
+            raise ValueError(f"rate must be a positive number of transactions per second, got {rate!r}")
         # What each RESULT brought: (when it was read, decisions, the rows' positions in the
         # stream, round trip in ms). Reading a RESULT only appends to `results`, so that it costs
         # the sending loop as little as possible; every FOLD_ROWS rows they are folded into
@@ -594,10 +631,11 @@ class Client:
             if on_verdicts is not None:
                 on_verdicts(v, h)
 
-        previous, self.on_result = self.on_result, collect
+        call = self._begin(collect)
         sent = 0
         try:
             for chunk in chunks:
+                chunk = P.as_columns(chunk, P.TX_COLUMNS)  # as score() checks its batch
                 n = len(chunk["tx_id"])
                 if not rate:
                     self.submit(chunk, np.arange(sent, sent + n))
@@ -627,7 +665,7 @@ class Client:
                     break
             self.drain(drain_timeout_s, stop)
         finally:
-            self.on_result = previous
+            self._end(call)  # what is still unanswered is counted as lost below
         elapsed = time.perf_counter() - t0
         s = Summary(workers=len(self.members))
         s.sent = sent + input_errors()
@@ -650,6 +688,19 @@ class Client:
         s.tx_per_s = round(s.verdicts / elapsed, 1) if elapsed > 0 else 0.0
         return s
 
+    def _begin(self, sink) -> tuple:
+        """Start a score()/stream() call: the entries it sends are tagged with the token returned,
+        and their RESULTs go to sink. Returns (token, the call it runs within, if any)."""
+        call, outer = object(), self._call
+        self._sinks[call], self._call = sink, call
+        return call, outer
+
+    def _end(self, call: tuple) -> None:
+        """End a call: forget its unanswered entries (a call that raises leaves the client clean)."""
+        token, self._call = call
+        self._sinks.pop(token, None)
+        self._forget(token)
+
     # -- labels -------------------------------------------------------------------------------
     def label(self, arrays: dict, timeout_s: float = 10.0) -> dict:
         """Send confirmed labels (LABEL_COLUMNS arrays), each to its card's owner, and wait until
@@ -657,6 +708,7 @@ class Client:
         the other workers as terminal intelligence, so each label counts exactly once in the mesh.
         A worker that does not answer within timeout_s is marked down and its share goes to the
         cards' new owners, up to max_attempts sends in all. Returns {worker: frauds applied}."""
+        self._check_open()
         arrays = P.as_columns(arrays, P.LABEL_COLUMNS, "labels")
         n = len(arrays["card"])
         if n > P.MAX_LABEL_ROWS:  # more than one message may carry: in turn, in pieces that fit
@@ -721,6 +773,9 @@ class Client:
     def control(self, name: str, op: str, timeout_s: float = 5.0, payload=(), **args) -> dict:
         """Send a CONTROL request (header fields `args`, extra frames `payload`) to one worker and
         wait for its answer, on a socket of its own."""
+        self._check_open()
+        if name not in self.routers:
+            raise MeshError(f"no worker {name!r} in the mesh; its members are {', '.join(sorted(self.routers)) or 'none'}")
         sock = self._dealer()
         sock.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
         try:
@@ -738,13 +793,23 @@ class Client:
         finally:
             sock.close()
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise MeshError("the client is closed")
+
     def close(self) -> None:
+        """Close the sockets (and the context, if the client made it). Closing twice is fine;
+        every other method then raises MeshError("the client is closed")."""
+        if self._closed:
+            return
+        self._closed = True
         for name in list(self.peers):
             self._drop_peer(name)
         if self._own_ctx:
             self.ctx.term()
 
     def __enter__(self):
+        self._check_open()
         return self
 
     def __exit__(self, *exc):
