@@ -307,6 +307,28 @@ def test_labels_nobody_acknowledges_end_in_one_line_saying_what_to_do(tmp_path):
         f"others (each owner skips the labels it holds)"), r.stderr
 
 
+def send_then_stop(tail, endpoint: str, settle_s: float) -> str:
+    """After settle_s, 2000 more transactions (which every followed worker publishes), then
+    Ctrl-C to the tail; its stderr."""
+    time.sleep(settle_s)
+    assert finish(start_send(endpoint, "--synthetic", "2000"))[0] == 0
+    time.sleep(1.0)
+    tail.send_signal(signal.SIGINT)
+    return tail.communicate(timeout=30)[1]
+
+
+def tail_runs(path) -> dict:
+    """(worker, decision) -> {boot: [first seq, last seq, messages]}, in the order the processes
+    came, from `tail`'s JSON lines (checking that seq only goes up within one process)."""
+    runs = {}
+    records = map(json.loads, path.read_text().splitlines())
+    for (seq, *key, boot), _ in itertools.groupby((v["seq"], v["worker"], v["decision"], v["boot"]) for v in records):
+        r = runs.setdefault(tuple(key), {}).setdefault(boot, [seq, seq, 0])
+        assert seq > r[1] or r[2] == 0  # in one process, seq only goes up
+        r[1:] = [seq, r[2] + 1]
+    return runs
+
+
 @pytest.mark.parametrize("new_numbering", ["behind", "past"])
 def test_tail_counts_what_it_missed_of_a_worker_restarted_under_its_name(tmp_path, new_numbering):
     """A restarted worker numbers its messages from 1 again. Those it publishes (for other
@@ -334,21 +356,12 @@ def test_tail_counts_what_it_missed_of_a_worker_restarted_under_its_name(tmp_pat
                 assert finish(start_send(mesh.routers["w2"], *during))[0] == 0
             finally:
                 tail.send_signal(signal.SIGCONT)
-            time.sleep(2.0)  # this tail's SUB reconnects to the new w2
-            assert finish(start_send(mesh.endpoint, "--synthetic", "2000"))[0] == 0
-            time.sleep(1.0)
-            tail.send_signal(signal.SIGINT)
-            _, err = tail.communicate(timeout=30)
+            err = send_then_stop(tail, mesh.endpoint, settle_s=2.0)  # after its SUB reconnects to the new w2
         finally:
             tail.kill()
             other.kill()
     assert tail.returncode == 0, err
-    runs = {}  # (worker, decision) -> {boot: [first seq, last seq, messages]}, in the order the processes came
-    records = map(json.loads, (tmp_path / "tail.out").read_text().splitlines())
-    for (seq, *key, boot), _ in itertools.groupby((v["seq"], v["worker"], v["decision"], v["boot"]) for v in records):
-        r = runs.setdefault(tuple(key), {}).setdefault(boot, [seq, seq, 0])
-        assert seq > r[1] or r[2] == 0  # in one process, seq only goes up
-        r[1:] = [seq, r[2] + 1]
+    runs = tail_runs(tmp_path / "tail.out")
     w2 = [list(p.values()) for (w, _), p in runs.items() if w == "w2" and len(p) > 1]  # decisions both published
     assert w2 and all(len(p) == 2 for p in w2)  # w2's two processes, told apart by boot
     assert len({b for p in runs.values() for b in p}) == 3 and all(isinstance(b, int) for p in runs.values() for b in p)
@@ -384,19 +397,11 @@ def test_tail_counts_what_a_restarted_or_new_worker_sent_before_it_was_followed(
                 assert rc == 0 and s["verdicts"] == 20000
             finally:
                 tail.send_signal(signal.SIGCONT)
-            time.sleep(2.5)  # this tail's SUB connects to the new w2 and to w3
-            assert finish(start_send(mesh.endpoint, "--synthetic", "2000"))[0] == 0
-            time.sleep(1.0)
-            tail.send_signal(signal.SIGINT)
-            _, err = tail.communicate(timeout=30)
+            err = send_then_stop(tail, mesh.endpoint, settle_s=2.5)  # after its SUB connects to the new w2 and w3
         finally:
             tail.kill()
     assert tail.returncode == 0, err
-    runs = {}  # (worker, decision) -> {boot: [first seq, last seq, messages]}, in the order the processes came
-    records = map(json.loads, (tmp_path / "tail.out").read_text().splitlines())
-    for (seq, *key, boot), _ in itertools.groupby((v["seq"], v["worker"], v["decision"], v["boot"]) for v in records):
-        r = runs.setdefault(tuple(key), {}).setdefault(boot, [seq, seq, 0])
-        r[1:] = [seq, r[2] + 1]
+    runs = tail_runs(tmp_path / "tail.out")
     late = [first for (w, _), p in runs.items() for i, (first, _, _) in enumerate(p.values()) if w == "w3" or i]
     assert late and any(first > 1 for first in late)  # the new processes' first messages were missed
     # w1's and the first w2's counted from the first message seen (the tail started after them), the rest from 1

@@ -33,6 +33,13 @@ def metrics(port):
     return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("zfraud_"))}
 
 
+def random_transactions(rng, cards: int, n: int, day_ms: int) -> dict:
+    """n transactions 5 minutes apart from day_ms, of cards 1..cards at 50 terminals."""
+    return {"tx_id": np.arange(1, n + 1, dtype=np.uint64), "card": rng.integers(1, cards + 1, n).astype(np.uint64),
+            "terminal": rng.integers(0, 50, n).astype(np.uint64),
+            "ts_ms": day_ms + np.arange(n, dtype=np.int64) * 300_000, "amount": rng.integers(1, 300, n).astype(np.float64)}
+
+
 def wait_for(what, check, timeout_s=15.0):
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
@@ -98,9 +105,7 @@ def test_cards_that_reach_their_old_owner_after_the_handover_are_merged_not_lost
     is held by its owner alone, with every transaction counted once, in the right buckets."""
     rng = np.random.default_rng(5)
     cards, n, day = 400, 12_000, 17_800 * 86_400_000
-    tx = {"tx_id": np.arange(1, n + 1, dtype=np.uint64), "card": rng.integers(1, cards + 1, n).astype(np.uint64),
-          "terminal": rng.integers(0, 50, n).astype(np.uint64),
-          "ts_ms": day + np.arange(n, dtype=np.int64) * 300_000, "amount": rng.integers(1, 300, n).astype(np.float64)}
+    tx = random_transactions(rng, cards, n, day)
     part = [{k: a[lo:hi] for k, a in tx.items()} for lo, hi in ((0, 6000), (6000, 9000), (9000, n))]
     ids = np.arange(1, cards + 1, dtype=np.uint64)
     w2_owns = owners(ids, ["w1", "w2"]) == 1
@@ -145,9 +150,7 @@ def test_a_worker_killed_and_started_again_within_the_member_timeout_gets_its_ca
     its next heartbeat (it used to wait for its periodic sweep, up to 30 s)."""
     rng = np.random.default_rng(7)
     cards, n, day = 400, 4000, 17_800 * 86_400_000
-    tx = {"tx_id": np.arange(1, n + 1, dtype=np.uint64), "card": rng.integers(1, cards + 1, n).astype(np.uint64),
-          "terminal": rng.integers(0, 50, n).astype(np.uint64),
-          "ts_ms": day + np.arange(n, dtype=np.int64) * 300_000, "amount": rng.integers(1, 300, n).astype(np.float64)}
+    tx = random_transactions(rng, cards, n, day)
     ids = np.unique(tx["card"])
     w2_owns = owners(ids, ["w1", "w2"]) == 1
     extra = ["--model", str(model_path), "--cards", "4096", "--terminals", "4096", "--heartbeat", "2"]
@@ -174,9 +177,7 @@ def test_a_worker_saves_at_once_after_a_handover_so_a_crash_cannot_hand_the_card
     counted twice. So a worker saves as soon as cards have changed hands."""
     rng = np.random.default_rng(8)
     cards, n, day = 300, 6000, 17_800 * 86_400_000
-    tx = {"tx_id": np.arange(1, n + 1, dtype=np.uint64), "card": rng.integers(1, cards + 1, n).astype(np.uint64),
-          "terminal": rng.integers(0, 50, n).astype(np.uint64),
-          "ts_ms": day + np.arange(n, dtype=np.int64) * 300_000, "amount": rng.integers(1, 300, n).astype(np.float64)}
+    tx = random_transactions(rng, cards, n, day)
     ids = np.unique(tx["card"])
     w2_owns = owners(ids, ["w1", "w2"]) == 1
     state = tmp_path / "s"

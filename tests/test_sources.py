@@ -322,17 +322,24 @@ def test_a_timestamp_with_an_offset_is_converted_to_utc_without_a_warning(tmp_pa
 ZONES = ["2018-04-01 00:00:01 UTC", "2018-04-01 00:00:02 CET", "2018-04-01T00:00:03 +02:00", "2018-04-01 00:00:04 Z"]
 
 
-def test_a_time_zone_name_is_that_rows_error_without_a_warning(tmp_path):
-    """numpy warns of a zone it cannot read (a UserWarning with a line of our source on stderr)
-    before failing; the labelled reader let that warning out as a traceback."""
-    p = tmp_path / "tx.csv"
-    p.write_text(HEADER + "".join(f"{i},{t},1,2,5.5,0,0,0,0\n" for i, t in enumerate(["2018-04-01 00:00:00", *ZONES])))
+def read_both(p):
+    """The file through send's reader and the labelled reader, with the warnings either gave:
+    (send's one chunk, its reader, the labelled columns, their (line, message) errors, warnings)."""
     errors = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         reader = open_source(p)
         (chunk,) = list(reader)
         d = read_labelled(p, errors)
+    return chunk, reader, d, errors, caught
+
+
+def test_a_time_zone_name_is_that_rows_error_without_a_warning(tmp_path):
+    """numpy warns of a zone it cannot read (a UserWarning with a line of our source on stderr)
+    before failing; the labelled reader let that warning out as a traceback."""
+    p = tmp_path / "tx.csv"
+    p.write_text(HEADER + "".join(f"{i},{t},1,2,5.5,0,0,0,0\n" for i, t in enumerate(["2018-04-01 00:00:00", *ZONES])))
+    chunk, reader, d, errors, caught = read_both(p)
     assert caught == []
     assert chunk["tx_id"].tolist() == [0] and reader.errors == [(3 + k, f"{TS}, got {t!r}") for k, t in enumerate(ZONES)]
     assert d["tx_id"].tolist() == [0] and [line for line, _ in errors] == [3, 4, 5, 6]
@@ -355,12 +362,7 @@ def test_a_time_with_spaces_around_it_is_read_without_a_warning(tmp_path):
     p = tmp_path / "tx.csv"
     p.write_text("TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n"
                  + "".join(f"{i},{t},1,2,5.5,0\n" for i, t in enumerate(times)))
-    errors = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        reader = open_source(p)
-        (chunk,) = list(reader)
-        d = read_labelled(p, errors)
+    chunk, reader, d, errors, caught = read_both(p)
     want = [1522540831000, 1522540832000, 1522540833000, 1522540834000, 1522540835000]
     assert chunk["ts_ms"].tolist() == want and reader.errors == [] and caught == []
     assert d["ts_ms"].tolist() == want[2:] and [line for line, _ in errors] == [2, 3]  # the Handbook's: dates only
