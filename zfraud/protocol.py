@@ -236,8 +236,9 @@ def as_columns(arrays, columns, what: str = "a batch") -> dict:
     each in its column's dtype. ValueError naming the column (and the first bad row) for a missing
     column, unequal lengths, a value that is not a number, or an id or time that is not a whole
     number (negative too, for an unsigned id) or is out of its column's range: numpy would
-    truncate 1.5 to 1, wrap -1 to 2**64 - 1 and 256 to 0, and cast 1e20 to 0, without a word. Keys that are not columns are ignored; an array already of the
-    right dtype is used as it is (no copy)."""
+    truncate 1.5 to 1, wrap -1 to 2**64 - 1 and 256 to 0, and cast 1e20 to 0, without a word.
+    Keys that are not columns are ignored; an array already of the right dtype is used as it is
+    (no copy)."""
     missing = [name for name, _ in columns if name not in arrays]
     if missing:
         raise ValueError(f"{what}: missing {', '.join(missing)}; expected the columns {', '.join(n for n, _ in columns)}")
