@@ -64,9 +64,10 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def fit_all(path: str):
+def fit_all(path: str, make_models=hb.make_models):
     """(data, test-row mask, {model name: test-row scores}): zfraud's offline fit and the book's
-    three models on the split of bench/beat_handbook.py (see the module's docstring)."""
+    models (make_models(jobs, gbdt): name -> (description, model); by default its three) on the
+    split of bench/beat_handbook.py (see the module's docstring)."""
     d = read_labelled(path)
     raw = hb.load(path)
     if not np.array_equal(raw["TRANSACTION_ID"].astype(np.uint64), d["tx_id"]):
@@ -87,7 +88,7 @@ def fit_all(path: str):
     from sklearn.preprocessing import StandardScaler
     Xb = hb.features(raw, delay)
     scaler = StandardScaler().fit(Xb[train])
-    for name, (_, m) in hb.make_models(2, "auto").items():
+    for name, (_, m) in make_models(2, "auto").items():
         m.fit(scaler.transform(Xb[train]), d["fraud"][train])
         scores[name] = m.predict_proba(scaler.transform(Xb[test]))[:, 1]
     return d, test, scores

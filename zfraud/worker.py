@@ -669,10 +669,9 @@ class Worker:
         # A member that said goodbye and is back within DEPARTED_FOLLOW_S was still followed: it
         # joins all the same (a restart), so a join is a name new to the member list, not a connect
         for name in [n for n in want if n not in self._listed and n in self.subscribed]:
-            self._intel_since = 0  # a newcomer needs all our terminal counts, not just news
             m = self.members.members[name]
             log.info("member joined name=%s router=%s pub=%s", name, m.router, m.pub)
-            self._request_sync(name)  # and we need all of its: now, not at its next news
+            self._exchange_counts(name)
         self._listed = {n for n in want if n in self.subscribed}
         if self.metrics is not None:  # at once: a scrape right after a join must not see the old count
             self.metrics.members(len(self.members.members))
@@ -851,9 +850,14 @@ class Worker:
         if last is None or last == boot:
             return
         log.info("member restarted name=%s (a new process at the same endpoints)", name)
+        self._exchange_counts(name)
+        self.handover.soon(time.monotonic())
+
+    def _exchange_counts(self, name: str) -> None:
+        """A member new to us, or a new process of one, needs all our terminal counts, not just
+        news (at our next publish), and we need all of its: now, not at its next news."""
         self._intel_since = 0
         self._request_sync(name)
-        self.handover.soon(time.monotonic())
 
     # -- requests ---------------------------------------------------------------------------
     def _on_request(self, frames) -> None:
