@@ -52,11 +52,15 @@ def check_rows(const int64_t[::1] ts_ms, const double[::1] amount, int64_t min_t
 
 
 def decide(const double[::1] proba, double review, double decline, uint8_t[::1] out):
-    """out[i] = (proba[i] >= review) + (proba[i] >= decline): 0 approve, 1 review, 2 decline
-    (NaN approves). proba: (n,) float64; out: (n,) uint8."""
+    """out[i] = (proba[i] >= review) + (proba[i] >= decline): 0 approve, 1 review, 2 decline.
+    A NaN score is reviewed, never approved: a score nobody can read must not let a payment
+    through. proba: (n,) float64; out: (n,) uint8."""
     cdef Py_ssize_t n = proba.shape[0], i
     if out.shape[0] != n:
         raise ValueError(f"expected out of length {n}, got {out.shape[0]}")
     with nogil:
         for i in range(n):
-            out[i] = (proba[i] >= review) + (proba[i] >= decline)
+            if proba[i] != proba[i]:
+                out[i] = 1
+            else:
+                out[i] = (proba[i] >= review) + (proba[i] >= decline)

@@ -150,10 +150,10 @@ def test_row_checks_name_the_first_check_a_row_fails():
                             R.TS_OUT_OF_RANGE, R.TS_OUT_OF_RANGE, R.OK, R.OK, R.OK]
 
 
-def test_decide_follows_the_thresholds():
+def test_decide_follows_the_thresholds_and_reviews_nan():
     from zfraud import _verdicts as V
 
     proba = np.array([0.0, 0.19999, 0.2, 0.5, 0.8, 1.0, np.nan])
     out = np.empty(len(proba), np.uint8)
     V.decide(proba, 0.2, 0.8, out)
-    assert out.tolist() == [0, 0, 1, 1, 2, 2, 0]
+    assert out.tolist() == [0, 0, 1, 1, 2, 2, 1]  # NaN: review, never approve

@@ -45,7 +45,8 @@ def test_corrupt_model_files_are_refused(tmp_path, change, message):
 
 def test_a_model_whose_logit_can_overflow_is_refused(tmp_path):
     """coef 1e308 is finite, but coef x feature is not: the kernel's sum became inf - inf, a NaN
-    score, and the decision step approves NaN. Refused when loaded, by the library and the CLI."""
+    score (which approved every payment; now each is reviewed). Refused when loaded, by the library
+    and the CLI."""
     d = json.loads(DEFAULT_MODEL.read_text())
     d["coef"] = [1e308] * len(d["coef"])
     path = tmp_path / "huge.json"

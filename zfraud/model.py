@@ -32,8 +32,8 @@ class ModelError(ValueError):
 
 
 # A model's largest possible |logit| (logistic) or |margin| (trees) must stay below MAX_MARGIN.
-# Both kernels add in float64: a sum past DBL_MAX is +-inf, then inf - inf is a NaN score, which
-# the decision step approves. Half of DBL_MAX leaves room for the rounding of the kernel's sum and
+# Both kernels add in float64: a sum past DBL_MAX is +-inf, then inf - inf is a NaN score, and a
+# NaN score decides review: a model that reaches it is useless. Half of DBL_MAX leaves room for the rounding of the kernel's sum and
 # of the bound itself; trained models stay hundreds of orders of magnitude below it.
 MAX_MARGIN = float(np.finfo(np.float64).max) / 2
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # the largest finite feature value
