@@ -127,3 +127,18 @@ def test_model_import_refuses_a_model_workers_would_refuse(lgb_files, tmp_path, 
     r = run_cli("model", "import", "lightgbm", str(lgb_files / "unnamed.txt"), "-o", str(tmp_path / "m.json"), *args)
     assert r.returncode != 0 and "Traceback" not in r.stderr and not (tmp_path / "m.json").exists()
     assert message in r.stderr.replace("\n", " "), r.stderr
+
+
+def test_model_info_warns_of_a_feature_set_this_zfraud_does_not_compute(tmp_path):
+    """A file from another zfraud is still shown (it may be inspected before an upgrade), with a
+    warning that workers refuse it; a known feature set gets no warning."""
+    d = json.loads(DEFAULT_MODEL.read_text())
+    d["feature_set"] = "zfraud-v99"
+    path = tmp_path / "newer.json"
+    path.write_text(json.dumps(d))
+    r = run_cli("model", "info", str(path), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["feature_set"] == "zfraud-v99"
+    assert "this zfraud computes no feature set 'zfraud-v99'" in r.stderr and "refuses this model" in r.stderr
+    r = run_cli("model", "info", str(DEFAULT_MODEL))
+    assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr

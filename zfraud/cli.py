@@ -592,7 +592,9 @@ def describe(m) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @friendly_errors
 def model_info(path, as_json):
-    """Show a model file's kind, size, features, version and origin."""
+    """Show a model file's kind, size, features, version and origin, and warn when this zfraud
+    cannot score with it (a feature set it does not compute)."""
+    from .features import FEATURE_SETS
     from .model import load_model
 
     m = load_model(path)
@@ -602,9 +604,12 @@ def model_info(path, as_json):
         info["trees"] = m.n_trees
     if as_json:
         click.echo(json.dumps(info))
-        return
-    for k, v in info.items():
-        click.echo(f"{k:<12} {', '.join(v) if isinstance(v, list) else v}")
+    else:
+        for k, v in info.items():
+            click.echo(f"{k:<12} {', '.join(v) if isinstance(v, list) else v}")
+    if m.feature_set not in FEATURE_SETS:
+        click.echo(f"Warning: this zfraud computes no feature set {m.feature_set!r} (only {', '.join(FEATURE_SETS)}): "
+                   f"a worker, deploy or back-test refuses this model", err=True)
 
 
 def _statuses(client) -> list[dict]:
