@@ -17,15 +17,17 @@ cpdef enum RowError:
     AMOUNT_TOO_LARGE = 3    # above max_amount
     TS_OUT_OF_RANGE = 4     # outside [min_ts_ms, max_ts_ms): seconds or microseconds for
                             # milliseconds, or garbage
+    TS_AHEAD = 5            # at or after ahead_ts_ms (the worker's clock + 1 day): time only moves
+                            # forward in the state, so such a row would blind its card and terminal
 
 
 def check_rows(const int64_t[::1] ts_ms, const double[::1] amount, int64_t min_ts_ms, int64_t max_ts_ms,
-               double max_amount, uint8_t[::1] out):
+               int64_t ahead_ts_ms, double max_amount, uint8_t[::1] out):
     """out[i] = the error code of row i (OK = 0 for a row that can be scored); returns how many
     rows failed a check.
 
-    ts_ms: (n,) int64 epoch milliseconds, valid in [min_ts_ms, max_ts_ms); amount: (n,) float64, valid
-    when finite and in [0, max_amount]; out: (n,) uint8.
+    ts_ms: (n,) int64 epoch milliseconds, valid in [min_ts_ms, max_ts_ms) and below ahead_ts_ms;
+    amount: (n,) float64, valid when finite and in [0, max_amount]; out: (n,) uint8.
     """
     cdef Py_ssize_t n = ts_ms.shape[0], i, bad = 0
     if amount.shape[0] != n or out.shape[0] != n:
@@ -44,6 +46,8 @@ def check_rows(const int64_t[::1] ts_ms, const double[::1] amount, int64_t min_t
                 code = AMOUNT_TOO_LARGE
             elif ts_ms[i] < min_ts_ms or ts_ms[i] >= max_ts_ms:
                 code = TS_OUT_OF_RANGE
+            elif ts_ms[i] >= ahead_ts_ms:
+                code = TS_AHEAD
             else:
                 code = OK
             out[i] = code

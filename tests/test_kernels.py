@@ -140,14 +140,20 @@ def test_window_features_check_shapes():
 def test_row_checks_name_the_first_check_a_row_fails():
     from zfraud import _verdicts as V
 
-    amount = np.array([1.0, np.nan, -np.inf, -1.0, 2e12, 1.0, 1.0, 1.0, 0.0, 1e12])
+    amount = np.array([1.0, np.nan, -np.inf, -1.0, 2e12, 1.0, 1.0, 1.0, 0.0, 1e12, 1.0, 1.0, -1.0])
     lo, hi = 946_684_800_000, 7_258_118_400_000  # 2000-01-01, 2200-01-01
-    ts = np.array([lo, lo + 1, lo + 1, lo - 5, lo + 1, lo - 1, hi, hi - 1, lo + 5, lo + 5], np.int64)
+    ahead = 1_800_000_000_000  # 2027-01-15: the worker's clock + 1 day
+    ts = np.array([lo, lo + 1, lo + 1, lo - 5, lo + 1, lo - 1, hi, ahead - 1, lo + 5, lo + 5, ahead, hi - 1, hi - 1],
+                  np.int64)
     out = np.empty(len(ts), np.uint8)
-    assert V.check_rows(ts, amount, lo, hi, 1e12, out) == 6
+    assert V.check_rows(ts, amount, lo, hi, hi, 1e12, out) == 7  # ahead at the end of the range: no effect
     R = V.RowError
     assert out.tolist() == [R.OK, R.AMOUNT_NOT_FINITE, R.AMOUNT_NOT_FINITE, R.AMOUNT_NEGATIVE, R.AMOUNT_TOO_LARGE,
-                            R.TS_OUT_OF_RANGE, R.TS_OUT_OF_RANGE, R.OK, R.OK, R.OK]
+                            R.TS_OUT_OF_RANGE, R.TS_OUT_OF_RANGE, R.OK, R.OK, R.OK, R.OK, R.OK, R.AMOUNT_NEGATIVE]
+    assert V.check_rows(ts, amount, lo, hi, ahead, 1e12, out) == 9
+    assert out.tolist() == [R.OK, R.AMOUNT_NOT_FINITE, R.AMOUNT_NOT_FINITE, R.AMOUNT_NEGATIVE, R.AMOUNT_TOO_LARGE,
+                            R.TS_OUT_OF_RANGE, R.TS_OUT_OF_RANGE, R.OK, R.OK, R.OK, R.TS_AHEAD, R.TS_AHEAD,
+                            R.AMOUNT_NEGATIVE]
 
 
 def test_decide_follows_the_thresholds_and_reviews_nan():

@@ -1,11 +1,13 @@
 """Row validation and decisions: bad rows are rejected with reasons, their neighbours are scored."""
+import time
+
 import numpy as np
 import pytest
 
 from zfraud import load_model
 from zfraud import protocol as P
 from zfraud.scoring import Scorer, Thresholds
-from zfraud.synthetic import synthetic
+from zfraud.synthetic import DAY_MS, synthetic
 
 
 def batch(n=256):
@@ -33,6 +35,31 @@ def test_bad_rows_do_not_change_good_ones():
     for col in ("score", "decision", "reason"):
         np.testing.assert_array_equal(got[col][good], expected[col][good])
     np.testing.assert_array_equal(got["tx_id"], clean["tx_id"])
+
+
+def test_a_row_dated_more_than_a_day_ahead_of_the_clock_is_rejected_with_its_own_reason():
+    """Time rings only move forward: one row dated in 2199 (the old limit let it through) left its
+    card and terminal without history for every later transaction."""
+    from zfraud.scoring import MAX_TS_MS
+
+    scorer = Scorer(load_model())
+    clean = batch()
+    expected = scorer.score(clean)[0]
+    now = int(time.time() * 1000)
+    dirty = {k: v.copy() for k, v in clean.items()}
+    dirty["ts_ms"][[5, 6, 7, 8]] = [MAX_TS_MS - 1, now + 2 * DAY_MS, now + DAY_MS + 60_000, now + DAY_MS - 60_000]
+    dirty["ts_ms"][9] = MAX_TS_MS  # out of range: that reason first
+    dirty["amount"][5] = -1.0      # an amount check runs before any time check
+    got = scorer.score(dirty)[0]
+    ahead = "error: ts_ms is more than 1 day ahead of this worker's clock"
+    assert scorer.reasons[len(scorer.model.features) + 4] == ahead  # number of features + check index
+    assert got["decision"][[5, 6, 7, 9]].tolist() == [P.REJECTED] * 4 and np.isnan(got["score"][[5, 6, 7, 9]]).all()
+    assert [scorer.reasons[r] for r in got["reason"][[5, 6, 7, 9]]] == [
+        "error: amount is negative", ahead, ahead, "error: ts_ms is outside 2000..2200 (epoch milliseconds expected)"]
+    assert got["decision"][8] != P.REJECTED and np.isfinite(got["score"][8])  # within a day: scored
+    good = np.setdiff1d(np.arange(256), [5, 6, 7, 8, 9])
+    for col in ("score", "decision", "reason"):
+        np.testing.assert_array_equal(got[col][good], expected[col][good])
 
 
 def test_all_rows_bad():

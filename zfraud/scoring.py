@@ -11,6 +11,7 @@ the row's error), `rules` is a bit mask of the rules that fired.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,11 @@ from .rules import RuleSet
 MIN_TS_MS = 946_684_800_000
 MAX_TS_MS = 7_258_118_400_000
 MAX_AMOUNT = 1e12
+# Nor may an event time be more than a day ahead of the worker's clock: a card's and a terminal's
+# time rings only move forward, so one row dated years ahead would leave every later transaction of
+# them outside their windows (and the terminal's bucket spreads to peers). A day covers time zones
+# and clock skew.
+MAX_AHEAD_MS = 86_400_000
 
 # The reason of a row that fails a check. ext/verdicts.pyx runs the checks in RowError order and a
 # row gets the first it fails.
@@ -33,7 +39,14 @@ ROW_ERRORS = {
     RowError.AMOUNT_NEGATIVE: "error: amount is negative",
     RowError.AMOUNT_TOO_LARGE: f"error: amount is over {MAX_AMOUNT:.0e}",
     RowError.TS_OUT_OF_RANGE: "error: ts_ms is outside 2000..2200 (epoch milliseconds expected)",
+    RowError.TS_AHEAD: "error: ts_ms is more than 1 day ahead of this worker's clock",
 }
+
+
+def ahead_ts_ms() -> int:
+    """The first event time this process refuses as in the future now: its clock + MAX_AHEAD_MS
+    (and never past MAX_TS_MS)."""
+    return min(int(time.time() * 1000) + MAX_AHEAD_MS, MAX_TS_MS)
 
 
 @dataclass(frozen=True)
@@ -86,7 +99,8 @@ class Scorer:
         n = len(cols["tx_id"])
         error = np.empty(n, dtype=np.uint8)
         n_bad = check_rows(np.ascontiguousarray(cols["ts_ms"], dtype=np.int64),
-                           np.ascontiguousarray(cols["amount"], dtype=np.float64), MIN_TS_MS, MAX_TS_MS, MAX_AMOUNT, error)
+                           np.ascontiguousarray(cols["amount"], dtype=np.float64), MIN_TS_MS, MAX_TS_MS, ahead_ts_ms(),
+                           MAX_AMOUNT, error)
         if n_bad:
             good = np.flatnonzero(error == RowError.OK)
             sub = {name: cols[name][good] for name, _ in P.TX_COLUMNS}
