@@ -305,3 +305,34 @@ def test_what_a_draining_worker_scores_after_its_goodbye_still_reaches_its_peers
         time.sleep(0.5)
         assert mesh.stop_worker("w2") == 0
     saved_counts_equal_the_stream(state / "w2.state.npz", tx)
+
+
+def test_a_transaction_dated_ahead_of_the_workers_clock_is_rejected_and_blinds_nothing(data, model_path, tmp_path):
+    """A row dated in 2199 (inside the 2000..2200 check) was scored: its card's and terminal's
+    time rings moved 180 years ahead for good, so every later transaction of them read no
+    history, and the other worker merged the terminal's new bucket. Now such a row, and one two
+    days ahead, is rejected with its own reason and changes nothing."""
+    extra = ["--model", str(model_path), "--cards", "4096", "--terminals", "4096", "--heartbeat", "0.2"]
+    hist = {k: data[k][:20000] for k, _ in P.TX_COLUMNS}
+    # the cards and terminals of the history's last 500 rows, an hour after its end
+    probe = {k: hist[k][-500:].copy() for k, _ in P.TX_COLUMNS}
+    probe["tx_id"] += np.uint64(10**9)
+    probe["ts_ms"][:] = hist["ts_ms"][-1] + 3_600_000
+    now = int(time.time() * 1000)
+    poison = {k: hist[k][-3:].copy() for k, _ in P.TX_COLUMNS}
+    poison["tx_id"] += np.uint64(2 * 10**9)
+    poison["ts_ms"][:] = [7_258_118_400_000 - 86_400_000, now + 2 * 86_400_000, now + 2 * 86_400_000]
+    answers = []
+    with LocalMesh(2, extra_args=extra, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint) as c:
+        c.score(hist)
+        c.score(probe)
+        time.sleep(1.5)  # each worker merges the other's counts (published every 0.2 s)
+        before = c.score(probe)  # repeats: read, not counted again
+        summary = c.stream([poison], on_verdicts=lambda v, h: answers.append((v, h)))
+        time.sleep(1.5)  # had a worker counted them, the other would have merged it by now
+        after = c.score(probe)
+    assert sorted(set(before["worker"])) == ["w1", "w2"] and np.isfinite(before["score"]).all()
+    np.testing.assert_array_equal(after["score"], before["score"])
+    assert summary.errors == 3 and summary.verdicts == 0
+    reasons = [h["reasons"][r] for v, h in answers for r in v["reason"]]
+    assert reasons == ["error: ts_ms is more than 1 day ahead of this worker's clock"] * 3
