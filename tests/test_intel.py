@@ -336,3 +336,45 @@ def test_a_transaction_dated_ahead_of_the_workers_clock_is_rejected_and_blinds_n
     assert summary.errors == 3 and summary.verdicts == 0
     reasons = [h["reasons"][r] for v, h in answers for r in v["reason"]]
     assert reasons == ["error: ts_ms is more than 1 day ahead of this worker's clock"] * 3
+
+
+def test_labels_dated_outside_2000_to_tomorrow_are_refused_and_the_others_applied(data, model_path, tmp_path):
+    """One label in microseconds moved its terminal's fraud rings ~50 000 years ahead: every later
+    label there was too old and terminal risk read 0 for good. The worker refuses such labels (and
+    forgets them: a corrected one is applied), applies the others of the message, and says how
+    many it refused, in its reply and in one warning."""
+    extra = ["--model", str(model_path), "--cards", "4096", "--terminals", "4096"]
+    sub = {k: v[:20000] for k, v in data.items()}
+    probe = {k: sub[k][-500:].copy() for k, _ in P.TX_COLUMNS}  # the last rows' cards and terminals, an hour on
+    probe["tx_id"] += np.uint64(10**9)
+    probe["ts_ms"][:] = sub["ts_ms"][-1] + 3_600_000
+    day, now = 86_400_000, int(time.time() * 1000)
+    fraud_ts = probe["ts_ms"] - 10 * day  # frauds in the probe's terminal risk window, at their terminals
+    bad = {k: probe[k] for k in ("card", "terminal", "amount")}
+    bad.update(tx_id=probe["tx_id"] + np.uint64(10**9), fraud=np.ones(500, np.uint8),
+               ts_ms=np.choose(np.arange(500) % 5, [fraud_ts * 1000, fraud_ts * 1_000_000, fraud_ts // 1000,
+                                                   np.full(500, 7_258_118_400_000 - day), np.full(500, now + 2 * day)]))
+    mixed = {k: v[:2].copy() for k, v in bad.items()}
+    mixed["tx_id"][1] += np.uint64(10**9)
+    mixed["ts_ms"][1] = fraud_ts[1]  # a good label next to a bad one
+    with LocalMesh(1, extra_args=extra, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint) as c:
+        stream_with_labels(c, sub, delay_days=7)
+        labels = c.control("w1", "status")["status"]["labels"]
+        c.score(probe)
+        before = c.score(probe)  # repeats: read, not counted again
+        all_bad = c.label(bad)
+        after = c.score(probe)
+        one_bad = c.label(mixed)
+        corrected = c.label({**mixed, "ts_ms": fraud_ts[:2]})  # the refused one, now in milliseconds
+        labels = c.control("w1", "status")["status"]["labels"] - labels
+        log = mesh.log("w1")
+    assert np.isfinite(before["score"]).all()
+    np.testing.assert_array_equal(after["score"], before["score"])
+    assert (all_bad, all_bad.refused) == ({"w1": 0}, 500)
+    assert (one_bad, one_bad.refused) == ({"w1": 1}, 1)
+    assert (corrected, corrected.refused) == ({"w1": 1}, 0)  # the other one was applied before
+    assert labels == 2
+    warnings = [line for line in log.splitlines() if "labels: ts_ms" in line]
+    assert [w[w.index("refused"):] for w in warnings] == [
+        f"refused {n} of {m} labels: ts_ms before 2000 or more than 1 day ahead of this worker's clock (epoch "
+        f"milliseconds expected)" for n, m in ((500, 500), (1, 2))]

@@ -456,6 +456,24 @@ def test_a_batch_or_labels_bigger_than_one_message_go_in_pieces(tmp_path):
     assert (st["rows"], st["batches"], st["labels"]) == (3 * P.MAX_ROWS, 3, n)
 
 
+def test_label_command_reports_the_labels_refused_as_dated_ahead_and_exits_3(mesh2, tmp_path):
+    """The worker refuses a label dated more than a day ahead of its clock (2199 is a date the
+    file reader takes): `zfraud label` says how many, as `send` does with rejected rows."""
+    ahead = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() + 2 * 86_400))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n"
+                      "93000001,2018-04-01 00:00:01,2,3,10.5,1\n"
+                      "93000002,2199-12-31 23:00:00,2,3,10.5,1\n"
+                      f"93000003,{ahead},7,3,10.5,0\n")
+    before = status(mesh2, "w1")["labels"] + status(mesh2, "w2")["labels"]
+    r = run_cli("label", str(labels), "--connect", mesh2.endpoint, timeout=60)
+    after = status(mesh2, "w1")["labels"] + status(mesh2, "w2")["labels"]
+    assert (r.returncode, after - before) == (3, 1), r.stderr
+    assert r.stdout == "3 labels sent; 0 frauds counted by their cards' owners; 2 refused (dated ahead, above)\n"
+    assert r.stderr == ("2 labels refused by their cards' owners and not applied: dated more than 1 day ahead of "
+                        "the worker's clock (a wrong date or time zone?)\n")
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda b: b.pop("terminal"), "a batch: missing terminal; expected the columns tx_id, card, terminal, ts_ms, amount"),
     (lambda b: b.update(card=b["card"][:-1]), "a batch: column card has 9 rows, tx_id has 10"),

@@ -710,20 +710,25 @@ def label(file, connect, batch, curve_dir):
 
     Terminal risk counts a fraud on the day of its transaction; send labels when they are
     revealed, not before, as a live system would learn them. A row that cannot be read is
-    reported (with its line) and not sent; the others are. Exit status: 0 every label was
-    acknowledged; 1 a worker refused labels, or a share was still unacknowledged after 3 sends
-    (the message says how many were applied); 3 some rows could not be read."""
+    reported (with its line) and not sent; the others are. A label dated more than 1 day ahead
+    of its card owner's clock is refused by that worker and not applied (the count is reported);
+    the others are. Exit status: 0 every label was acknowledged and none refused; 1 a worker
+    refused a whole message (an error), or a share was still unacknowledged after 3 sends (the
+    message says how many were applied); 3 some rows could not be read, or some labels were
+    refused as dated ahead."""
     from .client import Client, MeshError
     from .dataset import read_labelled
 
     errors = []  # (line, message) of rows that cannot be read: reported, the others sent
     d = read_labelled(file, errors=errors)
-    n, frauds = len(d["tx_id"]), 0
+    n, frauds, refused = len(d["tx_id"]), 0, 0
     with _connected(Client, connect, curve_dir=curve_dir) as client:
         for lo in range(0, n, batch):
             part = {k: d[k][lo:lo + batch] for k in P.LABEL_NAMES}
             try:
-                frauds += sum(client.label(part).values())
+                applied = client.label(part)
+                frauds += sum(applied.values())
+                refused += applied.refused
             except MeshError as e:
                 done = (f"The first {lo:,} of {n:,} labels were applied, and maybe some of the next "
                         f"{len(part['tx_id']):,}" if lo else f"Some of the {n:,} labels may have been applied")
@@ -733,9 +738,13 @@ def label(file, connect, batch, curve_dir):
         click.echo(f"input line {line}: {message}", err=True)
     if len(errors) > 10:
         click.echo(f"... and {len(errors) - 10:,} more unreadable rows", err=True)
+    if refused:
+        click.echo(f"{refused:,} labels refused by their cards' owners and not applied: dated more than 1 day ahead "
+                   f"of the worker's clock (a wrong date or time zone?)", err=True)
     click.echo(f"{n:,} labels sent; {frauds:,} frauds counted by their cards' owners"
+               + (f"; {refused:,} refused (dated ahead, above)" if refused else "")
                + (f"; {len(errors):,} rows not sent (cannot be read, above)" if errors else ""))
-    if errors:
+    if errors or refused:
         sys.exit(3)
 
 

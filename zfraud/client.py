@@ -179,6 +179,14 @@ class Summary:
         return asdict(self)
 
 
+class Labelled(dict):
+    """What Client.label returns: {worker: frauds it applied}, and in `refused` how many labels
+    the workers refused and did not apply (ts_ms before 2000, or more than 1 day ahead of the
+    worker's clock: a unit or date mistake that would switch its terminal's risk off)."""
+
+    refused: int = 0
+
+
 class Client:
     """A connection to the mesh (see the module docstring). Not thread-safe: its sockets and its
     ledger belong to one thread at a time, so use one Client per thread."""
@@ -707,18 +715,20 @@ class Client:
         every owner has applied its share. The owner counts the frauds and shares the counts with
         the other workers as terminal intelligence, so each label counts exactly once in the mesh.
         A worker that does not answer within timeout_s is marked down and its share goes to the
-        cards' new owners, up to max_attempts sends in all. Returns {worker: frauds applied}."""
+        cards' new owners, up to max_attempts sends in all. Returns {worker: frauds applied},
+        with the number of labels the workers refused as `.refused` (Labelled)."""
         self._check_open()
         arrays = P.as_columns(arrays, P.LABEL_COLUMNS, "labels")
         n = len(arrays["card"])
         if n > P.MAX_LABEL_ROWS:  # more than one message may carry: in turn, in pieces that fit
-            out = {}
+            out = Labelled()
             for lo in range(0, n, P.MAX_LABEL_ROWS):
-                piece = {c: arrays[c][lo:lo + P.MAX_LABEL_ROWS] for c in P.LABEL_NAMES}
-                for name, frauds in self.label(piece, timeout_s).items():
+                piece = self.label({c: arrays[c][lo:lo + P.MAX_LABEL_ROWS] for c in P.LABEL_NAMES}, timeout_s)
+                for name, frauds in piece.items():
                     out[name] = out.get(name, 0) + frauds
+                out.refused += piece.refused
             return out
-        out, todo, reason = {}, np.arange(n), ""
+        out, todo, reason = Labelled(), np.arange(n), ""
         for _ in range(self.max_attempts):
             names = self.members
             if not names:
@@ -740,7 +750,7 @@ class Client:
 
     def _send_labels(self, arrays: dict, parts: dict, timeout_s: float, out: dict) -> list:
         """Send each worker its rows of `arrays` (parts: name -> row indices) and add the frauds
-        each applied to out[name]. Returns the workers that did not answer within timeout_s; a
+        each applied to out[name], the labels it refused to out.refused. Returns the workers that did not answer within timeout_s; a
         worker that refuses them raises MeshError (a refusal does not change with a retry)."""
         socks, silent = {}, []
         try:
@@ -764,6 +774,7 @@ class Client:
                 if msg.command == P.ERROR:
                     raise MeshError(f"worker {name} refused labels: {msg.header.get('message')}")
                 out[name] = out.get(name, 0) + msg.header.get("frauds", 0)
+                out.refused += msg.header.get("refused", 0)  # (a worker from before refuses none)
             return silent
         finally:
             for sock in socks.values():

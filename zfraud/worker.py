@@ -41,7 +41,7 @@ from .features import TERMINAL_BUCKET_HOURS, FeatureEngine
 from .handover import ACK_S, Handover, take_over
 from .model import check_delay, load_model, model_from_dict
 from .rules import RuleSet
-from .scoring import Scorer, Thresholds
+from .scoring import MIN_TS_MS, Scorer, Thresholds, ahead_ts_ms
 from .security import Curve, SecurityError
 from .snapshots import BackgroundSave
 from .sockets import configure, recv_frames, send_frames
@@ -803,6 +803,17 @@ class Worker:
 
     def _on_label(self, msg) -> list:
         cols = P.parse_columns(msg, P.LABEL_COLUMNS)
+        rows = len(cols["tx_id"])
+        # A label's time moves its terminal's fraud rings forward for good, as a transaction's
+        # does: one in microseconds, or years ahead, would switch terminal risk off. Such rows are
+        # refused (and not remembered: the label can be sent again with its time corrected).
+        ts = cols["ts_ms"]
+        ok = (ts >= MIN_TS_MS) & (ts < ahead_ts_ms())
+        refused = rows - int(ok.sum())
+        if refused:
+            log.warning("refused %d of %d labels: ts_ms before 2000 or more than 1 day ahead of this worker's "
+                        "clock (epoch milliseconds expected)", refused, rows)
+            cols = {k: v[ok] for k, v in cols.items()}
         fresh = np.empty(len(cols["tx_id"]), dtype=np.uint8)
         self.labels_seen.check_and_add(cols["tx_id"], fresh)
         new = fresh.view(bool)
@@ -810,7 +821,8 @@ class Worker:
         self.stats["labels"] += int(new.sum())
         if frauds:
             self._publish_intel()  # before the acknowledgement: the sender may rely on it
-        return P.encode(P.LABEL, {"worker": self.name, "rows": len(new), "applied": int(new.sum()), "frauds": frauds})
+        return P.encode(P.LABEL, {"worker": self.name, "rows": rows, "applied": int(new.sum()), "frauds": frauds,
+                                  "refused": refused})
 
     def _on_mesh(self, frames) -> None:
         if len(frames) < 3 or frames[1] != P.VERSION:
