@@ -142,7 +142,7 @@ def test_row_checks_name_the_first_check_a_row_fails():
 
     amount = np.array([1.0, np.nan, -np.inf, -1.0, 2e12, 1.0, 1.0, 1.0, 0.0, 1e12, 1.0, 1.0, -1.0])
     lo, hi = 946_684_800_000, 7_258_118_400_000  # 2000-01-01, 2200-01-01
-    ahead = 1_800_000_000_000  # 2027-01-15: the worker's clock + 1 day
+    ahead = 1_800_000_000_000  # 2027-01-15, as if the worker's clock + 1 day
     ts = np.array([lo, lo + 1, lo + 1, lo - 5, lo + 1, lo - 1, hi, ahead - 1, lo + 5, lo + 5, ahead, hi - 1, hi - 1],
                   np.int64)
     out = np.empty(len(ts), np.uint8)
