@@ -261,6 +261,26 @@ def test_gen_goes_up_to_the_last_day_workers_accept_and_train_takes_only_yyyy_mm
                                                 "got '99991202'", r.stderr
 
 
+def test_backtest_refuses_a_file_dated_ahead_of_the_clock_before_starting_a_mesh(tmp_path):
+    """Workers reject rows dated more than 1 day ahead of their clock: a back-test of such a file
+    was a back-test of rejected rows ("score contains NaN"). One clear error instead."""
+    from zfraud.model import DEFAULT_MODEL
+
+    r = run_cli("gen", "out.csv", "--customers", "20", "--terminals", "40", "--days", "30", "--start", "2199-12-02",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    d = read_labelled(str(tmp_path / "out.csv"))
+    n, first = len(d["tx_id"]), np.datetime64(int(d["ts_ms"][0]) // 1000, "s")
+    t0 = time.monotonic()
+    r = run_cli("backtest", "out.csv", "--model", str(DEFAULT_MODEL), "--from", "2199-12-20", "--to", "2199-12-25",
+                cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"Error: {n:,} transactions, from {first}, are dated more than 1 day ahead of this machine's clock, and "
+        "workers reject those: back-test history, not the future (`zfraud gen --start` an earlier date)"), r.stderr
+    assert time.monotonic() - t0 < 20  # refused before any worker started
+
+
 @pytest.mark.parametrize("command, dates, message", [
     ("train", ("--from", "2018-07-31", "--to", "2018-07-04"),
      "the training dates run backwards: --from 2018-07-31 is after --to 2018-07-04"),

@@ -21,6 +21,7 @@ from .dataset import read_labelled, rows_between
 from .evaluate import evaluate, known_compromised_mask
 from .local import LocalMesh
 from .model import check_delay, load_model
+from .scoring import ahead_ts_ms
 from .train import _capacity, label_schedule
 
 TX = ("tx_id", "card", "terminal", "ts_ms", "amount")
@@ -66,6 +67,17 @@ def stream_with_labels(client: Client, data: dict, delay_days: int, batch: int =
     return score, decision, models
 
 
+def _check_not_ahead(ts_ms: np.ndarray) -> None:
+    """ValueError when the file holds rows the workers would reject as dated ahead of their clock
+    (zfraud.scoring.MAX_AHEAD_MS): said once here, not as a back-test of rejected rows."""
+    ahead = ahead_ts_ms()
+    if len(ts_ms) and ts_ms[-1] >= ahead:
+        first = int(np.searchsorted(ts_ms, ahead))
+        raise ValueError(f"{len(ts_ms) - first:,} transactions, from {np.datetime64(int(ts_ms[first]) // 1000, 's')}, are dated "
+                         f"more than 1 day ahead of this machine's clock, and workers reject those: back-test "
+                         f"history, not the future (`zfraud gen --start` an earlier date)")
+
+
 def backtest(path, model_path, test_from: int, test_to: int, delay_days: int = 7, workers: int = 2,
              known_from: int | None = None, k: int = 100, progress=None, data: dict | None = None) -> dict:
     """Run the back-test; dates are days since the epoch (inclusive). Returns the metrics."""
@@ -74,6 +86,7 @@ def backtest(path, model_path, test_from: int, test_to: int, delay_days: int = 7
     test = rows_between(data, test_from, test_to, "test")
     model_path = os.path.abspath(model_path)  # the workers run in the mesh's own directory
     check_delay(load_model(model_path), delay_days, "this back-test")  # one clear error, not workers that fail to start
+    _check_not_ahead(data["ts_ms"])
     extra = ["--model", model_path, "--delay", str(delay_days),
              "--cards", str(_capacity(data["card"])), "--terminals", str(_capacity(data["terminal"]))]
     with LocalMesh(workers, extra_args=extra) as mesh, Client(mesh.endpoint, deadline_s=30) as client:
