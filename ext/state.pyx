@@ -73,7 +73,8 @@ table's (features.pyx, window_features). Buckets older than the ring
 of an in-order stream inside the ring. Indices passed to and returned by add/merge/export are
 bucket indices, floor(ts_ms / bucket length).
 add_tx() adds 1 per row, or a given count (the label-fed tables of zfraud.features count fraud
-amounts the same way), saturating.
+amounts the same way), saturating: each slot's count and the sum over the slots stop at 2**32 - 1,
+in add_tx and merge alike (the slots of a bucket may sum past it; restore saturates the sum too).
 read_runs() gives a row's fraud run from two tables with the same ring, one of transactions and
 one of confirmed frauds: from bucket b - delay (partly labelled: counted only if it has a fraud)
 backwards, buckets with a fraud extend the run, empty buckets are skipped, and the first bucket
@@ -1387,14 +1388,15 @@ cdef class TerminalState:
     def merge(self, int slot, const uint64_t[::1] keys, const int32_t[::1] buckets,
               const uint32_t[::1] counts):
         """Merge a peer's cumulative counts: count = max(existing, value) per (key, bucket, slot),
-        so the order and repetition of merges do not matter. Arguments as export() returns."""
+        so the order and repetition of merges do not matter; the sum over the slots saturates at
+        2**32 - 1 as in add_tx. Arguments as export() returns."""
         self._check_slot(slot)
         cdef Py_ssize_t n = keys.shape[0], i
         if buckets.shape[0] != n or counts.shape[0] != n:
             raise ValueError(f"expected buckets and counts of length {n}, got {buckets.shape[0]} and "
                              f"{counts.shape[0]}")
         cdef int64_t r, b, idx
-        cdef uint32_t v
+        cdef uint32_t v, up, room
         with nogil:
             for i in range(n):
                 v = counts[i]
@@ -1406,7 +1408,11 @@ cdef class TerminalState:
                     continue
                 idx = b * self.c.sources + slot
                 if v > self.c.tx[idx]:
-                    self.c.total[b] += v - self.c.tx[idx]
+                    up = v - self.c.tx[idx]
+                    room = UINT32_MAX - self.c.total[b]
+                    if up > room:  # the sum over the slots saturates, as in add_tx
+                        up = room
+                    self.c.total[b] += up
                     self.c.tx[idx] = v
                     self.st.merged += 1
 
@@ -1466,9 +1472,9 @@ cdef class TerminalState:
         if not max(top, 1) <= version < UINT32_MAX:
             raise ValueError(f"snapshot 'version': expected at least every stamp ({top}) and 1, "
                              f"and below 2**32 - 1, got {version}")
-        total = got["tx"].sum(axis=2, dtype=np.uint64)
-        if n and int(total.max()) > UINT32_MAX:
-            raise ValueError("snapshot 'tx': expected daily totals below 2**32, got more")
+        # Each slot's counts are up to 2**32 - 1 and merged slots may sum past it: the total
+        # saturates there, as add_tx and merge keep it.
+        total = np.minimum(got["tx"].sum(axis=2, dtype=np.uint64), UINT32_MAX)
         rows = {}
         for name, dtype, shape in record:
             rows[name] = np.zeros((cap,) + shape, dtype)

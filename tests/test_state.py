@@ -1047,6 +1047,46 @@ def test_terminal_fold_moves_a_slot_into_another_and_keeps_every_read():
         t.fold(4, 0)
 
 
+def test_merged_slots_saturate_the_total_and_the_snapshot_loads(tmp_path):
+    """Two workers each count 3e9 (a fraud amount) at one terminal in one bucket: the sum over
+    the slots saturates at 2**32 - 1 in merge as in add_tx, and the snapshot restores."""
+    top = np.float32(2**32 - 1)
+    key, ts = mix_keys([9]), np.array([19_000 * DAY], np.int64)
+    later = ts + 8 * DAY
+    a, b = (TerminalState(8, max_sources=2, days=40, bucket_hours=4) for _ in range(2))
+    a.add_tx(key, ts, 0, None, np.array([3_000_000_000], np.uint32))
+    b.add_tx(key, ts + 60_000, 0, None, np.array([3_000_000_000], np.uint32))
+    b.merge(1, *a.export(0, 0)[:3])
+    out = np.empty((1, 3), np.float32)
+    b.read(key, later, 7, out)
+    assert out[0].tolist() == [0, top, top]   # it wrapped to 1.705e9
+    b.merge(1, *a.export(0, -1)[:3])          # repeats change nothing
+    b.read(key, later, 7, out)
+    assert out[0].tolist() == [0, top, top]
+    c = TerminalState(8, max_sources=2, days=40, bucket_hours=4)
+    c.restore(b.snapshot())                   # was refused: totals of 6e9
+    c.read(key, later, 7, out)
+    assert out[0].tolist() == [0, top, top]
+    c.add_tx(key, ts, 0)                      # a saturated bucket stays saturated
+    c.read(key, later, 7, out)
+    assert out[0].tolist() == [0, top, top]
+
+    def worker(card, t):
+        from zfraud.features import FeatureEngine
+        e = FeatureEngine("zfraud-v6", card_capacity=64, terminal_capacity=64)
+        e.apply_labels({"card": np.array([card], np.uint64), "terminal": np.array([9], np.uint64),
+                        "ts_ms": np.array([t], np.int64), "amount": np.array([3e9]),
+                        "fraud": np.array([1], np.uint8)})
+        return e
+    wa, wb = worker(100, int(ts[0])), worker(200, int(ts[0]) + 60_000)
+    wb.merge_intel("a", wa.export_intel(0))
+    wb.save(tmp_path / "b.npz")
+    wc = worker(300, int(ts[0]))
+    wc.load(tmp_path / "b.npz")
+    wc.fraud_amounts.read(key, later, 7, out)
+    assert out[0, 2] == top
+
+
 def test_departed_peers_slots_are_reused_and_their_counts_kept(tmp_path):
     """A worker has MAX_SOURCES - 1 peer slots. Peers that are no longer members (`live`) are
     retired, least recently heard first, when a newcomer needs a slot: their counts stay in
