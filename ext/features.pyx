@@ -7,7 +7,11 @@ the loop. The Python side (zfraud.features) checks shapes and owns the feature n
 
 Time is event time: everything derives from the transaction's own timestamp (epoch
 milliseconds, UTC), never from the wall clock.
+
+Every feature is finite or NaN (NaN: missing) for valid rows (amounts finite, in [0, 1e12]):
+ratios saturate at the largest finite float32, which zfraud.model's MAX_MARGIN bound assumes.
 """
+from libc.float cimport FLT_MAX
 from libc.math cimport NAN, log1p
 from libc.stdint cimport int64_t
 
@@ -79,7 +83,9 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
                         frauds' count / terminal's count in float64, 0 without transactions;
       then 2 columns    the card's average amount over days 8..30 back,
                         (n30 * avg30 - n7 * avg7) / (n30 - n7) in float64, NaN unless
-                        n30 - n7 > 0.5; and amount / that average;
+                        n30 - n7 > 0.5; and amount / that average, within
+                        +-FLT_MAX (an average of 0 or 1e-40 gives FLT_MAX, not inf;
+                        0 / 0 is NaN);
       then 2 columns    runs, as is;
       then 3 columns    the 30-day window's mean fraud amount (fraud_amount / frauds' 30-day
                         count in float64, 0 without frauds), its card-linked frauds (linked) and
@@ -104,7 +110,7 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
     for j in (n7, avg7, n30, avg30):
         if not 0 <= j < k:
             raise ValueError(f"expected card columns in [0, {k}), got {j}")
-    cdef double tx, older, avg, f30
+    cdef double tx, older, avg, f30, ratio
     cdef float* o
     with nogil:
         for i in range(n):
@@ -123,7 +129,8 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
             else:
                 avg = NAN
             o[t] = <float>avg
-            o[t + 1] = <float>(amount[i] / avg)
+            ratio = amount[i] / avg   # saturated: an average of 0 or 1e-40 gives FLT_MAX, not inf
+            o[t + 1] = <float>(FLT_MAX if ratio > FLT_MAX else (-FLT_MAX if ratio < -FLT_MAX else ratio))
             o[t + 2] = runs[i, 0]
             o[t + 3] = runs[i, 1]
             f30 = frauds[i, 2]

@@ -47,10 +47,12 @@ rings: its hour and day are the newest buckets), the event time before it and th
   card's newest (or at the same ms, when added) the gap to the newest; for a re-read of the
   newest (update 0, same time) the gap it had; for a late row the gap to the event before the
   newest if that one is older, else -1. Idle cards keep their last time until their row is reused.
-- Ratios are amount / window average, 0 when that average is not positive; averages are 0 for an
-  empty window (possible only for a read-only row). Amounts must be finite (the caller checks).
+- Ratios are amount / window average, 0 when that average is not positive, and saturate at the
+  largest finite float32 (FLT_MAX) over a tiny average (e.g. 1e-40), so every feature is finite
+  or NaN; averages are 0 for an empty window (possible only for a read-only row). Amounts must be
+  finite (the caller checks).
 - Peak amount ratio (card_peak): one float per card, max over its counted rows of amount / the
-  card's average over days 8..30 back at the time, decayed by exp(-age / 7 days) from the card's
+  card's average over days 8..30 back at the time (saturating at FLT_MAX), decayed by exp(-age / 7 days) from the card's
   newest event; a row reads it before its own ratio is folded in (NaN for a card's first row).
 - Fraud memory (label_frauds): the card's latest confirmed fraud, its hour and terminal, and
   whether it is card-linked (another fraud of the card at another terminal within 7 days).
@@ -83,6 +85,7 @@ the oldest bucket both rings hold). It reads the frauds in the run and the days 
 bucket to b. A walk is at most one ring long and stops at the first genuine bucket, so it is a
 few buckets for a terminal without fraud; it allocates nothing and keeps no state of its own.
 """
+from libc.float cimport FLT_MAX
 from libc.math cimport NAN, exp, log1p
 from libc.stdint cimport (INT32_MIN, INT64_MIN, UINT16_MAX, UINT32_MAX, int32_t, int64_t, uint8_t, uint16_t,
                           uint32_t, uint64_t)
@@ -568,6 +571,16 @@ cdef inline void days_back(const CardRec* c, int64_t nd, int first, int last, in
     sm[0] = sa + (c.day_sum[j] + sb)
 
 
+cdef inline double sat_f32(double x) noexcept nogil:
+    """x within the finite float32 range (NaN stays NaN): a ratio over a tiny or zero average
+    saturates at the largest finite float32 instead of becoming infinite."""
+    if x > FLT_MAX:
+        return FLT_MAX
+    if x < -FLT_MAX:
+        return -FLT_MAX
+    return x
+
+
 cdef inline void card_read(const CardRec* c, int64_t t, double amount, int64_t gap,
                            float* o, double* ratio_8_30) noexcept nogil:
     """The K_CARD features of a row at time t (after any add), from the buckets still in the
@@ -614,10 +627,10 @@ cdef inline void card_read(const CardRec* c, int64_t t, double amount, int64_t g
     o[3] = <float>avg7
     o[4] = <float>c30
     o[5] = <float>avg30
-    o[6] = <float>(amount / avg7) if avg7 > 0 else 0
-    o[7] = <float>(amount / avg30) if avg30 > 0 else 0
+    o[6] = <float>sat_f32(amount / avg7) if avg7 > 0 else 0
+    o[7] = <float>sat_f32(amount / avg30) if avg30 > 0 else 0
     o[8] = <float>log1p(gap / 1000.0) if gap >= 0 else -1
-    ratio_8_30[0] = amount / (sold / cold) if cold > 0 and sold > 0 else 0
+    ratio_8_30[0] = sat_f32(amount / (sold / cold)) if cold > 0 and sold > 0 else 0
 
 
 cdef inline void card_missing(float* o) noexcept nogil:
@@ -801,7 +814,7 @@ cdef class CardState:
                     card_missing(o + i * K_CARD)
                     continue
                 gap = card_gap(c, t, upd)
-                peak = card_peak(c, t, upd)
+                peak = sat_f32(card_peak(c, t, upd))   # finite even from a snapshot holding inf
                 last = c.last_ts
                 if upd:
                     card_add(c, &self.st, t, amount[i])

@@ -72,8 +72,9 @@ def reference_windows(card, term, frauds, amount, n7, avg7, n30, avg30):
                     where=older > 0.5)
     derived = np.empty((len(card), 2), np.float32)
     derived[:, 0] = avg
+    top = float(np.finfo(np.float32).max)
     with np.errstate(divide="ignore", invalid="ignore"):
-        derived[:, 1] = amount / avg
+        derived[:, 1] = np.clip(amount / avg, -top, top)  # saturated, never inf; 0 / 0 is NaN
     return risk, derived
 
 
@@ -88,6 +89,10 @@ def test_window_features_match_numpy_bit_for_bit():
     card[::7, 4] = card[::7, 2]  # no transaction between 8 and 30 days back: NaN
     card[:10, [3, 5]] = 0  # an older average of 0: amount / 0 (0 / 0 for the first 5)
     card[:10, 4] = card[:10, 2] + 3
+    card[10:20, [3, 5]] = 0  # an older average of +-1e-40 (float32 cancellation, tiny amounts)
+    card[10:15, 5] = 1e-40
+    card[15:20, 3] = 1e-40
+    card[10:20, 4] = card[10:20, 2] + 3
     term = rng.integers(0, 50, (n, 3)).astype(np.float32)
     term[::5, :] = 0  # a terminal without transactions: risk 0
     frauds = np.minimum(rng.integers(0, 5, (n, 3)), term).astype(np.float32)
@@ -109,7 +114,10 @@ def test_window_features_match_numpy_bit_for_bit():
         detail = np.column_stack([np.where(f30 > 0, fraud_amount / f30, 0), linked,
                                   np.maximum(f30 - linked, 0)]).astype(np.float32)
     expected = np.hstack([basic, card, risk, derived, runs, detail])
-    assert np.isnan(expected[:, -7]).any() and np.isinf(expected[:, -6]).any()
+    top = np.finfo(np.float32).max
+    assert np.isnan(expected[:, -7]).any() and np.isnan(expected[:, -6]).any()
+    assert (expected[5:15, -6] == top).all() and (expected[15:20, -6] == -top).all()  # were inf
+    assert not np.isinf(out).any()
     assert (linked > f30).any() and (detail[:, 0] > 0).any()  # linked above the count: 0 others
     np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
 

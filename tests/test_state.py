@@ -19,6 +19,7 @@ from zfraud.state import (CARD_DTYPE, CARD_FEATURES, TERMINAL_FEATURES, CardStat
 
 HOUR = 3_600_000
 DAY = 86_400_000
+F32_MAX = float(np.finfo(np.float32).max)  # ratios saturate there
 COUNTS = [0, 2, 4]            # count columns of the card features: compared exactly
 OTHERS = [1, 3, 5, 6, 7, 8, 9]   # averages, ratios, log gap, peak ratio: sums may add in another order
 
@@ -59,7 +60,7 @@ class RefCards:
         if update:
             old = sorted(k for k in c["days"] if t // DAY - 29 <= k <= t // DAY - 7)
             n, s = sum(c["days"][k][0] for k in old), sum(float(c["days"][k][1]) for k in old)
-            ratio = amount / (s / n) if n and s > 0 else 0.0
+            ratio = min(amount / (s / n), F32_MAX) if n and s > 0 else 0.0
             if last is None or t >= last:
                 c["peak_read"] = np.float32(peak)
             c["peak"] = np.float32(max(0.0 if last is None else peak, ratio))
@@ -102,7 +103,7 @@ class RefCards:
             n, s = window(buckets, lo, hi)
             avgs.append(s / n if n else 0.0)
             row += [n, avgs[-1]]
-        row += [amount / avgs[1] if avgs[1] > 0 else 0.0, amount / avgs[2] if avgs[2] > 0 else 0.0]
+        row += [min(amount / avgs[k], F32_MAX) if avgs[k] > 0 else 0.0 for k in (1, 2)]
         row.append(math.log1p(gap / 1000.0) if gap >= 0 else -1.0)
         return row
 
@@ -290,6 +291,39 @@ def test_peak_ratio_remembers_a_large_spend_and_decays_over_seven_days():
     got = spend(31 * DAY + HOUR, 10.0)[9]                  # the 50.0 (5x) an hour ago
     assert got == pytest.approx(5 * np.exp(-1 / 24 / 7), rel=1e-6)
     assert spend(38 * DAY + HOUR, 10.0)[9] == pytest.approx(got * np.exp(-1), rel=1e-5)
+
+
+def test_ratios_over_a_tiny_or_zero_average_saturate_instead_of_becoming_infinite():
+    """Valid amounts (finite, >= 0) never make a feature infinite: a ratio over an average of 0
+    or 1e-40 saturates at the largest finite float32 (zfraud.model's bound assumes it), for the
+    card kernel's ratios and peak and for the 8-30-day ratio of window_features."""
+    from zfraud.features import FEATURE_SETS, FULL, FeatureEngine
+    top = np.finfo(np.float32).max
+    names = FEATURE_SETS[FULL]
+    j8, jr, jp = (names.index(n) for n in ("card_avg_amount_8_30d", "amount_over_card_avg_8_30d",
+                                           "card_peak_amount_ratio_7d"))
+    t0 = 19_000 * DAY
+
+    def rows(card, ts, amounts):
+        n = len(ts)
+        return {"tx_id": np.arange(n, dtype=np.uint64), "card": np.full(n, card, np.uint64),
+                "terminal": np.full(n, 9, np.uint64), "ts_ms": np.array(ts, np.int64),
+                "amount": np.array(amounts, np.float64)}
+    e = FeatureEngine(FULL, card_capacity=64, terminal_capacity=64)
+    X = e.transform(rows(1, [t0, t0 + 10 * DAY], [0.0, 25.0]))  # a 0.00 verification, then 25.00
+    assert X[1, j8] == 0 and X[1, jr] == top
+    X = e.transform(rows(3, [t0, t0 + 10 * DAY, t0 + 10 * DAY + 60_000], [1e-40, 50.0, 25.0]))
+    assert (X[1:, jr] == top).all()
+    assert X[2, jp] == pytest.approx(top * np.exp(-60_000 / (7 * DAY)), rel=1e-6)  # decays from top
+    X = e.transform(rows(3, [t0 + 12 * DAY], [25.0]))
+    assert 0 < X[0, jp] < top
+    # The card kernel's 7- and 30-day ratios: a read-only row over a window of tiny amounts.
+    st, key = CardState(4), mix_keys([5])
+    out = run_cards(st, key, np.array([t0], np.int64), np.array([1e-40]), np.ones(1, np.uint8), [1])
+    out = run_cards(st, key, np.array([t0 + HOUR], np.int64), np.array([50.0]), np.zeros(1, np.uint8), [1])
+    assert out[0, 6] == top and out[0, 7] == top
+    for X in (X, out):
+        assert not np.isinf(X).any()
 
 
 def test_a_reread_duplicate_gets_the_features_of_its_first_read():
