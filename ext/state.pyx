@@ -77,6 +77,9 @@ bucket indices, floor(ts_ms / bucket length).
 add_tx() adds 1 per row, or a given count (the label-fed tables of zfraud.features count fraud
 amounts the same way), saturating: each slot's count and the sum over the slots stop at 2**32 - 1,
 in add_tx and merge alike (the slots of a bucket may sum past it; restore saturates the sum too).
+add_read() is add_tx, read and read_runs in one loop in row order (each row counted, then read,
+before the next is counted), so that, as for the cards, a batch gives exactly what one-row calls
+give: FeatureEngine.transform uses it.
 read_runs() gives a row's fraud run from two tables with the same ring, one of transactions and
 one of confirmed frauds: from bucket b - delay (partly labelled: counted only if it has a fraud)
 backwards, buckets with a fraud extend the run, empty buckets are skipped, and the first bucket
@@ -1083,6 +1086,40 @@ cdef inline int64_t term_bucket(TermCols* c, TermStats* st, uint64_t r, int64_t 
     return <int64_t>r * c.ring + pmod(bucket, c.ring)
 
 
+cdef inline void run_row(const TermCols* tc, int64_t rt, const Table* ftb, const TermCols* fc,
+                         uint64_t key, int64_t b, int64_t newest, int64_t pd, float* o) noexcept nogil:
+    """read_runs() of one row: rt is key's row in the transaction table (tc; -1: not held), ftb
+    and fc the fraud table; b the row's bucket, newest = b - delay (partly labelled: ends no
+    run). o[0:2] = (frauds in the run, days from its first bucket to b), (0, 0) without one."""
+    cdef int64_t s, rf, k, lo, start = NONE, ring = tc.ring, last_t, last_f
+    cdef uint64_t found = 0, tx, fr
+    o[0] = 0
+    o[1] = 0
+    s = tb_find(ftb, key)
+    if s < 0:
+        return
+    rf = <int64_t>slot_row(ftb.slots[s])
+    last_f = fc.last_bucket[rf]
+    last_t = tc.last_bucket[rt] if rt >= 0 else NONE
+    lo = last_f - ring + 1
+    if rt >= 0 and last_t - ring + 1 > lo:
+        lo = last_t - ring + 1
+    k = newest
+    while k >= lo:
+        fr = fc.total[rf * ring + pmod(k, ring)] if k <= last_f else 0
+        if fr > 0:
+            found += fr
+            start = k
+        elif k < newest:
+            tx = tc.total[rt * ring + pmod(k, ring)] if rt >= 0 and k <= last_t else 0
+            if tx > 0:
+                break
+        k -= 1
+    if found:
+        o[0] = <float>found
+        o[1] = <float>(<double>(b - start) / pd)
+
+
 cdef _check_read(Py_ssize_t n, Py_ssize_t n_ts, Py_ssize_t rows, Py_ssize_t cols, int k,
                  int delay_days):
     """The arguments of TerminalState's reads: n keys, n times, out (n, k), delay_days >= 0."""
@@ -1209,31 +1246,87 @@ cdef class TerminalState:
                              f"{update.shape[0] if update is not None else None} and "
                              f"{counts.shape[0] if counts is not None else None}")
         cdef bint masked = update is not None, weighted = counts is not None
-        cdef int64_t r, b, idx, bucket
-        cdef uint32_t v, room
+        cdef uint32_t v
         with nogil:
             for i in range(n):
                 if masked and update[i] == 0:
                     continue
                 v = counts[i] if weighted else 1
-                if v == 0:
-                    continue
+                if v != 0:
+                    self._add(keys[i], floor_div(ts_ms[i], self.bucket_ms), slot, v)
+
+    cdef inline int64_t _add(self, uint64_t key, int64_t bucket, int slot, uint32_t v) noexcept nogil:
+        """Add v (> 0) to key's bucket in `slot`, saturating; returns the key's row."""
+        cdef int64_t r = self._row(key, bucket), b, idx
+        cdef uint32_t room
+        b = term_bucket(&self.c, &self.st, r, bucket)
+        if b < 0:
+            return r
+        idx = b * self.c.sources + slot
+        room = UINT32_MAX - self.c.tx[idx]
+        if v > room:
+            v = room
+        room = UINT32_MAX - self.c.total[b]
+        if v > room:  # the sum over the slots saturates too
+            v = room
+        if v:
+            self.c.tx[idx] += v
+            self.c.total[b] += v
+        term_stamp(&self.c, r, b, bucket, self.version)
+        return r
+
+    def add_read(self, TerminalState frauds, const uint64_t[::1] keys, const int64_t[::1] ts_ms,
+                 int slot, const uint8_t[::1] update, int delay_days, float[:, ::1] counts,
+                 float[:, ::1] runs):
+        """add_tx, read and read_runs in one loop in row order: each row is added (where
+        update[i] != 0), then read, before the next row is added, so a batch gives exactly what
+        one-row calls give (what FeatureEngine.transform uses; separate calls would let a row
+        read the rows after it in its batch).
+
+        frauds: a TerminalState with this one's ring; keys: (n,) uint64 mixed; ts_ms: (n,) int64;
+        slot: this worker's source slot; update: (n,) uint8; delay_days >= 0;
+        counts: (n, 3) float32, as read(); runs: (n, 2) float32, as read_runs()."""
+        self._check_slot(slot)
+        cdef Py_ssize_t n = keys.shape[0], i
+        _check_read(n, ts_ms.shape[0], counts.shape[0], counts.shape[1], K_TERMINAL, delay_days)
+        _check_read(n, ts_ms.shape[0], runs.shape[0], runs.shape[1], K_RUN, delay_days)
+        if update.shape[0] != n:
+            raise ValueError(f"expected update of length {n}, got {update.shape[0]}")
+        if frauds.c.ring != self.c.ring or frauds.bucket_ms != self.bucket_ms:
+            raise ValueError("expected a fraud table with the same buckets and ring")
+        cdef int64_t s, r, bucket, back = <int64_t>delay_days * self.per_day
+        with nogil:
+            for i in range(n):
                 bucket = floor_div(ts_ms[i], self.bucket_ms)
-                r = self._row(keys[i], bucket)
-                b = term_bucket(&self.c, &self.st, r, bucket)
-                if b < 0:
-                    continue
-                idx = b * self.c.sources + slot
-                room = UINT32_MAX - self.c.tx[idx]
-                if v > room:
-                    v = room
-                room = UINT32_MAX - self.c.total[b]
-                if v > room:  # the sum over the slots saturates too
-                    v = room
-                if v:
-                    self.c.tx[idx] += v
-                    self.c.total[b] += v
-                term_stamp(&self.c, r, b, bucket, self.version)
+                if update[i] != 0:
+                    r = self._add(keys[i], bucket, slot, 1)
+                else:
+                    s = tb_find(&self.tb, keys[i])
+                    r = <int64_t>slot_row(self.tb.slots[s]) if s >= 0 else -1
+                self._read_row(r, bucket - back + 1, &counts[i, 0])
+                run_row(&self.c, r, &frauds.tb, &frauds.c, keys[i], bucket, bucket - back,
+                        self.per_day, &runs[i, 0])
+
+    cdef inline void _read_row(self, int64_t r, int64_t d, float* o) noexcept nogil:
+        """read()'s counts of row r (-1: not held, zeros) for windows ending before bucket d."""
+        cdef int64_t ring = self.c.ring, pd = self.per_day, last, oldest, top
+        cdef uint64_t t1, t7, t30
+        cdef const uint32_t* tot
+        if r < 0:
+            self.st.read_missing += 1
+            o[0] = 0
+            o[1] = 0
+            o[2] = 0
+            return
+        tot = self.c.total + <uint64_t>r * ring
+        last = self.c.last_bucket[r]
+        oldest, top = last - ring + 1, last + 1    # buckets [oldest, top) are in the ring
+        t1 = ring_total(tot, ring, d - pd, d, oldest, top)
+        t7 = t1 + ring_total(tot, ring, d - 7 * pd, d - pd, oldest, top)
+        t30 = t7 + ring_total(tot, ring, d - 30 * pd, d - 7 * pd, oldest, top)
+        o[0] = <float>t1
+        o[1] = <float>t7
+        o[2] = <float>t30
 
     def read(self, const uint64_t[::1] keys, const int64_t[::1] ts_ms, int delay_days,
              float[:, ::1] out):
@@ -1248,27 +1341,13 @@ cdef class TerminalState:
         """
         cdef Py_ssize_t n = keys.shape[0], i
         _check_read(n, ts_ms.shape[0], out.shape[0], out.shape[1], K_TERMINAL, delay_days)
-        cdef int64_t s, r, d, last, oldest, top, j, ring = self.c.ring, pd = self.per_day
-        cdef uint64_t t1, t7, t30, base
+        cdef int64_t s, back = <int64_t>delay_days * self.per_day
         with nogil:
             for i in range(n):
                 s = tb_find(&self.tb, keys[i])
-                if s < 0:
-                    self.st.read_missing += 1
-                    for j in range(K_TERMINAL):
-                        out[i, j] = 0
-                    continue
-                r = <int64_t>slot_row(self.tb.slots[s])
-                base = <uint64_t>r * ring
-                last = self.c.last_bucket[r]
-                d = floor_div(ts_ms[i], self.bucket_ms) - delay_days * pd + 1   # windows end before bucket d
-                oldest, top = last - ring + 1, last + 1    # buckets [oldest, top) are in the ring
-                t1 = ring_total(self.c.total + base, ring, d - pd, d, oldest, top)
-                t7 = t1 + ring_total(self.c.total + base, ring, d - 7 * pd, d - pd, oldest, top)
-                t30 = t7 + ring_total(self.c.total + base, ring, d - 30 * pd, d - 7 * pd, oldest, top)
-                out[i, 0] = <float>t1
-                out[i, 1] = <float>t7
-                out[i, 2] = <float>t30
+                # windows end before bucket d = b - delay + 1
+                self._read_row(<int64_t>slot_row(self.tb.slots[s]) if s >= 0 else -1,
+                               floor_div(ts_ms[i], self.bucket_ms) - back + 1, &out[i, 0])
 
     def read_runs(self, TerminalState frauds, const uint64_t[::1] keys, const int64_t[::1] ts_ms,
                   int delay_days, float[:, ::1] out):
@@ -1289,42 +1368,13 @@ cdef class TerminalState:
         _check_read(n, ts_ms.shape[0], out.shape[0], out.shape[1], K_RUN, delay_days)
         if frauds.c.ring != self.c.ring or frauds.bucket_ms != self.bucket_ms:
             raise ValueError("expected a fraud table with the same buckets and ring")
-        cdef int64_t s, rt, rf, b, k, lo, start, newest, ring = self.c.ring, pd = self.per_day
-        cdef int64_t last_t, last_f
-        cdef uint64_t found, tx, fr
+        cdef int64_t s, b, back = <int64_t>delay_days * self.per_day
         with nogil:
             for i in range(n):
-                out[i, 0] = 0
-                out[i, 1] = 0
-                s = tb_find(&frauds.tb, keys[i])
-                if s < 0:
-                    continue
-                rf = <int64_t>slot_row(frauds.tb.slots[s])
-                last_f = frauds.c.last_bucket[rf]
                 s = tb_find(&self.tb, keys[i])
-                rt = <int64_t>slot_row(self.tb.slots[s]) if s >= 0 else -1
-                last_t = self.c.last_bucket[rt] if rt >= 0 else NONE
-                lo = last_f - ring + 1
-                if rt >= 0 and last_t - ring + 1 > lo:
-                    lo = last_t - ring + 1
                 b = floor_div(ts_ms[i], self.bucket_ms)
-                found = 0
-                start = NONE
-                newest = b - delay_days * pd   # partly labelled: ends no run
-                k = newest
-                while k >= lo:
-                    fr = frauds.c.total[rf * ring + pmod(k, ring)] if k <= last_f else 0
-                    if fr > 0:
-                        found += fr
-                        start = k
-                    elif k < newest:
-                        tx = self.c.total[rt * ring + pmod(k, ring)] if rt >= 0 and k <= last_t else 0
-                        if tx > 0:
-                            break
-                    k -= 1
-                if found:
-                    out[i, 0] = <float>found
-                    out[i, 1] = <float>(<double>(b - start) / pd)
+                run_row(&self.c, <int64_t>slot_row(self.tb.slots[s]) if s >= 0 else -1, &frauds.tb,
+                        &frauds.c, keys[i], b, b - back, self.per_day, &out[i, 0])
 
     def export(self, int slot, int64_t since):
         """Cumulative counts of one slot's buckets changed locally after version `since`.

@@ -540,6 +540,65 @@ def test_a_run_counts_a_compromise_until_genuine_traffic_is_revealed():
         tx_table.read_runs(TerminalState(4, 1, 40, 24), key, np.array([day0], np.int64), 7, out)
 
 
+def _engine_rows(terms, ts, cards, amounts):
+    n = len(ts)
+    return {"tx_id": np.arange(n, dtype=np.uint64), "card": np.asarray(cards, np.uint64),
+            "terminal": np.asarray(terms, np.uint64), "ts_ms": np.asarray(ts, np.int64),
+            "amount": np.asarray(amounts, np.float64)}
+
+
+def test_a_batch_reads_each_terminal_row_before_the_next_is_counted():
+    """FeatureEngine.transform counts and reads the terminal row by row, as one-row calls do:
+    no row of a batch sees the rows after it (before, add_tx ran over the whole batch first)."""
+    from zfraud.features import FEATURE_SETS, FULL, FeatureEngine
+    names = FEATURE_SETS[FULL]
+    j1, j30 = names.index("terminal_nb_tx_1d"), names.index("terminal_nb_tx_30d")
+    t0 = 19_000 * DAY
+    e = FeatureEngine(FULL, delay_days=0, card_capacity=64, terminal_capacity=64)
+    e.transform(_engine_rows([9], [t0], [1000], [10.0]))
+    X = e.transform(_engine_rows([9] * 3, t0 + DAY + np.arange(3) * 60_000, [1, 2, 3], [10.0] * 3))
+    assert X[:, j1].tolist() == [1, 2, 3]                  # was 3, 3, 3: one bucket, delay 0
+    assert X[:, j30].tolist() == [2, 3, 4]
+    # Delay 7: a row 5 days later in the same batch moved the ring on before the first row read.
+    hist = t0 + np.arange(0, 30 * DAY, 6 * HOUR)
+    e = FeatureEngine(FULL, delay_days=7, card_capacity=256, terminal_capacity=64)
+    e.transform(_engine_rows(np.full(len(hist), 9), hist, 1000 + np.arange(len(hist)), np.full(len(hist), 10.0)))
+    t = int(hist[-1]) + 12 * DAY
+    X = e.transform(_engine_rows([9, 9], [t, t + 5 * DAY], [1, 2], [10.0, 10.0]))
+    assert X[:, j30].tolist() == [100, 80]                 # was 92, 80
+
+
+@pytest.mark.parametrize("delay", [0, 7])
+def test_engine_batches_equal_one_by_one(delay):
+    """Every zfraud-v6 feature of a stream with labels, repeats (update False) and evictions is
+    the same whether the stream arrives whole, in random batches or one row at a time."""
+    from zfraud.features import FEATURE_SETS, FULL, FeatureEngine
+    terms, ts, fraud = compromised_stream(12, n=1500, n_terms=15, days=60)
+    rng = np.random.default_rng(13)
+    cols = _engine_rows(terms, ts, rng.integers(0, 60, len(ts)), rng.uniform(1, 100, len(ts)))
+    update = rng.random(len(ts)) > 0.1
+    labels = {k: cols[k][fraud] for k in ("card", "terminal", "ts_ms", "amount")}
+    labels["fraud"] = np.ones(int(fraud.sum()), np.uint8)
+
+    def run(sizes):
+        e = FeatureEngine(FULL, delay_days=delay, card_capacity=256, terminal_capacity=12)
+        e.apply_labels(labels)   # the label tables do not change during the stream
+        out, lo = [], 0
+        for size in sizes:
+            hi = min(lo + size, len(ts))
+            out.append(e.transform({k: v[lo:hi] for k, v in cols.items()}, update[lo:hi]))
+            lo = hi
+        assert lo == len(ts)
+        return np.vstack(out)
+    one = run([1] * len(ts))
+    np.testing.assert_array_equal(run([len(ts)]), one)
+    np.testing.assert_array_equal(run(random_batches(rng, len(ts))), one)
+    assert one[:, FEATURE_SETS[FULL].index("terminal_fraud_run_frauds")].max() > 0
+    e = FeatureEngine(FULL, delay_days=delay, card_capacity=256, terminal_capacity=12)
+    e.transform(cols, update)
+    assert e.state.terminals.stats()["evictions"] > 0
+
+
 def test_unknown_terminal_reads_zeros():
     out = np.full((2, 3), 9, np.float32)
     TerminalState(4).read(mix_keys([1, 2]), np.array([0, DAY], np.int64), 7, out)

@@ -132,13 +132,13 @@ class FeatureEngine:
         s = self.state
         card = np.empty((n, len(CARD_FEATURES)), dtype=np.float32)
         s.cards.update_and_read(cards, ts, amount, mask, card)
-        s.terminals.add_tx(terminals, ts, s.source_slot, mask)
+        # Count each row, then read its windows and run, before the next row is counted: a batch
+        # reads what one-row calls would (the worker joins queued batches into one pass).
         term = np.empty((n, 3), dtype=np.float32)  # counts over 1, 7 and 30 days
-        s.terminals.read(terminals, ts, self.delay_days, term)
+        runs = np.empty((n, len(RUN_FEATURES)), dtype=np.float32)
+        s.terminals.add_read(self.frauds, terminals, ts, s.source_slot, mask, self.delay_days, term, runs)
         frauds = np.empty_like(term)
         self.frauds.read(terminals, ts, self.delay_days, frauds)
-        runs = np.empty((n, len(RUN_FEATURES)), dtype=np.float32)
-        s.terminals.read_runs(self.frauds, terminals, ts, self.delay_days, runs)
         fraud_amount = np.empty_like(term)
         self.fraud_amounts.read(terminals, ts, self.delay_days, fraud_amount)
         linked = np.empty_like(term)
