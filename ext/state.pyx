@@ -83,10 +83,11 @@ give: FeatureEngine.transform uses it.
 read_runs() gives a row's fraud run from two tables with the same ring, one of transactions and
 one of confirmed frauds: from bucket b - delay (partly labelled: counted only if it has a fraud)
 backwards, buckets with a fraud extend the run, empty buckets are skipped, and the first bucket
-with transactions and no fraud ends it (so does
-the oldest bucket both rings hold). It reads the frauds in the run and the days from its first
-bucket to b. A walk is at most one ring long and stops at the first genuine bucket, so it is a
-few buckets for a terminal without fraud; it allocates nothing and keeps no state of its own.
+with transactions and no fraud ends it (so does the oldest bucket both rings hold). It reads the
+frauds in the run and the days from its first bucket to b. A walk starts no later than the
+newest bucket either ring holds (a row dated far ahead skips the empty buckets in between), so
+it is at most one ring long; it stops at the first genuine bucket, so it is a few buckets for a
+terminal without fraud; it allocates nothing and keeps no state of its own.
 """
 from libc.float cimport FLT_MAX
 from libc.math cimport NAN, exp, log1p
@@ -1101,10 +1102,12 @@ cdef inline void run_row(const TermCols* tc, int64_t rt, const Table* ftb, const
     rf = <int64_t>slot_row(ftb.slots[s])
     last_f = fc.last_bucket[rf]
     last_t = tc.last_bucket[rt] if rt >= 0 else NONE
-    lo = last_f - ring + 1
-    if rt >= 0 and last_t - ring + 1 > lo:
-        lo = last_t - ring + 1
-    k = newest
+    # Buckets [lo, k]: those both rings hold, from the newer ring's newest (later ones are
+    # empty) or from newest if earlier: at most one ring, however far ahead the row is dated.
+    k = last_f if last_f > last_t else last_t
+    lo = k - ring + 1
+    if newest < k:
+        k = newest
     while k >= lo:
         fr = fc.total[rf * ring + pmod(k, ring)] if k <= last_f else 0
         if fr > 0:

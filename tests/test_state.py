@@ -540,6 +540,28 @@ def test_a_run_counts_a_compromise_until_genuine_traffic_is_revealed():
         tx_table.read_runs(TerminalState(4, 1, 40, 24), key, np.array([day0], np.int64), 7, out)
 
 
+def test_a_run_read_far_ahead_walks_at_most_one_ring():
+    """A read-only row dated far after the terminal's newest bucket walks back from that bucket,
+    not from its own: one ring at most (it walked every bucket in between, 265 us per row for
+    a row in 2199; here 10**9 days ahead, seconds per row)."""
+    import time
+    tx_table, fraud_table = TerminalState(4, 1, 40, 4), TerminalState(4, 1, 40, 4)
+    key = mix_keys([5])
+    day0 = 19000 * DAY
+    for q in range(10):                                   # 10 frauds, 6 hours apart
+        t = np.array([day0 + q * 6 * HOUR], np.int64)
+        tx_table.add_tx(key, t, 0)
+        fraud_table.add_tx(key, t, 0)
+    far = day0 + 10**9 * DAY
+    ts = np.array([day0 + 30 * DAY, far, far + DAY], np.int64)
+    out = np.empty((3, 2), np.float32)
+    start = time.perf_counter()
+    tx_table.read_runs(fraud_table, np.repeat(key, 3), ts, 7, out)
+    assert time.perf_counter() - start < 1.0
+    assert out[:, 0].tolist() == [10, 10, 10]
+    assert out[:, 1].tolist() == [30, np.float32(10**9), np.float32(10**9 + 1)]
+
+
 def _engine_rows(terms, ts, cards, amounts):
     n = len(ts)
     return {"tx_id": np.arange(n, dtype=np.uint64), "card": np.asarray(cards, np.uint64),
