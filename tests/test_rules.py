@@ -8,6 +8,8 @@ from zfraud.rules import RuleSet, RulesError
 from zfraud.scoring import Scorer
 from zfraud.synthetic import synthetic
 
+from conftest import run_cli
+
 NAMES = ("amount", "log_amount", "hour", "is_night", "is_weekend")
 
 
@@ -71,6 +73,11 @@ def test_most_severe_action_wins_and_all_fired_rules_are_named():
     ("card % amount == 0", "card is an identifier"),
     ("card % 0 == 0", "card is an identifier"),
     ("1 + terminal > 2", "terminal is an identifier"),
+    # Numbers numpy cannot put next to a 64-bit column: these loaded, and then every batch of a
+    # deployed mesh was answered INTERNAL (OverflowError), or loading died with a traceback.
+    ("ts_ms + 100000000000000000000 > 0", "a whole number in it is too large for the 64-bit column it meets"),
+    ("ts_ms - 10000000000000000000 > 0", "a whole number in it is too large for the 64-bit column it meets"),
+    ("terminal in (9002, 184467440737095516160)", "184467440737095516160 is too large: whole numbers in `in` lists"),
 ])
 def test_bad_expressions_are_named_at_load(expr, message):
     with pytest.raises(RulesError, match="rule 'bad'") as e:
@@ -108,3 +115,12 @@ def test_rules_change_decisions_in_the_scorer():
     np.testing.assert_array_equal(v["score"], plain["score"])  # rules never change the score
     rest = slice(10, None)
     assert (v["decision"][rest] >= plain["decision"][rest]).all()
+
+
+def test_a_worker_refuses_a_rule_it_could_not_evaluate_in_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[rule]]\nname = "over"\nwhen = "ts_ms + 100000000000000000000 > 0"\naction = "review"\n')
+    r = run_cli("worker", "--rules", str(bad), "--bind", "tcp://127.0.0.1:0", "--name", "w", timeout=30)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"Error: {bad}: rule 'over': a whole number in it is too large for the 64-bit column it meets"], r.stderr

@@ -120,6 +120,9 @@ def _compile(node, names: frozenset, rule: str):
                         fail("`in` lists may hold numbers only")
                     values.append(elt.value)
                 if all(type(v) is int for v in values) and min(values) >= 0:
+                    if max(values) >= 2 ** 64:
+                        fail(f"{max(values)} is too large: whole numbers in `in` lists go up to 2**64 - 1, "
+                             f"the largest id")
                     values = np.array(values, dtype=np.uint64)  # exact for 64-bit ids
                 else:
                     values = np.array(values, dtype=np.float64)
@@ -149,6 +152,25 @@ def _compile(node, names: frozenset, rule: str):
         return compare
     fail(f"{type(node).__name__} is not allowed in a rule (allowed: numbers, names, + - * / %, "
          f"comparisons, and/or/not, in lists)")
+
+
+# The dtypes a rule sees in a worker: the batch's columns (protocol.TX_COLUMNS) and float32 features.
+_DTYPES = {"tx_id": np.uint64, "card": np.uint64, "terminal": np.uint64, "ts_ms": np.int64, "amount": np.float64}
+
+
+def _probe(test, names: frozenset, rule: str) -> None:
+    """Run a compiled rule once on a batch of the workers' dtypes: what numpy refuses for a dtype
+    (a constant too large for int64 next to ts_ms, say) fails here, at load, with the rule's name,
+    not on every batch once deployed."""
+    env = {n: np.zeros(2, dtype=_DTYPES.get(n, np.float32)) for n in names}
+    try:
+        with np.errstate(all="ignore"):
+            np.broadcast_to(np.asarray(test(env), dtype=bool), (2,))
+    except OverflowError:
+        raise RulesError(f"rule {rule!r}: a whole number in it is too large for the 64-bit column it "
+                         f"meets") from None
+    except (ArithmeticError, TypeError, ValueError) as e:
+        raise RulesError(f"rule {rule!r}: cannot be evaluated on the batch's columns: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -211,6 +233,7 @@ class RuleSet:
                 raise RulesError(f"{where}: rule {name!r}: cannot parse {when!r}: {e.msg} at column {e.offset}") from None
             try:
                 test = _compile(tree, allowed, name)
+                _probe(test, allowed, name)
             except RulesError as e:
                 raise RulesError(f"{where}: {e}") from None
             rules.append(Rule(name, when.strip(), action, str(entry.get("reason", name)), test))
