@@ -102,3 +102,22 @@ def test_keys_added_at_run_time_are_admitted_and_a_malformed_one_is_logged_not_f
         r = status_with_new_key()
     assert r.returncode == 0, r.stderr
     assert [m["name"] for m in json.loads(r.stdout)["members"]] == ["w1"]
+
+
+def test_a_hidden_key_file_is_ignored_by_a_worker(keys, tmp_path):
+    """A valid key saved as `.bob.key` (a hidden copy, a tool's temporary file): the worker starts
+    (it used to refuse for ever with "keys changed while loading"), and bob is not admitted."""
+    import shutil
+
+    mesh_keys, bob = tmp_path / "mesh", tmp_path / "bob"
+    shutil.copytree(keys, mesh_keys)
+    assert run_cli("keys", "init", str(bob)).returncode == 0
+    (bob / "worker.key").write_bytes((mesh_keys / "worker.key").read_bytes())
+    (mesh_keys / ".bob.key").write_bytes((bob / "client.key").read_bytes())
+    with LocalMesh(1, extra_args=["--curve-dir", str(mesh_keys)], log_dir=str(tmp_path)) as mesh:
+        r = run_cli("status", "--connect", mesh.endpoint, "--curve-dir", str(bob), timeout=30)
+        assert r.returncode != 0 and "does not know this client's key" in r.stderr, r.stderr
+        assert "ZAP authenticator admits 2 key(s)" in mesh.log("w1")
+        r = run_cli("status", "--connect", mesh.endpoint, "--curve-dir", str(mesh_keys), "--json", timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert [m["name"] for m in json.loads(r.stdout)["members"]] == ["w1"]

@@ -175,6 +175,23 @@ def test_policy_admits_every_public_key(keydir, tmp_path):
         Policy(str(keydir)).admitted()
 
 
+def test_hidden_key_files_are_ignored(ctx, keydir, tmp_path):
+    """pyzmq's loader globs *.key, which skips hidden files: zfraud must list the same files, else
+    the two sets never agree and the authenticator refuses to start ("keys changed while loading")."""
+    bob = tmp_path / "bob"
+    keys_init(bob)
+    shutil.copy(keydir / "worker.key", bob / "worker.key")
+    shutil.copy(bob / "client.key", keydir / ".bob.key")  # a valid key under a hidden name
+    expected = {zmq.auth.load_certificate(keydir / f)[0] for f in ("worker.key", "client.key")}
+    assert Policy(str(keydir)).admitted() == expected
+    with Curve.from_dir(keydir, "worker") as curve:
+        curve.start_authenticator(ctx)
+        assert curve.reload() == expected
+        server, endpoint = router(ctx, curve)
+        assert check_handshake(Curve.from_dir(bob, "client").client(sock(ctx, zmq.DEALER)), endpoint) == MSG_AUTH
+        assert check_handshake(Curve.from_dir(keydir, "client").client(sock(ctx, zmq.DEALER)), endpoint) is None
+
+
 # -- order of operations ------------------------------------------------------------------------
 def test_server_needs_an_authenticator(ctx, keydir):
     curve = Curve.from_dir(keydir, "worker")

@@ -18,10 +18,11 @@ other workers, with the worker keypair) are CURVE clients of `worker.key`:
     ...
     curve.stop()                           # before ctx.term(); or use `with curve:`
 
-Who is admitted is decided by `Policy` (a plain object): every public key in DIR/*.key, for the
-ZAP domain "zfraud" and the default domain. A ZAP handler is what turns CURVE from "encrypted"
-into "encrypted and authenticated": without one libzmq admits any client that knows worker.key,
-so `server()` refuses to configure a socket whose context has no running authenticator.
+Who is admitted is decided by `Policy` (a plain object): every public key in DIR/*.key (hidden
+files, whose names start with a dot, are ignored, as pyzmq's loader does), for the ZAP domain
+"zfraud" and the default domain. A ZAP handler is what turns CURVE from "encrypted" into
+"encrypted and authenticated": without one libzmq admits any client that knows worker.key, so
+`server()` refuses to configure a socket whose context has no running authenticator.
 
 Handshake outcomes, observed with libzmq 4.3.5 / pyzmq 27.3 on loopback (tests/test_security.py),
 as socket-monitor events on the *connecting* side:
@@ -152,6 +153,13 @@ def _z85_key(raw, path: str, what: str, directory: str) -> bytes:
     return bytes(raw)
 
 
+def public_key_files(directory: str) -> list[str]:
+    """The names of the public key files in `directory`, sorted: `*.key`, hidden files excluded.
+    The rule of pyzmq's loader (zmq.auth.load_certificates globs `*.key`, and a glob skips
+    names that start with a dot), so that what zfraud checks is what pyzmq loads."""
+    return sorted(f for f in os.listdir(directory) if f.endswith(".key") and not f.startswith("."))
+
+
 def load_public(path: str, directory: str) -> bytes:
     """The Z85 public key in a certificate file, checked; SecurityError naming the file if not."""
     if not os.path.isfile(path):
@@ -184,7 +192,8 @@ def load_keypair(path: str, directory: str) -> tuple[bytes, bytes]:
 @dataclass(frozen=True)
 class Policy:
     """The authentication policy, as data: admit exactly the public keys in `directory`/*.key
-    (the czmq/pyzmq convention) for each ZAP domain in `domains`.
+    (the czmq/pyzmq convention; hidden files such as `.alice.key` are ignored) for each ZAP domain
+    in `domains`.
 
     pyzmq's Authenticator looks the domain up literally: `configure_curve(domain='*')` covers
     only sockets whose ZAP_DOMAIN is empty, so a socket with zap_domain "zfraud" would get
@@ -198,7 +207,7 @@ class Policy:
         than making pyzmq log an error and refuse every client)."""
         if not os.path.isdir(self.directory):
             raise SecurityError(f"{self.directory} is not a directory: run `zfraud keys init {self.directory}`")
-        names = sorted(f for f in os.listdir(self.directory) if f.endswith(".key"))
+        names = public_key_files(self.directory)
         return frozenset(load_public(os.path.join(self.directory, f), self.directory) for f in names)
 
     def apply(self, authenticator) -> frozenset[bytes]:
