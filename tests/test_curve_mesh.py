@@ -121,3 +121,34 @@ def test_a_hidden_key_file_is_ignored_by_a_worker(keys, tmp_path):
         r = run_cli("status", "--connect", mesh.endpoint, "--curve-dir", str(mesh_keys), "--json", timeout=30)
     assert r.returncode == 0, r.stderr
     assert [m["name"] for m in json.loads(r.stdout)["members"]] == ["w1"]
+
+
+def test_a_worker_restarts_past_a_malformed_client_key_but_not_a_malformed_worker_key(keys, tmp_path):
+    """OPERATIONS §4.2's rolling restart with a malformed *.key in --curve-dir: the running worker
+    tolerates it at reload, so the restarted one must too (logged, that client refused, the others
+    admitted). A malformed worker.key, the worker's own, still stops it with a message naming it."""
+    import shutil
+
+    mesh_keys, carol = tmp_path / "mesh", tmp_path / "carol"
+    shutil.copytree(keys, mesh_keys)
+    assert run_cli("keys", "init", str(carol)).returncode == 0
+    (carol / "worker.key").write_bytes((mesh_keys / "worker.key").read_bytes())
+    with LocalMesh(1, extra_args=["--curve-dir", str(mesh_keys)], log_dir=str(tmp_path)) as mesh:
+        (mesh_keys / "carol.key").write_text("# half-copied certificate\nmetadata\n")
+        assert mesh.stop_worker("w1") == 0
+        mesh.start_worker("w1")  # same endpoints, same directory
+        mesh.wait_members(["w1"])
+        restart_log = mesh.log("w1").split("ZAP authenticator admits")[-2:]
+        assert (f"WARNING {mesh_keys / 'carol.key'}: no public key found" in restart_log[0]
+                and "that key is not admitted, the others are" in restart_log[0]), mesh.log("w1")
+        assert restart_log[1].startswith(" 2 key(s)")
+        r = run_cli("status", "--connect", mesh.endpoint, "--curve-dir", str(carol), timeout=30)
+        assert r.returncode != 0 and "does not know this client's key" in r.stderr, r.stderr
+        r = run_cli("status", "--connect", mesh.endpoint, "--curve-dir", str(mesh_keys), "--json", timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert [m["name"] for m in json.loads(r.stdout)["members"]] == ["w1"]
+        router, pub = mesh.routers["w1"], mesh.pubs["w1"]
+    (mesh_keys / "worker.key").write_text("# half-copied certificate\n")
+    r = run_cli("worker", "--name", "w1", "--bind", router, "--pub", pub, "--curve-dir", str(mesh_keys), timeout=30)
+    assert r.returncode == 1
+    assert f"{mesh_keys / 'worker.key'}: no public key found" in r.stderr.strip().splitlines()[-1], r.stderr

@@ -192,6 +192,37 @@ def test_hidden_key_files_are_ignored(ctx, keydir, tmp_path):
         assert check_handshake(Curve.from_dir(keydir, "client").client(sock(ctx, zmq.DEALER)), endpoint) is None
 
 
+def test_start_skips_a_malformed_client_key_and_reload_keeps_the_keys(ctx, keydir, tmp_path, caplog):
+    """Starting, a malformed client key file is logged and left out (that client is refused, the
+    others are admitted); a reload that meets it raises and keeps the keys in force."""
+    carol = tmp_path / "carol"
+    keys_init(carol)
+    shutil.copy(keydir / "worker.key", carol / "worker.key")
+    (keydir / "carol.key").write_text("# half-copied certificate\nmetadata\n")
+    expected = {zmq.auth.load_certificate(keydir / f)[0] for f in ("worker.key", "client.key")}
+    with Curve.from_dir(keydir, "worker") as curve, caplog.at_level("WARNING", "zfraud.security"):
+        curve.start_authenticator(ctx)
+        assert [r.getMessage() for r in caplog.records] == [
+            f"{keydir / 'carol.key'}: no public key found; expected a zmq certificate (`zfraud keys init "
+            f"{keydir}` writes them); that key is not admitted, the others are"]
+        assert {d: set(c) for d, c in curve.authenticator.certs.items()} == {"*": expected, "zfraud": expected}
+        server, endpoint = router(ctx, curve)
+        assert check_handshake(Curve.from_dir(carol, "client").client(sock(ctx, zmq.DEALER)), endpoint) == MSG_AUTH
+        client = Curve.from_dir(keydir, "client").client(sock(ctx, zmq.DEALER))
+        assert check_handshake(client, endpoint) is None
+        assert echo_round_trip(ctx, server, client) == b"pong"
+        with pytest.raises(SecurityError, match="carol.key: no public key"):
+            curve.reload()
+        assert set(curve.authenticator.certs["zfraud"]) == expected
+
+
+@pytest.mark.parametrize("broken", ["worker.key", "worker.key_secret"])
+def test_start_stops_at_a_malformed_worker_key(ctx, keydir, broken):
+    (keydir / broken).write_text("# half-copied certificate\n")
+    with pytest.raises(SecurityError, match=f"{broken}: no public key found"):
+        Curve.from_dir(keydir, "worker").start_authenticator(ctx)
+
+
 # -- order of operations ------------------------------------------------------------------------
 def test_server_needs_an_authenticator(ctx, keydir):
     curve = Curve.from_dir(keydir, "worker")

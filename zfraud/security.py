@@ -202,23 +202,36 @@ class Policy:
     directory: str
     domains: tuple[str, ...] = ("*", ZAP_DOMAIN)
 
-    def admitted(self) -> frozenset[bytes]:
-        """The Z85 public keys admitted, each file checked (a malformed *.key raises here, rather
-        than making pyzmq log an error and refuse every client)."""
+    def admitted(self, skip_malformed: bool = False) -> frozenset[bytes]:
+        """The Z85 public keys admitted, each file checked: a malformed *.key raises here, rather
+        than making pyzmq log an error and refuse every client. With `skip_malformed` (a worker
+        starting) a malformed key file other than worker.key is logged as a warning and left out
+        instead: the client it was meant for is not admitted (fail closed), every other key is."""
         if not os.path.isdir(self.directory):
             raise SecurityError(f"{self.directory} is not a directory: run `zfraud keys init {self.directory}`")
-        names = public_key_files(self.directory)
-        return frozenset(load_public(os.path.join(self.directory, f), self.directory) for f in names)
+        keys = set()
+        for name in public_key_files(self.directory):
+            try:
+                keys.add(load_public(os.path.join(self.directory, name), self.directory))
+            except SecurityError as e:
+                if not skip_malformed or name == "worker.key":  # worker.key admits the other workers
+                    raise
+                log.warning("%s; that key is not admitted, the others are", e)
+        return frozenset(keys)
+
+    def install(self, authenticator, keys: frozenset[bytes]) -> frozenset[bytes]:
+        """Make a pyzmq Authenticator admit exactly `keys` (from admitted()) for each domain.
+        This stores what `configure_curve(domain, location=directory)` would, {key: True}, but of
+        the keys checked here: pyzmq's own loader gives up on the whole directory at one malformed
+        file (it logs an error and leaves the domain unset, so every client is refused)."""
+        for domain in self.domains:
+            authenticator.certs[domain] = dict.fromkeys(keys, True)
+        return keys
 
     def apply(self, authenticator) -> frozenset[bytes]:
-        """Install the policy in a pyzmq Authenticator; call again after keys are added or removed."""
-        keys = self.admitted()
-        for domain in self.domains:
-            authenticator.configure_curve(domain=domain, location=self.directory)
-            loaded = set(authenticator.certs.get(domain, ()))
-            if loaded != keys:  # the directory changed between the check and the load
-                raise SecurityError(f"{self.directory}: keys changed while loading; try again")
-        return keys
+        """Install the policy in a pyzmq Authenticator; call again after keys are added or removed.
+        Strict: a malformed *.key raises SecurityError and the keys installed before stay."""
+        return self.install(authenticator, self.admitted())
 
 
 # -- sockets ---------------------------------------------------------------------------------
@@ -303,11 +316,14 @@ class Curve:
                 return running
             raise SecurityError("a ZAP authenticator already runs in this context; only one per context "
                                 "(share that Curve, or use another zmq.Context)")
-        self.policy.admitted()  # check every key file before starting a thread
+        # Every key file is read before a thread starts. A malformed client key is logged and
+        # skipped, as a running worker's reload keeps going past one: a restart must not stop at
+        # a file that a reload tolerated. worker.key and the keypair (from_dir) are never skipped.
+        keys = self.policy.admitted(skip_malformed=True)
         auth = ThreadAuthenticator(context, log=logging.getLogger("zfraud.security.zap"))
         auth.start()
         try:
-            keys = self.policy.apply(auth)
+            self.policy.install(auth, keys)
         except BaseException:
             auth.stop()
             raise
@@ -316,7 +332,9 @@ class Curve:
         return auth
 
     def reload(self) -> frozenset[bytes]:
-        """Re-read the key directory after a *.key was added or removed (pyzmq loads it once)."""
+        """Re-read the key directory after a *.key was added or removed. A malformed *.key raises
+        SecurityError and leaves the keys in force unchanged (unlike start_authenticator, which
+        skips it: a reload has keys to keep)."""
         if self.authenticator is None:
             raise SecurityError("no authenticator to reload: call start_authenticator(context) first")
         return self.policy.apply(self.authenticator)
