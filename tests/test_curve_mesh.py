@@ -152,3 +152,27 @@ def test_a_worker_restarts_past_a_malformed_client_key_but_not_a_malformed_worke
     r = run_cli("worker", "--name", "w1", "--bind", router, "--pub", pub, "--curve-dir", str(mesh_keys), timeout=30)
     assert r.returncode == 1
     assert f"{mesh_keys / 'worker.key'}: no public key found" in r.stderr.strip().splitlines()[-1], r.stderr
+
+
+def test_a_mixed_mesh_names_curve_in_the_seed_warning(keys, tmp_path):
+    """A worker with --curve-dir and one without cannot connect: each scores alone, and the seed
+    warning was the only log line ("check --seed"), with no word of CURVE. It now names this
+    worker's CURVE setting and says that both ends must agree."""
+    mesh = LocalMesh(3, log_dir=str(tmp_path))
+    try:
+        mesh.start_worker("a", extra_args=["--curve-dir", str(keys), "--heartbeat", "0.3"])  # CURVE
+        mesh.start_worker("b", seed=mesh.routers["a"], extra_args=["--heartbeat", "0.3"])  # NULL, seeds a
+        mesh.start_worker("c", seed=mesh.routers["b"], extra_args=["--curve-dir", str(keys), "--heartbeat", "0.3"])
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not all("has not answered" in mesh.log(n) for n in "bc"):
+            time.sleep(0.2)
+        logs = {n: mesh.log(n) for n in "abc"}
+    finally:
+        mesh.stop()
+    tail = ("check --seed, and that the seed runs {}: a worker with --curve-dir and one without cannot connect, "
+            "nor can two with different worker keys")
+    assert f"WARNING seed {mesh.routers['a']} has not answered" in logs["b"], logs["b"]
+    assert tail.format("without CURVE, as this worker does (no --curve-dir)") in logs["b"], logs["b"]
+    assert f"WARNING seed {mesh.routers['b']} has not answered" in logs["c"], logs["c"]
+    assert tail.format(f"with CURVE, as this worker does (--curve-dir {keys})") in logs["c"], logs["c"]
+    assert "has not answered" not in logs["a"]  # no seed: nothing to say

@@ -489,9 +489,14 @@ class Worker:
                 continue  # leaving: a rejoin would bring us back into its member list
             silent = self._seed_silent(router, now) if name is None else None
             if silent is not None:
+                # A worker with --curve-dir and one without cannot connect, and nothing else says so:
+                # the failed handshake shows only on socket monitors, which these DEALERs do not keep.
+                curve = (f"with CURVE, as this worker does (--curve-dir {self.curve.directory})"
+                         if self.curve is not None else "without CURVE, as this worker does (no --curve-dir)")
                 log.warning("seed %s has not answered for %.0f s (members: %d); still asking. A worker that "
-                            "reaches no seed scores alone, as a mesh of its own: check --seed",
-                            router, silent, len(self.members.members))
+                            "reaches no seed scores alone, as a mesh of its own: check --seed, and that the "
+                            "seed runs %s: a worker with --curve-dir and one without cannot connect, nor can "
+                            "two with different worker keys", router, silent, len(self.members.members), curve)
             try:
                 sock.send_multipart(self._hello_message(to=name), zmq.NOBLOCK)
             except zmq.Again:
