@@ -124,3 +124,14 @@ def test_a_worker_refuses_a_rule_it_could_not_evaluate_in_one_line(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines() == [
         f"Error: {bad}: rule 'over': a whole number in it is too large for the 64-bit column it meets"], r.stderr
+
+
+def test_deploy_names_a_bad_rule_before_it_connects(tmp_path):
+    """Nothing listens at the endpoint: the rule's error is what deploy says, not the mesh's."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[rule]]\nname = "ids"\nwhen = "terminal in (9002, 184467440737095516160)"\naction = "review"\n')
+    r = run_cli("deploy", "--rules", str(bad), "--connect", "tcp://127.0.0.1:9", timeout=30)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"Error: {bad}: rule 'ids' at column 20: 184467440737095516160 is too large: whole numbers in `in` lists "
+        "go up to 2**64 - 1, the largest id"], r.stderr

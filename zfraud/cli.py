@@ -530,8 +530,10 @@ def gen(out, customers, terminals, days, seed, start):
 def deploy(connect, model_path, rules_path, shadow, timeout, curve_dir):
     """Validate a model and/or rules here, then swap them in on every worker without a restart."""
     from .client import Client
+    from .deploy import artefact
     from .deploy import deploy as ship
 
+    artefact(model_path, rules_path, shadow)  # a bad file is the error, whether or not the mesh answers
     with _connected(Client, connect, curve_dir=curve_dir) as client:
         answers = ship(client, model_path, rules_path, shadow, timeout)
     for name, a in sorted(answers.items()):

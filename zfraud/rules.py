@@ -54,8 +54,8 @@ class RulesError(ValueError):
 
 def _compile(node, names: frozenset, rule: str):
     """A syntax-tree node -> a function(env) -> numpy array (or scalar). Whitelist only."""
-    def fail(msg):
-        where = f" at column {node.col_offset + 1}" if hasattr(node, "col_offset") else ""
+    def fail(msg, at=node):
+        where = f" at column {at.col_offset + 1}" if hasattr(at, "col_offset") else ""
         raise RulesError(f"rule {rule!r}{where}: {msg}")
 
     if isinstance(node, ast.Expression):
@@ -120,9 +120,10 @@ def _compile(node, names: frozenset, rule: str):
                         fail("`in` lists may hold numbers only")
                     values.append(elt.value)
                 if all(type(v) is int for v in values) and min(values) >= 0:
-                    if max(values) >= 2 ** 64:
-                        fail(f"{max(values)} is too large: whole numbers in `in` lists go up to 2**64 - 1, "
-                             f"the largest id")
+                    big = [e for e, v in zip(right.elts, values) if v >= 2 ** 64]
+                    if big:
+                        fail(f"{big[0].value} is too large: whole numbers in `in` lists go up to 2**64 - 1, "
+                             f"the largest id", at=big[0])
                     values = np.array(values, dtype=np.uint64)  # exact for 64-bit ids
                 else:
                     values = np.array(values, dtype=np.float64)
