@@ -750,8 +750,9 @@ class Client:
 
     def _send_labels(self, arrays: dict, parts: dict, timeout_s: float, out: dict) -> list:
         """Send each worker its rows of `arrays` (parts: name -> row indices) and add the frauds
-        each applied to out[name], the labels it refused to out.refused. Returns the workers that did not answer within timeout_s; a
-        worker that refuses them raises MeshError (a refusal does not change with a retry)."""
+        each applied to out[name], and the labels it refused to out.refused. Returns the workers
+        that did not answer within timeout_s; a worker that refuses a whole message raises
+        MeshError (a refusal does not change with a retry)."""
         socks, silent = {}, []
         try:
             for name, idx in parts.items():
