@@ -2,6 +2,7 @@
 with either algorithm, then `zfraud backtest --json` through a real local mesh, all with paths
 relative to the working directory."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -51,6 +52,30 @@ def test_gen_train_backtest(workdir, algo, kind):
     # A model that learned something (on this small file the logistic regression gets AUC 0.72 and
     # AP 0.54, LightGBM more): chance is AUC 0.5 and AP the fraud share, about 0.13.
     assert res["auc"] > 0.65 and res["ap"] > 3 * res["frauds"] / res["tx"], res
+
+
+def test_ctrl_c_during_a_backtest_stops_its_workers_and_exits_130(workdir):
+    """It printed click's bare "Aborted!" with status 1, unlike every other command."""
+    r = run_cli("train", "data.csv", *TRAIN, "--algo", "logistic", "-o", "int.json", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    bt = subprocess.Popen([sys.executable, "-m", "zfraud", "backtest", "data.csv", "--model", "int.json", *TEST],
+                          cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children = f"/proc/{bt.pid}/task/{bt.pid}/children"
+    try:
+        workers, deadline = [], time.monotonic() + 60
+        while time.monotonic() < deadline and bt.poll() is None and len(workers) < 2:
+            with open(children) as f:
+                workers = [int(p) for p in f.read().split()]
+            time.sleep(0.05)
+        assert len(workers) == 2, "the back-test's two workers never started"
+        bt.send_signal(signal.SIGINT)
+        out, err = bt.communicate(timeout=60)
+    finally:
+        bt.kill()
+    assert bt.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
+    assert out == "" and "Aborted" not in err and "Traceback" not in err, err
+    for pid in workers:  # stopped and reaped by the back-test
+        assert not os.path.exists(f"/proc/{pid}"), f"worker {pid} outlived the back-test"
 
 
 def test_a_bad_model_file_is_one_line_before_any_worker_starts(workdir):

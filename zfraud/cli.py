@@ -45,6 +45,9 @@ def friendly_errors(fn):
             raise click.ClickException(f"{where}{e.strerror or e}") from None
         except (MeshError, ModelError, InputError, ValueError) as e:
             raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:  # Ctrl-C in a command without its own handling: click said "Aborted!", 1
+            click.echo(("\n" if sys.stderr.isatty() else "") + "interrupted", err=True)
+            sys.exit(130)
     return wrapper
 
 
