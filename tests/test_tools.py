@@ -320,3 +320,21 @@ def test_dates_outside_the_file_say_which_dates_it_holds(workdir, command, dates
     r = run_cli(command, "data.csv", *dates, *model, cwd=workdir)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1] == f"Error: {message}", r.stderr
+
+
+def test_a_progress_bar_finishes_at_its_total_says_what_comes_next_and_keeps_its_rate(capsys):
+    """train's bar reached 100 % and then nothing was said during the fit; closed after it, the bar
+    redrew its rate over the fit's time too (2,168 tx/s for a replay of 500,000 tx/s)."""
+    from zfraud.cli import Progress
+
+    bar = Progress(total=1000, label="replayed", enabled=True, then="fitting ...")
+    bar(400)
+    bar(600)  # the total: the line is finished, and what follows is said
+    line = capsys.readouterr().err.split("\r")[-1]
+    assert line.startswith("[" + "#" * 30 + "] 100.0%  1,000/1,000 tx replayed  "), line
+    assert line.endswith(" tx/s\nfitting ...\n"), line
+    rate = float(line.split("replayed  ")[1].split(" tx/s")[0].replace(",", ""))
+    time.sleep(0.3)  # the fit
+    bar.close()  # nothing more: the line was finished at the total
+    assert capsys.readouterr().err == ""
+    assert rate > 1000 / 0.3, rate  # over the time to the last step, not to close()

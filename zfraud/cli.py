@@ -52,19 +52,25 @@ def friendly_errors(fn):
 
 
 class Progress:
-    """A one-line live counter on stderr when it is a terminal; silent otherwise."""
+    """A one-line live counter on stderr when it is a terminal; silent otherwise. With a total, the
+    line is finished when the count reaches it, and `then` (what comes next, e.g. a fit that shows
+    no progress) is said on the next line. The rate is the count over the time to its last step."""
 
-    def __init__(self, total: int | None = None, label: str = "answered", enabled: bool | None = None):
-        self.total, self.label = total, label
+    def __init__(self, total: int | None = None, label: str = "answered", enabled: bool | None = None,
+                 then: str = ""):
+        self.total, self.label, self.then = total, label, then
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.done = 0
-        self.t0 = time.perf_counter()
+        self.t0 = self._last = time.perf_counter()
         self._next = 0.0
+        self._closed = False
 
     def __call__(self, rows: int) -> None:
         self.done += rows
-        now = time.perf_counter()
-        if self.enabled and now >= self._next:
+        now = self._last = time.perf_counter()
+        if self.total and self.done >= self.total:
+            self.close()
+        elif self.enabled and now >= self._next:
             self._next = now + 0.1
             self._draw(now)
 
@@ -80,9 +86,13 @@ class Progress:
         sys.stderr.flush()
 
     def close(self) -> None:
-        if self.enabled:
-            self._draw(time.perf_counter())
+        if self.enabled and not self._closed:
+            self._draw(self._last)
             sys.stderr.write("\n")
+            if self.then and self.total and self.done >= self.total:
+                sys.stderr.write(self.then + "\n")
+            sys.stderr.flush()
+        self._closed = True
 
 
 def _date(ctx, param, value):
@@ -797,7 +807,8 @@ def train(data, date_from, date_to, delay_days, algo, out, version):
 
     t0 = time.perf_counter()
     d = read_labelled(data)
-    bar = Progress(total=len(d["tx_id"]), label="replayed")
+    bar = Progress(total=len(d["tx_id"]), label="replayed",
+                   then=f"fitting {'LightGBM' if algo == 'gbdt' else 'the logistic regression'} (no progress shown) ...")
     model = fit(d, date_from, date_to, delay_days, algo, version or Path(out).stem, progress=bar)
     bar.close()
     save_model(model, out)
