@@ -22,9 +22,11 @@ SPLIT = {"train_from": "2018-07-04", "train_to": "2018-07-31", "test_from": "201
          "known_from": "2018-07-25", "delay": "7"}
 
 
-def run(cmd):
+def run(cmd, cwd):
+    """Run cmd in cwd (not the caller's: `python -m` puts its cwd first on sys.path, and from a
+    source checkout that would import the uncompiled source tree instead of the installed zfraud)."""
     print("$", " ".join(cmd), file=sys.stderr, flush=True)
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
     if r.returncode != 0:
         sys.exit(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1]) if "--json" in cmd else r.stdout
@@ -42,15 +44,16 @@ def main(argv=None) -> int:
         data = args.data
         if args.gen or data is None:
             data = os.path.join(tmp, f"gen-seed{args.seed}.csv")
-            run(z + ["gen", data, "--seed", str(args.seed)])
+            run(z + ["gen", data, "--seed", str(args.seed)], tmp)
+        path = os.path.abspath(data)  # the commands run in tmp
         model = os.path.join(tmp, "zfraud-gbdt.json")
-        run(z + ["train", data, "--from", SPLIT["train_from"], "--to", SPLIT["train_to"], "--delay", SPLIT["delay"],
-                 "--algo", "gbdt", "-o", model])
-        ours = run(z + ["backtest", data, "--model", model, "--from", SPLIT["test_from"], "--to", SPLIT["test_to"],
-                        "--delay", SPLIT["delay"], "--known-from", SPLIT["known_from"], "--json"])
-        book = run([sys.executable, os.path.join(HERE, "handbook_baseline.py"), data, "--train-from", SPLIT["train_from"],
+        run(z + ["train", path, "--from", SPLIT["train_from"], "--to", SPLIT["train_to"], "--delay", SPLIT["delay"],
+                 "--algo", "gbdt", "-o", model], tmp)
+        ours = run(z + ["backtest", path, "--model", model, "--from", SPLIT["test_from"], "--to", SPLIT["test_to"],
+                        "--delay", SPLIT["delay"], "--known-from", SPLIT["known_from"], "--json"], tmp)
+        book = run([sys.executable, os.path.join(HERE, "handbook_baseline.py"), path, "--train-from", SPLIT["train_from"],
                     "--train-to", SPLIT["train_to"], "--test-from", SPLIT["test_from"], "--test-to", SPLIT["test_to"],
-                    "--delay", SPLIT["delay"], "--known-from", SPLIT["known_from"], "--json"])
+                    "--delay", SPLIT["delay"], "--known-from", SPLIT["known_from"], "--json"], tmp)
     rows = [("zfraud (gbdt, streaming features, real mesh)", ours)] + \
            [(f"book: {name}", m) for name, m in book["models"].items()]
     print(f"{'model':<46} {'AUC':>6} {'AP':>6} {'CP@100':>7}   recall@100 cards/day s1 s2 s3")

@@ -11,14 +11,12 @@ genuine transactions in one random order (the mean over 5 orders, as any model t
 them ranks them): what a perfect detector of the visible frauds would get on AUC, AP and CP@100.
 Test split as bench/beat_handbook.py: 2018-08-08..14, known cards from 2018-07-25.
 """
-import os
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
-from zfraud.dataset import day_of, read_labelled  # noqa: E402
-from zfraud.evaluate import evaluate, known_compromised_mask  # noqa: E402
+from zfraud.dataset import day_of, read_labelled
+from zfraud.evaluate import evaluate, known_compromised_mask
 
 DAY_MS = 86_400_000
 

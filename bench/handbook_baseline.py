@@ -53,8 +53,7 @@ import warnings
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
-from zfraud.evaluate import evaluate, known_compromised_mask  # noqa: E402
+from zfraud.evaluate import evaluate, known_compromised_mask
 
 DAY = 86_400
 WINDOWS = (1, 7, 30)
