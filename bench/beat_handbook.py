@@ -17,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 
+import handbook_baseline as hb
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SPLIT = {"train_from": "2018-07-04", "train_to": "2018-07-31", "test_from": "2018-08-08", "test_to": "2018-08-14",
          "known_from": "2018-07-25", "delay": "7"}
@@ -39,6 +41,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="simulator seed for --gen")
     ap.add_argument("--json", action="store_true", help="print the comparison as one JSON object (last line)")
     args = ap.parse_args(argv)
+    if args.data is not None and not args.gen:  # before a minute of training
+        hb.check_data(args.data, SPLIT["train_from"], SPLIT["test_to"])
     z = [sys.executable, "-m", "zfraud"]
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data

@@ -11,12 +11,16 @@ genuine transactions in one random order (the mean over 5 orders, as any model t
 them ranks them): what a perfect detector of the visible frauds would get on AUC, AP and CP@100.
 Test split as bench/beat_handbook.py: 2018-08-08..14, known cards from 2018-07-25.
 """
+import os
 import sys
 
 import numpy as np
 
-from zfraud.dataset import day_of, read_labelled
-from zfraud.evaluate import evaluate, known_compromised_mask
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import handbook_baseline as hb  # noqa: E402
+
+from zfraud.dataset import day_of, read_labelled  # noqa: E402
+from zfraud.evaluate import evaluate, known_compromised_mask  # noqa: E402
 
 DAY_MS = 86_400_000
 
@@ -51,6 +55,8 @@ def blind(path: str, delay: int = 7, span_days: int = 35) -> tuple[int, int, dic
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(__doc__)
+    for path in sys.argv[1:]:  # all of them before the first
+        hb.check_data(path, "2018-07-25", "2018-08-14")
     for path in sys.argv[1:]:
         n, b, c = blind(path)
         print(f"{path}: {n} test frauds, {b} invisible scenario-2 frauds ({b / n:.1%}); ceilings with "

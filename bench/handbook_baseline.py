@@ -68,6 +68,27 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def check_data(path: str, first: str, last: str) -> None:
+    """Exit with one line on stderr unless path is a readable CSV in time order (as `zfraud gen`
+    writes it) whose transactions run from `first` or earlier to `last` or later (YYYY-MM-DD):
+    cheaply, from its header, first and last lines, before anything is loaded or fitted."""
+    try:
+        with open(path, "rb") as f:
+            lines = [f.readline(), f.readline()]
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines.append((f.read().splitlines() or [b""])[-1])
+    except OSError as e:
+        sys.exit(f"Error: cannot read {path}: {e.strerror}")
+    header, *rows = (line.decode("utf-8-sig", "replace").strip().split(",") for line in lines)
+    try:
+        i = header.index("TX_DATETIME")
+        held = [_dt.date.fromisoformat(row[i][:10]).isoformat() for row in rows]
+    except (ValueError, IndexError):
+        sys.exit(f"Error: {path} has no transactions with a TX_DATETIME (a CSV written by `zfraud gen`)")
+    if held[0] > first or held[1] < last:
+        sys.exit(f"Error: {path} holds {held[0]} to {held[1]}; this split needs {first} to {last}")
+
+
 def load(path: str) -> dict:
     """The columns needed, as numpy arrays; TX_DATETIME as int64 seconds since the epoch."""
     with open(path) as f:
@@ -206,6 +227,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if not (a.train_from <= a.train_to < a.test_from <= a.test_to):
         ap.error("need train-from <= train-to < test-from <= test-to")
+    check_data(a.data, str(a.train_from), str(a.test_to))
     gap = int((a.test_from - a.train_to).astype(int)) - 1
     if gap != a.delay:
         log(f"note: {gap} day(s) between train-to and test-from, delay is {a.delay}")

@@ -43,6 +43,8 @@ def both_sets(jobs: int, which: str) -> dict:
 def main(paths) -> int:
     if not paths:
         sys.exit(__doc__)
+    for path in paths:  # all of them before the first fit
+        hb.check_data(path, hn.SPLIT["train_from"], hn.SPLIT["test_to"])
     for path in paths:
         t0 = time.perf_counter()
         d, test, scores = hn.fit_all(path, both_sets)

@@ -68,6 +68,7 @@ def fit_all(path: str, make_models=hb.make_models):
     """(data, test-row mask, {model name: test-row scores}): zfraud's offline fit and the book's
     models (make_models(jobs, gbdt): name -> (description, model); by default its three) on the
     split of bench/beat_handbook.py (see the module's docstring)."""
+    hb.check_data(path, SPLIT["train_from"], SPLIT["test_to"])
     d = read_labelled(path)
     raw = hb.load(path)
     if not np.array_equal(raw["TRANSACTION_ID"].astype(np.uint64), d["tx_id"]):

@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import handbook_baseline as hb  # noqa: E402
 from beat_handbook import SPLIT  # noqa: E402
 
 from zfraud.dataset import read_labelled  # noqa: E402
@@ -67,6 +68,7 @@ def main(argv=None) -> int:
     ap.add_argument("--at", default=SPLIT["test_from"], help="when the mesh changes (a date, or date and time)")
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     a = ap.parse_args(argv)
+    hb.check_data(a.data, SPLIT["train_from"], SPLIT["test_to"])
     t0 = time.perf_counter()
     d = read_labelled(a.data)
     delay = int(SPLIT["delay"])
