@@ -146,11 +146,25 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def require(script: str, extra: str, **packages: str) -> None:
+    """Exit with one line unless every module of `packages` (module=name) imports: the script
+    needs them, named, and the pip command of pyproject.toml's extra that brings them."""
+    missing = []
+    for module, name in packages.items():
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        sys.exit(f"Error: {script} needs {' and '.join(missing)}: pip install 'zfraud[{extra}]'")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller training set, fewer repeats")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args(argv)
+    require("bench/kernel.py", "train", lightgbm="LightGBM")
     r = run(args.quick)
     print(json.dumps(r) if args.json else table(r))
     return 0

@@ -34,6 +34,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "baselines"))
 
+import kernel  # noqa: E402
+
 from zfraud import Client  # noqa: E402
 from zfraud import protocol as P  # noqa: E402
 from zfraud.features import FULL, FeatureEngine  # noqa: E402
@@ -85,8 +87,6 @@ def chunks(data: dict, size: int, id_offset: int = 0):
 
 # -- sections ---------------------------------------------------------------------------------
 def bench_kernel(quick: bool) -> dict:
-    import kernel
-
     r = kernel.run(quick)
     return {"speedup_vs_lightgbm": r["speedup_vs_lightgbm"], "batch_256": r["batch_256"],
             "batch_4096": r["batch_4096"], "model": r["model"]}
@@ -268,6 +268,7 @@ def main(argv=None) -> int:
     ap.add_argument("--md-out", default=None, help="write the Markdown table here (default: print it)")
     ap.add_argument("--plot", default=None, help="write a PNG plot here (needs matplotlib)")
     args = ap.parse_args(argv)
+    kernel.require("bench/run.py", "bench", lightgbm="LightGBM", twisted="Twisted")  # before measuring anything
     quick = args.quick
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
