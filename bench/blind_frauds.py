@@ -11,6 +11,7 @@ genuine transactions in one random order (the mean over 5 orders, as any model t
 them ranks them): what a perfect detector of the visible frauds would get on AUC, AP and CP@100.
 Test split as bench/beat_handbook.py: 2018-08-08..14, known cards from 2018-07-25.
 """
+import argparse
 import os
 import sys
 
@@ -52,12 +53,18 @@ def blind(path: str, delay: int = 7, span_days: int = 35) -> tuple[int, int, dic
     return len(sel), len(invisible), ceiling
 
 
-if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit(__doc__)
-    for path in sys.argv[1:]:  # all of them before the first
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", nargs="+", help="CSV files written by `zfraud gen`")
+    a = ap.parse_args(argv)
+    for path in a.data:  # all of them before the first
         hb.check_data(path, "2018-07-25", "2018-08-14")
-    for path in sys.argv[1:]:
+    for path in a.data:
         n, b, c = blind(path)
         print(f"{path}: {n} test frauds, {b} invisible scenario-2 frauds ({b / n:.1%}); ceilings with "
               f"them at random: AUC {c['auc']:.3f}, AP {c['ap']:.3f}, CP@100 {c['cp100']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

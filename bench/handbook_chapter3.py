@@ -12,6 +12,7 @@ RandomForestClassifier() (100 trees, no depth limit) and XGBClassifier() with th
 xgboost the book ran (tree_method='exact', base_score=0.5; learning rate 0.3, depth 6, 100 trees),
 all random_state=0. Needs the `train` and `bench` extras and xgboost. About 1-4 minutes a file.
 """
+import argparse
 import json
 import os
 import sys
@@ -40,9 +41,10 @@ def both_sets(jobs: int, which: str) -> dict:
     return models
 
 
-def main(paths) -> int:
-    if not paths:
-        sys.exit(__doc__)
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", nargs="+", help="CSV files written by `zfraud gen`")
+    paths = ap.parse_args(argv).data
     for path in paths:  # all of them before the first fit
         hb.check_data(path, hn.SPLIT["train_from"], hn.SPLIT["test_to"])
     for path in paths:
@@ -63,4 +65,4 @@ def main(paths) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())
