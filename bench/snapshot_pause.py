@@ -34,12 +34,26 @@ def filled(cards: int, terminals: int, n: int) -> FeatureEngine:
     return fe
 
 
+def count(s: str) -> int:
+    n = int(s)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cards", type=int, default=1 << 18)
-    ap.add_argument("--terminals", type=int, default=1 << 15)
-    ap.add_argument("--tx", type=int, default=2_000_000)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--cards", type=count, default=1 << 18,
+                    help="card capacity of the state, in cards (default: %(default)s, a worker's); "
+                         "the transactions use about half of them")
+    ap.add_argument("--terminals", type=count, default=1 << 15,
+                    help="terminal capacity of the state, in terminals (default: %(default)s, a worker's); "
+                         "the transactions use up to 20,000")
+    ap.add_argument("--tx", type=count, default=2_000_000,
+                    help="random transactions put through the state before it is saved (default: %(default)s)")
+    ap.add_argument("--repeat", type=count, default=5,
+                    help="saves timed each way, in the loop and forked, alternating; the medians are printed "
+                         "(default: %(default)s)")
     args = ap.parse_args(argv)
     if not hasattr(os, "fork"):
         print("this platform has no fork: snapshots are written in the loop there", file=sys.stderr)
