@@ -798,3 +798,18 @@ def test_tail_takes_decisions_as_a_comma_separated_string_too(mesh2):
 def test_a_local_mesh_of_no_workers_or_the_wrong_number_of_names_is_refused(workers, names):
     with pytest.raises(ValueError, match="a local mesh needs at least 1 worker and one name per worker"):
         LocalMesh(workers, names=names)
+
+
+def test_a_rejected_rows_id_is_not_remembered_so_it_can_come_again_corrected(tmp_path):
+    """A row dated 3 days ahead is rejected; sent again with its time corrected it was a repeat
+    (its id remembered), scored but never counted in card or terminal state."""
+    with LocalMesh(1, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint) as c:
+        now = int(time.time() * 1000)
+        v = c.score({"tx_id": [7, 8], "card": [1, 1], "terminal": [2, 2], "ts_ms": [now + 3 * 86_400_000, now],
+                     "amount": [10.0, 10.0]})
+        assert v["decision"][0] == P.REJECTED and v["decision"][1] != P.REJECTED
+        v = c.score({"tx_id": [7, 8], "card": [1, 1], "terminal": [2, 2], "ts_ms": [now, now], "amount": [10.0, 10.0]})
+        assert P.REJECTED not in v["decision"].tolist()
+        (name,) = c.members
+        status = c.control(name, "status")["status"]
+        assert (status["rows"], status["repeats"]) == (4, 1)  # tx 8 only: tx 7 is counted once, corrected

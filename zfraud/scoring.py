@@ -91,16 +91,25 @@ class Scorer:
         self.rules_version = self.rules.version
         self.shadow_version = shadow.version if shadow is not None else None
 
-    def score(self, cols: dict, update: np.ndarray | None = None) -> tuple[dict, dict | None]:
+    @staticmethod
+    def check(cols: dict) -> np.ndarray:
+        """(n,) uint8: each row's RowError, OK (0) for a row that can be scored."""
+        error = np.empty(len(cols["tx_id"]), dtype=np.uint8)
+        check_rows(np.ascontiguousarray(cols["ts_ms"], dtype=np.int64),
+                   np.ascontiguousarray(cols["amount"], dtype=np.float64), MIN_TS_MS, MAX_TS_MS, ahead_ts_ms(),
+                   MAX_AMOUNT, error)
+        return error
+
+    def score(self, cols: dict, update: np.ndarray | None = None,
+              error: np.ndarray | None = None) -> tuple[dict, dict | None]:
         """cols: the TX_COLUMNS arrays of one batch -> (VERDICT_COLUMNS arrays in batch order,
         the shadow model's verdicts or None). The shadow's verdicts never change a decision.
         update: bool per row, False for a transaction already seen (its features are read
-        without adding it to the streaming state again); default all True."""
+        without adding it to the streaming state again); default all True. error: check(cols),
+        if the caller has it already."""
         n = len(cols["tx_id"])
-        error = np.empty(n, dtype=np.uint8)
-        n_bad = check_rows(np.ascontiguousarray(cols["ts_ms"], dtype=np.int64),
-                           np.ascontiguousarray(cols["amount"], dtype=np.float64), MIN_TS_MS, MAX_TS_MS, ahead_ts_ms(),
-                           MAX_AMOUNT, error)
+        error = self.check(cols) if error is None else error
+        n_bad = int(np.count_nonzero(error))
         if n_bad:
             good = np.flatnonzero(error == RowError.OK)
             sub = {name: cols[name][good] for name, _ in P.TX_COLUMNS}

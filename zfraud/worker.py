@@ -965,9 +965,16 @@ class Worker:
         else:
             cols = {name: np.concatenate([c[name] for _, _, c in batches]) for name, _ in P.TX_COLUMNS}
         n = len(cols["tx_id"])
-        fresh = np.empty(n, dtype=np.uint8)
-        self.seen.check_and_add(cols["tx_id"], fresh)
-        v, shadow = scorer.score(cols, update=fresh.view(bool))
+        error = scorer.check(cols)
+        fresh = np.ones(n, dtype=np.uint8)
+        if error.any():  # a rejected row's id is not remembered: it may come again, corrected
+            good = np.flatnonzero(error == 0)
+            part = np.empty(len(good), dtype=np.uint8)
+            self.seen.check_and_add(cols["tx_id"][good], part)
+            fresh[good] = part
+        else:
+            self.seen.check_and_add(cols["tx_id"], fresh)
+        v, shadow = scorer.score(cols, update=fresh.view(bool), error=error)
         counts = np.bincount(v["decision"], minlength=len(P.DECISIONS)).tolist()
         base = self._verdict_header(scorer)
         frames = P.column_frames(v, P.VERDICT_COLUMNS)
