@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from handbook_baseline import check_data  # noqa: E402
 from kernel import require  # noqa: E402
 
+from zfraud.dataset import day_of as day
 from zfraud.dataset import read_labelled
 from zfraud.evaluate import evaluate, known_compromised_mask
 from zfraud.train import GBDT_PARAMS, GBDT_ROUNDS, replay
@@ -37,10 +38,6 @@ FOLDS = {"val2": ("2018-05-30", "2018-06-26", "2018-07-04", "2018-07-10"),
          "val1": ("2018-06-06", "2018-07-03", "2018-07-11", "2018-07-17"),
          "test": ("2018-07-04", "2018-07-31", "2018-08-08", "2018-08-14")}
 METRICS = ("auc", "ap", "cp100")
-
-
-def day(s: str) -> int:
-    return int(np.datetime64(s, "D").astype(np.int64))
 
 
 def folds(path: str) -> list:
