@@ -21,6 +21,10 @@ cdef enum:
     # 1970-01-01 was a Thursday; with Monday = 0 that is weekday 3.
     EPOCH_WEEKDAY = 3
 
+# Twice float32's relative rounding (2**-24): the error bound window_features allows when it
+# subtracts the 7-day sum from the 30-day one.
+cdef double ROUNDING = 2.0 ** -23
+
 # Column order of basic_features' output; zfraud.features.BASIC_FEATURES mirrors it and a test
 # checks the two agree.
 BASIC_NAMES = ("amount", "log_amount", "hour", "is_night", "is_weekend")
@@ -83,7 +87,9 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
                         frauds' count / terminal's count in float64, 0 without transactions;
       then 2 columns    the card's average amount over days 8..30 back,
                         (n30 * avg30 - n7 * avg7) / (n30 - n7) in float64, NaN unless
-                        n30 - n7 > 0.5; and amount / that average, within
+                        n30 - n7 > 0.5, and 0 when the difference of the two sums is within
+                        2**-23 of their sum (float32 rounding of an older sum of 0, which could
+                        come out negative); and amount / that average, within
                         +-FLT_MAX (an average of 0 or 1e-40 gives FLT_MAX, not inf;
                         0 / 0 is NaN);
       then 2 columns    runs, as is;
@@ -110,7 +116,7 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
     for j in (n7, avg7, n30, avg30):
         if not 0 <= j < k:
             raise ValueError(f"expected card columns in [0, {k}), got {j}")
-    cdef double tx, older, avg, f30, ratio
+    cdef double tx, older, avg, f30, ratio, s30, s7
     cdef float* o
     with nogil:
         for i in range(n):
@@ -124,8 +130,12 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
                 o[c + 2 * j + 1] = <float>(frauds[i, j] / tx) if tx > 0 else 0
             older = <double>card[i, n30] - <double>card[i, n7]
             if older > 0.5:
-                avg = (<double>card[i, n30] * card[i, avg30]
-                       - <double>card[i, n7] * card[i, avg7]) / older
+                s30 = <double>card[i, n30] * card[i, avg30]
+                s7 = <double>card[i, n7] * card[i, avg7]
+                # Each float32 average is within 2**-24 of its exact value, so an older sum
+                # within 2**-23 of the two sums is zero (amounts are >= 0): spends of 0.00 gave
+                # -3.8e-06 and a ratio of -2.6e6, the opposite of "larger than ever before".
+                avg = (s30 - s7) / older if s30 - s7 > (s30 + s7) * ROUNDING else 0
             else:
                 avg = NAN
             o[t] = <float>avg

@@ -326,6 +326,33 @@ def test_ratios_over_a_tiny_or_zero_average_saturate_instead_of_becoming_infinit
         assert not np.isinf(X).any()
 
 
+def test_an_older_sum_of_zero_is_zero_not_float32_rounding_below_it():
+    """A card whose spends 8-30 days back were all 0.00 (verifications) has an older average of
+    0, so a new spend is larger than anything before it (the largest ratio), whatever its recent
+    spends: the difference of the float32 7- and 30-day sums came out -3.8e-06 here, and the
+    ratio -2.6e6, the smallest there is. Real older spends keep their average."""
+    from zfraud.features import FEATURE_SETS, FULL, FeatureEngine
+    top = np.finfo(np.float32).max
+    names = FEATURE_SETS[FULL]
+    j8, jr = names.index("card_avg_amount_8_30d"), names.index("amount_over_card_avg_8_30d")
+    t0 = 19_000 * DAY
+    e = FeatureEngine(FULL, card_capacity=64, terminal_capacity=64)
+    for card, older, recent, want in ((1, [0.0], [42.33, 82.77], 0.0),
+                                      (2, [0.0, 0.0], [98.07, 96.17, 72.48], 0.0),
+                                      (3, [0.01], [98.07, 96.17, 72.48], 0.01)):
+        amounts = older + recent + [10.0]
+        ts = ([t0 + i * 1000 for i in range(len(older))]
+              + [t0 + 15 * DAY + i * 1000 for i in range(len(recent) + 1)])
+        n = len(ts)
+        X = e.transform({"tx_id": np.arange(n, dtype=np.uint64), "card": np.full(n, card, np.uint64),
+                         "terminal": np.full(n, 9, np.uint64), "ts_ms": np.array(ts, np.int64),
+                         "amount": np.array(amounts, np.float64)})
+        if want == 0:
+            assert X[-1, j8] == 0 and X[-1, jr] == top, card
+        else:  # float32 averages of 98-ish amounts leave the 0.01 right to 2e-06
+            assert X[-1, j8] == pytest.approx(want, rel=1e-3) and X[-1, jr] == pytest.approx(1000, rel=1e-3)
+
+
 def test_a_reread_duplicate_gets_the_features_of_its_first_read():
     keys, ts, amount, _ = card_stream(6, n=600, n_cards=30)
     order = np.argsort(ts, kind="stable")
