@@ -55,10 +55,19 @@ def main(argv=None) -> int:
                     help="saves timed each way, in the loop and forked, alternating; the medians are printed "
                          "(default: %(default)s)")
     args = ap.parse_args(argv)
+    for flag, n in (("--cards", args.cards), ("--terminals", args.terminals)):
+        if n > 1 << 31:
+            ap.error(f"argument {flag}: at most 2**31 (a state table's largest capacity), got {n}")
     if not hasattr(os, "fork"):
         print("this platform has no fork: snapshots are written in the loop there", file=sys.stderr)
         return 1
-    fe = filled(args.cards, args.terminals, args.tx)
+    try:
+        fe = filled(args.cards, args.terminals, args.tx)
+    except MemoryError:
+        need = (args.cards * 400 + args.terminals * 10_200) / 2**30
+        print(f"Error: out of memory: --cards {args.cards:,} and --terminals {args.terminals:,} need about "
+              f"{need:.1f} GiB", file=sys.stderr)
+        return 1
     ids = np.arange(1 << 20, dtype=np.uint64)  # the seen and labelled id memories, full
     info = fe.state_info()
     with tempfile.TemporaryDirectory() as tmp:

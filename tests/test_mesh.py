@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 import threading
 import time
 
@@ -416,6 +417,20 @@ def test_a_worker_that_cannot_bind_or_reach_its_seed_says_why_in_one_line(args, 
         r = run_cli("worker", "--name", "w", *args, timeout=30)
     assert r.returncode == 1 and "Traceback" not in r.stderr and "ready name" not in r.stderr
     assert why.format(busy=busy) in r.stderr, r.stderr
+
+
+def test_state_tables_too_large_for_the_machine_get_one_line(model_path):
+    """--cards past a table's largest capacity is refused by the option; one within it but past
+    the machine's memory (2**31 cards: 800 GiB) was a numpy traceback listing the record's dtype."""
+    bind = ["--bind", f"tcp://127.0.0.1:{free_port()}", "--pub", f"tcp://127.0.0.1:{free_port()}"]
+    r = run_cli("worker", "--name", "w", *bind, "--model", str(model_path), "--cards", str(3 * 10**9), timeout=30)
+    assert r.returncode == 2 and "'--cards': 3000000000 is not in the range 1024<=x<=2147483648" in r.stderr, r.stderr
+    if Path("/proc/sys/vm/overcommit_memory").read_text().strip() == "1":
+        pytest.skip("vm.overcommit_memory=1: an 800 GiB table is granted, not refused")
+    r = run_cli("worker", "--name", "w", *bind, "--model", str(model_path), "--cards", str(1 << 31), timeout=30)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "ready name" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == ("Error: out of memory for the state tables: --cards 2,147,483,648 "
+                                                 "and --terminals 32,768 need about 800.3 GiB; lower them"), r.stderr
 
 
 @pytest.mark.parametrize("contents", [b"hello\n", b"", b"\x93NUMPY\x01\x00"])

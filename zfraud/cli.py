@@ -45,6 +45,8 @@ def friendly_errors(fn):
             raise click.ClickException(f"{where}{e.strerror or e}") from None
         except (MeshError, ModelError, InputError, ValueError) as e:
             raise click.ClickException(str(e)) from None
+        except MemoryError as e:  # numpy's message goes on to list the array's whole dtype
+            raise click.ClickException(f"out of memory: {str(e).split(' for an array')[0] or 'an allocation failed'}") from None
         except KeyboardInterrupt:  # Ctrl-C in a command without its own handling: click said "Aborted!", 1
             click.echo(("\n" if sys.stderr.isatty() else "") + "interrupted", err=True)
             sys.exit(130)
@@ -192,9 +194,9 @@ def main():
                    "load it on start.")
 @click.option("--snapshot-every", type=click.FloatRange(1), default=60.0,
               help="Seconds between snapshots. A forked child writes each one while scoring goes on.")
-@click.option("--cards", type=click.IntRange(1024), default=1 << 18,
+@click.option("--cards", type=click.IntRange(1024, 1 << 31), default=1 << 18,
               help="Card table capacity (400 bytes each: a 384-byte record and its index).")
-@click.option("--terminals", type=click.IntRange(1024), default=1 << 15,
+@click.option("--terminals", type=click.IntRange(1024, 1 << 31), default=1 << 15,
               help="Terminal table capacity (10.2 KB each at first: transaction and fraud counts in 4-hour buckets; up to 30.3 KB as peers join).")
 @click.option("--delay", "delay_days", type=click.IntRange(0, 30), default=7,
               help="Label delay in days: terminal risk uses windows that end this long ago.")
@@ -218,10 +220,15 @@ def worker(name, bind, pub, seeds, model_path, rules_path, review_at, decline_at
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
     model = load_model(model_path)
     rules = RuleSet.load(rules_path, model.features) if rules_path else None
-    w = Worker(name, bind, pub, seeds=seeds, model=model, rules=rules,
-               thresholds=Thresholds(review_at, decline_at), heartbeat=heartbeat, metrics_port=metrics_port,
-               state_dir=state_dir, snapshot_every_s=snapshot_every, cards=cards, terminals=terminals,
-               delay_days=delay_days, curve_dir=curve_dir)
+    try:
+        w = Worker(name, bind, pub, seeds=seeds, model=model, rules=rules,
+                   thresholds=Thresholds(review_at, decline_at), heartbeat=heartbeat, metrics_port=metrics_port,
+                   state_dir=state_dir, snapshot_every_s=snapshot_every, cards=cards, terminals=terminals,
+                   delay_days=delay_days, curve_dir=curve_dir)
+    except MemoryError:
+        need = (cards * 400 + terminals * 10_200) / 2**30
+        raise click.ClickException(f"out of memory for the state tables: --cards {cards:,} and --terminals "
+                                   f"{terminals:,} need about {need:.1f} GiB; lower them") from None
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: w.stop())
     w.run()
