@@ -1,5 +1,7 @@
 """Seeing the mesh: status, top and Prometheus metrics on a live three-worker mesh."""
 import json
+import threading
+import time
 import urllib.request
 
 import pytest
@@ -36,6 +38,28 @@ def test_status_json_has_a_row_per_member(mesh3):
         assert m["model"] == "default-1" and m["rules"] == "none" and m["uptime_s"] > 0
         assert m["batch_ms_p50"] > 0 and m["batch_ms_p99"] >= m["batch_ms_p50"]
         assert sum(m["decisions"].values()) == m["rows"] and m["in_flight"] >= 0
+
+
+def test_in_flight_counts_the_backlog_not_every_request_of_a_steady_flow(tmp_path):
+    """A worker that answers each batch long before the next arrives has a backlog of one; the
+    run of requests it counted ended only when a poll woke without one, which a steady flow
+    never lets happen: the tester's paced send at 2,000 tx/s read 1,187, then 2,487, then 4,434."""
+    with LocalMesh(1, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint) as watcher:
+        summary = []
+
+        def paced():
+            with Client(mesh.endpoint, window=1) as c:  # open loop: a batch every ms or so
+                summary.append(c.stream(synthetic(8000, batch=1000, seed=5), rate=2000))
+        sender = threading.Thread(target=paced)
+        sender.start()
+        seen = []
+        while sender.is_alive() and len(seen) < 40:  # 4 s of load; in_flight is as of the last 1 s heartbeat
+            time.sleep(0.25)
+            seen.append(watcher.control("w1", "status")["status"]["in_flight"])
+        sender.join(30)
+    assert summary and summary[0].lost == 0 and summary[0].verdicts == 8000
+    assert len(seen) >= 8 and max(seen) >= 1, seen   # the load was counted
+    assert max(seen) <= 10, seen  # a few: window 1, these status requests, the clients' member-list asks
 
 
 def test_status_and_top_tables(mesh3):

@@ -343,6 +343,8 @@ class Worker:
                 if self.router in events:
                     self._queued += self._read_requests()
                     self._backlog = max(self._backlog, self._queued)
+                    if not self.router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                        self._queued = 0  # found empty: a poll woken by the next request starts a new run
                 else:
                     self._queued = 0
                 for router, (sock, _) in list(self.asking.items()):
