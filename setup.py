@@ -34,4 +34,7 @@ extensions = [
     for pyx in sorted(Path("ext").glob("*.pyx"))
 ]
 
+if not extensions:  # a package without its kernels would install, then fail on every import
+    raise SystemExit("setup.py: no ext/*.pyx here: this source tree is incomplete (the kernels cannot be built)")
+
 setup(ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES))

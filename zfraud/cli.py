@@ -184,7 +184,7 @@ def main():
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
               help="Model file. Default: the model shipped with zfraud.")
 @click.option("--rules", "rules_path", type=click.Path(dir_okay=False), default=None,
-              help="Rules file (TOML, see conf/rules.toml). Default: no rules.")
+              help="Rules file (TOML; its syntax, with an example: `python -m pydoc zfraud.rules`; a fuller example: conf/rules.toml of the source tree). Default: no rules.")
 @click.option("--review-at", type=click.FloatRange(0, 1), default=0.2, help="Score at or above which to review.")
 @click.option("--decline-at", type=click.FloatRange(0, 1), default=0.8, help="Score at or above which to decline.")
 @click.option("--heartbeat", type=click.FloatRange(0.05, 60), default=1.0,
