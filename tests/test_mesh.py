@@ -732,6 +732,45 @@ def test_a_state_dir_where_no_snapshot_can_be_written_stops_the_worker_at_its_st
     assert r.stderr.strip().splitlines()[-1] == "Error: cannot write snapshots in /sys/kernel (--state-dir): Permission denied"
 
 
+def start_and_stop(tmp_path, *args):
+    """Run a worker until it is ready, stop it with SIGTERM; returns its log."""
+    log = tmp_path / "w.log"
+    with open(log, "w") as f:
+        w = subprocess.Popen([sys.executable, "-m", "zfraud", "worker", "--name", "w", "--bind",
+                              f"tcp://127.0.0.1:{free_port()}", "--pub", f"tcp://127.0.0.1:{free_port()}", *args], stderr=f)
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end and "ready name=w" not in log.read_text() and w.poll() is None:
+            time.sleep(0.05)
+    finally:
+        w.terminate()
+        assert w.wait(20) == 0, log.read_text()
+    return log.read_text()
+
+
+def test_a_worker_removes_the_files_of_its_saves_killed_mid_write(model_path, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / ".w.state.npz.x1y2.tmp").write_bytes(b"PK half a snapshot")  # its child was killed writing
+    (state / ".w2.state.npz.x1y2.tmp").write_bytes(b"PK")                # another worker's
+    text = start_and_stop(tmp_path, "--model", str(model_path), "--state-dir", str(state))
+    assert f"removed the unfinished snapshot files of {state / 'w.state.npz'}" in text, text
+    assert sorted(os.listdir(state)) == [".w2.state.npz.x1y2.tmp", "w.state.npz"]
+
+
+def test_a_stateless_model_does_not_claim_to_restore_a_snapshot_and_leaves_it(model_path, tmp_path):
+    """Restarted on the default model over a zfraud-v6 snapshot, the worker logged "restored
+    state from ...: {'cards': 0, ...}" and had read nothing."""
+    state = tmp_path / "state"
+    start_and_stop(tmp_path, "--model", str(model_path), "--state-dir", str(state))
+    before = (state / "w.state.npz").read_bytes()
+    text = start_and_stop(tmp_path, "--state-dir", str(state))  # the default model: basic-v1
+    assert "restored state" not in text
+    assert (f"state in {state / 'w.state.npz'} not restored: model default-1 (feature set basic-v1) keeps no "
+            f"streaming state; the file is left as it is") in text, text
+    assert (state / "w.state.npz").read_bytes() == before
+
+
 def test_a_worker_whose_seed_never_answers_says_so(tmp_path):
     """It runs as a mesh of its own, and used to say nothing about it."""
     seed = f"tcp://127.0.0.1:{free_port()}"

@@ -1082,6 +1082,54 @@ def test_feature_state_load_rejects_other_files(tmp_path):
         other.load(tmp_path / "small.npz")
 
 
+@pytest.mark.parametrize("key, value, why", [
+    ("meta.sources", np.array("w2"), r"meta.sources is not a list of names \(\(\) <U2\)"),
+    ("meta.retired", np.array("w9"), r"meta.retired is not a list of names"),
+    ("meta.retired_slot", np.array([1, 2]), r"meta.retired_slot is not a slot number"),
+    ("meta.sources", np.array([f"w{k}" for k in range(20)]), r"20 peer slots \(retired: slot 0\) do not fit its 4 "
+                                                              r"source slots"),
+    ("meta.retired_slot", np.array(3), r"1 peer slots \(retired: slot 3\) do not fit"),
+])
+def test_engine_load_names_a_malformed_peer_list(tmp_path, key, value, why):
+    """A 0-d name list or a vector slot was a TypeError traceback at the worker's start (it turns
+    ValueError into one line), and 20 peer names for 4 slots loaded, then broke each sync."""
+    from zfraud.features import FULL, FeatureEngine
+    path = tmp_path / "w.state.npz"
+    a = FeatureEngine(FULL, 7, 64, 64)
+    a.sources = {"w2": 1}
+    a.save(path)
+    arrays = dict(np.load(path))
+    arrays[key] = value
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=why):
+        FeatureEngine(FULL, 7, 64, 64).load(path)
+
+
+def test_engine_load_says_a_snapshot_was_saved_under_another_delay(tmp_path):
+    """It said: snapshot 'tx': expected uint32 (0, 246, 4), got uint32 (0, 240, 4)."""
+    from zfraud.features import FULL, FeatureEngine
+    path = tmp_path / "w.state.npz"
+    FeatureEngine(FULL, 7, 64, 64).save(path)
+    with pytest.raises(ValueError, match=r"^state: its terminal rings keep 40 days, this worker's 41 \(the label delay "
+                                         r"\+ 31, at least 40: it was saved under another --delay\)$"):
+        FeatureEngine(FULL, 10, 64, 64).load(path)
+    FeatureEngine(FULL, 5, 64, 64).load(path)  # the same 40-day rings: the counts do not depend on the delay
+
+
+def test_unfinished_saves_of_a_path_are_removed_and_no_one_elses(tmp_path):
+    """A save killed mid-write (OOM, kill -9) left a .zfraud-state-*.tmp of 2-19 MB that nothing
+    removed: each one named after its snapshot can be, by the one worker that writes it."""
+    from zfraud.state import remove_unfinished, save_npz
+    path = tmp_path / "w1.state.npz"
+    save_npz(path, {"x": np.arange(3)})
+    assert sorted(os.listdir(tmp_path)) == ["w1.state.npz"]  # its own temporary file is gone
+    for name in (".w1.state.npz.k3j4.tmp", ".w1.state.npz.a.tmp", ".w10.state.npz.b.tmp", ".w2.state.npz.c.tmp"):
+        (tmp_path / name).write_bytes(b"PK partial")
+    assert remove_unfinished(path) == 2
+    assert sorted(os.listdir(tmp_path)) == [".w10.state.npz.b.tmp", ".w2.state.npz.c.tmp", "w1.state.npz"]
+    assert remove_unfinished(path) == 0
+
+
 def test_feature_state_checks_columns_and_settings():
     st = FeatureState(card_capacity=10, terminal_capacity=10)
     cols = {"card": np.arange(3, dtype=np.uint64), "ts_ms": np.zeros(3, np.int64),

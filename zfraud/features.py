@@ -67,6 +67,14 @@ FIRST_SOURCES = 4  # slots allocated at first; doubled (up to MAX_SOURCES) when 
 RETIRED_NAMES = 4096  # departed peers' names remembered, so that they are never merged again
 
 
+def _names(arrays: dict, key: str) -> list[str]:
+    """A snapshot's list of worker names (meta.sources, meta.retired): a 1-d array of strings."""
+    v = np.asarray(arrays.get(key, np.array([""])))
+    if v.ndim != 1 or v.dtype.kind != "U":
+        raise ValueError(f"state: {key} is not a list of names ({v.shape} {v.dtype})")
+    return [str(name) for name in v]
+
+
 def label_capacity(terminal_capacity: int) -> int:
     """Rows of each label-fed terminal table: a quarter of the terminal table, at least 1024.
     They hold the terminals with a confirmed fraud in the last 40 days (12-13 % of the
@@ -349,9 +357,23 @@ class FeatureEngine:
         for name, snap in snaps.items():
             if not snap:
                 raise ValueError(f"state: no {name} table (a snapshot from an older zfraud)")
+        ring = np.shape(arrays.get("terminal.tx", np.zeros((0, t.buckets, 1))))
+        if len(ring) == 3 and ring[1] != t.buckets:
+            per_day = 24 // t.bucket_hours
+            raise ValueError(f"state: its terminal rings keep {ring[1] / per_day:g} days, this worker's "
+                             f"{t.days} (the label delay + 31, at least 40: it was saved under another --delay)")
         sources = int(np.shape(snaps["frauds"].get("tx", np.zeros((0, 0, t.max_sources))))[-1])
         if not 1 <= sources <= MAX_SOURCES:
             raise ValueError(f"state: expected 1..{MAX_SOURCES} terminal source slots, got {sources}")
+        names = {key: _names(arrays, key) for key in ("meta.sources", "meta.retired")}
+        retired_slot = arrays.get("meta.retired_slot", np.array(0))
+        if np.ndim(retired_slot) != 0 or np.asarray(retired_slot).dtype.kind not in "iu":
+            raise ValueError(f"state: meta.retired_slot is not a slot number ({np.shape(retired_slot)} "
+                             f"{np.asarray(retired_slot).dtype})")
+        retired_slot = int(retired_slot)
+        if len(names["meta.sources"]) > sources - 1 or not 0 <= retired_slot <= len(names["meta.sources"]):
+            raise ValueError(f"state: {len(names['meta.sources'])} peer slots (retired: slot {retired_slot}) "
+                             f"do not fit its {sources} source slots (the first is the worker's own)")
         if sources != t.max_sources:  # the snapshot was taken after the tables grew
             self.state.terminals = TerminalState(t.capacity, sources, t.days, t.bucket_hours)
             t = self.state.terminals
@@ -364,9 +386,9 @@ class FeatureEngine:
                                                                                   "extra."))})
         for name, table in tables.items():
             setattr(self, name, table)
-        self.sources = {str(name): k + 1 for k, name in enumerate(arrays.get("meta.sources", [""])) if str(name)}
-        self.retired_slot = int(arrays.get("meta.retired_slot", 0))
-        self.retired = {str(name): None for name in arrays.get("meta.retired", [""]) if str(name)}
+        self.sources = {name: k + 1 for k, name in enumerate(names["meta.sources"]) if name}
+        self.retired_slot = retired_slot
+        self.retired = {name: None for name in names["meta.retired"] if name}
         return {k[6:]: v for k, v in arrays.items() if k.startswith("extra.")}
 
     def state_info(self) -> dict:

@@ -195,11 +195,11 @@ class FeatureState:
 
 
 def save_npz(path, arrays: dict) -> None:
-    """Write arrays to `path` (numpy .npz) atomically: a temporary file in the same directory,
-    flushed to disk, then renamed over `path`."""
+    """Write arrays to `path` (numpy .npz) atomically: a temporary file in the same directory
+    (named after `path`, see remove_unfinished), flushed to disk, then renamed over `path`."""
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".zfraud-state-", suffix=".tmp", dir=directory)
+    directory, base = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -212,6 +212,22 @@ def save_npz(path, arrays: dict) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def remove_unfinished(path) -> int:
+    """Remove the temporary files of saves of `path` that never finished: a writer killed
+    mid-write (the OOM killer, kill -9) leaves its file, which save_npz would otherwise remove.
+    Call it only when no save of `path` is running. Returns how many were removed."""
+    directory, base = os.path.split(os.path.abspath(os.fspath(path)))
+    removed = 0
+    for name in os.listdir(directory):
+        if name.startswith(f".{base}.") and name.endswith(".tmp"):
+            try:
+                os.unlink(os.path.join(directory, name))
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def load_npz(path) -> dict:

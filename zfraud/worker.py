@@ -44,6 +44,7 @@ from .rules import RuleSet
 from .scoring import MIN_TS_MS, Scorer, Thresholds, ahead_ts_ms
 from .security import Curve, SecurityError
 from .snapshots import BackgroundSave
+from .state import remove_unfinished
 from .sockets import configure, recv_frames, send_frames
 
 log = logging.getLogger("zfraud.worker")
@@ -174,7 +175,12 @@ class Worker:
         self.state_path = Path(state_dir) / f"{name}.state.npz" if state_dir else None
         if self.state_path is not None:
             _check_writable(self.state_path.parent)
-            if self.state_path.exists():
+            if remove_unfinished(self.state_path):  # a save killed mid-write left its temporary file
+                log.info("removed the unfinished snapshot files of %s", self.state_path)
+            if self.state_path.exists() and features.state is None:
+                log.info("state in %s not restored: model %s (feature set %s) keeps no streaming state; "
+                         "the file is left as it is", self.state_path, model.version, model.feature_set)
+            elif self.state_path.exists():
                 try:
                     # The ids counted into that state: a resend of one after the restart is a
                     # repeat, as it would have been without it.
@@ -571,6 +577,7 @@ class Worker:
             return
         if not done.ok:
             self._snapshot_failed(done.error)
+            remove_unfinished(self.state_path)  # a child killed mid-write leaves its temporary file
             return
         self.saved_at = done.taken_at
         if done.in_place:
