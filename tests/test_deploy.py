@@ -11,7 +11,7 @@ import zmq
 from zfraud import Client, load_model
 from zfraud import protocol as P
 from zfraud.deploy import deploy
-from zfraud.local import LocalMesh
+from zfraud.local import LocalMesh, free_port
 from zfraud.model import LogisticModel, save_model
 from zfraud.scoring import Scorer
 from zfraud.sockets import configure
@@ -50,7 +50,7 @@ def test_deploy_during_a_send_loses_nothing_and_switches_cleanly(mesh, tmp_path)
         time.sleep(1.2)
         r = run_cli("deploy", "--connect", mesh.endpoint, "--model", str(path))
         assert r.returncode == 0, r.stderr
-        assert r.stdout.count("model=default-2") == 2
+        assert r.stdout.count("model=default-2") == 2 and r.stdout.count("shadow=none") == 2  # as status says it
         stdout, stderr = send.communicate(timeout=60)
     finally:
         send.kill()
@@ -138,3 +138,20 @@ def test_a_bad_model_is_refused_locally_and_by_the_worker(mesh, tmp_path, ctx):
     reply = request(ctx, mesh.endpoint, P.encode(P.CONTROL, {"op": "deploy"}, [b"", b"[[rule]]\nname='x'\nwhen='nope > 1'\naction='review'\n"]))
     assert reply.header["code"] == P.BAD_CONTROL and "unknown name 'nope'" in reply.header["message"]
     assert versions(mesh) == before
+    # Rules that pass the local check (names of any feature set) and that the workers refuse:
+    # said once, not "refused deploy: deploy refused: ..."
+    rules = tmp_path / "card.toml"
+    rules.write_text("version = 'c-1'\n[[rule]]\nname='x'\nwhen='card_nb_tx_1d > 5'\naction='review'\nreason='r'\n")
+    r = run_cli("deploy", "--connect", mesh.endpoint, "--rules", str(rules))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "refused deploy: deployed rules" in r.stderr and "deploy refused" not in r.stderr, r.stderr
+    assert versions(mesh) == before
+
+
+def test_deploy_waits_for_the_mesh_as_long_as_its_timeout():
+    """--timeout 1 against no worker said "within 5 s" (the client's own connect timeout)."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    r = run_cli("deploy", "--connect", endpoint, "--rules", "conf/rules.toml", "--timeout", "1")
+    assert r.returncode == 1 and f"could not connect to {endpoint} within 1 s" in r.stderr, r.stderr
+    assert time.monotonic() - t0 < 4.5  # the command's own start included

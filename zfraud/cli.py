@@ -544,7 +544,8 @@ def gen(out, customers, terminals, days, seed, start):
               help="Rules file (TOML) to deploy.")
 @click.option("--shadow", is_flag=True, help="Score with the model beside the live one, publishing on the "
                                             "`shadow` topic, without changing any decision.")
-@click.option("--timeout", type=click.FloatRange(0.1), default=10.0, help="Seconds to wait for each worker.")
+@click.option("--timeout", type=click.FloatRange(0.1), default=10.0,
+              help="Seconds to wait for each worker, and for the first to answer at --connect.")
 @curve_option
 @friendly_errors
 def deploy(connect, model_path, rules_path, shadow, timeout, curve_dir):
@@ -554,10 +555,10 @@ def deploy(connect, model_path, rules_path, shadow, timeout, curve_dir):
     from .deploy import deploy as ship
 
     artefact(model_path, rules_path, shadow)  # a bad file is the error, whether or not the mesh answers
-    with _connected(Client, connect, curve_dir=curve_dir) as client:
+    with _connected(Client, connect, curve_dir=curve_dir, hello_timeout_s=timeout) as client:
         answers = ship(client, model_path, rules_path, shadow, timeout)
     for name, a in sorted(answers.items()):
-        click.echo(f"{name:<12} model={a['model']}  rules={a['rules']}  shadow={a['shadow']}")
+        click.echo(f"{name:<12} model={a['model']}  rules={a['rules']}  shadow={a['shadow'] or 'none'}")
 
 
 @main.group()

@@ -800,7 +800,8 @@ class Client:
                 raise MeshError(f"worker {name} did not answer {op} within {timeout_s:g} s")
             msg = P.parse(sock.recv_multipart())
             if msg.command == P.ERROR:
-                raise MeshError(f"worker {name} refused {op}: {msg.header.get('message')}")
+                why = str(msg.header.get("message")).removeprefix(f"{op} refused: ")  # not "refused deploy: deploy refused: "
+                raise MeshError(f"worker {name} refused {op}: {why}")
             return msg.header
         finally:
             sock.close()
