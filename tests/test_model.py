@@ -18,6 +18,13 @@ def test_default_model_loads_and_scores():
     assert p.shape == (2,) and p[0] < 0.05 < 0.9 < p[1]
 
 
+def test_the_shipped_default_model_is_what_its_command_writes():
+    """`python -m zfraud.train` regenerates zfraud/models/default.json (README): the shipped file
+    must be its output, key for key (it lacked "delay_days", added to model files since)."""
+    from zfraud.train import default_model
+    assert json.loads(DEFAULT_MODEL.read_text()) == json.loads(json.dumps(default_model().to_dict()))
+
+
 def test_round_trip(tmp_path):
     m = load_model()
     save_model(m, tmp_path / "m.json")
