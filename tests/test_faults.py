@@ -14,7 +14,7 @@ from zfraud import protocol as P
 from zfraud.local import LocalMesh
 from zfraud.synthetic import synthetic
 
-from conftest import finish, start_send
+from conftest import finish, request, start_send
 
 
 def rows_of(mesh, name):
@@ -329,8 +329,31 @@ def tail_runs(path) -> dict:
     return runs
 
 
+def published(ctx, mesh) -> dict:
+    """(worker, decision) -> (boot, seq): where each live worker's numbering stands, from its MEMBERS."""
+    out = {}
+    for name, router in mesh.routers.items():
+        h = request(ctx, router, P.encode(P.HELLO, {"role": "client"})).header
+        out.update({(name, t.removeprefix("verdict.")): (h["boot"], n) for t, n in h["seq"].items()})
+    return out
+
+
+def missed_of(runs: dict, numbering: dict) -> int:
+    """Messages a tail that started before any traffic never received: per worker process and
+    decision, its last seq (the live process's as it reports it, a gone one's last seen) minus
+    the messages received."""
+    missed = 0
+    for key in set(runs) | set(numbering):
+        procs = {boot: [last, n] for boot, (_, last, n) in runs.get(key, {}).items()}
+        if key in numbering:
+            boot, seq = numbering[key]
+            procs.setdefault(boot, [0, 0])[0] = seq
+        missed += sum(last - n for last, n in procs.values())
+    return missed
+
+
 @pytest.mark.parametrize("new_numbering", ["behind", "past"])
-def test_tail_counts_what_it_missed_of_a_worker_restarted_under_its_name(tmp_path, new_numbering):
+def test_tail_counts_what_it_missed_of_a_worker_restarted_under_its_name(tmp_path, ctx, new_numbering):
     """A restarted worker numbers its messages from 1 again. Those it publishes (for other
     subscribers) before this tail's SUB reconnects are gone; tail counts them when the next one
     comes, also when the new process has already published more messages than the old one did
@@ -357,6 +380,7 @@ def test_tail_counts_what_it_missed_of_a_worker_restarted_under_its_name(tmp_pat
             finally:
                 tail.send_signal(signal.SIGCONT)
             err = send_then_stop(tail, mesh.endpoint, settle_s=2.0)  # after its SUB reconnects to the new w2
+            numbering = published(ctx, mesh)
         finally:
             tail.kill()
             other.kill()
@@ -370,13 +394,11 @@ def test_tail_counts_what_it_missed_of_a_worker_restarted_under_its_name(tmp_pat
         assert all(new[0] > old[1] for old, new in w2)  # what a seq going back cannot show
     else:
         assert all(new[0] <= old[1] for old, new in w2)
-    # the first process of a key counts from its first message seen (this tail may have come late), a later one from 1
-    missed = sum(last - (first - 1 if i == 0 else 0) - n
-                 for p in runs.values() for i, (first, last, n) in enumerate(p.values()))
-    assert f"missed {missed:,} verdict messages" in err
+    missed = missed_of(runs, numbering)  # the new w2's decisions none of whose messages came too
+    assert missed > 0 and f"missed {missed:,} verdict messages" in err, err
 
 
-def test_tail_counts_what_a_restarted_or_new_worker_sent_before_it_was_followed(tmp_path):
+def test_tail_counts_what_a_restarted_or_new_worker_sent_before_it_was_followed(tmp_path, ctx):
     """With no other subscriber, a restarted w2 and a new w3 score while this tail is stopped, so
     they publish nothing: their first messages are not built at all. They still take their seq,
     so tail counts them when it hears the next ones (it used to report nothing missed)."""
@@ -398,16 +420,44 @@ def test_tail_counts_what_a_restarted_or_new_worker_sent_before_it_was_followed(
             finally:
                 tail.send_signal(signal.SIGCONT)
             err = send_then_stop(tail, mesh.endpoint, settle_s=2.5)  # after its SUB connects to the new w2 and w3
+            numbering = published(ctx, mesh)
         finally:
             tail.kill()
     assert tail.returncode == 0, err
     runs = tail_runs(tmp_path / "tail.out")
     late = [first for (w, _), p in runs.items() for i, (first, _, _) in enumerate(p.values()) if w == "w3" or i]
     assert late and any(first > 1 for first in late)  # the new processes' first messages were missed
-    # w1's and the first w2's counted from the first message seen (the tail started after them), the rest from 1
-    missed = sum(last - (first - 1 if i == 0 and w != "w3" else 0) - n
-                 for (w, _), p in runs.items() for i, (first, last, n) in enumerate(p.values()))
+    missed = missed_of(runs, numbering)
     assert missed > 0 and f"missed {missed:,} verdict messages" in err, err
+
+
+def test_a_stopped_tail_counts_what_it_missed_without_waiting_for_another_message(tmp_path, ctx):
+    """Stopped (Ctrl-Z) for 6 s while the mesh scores, the tail is dropped by the workers (no
+    heartbeat reply within 3 s) with everything queued for it. Resumed after the traffic, it
+    printed part of it and exited 0 saying nothing: a gap showed only with a next message. Now
+    the workers' MEMBERS replies carry their numbering, so messages received + counted missed =
+    messages published, for every worker and decision."""
+    cmd = [sys.executable, "-m", "zfraud", "tail", "--timeout", "4", "--connect"]
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh, open(tmp_path / "tail.out", "w") as out:
+        tail = subprocess.Popen(cmd + [mesh.endpoint], stdout=out, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.5)  # subscriptions reach both workers
+            tail.send_signal(signal.SIGSTOP)
+            try:
+                rc, s, _ = finish(start_send(mesh.endpoint, "--synthetic", "100000", "--batch", "256",
+                                             "--rate", "25000"))
+                assert rc == 0 and s["verdicts"] == 100000
+                time.sleep(2)  # stopped for the 4 s send and 2 s more: past the 3 s heartbeat timeout
+            finally:
+                tail.send_signal(signal.SIGCONT)
+            err = tail.communicate(timeout=60)[1]
+        finally:
+            tail.kill()
+        numbering = published(ctx, mesh)
+    assert tail.returncode == 0, err
+    missed = missed_of(tail_runs(tmp_path / "tail.out"), numbering)
+    assert sum(seq for _, seq in numbering.values()) > 200 and missed > 0  # the workers dropped the stopped tail
+    assert f"missed {missed:,} verdict messages" in err, err
 
 
 def test_workers_of_a_local_mesh_whose_parent_is_killed_stop_too(tmp_path):

@@ -7,7 +7,11 @@ messages (`seq`, per topic, from 1 in each process, which `boot` names), and `Ta
 the messages known to be missed: a jump in a process's `seq`, and, for a new process under a
 worker's name (it restarted) or a worker that joined after this tail started, its messages before
 the first one seen (they went out before this SUB connected: a worker numbers every verdict
-message, also those it does not build because no one follows their topic yet).
+message, also those it does not build because no one follows their topic yet). A worker's
+MEMBERS reply, asked for every second, carries its numbering so far: what it published that
+never arrived counts too, once the SUB socket is empty and the report is 1 s old, so that a
+tail that was stopped (Ctrl-Z), and dropped by the worker with all that was queued for it,
+learns of it without waiting for a next message.
 """
 from __future__ import annotations
 
@@ -67,14 +71,18 @@ class Tail:
         self.routers: dict[str, str] = {}  # worker name -> its ROUTER endpoint
         self.asking = {connect}  # the endpoints the member-list requests go to (round-robin)
         self.last_seq: dict[tuple, tuple] = {}  # (worker, topic) -> (its process's boot, last seq seen)
+        self.reported: dict[tuple, tuple] = {}  # (worker, topic) -> (boot, seq published, when reported)
+        self.topics = {b"verdict." + d.encode() for d in decisions}
         self.gaps = 0
         self._ask()
         if not self.hello.poll(int(hello_timeout_s * 1000)):
             self.close()
             raise MeshError(f"no zfraud worker answered at {connect} within {hello_timeout_s:g} s: "
                             f"check that `zfraud worker` runs there and the endpoint is right")
+        self.first_members = set()
         self._on_hello()
         self.first_members = set(self.pubs)  # a worker seen later: its messages before the first one heard are missed
+        self._start_numbering(curve, min(hello_timeout_s, 2.0))
         self._next_refresh = time.monotonic() + 1.0
 
     def _ask(self) -> None:
@@ -109,6 +117,82 @@ class Tail:
         replier = str(msg.header.get("worker", ""))
         if replier in self.routers and replier not in members and len(self.asking) > 1:
             self._ask_at(self.routers.pop(replier), False)  # draining: asking it would keep it busy
+        self._note_numbering(msg.header)
+
+    def _numbering(self, header: dict) -> list:
+        """((worker, topic), boot, seq) for each followed topic of a MEMBERS reply's numbering."""
+        seqs, boot, replier = header.get("seq"), header.get("boot"), str(header.get("worker", ""))
+        if not isinstance(seqs, dict) or not isinstance(boot, int) or replier not in self.pubs:
+            return []  # an older worker, or one this tail does not follow
+        return [((replier, str(t).encode()), boot, n) for t, n in seqs.items()
+                if str(t).encode() in self.topics and isinstance(n, int)]
+
+    def _note_numbering(self, header: dict) -> None:
+        for key, boot, seq in self._numbering(header):
+            if key not in self.last_seq and key[0] in self.first_members:
+                self.last_seq[key] = boot, seq  # no start numbering came from it: take this one
+            else:
+                self.reported[key] = boot, seq, time.monotonic()
+
+    def _start_numbering(self, curve, wait_s: float) -> None:
+        """Where each member's numbering stands as this tail starts following it: what it publishes
+        from then on and never arrives is missed (asked of each on a DEALER of its own, at once)."""
+        socks = {}
+        for router in self.routers.values():
+            sock = configure(self.ctx.socket(zmq.DEALER))
+            if curve is not None:
+                curve.client(sock)
+            sock.connect(router)
+            sock.send_multipart(P.encode(P.HELLO, {"role": "client"}), zmq.NOBLOCK)  # queued until connected
+            socks[sock] = router
+        poller = zmq.Poller()
+        for sock in socks:
+            poller.register(sock, zmq.POLLIN)
+        end = time.monotonic() + wait_s
+        try:
+            while socks and (left := end - time.monotonic()) > 0:
+                for sock, _ in poller.poll(max(1, int(left * 1000))):
+                    try:
+                        header = P.parse(sock.recv_multipart()).header
+                    except P.ProtocolError:
+                        header = {}
+                    for key, boot, seq in self._numbering(header):
+                        self.last_seq.setdefault(key, (boot, seq))
+                    poller.unregister(sock)
+                    del socks[sock]
+                    sock.close()
+        finally:
+            for sock in socks:
+                sock.close()
+
+    def finish(self, wait_s: float = 1.0) -> int:
+        """Once done reading: ask every member for its numbering (up to wait_s for the answers),
+        count what it published and this tail never read, and return the gaps in all."""
+        asked = len(self.asking)
+        for _ in range(asked):
+            self._ask()  # the DEALER deals them out: one to each member
+        end = time.monotonic() + wait_s
+        while asked and (left := end - time.monotonic()) > 0 and self.hello.poll(max(1, int(left * 1000))):
+            self._on_hello()
+            asked -= 1
+        self._count_unreceived(float("inf"))
+        return self.gaps
+
+    def _count_unreceived(self, now: float) -> None:
+        """Count as missed what a worker reported published, 1 s ago or more, and never arrived
+        (call it when the SUB socket is empty: everything received has been read)."""
+        for key, (boot, seq, at) in list(self.reported.items()):
+            if now - at < 1.0:
+                continue
+            del self.reported[key]
+            last_boot, last = self.last_seq.get(key, (None, None))
+            if last_boot != boot:
+                self.gaps += seq  # a process none of whose messages arrived
+            elif last is not None and seq > last:
+                self.gaps += seq - last
+            else:
+                continue
+            self.last_seq[key] = boot, seq
 
     def _ask_at(self, router: str, ask: bool) -> None:
         if ask and router not in self.asking:
@@ -123,9 +207,13 @@ class Tail:
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
         poller.register(self.hello, zmq.POLLIN)
-        silent_since = time.monotonic()
+        silent_since = last_turn = time.monotonic()
         while True:
             now = time.monotonic()
+            if now - last_turn > 1.0:  # this process did not run (stopped, Ctrl-Z): not a silence it heard
+                silent_since += now - last_turn
+                self.reported = {k: (b, n, at + now - last_turn) for k, (b, n, at) in self.reported.items()}
+            last_turn = now
             if now >= self._next_refresh:
                 self._ask()
                 self._next_refresh = now + 1.0
@@ -135,6 +223,7 @@ class Tail:
             if self.hello in events:
                 self._on_hello()
             if self.sub not in events:
+                self._count_unreceived(time.monotonic())
                 continue
             frames = self.sub.recv_multipart()
             try:

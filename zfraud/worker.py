@@ -1069,7 +1069,10 @@ class Worker:
         members = self.members.public()
         if self._draining_since is not None:
             members = [m for m in members if m["name"] != self.name]
-        return P.encode(P.MEMBERS, {"worker": self.name, "members": members})
+        # This process's verdict numbering so far (tail: messages it never received, also when
+        # none follows them, e.g. after it was stopped and this worker dropped its subscription).
+        seq = {t.decode(): self._seq[t] for t in VERDICT_TOPICS}
+        return P.encode(P.MEMBERS, {"worker": self.name, "members": members, "boot": self.boot, "seq": seq})
 
     def _load(self) -> dict:
         return {"batches": self.stats["batches"], "rows": self.stats["rows"]}
