@@ -8,6 +8,7 @@ import pytest
 
 from zfraud import protocol as P
 from zfraud.client import Client, MeshError
+from zfraud.mesh import owners
 from zfraud.synthetic import synthetic
 
 
@@ -178,3 +179,29 @@ def test_stream_checks_each_chunk_as_score_does(mesh2):
         with pytest.raises(ValueError, match="a batch: column amount must hold numbers, got <U4"):
             c.stream(iter([{**b, "amount": np.array(["12.5"] * 100)}]), rate=10_000)
         assert _clean(c)
+
+
+# -- 6. answers read late, no live member ------------------------------------------------------------
+def test_answers_read_after_their_deadline_do_not_mark_their_worker_down(mesh2):
+    """Both workers answer in time, but the caller reads the answers only after their deadline
+    (as a stream does while it waits for slow input). A worker whose answers were all waiting
+    unread is not down, nothing is resent, and the next rows go to their cards' owners."""
+    with Client(mesh2.endpoint, deadline_s=0.5) as c:
+        _settle(c, 0.2)
+        batches = list(synthetic(8000, batch=2000, seed=31, first_id=13 * 10**9))
+        card_of = {int(t): int(k) for b in batches for t, k in zip(b["tx_id"], b["card"])}
+        answered = {}  # tx_id -> the worker that answered it
+        c.on_result = lambda v, h: answered.update(dict.fromkeys(v["tx_id"].tolist(), h["worker"]))
+        for b in batches:
+            c.submit(b)
+        time.sleep(1.0)  # every answer is in by now, none read
+        c.poll(0)
+        assert (c.members, c.down, len(c.pending), c.resent, c.dead_letters) == (["w1", "w2"], set(), 0, 0, [])
+        assert len(answered) == 8000
+        tx = np.array(sorted(answered), np.uint64)
+        owner = owners(np.array([card_of[t] for t in tx.tolist()], np.uint64), ["w1", "w2"])
+        assert [answered[t] for t in tx.tolist()] == [["w1", "w2"][k] for k in owner]
+        b = next(synthetic(2000, batch=2000, seed=32, first_id=14 * 10**9))
+        v = c.score(b)
+        assert v["worker"].tolist() == [["w1", "w2"][k] for k in owners(b["card"], ["w1", "w2"])]
+        assert (c.members, c.resent, c.dead_letters) == (["w1", "w2"], 0, [])

@@ -99,6 +99,28 @@ def test_batches_a_stopped_worker_finds_past_their_deadline_are_expired_not_coun
     assert st["w2"]["expired"] > 0 and "answered EXPIRED" in mesh.log("w2")
 
 
+def test_a_stopped_worker_goes_down_and_one_whose_answers_wait_unread_does_not(tmp_path):
+    """w2 is stopped; w1 answers in time, but the client reads nothing until the deadline has
+    passed. Only w2, whose batches are unanswered, is marked down: its rows go to w1, and w1,
+    whose answers were waiting, stays a member."""
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint, deadline_s=0.5) as c:
+        answered = {}  # tx_id -> the worker that answered it
+        c.on_result = lambda v, h: answered.update(dict.fromkeys(v["tx_id"].tolist(), h["worker"]))
+        mesh.signal("w2", signal.SIGSTOP)
+        try:
+            for b in synthetic(8000, batch=2000, seed=41, first_id=20 * 10**9):
+                c.submit(b)
+            to_w2 = sum(len(p.arrays["tx_id"]) for p in c.pending.values() if p.worker == "w2")
+            time.sleep(1.0)
+            c.poll(0)
+            assert (c.members, c.down, c.resent) == (["w1"], {"w2"}, to_w2)
+            assert {p.worker for p in c.pending.values()} <= {"w1"}
+            assert c.drain(10) and not c.dead_letters
+        finally:
+            mesh.signal("w2", signal.SIGCONT)
+    assert 0 < to_w2 < 8000 and len(answered) == 8000 and set(answered.values()) == {"w1"}
+
+
 def test_sigterm_drains_a_worker_mid_send_without_loss_or_double_count(tmp_path):
     """A draining worker answers what it was sent, so the client waits for those answers instead
     of sending them again elsewhere, where they would be scored and counted a second time."""

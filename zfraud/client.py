@@ -435,7 +435,7 @@ class Client:
             self._refresh()
         for p in [p for p in self.pending.values() if p.deadline <= now]:
             if p.batch in self.pending:  # an earlier _worker_down may have moved it already
-                self._worker_down(p.worker, f"no RESULT for batch {p.batch} within {self.deadline_s:g} s")
+                self._worker_down(p.worker, f"no RESULT for batch {p.batch} within {self.deadline_s:g} s", p.batch)
         return handled
 
     def wait(self, timeout_s: float) -> bool:
@@ -502,10 +502,15 @@ class Client:
         if p.worker in self.leaving and not self.inflight[p.worker]:
             self._drop_peer(p.worker)  # its last answer: it is gone from this client
 
-    def _worker_down(self, name: str, reason: str) -> None:
+    def _worker_down(self, name: str, reason: str, late: int | None = None) -> None:
         """Stop routing to `name` and resend everything it had in flight to the remaining owners.
         Its answers that arrived before that are read first: those batches are done, and
-        resending them would count them twice."""
+        resending them would count them twice. `late`: the batch whose deadline passed, if that
+        is the reason. poll() reads one reply per socket before it looks at deadlines, so a
+        caller that did not poll for a while (a stream waiting for its input) finds deadlines
+        passed whose answers came in time and are waiting unread: if that batch's answer is among
+        them, the worker is not down (one of its batches still unanswered past its own deadline
+        makes it down, when poll() gets to that one)."""
         sock = self.peers.get(name)
         while sock is not None and not sock.closed and self.inflight.get(name):
             try:
@@ -517,6 +522,8 @@ class Client:
             self._on_answer(msg)
         if name not in self.peers:
             return  # it was leaving, and that was its last answer: nothing is stranded
+        if late is not None and late not in self.pending:
+            return  # it answered in time; we read it late
         self.down.add(name)
         stranded = [self.pending.pop(b) for b in sorted(self.inflight.get(name, ()))]
         self.inflight[name] = set()
