@@ -205,3 +205,20 @@ def test_answers_read_after_their_deadline_do_not_mark_their_worker_down(mesh2):
         v = c.score(b)
         assert v["worker"].tolist() == [["w1", "w2"][k] for k in owners(b["card"], ["w1", "w2"])]
         assert (c.members, c.resent, c.dead_letters) == (["w1", "w2"], 0, [])
+
+
+def test_with_every_worker_marked_down_new_rows_wait_for_a_probe_answer(mesh2):
+    """Every worker is marked down (a deadline missed by all, or a moment's hiccup) while they are
+    alive: new rows are not dead-lettered at their first attempt; the client probes the workers at
+    once and sends the rows as soon as one answers."""
+    with Client(mesh2.endpoint, deadline_s=2.0) as c:
+        _settle(c, 0.2)  # the first poll asked for the member list; the next asks in 1 s
+        c.down.update(c.peers)
+        assert c.members == []
+        b = next(synthetic(2000, batch=2000, seed=33, first_id=15 * 10**9))
+        t0 = time.monotonic()
+        v = c.score(b)
+        assert time.monotonic() - t0 < 1.0  # the probes' answers, not the refresh a second later
+        assert (v["decision"] != P.REJECTED).all() and not c.dead_letters and c.resent == 0
+        _settle(c, 0.2)
+        assert (c.members, c.down) == (["w1", "w2"], set())

@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -119,6 +120,34 @@ def test_a_stopped_worker_goes_down_and_one_whose_answers_wait_unread_does_not(t
         finally:
             mesh.signal("w2", signal.SIGCONT)
     assert 0 < to_w2 < 8000 and len(answered) == 8000 and set(answered.values()) == {"w1"}
+
+
+def test_new_rows_wait_up_to_the_deadline_for_a_worker_to_come_back(tmp_path):
+    """Both workers stopped and marked down: a batch waits deadline_s for one to answer a probe,
+    and is dead-lettered saying so. Resumed while a batch waits, they answer and take it."""
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint, deadline_s=1.0) as c:
+        answered = []
+        c.on_result = lambda v, h: answered.extend(v["tx_id"].tolist())
+        first, second = synthetic(4000, batch=2000, seed=42, first_id=21 * 10**9)
+        for name in ("w1", "w2"):
+            mesh.signal(name, signal.SIGSTOP)
+        resume = threading.Timer(0.3, lambda: [mesh.signal(n, signal.SIGCONT) for n in ("w1", "w2")])
+        try:
+            c.down.update(c.peers)  # (stopped, they would miss any deadline)
+            t0 = time.monotonic()
+            c.submit(first)
+            assert 1.0 <= time.monotonic() - t0 < 1.5
+            assert c.dead_letters == [{"reason": "no live workers: none of w1, w2 answered within 1 s",
+                                       "attempts": 1, "tx_id": first["tx_id"].tolist()}]
+            resume.start()  # (stopped 1.3 s in all: less than the 3 s after which they drop each other)
+            c.submit(second)
+            assert c.members and c.pending
+            assert c.drain(10)
+        finally:
+            resume.cancel()
+            for name in ("w1", "w2"):
+                mesh.signal(name, signal.SIGCONT)
+        assert (len(c.dead_letters), sorted(answered), c.resent) == (1, second["tx_id"].tolist(), 0)
 
 
 def test_sigterm_drains_a_worker_mid_send_without_loss_or_double_count(tmp_path):
@@ -285,8 +314,6 @@ def test_labels_for_a_killed_workers_cards_go_to_their_new_owners(tmp_path):
 def test_labels_nobody_acknowledges_end_in_one_line_saying_what_to_do(tmp_path):
     """A worker that answers HELLO but never acknowledges labels (as a hung one would): after its
     10 s the command gives up with one line that says what may have been applied and what to do."""
-    import threading
-
     import zmq
 
     from conftest import run_cli

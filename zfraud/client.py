@@ -8,8 +8,10 @@ The ledger (`self.pending`, keyed by batch id) holds every sub-batch sent and no
 with the worker it went to, its deadline and its attempt count. Only a RESULT (or an ERROR naming
 the batch) takes an entry out. A worker that misses a deadline or leaves the member list is
 marked down and its entries are re-partitioned over the remaining owners and resent; after
-`max_attempts` an entry goes to the dead-letter list (and file), with the reason. Credit: at most
-`window` sub-batches are in flight per worker, so a slow mesh slows the sender.
+`max_attempts` an entry goes to the dead-letter list (and file), with the reason. A batch that
+finds every worker down probes them at once and waits up to deadline_s for one to answer before
+it is dead-lettered. Credit: at most `window` sub-batches are in flight per worker, so a slow
+mesh slows the sender.
 
 score() and stream() tag the entries they send with the call; a RESULT goes to the call that sent
 its batch (other entries' RESULTs to `on_result`), and when the call ends, returning or raising,
@@ -359,11 +361,31 @@ class Client:
             except zmq.Again:
                 continue
 
+    def _await_member(self) -> str | None:
+        """No worker is live: each is marked down (all missed a deadline, or lost their
+        connection for a moment) or leaving. Probe them now rather than at the next refresh (a
+        reply naming a down worker brings it back, _on_answer), and read replies until one is
+        back, for deadline_s at most: what a batch sent to a worker gets. None once one is back;
+        else the reason to dead-letter with."""
+        asked = sorted(self.peers)
+        if not asked:
+            return "no live workers"  # none known: nobody to ask
+        now = time.monotonic()
+        end, self._next_refresh = now + self.deadline_s, now + 1.0
+        self._refresh()
+        while not self.members:
+            left = end - time.monotonic()
+            if left <= 0:
+                return f"no live workers: none of {', '.join(asked)} answered within {self.deadline_s:g} s"
+            self.poll(min(100, math.ceil(left * 1000)))  # (poll() probes again every second)
+        return None
+
     # -- sending ----------------------------------------------------------------------------
     def submit(self, arrays: dict, origin: np.ndarray | None = None, attempt: int = 0,
                first_sent: float | None = None) -> None:
         """Partition one batch by card owner and send each part (in sub-batches of at most
-        protocol.MAX_ROWS rows, what a worker takes), waiting for credit if needed."""
+        protocol.MAX_ROWS rows, what a worker takes), waiting for credit if needed, and for a
+        live worker if there is none (up to deadline_s; then the batch is dead-lettered)."""
         self._check_open()
         if attempt == 0:  # a resend's arrays are already checked
             arrays = P.as_columns(arrays, P.TX_COLUMNS)
@@ -372,15 +394,12 @@ class Client:
             return
         if origin is None:
             origin = np.arange(n)
-        while True:
-            names = self.members
-            if not names:
-                self.poll(100)
-                if not self.members:
-                    self._dead_letter(arrays, attempt, "no live workers")
-                    return
-                continue
-            break
+        if not self.members:
+            problem = self._await_member()
+            if problem:
+                self._dead_letter(arrays, attempt, problem)
+                return
+        names = self.members
         owner = owners(arrays["card"], names)
         order = np.argsort(owner, kind="stable")
         bounds = np.searchsorted(owner[order], np.arange(len(names) + 1)).tolist()
