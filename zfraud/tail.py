@@ -72,6 +72,7 @@ class Tail:
         self.asking = {connect}  # the endpoints the member-list requests go to (round-robin)
         self.last_seq: dict[tuple, tuple] = {}  # (worker, topic) -> (its process's boot, last seq seen)
         self.reported: dict[tuple, tuple] = {}  # (worker, topic) -> (boot, seq published, when reported)
+        self.heard_at: dict[tuple, float] = {}  # (worker, topic) -> when its last message was read
         self.topics = {b"verdict." + d.encode() for d in decisions}
         self.gaps = 0
         self._ask()
@@ -186,6 +187,8 @@ class Tail:
                 continue
             del self.reported[key]
             last_boot, last = self.last_seq.get(key, (None, None))
+            if last_boot != boot and self.heard_at.get(key, 0.0) > at:
+                continue  # the report came from a process before the one heard since (a restart)
             if last_boot != boot:
                 self.gaps += seq  # a process none of whose messages arrived
             elif last is not None and seq > last:
@@ -241,7 +244,7 @@ class Tail:
                 elif last is not None and seq > last + 1:
                     self.gaps += seq - last - 1
                 self.last_seq[key] = boot, seq
-            silent_since = time.monotonic()
+            silent_since = self.heard_at[key] = time.monotonic()
             yield h, cols
 
     def verdicts(self, timeout_s: float | None = None):
