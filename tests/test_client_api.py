@@ -222,3 +222,38 @@ def test_with_every_worker_marked_down_new_rows_wait_for_a_probe_answer(mesh2):
         assert (v["decision"] != P.REJECTED).all() and not c.dead_letters and c.resent == 0
         _settle(c, 0.2)
         assert (c.members, c.down) == (["w1", "w2"], set())
+
+
+# -- 7. a client idle across a membership change ------------------------------------------------------
+def test_an_idle_client_catches_up_with_a_restart_and_a_join_before_it_routes(tmp_path, model_path):
+    """Kept open, idle, across w2's restart: the next score() sent w2's rows to the new w2, then read
+    the old connection's "disconnected" event, marked w2 down and resent those rows to w1, which
+    counted them too (321 of 21,128 twice in the tester's run). Idle across w3's join: labels went by
+    the old member list to w1 and w2, which no longer hold w3's cards, so the cards' fraud memory was
+    lost. Now a client that has not polled for a while reads what came meanwhile and asks for the
+    member list before it routes."""
+    from zfraud.local import LocalMesh
+    with LocalMesh(2, log_dir=str(tmp_path), extra_args=["--model", str(model_path)]) as mesh, \
+            Client(mesh.endpoint) as c:  # a model with streaming state: it applies labels
+        c.score(next(synthetic(2000, batch=2000, seed=41, first_id=41 * 10**9)))
+        assert mesh.stop_worker("w2") == 0
+        mesh.start_worker("w2", seed=mesh.routers["w1"])
+        mesh.wait_members(["w1", "w2"])
+        time.sleep(4)  # idle: its connection to w2 went down and came back (retried at 0.25, 0.75, 1.75, 3.75, 7.75 s)
+        b = next(synthetic(4000, batch=4000, seed=42, first_id=42 * 10**9))
+        v = c.score(b)
+        own = owners(b["card"], ["w1", "w2"])
+        assert c.resent == 0 and not c.dead_letters and c.members == ["w1", "w2"]
+        assert (v["worker"] == np.where(own == 0, "w1", "w2")).all()
+
+        mesh.start_worker("w3", seed=mesh.routers["w1"])
+        mesh.wait_members(["w1", "w2", "w3"])
+        time.sleep(2)  # idle: it has not heard of w3
+        n = 600
+        labels = {"tx_id": np.arange(n, dtype=np.uint64) + 43 * 10**9, "card": b["card"][:n],
+                  "terminal": b["terminal"][:n], "ts_ms": b["ts_ms"][:n], "amount": b["amount"][:n],
+                  "fraud": np.ones(n, np.uint8)}
+        got = c.label(labels)
+        by_owner = np.bincount(owners(labels["card"], ["w1", "w2", "w3"]), minlength=3)
+        assert dict(got) == {w: int(k) for w, k in zip(["w1", "w2", "w3"], by_owner) if k}, dict(got)
+        assert by_owner[2] > 0

@@ -216,6 +216,7 @@ class Client:
         self.poller = zmq.Poller()
         self._ids = iter(range(random.getrandbits(31) << 32, 1 << 64))
         self._next_refresh = 0.0
+        self._polled_at = self._members_at = time.monotonic()  # the last poll(), the last MEMBERS
         self.on_result = None  # callable(verdicts: dict, header: dict) for each RESULT
         self._call = None      # the score()/stream() call sending now: its tag for the ledger
         self._sinks = {}       # call -> its callable(verdicts, header), instead of on_result
@@ -260,6 +261,7 @@ class Client:
                         f"there and the endpoint is right")
 
     def _update_members(self, members: list) -> None:
+        self._members_at = time.monotonic()
         seen = set()
         for m in members:
             try:
@@ -317,12 +319,18 @@ class Client:
         self.leaving.discard(name)
 
     def _on_monitor(self, monitor) -> None:
+        """A peer connection's events, all those queued, in order. A connection lost and made
+        again before this client looked (it was idle: the worker restarted, or was stopped for a
+        while), with nothing in flight there, loses nothing: the worker is not marked down, so
+        the rows sent next still go to their cards' owner."""
         name = self.monitors.get(monitor)
+        events = []
         while not monitor.closed:
             try:
-                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+                events.append(recv_monitor_message(monitor, zmq.NOBLOCK))
             except zmq.Again:
-                return
+                break
+        for i, event in enumerate(events):
             if name not in self.peers:
                 return
             problem = describe_handshake_failure(event)
@@ -330,9 +338,28 @@ class Client:
             if problem is not None:
                 self._worker_down(name, problem)
             elif event == zmq.EVENT_DISCONNECTED:
-                self._worker_down(name, "connection lost")
+                back = any(e["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED for e in events[i + 1:])
+                if not (back and not self.inflight.get(name)):
+                    self._worker_down(name, "connection lost")
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and name in self.down:
                 self._probe(name)  # (re)connected: it is back if it answers
+
+    def _catch_up(self) -> None:
+        """Before rows or labels are routed: if this client has not polled for a while (idle
+        between calls), read the connection events and replies that came meanwhile, and if its
+        member list is older than the 1 s refresh, ask for it now and wait for it (up to 1 s).
+        Else an idle client routes by what it knew at its last call: a worker that joined since
+        got none of its cards, and a connection lost and made again since (a restart) was only
+        noticed after new rows had gone to it, which were then resent and counted twice."""
+        if time.monotonic() - self._polled_at < 0.5:
+            return  # busy: poll() keeps up with both
+        while self.poll(0):
+            pass
+        if time.monotonic() - self._members_at > 1.0:
+            asked, end = self._members_at, time.monotonic() + 1.0
+            self._next_refresh = 0.0  # the next poll asks
+            while self._members_at == asked and time.monotonic() < end:
+                self.poll(10)
 
     def _probe(self, name: str) -> None:
         try:
@@ -389,6 +416,7 @@ class Client:
         self._check_open()
         if attempt == 0:  # a resend's arrays are already checked
             arrays = P.as_columns(arrays, P.TX_COLUMNS)
+            self._catch_up()
         n = len(arrays["tx_id"])
         if n == 0:
             return
@@ -448,7 +476,7 @@ class Client:
                 continue
             self._on_reply(frames)
             handled += 1
-        now = time.monotonic()
+        now = self._polled_at = time.monotonic()
         if now >= self._next_refresh:
             self._next_refresh = now + 1.0
             self._refresh()
@@ -755,6 +783,7 @@ class Client:
                 out.refused += piece.refused
             return out
         out, todo, reason = Labelled(), np.arange(n), ""
+        self._catch_up()
         for _ in range(self.max_attempts):
             names = self.members
             if not names:
