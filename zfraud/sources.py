@@ -8,6 +8,13 @@ Field names: the Handbook's raw schema (TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID
 TX_AMOUNT; DESIGN.md "Evaluation and data") or zfraud's own (tx_id, ts_ms, card, terminal, amount).
 TX_DATETIME is read as UTC, "YYYY-MM-DD HH:MM:SS" (or ISO 8601's "YYYY-MM-DDTHH:MM:SSZ", or with
 an offset such as +02:00, converted to UTC). Files are UTF-8, with or without a byte-order mark.
+
+A regular file is read in the caller's thread, `batch` records to a chunk. A live input (standard
+input or a path that is a pipe, FIFO, terminal or socket: records may come slowly, or stop coming
+for a while) is read by a thread of its own instead, and its records are yielded at most
+`linger_s` (LINGER_S, 10 ms) after the oldest of them was read, `batch` at a time when they come
+faster; while it is idle, the iterator yields an empty chunk every TICK_S (0.1 s), so that its
+caller can read its replies and see a Ctrl-C.
 """
 from __future__ import annotations
 
@@ -15,8 +22,14 @@ import bisect
 import csv
 import io
 import json
+import math
+import os
 import re
+import select
+import stat
 import sys
+import threading
+import time
 import warnings
 
 import numpy as np
@@ -31,6 +44,8 @@ FIELDS = {  # zfraud column -> accepted field names, in order of preference
     "amount": ("amount", "TX_AMOUNT"),
 }
 MAX_REPORTED = 1000
+LINGER_S = 0.01  # a live input's records wait at most this long after the oldest was read to be yielded
+TICK_S = 0.1     # an idle live input yields an empty chunk this often
 
 
 class InputError(ValueError):
@@ -145,19 +160,24 @@ def _convert(cols: dict) -> dict:
 
 
 class Reader:
-    """Base: turns records into column chunks, isolating bad records."""
+    """Base: turns records into column chunks, isolating bad records. Iterating it yields the
+    chunks (see chunks())."""
 
-    def __init__(self, batch: int = 1024):
+    def __init__(self, batch: int = 1024, linger_s: float = LINGER_S):
         self.batch = batch
+        self.linger_s = linger_s
+        self.tick_s = TICK_S
         self.errors: list[tuple[int, str]] = []  # (line number, message), the first MAX_REPORTED, in line order
         self.error_count = 0
+        self._errors_lock = threading.Lock()  # a live input's thread reports the lines it cannot split
 
     def _error(self, line: int, message: str) -> None:
         """A record that cannot be read. A line that cannot be split is reported as it is read, a
         bad value when its batch is converted, after the lines read since: insort keeps line order."""
-        self.error_count += 1
-        if len(self.errors) < MAX_REPORTED:
-            bisect.insort(self.errors, (line, message))
+        with self._errors_lock:
+            self.error_count += 1
+            if len(self.errors) < MAX_REPORTED:
+                bisect.insort(self.errors, (line, message))
 
     def _chunk(self, records: list[tuple[int, dict]]):
         """records: (line number, {column: raw value}). Returns the arrays of the good ones."""
@@ -176,10 +196,30 @@ class Reader:
                 self._error(line, f"{e}")
         return _convert({c: [r[c] for _, r in good] for c in FIELDS}) if good else None
 
-    def _records(self):
+    def _records(self, opener=None):
+        """(line number, {column: raw value}) for each record, from the input opened by
+        opener(path) (default open_text)."""
         raise NotImplementedError
 
     def __iter__(self):
+        return self.chunks()
+
+    def chunks(self, idle=None):
+        """The column chunks. A live input (see the module docstring) yields as it reads, and an
+        empty chunk every tick_s while it is idle; idle(fd, timeout_s), if given, is how it waits
+        for its next records: it must return by timeout_s, and may return earlier, when fd is
+        readable or at will (Client.stream reads the mesh's replies meanwhile). A regular file is
+        read here, a whole batch to a chunk."""
+        live = self._live_path()
+        if live is not None:
+            return self._live_chunks(live, idle)
+        return self._file_chunks()
+
+    def _live_path(self):
+        """What to read in a thread (see _open_live) if the input is live, else None."""
+        return None
+
+    def _file_chunks(self):
         buf = []
         for rec in self._records():
             buf.append(rec)
@@ -191,6 +231,237 @@ class Reader:
         chunk = self._chunk(buf)
         if chunk is not None:
             yield chunk
+
+    def _live_chunks(self, source, idle):
+        """chunks() of a live input, read by a thread into a _Feed: a chunk when `batch` records
+        have come or the oldest has waited linger_s; an empty one each tick_s without either. An
+        exception that ends the thread's reading is raised here, where reading the file would
+        have raised it (the whole batches read before it are yielded first, the rest dropped).
+        Closing the iterator stops the thread."""
+        feed = _Feed(self.batch)
+        thread = threading.Thread(target=self._feed, args=(feed, source), name="zfraud-input", daemon=True)
+        thread.start()
+        wait = idle or _wait_readable
+        pending, oldest, last = [], 0.0, time.monotonic()
+        try:
+            while True:
+                with feed.cond:
+                    items, feed.items = feed.items, []
+                    first_at, done, error = feed.first_at, feed.done, feed.error
+                    if items:
+                        feed.cond.notify()  # room for the thread's next records
+                if items:
+                    if not pending:
+                        oldest = first_at
+                    pending += items
+                while len(pending) >= self.batch:
+                    chunk, pending = self._chunk(pending[:self.batch]), pending[self.batch:]
+                    if chunk is not None:
+                        yield chunk
+                        last = time.monotonic()
+                if error is not None:
+                    raise error
+                if done:
+                    chunk = self._chunk(pending)
+                    if chunk is not None:
+                        yield chunk
+                    return
+                now = time.monotonic()
+                if pending and now - oldest >= self.linger_s:
+                    chunk, pending = self._chunk(pending), []
+                    if chunk is not None:
+                        yield chunk
+                        last = time.monotonic()
+                    continue
+                if not pending and now - last >= self.tick_s:
+                    yield _convert({c: [] for c in FIELDS})  # idle: the caller's turn
+                    last = time.monotonic()
+                    continue
+                with feed.cond:
+                    if feed.items or feed.done:
+                        continue
+                    feed.need = self.batch - len(pending) if pending else 1
+                    feed.waiting = True
+                wait(feed.wake_r, (oldest + self.linger_s if pending else last + self.tick_s) - now)
+                feed.drain_wake()
+        finally:
+            feed.stop()
+            if feed.opened:  # it stops within TICK_S; opening a FIFO no one writes to, it waits on
+                thread.join(1.0)
+            feed.close()
+
+    def _feed(self, feed: "_Feed", source) -> None:
+        """The live input's thread: its records, to feed, a batch at a time, and whatever was
+        read before each read that would wait."""
+        local = []
+
+        def hand_over():
+            nonlocal local
+            if local:
+                records, local = local, []
+                feed.put(records)
+
+        error = None
+        try:
+            for rec in self._records(lambda path: _open_live(source, hand_over, feed)):
+                local.append(rec)
+                if len(local) >= self.batch:
+                    hand_over()
+            hand_over()
+        except _Stopped:
+            pass
+        except BaseException as e:  # the iterator raises it
+            error = e
+        finally:
+            feed.finish(error)
+
+
+class _Stopped(Exception):
+    """A live input's records are no longer wanted: its thread stops reading."""
+
+
+class _Feed:
+    """A live input's records, from its reader thread to the iterator: lists of them handed over
+    whole under `cond` (a lock per list, not per record), at most about one batch held, and a
+    pipe that wakes the iterator when it waits for them."""
+
+    def __init__(self, limit: int):
+        self.cond = threading.Condition()
+        self.limit = limit
+        self.items: list = []   # records handed over and not yet taken
+        self.first_at = 0.0     # time.monotonic() when the oldest of them was handed over
+        self.need = 1           # items that wake the iterator while it waits
+        self.waiting = False
+        self.done = False
+        self.error = None       # what ended the thread's reading
+        self.stopped = False
+        self.opened = False     # the thread has opened the input
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+
+    def put(self, records: list) -> None:
+        """Hand records over (the caller's list is kept: it starts a new one), waiting while
+        more than the limit would be held."""
+        with self.cond:
+            while self.items and len(self.items) + len(records) > self.limit and not self.stopped:
+                self.cond.wait()
+            if self.stopped:
+                raise _Stopped
+            if self.items:
+                self.items += records
+            else:
+                self.items, self.first_at = records, time.monotonic()
+            if len(self.items) >= self.need:
+                self._wake()
+
+    def finish(self, error) -> None:
+        with self.cond:
+            self.done, self.error = True, error
+            self._wake()
+
+    def _wake(self) -> None:
+        """(Under cond.) Wake the iterator if it waits."""
+        if self.waiting and self.wake_w >= 0:
+            self.waiting = False
+            try:
+                os.write(self.wake_w, b"!")
+            except BlockingIOError:  # full: it is awake anyway
+                pass
+
+    def drain_wake(self) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def stop(self) -> None:
+        """The records are no longer wanted: the thread stops at its next hand-over or wait."""
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        with self.cond:
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            self.wake_r = self.wake_w = -1
+
+
+def _wait_readable(fd: int, timeout_s: float) -> None:
+    """Wait until fd is readable, or timeout_s."""
+    if timeout_s <= 0:
+        return
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.poll(math.ceil(timeout_s * 1000))
+    else:
+        select.select([fd], [], [], timeout_s)
+
+
+class _LiveInput(io.RawIOBase):
+    """A live input's bytes, for its reader thread: before a read that would wait, what was read
+    so far is handed over (before_wait()), and the wait ends when the feed is stopped. Raw, on a
+    descriptor of its own (a dup of standard input's), so that no buffered object's lock is held
+    by a thread left blocked in a read at exit: Python stops with "Fatal Python error:
+    _enter_buffered_busy" when its exit finds one (sys.stdin's)."""
+
+    def __init__(self, fd: int, before_wait, feed: _Feed):
+        super().__init__()
+        self._fd, self._before_wait, self._feed = fd, before_wait, feed
+        try:
+            self._poller = select.poll()
+            self._poller.register(fd, select.POLLIN)
+        except (AttributeError, OSError, ValueError):  # no poll() on this system: reads block
+            self._poller = None
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def readinto(self, b) -> int:
+        if self._poller is not None and not self._poller.poll(0):
+            self._before_wait()
+            while not self._poller.poll(int(TICK_S * 1000)):
+                if self._feed.stopped:
+                    raise _Stopped
+        data = os.read(self._fd, len(b))
+        b[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+def live_input(path):
+    """For an input that is live (see the module docstring): the descriptor of standard input
+    (path - or None), or the path. None for a regular file (or one that cannot be looked at: it is
+    opened as today, which says why), and for a standard input that has no descriptor."""
+    try:
+        if path in (None, "-"):
+            fd = sys.stdin.fileno()
+            mode, source = os.fstat(fd).st_mode, fd
+        else:
+            mode, source = os.stat(path).st_mode, path
+    except (OSError, ValueError, TypeError, AttributeError):  # io.UnsupportedOperation is an OSError
+        return None
+    return source if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode) else None
+
+
+def _open_live(source, before_wait, feed: _Feed):
+    """A live input (a descriptor of standard input, dup'd, or a path) as open_text opens a file."""
+    fd = os.dup(source) if isinstance(source, int) else os.open(source, os.O_RDONLY)
+    feed.opened = True
+    f = io.TextIOWrapper(_LiveInput(fd, before_wait, feed), encoding="utf-8-sig", errors="surrogateescape",
+                         newline="")
+    f._CHUNK_SIZE = 1 << 16  # as much as a pipe holds, in one read
+    return f
 
 
 def open_text(path):
@@ -243,12 +514,15 @@ class CsvReader(Reader):
     expected = ("a CSV file with the Handbook's header (TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID, TERMINAL_ID, "
                 "TX_AMOUNT, ...) and times as YYYY-MM-DD HH:MM:SS in UTC")
 
-    def __init__(self, path, batch: int = 1024):
-        super().__init__(batch)
+    def __init__(self, path, batch: int = 1024, linger_s: float = LINGER_S):
+        super().__init__(batch, linger_s)
         self.path = path
 
-    def _records(self):
-        with open_text(self.path) as f:
+    def _live_path(self):
+        return live_input(self.path)
+
+    def _records(self, opener=None):
+        with (opener or open_text)(self.path) as f:
             rows = csv_rows(f)
             _, header, why = next(rows, (1, None, None))
             if why:
@@ -281,12 +555,15 @@ class JsonLinesReader(Reader):
     expected = ('JSON lines: one object per line, such as {"tx_id": 1, "ts_ms": "2018-04-01 00:00:31", '
                 '"card": 7, "terminal": 3, "amount": 12.5} (or the Handbook\'s field names)')
 
-    def __init__(self, path, batch: int = 1024):
-        super().__init__(batch)
+    def __init__(self, path, batch: int = 1024, linger_s: float = LINGER_S):
+        super().__init__(batch, linger_s)
         self.path = path
 
-    def _records(self):
-        with open_text(self.path) as f:
+    def _live_path(self):
+        return live_input(self.path)
+
+    def _records(self, opener=None):
+        with (opener or open_text)(self.path) as f:
             for line, text in enumerate(f, start=1):
                 if not text.strip():
                     continue
@@ -317,18 +594,20 @@ class SyntheticReader(Reader):
         super().__init__(batch)
         self.n, self.seed = n, seed
 
-    def __iter__(self):
+    def chunks(self, idle=None):
         return synthetic(self.n, batch=self.batch, seed=self.seed)
 
 
-def open_source(path=None, synthetic_n: int | None = None, batch: int = 1024, fmt: str | None = None) -> Reader:
-    """Pick a reader: synthetic if synthetic_n, else by `fmt` ("csv" or "jsonl") or the file suffix."""
+def open_source(path=None, synthetic_n: int | None = None, batch: int = 1024, fmt: str | None = None,
+                linger_s: float = LINGER_S) -> Reader:
+    """Pick a reader: synthetic if synthetic_n, else by `fmt` ("csv" or "jsonl") or the file suffix.
+    linger_s: how long a live input's oldest record read waits for more to make a batch."""
     if synthetic_n is not None:
         return SyntheticReader(synthetic_n, batch)
     if fmt is None:
         fmt = "jsonl" if str(path).endswith((".jsonl", ".json", ".ndjson")) else "csv"
     if fmt == "jsonl":
-        return JsonLinesReader(path, batch)
+        return JsonLinesReader(path, batch, linger_s)
     if fmt == "csv":
-        return CsvReader(path, batch)
+        return CsvReader(path, batch, linger_s)
     raise InputError(f"unknown input format {fmt!r}: use csv or jsonl")
