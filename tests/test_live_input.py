@@ -1,19 +1,64 @@
-"""A live input (standard input, a pipe): its records are yielded as they come, within a short
-linger, not once a whole batch has come, and an empty chunk while it is idle."""
+"""A live input (standard input, a pipe): its records are sent as they come, within a short
+linger, not once a whole --batch has come; and Ctrl-C stops `send -` while the input is idle."""
+import json
 import os
+import signal
+import subprocess
 import sys
 import threading
 import time
 
 import pytest
 
+from zfraud.client import Client
+from zfraud.local import LocalMesh
 from zfraud.sources import open_source
+
+from conftest import finish
 
 HEADER = "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT\n"
 
 
 def row(i: int) -> str:
     return f"{i},2018-04-01 00:00:{i % 60:02d},{i % 7},{i % 5},{10 + i}.5\n"
+
+
+def line(i: int) -> str:
+    return json.dumps({"tx_id": 7_000_000 + i, "ts_ms": 1522540831000 + i, "card": i % 7, "terminal": i % 5,
+                       "amount": 10.5}) + "\n"
+
+
+@pytest.fixture(scope="module")
+def mesh1(tmp_path_factory):
+    with LocalMesh(1, log_dir=str(tmp_path_factory.mktemp("mesh1"))) as mesh:
+        yield mesh
+
+
+def scored(mesh) -> int:
+    """Rows the worker has scored so far."""
+    with Client(mesh.endpoint) as c:
+        return c.control("w1", "status")["status"]["rows"]
+
+
+def wait_scored(mesh, rows: int, timeout_s: float) -> int:
+    end = time.monotonic() + timeout_s
+    while (n := scored(mesh)) < rows and time.monotonic() < end:
+        time.sleep(0.1)
+    return n
+
+
+def send_stdin(mesh, *args):
+    """`zfraud send - --format jsonl --json ARGS`, its standard input a pipe the test writes to."""
+    return subprocess.Popen([sys.executable, "-m", "zfraud", "send", "-", "--format", "jsonl", "--connect",
+                             mesh.endpoint, "--json", *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def trickle(proc, first: int, n: int, per_s: float = 10) -> None:
+    for i in range(first, first + n):
+        proc.stdin.write(line(i))
+        proc.stdin.flush()
+        time.sleep(1 / per_s)
 
 
 @pytest.fixture
@@ -83,3 +128,41 @@ def test_closing_a_live_input_stops_its_thread_while_the_writer_is_idle(pipe_std
     assert any(t.name == "zfraud-input" for t in threading.enumerate())
     chunks.close()
     assert not any(t.name == "zfraud-input" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("args", [[], ["--rate", "1000"]])
+def test_a_trickle_on_standard_input_is_scored_while_the_input_is_still_open(mesh1, args):
+    before = scored(mesh1)
+    proc = send_stdin(mesh1, *args)
+    try:
+        trickle(proc, 0, 5)
+        now = wait_scored(mesh1, before + 5, timeout_s=5)
+        assert now - before == 5  # all 5 scored, the writer still open: not waiting for 1024 rows or the end
+        trickle(proc, 5, 2)
+        status, summary, err = finish(proc, timeout=30)  # which closes its standard input: the end
+    finally:
+        proc.kill()
+    assert status == 0, err
+    assert (summary["sent"], summary["verdicts"], summary["lost"]) == (7, 7, 0)
+
+
+@pytest.mark.parametrize("rows", [3, 0])
+def test_ctrl_c_while_standard_input_is_idle_prints_the_summary_and_exits_130(mesh1, rows):
+    before = scored(mesh1)
+    proc = send_stdin(mesh1)
+    try:
+        trickle(proc, 100, rows)
+        wait_scored(mesh1, before + rows, timeout_s=5)  # sent and answered, then nothing more comes
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)  # the writer still holds the pipe open (communicate would close it)
+        took = time.monotonic() - t0
+        status, summary, err = finish(proc, timeout=10)
+    finally:
+        proc.kill()
+    assert status == 130, err
+    assert took < 3
+    assert err.splitlines()[0] == "interrupted: the input was read no further; the summary counts what was sent"
+    assert "Fatal Python error" not in err and "Traceback" not in err, err
+    assert (summary["sent"], summary["verdicts"], summary["errors"], summary["lost"]) == (rows, rows, 0, 0)

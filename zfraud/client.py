@@ -38,6 +38,7 @@ from ._dedup import SeenSet
 from .mesh import owners
 from .security import HANDSHAKE_EVENTS, Curve, check_handshake, describe_handshake_failure
 from .sockets import configure, recv_frames, send_frames
+from .sources import Reader
 
 
 _FD_SETSIZE = 1024  # select() watches descriptors below this
@@ -485,15 +486,15 @@ class Client:
                 self._worker_down(p.worker, f"no RESULT for batch {p.batch} within {self.deadline_s:g} s", p.batch)
         return handled
 
-    def wait(self, timeout_s: float) -> bool:
+    def wait(self, timeout_s: float, fds=()) -> bool:
         """Return True as soon as a worker's reply (or a connection event) may be waiting (read
-        it with poll(0)), False after timeout_s without one, to the microsecond: zmq_poll counts
-        whole (and coarse) milliseconds, too long a wait for a sender that lingers 1 ms. A
-        socket's ZMQ_FD signals edge-triggered: reading ZMQ_EVENTS resets it, so a message that
-        arrives after that read wakes the select."""
+        it with poll(0)), or one of `fds` (other descriptors) is readable, False after timeout_s
+        without either, to the microsecond: zmq_poll counts whole (and coarse) milliseconds, too
+        long a wait for a sender that lingers 1 ms. A socket's ZMQ_FD signals edge-triggered:
+        reading ZMQ_EVENTS resets it, so a message that arrives after that read wakes the select."""
         self._check_open()
-        fds = []
-        for sock in (*self.peers.values(), *self.monitors):
+        socks, extra, fds = (*self.peers.values(), *self.monitors), tuple(fds), list(fds)
+        for sock in socks:
             if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return True
             fds.append(sock.getsockopt(zmq.FD))
@@ -501,7 +502,18 @@ class Client:
             return False
         if max(fds, default=0) < _FD_SETSIZE:
             return bool(select.select(fds, [], [], timeout_s)[0])
-        return bool(self.poller.poll(math.ceil(timeout_s * 1000)))  # select() cannot watch these fds
+        if not extra:
+            return bool(self.poller.poll(math.ceil(timeout_s * 1000)))  # select() cannot watch these fds
+        poller = zmq.Poller()
+        for sock in (*socks, *extra):
+            poller.register(sock, zmq.POLLIN)
+        return bool(poller.poll(math.ceil(timeout_s * 1000)))
+
+    def _idle(self, fd: int, timeout_s: float) -> None:
+        """How a stream waits for a live input's next records (Reader.chunks' idle): up to
+        timeout_s, until fd (the input's) is readable or a reply comes, which is read."""
+        if self.wait(timeout_s, (fd,)):
+            self.poll(0)
 
     def _on_reply(self, frames) -> None:
         try:
@@ -659,13 +671,17 @@ class Client:
         due row has waited `linger_s`, and latency is timed per transaction from when it was due,
         so a stall anywhere shows up instead of being hidden.
 
+        A chunk of 0 rows is a tick: the replies waiting are read and stop() is asked. A
+        zfraud.sources Reader of a live input (a pipe, a terminal) yields one whenever it has
+        been idle for a tick (0.1 s), and waits for its records reading the replies meanwhile.
+
         progress(rows) is called as answers arrive; on_verdicts(v, header) sees each RESULT;
         input_errors() reports rows the reader could not parse. stop() is asked after each batch
-        sent (a signal handler may set what it reads): once it is true, no more chunks are read,
-        what was sent gets up to deadline_s to be answered, and the summary counts what was sent
-        (the rows not answered by then as lost). If it raises (a chunk that fails the checks
-        score() makes, or an input that raises), the rows it sent and had no answer for are
-        forgotten (see the module docstring); the workers may still score them."""
+        sent and at each tick (a signal handler may set what it reads): once it is true, no more
+        chunks are read, what was sent gets up to deadline_s to be answered, and the summary
+        counts what was sent (the rows not answered by then as lost). If it raises (a chunk that
+        fails the checks score() makes, or an input that raises), the rows it sent and had no
+        answer for are forgotten (see the module docstring); the workers may still score them."""
         self._check_open()
         if rate is not None and (isinstance(rate, bool) or not isinstance(rate, numbers.Real)
                                  or not math.isfinite(rate) or rate <= 0):
@@ -695,10 +711,18 @@ class Client:
 
         call = self._begin(collect)
         sent = 0
+        own = None  # a Reader's chunks, closed here: the input is read no further once stopped
+        if isinstance(chunks, Reader):  # a live input waits for its records reading the replies
+            chunks = own = chunks.chunks(idle=self._idle)
         try:
             for chunk in chunks:
                 chunk = P.as_columns(chunk, P.TX_COLUMNS)  # as score() checks its batch
                 n = len(chunk["tx_id"])
+                if not n:  # a live input's tick: it has nothing to send now
+                    self.poll(0)
+                    if stop():
+                        break
+                    continue
                 if not rate:
                     self.submit(chunk, np.arange(sent, sent + n))
                     sent += n
@@ -725,8 +749,12 @@ class Client:
                 repeated += count_repeats(chunk["tx_id"][:pos])  # the rows sent, once per chunk
                 if stop():
                     break
+            if own is not None:
+                own.close()
             self.drain(drain_timeout_s, stop)
         finally:
+            if own is not None:
+                own.close()
             self._end(call)  # what is still unanswered is counted as lost below
         elapsed = time.perf_counter() - t0
         s = Summary(workers=len(self.members))
