@@ -283,7 +283,8 @@ def nothing_scored(source, summary, rejected) -> str:
 @click.option("--synthetic", type=click.IntRange(1), default=None, metavar="N",
               help="Generate N synthetic transactions instead of reading FILE.")
 @click.option("--batch", type=click.IntRange(1, P.MAX_ROWS), default=1024,
-              help="Transactions per batch before partitioning by card owner.")
+              help="Transactions per batch before partitioning by card owner. From standard input or "
+                   "a pipe, a batch also goes once its oldest transaction has waited 10 ms.")
 @click.option("--rate", type=click.FloatRange(min=1), default=None, metavar="TX_PER_S",
               help="Offered load in transactions per second. Default: as fast as the mesh answers.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
@@ -306,6 +307,11 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
     FILE is a CSV with the Fraud Detection Handbook's columns (TRANSACTION_ID, TX_DATETIME,
     CUSTOMER_ID, TERMINAL_ID, TX_AMOUNT, ...) or JSON lines with the same fields (or tx_id, ts_ms,
     card, terminal, amount); - reads standard input.
+
+    A regular file is sent in whole --batch batches. Standard input, or a FILE that is a pipe, a
+    FIFO or a terminal, is a live feed: its transactions are sent as they come, at most 10 ms
+    after the oldest of them was read (or as soon as --batch of them have come), and while it is
+    idle the answers are still read and Ctrl-C is still seen.
 
     The summary counts records: one whose tx_id an earlier record had is sent, answered and
     counted again, and also counted in "with a tx_id sent before" (repeated; ids are remembered
