@@ -46,6 +46,7 @@ FIELDS = {  # zfraud column -> accepted field names, in order of preference
 MAX_REPORTED = 1000
 LINGER_S = 0.01  # a live input's records wait at most this long after the oldest was read to be yielded
 TICK_S = 0.1     # an idle live input yields an empty chunk this often
+FEED_BATCHES = 8  # converted batches a live input's thread may hold ahead of its caller (40 bytes a row)
 
 
 class InputError(ValueError):
@@ -233,45 +234,46 @@ class Reader:
             yield chunk
 
     def _live_chunks(self, source, idle):
-        """chunks() of a live input, read by a thread into a _Feed: a chunk when `batch` records
-        have come or the oldest has waited linger_s; an empty one each tick_s without either. An
-        exception that ends the thread's reading is raised here, where reading the file would
-        have raised it (the whole batches read before it are yielded first, the rest dropped).
-        Closing the iterator stops the thread."""
-        feed = _Feed(self.batch)
+        """chunks() of a live input, read and converted by a thread into a _Feed: the chunks it
+        hands over, joined up to `batch` rows, go when they hold `batch` rows or the oldest has
+        waited linger_s; an empty one each tick_s without either. An exception that ends the
+        thread's reading is raised here, where reading the file would have raised it (after the
+        chunks handed over before it; the records read since the last hand-over are dropped, as
+        a partial batch was). Closing the iterator stops the thread."""
+        feed = _Feed(FEED_BATCHES * self.batch)
         thread = threading.Thread(target=self._feed, args=(feed, source), name="zfraud-input", daemon=True)
         thread.start()
         wait = idle or _wait_readable
-        pending, oldest, last = [], 0.0, time.monotonic()
+        pending, rows, oldest, last = [], 0, 0.0, time.monotonic()
         try:
             while True:
                 with feed.cond:
-                    items, feed.items = feed.items, []
+                    items, feed.items, feed.rows = feed.items, [], 0
                     first_at, done, error = feed.first_at, feed.done, feed.error
                     if items:
-                        feed.cond.notify()  # room for the thread's next records
-                if items:
+                        feed.cond.notify()  # room for the thread's next chunks
+                for chunk in items:
+                    n = len(chunk["tx_id"])
+                    if rows + n > self.batch:  # a batch at most: what is pending goes first
+                        yield _join(pending)
+                        pending, rows, last = [], 0, time.monotonic()
                     if not pending:
                         oldest = first_at
-                    pending += items
-                while len(pending) >= self.batch:
-                    chunk, pending = self._chunk(pending[:self.batch]), pending[self.batch:]
-                    if chunk is not None:
-                        yield chunk
-                        last = time.monotonic()
+                    pending.append(chunk)
+                    rows += n
+                    if rows >= self.batch:
+                        yield _join(pending)
+                        pending, rows, last = [], 0, time.monotonic()
                 if error is not None:
                     raise error
                 if done:
-                    chunk = self._chunk(pending)
-                    if chunk is not None:
-                        yield chunk
+                    if pending:
+                        yield _join(pending)
                     return
                 now = time.monotonic()
                 if pending and now - oldest >= self.linger_s:
-                    chunk, pending = self._chunk(pending), []
-                    if chunk is not None:
-                        yield chunk
-                        last = time.monotonic()
+                    yield _join(pending)
+                    pending, rows, last = [], 0, time.monotonic()
                     continue
                 if not pending and now - last >= self.tick_s:
                     yield _convert({c: [] for c in FIELDS})  # idle: the caller's turn
@@ -280,7 +282,7 @@ class Reader:
                 with feed.cond:
                     if feed.items or feed.done:
                         continue
-                    feed.need = self.batch - len(pending) if pending else 1
+                    feed.need = self.batch - rows if pending else 1
                     feed.waiting = True
                 wait(feed.wake_r, (oldest + self.linger_s if pending else last + self.tick_s) - now)
                 feed.drain_wake()
@@ -291,15 +293,19 @@ class Reader:
             feed.close()
 
     def _feed(self, feed: "_Feed", source) -> None:
-        """The live input's thread: its records, to feed, a batch at a time, and whatever was
-        read before each read that would wait."""
+        """The live input's thread: its records, converted as a file's are, to feed, a batch at
+        a time, and whatever was read before each read that would wait. Converting here leaves
+        the caller's thread free to send: both need the GIL, and handing it over for every batch
+        cost more than the conversion."""
         local = []
 
         def hand_over():
             nonlocal local
             if local:
                 records, local = local, []
-                feed.put(records)
+                chunk = self._chunk(records)
+                if chunk is not None:
+                    feed.put(chunk)
 
         error = None
         try:
@@ -316,21 +322,29 @@ class Reader:
             feed.finish(error)
 
 
+def _join(chunks: list) -> dict:
+    """One chunk of the rows of several, in order."""
+    if len(chunks) == 1:
+        return chunks[0]
+    return {c: np.concatenate([chunk[c] for chunk in chunks]) for c in chunks[0]}
+
+
 class _Stopped(Exception):
     """A live input's records are no longer wanted: its thread stops reading."""
 
 
 class _Feed:
-    """A live input's records, from its reader thread to the iterator: lists of them handed over
-    whole under `cond` (a lock per list, not per record), at most about one batch held, and a
-    pipe that wakes the iterator when it waits for them."""
+    """A live input's chunks, from its reader thread to the iterator, handed over under `cond`
+    (a lock per chunk, not per record), at most `limit` rows held (the thread waits), and a pipe
+    that wakes the iterator when it waits for them."""
 
     def __init__(self, limit: int):
         self.cond = threading.Condition()
         self.limit = limit
-        self.items: list = []   # records handed over and not yet taken
+        self.items: list = []   # chunks handed over and not yet taken
+        self.rows = 0           # their rows
         self.first_at = 0.0     # time.monotonic() when the oldest of them was handed over
-        self.need = 1           # items that wake the iterator while it waits
+        self.need = 1           # rows that wake the iterator while it waits
         self.waiting = False
         self.done = False
         self.error = None       # what ended the thread's reading
@@ -340,19 +354,19 @@ class _Feed:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
 
-    def put(self, records: list) -> None:
-        """Hand records over (the caller's list is kept: it starts a new one), waiting while
-        more than the limit would be held."""
+    def put(self, chunk: dict) -> None:
+        """Hand a chunk over, waiting while more than the limit of rows would be held."""
+        n = len(chunk["tx_id"])
         with self.cond:
-            while self.items and len(self.items) + len(records) > self.limit and not self.stopped:
+            while self.items and self.rows + n > self.limit and not self.stopped:
                 self.cond.wait()
             if self.stopped:
                 raise _Stopped
-            if self.items:
-                self.items += records
-            else:
-                self.items, self.first_at = records, time.monotonic()
-            if len(self.items) >= self.need:
+            if not self.items:
+                self.first_at = time.monotonic()
+            self.items.append(chunk)
+            self.rows += n
+            if self.rows >= self.need:
                 self._wake()
 
     def finish(self, error) -> None:
