@@ -712,8 +712,8 @@ class Client:
         call = self._begin(collect)
         sent = 0
         own = None  # a Reader's chunks, closed here: the input is read no further once stopped
-        if isinstance(chunks, Reader):  # a live input waits for its records reading the replies
-            chunks = own = chunks.chunks(idle=self._idle)
+        if isinstance(chunks, Reader) and type(chunks).__iter__ is Reader.__iter__:  # (not a subclass's own)
+            chunks = own = chunks.chunks(idle=self._idle)  # a live input waits reading the replies
         try:
             for chunk in chunks:
                 chunk = P.as_columns(chunk, P.TX_COLUMNS)  # as score() checks its batch
