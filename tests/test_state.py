@@ -1128,6 +1128,8 @@ def test_unfinished_saves_of_a_path_are_removed_and_no_one_elses(tmp_path):
     assert remove_unfinished(path) == 2
     assert sorted(os.listdir(tmp_path)) == [".w10.state.npz.b.tmp", ".w2.state.npz.c.tmp", "w1.state.npz"]
     assert remove_unfinished(path) == 0
+    (tmp_path / "gone").write_text("a file where the state directory was")
+    assert remove_unfinished(tmp_path / "gone" / "w1.state.npz") == 0  # in the worker's loop: it must not raise
 
 
 def test_feature_state_checks_columns_and_settings():

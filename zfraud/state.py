@@ -220,12 +220,16 @@ def remove_unfinished(path) -> int:
     Call it only when no save of `path` is running. Returns how many were removed."""
     directory, base = os.path.split(os.path.abspath(os.fspath(path)))
     removed = 0
-    for name in os.listdir(directory):
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0  # the directory is gone or unreadable: the failed save says so, nothing to remove
+    for name in names:
         if name.startswith(f".{base}.") and name.endswith(".tmp"):
             try:
                 os.unlink(os.path.join(directory, name))
                 removed += 1
-            except FileNotFoundError:
+            except OSError:
                 pass
     return removed
 
