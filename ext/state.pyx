@@ -54,6 +54,8 @@ rings: its hour and day are the newest buckets), the event time before it and th
 - Peak amount ratio (card_peak): one float per card, max over its counted rows of amount / the
   card's average over days 8..30 back at the time (saturating at FLT_MAX), decayed by exp(-age / 7 days) from the card's
   newest event; a row reads it before its own ratio is folded in (NaN for a card's first row).
+  A handover merge computes again the ratios of a record that began without the card's history
+  (card_merge_peak says when that is exact).
 - Fraud memory (label_frauds): the card's latest confirmed fraud, its hour and terminal, and
   whether it is card-linked (another fraud of the card at another terminal within 7 days).
   Labels only read and update cards the table holds; they never add one.
@@ -125,6 +127,7 @@ cdef enum:
     K_CARD = 10           # columns of CardState.update_and_read's output
     K_TERMINAL = 3        # columns of TerminalState.read's output
     K_RUN = 2             # columns of TerminalState.read_runs's output
+    MAX_FRESH_ROWS = 2 * HOURS   # rows card_fresh_rows gives at most (two an hour bucket)
     PROBE_WINDOW = 64     # index slots whose keys compete for eviction
     SWEEP = 64            # rows the idle-expiry clock hand inspects per new key
     AHEAD = 8             # rows of prefetch look-ahead in the card loop
@@ -678,14 +681,130 @@ cdef inline uint16_t sat_add16(uint16_t a, uint16_t b) noexcept nogil:
     return UINT16_MAX if a > UINT16_MAX - b else a + b
 
 
+cdef inline double card_ratio_at(const CardRec* c, int64_t t, double amount) noexcept nogil:
+    """The 8-30-day amount ratio (card_read's ratio_8_30) that a counted row at t computed when it
+    was the card's newest, from c's rings (c's newest day no earlier than the row's): the days of
+    its window summed in card_read's order for the newest day when the ring still holds them all
+    (the row's day no more than 2 days before c's newest), else what is left of them."""
+    cdef int64_t nd = floor_div(c.last_ts, MS_PER_DAY), rd = floor_div(t, MS_PER_DAY), cold = 0, lo
+    cdef double sold = 0
+    if nd - 2 <= rd <= nd:
+        days_back(c, rd, 7, 29, &cold, &sold)
+    else:
+        lo = rd - 29 if rd - 29 > nd - (DAYS - 1) else nd - (DAYS - 1)
+        ring_sum(c.day_count, c.day_sum, DAYS, lo, rd - 7 if rd - 7 < nd else nd, &cold, &sold)
+    return sat_f32(amount / (sold / cold)) if cold > 0 and sold > 0 else 0
+
+
+cdef int card_fresh_rows(const CardRec* f, int64_t* ts, double* amount) noexcept nogil:
+    """If record f began with no history (its peak is 0: every ratio it computed was 0) and
+    every transaction its daily ring holds is in its hourly ring (the last 24 hours), its
+    transactions as card_merge replays them, in time order, into ts and amount (at most
+    MAX_FRESH_ROWS), and their number; else -1. The newest is exact (time, float32 amount); the
+    others of each hour bucket are one row of their average amount at the bucket's start, or at
+    the previous event time when that falls in the bucket (they are then that one transaction,
+    exactly when it is alone there)."""
+    cdef int64_t fh, k, hc = 0, dc = 0, t
+    cdef int j, n = 0, cnt
+    cdef double s
+    if f.last_ts == NONE or not (f.peak == 0):
+        return -1
+    for j in range(HOURS):
+        if f.hour_count[j] == UINT16_MAX:
+            return -1
+        hc += f.hour_count[j]
+    for j in range(DAYS):
+        dc += f.day_count[j]
+    if hc != dc:
+        return -1
+    fh = floor_div(f.last_ts, MS_PER_HOUR)
+    for k in range(fh - (HOURS - 1), fh + 1):
+        j = <int>pmod(k, HOURS)
+        cnt = f.hour_count[j]
+        s = f.hour_sum[j]
+        if k == fh:  # the newest, added below
+            cnt -= 1
+            s -= f.last_amount
+        if cnt > 0:
+            t = k * MS_PER_HOUR
+            if f.prev_ts != NONE and floor_div(f.prev_ts, MS_PER_HOUR) == k and f.prev_ts <= f.last_ts:
+                t = f.prev_ts
+            ts[n] = t
+            amount[n] = s / cnt
+            n += 1
+    ts[n] = f.last_ts
+    amount[n] = f.last_amount
+    return n + 1
+
+
+cdef void card_merge_peak(CardRec* c, const CardRec* n, const CardRec* o) noexcept nogil:
+    """The merged record c's peak and peak_read, from the newer record n and the older o as they
+    were (c holds the summed rings and n's times).
+
+    The common case of a handover: one record holds the card's history and the other began
+    without it (card_fresh_rows: its peak is 0, i.e. every ratio it computed was 0, and its
+    transactions are all within the 24 hours before its newest; n is tried first). That one's
+    ratios are computed again against c's rings (card_ratio_at), which hold the history, and go
+    into the other's peak as one engine that saw every transaction in time order puts them: one
+    after the other's newest continues its chain (decay, then max, as card_peak and
+    card_peak_add do), an earlier one (a stale client's transaction at the old owner) is added
+    decayed to the other's newest time. What this gives, against that one engine:
+    - bit for bit when the record without history holds at most two transactions, all after the
+      other's newest, with amounts float32 holds exactly, as whole units below 2**24 (their
+      times are its newest and previous ones; amounts with cents: a ratio can differ in the
+      last bit, computed from the float32 amount);
+    - its other transactions are known only by hour bucket (count and sum): one alone in its
+      hour counts from the hour's start (if it set the peak: up to an hour's decay, 0.6 %, low),
+      several sharing an hour as transactions of their average amount (if one of them set the
+      peak: low, by up to the share of the others, e.g. -49 % for 3 in one minute);
+    - an earlier one is exact within float32 rounding (the one engine rounds the decayed peak at
+      each of the other's later transactions, this once);
+    - the other's ratios are right only if it saw every transaction before its newest; those of
+      its transactions that have the other record's in their 8-30-day window (7 days later or
+      more) were computed without them, and stay so; a transaction more than 2 days older than
+      c's newest is measured against what c's daily ring still holds of its window.
+    Otherwise (neither began without history: both hold more than 24 hours of transactions, or
+    nonzero ratios) nothing can be computed again: the larger of both peaks, the older decayed
+    to the newer time, each side's ratios as computed without the other's transactions."""
+    cdef int64_t ts[MAX_FRESH_ROWS + 1]
+    cdef double amount[MAX_FRESH_ROWS + 1]
+    cdef const CardRec* h = o   # the record whose peak the other's transactions go into
+    cdef int m = card_fresh_rows(n, ts, amount), j
+    cdef double p, pr, ratio, v, decayed
+    cdef int64_t tp
+    if m < 0:
+        h = n
+        m = card_fresh_rows(o, ts, amount)
+    if m < 0:
+        decayed = o.peak * exp(-<double>(n.last_ts - o.last_ts) / PEAK_TAU_MS)
+        if decayed > c.peak:
+            c.peak = <float>decayed
+        return
+    p, pr, tp = h.peak, h.peak_read, h.last_ts
+    for j in range(m):
+        ratio = card_ratio_at(c, ts[j], amount[j])
+        if ts[j] < h.last_ts:  # before the other's newest, which read it decayed
+            v = sat_f32(<float>ratio * exp(-<double>(h.last_ts - ts[j]) / PEAK_TAU_MS))
+            if v > p:
+                p = v
+            if v > pr or pr != pr:
+                pr = v
+        else:
+            pr = sat_f32(<float>p * exp(-<double>(ts[j] - tp) / PEAK_TAU_MS))
+            p = <float>(ratio if ratio > pr else pr)
+            tp = ts[j]
+    c.peak = <float>p
+    c.peak_read = <float>pr
+
+
 cdef void card_merge(CardRec* c, const CardRec* o) noexcept nogil:
     """Add record o's transactions into c, both of the same card (a handover: the two saw
     disjoint sets of its transactions). The rings are summed over the buckets both still hold,
     aligned to the newer record's time; a bucket only the older record still holds is older than
-    every window of the newer one. Newest and previous times, amount and peak come from the
-    newer record, the peak being the larger of both (the older one decayed to the newer time);
-    the fraud memory is the later of both. c keeps its key."""
-    cdef CardRec old
+    every window of the newer one. Newest and previous times and amount come from the newer
+    record, the peak from card_merge_peak; the fraud memory is the later of both. c keeps its
+    key."""
+    cdef CardRec old, new
     cdef uint64_t key = c.key
     cdef int64_t nh, nd, oh, od, k, lo
     if o.last_ts == NONE:
@@ -698,6 +817,7 @@ cdef void card_merge(CardRec* c, const CardRec* o) noexcept nogil:
         old = o[0]
     if old.last_ts == NONE:
         return
+    new = c[0]
     nh, nd = floor_div(c.last_ts, MS_PER_HOUR), floor_div(c.last_ts, MS_PER_DAY)
     oh, od = floor_div(old.last_ts, MS_PER_HOUR), floor_div(old.last_ts, MS_PER_DAY)
     lo = nh - HOURS + 1 if nh - HOURS > oh - HOURS else oh - HOURS + 1
@@ -710,9 +830,7 @@ cdef void card_merge(CardRec* c, const CardRec* o) noexcept nogil:
         c.day_sum[pmod(k, DAYS)] = c.day_sum[pmod(k, DAYS)] + old.day_sum[pmod(k, DAYS)]
     if old.last_ts > c.prev_ts:
         c.prev_ts = old.last_ts
-    cdef double decayed = old.peak * exp(-<double>(c.last_ts - old.last_ts) / PEAK_TAU_MS)
-    if decayed > c.peak:
-        c.peak = <float>decayed
+    card_merge_peak(c, &new, &old)
     if old.fraud_mark > c.fraud_mark:  # a later hour (or the same, card-linked)
         c.fraud_mark = old.fraud_mark
         c.fraud_terminal = old.fraud_terminal
@@ -929,7 +1047,8 @@ cdef class CardState:
         """Add handed-over records (a CARD_DTYPE array, as take returns): a card not held takes
         a row by the capacity policy, a card held gets both records' transactions (card_merge:
         the rings summed, so a card that some transactions reached here before its record did
-        loses none of them). Records with no transaction are skipped. Returns (added, merged).
+        loses none of them, and their peak amount ratios computed again against its history,
+        card_merge_peak). Records with no transaction are skipped. Returns (added, merged).
         The table's newest event time is not moved: only transactions move it."""
         recs = np.ascontiguousarray(recs)
         if not recs.flags.writeable:  # a view of a received frame

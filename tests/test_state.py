@@ -832,8 +832,9 @@ def test_a_card_split_between_two_owners_merges_into_its_whole_history(into):
     """The first half of a stream (late and repeated rows included) on one table, the second half
     on another, then one's records put into the other (a handover, either way round): the rings
     hold what one table that saw everything holds. Amount sums may round differently (they are
-    added in another order); the peak ratio is not rebuilt (each side computed it without the
-    other's history)."""
+    added in another order). The peak ratio is not rebuilt: both halves hold days of
+    transactions, so neither began without the other's history (card_merge_peak), and each
+    side's ratios stay as computed without the other's transactions."""
     keys, ts, amount, update = card_stream(21)
     half = len(keys) // 2
     whole, first, second = CardState(64), CardState(64), CardState(64)
@@ -849,6 +850,91 @@ def test_a_card_split_between_two_owners_merges_into_its_whole_history(into):
         np.testing.assert_array_equal(a[field], b[field], err_msg=field)
     for field in ("hour_sum", "day_sum"):
         np.testing.assert_allclose(a[field], b[field], rtol=1e-5, err_msg=field)
+
+
+def card_rows(state, t, amount, update=1, card=7):
+    """Rows of one card through update_and_read, in order: its features."""
+    n = len(t)
+    out = np.empty((n, len(CARD_FEATURES)), np.float32)
+    state.update_and_read(mix_keys(np.full(n, card, np.uint64)), np.asarray(t, np.int64),
+                          np.asarray(amount, np.float64), np.full(n, update, np.uint8), out)
+    return out
+
+
+def card_record(state, card=7):
+    rec = state.take(mix_keys(np.array([card], np.uint64)))
+    state.put(rec)
+    return rec[0]
+
+
+T0 = 17_622 * DAY  # 2018-04-01, a midnight
+
+
+def card_history(seed, days=20, n=40):
+    """A card's first `days` days: n amounts of 10-60 with cents, one of them 400."""
+    rng = np.random.default_rng(seed)
+    t = T0 + np.sort(rng.integers(0, days * DAY, n))
+    amount = rng.uniform(10, 60, n).round(2)
+    amount[int(0.75 * n)] = 400.0
+    return t, amount
+
+
+@pytest.mark.parametrize("later", [[(5, 250.0)], [(1, 30.0), (5, 250.0)], [(5, 250.0), (5.5, 20.0)],
+                                   [(1, 30.0), (5, 250.0), (9, 20.0)]],
+                         ids=["one", "two", "two-in-an-hour", "three"])
+@pytest.mark.parametrize("into", ["new owner", "old owner"])
+def test_a_merged_record_reads_like_one_engine_when_one_side_began_after_the_other(later, into):
+    """Handover: the old owner holds a card's 20 days of history, the new owner the
+    transactions it scored before that record reached it (hours later here). Merged either
+    way round, the next transactions read what one engine that saw everything reads, bit for
+    bit, the peak amount ratio included: the new owner computed its rows' ratios against no
+    history (0), so the merge computes them again against the merged history (the tester's
+    figures: 4.797 where one engine reads 6.191)."""
+    hist_t, hist_a = card_history(1)
+    late_t = T0 + 20 * DAY + np.array([int(h * HOUR) for h, _ in later])
+    late_a = np.array([a for _, a in later])
+    whole, old, new = CardState(16), CardState(16), CardState(16)
+    card_rows(whole, hist_t, hist_a)
+    card_rows(whole, late_t, late_a)
+    card_rows(old, hist_t, hist_a)
+    card_rows(new, late_t, late_a)
+    key = mix_keys(np.array([7], np.uint64))
+    src, dst = (old, new) if into == "new owner" else (new, old)
+    assert dst.put(src.take(key)) == (0, 1)
+    a, b = card_record(whole), card_record(dst)
+    for field in CARD_DTYPE.names:
+        np.testing.assert_array_equal(a[field], b[field], err_msg=field)
+    nxt = T0 + 20 * DAY + np.array([12 * HOUR, 12 * HOUR, 3 * DAY])
+    for update in (1, 0):  # the next row; a re-read of the newest (its peak_read)
+        rows = [nxt[:1], [35.0]] if update else [late_t[-1:], late_a[-1:]]
+        np.testing.assert_array_equal(card_rows(whole, *rows, update), card_rows(dst, *rows, update))
+    np.testing.assert_array_equal(card_rows(whole, nxt[1:], [20.0, 90.0]), card_rows(dst, nxt[1:], [20.0, 90.0]))
+
+
+def test_a_transaction_a_stale_client_sent_to_the_old_owner_counts_in_the_merged_peak():
+    """The new owner holds the card's history (handed over) and goes on scoring it; a client with
+    a stale member list sends one transaction (the largest) to the old owner, which starts a
+    record for it with no history, and hands that over at its next sweep. The merged record's
+    peak includes that transaction's ratio against the history, decayed to the newest
+    transaction: what one engine reads, within float32 rounding (the one engine rounds the
+    decayed peak at each later transaction, the merge once)."""
+    hist_t, hist_a = card_history(2)
+    t = T0 + 20 * DAY + np.array([1, 5, 9, 13]) * HOUR
+    a = np.array([30.0, 250.0, 20.0, 41.5])
+    whole, old, new = CardState(16), CardState(16), CardState(16)
+    card_rows(whole, hist_t, hist_a)
+    card_rows(whole, t, a)
+    card_rows(old, hist_t, hist_a)
+    key = mix_keys(np.array([7], np.uint64))
+    assert new.put(old.take(key)) == (1, 0)                 # the handover
+    stale = np.arange(4) == 1
+    card_rows(new, t[~stale], a[~stale])
+    card_rows(old, t[stale], a[stale])                      # the stale client's transaction
+    assert new.put(old.take(key)) == (0, 1)
+    nxt = T0 + 21 * DAY
+    want, got = card_rows(whole, [nxt], [35.0])[0], card_rows(new, [nxt], [35.0])[0]
+    np.testing.assert_array_equal(want[:9], got[:9])
+    assert got[9] == pytest.approx(want[9], rel=1e-6) and want[9] > 6  # the 250.0 (the old merge: 5.24)
 
 
 def test_take_removes_only_the_cards_asked_for_and_put_restores_them():

@@ -9,7 +9,8 @@ refilled: 30 days for the 30-day windows.
 So a worker that holds cards it no longer owns takes their records out of its table and sends
 them to their owners (CONTROL op "cards": a header and one frame of raw CardRec records, 384
 bytes each), which add them, or merge them with the record each started for the card meanwhile
-(ext/state.pyx, card_merge: the rings are summed, so no transaction is lost or counted twice).
+(ext/state.pyx, card_merge: the rings are summed, so no transaction is lost or counted twice,
+and the peak amount ratios of the record started without the history are computed again).
 A record stays pending until its owner acknowledges it; a refusal, or no answer within ACK_S,
 puts it back into the sender's table (merged the same way) for a later sweep.
 
