@@ -1441,6 +1441,59 @@ def test_departed_peers_slots_are_reused_and_their_counts_kept(tmp_path):
     assert read()["terminal_nb_tx_30d"] == expected + 1 + (MAX_SOURCES + 3) % 3
 
 
+def test_peer_slots_hold_15_live_peers_until_the_first_retirement_and_14_after():
+    """The numbers PROTOCOL 6.2 and 10, ARCHITECTURE 4.3 and 8 and OPERATIONS 2.3 give (tester's
+    repro 08): 15 peer slots. With 15 live peers, one leaving and one joining makes 16 sets of
+    peer counts: the newcomer waits, nothing is retired, until a second peer leaves; the first
+    retirement then takes both departed peers (one's slot becomes the retired slot). From then on
+    14 live peers hold slots, and one departed peer is enough to make room for a newcomer."""
+    from zfraud.features import FULL, MAX_SOURCES, FeatureEngine
+
+    day = 17_800 * DAY
+
+    def counts(p):  # peer p counted 1 + p transactions at terminal 42
+        e = FeatureEngine(FULL, card_capacity=1024, terminal_capacity=1024)
+        k = 1 + p
+        e.transform({"tx_id": np.arange(k, dtype=np.uint64), "card": np.arange(k, dtype=np.uint64),
+                     "terminal": np.full(k, 42, np.uint64), "ts_ms": np.full(k, day, np.int64),
+                     "amount": np.full(k, 10.0)})
+        return e.export_intel(0)
+
+    me = FeatureEngine(FULL, card_capacity=1024, terminal_capacity=1024)
+    probe = {"tx_id": np.array([999], np.uint64), "card": np.array([999], np.uint64),
+             "terminal": np.array([42], np.uint64), "ts_ms": np.array([day + 8 * DAY], np.int64),
+             "amount": np.array([20.0])}
+
+    def total():
+        return me.transform(probe, update=np.zeros(1, bool))[0][me.names.index("terminal_nb_tx_30d")]
+
+    peers = [f"p{i:02d}" for i in range(1, 20)]
+    live = set(peers[:MAX_SOURCES - 1])                     # p01..p15
+    for i, p in enumerate(peers[:MAX_SOURCES - 1]):
+        assert me.merge_intel(p, counts(i + 1), live=live)
+    assert len(me.sources) == MAX_SOURCES - 1 == 15 and me.retired_slot == 0
+    before = total()
+    assert before == sum(1 + i for i in range(1, 16))
+    live = live - {"p01"} | {"p16"}                        # 15 live again, p01 departed
+    assert not me.merge_intel("p16", counts(16), live=live)
+    assert not me.retired and me.retirements == 0 and "p16" not in me.sources and total() == before
+    assert "only p01 has left" in me.slot_refusal("p16", live)
+    live -= {"p02"}                                         # a second one leaves: room
+    assert me.merge_intel("p16", counts(16), live=live)
+    assert list(me.retired) == ["p01", "p02"] and me.retired_slot
+    assert len(me.sources) == MAX_SOURCES - 2 == 14 and total() == before + 17
+    live |= {"p17"}                                         # 15 live peers, 14 slots: p17 waits
+    assert not me.merge_intel("p17", counts(17), live=live)
+    assert me.slot_refusal("p17", live) == ("all 14 peer slots belong to current members "
+                                            "(the 15th keeps departed peers' counts)")
+    live -= {"p03"}                                         # one departure is enough now
+    assert me.merge_intel("p17", counts(17), live=live)
+    assert list(me.retired) == ["p01", "p02", "p03"] and len(me.sources) == 14
+    assert total() == before + 17 + 18
+    assert sum(1 for n in me.sources if n in live) == 14
+    assert me.slot_refusal("p01", live).startswith("its name was retired")
+
+
 def test_a_restarted_engine_continues_its_counter_from_what_a_peer_held_for_it():
     """merge_own puts a peer's copy of this worker's counts back into its own slot: the next
     count continues from there (so the peer's max-merge keeps every count), and a full export

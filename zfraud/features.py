@@ -62,7 +62,7 @@ FEATURE_SETS = {
            + FRAUD_DETAIL_FEATURES),
 }
 TERMINAL_BUCKET_HOURS = 4
-MAX_SOURCES = 16   # source slots per terminal table: this worker and up to 15 peers
+MAX_SOURCES = 16   # source slots per terminal table: this worker and 15 peer slots (_slot_for)
 FIRST_SOURCES = 4  # slots allocated at first; doubled (up to MAX_SOURCES) when peers need more
 RETIRED_NAMES = 4096  # departed peers' names remembered, so that they are never merged again
 
@@ -265,10 +265,16 @@ class FeatureEngine:
         (a restarted worker without --state-dir comes back under a new name and counts from zero).
         When all MAX_SOURCES - 1 are taken, the least recently merged peer that is not in `live`
         is retired: its counts are folded into the retired slot, where every read still sums
-        them, and its slot goes to the newcomer. (The first retirement makes the oldest such
-        peer's slot the retired slot, and retires a second peer for the newcomer.) A retired
-        name is never merged again: its counts up to then are already in the retired slot, and
-        whatever it sends later would be counted twice against them."""
+        them, and its slot goes to the newcomer. The first retirement makes the oldest such
+        peer's slot the retired slot, and retires a second peer for the newcomer, so it needs two
+        departed peers: with 15 live peers in the 15 slots, one leaving and one joining makes 16
+        sets of peer counts for 15 slots, and the newcomer waits (None) until a second one
+        leaves (nor can a departed peer's counts go into slot 0, which is exported as this
+        worker's own, or into a live peer's slot, whose max-merge would hide them). From then on
+        the retired slot takes one of the 15: at most MAX_SOURCES - 2 (14) live peers hold slots,
+        and one departed peer is enough to make room. A retired name is never merged again: its
+        counts up to then are already in the retired slot, and whatever it sends later would be
+        counted twice against them."""
         slot = self.sources.get(source)
         if slot is not None or source in self.retired:
             return slot
@@ -288,6 +294,20 @@ class FeatureEngine:
                 table.fold(slot, self.retired_slot)
         self.sources[source] = slot
         return slot
+
+    def slot_refusal(self, source: str, live) -> str:
+        """Why merge_intel(source, ..., live) found no slot for `source` (see _slot_for)."""
+        if source in self.retired:
+            return "its name was retired after it left the mesh; restart it (a new name gets a slot)"
+        gone = [n for n in self.sources if n not in live]
+        if gone and not self.retired_slot:
+            return (f"all {len(self.sources)} peer slots are taken and only {gone[0]} has left the mesh: "
+                    f"making room the first time takes two departed peers (one's slot keeps the departed "
+                    f"peers' counts), so {source} waits until another leaves")
+        why = f"all {len(self.sources)} peer slots belong to current members"
+        if self.retired_slot:
+            why += f" (the {MAX_SOURCES - 1}th keeps departed peers' counts)"
+        return why
 
     def _retire(self, name: str) -> int:
         self.retirements += 1

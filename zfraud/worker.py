@@ -759,10 +759,8 @@ class Worker:
                 self._request_sync(source)
         elif source in self.members.members and source not in self._unmerged and not relayed:
             self._unmerged.add(source)
-            why = ("its name was retired after it left the mesh; restart it (a new name gets a slot)"
-                   if source in features.retired else
-                   f"all {len(features.sources)} peer slots belong to current members")
-            log.warning("terminal counts from %s not merged: %s", source, why)
+            log.warning("terminal counts from %s not merged: %s", source,
+                        features.slot_refusal(source, self.members.members))
 
     @staticmethod
     def _intel_deltas(h: dict, frames) -> dict:
