@@ -185,3 +185,23 @@ def test_ctrl_c_while_standard_input_is_idle_prints_the_summary_and_exits_130(me
     assert err.splitlines()[0] == "interrupted: the input was read no further; the summary counts what was sent"
     assert "Fatal Python error" not in err and "Traceback" not in err, err
     assert (summary["sent"], summary["verdicts"], summary["errors"], summary["lost"]) == (rows, rows, 0, 0)
+
+
+def test_with_rate_a_live_input_s_rows_are_due_when_read_not_during_a_pause_of_its_writer(mesh1):
+    """Open loop on a pipe: rows the writer had not written yet were counted due on the schedule,
+    so a 3 s pause of the writer came out as latency (p99 978 ms on an idle mesh, tester's run).
+    A row is due no earlier than it was read; a writer slower than --rate is not a stall either."""
+    send = send_stdin(mesh1, "--rate", "1000")
+    try:
+        proc_lines = [line(i) for i in range(600)]
+        send.stdin.write("".join(proc_lines[:300]))
+        send.stdin.flush()
+        time.sleep(1.5)  # the writer pauses
+        trickle(send, 300, 30, per_s=50)  # then writes slower than --rate
+        send.stdin.write("".join(proc_lines[330:]))
+        out, err = send.communicate(timeout=60)  # closes standard input: the end of the input
+    finally:
+        send.kill()
+    s = json.loads(out.strip().splitlines()[-1])
+    assert send.returncode == 0 and (s["sent"], s["verdicts"], s["lost"]) == (600, 600, 0), err
+    assert s["p99_ms"] < 100, s  # milliseconds of the mesh, not the writer's 1.5 s

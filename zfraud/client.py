@@ -139,9 +139,16 @@ class _Tally:
     """A stream's decisions and latencies, folded in from the RESULTs read (see Client.stream)."""
 
     def __init__(self, t0: float, rate: float | None):
-        self.t0, self.rate = t0, rate
+        self.rate = rate
+        # open loop: row j (stream position) is due at t0s[k] + j / rate, k the last of starts <= j
+        self.starts, self.t0s = [0], [t0]
         self.decisions = np.zeros(len(P.DECISIONS), dtype=np.int64)
         self.latency = Sample()
+
+    def reschedule(self, position: int, t0: float) -> None:
+        """Rows from `position` on are due from t0 (a live input was late with them)."""
+        self.starts.append(position)
+        self.t0s.append(t0)
 
     def fold(self, results: list) -> None:
         """Fold in and clear (when it was read, decisions, stream positions, round trip ms) tuples."""
@@ -150,7 +157,9 @@ class _Tally:
         read_at, decision, origin, round_trip = zip(*results)
         self.decisions += np.bincount(np.concatenate(decision), minlength=len(P.DECISIONS))
         if self.rate:  # open loop: from when each row was due
-            lat = np.concatenate([(t - self.t0) * 1000 - o * (1000 / self.rate) for t, o in zip(read_at, origin)])
+            starts, t0s = np.array(self.starts), np.array(self.t0s)
+            lat = np.concatenate([(t - t0s[np.searchsorted(starts, o, side="right") - 1]) * 1000 - o * (1000 / self.rate)
+                                  for t, o in zip(read_at, origin)])
         else:
             lat = np.repeat(round_trip, [len(o) for o in origin])
         self.latency.add(lat)
@@ -693,7 +702,7 @@ class Client:
         results, unfolded = [], [0]
         resent0 = self.resent
         dead0 = len(self.dead_letters)
-        t0 = time.perf_counter()
+        t0 = start = time.perf_counter()  # t0: the open loop's schedule, which a live input may push back
         tally = _Tally(t0, rate)
         count_repeats = Repeats()  # for `repeated`: the last REMEMBER_IDS distinct ids, as a worker keeps them
         repeated = 0
@@ -711,10 +720,12 @@ class Client:
 
         call = self._begin(collect)
         sent = 0
-        own = None  # a Reader's chunks, closed here: the input is read no further once stopped
+        own, live = None, False  # a Reader's chunks, closed here: the input is read no further once stopped
         if isinstance(chunks, Reader) and type(chunks).__iter__ is Reader.__iter__:  # (not a subclass's own)
+            live = chunks._live_path() is not None
             chunks = own = chunks.chunks(idle=self._idle)  # a live input waits reading the replies
         try:
+            waited_from = time.perf_counter()
             for chunk in chunks:
                 chunk = P.as_columns(chunk, P.TX_COLUMNS)  # as score() checks its batch
                 n = len(chunk["tx_id"])
@@ -723,6 +734,12 @@ class Client:
                     if stop():
                         break
                     continue
+                if rate and live:  # a row of a live input is due no earlier than it was read
+                    now = time.perf_counter()
+                    behind = min(now - t0 - sent / rate, now - waited_from)
+                    if behind > 0:
+                        t0 += behind
+                        tally.reschedule(sent, t0)
                 if not rate:
                     self.submit(chunk, np.arange(sent, sent + n))
                     sent += n
@@ -749,6 +766,7 @@ class Client:
                 repeated += count_repeats(chunk["tx_id"][:pos])  # the rows sent, once per chunk
                 if stop():
                     break
+                waited_from = time.perf_counter()
             if own is not None:
                 own.close()
             self.drain(drain_timeout_s, stop)
@@ -756,7 +774,7 @@ class Client:
             if own is not None:
                 own.close()
             self._end(call)  # what is still unanswered is counted as lost below
-        elapsed = time.perf_counter() - t0
+        elapsed = time.perf_counter() - start
         s = Summary(workers=len(self.members))
         s.sent = sent + input_errors()
         s.repeated = repeated
