@@ -357,13 +357,16 @@ def test_labels_nobody_acknowledges_end_in_one_line_saying_what_to_do(tmp_path):
 
 
 def send_then_stop(tail, endpoint: str, settle_s: float) -> str:
-    """After settle_s, 2000 more transactions (which every followed worker publishes), then
-    Ctrl-C to the tail; its stderr."""
+    """After settle_s, 2000 more transactions (which every followed worker publishes), then the
+    tail's end: it was started with --timeout TAIL_QUIET_S, and on that silence it asks each worker
+    where its numbering stands and counts what never came (a Ctrl-C would not: what it had not
+    read yet was not missed); its stderr."""
     time.sleep(settle_s)
     assert finish(start_send(endpoint, "--synthetic", "2000"))[0] == 0
-    time.sleep(1.0)
-    tail.send_signal(signal.SIGINT)
-    return tail.communicate(timeout=30)[1]
+    return tail.communicate(timeout=60)[1]
+
+
+TAIL_QUIET_S = "6"  # longer than any pause of these tests' traffic while the tail runs
 
 
 def tail_runs(path) -> dict:
@@ -408,7 +411,7 @@ def test_tail_counts_what_it_missed_of_a_worker_restarted_under_its_name(tmp_pat
     comes, also when the new process has already published more messages than the old one did
     ("past": its seq then looked like a plain jump). For every worker process and decision,
     messages seen + counted missed = the last seq seen."""
-    cmd = [sys.executable, "-m", "zfraud", "tail", "--connect"]
+    cmd = [sys.executable, "-m", "zfraud", "tail", "--timeout", TAIL_QUIET_S, "--connect"]
     many = ["--synthetic", "20000", "--batch", "256", "--rate", "20000"]  # paced small batches: many messages
     few = ["--synthetic", "2000"]
     before, during = (many, few) if new_numbering == "behind" else (few, many)
@@ -451,7 +454,7 @@ def test_tail_counts_what_a_restarted_or_new_worker_sent_before_it_was_followed(
     """With no other subscriber, a restarted w2 and a new w3 score while this tail is stopped, so
     they publish nothing: their first messages are not built at all. They still take their seq,
     so tail counts them when it hears the next ones (it used to report nothing missed)."""
-    cmd = [sys.executable, "-m", "zfraud", "tail", "--connect"]
+    cmd = [sys.executable, "-m", "zfraud", "tail", "--timeout", TAIL_QUIET_S, "--connect"]
     with LocalMesh(2, log_dir=str(tmp_path)) as mesh, open(tmp_path / "tail.out", "w") as out:
         tail = subprocess.Popen(cmd + [mesh.endpoint], stdout=out, stderr=subprocess.PIPE, text=True)
         try:
@@ -507,6 +510,36 @@ def test_a_stopped_tail_counts_what_it_missed_without_waiting_for_another_messag
     missed = missed_of(tail_runs(tmp_path / "tail.out"), numbering)
     assert sum(seq for _, seq in numbering.values()) > 200 and missed > 0  # the workers dropped the stopped tail
     assert f"missed {missed:,} verdict messages" in err, err
+
+
+def test_a_tail_stopped_at_its_count_or_by_ctrl_c_under_load_counts_only_the_holes_it_saw(tmp_path):
+    """Under steady load (many small messages), `tail --count 100` and a tail stopped by Ctrl-C
+    said "missed 4/5/8 verdict messages" with no hole in the seq numbers they printed: they
+    counted what the workers published after they stopped reading (tester's report)."""
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh:
+        load = start_send(mesh.endpoint, "--synthetic", "300000", "--rate", "20000", "--batch", "8")
+        try:
+            time.sleep(1.5)
+            runs = []
+            for how in ("count", "ctrl-c"):
+                out = tmp_path / f"tail-{how}.jsonl"
+                with open(out, "w") as f:
+                    args = ["--count", "100"] if how == "count" else []
+                    tail = subprocess.Popen([sys.executable, "-m", "zfraud", "tail", "--connect", mesh.endpoint, *args],
+                                            stdout=f, stderr=subprocess.PIPE, text=True)
+                    if how == "ctrl-c":
+                        time.sleep(3)
+                        tail.send_signal(signal.SIGINT)
+                    err = tail.communicate(timeout=60)[1]
+                holes = sum(last - first + 1 - n for p in tail_runs(out).values() for first, last, n in p.values())
+                runs.append((how, tail.returncode, holes, err))
+        finally:
+            load.send_signal(signal.SIGINT)
+            finish(load)
+    for how, rc, holes, err in runs:
+        assert rc == 0, (how, err)
+        said = re.search(r"missed ([\d,]+) verdict messages", err)
+        assert (int(said.group(1).replace(",", "")) if said else 0) == holes, (how, holes, err)
 
 
 def test_workers_of_a_local_mesh_whose_parent_is_killed_stop_too(tmp_path):

@@ -449,7 +449,7 @@ def tail(connect, decision, fmt, count, timeout, curve_dir):
             interrupted = True
         finally:
             signal.signal(signal.SIGINT, previous)
-        if t.finish():  # what the workers say they published and never came
+        if t.gaps:
             click.echo(f"missed {t.gaps:,} verdict messages: their seq numbers never arrived (PUB/SUB drops "
                        f"what a subscriber is not connected for, e.g. a restarted worker's first ones)", err=True)
     if count is not None and seen < count:

@@ -72,7 +72,7 @@ class Tail:
         self.asking = {connect}  # the endpoints the member-list requests go to (round-robin)
         self.last_seq: dict[tuple, tuple] = {}  # (worker, topic) -> (its process's boot, last seq seen)
         self.reported: dict[tuple, tuple] = {}  # (worker, topic) -> (boot, seq published, when reported)
-        self.heard_at: dict[tuple, float] = {}  # (worker, topic) -> when its last message was read
+        self.heard_at: dict[str, float] = {}  # worker -> when its last message was read
         self.topics = {b"verdict." + d.encode() for d in decisions}
         self.gaps = 0
         self._ask()
@@ -167,8 +167,10 @@ class Tail:
                 sock.close()
 
     def finish(self, wait_s: float = 1.0) -> int:
-        """Once done reading: ask every member for its numbering (up to wait_s for the answers),
-        count what it published and this tail never read, and return the gaps in all."""
+        """After a silence (batches' timeout_s without a message from any worker): ask every
+        member for its numbering (up to wait_s for the answers), count what it published and this
+        tail never read, and return the gaps in all. Not after a stop at --count or Ctrl-C: what
+        the workers published after the last message read was not missed, only not read."""
         asked = len(self.asking)
         for _ in range(asked):
             self._ask()  # the DEALER deals them out: one to each member
@@ -176,18 +178,20 @@ class Tail:
         while asked and (left := end - time.monotonic()) > 0 and self.hello.poll(max(1, int(left * 1000))):
             self._on_hello()
             asked -= 1
-        self._count_unreceived(float("inf"))
+        self._count_unreceived(float("inf"), quiet_s=0.0)
         return self.gaps
 
-    def _count_unreceived(self, now: float) -> None:
-        """Count as missed what a worker reported published, 1 s ago or more, and never arrived
-        (call it when the SUB socket is empty: everything received has been read)."""
+    def _count_unreceived(self, now: float, quiet_s: float = 1.0) -> None:
+        """Count as missed what a worker reported published, 1 s ago or more, and never arrived,
+        once that worker has been quiet for quiet_s (no message from it: its messages come in
+        order on one connection, so a tail that is behind still has them coming; call it when
+        the SUB socket is empty)."""
         for key, (boot, seq, at) in list(self.reported.items()):
-            if now - at < 1.0:
+            if now - at < 1.0 or time.monotonic() - self.heard_at.get(key[0], float("-inf")) < quiet_s:
                 continue
             del self.reported[key]
             last_boot, last = self.last_seq.get(key, (None, None))
-            if last_boot != boot and self.heard_at.get(key, 0.0) > at:
+            if last_boot != boot and self.heard_at.get(key[0], 0.0) > at:
                 continue  # the report came from a process before the one heard since (a restart)
             if last_boot != boot:
                 self.gaps += seq  # a process none of whose messages arrived
@@ -221,6 +225,7 @@ class Tail:
                 self._ask()
                 self._next_refresh = now + 1.0
             if timeout_s is not None and now - silent_since > timeout_s:
+                self.finish()  # silent: what the workers published since never came
                 return
             events = dict(poller.poll(200))
             if self.hello in events:
@@ -244,7 +249,7 @@ class Tail:
                 elif last is not None and seq > last + 1:
                     self.gaps += seq - last - 1
                 self.last_seq[key] = boot, seq
-            silent_since = self.heard_at[key] = time.monotonic()
+            silent_since = self.heard_at[key[0]] = time.monotonic()
             yield h, cols
 
     def verdicts(self, timeout_s: float | None = None):
