@@ -7,6 +7,8 @@ snapshot round trips, snapshot validation and the capacity policy.
 """
 import math
 import os
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -1209,10 +1211,15 @@ def test_unfinished_saves_of_a_path_are_removed_and_no_one_elses(tmp_path):
     path = tmp_path / "w1.state.npz"
     save_npz(path, {"x": np.arange(3)})
     assert sorted(os.listdir(tmp_path)) == ["w1.state.npz"]  # its own temporary file is gone
-    for name in (".w1.state.npz.k3j4.tmp", ".w1.state.npz.a.tmp", ".w10.state.npz.b.tmp", ".w2.state.npz.c.tmp"):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a writer killed mid-write: its pid names no process now
+    alive = f".w1.state.npz.{os.getpid()}.x9.tmp"  # a save running now (a namesake's, about to be refused)
+    for name in (f".w1.state.npz.{dead.pid}.k3j4.tmp", ".w1.state.npz.a.tmp", alive,
+                 f".w10.state.npz.{dead.pid}.b.tmp", f".w2.state.npz.{dead.pid}.c.tmp"):
         (tmp_path / name).write_bytes(b"PK partial")
     assert remove_unfinished(path) == 2
-    assert sorted(os.listdir(tmp_path)) == [".w10.state.npz.b.tmp", ".w2.state.npz.c.tmp", "w1.state.npz"]
+    assert sorted(os.listdir(tmp_path)) == sorted([alive, f".w10.state.npz.{dead.pid}.b.tmp",
+                                                   f".w2.state.npz.{dead.pid}.c.tmp", "w1.state.npz"])
     assert remove_unfinished(path) == 0
     (tmp_path / "gone").write_text("a file where the state directory was")
     assert remove_unfinished(tmp_path / "gone" / "w1.state.npz") == 0  # in the worker's loop: it must not raise

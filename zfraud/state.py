@@ -199,7 +199,7 @@ def save_npz(path, arrays: dict) -> None:
     (named after `path`, see remove_unfinished), flushed to disk, then renamed over `path`."""
     path = os.fspath(path)
     directory, base = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.{os.getpid()}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -214,10 +214,21 @@ def save_npz(path, arrays: dict) -> None:
         raise
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, another user's
+        return True
+    return True
+
+
 def remove_unfinished(path) -> int:
     """Remove the temporary files of saves of `path` that never finished: a writer killed
     mid-write (the OOM killer, kill -9) leaves its file, which save_npz would otherwise remove.
-    Call it only when no save of `path` is running. Returns how many were removed."""
+    A file whose writer (the pid in its name) is alive is left: a save running now, maybe by a
+    process under the same name that is about to be refused. Returns how many were removed."""
     directory, base = os.path.split(os.path.abspath(os.fspath(path)))
     removed = 0
     try:
@@ -226,6 +237,9 @@ def remove_unfinished(path) -> int:
         return 0  # the directory is gone or unreadable: the failed save says so, nothing to remove
     for name in names:
         if name.startswith(f".{base}.") and name.endswith(".tmp"):
+            pid = name[len(base) + 2:].split(".", 1)[0]
+            if pid.isdigit() and _alive(int(pid)):
+                continue
             try:
                 os.unlink(os.path.join(directory, name))
                 removed += 1
