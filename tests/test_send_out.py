@@ -2,6 +2,8 @@
 is pointed at its own input) leaves every file as it was."""
 import json
 import os
+import subprocess
+import sys
 
 from conftest import run_cli
 
@@ -96,3 +98,13 @@ def test_bytes_that_are_not_utf8_are_one_reason_whatever_the_byte(mesh2, tmp_pat
     assert r.returncode == 3, r.stderr
     assert r.stderr.splitlines()[-1].startswith(
         "no row was scored; the most common reason (4 of 4 rows): not UTF-8 text: save the file as UTF-8."), r.stderr
+
+
+def test_send_from_a_closed_standard_input_is_a_usage_error():
+    """`zfraud send - <&-` connected, then ended in AttributeError: 'NoneType' object has no
+    attribute 'buffer' (tester's report)."""
+    r = subprocess.run([sys.executable, "-m", "zfraud", "send", "-", "--connect", "tcp://127.0.0.1:9"],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                       preexec_fn=lambda: os.close(0))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "standard input is closed: give a FILE, or pipe the transactions in" in r.stderr, r.stderr

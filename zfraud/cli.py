@@ -339,6 +339,9 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
         raise click.UsageError("give a FILE (or - for stdin) or --synthetic N")
     if synthetic is not None and file is not None:
         raise click.UsageError(f"give a FILE or --synthetic N, not both (FILE {file} would not be read)")
+    if file == "-" and sys.stdin is None:  # started with standard input closed (<&-)
+        raise click.BadParameter("standard input is closed: give a FILE, or pipe the transactions in",
+                                 param_hint="'FILE'")
     if file not in (None, "-") and not os.path.exists(file):  # before connecting: the mesh may take 5 s to fail
         raise click.BadParameter(f"{file} does not exist", param_hint="'FILE'")
     _distinct_files(file=file, out=out, dead_letter=dead_letter)

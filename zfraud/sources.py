@@ -484,6 +484,8 @@ def open_text(path):
     UTF-8 is kept as a surrogate escape for not_utf8 to find in its line: decoding strictly would
     stop the whole read at it, with no line number, in the middle of the file."""
     if path in (None, "-"):
+        if sys.stdin is None:
+            raise InputError("standard input is closed: nothing to read")
         return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="surrogateescape", newline="")
     return open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
 
