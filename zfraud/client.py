@@ -156,7 +156,9 @@ class _Tally:
             return
         read_at, decision, origin, round_trip = zip(*results)
         self.decisions += np.bincount(np.concatenate(decision), minlength=len(P.DECISIONS))
-        if self.rate:  # open loop: from when each row was due
+        if self.rate and len(self.starts) == 1:  # open loop: from when each row was due
+            lat = np.concatenate([(t - self.t0s[0]) * 1000 - o * (1000 / self.rate) for t, o in zip(read_at, origin)])
+        elif self.rate:  # ... on a schedule a live input pushed back
             starts, t0s = np.array(self.starts), np.array(self.t0s)
             lat = np.concatenate([(t - t0s[np.searchsorted(starts, o, side="right") - 1]) * 1000 - o * (1000 / self.rate)
                                   for t, o in zip(read_at, origin)])

@@ -526,9 +526,8 @@ def csv_rows(f):
         yield line, (None if why else row), why
 
 
-class CsvReader(Reader):
-    expected = ("a CSV file with the Handbook's header (TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID, TERMINAL_ID, "
-                "TX_AMOUNT, ...) and times as YYYY-MM-DD HH:MM:SS in UTC")
+class _FileReader(Reader):
+    """A reader of a path (- for standard input), live or not (live_input)."""
 
     def __init__(self, path, batch: int = 1024, linger_s: float = LINGER_S):
         super().__init__(batch, linger_s)
@@ -536,6 +535,11 @@ class CsvReader(Reader):
 
     def _live_path(self):
         return live_input(self.path)
+
+
+class CsvReader(_FileReader):
+    expected = ("a CSV file with the Handbook's header (TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID, TERMINAL_ID, "
+                "TX_AMOUNT, ...) and times as YYYY-MM-DD HH:MM:SS in UTC")
 
     def _records(self, opener=None):
         with (opener or open_text)(self.path) as f:
@@ -567,16 +571,9 @@ class CsvReader(Reader):
                 yield line, {c: row[i] for c, i in index.items()}
 
 
-class JsonLinesReader(Reader):
+class JsonLinesReader(_FileReader):
     expected = ('JSON lines: one object per line, such as {"tx_id": 1, "ts_ms": "2018-04-01 00:00:31", '
                 '"card": 7, "terminal": 3, "amount": 12.5} (or the Handbook\'s field names)')
-
-    def __init__(self, path, batch: int = 1024, linger_s: float = LINGER_S):
-        super().__init__(batch, linger_s)
-        self.path = path
-
-    def _live_path(self):
-        return live_input(self.path)
 
     def _records(self, opener=None):
         with (opener or open_text)(self.path) as f:

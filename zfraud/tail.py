@@ -8,10 +8,11 @@ the messages known to be missed: a jump in a process's `seq`, and, for a new pro
 worker's name (it restarted) or a worker that joined after this tail started, its messages before
 the first one seen (they went out before this SUB connected: a worker numbers every verdict
 message, also those it does not build because no one follows their topic yet). A worker's
-MEMBERS reply, asked for every second, carries its numbering so far: what it published that
-never arrived counts too, once the SUB socket is empty and the report is 1 s old, so that a
-tail that was stopped (Ctrl-Z), and dropped by the worker with all that was queued for it,
-learns of it without waiting for a next message.
+MEMBERS reply, asked for at start and every second, carries its numbering so far: what it
+published and never arrived counts too, once the report is 1 s old and that worker has been
+quiet for 1 s (and, after a --timeout silence, as every member reports it then), so that a tail
+that was stopped (Ctrl-Z), and dropped by the worker with all that was queued for it, learns of
+it without waiting for a next message.
 """
 from __future__ import annotations
 
@@ -178,16 +179,17 @@ class Tail:
         while asked and (left := end - time.monotonic()) > 0 and self.hello.poll(max(1, int(left * 1000))):
             self._on_hello()
             asked -= 1
-        self._count_unreceived(float("inf"), quiet_s=0.0)
+        self._count_unreceived(settle_s=0.0)
         return self.gaps
 
-    def _count_unreceived(self, now: float, quiet_s: float = 1.0) -> None:
-        """Count as missed what a worker reported published, 1 s ago or more, and never arrived,
-        once that worker has been quiet for quiet_s (no message from it: its messages come in
-        order on one connection, so a tail that is behind still has them coming; call it when
-        the SUB socket is empty)."""
+    def _count_unreceived(self, settle_s: float = 1.0) -> None:
+        """Count as missed what a worker reported published, settle_s ago or more, and never
+        arrived, once that worker has been quiet for settle_s (no message from it: its messages
+        come in order on one connection, so a tail that is behind still has them coming; call it
+        when the SUB socket is empty)."""
+        now = time.monotonic()
         for key, (boot, seq, at) in list(self.reported.items()):
-            if now - at < 1.0 or time.monotonic() - self.heard_at.get(key[0], float("-inf")) < quiet_s:
+            if now - at < settle_s or now - self.heard_at.get(key[0], float("-inf")) < settle_s:
                 continue
             del self.reported[key]
             last_boot, last = self.last_seq.get(key, (None, None))
@@ -231,7 +233,7 @@ class Tail:
             if self.hello in events:
                 self._on_hello()
             if self.sub not in events:
-                self._count_unreceived(time.monotonic())
+                self._count_unreceived()
                 continue
             frames = self.sub.recv_multipart()
             try:
