@@ -16,6 +16,7 @@ from zfraud.dataset import date_of, day_of, read_labelled
 from zfraud.evaluate import known_compromised_mask
 from zfraud.features import FEATURE_SETS, FULL
 from zfraud.local import LocalMesh
+from zfraud.sources import CsvReader
 
 from conftest import run_cli
 
@@ -135,17 +136,39 @@ def test_a_word_for_a_time_is_that_rows_error_in_labelled_files(tmp_path, word):
     errors = []
     d = read_labelled(str(tmp_path / "words.csv"), errors)
     assert (3, f"TX_DATETIME {word!r} is not a date and time from 2000-01-01 to 2199-12-31, such as "
-               "2018-04-01 00:00:31") in errors
+               "2018-04-01 00:00:31, or epoch milliseconds") in errors
     assert 1 not in d["tx_id"].tolist() and d["ts_ms"].max() < 1_600_000_000_000  # no row dated today
+
+
+def test_train_reads_times_as_send_does(tmp_path):
+    """One parser for both: train refused epoch milliseconds that send took, and send read
+    +1522540831000 as a year (a time ~10**11 years away, for the worker to reject) where train
+    refused it."""
+    values = ["2018-04-01 00:00:31", "1522540831000", " 2018-04-01T00:00:31Z", "2018-04-01 02:00:31+02:00",
+              "+1522540831000", "+2018-04-01 00:00:31", "-1522540831000", "now", "", "1e12"]
+    header = "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD"
+    p = tmp_path / "times.csv"
+    p.write_text("\n".join([header, *(f'{i},"{v}",1,2,10.5,0' for i, v in enumerate(values))]) + "\n")
+    errors = []
+    d = read_labelled(str(p), errors)
+    assert d["tx_id"].tolist() == [0, 1, 2, 3] and d["ts_ms"].tolist() == [1522540831000] * 4
+    assert [line for line, _ in errors] == list(range(6, 12))
+    reader = CsvReader(str(p))
+    sent = [c for c in reader]
+    assert np.concatenate([c["tx_id"] for c in sent]).tolist() == [0, 1, 2, 3]
+    assert np.concatenate([c["ts_ms"] for c in sent]).tolist() == [1522540831000] * 4
+    assert [line for line, _ in reader.errors] == list(range(6, 12)), reader.errors
 
 
 OUT_OF_RANGE = [("TX_AMOUNT", "-5", "TX_AMOUNT '-5' is not a number from 0 to 1e+12"),
                 ("TX_AMOUNT", "1e300", "TX_AMOUNT '1e300' is not a number from 0 to 1e+12"),
                 ("TX_AMOUNT", "1000000000000.01", "TX_AMOUNT '1000000000000.01' is not a number from 0 to 1e+12"),
                 ("TX_DATETIME", "1999-12-31 23:59:59", "TX_DATETIME '1999-12-31 23:59:59' is not a date and time "
-                                                       "from 2000-01-01 to 2199-12-31, such as 2018-04-01 00:00:31"),
+                                                       "from 2000-01-01 to 2199-12-31, such as 2018-04-01 00:00:31, "
+                                                       "or epoch milliseconds"),
                 ("TX_DATETIME", "2200-01-01 00:00:00", "TX_DATETIME '2200-01-01 00:00:00' is not a date and time "
-                                                       "from 2000-01-01 to 2199-12-31, such as 2018-04-01 00:00:31")]
+                                                       "from 2000-01-01 to 2199-12-31, such as 2018-04-01 00:00:31, "
+                                                       "or epoch milliseconds")]
 
 
 @pytest.mark.parametrize("column, value, message", OUT_OF_RANGE)

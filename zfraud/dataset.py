@@ -8,12 +8,11 @@ Rows come back sorted by event time (stable), as the streaming features need.
 from __future__ import annotations
 
 import datetime as dt
-import warnings
 
 import numpy as np
 
 from .scoring import MAX_AMOUNT, MAX_TS_MS, MIN_TS_MS
-from .sources import InputError, csv_rows, dates_ms, open_text, parse_ids
+from .sources import InputError, csv_rows, open_text, parse_ids, parse_ts_ms
 
 DAY_MS = 86_400_000
 REQUIRED = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD")
@@ -30,7 +29,7 @@ DATES = f"from {date_of(MIN_TS_MS // DAY_MS)} to {date_of((MAX_TS_MS - 1) // DAY
 # column -> (its name in the file, the dtype it is parsed as, what a good value is)
 COLUMNS = {
     "tx_id": ("TRANSACTION_ID", np.uint64, "a whole number from 0 to 2**64 - 1"),
-    "ts_ms": ("TX_DATETIME", "datetime64[ms]", f"a date and time {DATES}, such as 2018-04-01 00:00:31"),
+    "ts_ms": ("TX_DATETIME", "datetime64[ms]", f"a date and time {DATES}, such as 2018-04-01 00:00:31, or epoch milliseconds"),
     "card": ("CUSTOMER_ID", np.uint64, "a whole number from 0 to 2**64 - 1"),
     "terminal": ("TERMINAL_ID", np.uint64, "a whole number from 0 to 2**64 - 1"),
     "amount": ("TX_AMOUNT", np.float64, f"a number from 0 to {MAX_AMOUNT:.0e}"),
@@ -45,17 +44,8 @@ def _parse(values: list, column: str) -> np.ndarray:
     if dtype is np.uint64:
         return parse_ids(values, column)  # what an id is, as zfraud send reads it
     if column == "ts_ms":
-        if not np.char.isdigit(np.array(values, dtype="U1")).all():
-            values = np.char.strip(np.array(values, dtype=str))  # " 2018-04-01 ...": a space after the comma
-            if not np.char.isdigit(values.astype("U1")).all():
-                raise ValueError("not a date")  # numpy would read "now" and "today" as times
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # a time zone: numpy reads it but warns, so take it apart below
-            try:
-                a = np.array(values, dtype=dtype).astype(np.int64)
-            except (UserWarning, DeprecationWarning):  # as send reads them: Z, +02:00, +0200, +02
-                a = dates_ms(np.char.strip(np.array(values, dtype=str)))  # a trailing space, too
-        if ((a < MIN_TS_MS) | (a >= MAX_TS_MS)).any():  # and NaT, -2**63: an empty field
+        a = parse_ts_ms(values)  # as zfraud send reads it: a date (UTC, Z or an offset) or epoch ms
+        if ((a < MIN_TS_MS) | (a >= MAX_TS_MS)).any():
             raise ValueError("out of range")
         return a
     a = np.array(values, dtype=dtype)
