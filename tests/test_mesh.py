@@ -328,6 +328,30 @@ def test_send_checks_the_dead_letter_path_before_it_sends_anything(tmp_path, whe
     assert r.stderr.strip().splitlines()[-1] == f"Error: Invalid value for '--dead-letter': cannot use {dead}: {why}"
 
 
+@pytest.mark.parametrize("args", [("send", "--synthetic", "10"), ("tail",), ("status",), ("top",),
+                                  ("label", "labels.csv"), ("deploy", "--rules", "rules.toml")])
+def test_an_endpoint_that_cannot_be_one_is_a_usage_error(tmp_path, args):
+    """Status 1 means lost, dead-lettered or refused: a typo in --connect was status 1 too."""
+    (tmp_path / "labels.csv").write_text("TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n")
+    (tmp_path / "rules.toml").write_text("")
+    r = run_cli(*args, "--connect", "127.0.0.1:5555", cwd=tmp_path, timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == ("Error: Invalid value for '--connect': endpoint '127.0.0.1:5555' is not "
+                                                 "tcp://HOST:PORT (PORT 1-65535), ipc://PATH or inproc://NAME")
+
+
+@pytest.mark.parametrize("args, said", [
+    (("tail", "--decision", "deny"), "Invalid value for '--decision': unknown decision deny: name one or more of "
+                                     "approve, review, decline, rejected"),
+    (("deploy",), "nothing to deploy: give --model, --rules, or both"),
+    (("deploy", "--shadow", "--rules", "rules.toml"), "--shadow takes a --model and no --rules"),
+])
+def test_options_that_cannot_work_together_are_a_usage_error(tmp_path, args, said):
+    (tmp_path / "rules.toml").write_text("")
+    r = run_cli(*args, "--connect", f"tcp://127.0.0.1:{free_port()}", cwd=tmp_path, timeout=30)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == f"Error: {said}", r.stderr
+
+
 def test_a_stream_told_to_stop_reads_no_further_and_counts_what_it_sent(mesh2):
     with Client(mesh2.endpoint) as c:
         s = c.stream(synthetic(100_000, batch=1000, seed=9, first_id=9_000_000), stop=lambda: True)

@@ -1,5 +1,7 @@
 """Model files: the default loads, round-trips, and every corruption gives a clear ModelError."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +18,18 @@ def test_default_model_loads_and_scores():
     X = np.array([[20.0, np.log1p(20.0), 12, 0, 0], [900.0, np.log1p(900.0), 3, 1, 0]], dtype=np.float32)
     p = m.predict_proba(X)
     assert p.shape == (2,) and p[0] < 0.05 < 0.9 < p[1]
+
+
+def test_the_default_models_command_explains_itself_and_writes_where_it_is_told(tmp_path):
+    """`python -m zfraud.train --help` ignored --help and rewrote the package's default model."""
+    before = DEFAULT_MODEL.stat().st_mtime_ns
+    r = subprocess.run([sys.executable, "-m", "zfraud.train", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "Regenerate the default model" in r.stdout, r.stderr
+    assert DEFAULT_MODEL.stat().st_mtime_ns == before
+    r = subprocess.run([sys.executable, "-m", "zfraud.train", "-o", str(tmp_path / "d.json")], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and DEFAULT_MODEL.stat().st_mtime_ns == before, r.stderr
+    assert json.loads((tmp_path / "d.json").read_text()) == json.loads(DEFAULT_MODEL.read_text())
 
 
 def test_the_shipped_default_model_is_what_its_command_writes():

@@ -284,6 +284,27 @@ def test_send_says_in_one_line_that_no_row_was_scored_when_the_workers_rejected_
                                          "(--out FILE writes each verdict with its reason)")
 
 
+def test_the_no_row_was_scored_count_covers_every_row_not_the_first_1000_kept(mesh2, tmp_path):
+    """It counted the reason among the 1,000 errors kept for printing: "999 of 1,500"."""
+    p = tmp_path / "many.csv"
+    p.write_text("x,y\n" + "1,2\n" * 1500)
+    r = run_cli("send", str(p), "--connect", mesh2.endpoint, "--format", "jsonl")
+    assert r.returncode == 3, r.stderr
+    assert "the most common reason (1,500 of 1,501 rows): Extra data." in r.stderr.splitlines()[-1], r.stderr
+
+
+def test_send_names_the_workers_reasons_when_it_exits_3_for_their_rejections(mesh2, tmp_path):
+    """Status 3 says to see the messages on stderr: there were none when the rows were read but a
+    worker rejected some of them."""
+    p = tmp_path / "some.jsonl"
+    p.write_text("".join(json.dumps({"tx_id": i, "ts_ms": 1522540831000, "card": i, "terminal": 2,
+                                     "amount": -5 if i < 2 else 5}) + "\n" for i in range(5)))
+    r, s = send(mesh2, p)
+    assert r.returncode == 3 and (s["verdicts"], s["errors"]) == (3, 2), r.stderr
+    assert ("the workers rejected 2 of the records: amount is negative (2) (--out FILE writes each with its reason)"
+            in r.stderr.splitlines()), r.stderr
+
+
 def test_a_timestamp_in_utc_with_a_z_is_read_without_a_warning(tmp_path):
     """numpy parses "...Z" but warns of any time zone, even UTC's, with a line of our source."""
     p = tmp_path / "tx.jsonl"

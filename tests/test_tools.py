@@ -222,9 +222,9 @@ def test_label_sends_the_rows_it_can_read_and_reports_the_others(tmp_path):
 
 def test_a_path_that_cannot_be_written_is_one_line_naming_it(tmp_path):
     out = tmp_path / "no-such-dir" / "data.csv"
-    r = run_cli("gen", str(out), "--days", "1")
-    assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1] == f"Error: cannot use {out}: No such file or directory", r.stderr
+    r = run_cli("gen", str(out), "--days", "1")  # a usage error (status 2), as train's -o is
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"Error: Invalid value for 'OUT': cannot use {out}: No such file or directory", r.stderr
 
 
 @pytest.mark.parametrize("command, option", [

@@ -10,7 +10,6 @@ import functools
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -121,6 +120,18 @@ def _connected(make, endpoint: str, *args, **kwargs):
     except KeyboardInterrupt:
         click.echo(f"interrupted while connecting to {endpoint}", err=True)
         sys.exit(130)
+
+
+def _endpoint(ctx, param, value):
+    """--connect: a usage error (status 2) for an endpoint that cannot be one, as for any bad
+    option, not status 1, which the commands give to what was lost or refused."""
+    from .mesh import check_endpoint
+
+    try:
+        check_endpoint("endpoint", value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
 
 
 def _interrupt(signum, frame):
@@ -264,22 +275,18 @@ def nothing_scored(source, summary, rejected) -> str:
     """The line saying that no row was scored: the most common reason rows were rejected (the
     reader's, without the value or the JSON position it names, else the workers': `rejected`,
     a Counter of their reasons) and the input `source` expects."""
-    from collections import Counter
-
     if not source.errors:
         reason, n = rejected.most_common(1)[0] if rejected else ("unknown", 0)
         return (f"no row was scored: the workers rejected all {summary.errors:,} they answered; the most "
                 f"common reason ({n:,} of {summary.errors:,}): {reason.removeprefix('error: ')} "
                 f"(--out FILE writes each verdict with its reason)")
-    reasons = Counter(re.sub(r"(, got .*|: line \d+ column \d+ \(char \d+\))$", "", re.sub(r" \(byte 0x[0-9a-f]+\)", "", m))
-                      for _, m in source.errors)
-    reason, n = reasons.most_common(1)[0]
+    reason, n = source.reasons.most_common(1)[0]
     return f"no row was scored; the most common reason ({n:,} of {summary.sent:,} rows): {reason}. Expected {source.expected}"
 
 
 @main.command()
 @click.argument("file", required=False, type=click.Path(allow_dash=True, dir_okay=False))
-@click.option("--connect", required=True, help=CONNECT_HELP)
+@click.option("--connect", required=True, callback=_endpoint, help=CONNECT_HELP)
 @click.option("--synthetic", type=click.IntRange(1), default=None, metavar="N",
               help="Generate N synthetic transactions instead of reading FILE.")
 @click.option("--batch", type=click.IntRange(1, P.MAX_ROWS), default=1024,
@@ -321,8 +328,9 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
     then the summary is printed (the rest counted as lost), with status 130. A second Ctrl-C
     stops at once, without a summary; one while still connecting says so, status 130.
 
-    Exit status: 0 every transaction got a verdict; 1 some were lost or dead-lettered;
-    3 all were answered but some were rejected as invalid (see the messages on stderr; when
+    Exit status: 0 every transaction got a verdict; 1 some were lost or dead-lettered, or the
+    command failed (no worker answered, say); 3 all were answered but some were rejected as
+    invalid (stderr gives the lines that could not be read and the workers' reasons; when
     none was scored, the last line says so, with the most common reason and the input expected);
     2 a usage error, before anything was sent; 130 interrupted.
     """
@@ -382,6 +390,11 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
         click.echo(f"input line {line}: {message}", err=True)
     if source.error_count > 10:
         click.echo(f"... and {source.error_count - 10} more unreadable records", err=True)
+    if rejected and summary.verdicts:  # (else the line that says no row was scored names the reason)
+        common = "; ".join(f"{reason.removeprefix('error: ')} ({n:,})" for reason, n in rejected.most_common(3))
+        click.echo(f"the workers rejected {sum(rejected.values()):,} of the records: {common}"
+                   + ("; ..." if len(rejected) > 3 else "") + ("" if out else " (--out FILE writes each with its reason)"),
+                   err=True)
     if summary.dead_letter:
         click.echo(f"{summary.dead_letter} transactions failed every attempt: see {dead_letter}", err=True)
     if as_json:
@@ -400,10 +413,11 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
 
 
 @main.command()
-@click.option("--connect", required=True, help=CONNECT_HELP)
+@click.option("--connect", required=True, callback=_endpoint, help=CONNECT_HELP)
 @click.option("--decision", default="approve,review,decline,rejected",
               help="Comma-separated decisions to follow, from approve, review, decline and rejected.")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "text"]), default="jsonl")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "text"]), default="jsonl", show_default=True,
+              help="jsonl: one JSON object per verdict, with its seq and boot; text: one aligned line per verdict.")
 @click.option("--count", type=click.IntRange(1), default=None, help="Exit after N verdicts.")
 @click.option("--timeout", type=click.FloatRange(0.1), default=None,
               help="Exit after this many seconds without a verdict.")
@@ -418,9 +432,10 @@ def tail(connect, decision, fmt, count, timeout, curve_dir):
     from .tail import Tail
 
     decisions = [d.strip() for d in decision.split(",") if d.strip()]
-    if not decisions:
-        raise click.BadParameter(f"no decision given in {decision!r}: name one or more of "
-                                 f"{', '.join(P.DECISIONS)}", param_hint="'--decision'")
+    unknown = sorted(set(decisions) - set(P.DECISIONS))
+    if not decisions or unknown:
+        given = f"unknown decision {', '.join(unknown)}" if unknown else f"no decision given in {decision!r}"
+        raise click.BadParameter(f"{given}: name one or more of {', '.join(P.DECISIONS)}", param_hint="'--decision'")
     seen, interrupted = 0, False
     t = _connected(Tail, connect, decisions, curve_dir=curve_dir)
     printing = [False, False]  # printing a line; a Ctrl-C came meanwhile
@@ -497,7 +512,7 @@ def demo(workers, transactions, batch):
 
 
 @main.command()
-@click.argument("out", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("out", type=click.Path(dir_okay=False, allow_dash=True), callback=_writable)
 @click.option("--customers", type=click.IntRange(1), default=5000, help="Cards (one per customer).")
 @click.option("--terminals", type=click.IntRange(1), default=10000, help="Payment terminals.")
 @click.option("--days", type=click.IntRange(1), default=183, help="Days of transactions, from --start.")
@@ -546,7 +561,7 @@ def gen(out, customers, terminals, days, seed, start):
 
 
 @main.command()
-@click.option("--connect", required=True, help=CONNECT_HELP)
+@click.option("--connect", required=True, callback=_endpoint, help=CONNECT_HELP)
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Model file to deploy (see `zfraud model import`).")
 @click.option("--rules", "rules_path", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -563,6 +578,10 @@ def deploy(connect, model_path, rules_path, shadow, timeout, curve_dir):
     from .deploy import artefact
     from .deploy import deploy as ship
 
+    if model_path is None and rules_path is None:
+        raise click.UsageError("nothing to deploy: give --model, --rules, or both")
+    if shadow and (model_path is None or rules_path is not None):
+        raise click.UsageError("--shadow takes a --model and no --rules")
     artefact(model_path, rules_path, shadow)  # a bad file is the error, whether or not the mesh answers
     with _connected(Client, connect, curve_dir=curve_dir, hello_timeout_s=timeout) as client:
         answers = ship(client, model_path, rules_path, shadow, timeout)
@@ -679,7 +698,7 @@ def _status_table(rows: list[dict], mix: bool = False) -> str:
 
 
 @main.command()
-@click.option("--connect", required=True, help=CONNECT_HELP)
+@click.option("--connect", required=True, callback=_endpoint, help=CONNECT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: {\"members\": [...]}.")
 @curve_option
 @friendly_errors
@@ -701,7 +720,7 @@ def status(connect, as_json, curve_dir):
 
 
 @main.command()
-@click.option("--connect", required=True, help=CONNECT_HELP)
+@click.option("--connect", required=True, callback=_endpoint, help=CONNECT_HELP)
 @click.option("--interval", type=click.FloatRange(0.2), default=1.0, help="Seconds between refreshes.")
 @click.option("--iterations", type=click.IntRange(1), default=None, help="Stop after N refreshes.")
 @curve_option
@@ -733,7 +752,7 @@ def top(connect, interval, iterations, curve_dir):
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--connect", required=True, help=CONNECT_HELP)
+@click.option("--connect", required=True, callback=_endpoint, help=CONNECT_HELP)
 @click.option("--batch", type=click.IntRange(1, P.MAX_ROWS), default=65536, help="Labels per message.")
 @curve_option
 @friendly_errors
@@ -746,7 +765,8 @@ def label(file, connect, batch, curve_dir):
     of its card owner's clock is refused by that worker and not applied (the count is reported);
     the others are. Exit status: 0 every label was acknowledged and none refused; 1 a worker
     refused a whole message (an error), or a share was still unacknowledged after 3 sends (the
-    message says how many were applied); 3 some rows could not be read, or some labels were
+    message says how many were applied), or the file could not be read at all (a missing column)
+    or no worker answered; 2 a usage error; 3 some rows could not be read, or some labels were
     refused as dated ahead."""
     from .client import Client, MeshError
     from .dataset import read_labelled

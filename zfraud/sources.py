@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import warnings
+from collections import Counter
 
 import numpy as np
 
@@ -48,6 +49,12 @@ MAX_REPORTED = 1000
 LINGER_S = 0.01  # a live input's records wait at most this long after the oldest was read to be yielded
 TICK_S = 0.1     # an idle live input yields an empty chunk this often
 FEED_BATCHES = 8  # converted batches a live input's thread may hold ahead of its caller (40 bytes a row)
+
+
+def _reason(message: str) -> str:
+    """An error message without the value, byte or JSON position it names: what rows share."""
+    message = re.sub(r" \(byte 0x[0-9a-f]+\)", "", message)
+    return re.sub(r"(, got .*|: line \d+ column \d+ \(char \d+\))$", "", message)
 
 
 class InputError(ValueError):
@@ -200,6 +207,7 @@ class Reader:
         self.tick_s = TICK_S
         self.errors: list[tuple[int, str]] = []  # (line number, message), the first MAX_REPORTED, in line order
         self.error_count = 0
+        self.reasons: Counter = Counter()  # every error's message without its value or position
         self._errors_lock = threading.Lock()  # a live input's thread reports the lines it cannot split
 
     def _error(self, line: int, message: str) -> None:
@@ -207,6 +215,7 @@ class Reader:
         bad value when its batch is converted, after the lines read since: insort keeps line order."""
         with self._errors_lock:
             self.error_count += 1
+            self.reasons[_reason(message)] += 1
             if len(self.errors) < MAX_REPORTED:
                 bisect.insort(self.errors, (line, message))
 
