@@ -599,7 +599,7 @@ def model():
 @click.argument("source", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=_writable,
               help="zfraud model file to write.")
-@click.option("--version", "version", default=None, help="Model version to record. Default: from the file name.")
+@click.option("--version", "version", default=None, help="Model version to record. Default: SOURCE's file name without its extension.")
 @click.option("--feature-set", default="basic-v1", show_default=True,
               help="The worker feature set the model was trained on, in that order (basic-v1 or zfraud-v6).")
 @friendly_errors
@@ -831,7 +831,7 @@ def keys_init(directory, force):
               help="gbdt needs LightGBM (the `train` extra); logistic needs only numpy.")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=_writable,
               help="Model file to write (checked before training).")
-@click.option("--version", "version", default=None, help="Model version. Default: from the file name.")
+@click.option("--version", "version", default=None, help="Model version. Default: the -o file's name without its extension.")
 @friendly_errors
 def train(data, date_from, date_to, delay_days, algo, out, version):
     """Replay DATA (Handbook CSV) through the workers' streaming features, labels revealed

@@ -71,7 +71,7 @@ def read_labelled(path, errors: list | None = None) -> dict:
         missing = [c for c in REQUIRED if c not in header]
         if missing:
             raise InputError(f"{path}: missing column(s) {', '.join(missing)}; expected the Handbook's schema "
-                             f"({', '.join(REQUIRED)}, TX_FRAUD_SCENARIO)")
+                             f"({', '.join(REQUIRED)}; TX_FRAUD_SCENARIO may be left out)")
         idx = [header.index(name) if name in header else None for name, _, _ in COLUMNS.values()]
         cols = {c: [] for c in COLUMNS}
         lines = []

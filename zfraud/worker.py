@@ -137,8 +137,8 @@ def _bind(sock, endpoint: str, what: str, also=None) -> None:
                 s.close(linger=0)
         hint = {zmq.EADDRINUSE: ": another process (another worker?) listens there",
                 zmq.EADDRNOTAVAIL: ": that address is not one of this machine's",
-                errno.ENODEV: ": bind an IP address of this machine, an interface name, or * for all "
-                            "(a host name is not resolved)"}.get(e.errno, "")
+                errno.ENODEV: ": bind an IPv4 address or name of this machine, an interface name, or * for "
+                            "all (IPv6 is not enabled)"}.get(e.errno, "")
         raise ValueError(f"cannot bind {what} {endpoint}: {zmq.strerror(e.errno)}{hint}") from None
 
 
