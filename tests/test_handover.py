@@ -286,3 +286,61 @@ def test_the_sender_keeps_cards_that_are_refused_or_not_answered(ctx, answer):
     finally:
         h.close()
         owner.close(linger=0)
+
+
+def test_a_member_not_connected_yet_is_tried_again_a_second_later_not_at_the_settle_sweep(ctx):
+    """The first sweep after a join finds the newcomer's DEALER not yet connected (IMMEDIATE:
+    the send is refused) and asks for another a second later. That retry is due before the
+    settle sweep (SETTLE_S) already planned, and must not wait for it: sweeps every second
+    while the member is unreachable, on a fake clock ticking every 0.2 s."""
+    import zmq
+
+    from zfraud.handover import SETTLE_S, Handover
+    from zfraud.sockets import configure
+
+    class Recording(Handover):
+        def sweep(self, features, names, now):
+            self.swept.append(now)
+            return super().sweep(features, names, now)
+
+    e = FeatureEngine(FULL, 7, 4096, 1024)
+    cards = np.arange(1, 201, dtype=np.uint64)
+    e.transform({"tx_id": cards, "card": cards, "terminal": cards % 7, "amount": np.full(200, 12.0),
+                 "ts_ms": np.full(200, 17_800 * 86_400_000, np.int64)})
+    h = Recording("w1", lambda: configure(ctx.socket(zmq.DEALER)))
+    h.swept = []
+    nobody = {"w2": f"tcp://127.0.0.1:{free_port()}"}  # nothing listens there
+    try:
+        for i in range(31):
+            h.tick(e, nobody, ["w1", "w2"], now=i / 5)
+    finally:
+        h.close()
+    assert SETTLE_S == 3.0 and h.swept == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert len(e.card_ids()) == 200 and not h.pending  # every refused send put its cards back
+
+
+def test_a_worker_that_joins_gets_its_cards_about_a_second_after_it_is_seen(model_path, tmp_path):
+    """w1 holds every card; w2 joins. w1 hands w2 its share at the heartbeat after it sees w2,
+    or, if w2's connection is not up by then, at the retry a second later: well within 2 s of
+    logging the join (it used to wait for the settle sweep, 3 s after the change)."""
+    rng = np.random.default_rng(9)
+    tx = random_transactions(rng, 400, 4000, 17_800 * 86_400_000)
+    w2_owns = owners(np.unique(tx["card"]), ["w1", "w2"]) == 1
+    with LocalMesh(1, extra_args=["--model", str(model_path), *EXTRA], log_dir=str(tmp_path)) as mesh:
+        with Client(mesh.endpoint) as c:
+            c.score(tx)
+        time.sleep(4)  # past the sweeps that follow the mesh's forming: only the join's remain
+        mesh.start_worker("w2", seed=mesh.routers["w1"])
+        joined = handed = None
+        end = time.monotonic() + 15
+        while handed is None and time.monotonic() < end:
+            log, now = mesh.log("w1"), time.monotonic()
+            if joined is None and "member joined name=w2" in log:
+                joined = now
+            if "handed over" in log:
+                handed = now
+            time.sleep(0.02)
+        log = mesh.log("w1")
+    assert joined is not None and handed is not None, log[-2000:]
+    assert re.findall(r"handed over (\d+) cards to w2", log) == [str(w2_owns.sum())]
+    assert handed - joined < 2.0, f"cards handed over {handed - joined:.2f} s after the join"

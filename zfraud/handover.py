@@ -60,7 +60,7 @@ class Handover:
         self.pending: dict[int, _Pending] = {}
         self.seq = 0
         self.view: list[str] | None = None  # the owners the last sweep placed cards by
-        self.due: list[float] = []
+        self.due: list[float] = []  # when further sweeps are due, in no order (retries are appended)
         self.next_sweep = 0.0
         self.handed = self.taken_back = 0  # cards acknowledged by their owners; put back here
 
@@ -99,7 +99,7 @@ class Handover:
         if names != self.view:
             self.view = list(names)
             self.soon(now)
-        if not (force or now >= self.next_sweep or (self.due and self.due[0] <= now)):
+        if not (force or now >= self.next_sweep or (self.due and min(self.due) <= now)):
             return
         self.due = [t for t in self.due if t > now]
         self.next_sweep = now + EVERY_S
