@@ -112,7 +112,7 @@ class Handover:
 
     def sweep(self, features, names: list[str], now: float) -> int:
         """Send every card held here whose owner among `names` is another worker; returns the
-        cards sent. A member not connected yet keeps its cards here until the next heartbeat."""
+        cards sent. A member not connected yet keeps its cards here, and is tried again 1 s later."""
         ids = features.card_ids()
         if not len(ids):
             return 0
