@@ -12,6 +12,7 @@ import pytest
 
 from zfraud import Client
 from zfraud import protocol as P
+from zfraud.client import MeshError
 from zfraud.local import LocalMesh
 from zfraud.synthetic import synthetic
 
@@ -248,6 +249,29 @@ def test_dead_letters_through_the_api(tmp_path):
     entries = [json.loads(line) for line in dead.read_text().splitlines()]
     assert sum(len(e["tx_id"]) for e in entries) == 3000
     assert all(e["reason"] for e in entries)
+
+
+def test_a_long_lived_clients_dead_letters_stay_bounded_and_counted(tmp_path):
+    """Client.dead_letters grew for the life of a Client: 38 bytes a transaction given up on, for
+    ever, in an application that keeps one Client open."""
+    from zfraud.client import DEAD_LETTER_IDS
+
+    n = 60_000
+    with LocalMesh(1, log_dir=str(tmp_path)) as mesh:
+        with Client(mesh.endpoint, deadline_s=0.2, max_attempts=1) as c:
+            mesh.signal("w1", signal.SIGSTOP)
+            try:
+                for k in range(5):
+                    batch = next(synthetic(n, batch=n, seed=k, first_id=k * n))
+                    with pytest.raises(MeshError):
+                        c.score(batch, timeout_s=10)
+                s = c.stream(synthetic(1000, batch=1000, seed=9, first_id=10**7), drain_timeout_s=10)
+            finally:
+                mesh.signal("w1", signal.SIGCONT)
+    kept = [i for e in c.dead_letters for i in e["tx_id"]]
+    assert c.dead_lettered == 5 * n + 1000 and s.dead_letter == 1000
+    assert 1000 < len(kept) <= 2 * DEAD_LETTER_IDS  # 301,000 given up on
+    assert kept == list(range(5 * n - (len(kept) - 1000), 5 * n)) + list(range(10**7, 10**7 + 1000))  # the latest
 
 
 def test_a_snapshot_that_cannot_be_written_is_logged_and_scoring_goes_on(tmp_path):

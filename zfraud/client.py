@@ -62,6 +62,7 @@ class Pending:
 
 REMEMBER_IDS = 1 << 20  # a stream's `repeated` looks this many distinct ids back (a worker remembers as many)
 FOLD_ROWS = 1 << 18      # rows of RESULTs read before they are folded into a stream's counts
+DEAD_LETTER_IDS = 100_000  # Client.dead_letters keeps the latest entries, about this many ids (the file keeps all)
 
 
 class Sample:
@@ -223,7 +224,9 @@ class Client:
         self.leaving: set[str] = set()               # workers that said goodbye: no new batches, answers awaited
         self.pending: dict[int, Pending] = {}        # batch id -> unanswered sub-batch
         self.inflight: dict[str, set] = {}           # worker name -> batch ids in flight there
-        self.dead_letters: list[dict] = []         # sub-batches given up on, with the reason
+        self.dead_letters: list[dict] = []           # the latest sub-batches given up on, with the reason
+        self.dead_lettered = 0                       # transactions given up on, all told
+        self._dead_kept = 0                          # ... of them in dead_letters
         self.resent = 0                              # transactions sent again
         self.poller = zmq.Poller()
         self._ids = iter(range(random.getrandbits(31) << 32, 1 << 64))
@@ -624,6 +627,14 @@ class Client:
     def _dead_letter(self, arrays: dict, attempt: int, reason: str) -> None:
         entry = {"reason": reason, "attempts": attempt + 1, "tx_id": arrays["tx_id"].tolist()}
         self.dead_letters.append(entry)
+        self.dead_lettered += len(entry["tx_id"])
+        self._dead_kept += len(entry["tx_id"])
+        if self._dead_kept > 2 * DEAD_LETTER_IDS:  # bounded, for a client that lives long (trimmed in bulk)
+            old = 0
+            while self._dead_kept > DEAD_LETTER_IDS and old < len(self.dead_letters) - 1:
+                self._dead_kept -= len(self.dead_letters[old]["tx_id"])
+                old += 1
+            del self.dead_letters[:old]
         if self.dead_letter_path:
             with open(self.dead_letter_path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
@@ -703,7 +714,7 @@ class Client:
         # `tally` (and their frames freed), so that memory stays bounded however long the stream.
         results, unfolded = [], [0]
         resent0 = self.resent
-        dead0 = len(self.dead_letters)
+        dead0 = self.dead_lettered
         t0 = start = time.perf_counter()  # t0: the open loop's schedule, which a live input may push back
         tally = _Tally(t0, rate)
         count_repeats = Repeats()  # for `repeated`: the last REMEMBER_IDS distinct ids, as a worker keeps them
@@ -789,7 +800,7 @@ class Client:
         s.verdicts = int(decisions.sum()) - rejected
         if tally.latency.kept:
             s.p50_ms, s.p99_ms, s.p999_ms = (round(float(x), 3) for x in tally.latency.percentiles([50, 99, 99.9]))
-        s.dead_letter = sum(len(e["tx_id"]) for e in self.dead_letters[dead0:])
+        s.dead_letter = self.dead_lettered - dead0
         s.errors = rejected + input_errors()
         s.lost = s.sent - s.verdicts - s.errors - s.dead_letter
         s.resent = self.resent - resent0
