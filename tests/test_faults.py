@@ -251,6 +251,24 @@ def test_dead_letters_through_the_api(tmp_path):
     assert all(e["reason"] for e in entries)
 
 
+def test_a_new_name_on_a_departed_members_endpoints_stays_followed(tmp_path):
+    """A worker that left is still followed for DEPARTED_FOLLOW_S (15 s) at its PUB endpoint. A new
+    process there under another name (--name HOSTNAME-PID under a supervisor) was cut off when
+    that ended, since the SUB disconnects by endpoint: 'member lost' 15-18 s after it joined."""
+    from zfraud.worker import DEPARTED_FOLLOW_S
+
+    with LocalMesh(2, log_dir=str(tmp_path), extra_args=("--heartbeat", "0.2")) as mesh:
+        router, pub = mesh.routers["w2"], mesh.pubs["w2"]
+        assert mesh.stop_worker("w2") == 0
+        mesh.start_worker("n2", seed=mesh.routers["w1"], router=router, pub=pub)
+        mesh.wait_members(["n2", "w1"], timeout_s=15)
+        time.sleep(DEPARTED_FOLLOW_S + 3)  # past the end of following w2, and 3 s more: 15 heartbeats
+        log = mesh.log("w1")
+        mesh.wait_members(["n2", "w1"], timeout_s=1)
+    assert "member left name=w2" in log and "member joined name=n2" in log
+    assert "member lost" not in log and log.count("member joined name=n2") == 1, log[-3000:]
+
+
 def test_a_long_lived_clients_dead_letters_stay_bounded_and_counted(tmp_path):
     """Client.dead_letters grew for the life of a Client: 38 bytes a transaction given up on, for
     ever, in an application that keeps one Client open."""

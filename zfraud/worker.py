@@ -654,8 +654,13 @@ class Worker:
         now = time.monotonic()
         self._departed = {n: (pub, until) for n, (pub, until) in self._departed.items() if until > now}
         # A member that said goodbye is still followed for a while: the counts of what it scored
-        # while draining come after its goodbye (their merge needs no membership).
-        following = {**{n: pub for n, (pub, _) in self._departed.items() if n not in want}, **want}
+        # while draining come after its goodbye (their merge needs no membership). Not once a
+        # member lists its PUB endpoint: that process is gone (a new one bound it, under another
+        # name: --name HOSTNAME-PID under a supervisor), and the new one gets a connection of its
+        # own at once, rather than the old one's, which may be backing off for up to 8 s.
+        listed = set(want.values())
+        following = {**{n: pub for n, (pub, _) in self._departed.items() if n not in want and pub not in listed},
+                     **want}
         for name in [n for n in self.sync_socks if n not in want]:
             sock = self.sync_socks.pop(name)
             self.poller.unregister(sock)
@@ -664,21 +669,24 @@ class Worker:
             del self._intel_seq[name]  # if it comes back, its first message triggers a full sync
         for name in [n for n in self._boots if n not in want]:
             del self._boots[name]  # if it comes back, it joins: that is not a restart
+        # One connection per endpoint: disconnect(pub) cuts every connection to it.
         for name, pub in list(self.subscribed.items()):
             if following.get(name) != pub:
-                try:
-                    self.sub.disconnect(pub)
-                except zmq.ZMQError:
-                    pass
                 del self.subscribed[name]
+                if pub not in self.subscribed.values():
+                    try:
+                        self.sub.disconnect(pub)
+                    except zmq.ZMQError:
+                        pass
         for name, pub in want.items():
             if name not in self.subscribed:
-                try:
-                    self.sub.connect(pub)
-                except zmq.ZMQError as e:  # an endpoint that passed the checks but cannot be used
-                    log.warning("cannot follow member %s at %s: %s; dropping it", name, pub, e.strerror)
-                    self.members.leave(name)
-                    continue
+                if pub not in self.subscribed.values():
+                    try:
+                        self.sub.connect(pub)
+                    except zmq.ZMQError as e:  # an endpoint that passed the checks but cannot be used
+                        log.warning("cannot follow member %s at %s: %s; dropping it", name, pub, e.strerror)
+                        self.members.leave(name)
+                        continue
                 self.subscribed[name] = pub
         # A member that said goodbye and is back within DEPARTED_FOLLOW_S was still followed: it
         # joins all the same (a restart), so a join is a name new to the member list, not a connect
