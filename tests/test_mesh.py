@@ -729,6 +729,9 @@ def test_a_second_worker_under_a_live_members_name_stops_and_the_mesh_keeps_the_
         assert not list(tmp_path.glob("*.npz"))  # no snapshot under the name, which may be the namesake's
         if seed == "another member":
             assert "asking again for 6 s" in r.stderr and took > 6.0
+            # It logged "seed ... has not answered for 6 s ... check --seed" just before the
+            # refusal: the seed had answered, with NAME_TAKEN, and keeps answering so
+            assert "has not answered" not in r.stderr, r.stderr
         else:
             assert "asking again" not in r.stderr
         time.sleep(1.5)  # a heartbeat: nothing of the second process reached the members' lists

@@ -244,7 +244,8 @@ class Worker:
         self._draining_since = None  # set when stop() is first noticed: leaving, still answering
         self._last_request = time.monotonic()
         self._listed: set[str] = set()  # the other members as of the last _sync_subscriptions
-        self._seeds_asked: dict[str, float | None] = {}  # seed -> when first asked (None: warned it is silent)
+        # seed -> when first asked (None: warned it is silent, or it answered refusing our name)
+        self._seeds_asked: dict[str, float | None] = {}
         self._boots: dict[str, int] = {}  # member name -> the boot of its process, from its mesh.hello
         self._seq = defaultdict(int)  # topic -> last seq given (published or not), for gap detection
         self.boot = int.from_bytes(os.urandom(6), "big")  # this process, in its verdict messages: seq restarts with it
@@ -534,6 +535,8 @@ class Worker:
                 self._seeds_asked.pop(router, None)
                 log.info("joined via seed=%s members=%d", router, len(self.members.members))
         elif msg.command == P.ERROR and msg.header.get("code") == P.NAME_TAKEN:
+            if name is None:  # the seed answers: it is not silent, whatever happens next
+                self._seeds_asked[router] = None
             self._name_refused(router, msg.header)
         elif msg.command == P.ERROR and name is not None:  # another worker has that address now (_hello's "to")
             log.info("stopped asking member %s to rejoin: %s", name, msg.header.get("message"))
