@@ -155,3 +155,46 @@ def test_deploy_waits_for_the_mesh_as_long_as_its_timeout():
     r = run_cli("deploy", "--connect", endpoint, "--rules", "conf/rules.toml", "--timeout", "1")
     assert r.returncode == 1 and f"could not connect to {endpoint} within 1 s" in r.stderr, r.stderr
     assert time.monotonic() - t0 < 4.5  # the command's own start included
+
+
+def test_a_deploy_that_changes_the_feature_set_forgets_the_ids_it_had_remembered(data, model_path, tmp_path):
+    """basic-v1 -> zfraud-v6 starts a new, empty state, but the worker used to keep its memory of
+    the transaction and label ids it had seen: history sent again to warm the new state was all
+    'repeats' and the state stayed empty (tester: 58 627 rows, state.cards 0), and the snapshot
+    saved with the new state ids it never counted. The ids go with the state they were counted in."""
+    from zfraud.state import load_npz
+
+    state = tmp_path / "state"
+    n = len(data["tx_id"])
+    half = n // 2
+    tx = {k: data[k] for k, _ in P.TX_COLUMNS}
+    labels = {k: data[k] for k in P.LABEL_NAMES}
+    extra = ["--cards", "4096", "--terminals", "4096", "--state-dir", str(state)]
+    with LocalMesh(1, extra_args=extra, log_dir=str(tmp_path)) as mesh:
+        with Client(mesh.endpoint) as c:
+            c.score(tx)  # default-1: basic-v1, no streaming state
+            c.label(labels)
+            assert c.control("w1", "status")["status"]["state"]["remembered_tx_ids"] == n
+            assert deploy(c, model_path=model_path)["w1"]["model"] == "probe-1"  # zfraud-v6
+            c.score({k: v[:half] for k, v in tx.items()})  # the history again, to warm the new state
+            applied = c.label({k: v[:half] for k, v in labels.items()})
+            deploy(c, model_path=model_path)  # the same feature set: the state, and its ids, stay
+            st = c.control("w1", "status")["status"]
+        assert mesh.stop_worker("w1") == 0  # SIGTERM: saves the state, with the ids it counted
+        log = mesh.log("w1")
+        snap = load_npz(state / "w1.state.npz")
+        # Restarted from that snapshot: the first half is a repeat there, the second half is not
+        mesh.start_worker("w1", extra_args=["--model", str(model_path)])
+        mesh.wait_members(["w1"])
+        with Client(mesh.endpoint) as c:
+            c.score(tx)
+            again = c.control("w1", "status")["status"]
+    assert st["repeats"] == 0 and st["labels"] == n + half
+    assert st["state"]["cards"] == len(np.unique(data["card"][:half]))
+    assert st["state"]["remembered_tx_ids"] == half
+    assert applied["w1"] == int((data["fraud"][:half] != 0).sum()) > 0
+    assert (f"feature set basic-v1 -> zfraud-v6: a new, empty streaming state; forgot the {n} transaction ids "
+            f"and {n} label ids remembered with the old one") in log, log
+    for key in ("extra.seen", "extra.labels_seen"):
+        np.testing.assert_array_equal(np.sort(snap[key]), np.sort(data["tx_id"][:half]))
+    assert again["repeats"] == half and again["state"]["cards"] == len(np.unique(data["card"]))

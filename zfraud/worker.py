@@ -1119,14 +1119,28 @@ class Worker:
         if op == "cards":
             return self._take_over(h, payload)
         if op == "deploy":
+            old = self.scorer
             self.scorer = self._deployed(h, payload)  # validated whole first; swapped between batches
             s = self.scorer
+            if s.features is not old.features:
+                self._forget_ids(old.features.feature_set, s.features.feature_set)
             if self.metrics is not None:
                 self.metrics.running(s.model_version, s.rules_version)
             log.info("deployed model=%s rules=%s shadow=%s", s.model_version, s.rules_version, s.shadow_version)
             return P.encode(P.CONTROL, {"op": "deploy", "ok": True, "worker": self.name, "model": s.model_version,
                                         "rules": s.rules_version, "shadow": s.shadow_version})
         raise P.ProtocolError(P.BAD_CONTROL, f"unknown control op {op!r}; known: status, deploy, intel_sync, cards")
+
+    def _forget_ids(self, was: str, now: str) -> None:
+        """A deploy replaced the streaming state with a new, empty one: the transaction and label
+        ids remembered so far were counted in the old state only, so they go with it. Else history
+        sent again to warm the new state would count as repeats and leave it empty (and the next
+        snapshot would save, with the new state, ids it never counted)."""
+        log.info("feature set %s -> %s: a new, empty streaming state; forgot the %d transaction ids and %d "
+                 "label ids remembered with the old one (sent again, they count in the new one)", was, now,
+                 len(self.seen), len(self.labels_seen))
+        self.seen = SeenSet(self.seen.capacity)
+        self.labels_seen = SeenSet(self.labels_seen.capacity)
 
     def _take_over(self, h: dict, payload: list) -> list:
         """Cards a peer hands over: this worker owns them now (zfraud.handover)."""
