@@ -63,6 +63,9 @@ class Handover:
         self.due: list[float] = []  # when further sweeps are due, in no order (retries are appended)
         self.next_sweep = 0.0
         self.handed = self.taken_back = 0  # cards acknowledged by their owners; put back here
+        # What becomes of records put back, as the log says it: the worker changes it when it
+        # sweeps no more (stopping: kept in its snapshot, or lost with the process)
+        self.fate = "kept here, sent again at the next sweep"
 
     # -- sockets ----------------------------------------------------------------------------
     def follow(self, routers: dict[str, str]) -> None:
@@ -189,8 +192,7 @@ class Handover:
             log.warning("%d cards handed to %s came back (%s) and were dropped: %s", len(p.records), p.to, why, e)
             return
         self.taken_back += len(p.records)
-        log.warning("%d cards not taken by %s (%s): kept here, sent again at the next sweep",
-                    len(p.records), p.to, why)
+        log.warning("%d cards not taken by %s (%s): %s", len(p.records), p.to, why, self.fate)
         self.due.append(p.sent + ACK_S + 1.0)
 
 

@@ -386,6 +386,9 @@ class Worker:
         ACK_S for their answers (still serving requests); True once none is awaited."""
         if self._final_until is None:
             self._final_until = now + ACK_S
+            # The last sweep: what comes back from now on stays here until the process ends
+            self.handover.fate = (f"kept here and saved in the snapshot {self.state_path} as this worker stops"
+                                  if self._has_state() else "lost with this process (no --state-dir)")
             self._tick_handover(now, force=True)
         return not self.handover.pending or now >= self._final_until
 
