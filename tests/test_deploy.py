@@ -157,6 +157,30 @@ def test_deploy_waits_for_the_mesh_as_long_as_its_timeout():
     assert time.monotonic() - t0 < 4.5  # the command's own start included
 
 
+def test_after_a_deploy_and_its_rollback_the_new_state_is_shared_with_peers(model_path, tmp_path):
+    """zfraud-v6 -> basic-v1 -> zfraud-v6 on both workers: the new state's terminal counts went to
+    no peer, because the worker kept the old state's export cursor, which the new one's versions
+    had yet to pass. Each worker's snapshot must hold every transaction of the stream sent after."""
+    from test_intel import saved_counts_equal_the_stream, state_args, terminal_stream
+
+    from zfraud.model import DEFAULT_MODEL
+
+    state = tmp_path / "s"
+    with LocalMesh(2, extra_args=state_args(model_path, state), log_dir=str(tmp_path)) as mesh:
+        with Client(mesh.endpoint) as c:
+            before = terminal_stream(3000, seed=1)
+            c.score({k: v + 10**6 if k == "tx_id" else v for k, v in before.items()})
+            time.sleep(1.0)  # its counts go out: the export cursor moves on
+            for model in (DEFAULT_MODEL, model_path):
+                r = run_cli("deploy", "--connect", mesh.endpoint, "--model", str(model))
+                assert r.returncode == 0, r.stderr
+            tx = terminal_stream(2000, seed=2)
+            c.score(tx)
+            time.sleep(1.5)  # a few heartbeats (0.2 s): the counts go out
+    for w in ("w1", "w2"):
+        saved_counts_equal_the_stream(state / f"{w}.state.npz", tx)
+
+
 def test_a_deploy_that_changes_the_feature_set_forgets_the_ids_it_had_remembered(data, model_path, tmp_path):
     """basic-v1 -> zfraud-v6 starts a new, empty state, but the worker used to keep its memory of
     the transaction and label ids it had seen: history sent again to warm the new state was all

@@ -1126,7 +1126,7 @@ class Worker:
             self.scorer = self._deployed(h, payload)  # validated whole first; swapped between batches
             s = self.scorer
             if s.features is not old.features:
-                self._forget_ids(old.features.feature_set, s.features.feature_set)
+                self._state_replaced(old.features.feature_set, s.features.feature_set)
             if self.metrics is not None:
                 self.metrics.running(s.model_version, s.rules_version)
             log.info("deployed model=%s rules=%s shadow=%s", s.model_version, s.rules_version, s.shadow_version)
@@ -1134,11 +1134,14 @@ class Worker:
                                         "rules": s.rules_version, "shadow": s.shadow_version})
         raise P.ProtocolError(P.BAD_CONTROL, f"unknown control op {op!r}; known: status, deploy, intel_sync, cards")
 
-    def _forget_ids(self, was: str, now: str) -> None:
+    def _state_replaced(self, was: str, now: str) -> None:
         """A deploy replaced the streaming state with a new, empty one: the transaction and label
         ids remembered so far were counted in the old state only, so they go with it. Else history
         sent again to warm the new state would count as repeats and leave it empty (and the next
-        snapshot would save, with the new state, ids it never counted)."""
+        snapshot would save, with the new state, ids it never counted). The new state's export
+        versions start again, so its counts are published from the first (else none went out
+        until they passed the old state's: a zfraud-v6 -> basic-v1 -> zfraud-v6 rollback)."""
+        self._intel_since, self._intel_bucket = 0, None
         log.info("feature set %s -> %s: a new, empty streaming state; forgot the %d transaction ids and %d "
                  "label ids remembered with the old one (sent again, they count in the new one)", was, now,
                  len(self.seen), len(self.labels_seen))
