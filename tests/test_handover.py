@@ -317,6 +317,8 @@ def test_a_member_not_connected_yet_is_tried_again_a_second_later_not_at_the_set
         h.close()
     assert SETTLE_S == 3.0 and h.swept == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     assert len(e.card_ids()) == 200 and not h.pending  # every refused send put its cards back
+    # what a stopping worker says it could not hand over: w2's share, none awaiting an answer
+    assert h.held_for_others(e) == (owners(cards, ["w1", "w2"]) == 1).sum() > 0
 
 
 def test_a_worker_that_joins_gets_its_cards_about_a_second_after_it_is_seen(model_path, tmp_path):

@@ -180,6 +180,15 @@ class Handover:
         for name in late & set(self.socks):
             self._close(name)
 
+    def held_for_others(self, features) -> int:
+        """Cards held here whose owner, by the last sweep's view, is another worker: those its
+        sends could not deliver (an owner not connected yet), not those awaiting an answer."""
+        ids = features.card_ids()
+        if not len(ids) or not self.view:
+            return 0
+        mine = self.view.index(self.name) if self.name in self.view else -1
+        return int((owners(ids, self.view) != mine).sum())
+
     def take_back_all(self, features) -> None:
         """Put back every record still awaiting an answer (a worker about to stop)."""
         for seq in list(self.pending):

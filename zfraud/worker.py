@@ -386,11 +386,13 @@ class Worker:
         ACK_S for their answers (still serving requests); True once none is awaited."""
         if self._final_until is None:
             self._final_until = now + ACK_S
-            # The last sweep: what comes back from now on stays here until the process ends
-            self.handover.fate = (f"kept here and saved in the snapshot {self.state_path} as this worker stops"
-                                  if self._has_state() else "lost with this process (no --state-dir)")
+            self.handover.fate = self._fate_of_cards_kept()  # the last sweep: what comes back stays here
             self._tick_handover(now, force=True)
         return not self.handover.pending or now >= self._final_until
+
+    def _fate_of_cards_kept(self) -> str:
+        return (f"kept here and saved in the snapshot {self.state_path} as this worker stops"
+                if self._has_state() else "lost with this process (no --state-dir)")
 
     def _tick_handover(self, now: float, force: bool = False) -> None:
         names = sorted(self.members.members)
@@ -403,6 +405,10 @@ class Worker:
         if self.fatal is None:  # else the name is another process's: no goodbye, no snapshot under it
             self._publish_intel()  # what we counted while draining: the peers still follow us a while
             self._publish(b"mesh.bye", {"name": self.name})
+            unsent = self.handover.held_for_others(self.scorer.features)
+            if unsent:  # the last sweep could not send them (an owner not connected yet)
+                log.warning("%d cards owned by other members were not handed over: %s", unsent,
+                            self._fate_of_cards_kept())
             self.handover.take_back_all(self.scorer.features)  # unanswered: saved here instead
         self.handover.close()
         if self.fatal is None:
