@@ -96,3 +96,35 @@ def test_without_a_fork_the_save_runs_in_place(tmp_path, monkeypatch):
     saver.start(lambda: open(tmp_path / "no-such-dir" / "s.npy", "wb"))
     done = saver.poll()
     assert not done.ok and "No such file or directory" in done.error
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_a_state_dir_under_the_default_name_is_warned_of(tmp_path, named):
+    """The default name is HOSTNAME-PID: the next process has another, so it never finds the
+    snapshot this one saves (OPERATIONS §2.3), and each restart leaves one more file."""
+    import signal
+    import subprocess
+    import sys
+
+    from zfraud.local import free_port
+
+    args = [sys.executable, "-m", "zfraud", "worker", "--bind", f"tcp://127.0.0.1:{free_port()}",
+            "--pub", f"tcp://127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "s"),
+            *(["--name", "a"] if named else [])]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if " ready name=" in line:
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        lines += proc.stderr.readlines()
+        proc.wait(15)
+    pid_name = f"{socket.gethostname()}-{proc.pid}"
+    assert proc.returncode == 0 and any(" ready name=" in line for line in lines), "".join(lines)
+    warned = [line for line in lines if "--state-dir without --name" in line]
+    assert len(warned) == (0 if named else 1), "".join(lines)
+    if not named:
+        assert f"saves under {pid_name}, a name its next process (another pid) will not have" in warned[0]

@@ -17,6 +17,7 @@ import time
 from contextlib import nullcontext
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
 from . import protocol as P
@@ -229,6 +230,9 @@ def worker(name, bind, pub, seeds, model_path, rules_path, review_at, decline_at
     stop_with_parent()  # a no-op unless LocalMesh started it
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
+    if state_dir and click.get_current_context().get_parameter_source("name") is ParameterSource.DEFAULT:
+        logging.warning("--state-dir without --name: this worker saves under %s, a name its next process "
+                        "(another pid) will not have, so a restart will not find this state; give --name", name)
     model = load_model(model_path)
     rules = RuleSet.load(rules_path, model.features) if rules_path else None
     try:
