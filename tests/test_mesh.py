@@ -423,8 +423,8 @@ def test_ctrl_c_while_connecting_says_so_and_exits_130(command, tmp_path):
     (["--bind", "127.0.0.1:5555"], "--bind '127.0.0.1:5555' is not tcp://HOST:PORT"),
     (["--seed", "tcp://127.0.0.1:*"], "--seed 'tcp://127.0.0.1:*' is not tcp://HOST:PORT (PORT 1-65535), ipc://"),
     (["--metrics-port", "{busy}"], "cannot serve metrics on 127.0.0.1:{busy} (--metrics-port): Address already in use"),
-    (["--bind", "tcp://nohost.invalid:5555"], "cannot bind --bind tcp://nohost.invalid:5555: No such device: bind an IP "
-                                              "address of this machine, an interface name, or * for all (a host name"),
+    (["--bind", "tcp://nohost.invalid:5555"], "cannot bind --bind tcp://nohost.invalid:5555: No such device: bind an IPv4 "
+                                              "address or name of this machine, an interface name, or * for all (IPv6"),
 ])
 def test_a_worker_that_cannot_bind_or_reach_its_seed_says_why_in_one_line(args, why):
     """libzmq raises a bare EINVAL for a malformed endpoint, and reads a tcp port modulo 65536
@@ -475,7 +475,7 @@ def test_a_snapshot_file_that_is_not_an_npz_archive_is_named_as_such(tmp_path, m
 def test_a_malformed_connect_endpoint_gets_one_line(command):
     r = run_cli(command, "--connect", "tcp://127.0.0.1:70000", *(["--synthetic", "5"] if command == "send" else []),
                 timeout=30)
-    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr  # a usage error (status 1: lost or refused)
     assert "endpoint 'tcp://127.0.0.1:70000' is not tcp://HOST:PORT (PORT 1-65535)" in r.stderr, r.stderr
 
 
