@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+import zmq
 
 from zfraud import Client
 from zfraud import protocol as P
@@ -557,31 +558,102 @@ def test_a_stopped_tail_counts_what_it_missed_without_waiting_for_another_messag
 def test_a_tail_stopped_at_its_count_or_by_ctrl_c_under_load_counts_only_the_holes_it_saw(tmp_path):
     """Under steady load (many small messages), `tail --count 100` and a tail stopped by Ctrl-C
     said "missed 4/5/8 verdict messages" with no hole in the seq numbers they printed: they
-    counted what the workers published after they stopped reading (tester's report)."""
+    counted what the workers published after they stopped reading (tester's report). Both follow
+    the workers before the load starts (a tail started under load also counts what the workers
+    published before its subscriptions took effect: see the next test)."""
+    outs = {how: tmp_path / f"tail-{how}.jsonl" for how in ("count", "ctrl-c")}
     with LocalMesh(2, log_dir=str(tmp_path)) as mesh:
-        load = start_send(mesh.endpoint, "--synthetic", "300000", "--rate", "20000", "--batch", "8")
+        tails, load = {}, None
         try:
-            time.sleep(1.5)
-            runs = []
-            for how in ("count", "ctrl-c"):
-                out = tmp_path / f"tail-{how}.jsonl"
+            for how, out in outs.items():
                 with open(out, "w") as f:
                     args = ["--count", "100"] if how == "count" else []
-                    tail = subprocess.Popen([sys.executable, "-m", "zfraud", "tail", "--connect", mesh.endpoint, *args],
-                                            stdout=f, stderr=subprocess.PIPE, text=True)
-                    if how == "ctrl-c":
-                        time.sleep(3)
-                        tail.send_signal(signal.SIGINT)
-                    err = tail.communicate(timeout=60)[1]
-                holes = sum(last - first + 1 - n for p in tail_runs(out).values() for first, last, n in p.values())
-                runs.append((how, tail.returncode, holes, err))
+                    tails[how] = subprocess.Popen([sys.executable, "-m", "zfraud", "tail", "--connect", mesh.endpoint,
+                                                   *args], stdout=f, stderr=subprocess.PIPE, text=True)
+            time.sleep(2.0)  # both follow both workers
+            load = start_send(mesh.endpoint, "--synthetic", "300000", "--rate", "20000", "--batch", "8")
+            time.sleep(3)
+            tails["ctrl-c"].send_signal(signal.SIGINT)
+            errs = {how: tail.communicate(timeout=60)[1] for how, tail in tails.items()}
         finally:
-            load.send_signal(signal.SIGINT)
-            finish(load)
-    for how, rc, holes, err in runs:
+            for tail in tails.values():
+                tail.kill()
+                tail.wait()
+            if load is not None:
+                load.send_signal(signal.SIGINT)
+                finish(load)
+    for how, out in outs.items():
+        holes = sum(last - first + 1 - n for p in tail_runs(out).values() for first, last, n in p.values())
+        rc, err = tails[how].returncode, errs[how]
         assert rc == 0, (how, err)
         said = re.search(r"missed ([\d,]+) verdict messages", err)
         assert (int(said.group(1).replace(",", "")) if said else 0) == holes, (how, holes, err)
+
+
+def test_a_tail_started_under_traffic_counts_what_went_out_before_its_subscriptions_took_effect(tmp_path, ctx):
+    """`tail` started with `send`: the first verdicts never reached it and it said nothing
+    (tester's report). It connected its SUB and then asked where the worker's numbering stood, so
+    the answer came after what the worker published while the subscriptions were on their way.
+    Now the numbering of its first MEMBERS reply is its start, and it subscribes after: messages
+    printed + counted missed = messages the worker published after that reply (which a relay
+    between tail and the worker reads, and hands on 0.1 s late so that some are always dropped)."""
+    replies, stop = [], threading.Event()
+    front = ctx.socket(zmq.ROUTER)
+    relay_endpoint = f"tcp://127.0.0.1:{front.bind_to_random_port('tcp://127.0.0.1')}"
+
+    def relay(worker):  # tail's --connect: each request to the worker, each reply back (the first 0.1 s late)
+        back = ctx.socket(zmq.DEALER)
+        back.connect(worker)
+        poller = zmq.Poller()
+        poller.register(front, zmq.POLLIN)
+        poller.register(back, zmq.POLLIN)
+        try:
+            while not stop.is_set():
+                for sock, _ in poller.poll(100):
+                    if sock is front:
+                        peer, *frames = front.recv_multipart()
+                        back.send_multipart(frames)
+                    else:
+                        frames = back.recv_multipart()
+                        replies.append(P.parse(frames).header)
+                        if len(replies) == 1:
+                            time.sleep(0.1)  # a slow start: what the worker publishes meanwhile is dropped
+                        front.send_multipart([peer, *frames])
+        finally:
+            back.close(linger=0)
+            front.close(linger=0)
+
+    with LocalMesh(1, log_dir=str(tmp_path)) as mesh, open(tmp_path / "tail.out", "w") as out:
+        thread = threading.Thread(target=relay, args=(mesh.endpoint,), daemon=True)
+        thread.start()
+        send = start_send(mesh.endpoint, "--synthetic", "150000", "--batch", "16", "--rate", "50000")  # 3 s
+        tail = None
+        try:
+            time.sleep(1.0)
+            tail = subprocess.Popen([sys.executable, "-m", "zfraud", "tail", "--timeout", "3", "--connect",
+                                     relay_endpoint], stdout=out, stderr=subprocess.PIPE, text=True)
+            rc, s, _ = finish(send, timeout=60)
+            assert rc == 0 and s["verdicts"] == 150000
+            err = tail.communicate(timeout=60)[1]
+            numbering = published(ctx, mesh)
+        finally:
+            stop.set()
+            thread.join(5)
+            for proc in (tail, send):
+                if proc is not None:
+                    proc.kill()
+                    proc.wait()
+    assert tail.returncode == 0, err
+    first = replies[0]  # tail's first MEMBERS reply: where w1's numbering stood as it started
+    start = {("w1", t.removeprefix("verdict.")): (first["boot"], n) for t, n in first["seq"].items()}
+    assert sum(n for _, n in start.values()) > 0  # it started under traffic
+    assert {k: b for k, (b, _) in numbering.items()} == {k: b for k, (b, _) in start.items()}
+    printed = sum(n for procs in tail_runs(tmp_path / "tail.out").values() for _, _, n in procs.values())
+    after = sum(seq - start[key][1] for key, (_, seq) in numbering.items())
+    said = re.search(r"missed ([\d,]+) verdict messages", err)
+    missed = int(said.group(1).replace(",", "")) if said else 0
+    assert printed + missed == after, (printed, missed, after, err)
+    assert printed > 0 and missed > 0, err  # PUB/SUB dropped its first ones: published before it subscribed
 
 
 def test_workers_of_a_local_mesh_whose_parent_is_killed_stop_too(tmp_path):

@@ -8,7 +8,8 @@ the messages known to be missed: a jump in a process's `seq`, and, for a new pro
 worker's name (it restarted) or a worker that joined after this tail started, its messages before
 the first one seen (they went out before this SUB connected: a worker numbers every verdict
 message, also those it does not build because no one follows their topic yet). A worker's
-MEMBERS reply, asked for at start and every second, carries its numbering so far: what it
+MEMBERS reply, asked for at start (before this SUB connects to it: what it numbers after that
+either arrives or is missed) and every second, carries its numbering so far: what it
 published and never arrived counts too, once the report is 1 s old and that worker has been
 quiet for 1 s (and, after a --timeout silence, as every member reports it then), so that a tail
 that was stopped (Ctrl-Z), and dropped by the worker with all that was queued for it, learns of
@@ -81,10 +82,16 @@ class Tail:
             self.close()
             raise MeshError(f"no zfraud worker answered at {connect} within {hello_timeout_s:g} s: "
                             f"check that `zfraud worker` runs there and the endpoint is right")
-        self.first_members = set()
+        # Where each first member's numbering stands, then the SUB connections to them: what they
+        # number after that start either comes or is counted missed. (Connected first, the
+        # numbering was taken once the subscriptions took effect, and what the workers published
+        # while they were on their way was dropped by PUB/SUB and not counted.)
+        self.first_members = None  # starting: the replier's numbering is its start
         self._on_hello()
-        self.first_members = set(self.pubs)  # a worker seen later: its messages before the first one heard are missed
         self._start_numbering(curve, min(hello_timeout_s, 2.0))
+        self.first_members = set(self.pubs)  # a worker seen later: its messages before the first one heard are missed
+        for pub in self.pubs.values():
+            self.sub.connect(pub)
         self._next_refresh = time.monotonic() + 1.0
 
     def _ask(self) -> None:
@@ -107,9 +114,10 @@ class Tail:
         # would miss verdicts); ZeroMQ retries a gone one's endpoints in the background.
         for name, (router, pub) in members.items():
             if self.pubs.get(name) != pub:
-                if name in self.pubs:
-                    self.sub.disconnect(self.pubs[name])
-                self.sub.connect(pub)
+                if self.first_members is not None:  # not while starting: see __init__
+                    if name in self.pubs:
+                        self.sub.disconnect(self.pubs[name])
+                    self.sub.connect(pub)
                 self.pubs[name] = pub
             if self.routers.get(name) != router:
                 if name in self.routers:
@@ -131,8 +139,8 @@ class Tail:
 
     def _note_numbering(self, header: dict) -> None:
         for key, boot, seq in self._numbering(header):
-            if key not in self.last_seq and key[0] in self.first_members:
-                self.last_seq[key] = boot, seq  # no start numbering came from it: take this one
+            if key not in self.last_seq and (self.first_members is None or key[0] in self.first_members):
+                self.last_seq[key] = boot, seq  # its start numbering (or none came from it: take this one)
             else:
                 self.reported[key] = boot, seq, time.monotonic()
 
