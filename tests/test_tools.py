@@ -160,6 +160,53 @@ def test_train_reads_times_as_send_does(tmp_path):
     assert [line for line, _ in reader.errors] == list(range(6, 12)), reader.errors
 
 
+def test_times_numpy_would_misread_are_refused_at_their_line_and_padded_ones_read(tmp_path):
+    """numpy reads 1522540831000Z and 12018-04-01 as years (garbage ms for the worker to reject,
+    with no line); a spreadsheet pads with no-break spaces, which strip() takes off."""
+    values = ["1522540831000Z", "12018-04-01 00:00:31", "2018-04-01 00:00:31\xa0", "\u30002018-04-01 00:00:31",
+              "2018-04-01 00:00:31"]
+    header = "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD"
+    p = tmp_path / "times.csv"
+    p.write_text("\n".join([header, *(f"{i},{v},1,2,10.5,0" for i, v in enumerate(values))]) + "\n")
+    errors = []
+    assert read_labelled(str(p), errors)["ts_ms"].tolist() == [1522540831000] * 3 and [e[0] for e in errors] == [2, 3]
+    reader = CsvReader(str(p))
+    assert np.concatenate([c["ts_ms"] for c in reader]).tolist() == [1522540831000] * 3
+    assert [e[0] for e in reader.errors] == [2, 3]
+
+
+def test_a_garbled_time_does_not_size_the_whole_column(tmp_path):
+    """One 20,000-character TX_DATETIME among 100,000 rows: the column became one array of
+    100,000 x 20,000 characters (7.5 GiB), "out of memory" with no line. Under a 2 GiB limit
+    the row is named and the others read."""
+    header = "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD"
+    rows = [f"{i},2018-04-01 00:00:{i % 60:02d},1,2,10.5,0" for i in range(100_000)]
+    rows[500] = "500," + "7" * 20_000 + ",1,2,10.5,0"
+    p = tmp_path / "long.csv"
+    p.write_text("\n".join([header, *rows]) + "\n")
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
+            "from zfraud.dataset import read_labelled; e = []; d = read_labelled(sys.argv[1], e); "
+            "print(len(d['tx_id']), e[0][0], e[0][1][:40])")
+    r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["99999", "502", "TX_DATETIME", "'" + "7" * 27]
+
+
+def test_failing_finds_every_refused_item_in_order():
+    from zfraud.sources import failing
+
+    rng = np.random.default_rng(0)
+
+    def check(part):
+        if any(part):
+            raise ValueError("refused")
+
+    for n in (0, 1, 2, 17, 1000, 5000):
+        for share in (0.0, 0.001, 0.1, 1.0):
+            items = (rng.random(n) < share).tolist()
+            assert failing(items, check) == [k for k, x in enumerate(items) if x], (n, share)
+
+
 OUT_OF_RANGE = [("TX_AMOUNT", "-5", "TX_AMOUNT '-5' is not a number from 0 to 1e+12"),
                 ("TX_AMOUNT", "1e300", "TX_AMOUNT '1e300' is not a number from 0 to 1e+12"),
                 ("TX_AMOUNT", "1000000000000.01", "TX_AMOUNT '1000000000000.01' is not a number from 0 to 1e+12"),

@@ -12,7 +12,7 @@ import datetime as dt
 import numpy as np
 
 from .scoring import MAX_AMOUNT, MAX_TS_MS, MIN_TS_MS
-from .sources import InputError, csv_rows, open_text, parse_ids, parse_ts_ms
+from .sources import InputError, csv_rows, failing, open_text, parse_ids, parse_ts_ms
 
 DAY_MS = 86_400_000
 REQUIRED = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD")
@@ -91,13 +91,10 @@ def read_labelled(path, errors: list | None = None) -> dict:
     for c, values in cols.items():
         try:
             out[c] = _parse(values, c)
-        except (ValueError, OverflowError):  # find the rows: one by one, only for this column
-            for k, v in enumerate(values):
-                try:
-                    _parse([v], c)
-                except (ValueError, OverflowError):
-                    name, _, good = COLUMNS[c]
-                    bad.setdefault(k, f"{name} {v!r} is not {good}")
+        except (ValueError, OverflowError):  # find the rows, only for this column
+            name, _, good = COLUMNS[c]
+            for k in failing(values, lambda part: _parse(part, c)):
+                bad.setdefault(k, f"{name} {values[k]!r} is not {good}")
     if bad:
         first = min(bad)
         if errors is None:

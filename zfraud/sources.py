@@ -46,6 +46,7 @@ FIELDS = {  # zfraud column -> accepted field names, in order of preference
     "amount": ("amount", "TX_AMOUNT"),
 }
 MAX_REPORTED = 1000
+MAX_TIME_CHARS = 40  # a longer value is no time ("2018-04-01T00:00:31.123456+05:30" has 32)
 LINGER_S = 0.01  # a live input's records wait at most this long after the oldest was read to be yielded
 TICK_S = 0.1     # an idle live input yields an empty chunk this often
 FEED_BATCHES = 8  # converted batches a live input's thread may hold ahead of its caller (40 bytes a row)
@@ -55,6 +56,30 @@ def _reason(message: str) -> str:
     """An error message without the value, byte or JSON position it names: what rows share."""
     message = re.sub(r" \(byte 0x[0-9a-f]+\)", "", message)
     return re.sub(r"(, got .*|: line \d+ column \d+ \(char \d+\))$", "", message)
+
+
+def failing(items: list, check) -> list[int]:
+    """The indices, in order, of the items that check([item]) refuses (ValueError, TypeError or
+    OverflowError), found by halving: a part that check() passes is cleared at once, so a few
+    bad items among millions cost a few dozen checks of large parts, not one check per item."""
+    bad, todo = [], [(0, len(items), True)]
+    while todo:
+        lo, hi, whole = todo.pop()
+        if whole:
+            try:
+                check(items[lo:hi])
+                continue
+            except (ValueError, TypeError, OverflowError):
+                if hi - lo > 16:
+                    mid = (lo + hi) // 2
+                    todo += [(mid, hi, True), (lo, mid, True)]
+                    continue
+        for k in range(lo, hi):  # a small part that failed: item by item
+            try:
+                check(items[k:k + 1])
+            except (ValueError, TypeError, OverflowError):
+                bad.append(k)
+    return bad
 
 
 class InputError(ValueError):
@@ -110,12 +135,13 @@ def _is_digit(codes: np.ndarray) -> np.ndarray:
 
 
 def _strip(a: np.ndarray) -> np.ndarray:
-    """np.char.strip, done only when some string starts or ends with white space (slow on millions)."""
+    """np.char.strip, done only when some string starts or ends with white space (ASCII, or
+    perhaps other: a spreadsheet's no-break space), since it is slow on millions."""
     if not len(a):
         return a
     codes = _codes(a)
-    last = codes[np.arange(len(a)), np.maximum(np.strings.str_len(a) - 1, 0)]
-    if ((codes[:, 0] <= 32) | (last <= 32)).any():
+    ends = np.stack([codes[:, 0], codes[np.arange(len(a)), np.maximum(np.strings.str_len(a) - 1, 0)]])
+    if ((ends <= 32) | (ends >= 128)).any():
         return np.char.strip(a)
     return a
 
@@ -143,22 +169,38 @@ def parse_ts_ms(values: list) -> np.ndarray:
     column for anything else: numpy alone would take true as 1 ms, wrap 1e300 to -2**63, stop at
     a list ("setting an array element with a sequence"), or read +1522540831000 as a year.
     `zfraud send`, `train` and `backtest` all read times with this."""
+    if len(values) == 1 and type(values[0]) is str:  # one by one (failing()): without numpy's fixed costs
+        v = values[0].strip()
+        if len(v) <= MAX_TIME_CHARS and v.isascii() and v[:1].isdigit():
+            try:
+                if v.isdigit():
+                    return np.array([int(v)], dtype=np.int64)
+                if v[4:5] == "-":
+                    return dates_ms(np.array([v]))
+            except (ValueError, OverflowError):
+                pass
+        raise ValueError(f"ts_ms must be epoch milliseconds or a date and time such as 2018-04-01 00:00:31, got {values[0]!r}")
     values, kinds = _whole_floats(values, -2**53)
     try:
         if kinds <= {int}:
             return np.array(values, dtype=np.int64)
         if kinds <= {int, str}:
+            # no time is that long: a garbled field must not size the array of the whole column
+            if max(map(len, values) if kinds == {str} else (len(v) for v in values if type(v) is str)) > MAX_TIME_CHARS:
+                raise ValueError("too long")
             a = _strip(np.array(values, dtype=str))  # numpy reads " 1522540831000" as a year
             codes = _codes(a)
+            if codes.shape[1] < 5:
+                codes = np.pad(codes, ((0, 0), (0, 5 - codes.shape[1])))
             first = _is_digit(codes[:, 0])
-            # a date has a "-" after its year: only a string whose fifth character is a digit or
-            # missing can be all digits
-            fifth = codes[:, 4] if codes.shape[1] > 4 else np.zeros(len(a), np.uint32)
-            maybe = first & (_is_digit(fifth) | (fifth == 0))
+            # a date has a "-" after its four-digit year: only a string whose fifth character is
+            # a digit or missing can be all digits
+            maybe = first & (_is_digit(codes[:, 4]) | (codes[:, 4] == 0))
             digits = np.zeros(len(a), bool)
             digits[maybe] = (_is_digit(codes[maybe]) | (codes[maybe] == 0)).all(1)
-            # a date starts with its year: numpy would also read a sign, a word (now, today, NaT) or nothing (NaT)
-            if not first[~digits].all():
+            # else numpy would also read a sign, a word (now, today, NaT), nothing (NaT), a year of
+            # five digits or more, or 1522540831000Z (the year 1522540831000)
+            if not (first[~digits] & (codes[~digits, 4] == ord("-"))).all():
                 raise ValueError("not a date")
             if not digits.any():
                 return dates_ms(a)
@@ -227,14 +269,18 @@ class Reader:
             return _convert({c: [r[c] for _, r in records] for c in FIELDS})
         except (ValueError, TypeError, OverflowError):
             pass
-        good = []  # the fast path failed: find the bad records one by one
-        for line, r in records:
+        def convert(part):
+            return _convert({c: [r[c] for _, r in part] for c in FIELDS})
+
+        bad = failing(records, convert)  # the fast path failed: find the bad records
+        for k in bad:
             try:
-                _convert({c: [r[c]] for c in FIELDS})
-                good.append((line, r))
+                convert(records[k:k + 1])
             except (ValueError, TypeError, OverflowError) as e:
-                self._error(line, f"{e}")
-        return _convert({c: [r[c] for _, r in good] for c in FIELDS}) if good else None
+                self._error(records[k][0], f"{e}")
+        refused = set(bad)
+        good = [r for k, r in enumerate(records) if k not in refused]
+        return convert(good) if good else None
 
     def _records(self, opener=None):
         """(line number, {column: raw value}) for each record, from the input opened by
