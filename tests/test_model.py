@@ -30,6 +30,10 @@ def test_the_default_models_command_explains_itself_and_writes_where_it_is_told(
                        text=True, timeout=300)
     assert r.returncode == 0 and DEFAULT_MODEL.stat().st_mtime_ns == before, r.stderr
     assert json.loads((tmp_path / "d.json").read_text()) == json.loads(DEFAULT_MODEL.read_text())
+    r = subprocess.run([sys.executable, "-m", "zfraud.train", "-o", str(tmp_path / "no-dir" / "d.json")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.splitlines()[-1].endswith(f"cannot write {tmp_path / 'no-dir' / 'd.json'}: No such file or directory")
 
 
 def test_the_shipped_default_model_is_what_its_command_writes():

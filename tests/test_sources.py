@@ -305,6 +305,18 @@ def test_send_names_the_workers_reasons_when_it_exits_3_for_their_rejections(mes
             in r.stderr.splitlines()), r.stderr
 
 
+def test_no_row_was_scored_names_the_workers_reason_when_it_is_the_most_common(mesh2, tmp_path):
+    """200 unreadable amounts and 1,800 rows the workers rejected: the line named the 200."""
+    p = tmp_path / "mixed.jsonl"
+    p.write_text("".join(json.dumps({"tx_id": i, "ts_ms": 1522540831000, "card": i, "terminal": 2,
+                                     "amount": "x" if i % 10 == 0 else -5}) + "\n" for i in range(2000)))
+    r, s = send(mesh2, p)
+    assert r.returncode == 3 and (s["sent"], s["verdicts"], s["errors"]) == (2000, 0, 2000), r.stderr
+    assert r.stderr.splitlines()[-1] == ("no row was scored: the workers rejected all 1,800 they answered, and 200 "
+                                         "rows could not be read; the most common reason (1,800 of 1,800): amount "
+                                         "is negative (--out FILE writes each verdict with its reason)"), r.stderr
+
+
 def test_a_timestamp_in_utc_with_a_z_is_read_without_a_warning(tmp_path):
     """numpy parses "...Z" but warns of any time zone, even UTC's, with a line of our source."""
     p = tmp_path / "tx.jsonl"

@@ -160,6 +160,14 @@ def test_train_reads_times_as_send_does(tmp_path):
     assert [line for line, _ in reader.errors] == list(range(6, 12)), reader.errors
 
 
+def test_gen_to_standard_output_needs_no_writable_directory():
+    """OUT - is standard output: it was checked as a file in the working directory."""
+    r = subprocess.run([sys.executable, "-m", "zfraud", "gen", "-", "--customers", "50", "--terminals", "100", "--days",
+                        "2"], capture_output=True, text=True, timeout=60, cwd="/proc/self")  # not writable, even by root
+    assert r.returncode == 0 and r.stdout.startswith("TRANSACTION_ID,TX_DATETIME,"), r.stderr
+    assert len(r.stdout.splitlines()) > 2
+
+
 def test_times_numpy_would_misread_are_refused_at_their_line_and_padded_ones_read(tmp_path):
     """numpy reads 1522540831000Z and 12018-04-01 as years (garbage ms for the worker to reject,
     with no line); a spreadsheet pads with no-break spaces, which strip() takes off."""

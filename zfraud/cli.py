@@ -143,8 +143,8 @@ def _interrupt(signum, frame):
 def _writable(ctx, param, value):
     """A file to be written (or only appended to if need be), checked now without creating it: a
     usage error (status 2) if it could not be written, rather than after all the work."""
-    if value is None:
-        return None
+    if value is None or value == "-":  # none, or standard output
+        return value
     directory = os.path.dirname(value) or "."
     if os.path.exists(value):
         error = None if os.access(value, os.W_OK) else errno.EACCES
@@ -279,12 +279,15 @@ def nothing_scored(source, summary, rejected) -> str:
     """The line saying that no row was scored: the most common reason rows were rejected (the
     reader's, without the value or the JSON position it names, else the workers': `rejected`,
     a Counter of their reasons) and the input `source` expects."""
-    if not source.errors:
+    unreadable = source.reasons.most_common(1)
+    if not unreadable or (rejected and rejected.most_common(1)[0][1] > unreadable[0][1]):
         reason, n = rejected.most_common(1)[0] if rejected else ("unknown", 0)
-        return (f"no row was scored: the workers rejected all {summary.errors:,} they answered; the most "
-                f"common reason ({n:,} of {summary.errors:,}): {reason.removeprefix('error: ')} "
+        answered = sum(rejected.values())
+        also = f", and {source.error_count:,} rows could not be read" if source.error_count else ""
+        return (f"no row was scored: the workers rejected all {answered:,} they answered{also}; the most "
+                f"common reason ({n:,} of {answered:,}): {reason.removeprefix('error: ')} "
                 f"(--out FILE writes each verdict with its reason)")
-    reason, n = source.reasons.most_common(1)[0]
+    reason, n = unreadable[0]
     return f"no row was scored; the most common reason ({n:,} of {summary.sent:,} rows): {reason}. Expected {source.expected}"
 
 

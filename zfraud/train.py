@@ -171,5 +171,8 @@ if __name__ == "__main__":
                         help="model file to write (default: the one shipped in the package, %(default)s)")
     out = parser.parse_args().out
     model = default_model()
-    save_model(model, out)
+    try:
+        save_model(model, out)
+    except OSError as e:
+        parser.error(f"cannot write {out}: {e.strerror or e}")
     print(f"wrote {out} (version {model.version})")
