@@ -88,9 +88,9 @@ class Tail:
         # while they were on their way was dropped by PUB/SUB and not counted.)
         self.first_members = None  # starting: the replier's numbering is its start
         self._on_hello()
-        self._start_numbering(curve, min(hello_timeout_s, 2.0))
+        connected = self._start_numbering(curve, min(hello_timeout_s, 2.0))
         self.first_members = set(self.pubs)  # a worker seen later: its messages before the first one heard are missed
-        for pub in self.pubs.values():
+        for pub in set(self.pubs.values()) - connected:  # those that did not answer in time
             self.sub.connect(pub)
         self._next_refresh = time.monotonic() + 1.0
 
@@ -144,9 +144,13 @@ class Tail:
             else:
                 self.reported[key] = boot, seq, time.monotonic()
 
-    def _start_numbering(self, curve, wait_s: float) -> None:
+    def _start_numbering(self, curve, wait_s: float) -> set:
         """Where each member's numbering stands as this tail starts following it: what it publishes
-        from then on and never arrives is missed (asked of each on a DEALER of its own, at once)."""
+        from then on and never arrives is missed (asked of each on a DEALER of its own, at once).
+        The SUB connects to a member's PUB as soon as it has answered, not once all have (a member
+        slow to answer would cost the others' verdicts meanwhile); returns the PUBs connected."""
+        pub_of = {router: self.pubs[name] for name, router in self.routers.items() if name in self.pubs}
+        connected = set()
         socks = {}
         for router in self.routers.values():
             sock = configure(self.ctx.socket(zmq.DEALER))
@@ -168,12 +172,17 @@ class Tail:
                         header = {}
                     for key, boot, seq in self._numbering(header):
                         self.last_seq.setdefault(key, (boot, seq))
+                    pub = pub_of.get(socks[sock])
+                    if pub is not None and pub not in connected:
+                        self.sub.connect(pub)
+                        connected.add(pub)
                     poller.unregister(sock)
                     del socks[sock]
                     sock.close()
         finally:
             for sock in socks:
                 sock.close()
+        return connected
 
     def finish(self, wait_s: float = 1.0) -> int:
         """After a silence (batches' timeout_s without a message from any worker): ask every
