@@ -297,6 +297,24 @@ def test_a_tail_follows_the_members_that_answer_while_one_is_slow_to(tmp_path):
     assert read > 100 and missed < 20, (read, missed)  # 922 missed before
 
 
+def test_a_member_back_under_its_name_is_not_lost_again_at_once(tmp_path):
+    """w2 stops and starts again on its endpoints within the 15 s its peers still follow it: w1
+    kept the connection to the gone process, backing off, heard nothing of the new one, and
+    dropped it a heartbeat timeout after it rejoined ('member lost', then a join again)."""
+    with LocalMesh(2, log_dir=str(tmp_path), extra_args=("--heartbeat", "0.2")) as mesh:
+        for down_s in (0.5, 1.5, 2.5, 3.5):  # where the new process lands in w1's reconnect back-off varies
+            old = mesh.procs["w2"]
+            mesh.signal("w2", signal.SIGTERM)
+            time.sleep(down_s)  # as a supervisor restarts it
+            assert old.wait(10) == 0
+            mesh.start_worker("w2", seed=mesh.routers["w1"])
+            mesh.wait_members(["w1", "w2"], timeout_s=15)
+            time.sleep(2)  # 10 heartbeats
+        log = mesh.log("w1")
+    assert log.count("member left name=w2") == 4 and log.count("member joined name=w2") == 5
+    assert "member lost" not in log, log[-3000:]
+
+
 def test_a_long_lived_clients_dead_letters_stay_bounded_and_counted(tmp_path):
     """Client.dead_letters grew for the life of a Client: 38 bytes a transaction given up on, for
     ever, in an application that keeps one Client open."""

@@ -690,6 +690,14 @@ class Worker:
                         self.sub.disconnect(pub)
                     except zmq.ZMQError:
                         pass
+        # A member back under its name (a restart) was still followed, on a connection to its gone
+        # process that may be backing off for up to 8 s: connect it again, or it reads as silent
+        for name in [n for n in want if n not in self._listed and self.subscribed.get(n) == want[n]]:
+            try:
+                self.sub.disconnect(want[name])
+                self.sub.connect(want[name])
+            except zmq.ZMQError:
+                pass
         for name, pub in want.items():
             if name not in self.subscribed:
                 if pub not in self.subscribed.values():
