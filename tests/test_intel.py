@@ -1,7 +1,11 @@
 """Shared intelligence and state on real worker processes: terminal counts converge across
 workers, a worker's features equal train's replay bit for bit, state survives a restart."""
 import json
+import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -378,3 +382,88 @@ def test_labels_dated_outside_2000_to_tomorrow_are_refused_and_the_others_applie
     assert [w[w.index("refused"):] for w in warnings] == [
         f"refused {n} of {m} labels: ts_ms before 2000 or more than 1 day ahead of this worker's clock (epoch "
         f"milliseconds expected)" for n, m in ((500, 500), (1, 2))]
+
+
+def _ip(*args):
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+def test_counts_missed_across_a_healed_link_reach_an_idle_peer(model_path, tmp_path):
+    """Only the w1-w2 link is cut (network namespaces and veth pairs): w3 and the client reach
+    both, so w3's gossip keeps both members. What each scores meanwhile goes out on
+    intel.terminal and is lost on that link; then traffic stops and the link heals. With no
+    later intel message from either to show the gap, their mesh.hello's intel_seq must."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 (network namespaces)")
+    from zfraud.gen import generate, write_csv
+
+    tag = f"zfh{os.getpid() % 100000}"
+    nss = {k: f"{tag}{k}" for k in ("1", "2", "3", "c")}
+    addr = {"1": "10.79.0.1", "2": "10.79.0.2", "3": "10.79.0.3", "c": "10.79.0.10"}
+    pairs = [(a, b) for a in nss for b in nss if a < b]
+    procs, created = [], []
+    try:
+        for k, ns in nss.items():
+            _ip("netns", "add", ns)
+            created.append(ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", ns, "addr", "add", f"{addr[k]}/32", "dev", "lo")
+            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0",
+                            "net.ipv4.conf.default.rp_filter=0"], check=True, capture_output=True)
+        for a, b in pairs:  # a point-to-point link per pair, a /32 route over it each way
+            _ip("link", "add", f"{tag}{a}{b}", "netns", nss[a], "type", "veth", "peer", "name", f"{tag}{b}{a}",
+                "netns", nss[b])
+
+        def link_up(a, b):
+            for x, y in ((a, b), (b, a)):
+                _ip("-n", nss[x], "link", "set", f"{tag}{x}{y}", "up")
+            for x, y in ((a, b), (b, a)):
+                _ip("-n", nss[x], "route", "replace", f"{addr[y]}/32", "dev", f"{tag}{x}{y}", "src", addr[x])
+
+        for a, b in pairs:
+            link_up(a, b)
+        csv = tmp_path / "g.csv"
+        write_csv(generate(300, 200, 20, seed=11), str(csv))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        seeds = ["--seed", "tcp://10.79.0.1:39101", "--seed", "tcp://10.79.0.2:39101"]
+        for k in ("1", "2", "3"):
+            log = open(tmp_path / f"w{k}.log", "w")
+            procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", nss[k], sys.executable, "-m", "zfraud", "worker", "--name", f"w{k}",
+                 "--bind", f"tcp://{addr[k]}:39101", "--pub", f"tcp://{addr[k]}:39102", *seeds,
+                 *state_args(model_path, tmp_path / "s"), "--heartbeat", "0.5", "--snapshot-every", "3600"],
+                stdout=log, stderr=subprocess.STDOUT, env=env))
+        time.sleep(4)
+        _ip("-n", nss["1"], "link", "set", f"{tag}12", "down")  # the cut
+        time.sleep(4)  # ZMQ heartbeats (3 s) drop the w1-w2 connections: what they publish now is lost
+        w3 = f"tcp://{addr['3']}:39101"
+        for cmd in ("send", "label"):
+            r = subprocess.run(["ip", "netns", "exec", nss["c"], sys.executable, "-m", "zfraud", cmd, str(csv),
+                                "--connect", w3], capture_output=True, text=True, timeout=60, env=env)
+            assert r.returncode == 0, r.stderr
+        time.sleep(1.5)  # their last counts go out (to w3), then no traffic
+        link_up("1", "2")  # the heal
+        time.sleep(12)  # SUB reconnects back off up to 8 s, then a heartbeat or two
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for ns in created:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    saved = {w: np.load(tmp_path / "s" / f"{w}.state.npz") for w in ("w1", "w2", "w3")}
+
+    def held(w, source, table):  # what w holds in source's slot of a table, summed
+        z = saved[w]
+        slots = [w] + [str(s) for s in z["meta.sources"]]
+        return int(z[f"{table}.tx"][:, :, slots.index(source)].sum()) if source in slots else 0
+
+    for table in ("terminal", "frauds"):
+        own = {w: held(w, w, table) for w in ("w1", "w2")}
+        assert own["w1"] > 0 and own["w2"] > 0, (table, own)
+        assert (held("w1", "w2", table), held("w2", "w1", table)) == (own["w2"], own["w1"]), table
+        assert (held("w3", "w1", table), held("w3", "w2", table)) == (own["w1"], own["w2"]), table

@@ -657,8 +657,11 @@ class Worker:
         if self._draining_since is not None:
             return  # leaving: a hello would bring us back into the others' member lists
         me = self.members.me
+        # intel_seq: the seq of our last intel.terminal, so a peer that missed it while we are idle
+        # (a healed partition) need not wait for our next one to see the gap (_check_intel_seq)
         self._publish(b"mesh.hello", {"name": me.name, "router": me.router, "pub": me.pub, "boot": self.boot,
-                                      "members": self.members.public(now), "load": self._load()})
+                                      "members": self.members.public(now), "load": self._load(),
+                                      "intel_seq": self._seq[b"intel.terminal"]})
 
     def _sync_subscriptions(self) -> None:
         """Make the SUB socket follow the member list: the one place that connects and disconnects."""
@@ -884,6 +887,7 @@ class Worker:
                 if self.members.heard(name, str(h["router"]), str(h["pub"]), h.get("load")):
                     self._sync_subscriptions()
                 self._check_boot(name, h.get("boot"))
+                self._check_intel_seq(name, h.get("intel_seq"))
                 members = h.get("members") or []
                 self._merge(members)
                 if not any(isinstance(m, dict) and m.get("name") == self.name for m in members):
@@ -904,6 +908,21 @@ class Worker:
         log.info("member restarted name=%s (a new process at the same endpoints)", name)
         self._exchange_counts(name)
         self.handover.soon(time.monotonic())
+
+    def _check_intel_seq(self, name: str, seq) -> None:
+        """A member's mesh.hello names the seq of its last intel.terminal: one beyond the last we
+        got from it is a gap that no message of its shows while it is idle (a partition between
+        us healed, the mesh around us kept both as members). Repaired like one, with intel_sync.
+        Its reply, made after this hello, holds every message up to `seq`, and the PUB stream is
+        in order, so its next message is seq + 1. Not while a request is outstanding: the reply
+        may come from before this hello, and when it is dropped (5 s) the next hello asks again."""
+        if (not isinstance(seq, int) or isinstance(seq, bool) or name not in self.members.members
+                or name in self.sync_socks):
+            return
+        if seq > self._intel_seq.get(name, 0):
+            self._request_sync(name)
+            if name in self.sync_socks:
+                self._intel_seq[name] = seq
 
     def _exchange_counts(self, name: str) -> None:
         """A member new to us, or a new process of one, needs all our terminal counts, not just
