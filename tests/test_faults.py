@@ -731,3 +731,77 @@ def test_workers_of_a_local_mesh_whose_parent_is_killed_stop_too(tmp_path):
         parent.kill()
     logs = [(tmp_path / f"w{i}.log").read_text() for i in (1, 2)]
     assert all("stopped name=" in log for log in logs), logs  # a clean stop, not a kill
+
+
+def _seed_answering(ctx, members: list) -> tuple:
+    """A ROUTER on a free port that answers one HELLO with MEMBERS listing `members`: what a
+    client was told before a partition split the mesh. (endpoint, thread)."""
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 1000)
+    port = sock.bind_to_random_port("tcp://127.0.0.1", 38000, 39000)
+
+    def answer():
+        try:
+            if sock.poll(10_000):
+                frames = sock.recv_multipart()
+                sock.send_multipart([frames[0], *P.encode(P.MEMBERS, {"worker": "seed", "members": members})])
+        finally:
+            sock.close()
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    return f"tcp://127.0.0.1:{port}", thread
+
+
+def _cut_off_w1(mesh) -> list:
+    """Start w1 on its own (no seed: its member list is [w1]), beside the mesh's workers, which
+    do not know it: w1 cut off from them, the client reaching all. Their member list entries."""
+    mesh.start_worker("w1")
+    end = time.monotonic() + 30
+    while mesh.members_of("w1", 0.5) != ["w1"]:
+        assert time.monotonic() < end, mesh.log("w1")[-2000:]
+        time.sleep(0.1)
+    return [{"name": n, "router": mesh.routers[n], "pub": mesh.pubs[n]} for n in ["w1", *mesh.names]]
+
+
+def test_a_worker_cut_off_from_the_others_does_not_take_the_clients_member_list(tmp_path):
+    """w1 is cut off from w2 and w3; the client reaches all three. It asked one worker, the first
+    in name order, for the member list and dropped every worker that list lacked: w2 and w3, all
+    healthy. When w1 died, every batch was dead-lettered ("none of w1 answered"), for good (a
+    tester's partition: 32,582 of 57,960 transactions in 60 s). It asks every worker and
+    routes by the list the most of them answer with, which is also the one their cards go by."""
+    ctx = zmq.Context.instance()
+    with LocalMesh(2, log_dir=str(tmp_path), names=["w2", "w3"]) as mesh:
+        seed, thread = _seed_answering(ctx, _cut_off_w1(mesh))
+        with Client(seed, deadline_s=1.0) as c:
+            thread.join(5)
+            end = time.monotonic() + 3
+            while time.monotonic() < end:
+                c.poll(50)  # three member-list refreshes
+            members = c.members
+            mesh.signal("w1", signal.SIGKILL)
+            mesh.procs["w1"].wait(5)
+            s = c.stream(synthetic(20000, batch=1000))
+    assert (s.sent, s.verdicts, s.dead_letter, s.lost) == (20000, 20000, 0, 0)
+    assert members == ["w2", "w3"]
+
+
+def test_with_no_live_worker_the_client_asks_the_workers_it_dropped_and_its_seeds(tmp_path):
+    """A 1:1 split (w1 | w2, the client reaching both) is a tie, which the first list in name
+    order wins, so the client routes by [w1] and drops w2. When w1 dies, the batches that find no
+    live worker ask w2, which was dropped from the list, and take its list: none is dead-lettered."""
+    ctx = zmq.Context.instance()
+    with LocalMesh(1, log_dir=str(tmp_path), names=["w2"]) as mesh:
+        seed, thread = _seed_answering(ctx, _cut_off_w1(mesh))
+        with Client(seed, deadline_s=1.0) as c:
+            thread.join(5)
+            end = time.monotonic() + 3
+            while time.monotonic() < end:
+                c.poll(50)
+            members = c.members
+            mesh.signal("w1", signal.SIGKILL)
+            mesh.procs["w1"].wait(5)
+            s = c.stream(synthetic(20000, batch=1000))
+            after = c.members
+    assert (s.sent, s.verdicts, s.dead_letter, s.lost) == (20000, 20000, 0, 0)
+    assert (members, after) == (["w1"], ["w2"])

@@ -10,8 +10,17 @@ the batch) takes an entry out. A worker that misses a deadline or leaves the mem
 marked down and its entries are re-partitioned over the remaining owners and resent; after
 `max_attempts` an entry goes to the dead-letter list (and file), with the reason. A batch that
 finds every worker down probes them at once and waits up to deadline_s for one to answer before
-it is dead-lettered. Credit: at most `window` sub-batches are in flight per worker, so a slow
-mesh slows the sender.
+it is dead-lettered; if none is back, the --connect endpoints and the workers dropped from the
+member list are asked too, and the first member list one of them answers with is taken. Credit: at
+most `window` sub-batches are in flight per worker, so a slow mesh slows the sender.
+
+The member list: every second the client asks every worker it knows for its member list, and
+routes by the list the most of them answer with (a tie: the longest, then the first in name
+order), among the workers not marked down. In a partition the workers' lists differ; asking one of
+them would take that one's side, however few workers it has: a worker cut off from the others
+(its list: itself) had every healthy worker dropped from the client, and when it then died nothing
+was left to send to. Clients that reach every worker so all take the same, the majority's, list,
+which is the one its workers own cards by.
 
 score() and stream() tag the entries they send with the call; a RESULT goes to the call that sent
 its batch (other entries' RESULTs to `on_result`), and when the call ends, returning or raising,
@@ -232,6 +241,11 @@ class Client:
         self._ids = iter(range(random.getrandbits(31) << 32, 1 << 64))
         self._next_refresh = 0.0
         self._polled_at = self._members_at = time.monotonic()  # the last poll(), the last MEMBERS
+        self._views: dict[str, list] = {}    # worker name -> the member list it answered with last
+        self._routed: list = []              # the member list routed by (_on_members)
+        self._awaiting: set[str] = set()     # workers asked for their member list, not answered yet
+        self._seeds: list[str] = []          # the --connect endpoints
+        self._former: dict[str, str] = {}    # worker dropped from the member list -> its ROUTER (the last 64)
         self.on_result = None  # callable(verdicts: dict, header: dict) for each RESULT
         self._call = None      # the score()/stream() call sending now: its tag for the ledger
         self._sinks = {}       # call -> its callable(verdicts, header), instead of on_result
@@ -248,6 +262,7 @@ class Client:
     def _bootstrap(self, endpoints: list[str], timeout_s: float) -> None:
         """Ask the first endpoint that completes a handshake for the member list."""
         problems = []
+        self._seeds = list(endpoints)
         for ep in endpoints:
             sock = self._dealer()
             try:
@@ -260,7 +275,7 @@ class Client:
                             raise MeshError(f"the worker at {ep} refused us: {msg.header.get('message')}")
                         if msg.command != P.MEMBERS:
                             raise MeshError(f"expected MEMBERS from {ep}, got {msg.command.decode()}")
-                        self._update_members(msg.header.get("members") or [])
+                        self._on_members(msg.header)
                         return
                     problem = f"no answer to HELLO within {timeout_s:g} s"
             except P.ProtocolError as e:
@@ -274,6 +289,21 @@ class Client:
             raise MeshError(f"cannot join the mesh at {problems[0]}")
         raise MeshError(f"no zfraud worker answered at {'; '.join(problems)}. Check that `zfraud worker` runs "
                         f"there and the endpoint is right")
+
+    def _on_members(self, h: dict) -> None:
+        """A worker's member list: record it, and route by the list the most workers not marked
+        down answer with (see the module docstring). A worker that has not answered yet counts
+        for the list routed by now: one answer alone does not drop the workers not asked yet."""
+        who = str(h.get("worker"))
+        self._awaiting.discard(who)
+        self._views[who] = [m for m in (h.get("members") or []) if isinstance(m, dict) and "name" in m]
+        votes: dict[frozenset, list] = {}  # the names a list holds -> the lists answered with it
+        for name in {who, *(n for n in self.peers if n not in self.down)}:
+            view = self._views.get(name, self._routed)
+            votes.setdefault(frozenset(str(m["name"]) for m in view), []).append(view)
+        best = min(votes, key=lambda k: (-len(votes[k]), -len(k), sorted(k)))
+        self._routed = self._views[who] if frozenset(str(m["name"]) for m in self._views[who]) == best else votes[best][0]
+        self._update_members(self._routed)
 
     def _update_members(self, members: list) -> None:
         self._members_at = time.monotonic()
@@ -320,6 +350,12 @@ class Client:
 
     def _drop_peer(self, name: str) -> None:
         sock = self.peers.pop(name, None)
+        self._views.pop(name, None)
+        if name in self.routers:
+            self._former.pop(name, None)
+            self._former[name] = self.routers[name]
+            while len(self._former) > 64:
+                self._former.pop(next(iter(self._former)))
         if sock is not None:
             for monitor in [mon for mon, n in self.monitors.items() if n == name]:
                 self.poller.unregister(monitor)
@@ -362,7 +398,8 @@ class Client:
     def _catch_up(self) -> None:
         """Before rows or labels are routed: if this client has not polled for a while (idle
         between calls), read the connection events and replies that came meanwhile, and if its
-        member list is older than the 1 s refresh, ask for it now and wait for it (up to 1 s).
+        member list is older than the 1 s refresh, ask for it now and wait for every live
+        worker's answer (up to 1 s).
         Else an idle client routes by what it knew at its last call: a worker that joined since
         got none of its cards, and a connection lost and made again since (a restart) was only
         noticed after new rows had gone to it, which were then resent and counted twice."""
@@ -371,10 +408,11 @@ class Client:
         while self.poll(0):
             pass
         if time.monotonic() - self._members_at > 1.0:
-            asked, end = self._members_at, time.monotonic() + 1.0
-            self._next_refresh = 0.0  # the next poll asks
-            while self._members_at == asked and time.monotonic() < end:
-                self.poll(10)
+            end = time.monotonic() + 1.0
+            self._next_refresh = 0.0
+            self.poll(0)  # asks every worker
+            while any(self._live(n) for n in self._awaiting) and time.monotonic() < end:
+                self.poll(10)  # every live worker's list: one alone may not be the one routed by
 
     def _probe(self, name: str) -> None:
         try:
@@ -392,14 +430,14 @@ class Client:
         return name in self.peers and name not in self.down and name not in self.leaving
 
     def _refresh(self) -> None:
-        """Ask one live worker for the member list (answered asynchronously, as MEMBERS), and
-        probe the workers marked down: any answer brings one back."""
-        for name in self.down & set(self.peers):
-            self._probe(name)
-        for name in self.members or list(self.peers):
+        """Ask every worker known for its member list (answered asynchronously, as MEMBERS,
+        _on_members); a worker marked down that answers is back (_on_answer)."""
+        hello = P.encode(P.HELLO, {"role": "client"})
+        self._awaiting = set()
+        for name, sock in self.peers.items():
             try:
-                self.peers[name].send_multipart(P.encode(P.HELLO, {"role": "client"}), zmq.NOBLOCK)
-                return
+                sock.send_multipart(hello, zmq.NOBLOCK)
+                self._awaiting.add(name)
             except zmq.Again:
                 continue
 
@@ -407,19 +445,43 @@ class Client:
         """No worker is live: each is marked down (all missed a deadline, or lost their
         connection for a moment) or leaving. Probe them now rather than at the next refresh (a
         reply naming a down worker brings it back, _on_answer), and read replies until one is
-        back, for deadline_s at most: what a batch sent to a worker gets. None once one is back;
-        else the reason to dead-letter with."""
+        back, for deadline_s at most: what a batch sent to a worker gets. The workers dropped
+        from the member list and the --connect endpoints are asked too, and the first list one
+        answers with is taken. None once one is back; else the reason to dead-letter with."""
         asked = sorted(self.peers)
-        if not asked:
+        known = set(self.routers.values())
+        others = [ep for ep in dict.fromkeys([*self._former.values(), *self._seeds]) if ep not in known]
+        if not asked and not others:
             return "no live workers"  # none known: nobody to ask
         now = time.monotonic()
         end, self._next_refresh = now + self.deadline_s, now + 1.0
         self._refresh()
-        while not self.members:
-            left = end - time.monotonic()
-            if left <= 0:
-                return f"no live workers: none of {', '.join(asked)} answered within {self.deadline_s:g} s"
-            self.poll(min(100, math.ceil(left * 1000)))  # (poll() probes again every second)
+        # The workers dropped from the member list and the --connect endpoints, asked once: the
+        # first member list one answers with is taken (_on_members). A worker whose list the
+        # client followed may have been cut off from the others, which are still there.
+        socks = []
+        try:
+            hello = P.encode(P.HELLO, {"role": "client"})
+            for ep in others:
+                sock = self._dealer()
+                socks.append(sock)
+                sock.connect(ep)
+                self.poller.register(sock, zmq.POLLIN)
+                try:
+                    sock.send_multipart(hello, zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+            while not self.members:
+                left = end - time.monotonic()
+                if left <= 0:
+                    also = f" (nor {len(others)} other endpoint{'s' * (len(others) > 1)})" if others else ""
+                    return (f"no live workers: none of {', '.join(asked) or 'them'}{also} answered within "
+                            f"{self.deadline_s:g} s")
+                self.poll(min(100, math.ceil(left * 1000)))  # (poll() probes again every second)
+        finally:
+            for sock in socks:
+                self.poller.unregister(sock)
+                sock.close()
         return None
 
     # -- sending ----------------------------------------------------------------------------
@@ -535,7 +597,7 @@ class Client:
         except P.ProtocolError:
             return
         if msg.command == P.MEMBERS:
-            self._update_members(msg.header.get("members") or [])
+            self._on_members(msg.header)
         self._on_answer(msg)
 
     def _on_answer(self, msg) -> None:
