@@ -200,6 +200,25 @@ def test_a_garbled_time_does_not_size_the_whole_column(tmp_path):
     assert r.stdout.split() == ["99999", "502", "TX_DATETIME", "'" + "7" * 27]
 
 
+@pytest.mark.parametrize("value", [
+    "1522540831000", " 1522540831000 ", "2018-04-01 00:00:31", " 2018-04-01T00:00:31Z ", "2018-04-01 02:00:31+02:00",
+    "2018-04-01 00:00:31.5Z", "2018-04-01 00:00:31\xa0", "2018-04-01", "12", "0", "+1522540831000", "-5",
+    "1522540831000Z", "12018-04-01 00:00:31", "now", "NaT", "", " ", "2018-02-30 10:00:00", "2018-04-01 00:00:31 UTC",
+    "2018-04-01 00:00:31+25:00", "\uff12\uff10\uff11\uff18-04-01 00:00:31", "1" * 25, "7" * 41])
+def test_one_time_alone_reads_as_it_does_among_others(value):
+    """parse_ts_ms reads a single value (failing() checks bad rows one by one) without numpy's
+    column machinery: the two must agree on every value."""
+    from zfraud.sources import parse_ts_ms
+
+    def read(values):
+        try:
+            return int(parse_ts_ms(values)[0])
+        except ValueError:
+            return "refused"
+
+    assert read([value]) == read([value, "2018-04-01 00:00:31"])
+
+
 def test_failing_finds_every_refused_item_in_order():
     from zfraud.sources import failing
 

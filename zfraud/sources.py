@@ -62,18 +62,17 @@ def failing(items: list, check) -> list[int]:
     """The indices, in order, of the items that check([item]) refuses (ValueError, TypeError or
     OverflowError), found by halving: a part that check() passes is cleared at once, so a few
     bad items among millions cost a few dozen checks of large parts, not one check per item."""
-    bad, todo = [], [(0, len(items), True)]
+    bad, todo = [], [(0, len(items))]
     while todo:
-        lo, hi, whole = todo.pop()
-        if whole:
-            try:
-                check(items[lo:hi])
+        lo, hi = todo.pop()
+        try:
+            check(items[lo:hi])
+            continue
+        except (ValueError, TypeError, OverflowError):
+            if hi - lo > 16:
+                mid = (lo + hi) // 2
+                todo += [(mid, hi), (lo, mid)]
                 continue
-            except (ValueError, TypeError, OverflowError):
-                if hi - lo > 16:
-                    mid = (lo + hi) // 2
-                    todo += [(mid, hi, True), (lo, mid, True)]
-                    continue
         for k in range(lo, hi):  # a small part that failed: item by item
             try:
                 check(items[k:k + 1])
