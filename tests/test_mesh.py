@@ -366,9 +366,12 @@ def test_send_interrupted_prints_the_summary_of_what_it_sent_and_exits_130(mesh2
                              "10000000", "--rate", "5000", "--out", str(out), "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        # until verdicts come back: --out is written to a temporary file next to it, renamed at the summary
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and send.poll() is None and not (out.exists() and out.stat().st_size):
-            time.sleep(0.05)  # until verdicts come back
+        while time.monotonic() < deadline and send.poll() is None and not any(
+                f.stat().st_size for f in tmp_path.glob(".verdicts.jsonl.*")):
+            time.sleep(0.05)
+        assert send.poll() is None and time.monotonic() < deadline, "no verdict came back within 60 s"
         time.sleep(0.5)
         t0 = time.monotonic()
         send.send_signal(signal.SIGINT)
