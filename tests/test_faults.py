@@ -126,30 +126,70 @@ def test_a_stopped_worker_goes_down_and_one_whose_answers_wait_unread_does_not(t
 
 def test_new_rows_wait_up_to_the_deadline_for_a_worker_to_come_back(tmp_path):
     """Both workers stopped and marked down: a batch waits deadline_s for one to answer a probe,
-    and is dead-lettered saying so. Resumed while a batch waits, they answer and take it."""
+    and is dead-lettered saying so. The batches after it are dead-lettered at once (one wait per
+    outage, not per batch: a file sent to a mesh that is gone took one deadline per batch), until
+    a worker answers the client's per-second probe. The next outage gets its wait again: resumed
+    while a batch waits, the workers answer and take it."""
     with LocalMesh(2, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint, deadline_s=1.0) as c:
         answered = []
         c.on_result = lambda v, h: answered.extend(v["tx_id"].tolist())
-        first, second = synthetic(4000, batch=2000, seed=42, first_id=21 * 10**9)
-        for name in ("w1", "w2"):
-            mesh.signal(name, signal.SIGSTOP)
+        first, second, third, fourth = synthetic(8000, batch=2000, seed=42, first_id=21 * 10**9)
+        reason = "no live workers: none of w1, w2 answered within 1 s"
         resume = threading.Timer(0.3, lambda: [mesh.signal(n, signal.SIGCONT) for n in ("w1", "w2")])
         try:
+            for name in ("w1", "w2"):
+                mesh.signal(name, signal.SIGSTOP)
             c.down.update(c.peers)  # (stopped, they would miss any deadline)
             t0 = time.monotonic()
             c.submit(first)
             assert 1.0 <= time.monotonic() - t0 < 1.5
-            assert c.dead_letters == [{"reason": "no live workers: none of w1, w2 answered within 1 s",
-                                       "attempts": 1, "tx_id": first["tx_id"].tolist()}]
-            resume.start()  # (stopped 1.3 s in all: less than the 3 s after which they drop each other)
+            assert c.dead_letters == [{"reason": reason, "attempts": 1, "tx_id": first["tx_id"].tolist()}]
+            t0 = time.monotonic()
             c.submit(second)
+            assert time.monotonic() - t0 < 0.2
+            assert c.dead_letters[1] == {"reason": reason, "attempts": 1, "tx_id": second["tx_id"].tolist()}
+            for name in ("w1", "w2"):  # (stopped 1.2 s in all: less than the 3 s after which they drop each other)
+                mesh.signal(name, signal.SIGCONT)
+            end = time.monotonic() + 5
+            while not c.members and time.monotonic() < end:
+                c.poll(50)  # the client asks every worker once a second
+            c.submit(third)
+            assert c.drain(10)
+            for name in ("w1", "w2"):
+                mesh.signal(name, signal.SIGSTOP)
+            c.down.update(c.peers)
+            resume.start()
+            c.submit(fourth)
             assert c.members and c.pending
             assert c.drain(10)
         finally:
             resume.cancel()
             for name in ("w1", "w2"):
                 mesh.signal(name, signal.SIGCONT)
-        assert (len(c.dead_letters), sorted(answered), c.resent) == (1, second["tx_id"].tolist(), 0)
+        assert (len(c.dead_letters), c.resent) == (2, 0)
+        assert sorted(answered) == third["tx_id"].tolist() + fourth["tx_id"].tolist()
+
+
+def test_a_send_whose_only_worker_leaves_dead_letters_the_rest_at_once(tmp_path):
+    """The mesh's only worker stops for good mid-send: the rest of the input is dead-lettered
+    after one --deadline, and send ends with status 1. It took one --deadline per batch (about
+    190 s for these 200,000 rows; hours for a Handbook file), printing nothing."""
+    with LocalMesh(1, log_dir=str(tmp_path)) as mesh:
+        dead = tmp_path / "dead.jsonl"
+        send = start_send(mesh.endpoint, "--synthetic", "200000", "--rate", "50000", "--deadline", "1",
+                          "--dead-letter", str(dead))
+        time.sleep(1.0)
+        mesh.signal("w1", signal.SIGTERM)
+        assert mesh.procs["w1"].wait(15) == 0
+        t0 = time.monotonic()
+        rc, s, err = finish(send, timeout=60)
+    assert rc == 1, err
+    assert time.monotonic() - t0 < 30
+    assert s["verdicts"] > 0 and s["dead_letter"] > 100_000
+    assert (s["sent"], s["verdicts"] + s["dead_letter"], s["errors"], s["lost"]) == (200000, 200000, 0, 0)
+    reasons = {json.loads(line)["reason"] for line in dead.read_text().splitlines()}
+    assert reasons == {f"no live workers: none at {mesh.endpoint} answered within 1 s"}  # w1 said goodbye
+    assert f"failed every attempt: see {dead}" in err
 
 
 def test_sigterm_drains_a_worker_mid_send_without_loss_or_double_count(tmp_path):

@@ -246,6 +246,8 @@ class Client:
         self._awaiting: set[str] = set()     # workers asked for their member list, not answered yet
         self._seeds: list[str] = []          # the --connect endpoints
         self._former: dict[str, str] = {}    # worker dropped from the member list -> its ROUTER (the last 64)
+        self._unanswered: str | None = None  # while no worker answered the last probe: why (_await_member)
+        self._probes: list = []              # ... and its sockets to the dropped workers and the seeds
         self.on_result = None  # callable(verdicts: dict, header: dict) for each RESULT
         self._call = None      # the score()/stream() call sending now: its tag for the ledger
         self._sinks = {}       # call -> its callable(verdicts, header), instead of on_result
@@ -440,6 +442,11 @@ class Client:
                 self._awaiting.add(name)
             except zmq.Again:
                 continue
+        for sock in self._probes:
+            try:
+                sock.send_multipart(hello, zmq.NOBLOCK)
+            except zmq.Again:
+                continue
 
     def _await_member(self) -> str | None:
         """No worker is live: each is marked down (all missed a deadline, or lost their
@@ -447,7 +454,19 @@ class Client:
         reply naming a down worker brings it back, _on_answer), and read replies until one is
         back, for deadline_s at most: what a batch sent to a worker gets. The workers dropped
         from the member list and the --connect endpoints are asked too, and the first list one
-        answers with is taken. None once one is back; else the reason to dead-letter with."""
+        answers with is taken. None once one is back; else the reason to dead-letter with.
+
+        When that wait ends with no answer, the mesh is taken to be unreachable: the batches
+        after it are dead-lettered at once with the same reason, not after a wait each (a file
+        sent to a mesh that is gone would take one deadline per batch: hours), while poll()'s
+        refresh goes on asking every second, the dropped workers and the seeds too. The first
+        worker that answers ends that (_reachable)."""
+        if self._unanswered is not None:
+            self.poll(0)  # replies, and the per-second refresh of every worker and probe
+            if not self.members:
+                return self._unanswered
+            self._reachable()
+            return None
         asked = sorted(self.peers)
         known = set(self.routers.values())
         others = [ep for ep in dict.fromkeys([*self._former.values(), *self._seeds]) if ep not in known]
@@ -459,12 +478,11 @@ class Client:
         # The workers dropped from the member list and the --connect endpoints, asked once: the
         # first member list one answers with is taken (_on_members). A worker whose list the
         # client followed may have been cut off from the others, which are still there.
-        socks = []
         try:
             hello = P.encode(P.HELLO, {"role": "client"})
             for ep in others:
                 sock = self._dealer()
-                socks.append(sock)
+                self._probes.append(sock)
                 sock.connect(ep)
                 self.poller.register(sock, zmq.POLLIN)
                 try:
@@ -475,14 +493,24 @@ class Client:
                 left = end - time.monotonic()
                 if left <= 0:
                     also = f" (nor {len(others)} other endpoint{'s' * (len(others) > 1)})" if others else ""
-                    return (f"no live workers: none of {', '.join(asked) or 'them'}{also} answered within "
-                            f"{self.deadline_s:g} s")
+                    whom = (f"none of {', '.join(asked)}{also}" if asked else
+                            f"none at {', '.join(others[:3])}{f' and {len(others) - 3} more' * (len(others) > 3)}")
+                    self._unanswered = f"no live workers: {whom} answered within {self.deadline_s:g} s"
+                    return self._unanswered
                 self.poll(min(100, math.ceil(left * 1000)))  # (poll() probes again every second)
         finally:
-            for sock in socks:
-                self.poller.unregister(sock)
-                sock.close()
+            if self._unanswered is None:
+                self._reachable()
         return None
+
+    def _reachable(self) -> None:
+        """A worker answered after all (or the client closes): the next batch that finds none
+        live waits again."""
+        self._unanswered = None
+        for sock in self._probes:
+            self.poller.unregister(sock)
+            sock.close()
+        self._probes = []
 
     # -- sending ----------------------------------------------------------------------------
     def submit(self, arrays: dict, origin: np.ndarray | None = None, attempt: int = 0,
@@ -504,6 +532,8 @@ class Client:
             if problem:
                 self._dead_letter(arrays, attempt, problem)
                 return
+        elif self._unanswered is not None:  # a worker answered poll()'s refresh
+            self._reachable()
         names = self.members
         owner = owners(arrays["card"], names)
         order = np.argsort(owner, kind="stable")
@@ -994,6 +1024,7 @@ class Client:
         self._closed = True
         for name in list(self.peers):
             self._drop_peer(name)
+        self._reachable()
         if self._own_ctx:
             self.ctx.term()
 
