@@ -67,6 +67,39 @@ def test_score_counts_only_the_results_of_its_own_batches(mesh2):
         assert sum(seen) == 5000  # the raw batch's RESULTs went to the caller's on_result, not to score()
 
 
+def test_a_second_thread_inside_a_client_is_refused_and_the_first_gets_its_own_verdicts(mesh2):
+    """A Client is not thread-safe. Two threads inside one mixed their frames on the wire: one got
+    the other's verdicts with no error, or BAD_FRAMES dead letters. The second is refused now;
+    the Client can still go from one thread to another between calls."""
+    import threading
+
+    with Client(mesh2.endpoint) as c:
+        mine = next(synthetic(3000, batch=3000, seed=28, first_id=9 * 10**9))
+        theirs = next(synthetic(3000, batch=3000, seed=29, first_id=10 * 10**9))
+        got, inside, release = [], threading.Event(), threading.Event()
+
+        def chunks():  # read by stream(), in the first thread, while it holds the Client
+            yield mine
+            inside.set()
+            release.wait(10)
+
+        t = threading.Thread(target=lambda: got.append(c.stream(chunks())))
+        t.start()
+        try:
+            assert inside.wait(10)
+            with pytest.raises(MeshError, match=r"^Client.score\(\) was called while another thread is using "
+                                                r"this Client: a Client is not thread-safe, use one Client per thread$"):
+                c.score(theirs)
+        finally:
+            release.set()
+            t.join(30)
+        (summary,) = got
+        assert (summary.sent, summary.verdicts, summary.errors, summary.lost) == (3000, 3000, 0, 0)
+        v = c.score(theirs)  # the first thread is done with it: this one may use it
+        np.testing.assert_array_equal(v["tx_id"], theirs["tx_id"])
+        assert not c.dead_letters and c.resent == 0
+
+
 # -- 2. rate -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("rate", [-5, 0, math.nan, math.inf, -math.inf, "fast"])
 def test_stream_refuses_a_rate_that_is_not_a_positive_number(mesh2, rate):

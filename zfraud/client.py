@@ -29,12 +29,14 @@ ignored, as those of a batch resent elsewhere are.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import numbers
 import os
 import random
 import select
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -211,13 +213,32 @@ class Labelled(dict):
     refused: int = 0
 
 
+def _one_thread(method):
+    """Refuse a call while another thread is inside one: a Client's sockets and ledger belong to
+    one thread at a time. Two threads in one Client mixed their frames on the wire and handed one
+    thread the other's verdicts, with no error. (An RLock taken without waiting: the methods call
+    each other, and a thread may hand its Client to another between calls.)"""
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        if not self._user.acquire(blocking=False):
+            raise MeshError(f"Client.{method.__name__}() was called while another thread is using this Client: "
+                            f"a Client is not thread-safe, use one Client per thread")
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._user.release()
+    return guarded
+
+
 class Client:
     """A connection to the mesh (see the module docstring). Not thread-safe: its sockets and its
-    ledger belong to one thread at a time, so use one Client per thread."""
+    ledger belong to one thread at a time, so use one Client per thread (a call while another
+    thread is inside one raises MeshError)."""
 
     def __init__(self, connect, window: int = 8, deadline_s: float = 5.0, max_attempts: int = 3,
                  hello_timeout_s: float = 5.0, dead_letter_path=None, curve_dir=None,
                  context: zmq.Context | None = None):
+        self._user = threading.RLock()  # held by the thread inside a call (_one_thread)
         self.window = window
         self.deadline_s = deadline_s
         self.max_attempts = max_attempts
@@ -513,6 +534,7 @@ class Client:
         self._probes = []
 
     # -- sending ----------------------------------------------------------------------------
+    @_one_thread
     def submit(self, arrays: dict, origin: np.ndarray | None = None, attempt: int = 0,
                first_sent: float | None = None) -> None:
         """Partition one batch by card owner and send each part (in sub-batches of at most
@@ -565,6 +587,7 @@ class Client:
         self.inflight[name].add(batch)
 
     # -- receiving --------------------------------------------------------------------------
+    @_one_thread
     def poll(self, timeout_ms: int = 0) -> int:
         """Handle replies that arrive within timeout_ms, and deadlines. Returns messages handled."""
         self._check_open()
@@ -592,6 +615,7 @@ class Client:
                 self._worker_down(p.worker, f"no RESULT for batch {p.batch} within {self.deadline_s:g} s", p.batch)
         return handled
 
+    @_one_thread
     def wait(self, timeout_s: float, fds=()) -> bool:
         """Return True as soon as a worker's reply (or a connection event) may be waiting (read
         it with poll(0)), or one of `fds` (other descriptors) is readable, False after timeout_s
@@ -731,6 +755,7 @@ class Client:
             with open(self.dead_letter_path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
 
+    @_one_thread
     def drain(self, timeout_s: float = 60.0, stop=lambda: False) -> bool:
         """Wait until every sent sub-batch is answered or dead-lettered; False on timeout. Once
         stop() is true, wait deadline_s more at most: what was sent by then is due by then."""
@@ -743,6 +768,7 @@ class Client:
         return not self.pending
 
     # -- convenience APIs -------------------------------------------------------------------
+    @_one_thread
     def score(self, arrays: dict, timeout_s: float = 30.0) -> dict:
         """Score one batch; returns VERDICT_COLUMNS arrays, plus "worker" (the name of the worker
         that scored each row), in input order. If it raises, the rows it sent and had no answer
@@ -774,6 +800,7 @@ class Client:
                             f"{self.dead_letters[-1]['reason']}")
         return out
 
+    @_one_thread
     def stream(self, chunks, rate: float | None = None, linger_s: float = 0.001, progress=None,
                on_verdicts=None, drain_timeout_s: float = 120.0, input_errors=lambda: 0,
                stop=lambda: False) -> Summary:
@@ -915,6 +942,7 @@ class Client:
         self._forget(token)
 
     # -- labels -------------------------------------------------------------------------------
+    @_one_thread
     def label(self, arrays: dict, timeout_s: float = 10.0) -> dict:
         """Send confirmed labels (LABEL_COLUMNS arrays), each to its card's owner, and wait until
         every owner has applied its share. The owner counts the frauds and shares the counts with
@@ -988,6 +1016,7 @@ class Client:
                 sock.close()
 
     # -- control ------------------------------------------------------------------------------
+    @_one_thread
     def control(self, name: str, op: str, timeout_s: float = 5.0, payload=(), **args) -> dict:
         """Send a CONTROL request (header fields `args`, extra frames `payload`) to one worker and
         wait for its answer, on a socket of its own."""
@@ -1016,6 +1045,7 @@ class Client:
         if self._closed:
             raise MeshError("the client is closed")
 
+    @_one_thread
     def close(self) -> None:
         """Close the sockets (and the context, if the client made it). Closing twice is fine;
         every other method then raises MeshError("the client is closed")."""
