@@ -288,6 +288,57 @@ def test_the_sender_keeps_cards_that_are_refused_or_not_answered(ctx, answer):
         owner.close(linger=0)
 
 
+def test_a_worker_from_before_the_handover_is_asked_again_every_30_s_with_one_warning(ctx, caplog):
+    """A member that answers op "cards" with BAD_CONTROL (a zfraud from before the handover) keeps
+    refusing while it runs. Each refusal was a retry about 6 s later and one more warning "not
+    taken ... sent again at the next sweep" (a tester's old worker: 10 in 30 s). Now its cards stay
+    here, with one warning, and it is asked again every EVERY_S (30 s), in case it was upgraded in
+    place, quietly. On a fake clock ticking every 0.2 s for 70 s, against a real ROUTER."""
+    import logging
+
+    import zmq
+
+    from zfraud.handover import EVERY_S, Handover
+    from zfraud.sockets import configure
+
+    e = FeatureEngine(FULL, 7, 4096, 1024)
+    cards = np.arange(1, 201, dtype=np.uint64)
+    e.transform({"tx_id": cards, "card": cards, "terminal": cards % 7, "amount": np.full(200, 12.0),
+                 "ts_ms": np.full(200, 17_800 * 86_400_000, np.int64)})
+    old = configure(ctx.socket(zmq.ROUTER))
+    port = old.bind_to_random_port("tcp://127.0.0.1")
+    h = Handover("w1", lambda: configure(ctx.socket(zmq.DEALER)))
+    asked = []
+    caplog.set_level(logging.WARNING, logger="zfraud.worker")
+    try:
+        h.follow({"w2": f"tcp://127.0.0.1:{port}"})
+        deadline = time.monotonic() + 5
+        while h.socks["w2"].poll(0, zmq.POLLOUT) == 0:  # connected (IMMEDIATE), so the first sweep sends
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        for i in range(351):
+            now = i / 5
+            h.tick(e, {"w2": f"tcp://127.0.0.1:{port}"}, ["w1", "w2"], now=now)
+            if h.pending:
+                assert old.poll(5000)
+                ident, *frames = old.recv_multipart()
+                asked.append(now)
+                old.send_multipart([ident, *P.error_message(P.BAD_CONTROL, "unknown control op 'cards'; known: "
+                                                            "status, deploy, intel_sync")])
+                assert h.socks["w2"].poll(5000)
+                h.on_reply("w2", e)
+    finally:
+        h.close()
+        old.close(linger=0)
+    # the settle sweep (3 s) passes it over; the regular ones, every 30 s from there, ask again
+    assert EVERY_S == 30.0 and asked == [0.0, 33.0, 63.0]
+    assert len(e.card_ids()) == 200 and not h.pending and h.taken_back == 3 * (owners(cards, ["w1", "w2"]) == 1).sum()
+    warnings = [r.getMessage() for r in caplog.records if "not taken by w2" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].endswith(
+        "kept here: w2 is a worker of a zfraud from before the card handover; asked again every 30 s, in case it "
+        "is upgraded")
+
+
 def test_a_member_not_connected_yet_is_tried_again_a_second_later_not_at_the_settle_sweep(ctx):
     """The first sweep after a join finds the newcomer's DEALER not yet connected (IMMEDIATE:
     the send is refused) and asks for another a second later. That retry is due before the

@@ -38,6 +38,7 @@ CHUNK = 32_768       # records per message: 12.6 MB, well under the 64 MB messag
 SETTLE_S = 3.0       # a second sweep this long after a change of members
 EVERY_S = 30.0       # and one this often in any case
 ACK_S = 5.0          # a message unanswered this long is taken back
+SWEEPING = "kept here, sent again at the next sweep"  # Handover.fate while the worker runs
 
 
 @dataclass
@@ -63,9 +64,13 @@ class Handover:
         self.due: list[float] = []  # when further sweeps are due, in no order (retries are appended)
         self.next_sweep = 0.0
         self.handed = self.taken_back = 0  # cards acknowledged by their owners; put back here
+        # Members that refused op "cards" as unknown (workers of a zfraud from before it) -> when:
+        # their cards stay here, and they are asked again only after EVERY_S (an upgrade in place
+        # keeps the name and the endpoints); before, every retry was one more warning, every few seconds
+        self.refused: dict[str, float] = {}
         # What becomes of records put back, as the log says it: the worker changes it when it
         # sweeps no more (stopping: kept in its snapshot, or lost with the process)
-        self.fate = "kept here, sent again at the next sweep"
+        self.fate = SWEEPING
 
     # -- sockets ----------------------------------------------------------------------------
     def follow(self, routers: dict[str, str]) -> None:
@@ -124,6 +129,8 @@ class Handover:
         sent = 0
         for k in np.unique(owner[owner != mine]).tolist():
             name, todo = names[k], ids[owner == k]
+            if now - self.refused.get(name, -EVERY_S) < EVERY_S:
+                continue
             sock = self.socks.get(name)
             for lo in range(0, len(todo), CHUNK):
                 if sock is None or not self._send(sock, name, features.take_cards(todo[lo:lo + CHUNK]), features, now):
@@ -165,8 +172,13 @@ class Handover:
                 continue
             if msg.command == P.CONTROL and h.get("ok"):
                 self.handed += len(p.records)
+                self.refused.pop(name, None)
                 log.info("handed over %d cards to %s, their owner now (%s of them merged with cards "
                          "it had started)", len(p.records), name, h.get("merged", 0))
+            elif msg.command == P.ERROR and h.get("code") == P.BAD_CONTROL and "'cards'" in str(h.get("message")):
+                again = name in self.refused
+                self.refused[name] = p.sent
+                self._take_back(features, p, h.get("message"), quiet=again, retry=False)
             else:
                 self._take_back(features, p, h.get("error") or h.get("message") or "refused")
 
@@ -194,15 +206,20 @@ class Handover:
         for seq in list(self.pending):
             self._take_back(features, self.pending.pop(seq), "the worker is stopping")
 
-    def _take_back(self, features, p: _Pending, why: str) -> None:
+    def _take_back(self, features, p: _Pending, why: str, quiet: bool = False, retry: bool = True) -> None:
         try:
             features.put_cards(p.records)
         except ValueError as e:  # a deploy changed the feature set meanwhile: nothing to keep them in
             log.warning("%d cards handed to %s came back (%s) and were dropped: %s", len(p.records), p.to, why, e)
             return
         self.taken_back += len(p.records)
-        log.warning("%d cards not taken by %s (%s): %s", len(p.records), p.to, why, self.fate)
-        self.due.append(p.sent + ACK_S + 1.0)
+        fate = self.fate
+        if not retry and fate == SWEEPING:
+            fate = (f"kept here: {p.to} is a worker of a zfraud from before the card handover; asked again "
+                    f"every {EVERY_S:g} s, in case it is upgraded")
+        (log.debug if quiet else log.warning)("%d cards not taken by %s (%s): %s", len(p.records), p.to, why, fate)
+        if retry:
+            self.due.append(p.sent + ACK_S + 1.0)
 
 
 def take_over(features, header: dict, payload: list) -> dict:
