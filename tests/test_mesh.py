@@ -330,6 +330,20 @@ def test_send_checks_the_dead_letter_path_before_it_sends_anything(tmp_path, whe
     assert r.stderr.strip().splitlines()[-1] == f"Error: Invalid value for '--dead-letter': cannot use {dead}: {why}"
 
 
+def test_send_from_a_deleted_directory_names_the_default_dead_letter_file_as_the_problem(tmp_path):
+    """The default --dead-letter is relative (zfraud-dead-letter.jsonl): from a directory that was
+    deleted, send said only "Error: No such file or directory", with status 1."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    r = subprocess.run(["sh", "-c", 'cd "$1" && rmdir "$1" && shift && exec "$@"', "sh", str(gone), sys.executable,
+                        "-m", "zfraud", "send", "--connect", f"tcp://127.0.0.1:{free_port()}", "--synthetic", "10"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        "Error: Invalid value for '--dead-letter': cannot use zfraud-dead-letter.jsonl: the current directory no "
+        "longer exists; give an absolute path, or start from a directory that exists")
+
+
 @pytest.mark.parametrize("args", [("send", "--synthetic", "10"), ("tail",), ("status",), ("top",),
                                   ("label", "labels.csv"), ("deploy", "--rules", "rules.toml")])
 def test_an_endpoint_that_cannot_be_one_is_a_usage_error(tmp_path, args):

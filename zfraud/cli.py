@@ -145,6 +145,12 @@ def _writable(ctx, param, value):
     usage error (status 2) if it could not be written, rather than after all the work."""
     if value is None or value == "-":  # none, or standard output
         return value
+    if not os.path.isabs(value):
+        try:
+            os.getcwd()
+        except FileNotFoundError:  # (the directory this was started in was deleted)
+            raise click.BadParameter(f"cannot use {value}: the current directory no longer exists; give an "
+                                     f"absolute path, or start from a directory that exists") from None
     directory = os.path.dirname(value) or "."
     if os.path.exists(value):
         error = None if os.access(value, os.W_OK) else errno.EACCES
