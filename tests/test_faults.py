@@ -192,13 +192,15 @@ def test_a_send_whose_only_worker_leaves_dead_letters_the_rest_at_once(tmp_path)
     assert f"failed every attempt: see {dead}" in err
 
 
-def test_sigterm_drains_a_worker_mid_send_without_loss_or_double_count(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_drains_a_worker_mid_send_without_loss_or_double_count(tmp_path, sig):
     """A draining worker answers what it was sent, so the client waits for those answers instead
-    of sending them again elsewhere, where they would be scored and counted a second time."""
+    of sending them again elsewhere, where they would be scored and counted a second time.
+    SIGHUP (its terminal closed) drains it too: it killed the worker, with no goodbye or snapshot."""
     with LocalMesh(3, log_dir=str(tmp_path)) as mesh:
         send = start_send(mesh.endpoint, "--synthetic", "200000", "--rate", "80000")
         time.sleep(1.0)
-        mesh.signal("w2", signal.SIGTERM)
+        mesh.signal("w2", sig)
         rc, s, err = finish(send)
         assert mesh.procs["w2"].wait(15) == 0
         scored = rows_of(mesh, "w1") + rows_of(mesh, "w3")

@@ -374,7 +374,10 @@ def test_a_stream_told_to_stop_reads_no_further_and_counts_what_it_sent(mesh2):
     assert (s.sent, s.verdicts, s.errors, s.lost) == (1000, 1000, 0, 0)
 
 
-def test_send_interrupted_prints_the_summary_of_what_it_sent_and_exits_130(mesh2, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_send_interrupted_prints_the_summary_of_what_it_sent_and_exits_130(mesh2, tmp_path, sig):
+    """Ctrl-C, status 130; SIGTERM (a supervisor, `timeout`) the same, status 143: it killed send
+    with no summary and no --out."""
     out = tmp_path / "verdicts.jsonl"
     send = subprocess.Popen([sys.executable, "-m", "zfraud", "send", "--connect", mesh2.endpoint, "--synthetic",
                              "10000000", "--rate", "5000", "--out", str(out), "--json"],
@@ -388,11 +391,11 @@ def test_send_interrupted_prints_the_summary_of_what_it_sent_and_exits_130(mesh2
         assert send.poll() is None and time.monotonic() < deadline, "no verdict came back within 60 s"
         time.sleep(0.5)
         t0 = time.monotonic()
-        send.send_signal(signal.SIGINT)
+        send.send_signal(sig)
         stdout, err = send.communicate(timeout=60)
     finally:
         send.kill()
-    assert send.returncode == 130, err
+    assert send.returncode == 128 + sig, err
     assert time.monotonic() - t0 < 5  # what was in flight, answered within the --deadline (5 s)
     assert err.splitlines()[0] == "interrupted: the input was read no further; the summary counts what was sent"
     s = json.loads(stdout.strip().splitlines()[-1])

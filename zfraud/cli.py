@@ -226,7 +226,9 @@ def main():
 @friendly_errors
 def worker(name, bind, pub, seeds, model_path, rules_path, review_at, decline_at, heartbeat, state_dir,
            snapshot_every, cards, terminals, delay_days, metrics_port, curve_dir, log_level):
-    """Run a worker: bind a ROUTER and a PUB, join the mesh, score batches until SIGINT/SIGTERM."""
+    """Run a worker: bind a ROUTER and a PUB, join the mesh, score batches until SIGINT, SIGTERM or
+    SIGHUP (its terminal closed), each of which drains it: it leaves the mesh, answers what it
+    holds, hands its cards over and saves its state (--state-dir) before it exits."""
     from .local import stop_with_parent
     from .model import load_model
     from .rules import RuleSet
@@ -250,7 +252,7 @@ def worker(name, bind, pub, seeds, model_path, rules_path, review_at, decline_at
         need = (cards * 400 + terminals * 10_200) / 2**30
         raise click.ClickException(f"out of memory for the state tables: --cards {cards:,} and --terminals "
                                    f"{terminals:,} need about {need:.1f} GiB; lower them") from None
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # (SIGHUP: its terminal closed)
         signal.signal(sig, lambda *_: w.stop())
     w.run()
     if w.fatal is not None:
@@ -338,14 +340,15 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
     as workers remember them, the last 1,048,576 distinct ones).
 
     Ctrl-C (SIGINT) stops reading the input: what was sent gets up to --deadline to be answered,
-    then the summary is printed (the rest counted as lost), with status 130. A second Ctrl-C
-    stops at once, without a summary; one while still connecting says so, status 130.
+    then the summary is printed (the rest counted as lost), with status 130. SIGTERM does the
+    same, with status 143. A second Ctrl-C stops at once, without a summary; one while still
+    connecting says so, status 130.
 
     Exit status: 0 every transaction got a verdict; 1 some were lost or dead-lettered, or the
     command failed (no worker answered, say); 3 all were answered but some were rejected as
     invalid (stderr gives the lines that could not be read and the workers' reasons; when
     none was scored, the last line says so, with the most common reason and the input expected);
-    2 a usage error, before anything was sent; 130 interrupted.
+    2 a usage error, before anything was sent; 130 interrupted (143 by SIGTERM).
     """
     from collections import Counter
 
@@ -370,12 +373,12 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
     progress = Progress(total=synthetic)
     interrupted, rejected = [], Counter()
 
-    def interrupt(*_):
+    def interrupt(signum, _frame):
         if interrupted:  # the second Ctrl-C: stop waiting
             raise KeyboardInterrupt
-        interrupted.append(True)
+        interrupted.append(signum)
 
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         # --out is replaced only by a send that gets to its summary (files.replacing)
         with _connected(Client, connect, window=window, deadline_s=deadline, dead_letter_path=dead_letter,
@@ -389,11 +392,13 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
                     for code, n in zip(*np.unique(refused, return_counts=True)):
                         rejected[reasons[code] if 0 <= code < len(reasons) else f"reason {code}"] += int(n)
 
-            signal.signal(signal.SIGINT, interrupt)
+            for sig in previous:  # SIGTERM (a supervisor, `timeout`) as Ctrl-C: the summary, then 143
+                signal.signal(sig, interrupt)
             summary = client.stream(source, rate=rate, progress=progress, on_verdicts=on_verdicts,
                                     input_errors=lambda: source.error_count, stop=lambda: bool(interrupted))
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         progress.close()
     if interrupted:
         click.echo("interrupted: the input was read no further; the summary counts what was sent", err=True)
@@ -418,7 +423,7 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
     if not summary.verdicts and summary.errors:  # every row answered was rejected
         click.echo(nothing_scored(source, summary, rejected), err=True)
     if interrupted:
-        sys.exit(130)
+        sys.exit(128 + interrupted[0])
     if summary.lost or summary.dead_letter:
         sys.exit(1)
     if summary.errors:
