@@ -36,11 +36,22 @@ def friendly_errors(fn):
     from .model import ModelError
     from .sources import InputError
 
+    import zmq
+
+    from .sockets import descriptor_limit, out_of_descriptors
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except OSError as e:  # "cannot use PATH: No such file or directory", not "[Errno 2] ..."
+        except (OSError, zmq.ZMQError) as e:
+            if out_of_descriptors(e):  # whatever failed (a socket, a module's file), the limit is the cause
+                raise click.ClickException(
+                    f"out of file descriptors: {descriptor_limit()}; each worker of the mesh takes a few. Raise "
+                    f"the limit, e.g. `ulimit -n 4096`, and start this again") from None
+            if not isinstance(e, OSError):
+                raise
+            # "cannot use PATH: No such file or directory", not "[Errno 2] ..."
             where = f"cannot use {e.filename}: " if e.filename else ""
             raise click.ClickException(f"{where}{e.strerror or e}") from None
         except (MeshError, ModelError, InputError, ValueError) as e:

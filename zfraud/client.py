@@ -48,7 +48,7 @@ from . import protocol as P
 from ._dedup import SeenSet
 from .mesh import owners
 from .security import HANDSHAKE_EVENTS, Curve, check_handshake, describe_handshake_failure
-from .sockets import configure, recv_frames, send_frames
+from .sockets import configure, descriptor_limit, out_of_descriptors, recv_frames, send_frames
 from .sources import Reader
 
 
@@ -360,10 +360,20 @@ class Client:
             self._drop_peer(name)
 
     def _add_peer(self, name: str, router: str) -> None:
-        sock = self._dealer()
-        # Connection events tell us at once when a worker's process dies (the kernel closes its
-        # sockets), long before a deadline would.
-        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | HANDSHAKE_EVENTS)
+        sock = None
+        try:
+            sock = self._dealer()
+            # Connection events tell us at once when a worker's process dies (the kernel closes its
+            # sockets), long before a deadline would.
+            monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | HANDSHAKE_EVENTS)
+        except zmq.ZMQError as e:
+            if sock is not None:
+                sock.close()
+            if not out_of_descriptors(e):
+                raise
+            raise MeshError(f"cannot connect to worker {name} at {router}: out of file descriptors: "
+                            f"{descriptor_limit()}; each worker of the mesh takes a few. Raise the limit, "
+                            f"e.g. `ulimit -n 4096`, and start this again") from None
         sock.connect(router)
         self.peers[name], self.routers[name] = sock, router
         self.inflight.setdefault(name, set())

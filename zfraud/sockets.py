@@ -8,7 +8,14 @@
 - RECONNECT_IVL starts at 250 ms and backs off to 8 s.
 
 And one way to send and to receive a message on the hot path (send_frames, recv_frames).
+
+Every socket costs descriptors (its mailbox; each connection; a monitor's pair), so a process
+that may open too few (`ulimit -n`) fails to make one with EMFILE: out_of_descriptors() tells
+that error apart and descriptor_limit() says the limit, for the message.
 """
+import errno
+import resource
+
 import numpy as np
 import zmq
 
@@ -28,6 +35,19 @@ def configure(sock, sndhwm: int = 10_000, rcvhwm: int = 10_000, linger_ms: int =
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
     sock.setsockopt(zmq.HEARTBEAT_TTL, 3000)
     return sock
+
+
+def out_of_descriptors(e: BaseException) -> bool:
+    """True for the error of a process that may open no more descriptors (EMFILE), or of a system
+    that may open no more files (ENFILE): from zmq (a socket not made) or from the OS."""
+    return isinstance(e, (zmq.ZMQError, OSError)) and e.errno in (errno.EMFILE, errno.ENFILE)
+
+
+def descriptor_limit() -> str:
+    """'the limit (ulimit -n) is N', for a message. How many are open is not said: by the time an
+    error reaches its message, what the failed work had open is closed."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return "there is no limit (ulimit -n)" if soft == resource.RLIM_INFINITY else f"the limit (ulimit -n) is {soft}"
 
 
 def send_frames(sock, frames, flags: int = 0) -> None:
