@@ -255,7 +255,7 @@ def test_the_sender_keeps_cards_that_are_refused_or_not_answered(ctx, answer):
     theirs = cards[owners(cards, ["w1", "w2"]) == 1]
     owner = configure(ctx.socket(zmq.ROUTER))
     port = owner.bind_to_random_port("tcp://127.0.0.1")
-    h = Handover("w1", lambda: configure(ctx.socket(zmq.DEALER)))
+    h = Handover("w1", lambda name: configure(ctx.socket(zmq.DEALER)))
     try:
         h.follow({"w2": f"tcp://127.0.0.1:{port}"})
         deadline = time.monotonic() + 5
@@ -358,7 +358,7 @@ def test_a_member_not_connected_yet_is_tried_again_a_second_later_not_at_the_set
     cards = np.arange(1, 201, dtype=np.uint64)
     e.transform({"tx_id": cards, "card": cards, "terminal": cards % 7, "amount": np.full(200, 12.0),
                  "ts_ms": np.full(200, 17_800 * 86_400_000, np.int64)})
-    h = Recording("w1", lambda: configure(ctx.socket(zmq.DEALER)))
+    h = Recording("w1", lambda name: configure(ctx.socket(zmq.DEALER)))
     h.swept = []
     nobody = {"w2": f"tcp://127.0.0.1:{free_port()}"}  # nothing listens there
     try:

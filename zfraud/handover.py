@@ -54,7 +54,9 @@ class Handover:
 
     def __init__(self, name: str, new_socket, poller: zmq.Poller | None = None):
         self.name = name
-        self.new_socket = new_socket  # () -> a configured, secured DEALER
+        # (member name) -> a configured, secured DEALER, or None when none can be made now (out of
+        # descriptors: the worker says so); follow() asks again at the next tick
+        self.new_socket = new_socket
         self.poller = poller
         self.socks: dict[str, zmq.Socket] = {}
         self.routers: dict[str, str] = {}
@@ -79,7 +81,9 @@ class Handover:
             self._close(name)
         for name, router in routers.items():
             if name not in self.socks:
-                sock = self.new_socket()
+                sock = self.new_socket(name)
+                if sock is None:
+                    continue
                 sock.setsockopt(zmq.IMMEDIATE, 1)
                 sock.connect(router)
                 self.socks[name], self.routers[name] = sock, router

@@ -45,7 +45,7 @@ from .scoring import MIN_TS_MS, Scorer, Thresholds, ahead_ts_ms
 from .security import Curve, SecurityError
 from .snapshots import BackgroundSave
 from .state import remove_unfinished
-from .sockets import configure, recv_frames, send_frames
+from .sockets import Every, configure, descriptor_limit, out_of_descriptors, recv_frames, send_frames
 
 log = logging.getLogger("zfraud.worker")
 
@@ -237,9 +237,12 @@ class Worker:
         self._departed: dict[str, tuple] = {}  # name -> (PUB, until when) of members that said goodbye
         # ROUTER endpoint -> (DEALER, the member expected there, or None for a seed): _ask
         self.asking: dict[str, tuple] = {}
+        self._no_socket = Every(10.0)  # the log of sockets not made for want of descriptors (_dealer)
         for seed in seeds:
             if seed != me.router:
                 self._ask(seed)
+                if seed not in self.asking:  # out of descriptors as it starts: nothing would ask it again
+                    raise zmq.ZMQError(errno.EMFILE)
         self._stopping = False
         self._draining_since = None  # set when stop() is first noticed: leaving, still answering
         self._last_request = time.monotonic()
@@ -257,7 +260,7 @@ class Worker:
         self.saved = True  # False when the snapshot at the end failed: the CLI exits 1
         self.fatal: str | None = None  # why the worker stopped without joining (its name is taken): the CLI exits 1
         self._name_refused_at: float | None = None
-        self.handover = Handover(name, lambda: self._secure(configure(self.ctx.socket(zmq.DEALER))))
+        self.handover = Handover(name, lambda to: self._dealer(f"member {to}"))
         self._final_until = None  # set when the drain is over: the last handover's answers are awaited
         self._batch_ms = deque(maxlen=2048)  # recent scoring times (a run of batches scores as one)
         self._header_of, self._header = None, None  # _verdict_header's scorer and its fields
@@ -477,13 +480,30 @@ class Worker:
             h["to"] = to  # a process that has taken over that address since refuses it
         return P.encode(P.HELLO, h)
 
+    def _dealer(self, to: str) -> zmq.Socket | None:
+        """A DEALER for talking to `to` (a member's name or an endpoint), or None when this process
+        may open no more descriptors. A worker must not stop scoring for that: it says so (at most
+        once per 10 s) and the caller's own retry asks again (the next heartbeat, hello or sweep)."""
+        try:
+            return self._secure(configure(self.ctx.socket(zmq.DEALER)))
+        except zmq.ZMQError as e:
+            if not out_of_descriptors(e):
+                raise
+            self._no_socket(log.error, "cannot open a socket to %s: out of file descriptors (%s); still scoring, "
+                            "trying again later, but cards, counts and members are not shared with it meanwhile. "
+                            "Start the worker with a higher `ulimit -n`: each member of the mesh takes a few",
+                            to, descriptor_limit())
+            return None
+
     def _ask(self, router: str, name: str | None = None) -> None:
         """Say HELLO to the ROUTER at `router` at each heartbeat until the worker there answers
         with MEMBERS: a seed (name None: any worker), or member `name` (a rejoin: that member only;
         see MAX_REJOIN)."""
         if router in self.asking:
             return
-        sock = self._secure(configure(self.ctx.socket(zmq.DEALER)))
+        sock = self._dealer(router if name is None else f"member {name} at {router}")
+        if sock is None:
+            return
         if name is not None:
             sock.setsockopt(zmq.IMMEDIATE, 1)  # no HELLOs queued for a member not there: one per heartbeat
         sock.connect(router)
@@ -803,7 +823,9 @@ class Worker:
     def _request_sync(self, name: str) -> None:
         if name in self.sync_socks:
             return  # one request at a time per peer
-        sock = self._secure(configure(self.ctx.socket(zmq.DEALER)))
+        sock = self._dealer(f"member {name}")
+        if sock is None:
+            return  # a next mesh.hello of it asks again (_check_intel_seq)
         sock.connect(self.members.members[name].router)
         try:
             sock.send_multipart(P.encode(P.CONTROL, {"op": "intel_sync", "worker": self.name}), zmq.NOBLOCK)
