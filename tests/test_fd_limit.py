@@ -99,3 +99,43 @@ def test_a_worker_out_of_descriptors_keeps_scoring_and_says_why_once(tmp_path):
     lines = [ln for ln in text.splitlines() if "cannot open a socket to" in ln]
     assert 1 <= len(lines) <= 3, lines  # some 5-10 s of failures: at most once per 10 s
     assert "out of file descriptors (the limit (ulimit -n) is 30)" in lines[0] and "ulimit -n" in lines[0], lines[0]
+
+
+def test_a_worker_out_of_descriptors_says_it_turns_connections_away(tmp_path):
+    """A worker that may open 40 descriptors, and 60 connections to its ROUTER: libzmq's failed
+    accepts show only on a socket monitor; the worker logs them, once per 10 s at most."""
+    router, pub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    log_path = tmp_path / "z.log"
+    with open(log_path, "wb") as log:
+        z = subprocess.Popen([sys.executable, "-m", "zfraud", "worker", "--name", "z", "--bind", router, "--pub", pub],
+                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=limited(40),
+                             env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())})
+    ctx = zmq.Context()
+    socks = []
+    try:
+        first = configure(ctx.socket(zmq.DEALER))
+        socks.append(first)
+        first.connect(router)
+        first.send_multipart(P.encode(P.HELLO, {"role": "client"}))
+        assert first.poll(15_000), f"z did not answer HELLO:\n{log_path.read_text()}"
+        first.recv_multipart()
+        for _ in range(60):
+            s = configure(ctx.socket(zmq.DEALER))
+            s.connect(router)
+            socks.append(s)
+        end = time.monotonic() + 10
+        while "cannot accept a connection" not in log_path.read_text() and time.monotonic() < end:
+            time.sleep(0.2)
+        first.send_multipart(P.encode(P.HELLO, {"role": "client"}))  # the connection it has still works
+        assert first.poll(10_000), log_path.read_text()[-3000:]
+        assert P.parse(first.recv_multipart()).command == P.MEMBERS
+    finally:
+        for s in socks:
+            s.close(linger=0)
+        ctx.term()
+        z.terminate()
+        z.wait(15)
+    lines = [ln for ln in log_path.read_text().splitlines() if "cannot accept a connection" in ln]
+    assert 1 <= len(lines) <= 2, log_path.read_text()[-3000:]
+    assert f"on --bind {router}: out of file descriptors (the limit (ulimit -n) is 40)" in lines[0], lines[0]
+    assert "ulimit -n" in lines[0]

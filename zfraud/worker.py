@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from . import __version__
 from . import protocol as P
@@ -226,6 +227,12 @@ class Worker:
         _bind(self.pub, pub, "--pub", also=self.router)
         self._prefixes: set[bytes] = set()  # topic prefixes subscribed to, by anyone
         self._followed = dict.fromkeys((*VERDICT_TOPICS, b"shadow"), False)  # topic -> anyone subscribed
+        # A connection the kernel took and libzmq could not accept (EMFILE: out of descriptors)
+        # shows only on a socket monitor: without one, a worker at its limit turns clients and
+        # peers away without a word. Monitor socket -> the option its socket is bound by.
+        self.accept_monitors = {sock.get_monitor_socket(zmq.EVENT_ACCEPT_FAILED): what
+                                for sock, what in ((self.router, "--bind"), (self.pub, "--pub"))}
+        self._not_accepted = Every(10.0)  # the log of those failures
         self.sub = self._secure(configure(self.ctx.socket(zmq.SUB), rcvhwm=100_000))
         self.sub.setsockopt(zmq.SUBSCRIBE, b"mesh.")
         self.sub.setsockopt(zmq.SUBSCRIBE, b"intel.")
@@ -285,6 +292,8 @@ class Worker:
             handover.close()
         for sock, _ in getattr(self, "asking", {}).values():
             sock.close(linger=0)
+        for monitor in getattr(self, "accept_monitors", {}):
+            monitor.close(linger=0)
         for name in ("sub", "pub", "router"):
             sock = getattr(self, name, None)
             if sock is not None:
@@ -369,6 +378,19 @@ class Worker:
         finally:
             self._close()
 
+    def _on_accept_failed(self, what: str, frames) -> None:
+        """A monitor's EVENT_ACCEPT_FAILED: its value is the errno. libzmq tries again at once, as
+        long as the connection waits in the kernel's queue, so one client makes a great many (its
+        I/O thread spins meanwhile): the monitors are read at each heartbeat, not polled, which
+        would keep this thread as busy; their high-water mark drops what comes in between."""
+        event = parse_monitor_message(frames)
+        if not out_of_descriptors(OSError(event["value"], "")):
+            return
+        self._not_accepted(log.warning, "cannot accept a connection on %s %s: out of file descriptors (%s); "
+                           "clients and peers that connect get no answer until descriptors are free. Start "
+                           "the worker with a higher `ulimit -n`: each member of the mesh and each client takes "
+                           "a few. (libzmq tries a waiting connection again and again: a count is of tries)", what, event["endpoint"].decode(errors="replace"), descriptor_limit())
+
     def _stalled(self, gap: float, now: float) -> None:
         self._stale_until = now + STALE_S
         log.warning("the loop stood still for %.1f s (stopped or paused): batches found waiting past "
@@ -416,8 +438,8 @@ class Worker:
         self.handover.close()
         if self.fatal is None:
             self.saved = self._snapshot()
-        for sock in (*(s for s, _ in self.asking.values()), *self.sync_socks.values(), self.sub, self.pub,
-                     self.router):
+        for sock in (*self.accept_monitors, *(s for s, _ in self.asking.values()), *self.sync_socks.values(),
+                     self.sub, self.pub, self.router):
             sock.close()
         if self.curve is not None:
             self.curve.stop()  # before the context ends: the authenticator thread lives in it
@@ -635,6 +657,8 @@ class Worker:
         return True
 
     def _beat(self, now: float) -> None:
+        for monitor, what in self.accept_monitors.items():  # not polled: see _on_accept_failed
+            self._read_all(monitor, functools.partial(self._on_accept_failed, what), limit=1024)
         for name in [n for n, t in self._sync_sent.items() if now - t > 5.0 and n in self.sync_socks]:
             sock = self.sync_socks.pop(name)  # unanswered: drop it, the next gap or message asks again
             self.poller.unregister(sock)
