@@ -45,6 +45,16 @@ def test_send_out_of_descriptors_says_so_in_one_line(mesh6, n):
     assert_one_line(run_limited(n, "send", "--connect", mesh6.endpoint, "--synthetic", "2000", "--json"), n)
 
 
+def test_send_raises_its_soft_limit_to_the_hard_one(mesh6):
+    """A soft limit of 24 (and a hard one of 4096, as a login shell's defaults may be 1024 and
+    more) does not stop a client: it raises its own, as servers commonly do."""
+    r = subprocess.run([sys.executable, "-m", "zfraud", "send", "--connect", mesh6.endpoint, "--synthetic", "2000",
+                        "--json"], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (24, 4096)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert '"verdicts": 2000' in r.stdout.splitlines()[-1]
+
+
 @pytest.mark.parametrize("n", [14, 16])
 def test_tail_out_of_descriptors_says_so_in_one_line(mesh6, n):
     assert_one_line(run_limited(n, "tail", "--connect", mesh6.endpoint, "--timeout", "2"), n)

@@ -201,6 +201,9 @@ def main():
     Start workers with `zfraud worker`, push transactions with `zfraud send`, follow verdicts
     with `zfraud tail`. `zfraud demo` does all of it on this machine in one command.
     """
+    from .sockets import raise_descriptor_limit
+
+    raise_descriptor_limit()  # each worker of the mesh costs a worker and a client a few descriptors
 
 
 @main.command()

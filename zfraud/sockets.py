@@ -51,6 +51,17 @@ def descriptor_limit() -> str:
     return "there is no limit (ulimit -n)" if soft == resource.RLIM_INFINITY else f"the limit (ulimit -n) is {soft}"
 
 
+def raise_descriptor_limit() -> None:
+    """Raise this process's soft limit on open descriptors to its hard limit, as servers commonly
+    do: each member of a mesh costs a few. A shell's `ulimit -n N` sets both; then nothing changes."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass  # e.g. a hard limit above what the kernel allows: keep the soft one
+
+
 class Every:
     """A log line for a failure that recurs, at most one per `every_s`, saying how many there were
     since the last line: call(log_fn, fmt, *args); the count comes after the message."""
