@@ -60,6 +60,16 @@ def test_tail_out_of_descriptors_says_so_in_one_line(mesh6, n):
     assert_one_line(run_limited(n, "tail", "--connect", mesh6.endpoint, "--timeout", "2"), n)
 
 
+@pytest.mark.parametrize("n", [12, 16, 23])
+def test_a_worker_with_too_few_descriptors_to_start_says_so_in_one_line(mesh6, n):
+    """Checked before any socket is made: with 12, libzmq can abort as it binds (ip_resolver.cpp:
+    Too many open files); with more, a socket fails half-way through the start."""
+    router, pub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    r = run_limited(n, "worker", "--name", "z", "--bind", router, "--pub", pub, "--seed", mesh6.endpoint, timeout=20)
+    assert_one_line(r, n)
+    assert "a worker needs at least 24 to start" in r.stderr
+
+
 def test_a_worker_out_of_descriptors_keeps_scoring_and_says_why_once(tmp_path):
     """A worker that may open 30 descriptors joins a mesh of 6 others: it cannot make a socket to
     each of them (it crashed on the first it could not make). It must go on answering the

@@ -23,6 +23,7 @@ import functools
 import json
 import logging
 import os
+import resource
 import socket
 import tempfile
 import time
@@ -79,6 +80,10 @@ STALE_S = 5.0
 # ones push the oldest out (crashed members never answer; a HELLO to a dead address costs nothing:
 # IMMEDIATE drops it at once).
 MAX_REJOIN = 64
+# Descriptors a worker needs to start: alone it holds about 20 (19 measured: its sockets' mailboxes,
+# ZeroMQ's I/O thread, the two listeners, stdio), and about 5 more per other member. Below this
+# libzmq can abort (an assertion on EMFILE as it binds) or the start fails half-way.
+MIN_DESCRIPTORS = 24
 # A worker whose HELLO is refused because a live member has its name at other endpoints stops
 # (Worker.fatal) without joining, saving or saying goodbye under that name. It asks again for
 # NAME_WAIT_TIMEOUTS membership timeouts first, unless the refusal came from the namesake itself:
@@ -166,6 +171,10 @@ class Worker:
                  metrics_port: int | None = None, delay_days: int = 7, cards: int = 1 << 18,
                  terminals: int = 1 << 15, state_dir=None, snapshot_every_s: float = 60.0,
                  curve_dir=None, context: zmq.Context | None = None):
+        if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < MIN_DESCRIPTORS:
+            raise ValueError(f"out of file descriptors: {descriptor_limit()}; a worker needs at least "
+                             f"{MIN_DESCRIPTORS} to start, and about 5 more per other member of the mesh. Raise the "
+                             f"limit, e.g. `ulimit -n 4096`, and start it again")
         self.name = name
         self.seen = SeenSet(remember)  # recent transaction ids: a resent one never updates state twice
         self.labels_seen = SeenSet(remember)  # labels already applied here (a resent label counts once)
@@ -230,8 +239,9 @@ class Worker:
         # A connection the kernel took and libzmq could not accept (EMFILE: out of descriptors)
         # shows only on a socket monitor: without one, a worker at its limit turns clients and
         # peers away without a word. Monitor socket -> the option its socket is bound by.
-        self.accept_monitors = {sock.get_monitor_socket(zmq.EVENT_ACCEPT_FAILED): what
-                                for sock, what in ((self.router, "--bind"), (self.pub, "--pub"))}
+        self.accept_monitors: dict[zmq.Socket, str] = {}
+        for sock, what in ((self.router, "--bind"), (self.pub, "--pub")):  # one by one: _release closes those made
+            self.accept_monitors[sock.get_monitor_socket(zmq.EVENT_ACCEPT_FAILED)] = what
         self._not_accepted = Every(10.0)  # the log of those failures
         self.sub = self._secure(configure(self.ctx.socket(zmq.SUB), rcvhwm=100_000))
         self.sub.setsockopt(zmq.SUBSCRIBE, b"mesh.")
@@ -247,9 +257,7 @@ class Worker:
         self._no_socket = Every(10.0)  # the log of sockets not made for want of descriptors (_dealer)
         for seed in seeds:
             if seed != me.router:
-                self._ask(seed)
-                if seed not in self.asking:  # out of descriptors as it starts: nothing would ask it again
-                    raise zmq.ZMQError(errno.EMFILE)
+                self._ask(seed, retried=False)  # out of descriptors already: nothing would ask it again
         self._stopping = False
         self._draining_since = None  # set when stop() is first noticed: leaving, still answering
         self._last_request = time.monotonic()
@@ -502,14 +510,15 @@ class Worker:
             h["to"] = to  # a process that has taken over that address since refuses it
         return P.encode(P.HELLO, h)
 
-    def _dealer(self, to: str) -> zmq.Socket | None:
+    def _dealer(self, to: str, retried: bool = True) -> zmq.Socket | None:
         """A DEALER for talking to `to` (a member's name or an endpoint), or None when this process
         may open no more descriptors. A worker must not stop scoring for that: it says so (at most
-        once per 10 s) and the caller's own retry asks again (the next heartbeat, hello or sweep)."""
+        once per 10 s) and the caller's own retry asks again (the next heartbeat, hello or sweep).
+        retried False: there is no such retry (a seed, as the worker starts); the error propagates."""
         try:
             return self._secure(configure(self.ctx.socket(zmq.DEALER)))
         except zmq.ZMQError as e:
-            if not out_of_descriptors(e):
+            if not out_of_descriptors(e) or not retried:
                 raise
             self._no_socket(log.error, "cannot open a socket to %s: out of file descriptors (%s); still scoring, "
                             "trying again later, but cards, counts and members are not shared with it meanwhile. "
@@ -517,13 +526,13 @@ class Worker:
                             to, descriptor_limit())
             return None
 
-    def _ask(self, router: str, name: str | None = None) -> None:
+    def _ask(self, router: str, name: str | None = None, retried: bool = True) -> None:
         """Say HELLO to the ROUTER at `router` at each heartbeat until the worker there answers
         with MEMBERS: a seed (name None: any worker), or member `name` (a rejoin: that member only;
-        see MAX_REJOIN)."""
+        see MAX_REJOIN). retried: as _dealer's."""
         if router in self.asking:
             return
-        sock = self._dealer(router if name is None else f"member {name} at {router}")
+        sock = self._dealer(router if name is None else f"member {name} at {router}", retried)
         if sock is None:
             return
         if name is not None:
