@@ -397,7 +397,8 @@ class Worker:
         self._not_accepted(log.warning, "cannot accept a connection on %s %s: out of file descriptors (%s); "
                            "clients and peers that connect get no answer until descriptors are free. Start "
                            "the worker with a higher `ulimit -n`: each member of the mesh and each client takes "
-                           "a few. (libzmq tries a waiting connection again and again: a count is of tries)", what, event["endpoint"].decode(errors="replace"), descriptor_limit())
+                           "a few. (libzmq tries a waiting connection again and again: a count is of tries)",
+                           what, event["endpoint"].decode(errors="replace"), descriptor_limit())
 
     def _stalled(self, gap: float, now: float) -> None:
         self._stale_until = now + STALE_S
