@@ -307,7 +307,7 @@ def test_a_worker_from_before_the_handover_is_asked_again_every_30_s_with_one_wa
                  "ts_ms": np.full(200, 17_800 * 86_400_000, np.int64)})
     old = configure(ctx.socket(zmq.ROUTER))
     port = old.bind_to_random_port("tcp://127.0.0.1")
-    h = Handover("w1", lambda: configure(ctx.socket(zmq.DEALER)))
+    h = Handover("w1", lambda name: configure(ctx.socket(zmq.DEALER)))
     asked = []
     caplog.set_level(logging.WARNING, logger="zfraud.worker")
     try:
