@@ -403,20 +403,36 @@ def test_backtest_refuses_a_file_dated_ahead_of_the_clock_before_starting_a_mesh
     assert time.monotonic() - t0 < 20  # refused before any worker started
 
 
-@pytest.mark.parametrize("command, dates, message", [
-    ("train", ("--from", "2018-07-31", "--to", "2018-07-04"),
+@pytest.mark.parametrize("command, dates, status, message", [
+    # dates that run backwards are a usage error (2), found before the file is read: it was 1
+    ("train", ("--from", "2018-07-31", "--to", "2018-07-04"), 2,
      "the training dates run backwards: --from 2018-07-31 is after --to 2018-07-04"),
-    ("train", ("--from", "2019-01-01", "--to", "2019-01-31"),
+    ("backtest", ("--from", "2018-08-14", "--to", "2018-08-08"), 2,
+     "the test dates run backwards: --from 2018-08-14 is after --to 2018-08-08"),
+    ("train", ("--from", "2019-01-01", "--to", "2019-01-31"), 1,
      "no transactions in the training dates 2019-01-01 to 2019-01-31: the file holds 2018-04-01 to 2018-08-18"),
-    ("backtest", ("--from", "2017-01-01", "--to", "2017-01-07"),
+    ("backtest", ("--from", "2017-01-01", "--to", "2017-01-07"), 1,
      "no transactions in the test dates 2017-01-01 to 2017-01-07: the file holds 2018-04-01 to 2018-08-18"),
 ])
-def test_dates_outside_the_file_say_which_dates_it_holds(workdir, command, dates, message):
+def test_dates_outside_the_file_say_which_dates_it_holds(workdir, command, dates, status, message):
     (workdir / "empty.json").write_text("")  # backtest checks the dates before it reads the model
     model = ("-o", "out.json") if command == "train" else ("--model", "empty.json")
     r = run_cli(command, "data.csv", *dates, *model, cwd=workdir)
-    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.returncode == status and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1] == f"Error: {message}", r.stderr
+
+
+@pytest.mark.parametrize("thresholds", [("--review-at", "nan"), ("--decline-at", "nan"),
+                                        ("--review-at", "0.9", "--decline-at", "0.5")])
+def test_a_worker_with_thresholds_out_of_order_is_a_usage_error(thresholds):
+    """FloatRange(0, 1) lets NaN through, and review above decline was found by the worker: status
+    1 with no usage line. Both are usage errors now (2), before anything binds."""
+    r = run_cli("worker", *thresholds, "--bind", "tcp://127.0.0.1:9", timeout=60)
+    review, decline = (dict(zip(thresholds[::2], thresholds[1::2])).get(k, d)
+                       for k, d in (("--review-at", "0.2"), ("--decline-at", "0.8")))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (f"Error: --review-at {review} and --decline-at {decline} must "
+                                                 f"satisfy 0 <= review <= decline <= 1")
 
 
 def test_a_progress_bar_finishes_at_its_total_says_what_comes_next_and_keeps_its_rate(capsys):

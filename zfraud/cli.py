@@ -123,6 +123,15 @@ def _date(ctx, param, value):
         raise click.BadParameter(str(e)) from None
 
 
+def _dates_in_order(date_from: int, date_to: int, what: str) -> None:
+    """--from after --to is a usage error (status 2), found before the file is read."""
+    from .dataset import date_of
+
+    if date_from > date_to:
+        raise click.UsageError(f"the {what} dates run backwards: --from {date_of(date_from)} is after --to "
+                               f"{date_of(date_to)}")
+
+
 def _connected(make, endpoint: str, *args, **kwargs):
     """make(endpoint, ...): a Client or a Tail, which first reaches the mesh. A Ctrl-C meanwhile
     (in every command that connects) is one line saying so and status 130, not click's bare
@@ -231,7 +240,9 @@ def main():
 @click.option("--terminals", type=click.IntRange(1024, 1 << 31), default=1 << 15,
               help="Terminal table capacity (10.2 KB each at first: transaction and fraud counts in 4-hour buckets; up to 30.3 KB as peers join).")
 @click.option("--delay", "delay_days", type=click.IntRange(0, 30), default=7,
-              help="Label delay in days: terminal risk uses windows that end this long ago.")
+              help="Label delay in days: terminal risk uses windows that end this long ago. With 0 the windows "
+                   "take the current hours, which reach the other workers a heartbeat late: on a mesh of more "
+                   "than one worker, scores can then differ from `train`'s replay (docs/ARCHITECTURE.md 4.3).")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
               help="Serve Prometheus metrics on 127.0.0.1:PORT (needs the `metrics` extra).")
 @curve_option
@@ -248,6 +259,10 @@ def worker(name, bind, pub, seeds, model_path, rules_path, review_at, decline_at
     from .rules import RuleSet
     from .scoring import Thresholds
     from .worker import Worker
+
+    if not 0 <= review_at <= decline_at <= 1:  # (also NaN, which FloatRange lets through)
+        raise click.UsageError(f"--review-at {review_at:g} and --decline-at {decline_at:g} must satisfy "
+                               f"0 <= review <= decline <= 1")
 
     stop_with_parent()  # a no-op unless LocalMesh started it
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
@@ -874,6 +889,8 @@ def train(data, date_from, date_to, delay_days, algo, out, version):
     from .model import save_model
     from .train import train as fit
 
+    _dates_in_order(date_from, date_to, "training")
+
     t0 = time.perf_counter()
     d = read_labelled(data)
     bar = Progress(total=len(d["tx_id"]), label="replayed",
@@ -902,6 +919,8 @@ def backtest(data, model_path, date_from, date_to, delay_days, workers, known_fr
     dated in [--from, --to] by the Handbook's protocol (AUC, AP, card precision@100)."""
     from .backtest import backtest as run
     from .dataset import read_labelled
+
+    _dates_in_order(date_from, date_to, "test")
 
     d = read_labelled(data)
     bar = Progress(total=len(d["tx_id"]), label="scored")
