@@ -79,6 +79,17 @@ def test_decisions_follow_thresholds():
     assert (v["decision"] == P.DECLINE).any() and (v["decision"] == P.APPROVE).any()
 
 
+def test_a_verdict_at_its_threshold_is_decided_on_the_score_it_publishes():
+    """The default model gives an amount of 650 a probability of 0.99999997..., published as the
+    float32 score 1.0. Decided on the float64 probability, --decline-at 1 made those "review"
+    under "score": 1.0, against the help's "score at or above which to decline"."""
+    b = batch(100)
+    b["amount"][:] = 650.0
+    v = Scorer(load_model(), Thresholds(review=0.2, decline=1.0)).score(b)[0]
+    assert (v["score"] == 1.0).all()
+    assert (v["decision"] == P.DECLINE).all()
+
+
 def test_thresholds_must_be_ordered():
     with pytest.raises(ValueError, match="0 <= review <= decline <= 1"):
         Thresholds(review=0.9, decline=0.5)

@@ -129,7 +129,9 @@ class Scorer:
             proba, top = self.model.score(X)
             score[:] = proba
             reason[:] = top
-            decision[:] = self.thresholds.decide(proba)
+            # on the score as published (float32): decided on the float64 probability, a verdict could
+            # say "score": 1.0 with "review" under --decline-at 1 (0.999999976... < 1)
+            decision[:] = self.thresholds.decide(score)
             action = None
             if self.rules.rules:
                 env = {**sub, **{name: X[:, j] for j, name in enumerate(self.features.names)}}
@@ -137,8 +139,9 @@ class Scorer:
                 np.maximum(decision, action, out=decision)
             if self.shadow is not None:
                 s_proba, s_top = self.shadow.score(X)
-                s_decision = self.thresholds.decide(s_proba)
-                shadow = {"tx_id": sub["tx_id"], "score": s_proba.astype(np.float32),
+                s_score = s_proba.astype(np.float32)
+                s_decision = self.thresholds.decide(s_score)
+                shadow = {"tx_id": sub["tx_id"], "score": s_score,
                           "decision": s_decision if action is None else np.maximum(s_decision, action),
                           "reason": s_top.astype(np.int16), "rules": fired}
         if n_bad:  # rejected rows: no score, their error as the reason
