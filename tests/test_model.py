@@ -167,3 +167,68 @@ def test_model_info_warns_of_a_feature_set_this_zfraud_does_not_compute(tmp_path
     assert "this zfraud computes no feature set 'zfraud-v99'" in r.stderr and "refuses this model" in r.stderr
     r = run_cli("model", "info", str(DEFAULT_MODEL))
     assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr
+
+
+LIMIT = "expected 1 to 128 printable characters (no control characters)"
+
+
+@pytest.mark.parametrize("field, value, got", [
+    ("version", "x" * 100_000, "got 100,000 characters"),
+    ("version", "evil\nworker2      model=fake", "got '\\n' at position 4"),
+    ("version", "", "got 0 characters"),
+    ("feature_set", "basic-v1\r", "got '\\r' at position 8"),
+    ("features", ["amount", "log_amount", "hour", "is_night", "y" * 129], "got 129 characters"),
+])
+def test_a_model_file_with_a_version_or_name_workers_cannot_send_is_refused_wherever_it_is_loaded(
+        tmp_path, field, value, got):
+    """A 100,000-character version was deployed: the worker's replies outgrew a client's 65,536-byte
+    header limit (status failed for the whole mesh, the deploy stopped half-way); a newline forged
+    lines in `model info`, `deploy` and `status`. Refused by load_model (worker --model, deploy's
+    local check) and by model_from_dict (a worker's check of a deploy), for both kinds."""
+    from zfraud.model import model_from_dict
+
+    what = "feature name" if field == "features" else field
+    for d in (load_model().to_dict(), tree_dict()):
+        d[field] = value
+        path = tmp_path / "long.json"
+        path.write_text(json.dumps(d))
+        with pytest.raises(ModelError) as e:
+            load_model(path)
+        assert str(e.value) == f"{path}: {what}: {LIMIT}, {got}"
+        with pytest.raises(ModelError, match="^deployed model: " + what):
+            model_from_dict(json.loads(path.read_text()), "deployed model")
+    r = run_cli("worker", "--name", "v", "--bind", "tcp://127.0.0.1:50991", "--pub", "tcp://127.0.0.1:50992",
+                "--model", str(path), timeout=30)
+    assert r.returncode == 1 and r.stderr.splitlines()[-1] == f"Error: {path}: {what}: {LIMIT}, {got}", r.stderr
+    r = run_cli("deploy", "--connect", "tcp://127.0.0.1:50993", "--model", str(path), "--timeout", "1", timeout=30)
+    assert r.returncode == 1 and r.stderr.splitlines()[-1] == f"Error: {path}: {what}: {LIMIT}, {got}", r.stderr
+
+
+def tree_dict() -> dict:
+    """A one-tree model of the basic-v1 features, as a model file's dict."""
+    from zfraud.features import BASIC_FEATURES
+    from zfraud.trees import TreeEnsemble
+
+    return TreeEnsemble(BASIC_FEATURES, tree_start=[0, 3], split_feature=[0, -1, -1], threshold=[100.0, 0, 0],
+                        decision=[0, 0, 0], left_child=[1, -1, -1], right_child=[2, -1, -1],
+                        value=[0.0, -1.0, 1.0], leaf_id=[-1, 0, 1]).to_dict()
+
+
+@pytest.mark.parametrize("version, got", [("x" * 129, "got 129 characters"), ("a\nb", "got '\\n' at position 1")])
+def test_model_import_and_train_refuse_a_version_a_model_file_cannot_hold(lgb_files, tmp_path, version, got):
+    """`model import --version` took 100,000 characters, and a newline."""
+    r = run_cli("model", "import", "lightgbm", str(lgb_files / "named.txt"), "-o", str(tmp_path / "m.json"),
+                "--version", version)
+    assert r.returncode == 2 and not (tmp_path / "m.json").exists()
+    assert r.stderr.splitlines()[-1] == f"Error: Invalid value for '--version': {LIMIT}, {got}", r.stderr
+    data = tmp_path / "h.csv"
+    data.write_text("TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n")
+    r = run_cli("train", str(data), "--from", "2018-04-01", "--to", "2018-04-02", "--algo", "logistic",
+                "-o", str(tmp_path / "m.json"), "--version", version)
+    assert r.returncode == 2 and not (tmp_path / "m.json").exists()
+    assert r.stderr.splitlines()[-1] == f"Error: Invalid value for '--version': {LIMIT}, {got}", r.stderr
+    long = tmp_path / ("y" * 130 + ".json")
+    r = run_cli("train", str(data), "--from", "2018-04-01", "--to", "2018-04-02", "--algo", "logistic", "-o", str(long))
+    assert r.returncode == 2 and not long.exists()
+    assert r.stderr.splitlines()[-1] == (f"Error: --out's file name cannot be the model version: {LIMIT}, got 130 "
+                                         f"characters; give --version"), r.stderr

@@ -201,6 +201,30 @@ def _distinct_files(**paths) -> None:
         seen[option] = key
 
 
+def _model_version(ctx, param, value):
+    """A usage error (status 2) for a --version a model file cannot hold (zfraud.model.check_name)."""
+    from .model import ModelError, check_name
+
+    try:
+        return check_name(value) if value else value  # (none or empty: the default)
+    except ModelError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _version_or_stem(version, path, what: str) -> str:
+    """--version, else `path`'s file name without its extension: a usage error if that cannot be one."""
+    from pathlib import Path
+
+    from .model import ModelError, check_name
+
+    if version:
+        return version
+    try:
+        return check_name(Path(path).stem)
+    except ModelError as e:
+        raise click.UsageError(f"{what}'s file name cannot be the model version: {e}; give --version") from None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "ZFRAUD",
                                "show_default": True})
 @click.version_option(__version__, prog_name="zfraud")
@@ -646,7 +670,9 @@ def model():
 @click.argument("source", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=_writable,
               help="zfraud model file to write.")
-@click.option("--version", "version", default=None, help="Model version to record. Default: SOURCE's file name without its extension.")
+@click.option("--version", "version", default=None, callback=_model_version,
+              help="Model version to record (at most 128 printable characters). Default: SOURCE's file name "
+                   "without its extension.")
 @click.option("--feature-set", default="basic-v1", show_default=True,
               help="The worker feature set the model was trained on, in that order (basic-v1 or zfraud-v6).")
 @friendly_errors
@@ -655,15 +681,13 @@ def model_import(kind, source, out, version, feature_set):
 
     Its features must be the feature set's, in order (`zfraud model info` on a trained model lists
     them): by name, or, for a model fitted on an unnamed matrix (Column_0…, f0…), by count."""
-    from pathlib import Path
-
     from .features import FEATURE_SETS
     from .importers import from_lightgbm_text, from_xgboost_json
     from .model import save_model
 
     if feature_set not in FEATURE_SETS:
         raise click.BadParameter(f"{feature_set!r} is not one of {', '.join(FEATURE_SETS)}", param_hint="--feature-set")
-    version = version or Path(source).stem
+    version = _version_or_stem(version, source, "SOURCE")
     convert = from_lightgbm_text if kind == "lightgbm" else from_xgboost_json
     m = convert(source, version=version, feature_set=feature_set)
     want, got = FEATURE_SETS[feature_set], m.features
@@ -878,24 +902,24 @@ def keys_init(directory, force):
               help="gbdt needs LightGBM (the `train` extra); logistic needs only numpy.")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=_writable,
               help="Model file to write (checked before training).")
-@click.option("--version", "version", default=None, help="Model version. Default: the -o file's name without its extension.")
+@click.option("--version", "version", default=None, callback=_model_version,
+              help="Model version (at most 128 printable characters). Default: the -o file's name without "
+                   "its extension.")
 @friendly_errors
 def train(data, date_from, date_to, delay_days, algo, out, version):
     """Replay DATA (Handbook CSV) through the workers' streaming features, labels revealed
     --delay days late, and fit a model on the rows dated in [--from, --to]."""
-    from pathlib import Path
-
     from .dataset import read_labelled
     from .model import save_model
     from .train import train as fit
 
     _dates_in_order(date_from, date_to, "training")
-
+    version = _version_or_stem(version, out, "--out")
     t0 = time.perf_counter()
     d = read_labelled(data)
     bar = Progress(total=len(d["tx_id"]), label="replayed",
                    then=f"fitting {'LightGBM' if algo == 'gbdt' else 'the logistic regression'} (no progress shown) ...")
-    model = fit(d, date_from, date_to, delay_days, algo, version or Path(out).stem, progress=bar)
+    model = fit(d, date_from, date_to, delay_days, algo, version, progress=bar)
     bar.close()
     save_model(model, out)
     click.echo(f"wrote {out}: {describe(model)}; {model.source}; {time.perf_counter() - t0:.1f} s")

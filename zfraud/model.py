@@ -4,6 +4,9 @@
      "feature_set": "basic-v1", "features": [...], "source": "...", "delay_days": 7 or null,
      ...kind-specific arrays}
 
+`version`, `feature_set` and each feature name are 1 to MAX_NAME (128) printable characters
+(`check_name`): they go into workers' reply headers and one-per-line output.
+
 `delay_days` is the label delay the model was trained with (`zfraud train --delay`): the terminal
 windows of the zfraud-v* feature sets end that many days back, so a worker or back-test with
 another `--delay` would feed it features it never learned. They refuse it (`check_delay`). Null
@@ -29,6 +32,26 @@ DEFAULT_MODEL = Path(__file__).with_name("models") / "default.json"
 
 class ModelError(ValueError):
     """A model file that cannot be used: says which file and what is wrong."""
+
+
+# A model's version goes into every worker's deploy and status reply header (and its verdicts'),
+# and is printed one per line by `model info`, `deploy` and `status`; its feature set and feature
+# names go into workers' replies too (refusals, the reasons of results). Each is at most
+# MAX_NAME printable characters: a 100,000-character version made a worker's replies larger than
+# a client reads (65,536 bytes of header), and a newline forged lines in that output.
+MAX_NAME = 128
+
+
+def check_name(value, what: str = "") -> str:
+    """`value` as a string, or ModelError (its message starting with `what`) unless it is 1 to
+    MAX_NAME printable characters."""
+    value = str(value)
+    bad = next((c for c in value if not c.isprintable()), None)
+    if 0 < len(value) <= MAX_NAME and bad is None:
+        return value
+    got = f"{bad!r} at position {value.index(bad)}" if bad is not None else f"{len(value):,} characters"
+    raise ModelError(f"{what + ': ' if what else ''}expected 1 to {MAX_NAME} printable characters "
+                     f"(no control characters), got {got}")
 
 
 # A model's largest possible |logit| (logistic) or |margin| (trees) must stay below MAX_MARGIN.
@@ -67,9 +90,11 @@ class LogisticModel:
         self.coef = np.ascontiguousarray(coef, dtype=np.float64)
         self.center = np.ascontiguousarray(center, dtype=np.float64)
         self.intercept = float(intercept)
-        self.version = str(version)
-        self.feature_set = feature_set
+        self.version = check_name(version, "version")
+        self.feature_set = check_name(feature_set, "feature_set")
         self.source = source
+        for name in self.features:
+            check_name(name, "feature name")
         f = len(self.features)
         if self.coef.shape != (f,) or self.center.shape != (f,):
             raise ModelError(f"expected coef and center of length {f} (one per feature), "

@@ -81,7 +81,9 @@ class Scorer:
         self.features = features or FeatureEngine(getattr(model, "feature_set", "basic-v1"))
         for m in (model, shadow):
             if m is not None and tuple(self.features.names) != tuple(m.features):
-                raise ValueError(f"model {m.version} expects features {list(m.features)}, "
+                # (at most 64 names: this message goes into a deploy's refusal, a reply header)
+                shown = list(m.features) if len(m.features) <= 64 else [*m.features[:3], f"... {len(m.features):,} in all"]
+                raise ValueError(f"model {m.version} expects features {shown}, "
                                  f"the worker computes {list(self.features.names)}")
         # The reason table: model features first (index = feature index), then row errors (the
         # reason of error code e is at _error_base + e).

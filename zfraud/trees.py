@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _trees
-from .model import FORMAT, FORMAT_VERSION, ModelError, _check_matrix, check_margin
+from .model import FORMAT, FORMAT_VERSION, ModelError, _check_matrix, check_margin, check_name
 
 KIND = "trees"
 CATEGORICAL, MISSING_LEFT, ZERO_MISSING = 1, 2, 4
@@ -91,14 +91,16 @@ class TreeEnsemble:
         if isinstance(features, (str, bytes)) or not hasattr(features, "__iter__"):
             raise ModelError(f"expected a list of feature names, got {features!r}")
         self.features = tuple(features)
-        self.version = str(version)
-        self.feature_set = str(feature_set)
+        self.version = check_name(version, "version")
+        self.feature_set = check_name(feature_set, "feature_set")
         self.source = str(source)
         self.objective = objective
         if objective != "binary":
             raise ModelError(f"expected objective 'binary', got {objective!r}")
         if not self.features or not all(isinstance(f, str) for f in self.features):
             raise ModelError(f"expected a non-empty list of feature names, got {list(self.features)!r}")
+        for name in self.features:
+            check_name(name, "feature name")
         if len(set(self.features)) != len(self.features):
             raise ModelError("expected unique feature names, got duplicates")
         try:
