@@ -232,3 +232,19 @@ def test_model_import_and_train_refuse_a_version_a_model_file_cannot_hold(lgb_fi
     assert r.returncode == 2 and not long.exists()
     assert r.stderr.splitlines()[-1] == (f"Error: --out's file name cannot be the model version: {LIMIT}, got 130 "
                                          f"characters; give --version"), r.stderr
+
+
+def test_model_import_and_train_refuse_to_write_over_their_source(lgb_files, tmp_path):
+    """`model import lightgbm SRC -o SRC` and `train DATA -o DATA` replaced the source with the
+    zfraud model, exit 0."""
+    src = tmp_path / "m.txt"
+    src.write_text((lgb_files / "named.txt").read_text())
+    before = src.read_text()
+    r = run_cli("model", "import", "lightgbm", str(src), "-o", str(src))
+    assert r.returncode == 2 and src.read_text() == before
+    assert r.stderr.splitlines()[-1] == f"Error: SOURCE and --out are the same file ({src}): give another", r.stderr
+    data = tmp_path / "h.csv"
+    data.write_text("TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n")
+    r = run_cli("train", str(data), "--from", "2018-04-01", "--to", "2018-04-02", "--algo", "logistic", "-o", str(data))
+    assert r.returncode == 2 and data.read_text().startswith("TRANSACTION_ID,")
+    assert r.stderr.splitlines()[-1] == f"Error: DATA and --out are the same file ({data}): give another", r.stderr

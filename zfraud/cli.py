@@ -196,7 +196,8 @@ def _distinct_files(**paths) -> None:
         for other, other_key in seen.items():
             if key == other_key or (os.path.exists(path) and os.path.exists(paths[other])
                                     and os.path.samefile(path, paths[other])):
-                names = [n.upper() if n == "file" else "--" + n.replace("_", "-") for n in (other, option)]
+                names = [n.upper() if n in ("file", "source", "data") else "--" + n.replace("_", "-")
+                         for n in (other, option)]
                 raise click.UsageError(f"{names[0]} and {names[1]} are the same file ({path}): give another")
         seen[option] = key
 
@@ -687,6 +688,7 @@ def model_import(kind, source, out, version, feature_set):
 
     if feature_set not in FEATURE_SETS:
         raise click.BadParameter(f"{feature_set!r} is not one of {', '.join(FEATURE_SETS)}", param_hint="--feature-set")
+    _distinct_files(source=source, out=out)
     version = _version_or_stem(version, source, "SOURCE")
     convert = from_lightgbm_text if kind == "lightgbm" else from_xgboost_json
     m = convert(source, version=version, feature_set=feature_set)
@@ -914,6 +916,7 @@ def train(data, date_from, date_to, delay_days, algo, out, version):
     from .train import train as fit
 
     _dates_in_order(date_from, date_to, "training")
+    _distinct_files(data=data, out=out)
     version = _version_or_stem(version, out, "--out")
     t0 = time.perf_counter()
     d = read_labelled(data)
