@@ -248,3 +248,36 @@ def test_model_import_and_train_refuse_to_write_over_their_source(lgb_files, tmp
     r = run_cli("train", str(data), "--from", "2018-04-01", "--to", "2018-04-02", "--algo", "logistic", "-o", str(data))
     assert r.returncode == 2 and data.read_text().startswith("TRANSACTION_ID,")
     assert r.stderr.splitlines()[-1] == f"Error: DATA and --out are the same file ({data}): give another", r.stderr
+
+
+@pytest.mark.parametrize("forest", [1, 2])
+def test_an_xgboost_model_saved_after_early_stopping_imports_the_trees_predict_proba_uses(tmp_path, forest):
+    """The file keeps the rounds after best_iteration; XGBClassifier.predict_proba (fitted, or loaded
+    from the file) uses the trees up to it, and the import took them all: scores differed by up to
+    0.149. With num_parallel_tree=2 a round is 2 trees."""
+    xgb = pytest.importorskip("xgboost")
+    from zfraud.features import BASIC_FEATURES
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 300, (3000, 5)).astype(np.float32)
+    y = ((X[:, 0] > 150) ^ (rng.random(3000) < 0.2)).astype(int)
+    clf = xgb.XGBClassifier(n_estimators=200, max_depth=6, learning_rate=0.5, early_stopping_rounds=3,
+                            num_parallel_tree=forest, n_jobs=1, random_state=0)
+    clf.fit(X[:2000], y[:2000], eval_set=[(X[2000:], y[2000:])], verbose=False)
+    clf.get_booster().feature_names = list(BASIC_FEATURES)
+    src, out = tmp_path / "m.json", tmp_path / "m.zf.json"
+    clf.save_model(src)
+    best, rounds = clf.best_iteration, clf.get_booster().num_boosted_rounds()
+    assert best < rounds - 1  # (else the test shows nothing)
+    r = run_cli("model", "import", "xgboost", str(src), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    keep, total = (best + 1) * forest, rounds * forest
+    assert r.stderr.splitlines() == [
+        f"{src}: kept the first {keep} of its {total} trees (rounds 0-{best} of {rounds}): it was saved after early "
+        f"stopping with best_iteration {best}, and XGBClassifier.predict_proba uses only those"]
+    m = load_model(out)
+    assert m.n_trees == keep and m.source.endswith(f"({keep} of {total} trees, up to best_iteration {best})")
+    loaded = xgb.XGBClassifier()
+    loaded.load_model(src)
+    np.testing.assert_allclose(m.predict_proba(X), loaded.predict_proba(X)[:, 1], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(m.predict_proba(X), clf.predict_proba(X)[:, 1], rtol=0, atol=1e-6)

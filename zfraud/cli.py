@@ -690,8 +690,13 @@ def model_import(kind, source, out, version, feature_set):
         raise click.BadParameter(f"{feature_set!r} is not one of {', '.join(FEATURE_SETS)}", param_hint="--feature-set")
     _distinct_files(source=source, out=out)
     version = _version_or_stem(version, source, "SOURCE")
-    convert = from_lightgbm_text if kind == "lightgbm" else from_xgboost_json
-    m = convert(source, version=version, feature_set=feature_set)
+    notes = []  # (an XGBoost model saved after early stopping: the trees kept)
+    if kind == "lightgbm":
+        m = from_lightgbm_text(source, version=version, feature_set=feature_set)
+    else:
+        m = from_xgboost_json(source, version=version, feature_set=feature_set, notes=notes)
+    for note in notes:
+        click.echo(note, err=True)
     want, got = FEATURE_SETS[feature_set], m.features
     unnamed = got in (tuple(f"Column_{i}" for i in range(len(got))), tuple(f"f{i}" for i in range(len(got))))
     if got != want:

@@ -14,6 +14,14 @@ the flagged way", without changing a single branch for any float32 input:
   default child. The margin offset is logit(base_score).
 Anything else (multiclass, other objectives, linear trees, XGBoost categorical splits, DART)
 raises ModelError naming what is not supported.
+
+Early stopping: an XGBoost model keeps every round in its file and records best_iteration;
+XGBClassifier.predict_proba (fitted or loaded) uses only rounds 0..best_iteration, and so does the
+import (`Booster.predict` without iteration_range uses them all). A LightGBM text file records no
+best_iteration: training with early stopping drops the later trees (keep_training_booster=False,
+the sklearn API's way) and `save_model` writes only those up to best_iteration by default; a file
+written with num_iteration=-1 holds all the trees, and LightGBM's Booster loaded from it uses them
+all, as the import does.
 """
 from __future__ import annotations
 
@@ -253,13 +261,44 @@ def _xgb_base_score(raw) -> float:
     return float(np.float32(float(s)))
 
 
-def from_xgboost_json(path, version=None, feature_set="basic-v1") -> TreeEnsemble:
+def _xgb_best_trees(learner: dict, model: dict, n_trees: int, where: str) -> tuple[int, int, int | None]:
+    """(trees to keep, boosting rounds, best_iteration or None) of an XGBoost model.
+
+    A model saved after early stopping records best_iteration (learner.attributes): its rounds
+    beyond it stay in the file, and XGBClassifier.predict_proba (fitted, or loaded from the file)
+    uses only the trees of rounds 0..best_iteration. A round holds num_parallel_tree trees
+    (iteration_indptr, since XGBoost 2, gives each round's first tree).
+    """
+    try:
+        param = model.get("gbtree_model_param") or {}
+        per = int(param.get("num_parallel_tree", "1"))
+        indptr = model.get("iteration_indptr")
+        indptr = [int(i) for i in indptr] if indptr else list(range(0, n_trees + 1, max(per, 1)))
+        best = (learner.get("attributes") or {}).get("best_iteration")
+        best = None if best is None else int(best)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ModelError(f"{where}: expected an XGBoost JSON model, got {type(e).__name__}: {e}") from None
+    rounds = len(indptr) - 1
+    if per < 1 or rounds < 1 or indptr[0] != 0 or indptr[-1] != n_trees or any(
+            b < a for a, b in zip(indptr, indptr[1:])):
+        raise ModelError(f"{where}: expected {n_trees} trees in rounds of num_parallel_tree={per} "
+                         f"(iteration_indptr), got {indptr[:5]}{'...' if len(indptr) > 5 else ''}")
+    if best is None or best >= rounds - 1:
+        return n_trees, rounds, best
+    if best < 0:
+        raise ModelError(f"{where}: expected best_iteration in [0, {rounds}), got {best}")
+    return indptr[best + 1], rounds, best
+
+
+def from_xgboost_json(path, version=None, feature_set="basic-v1", notes=None) -> TreeEnsemble:
     """A TreeEnsemble from an XGBoost JSON model (`save_model("m.json")`): a path or the JSON text.
 
     Supports gbtree and dart boosters with objective binary:logistic and numerical splits. A
     DART model's trees carry weights (`weight_drop`: beside the trees under booster "dart" up to
     XGBoost 3.2; in the model of a "gbtree" booster trained with `rate_drop` since): each tree's
-    values are scaled by its weight, as XGBoost's prediction does.
+    values are scaled by its weight, as XGBoost's prediction does. A model saved after early
+    stopping keeps only the trees up to its best_iteration, as XGBClassifier.predict_proba does;
+    a line saying so is appended to the list `notes` if one is given.
     """
     text, where = _read(path, lambda s: s.lstrip().startswith("{"))
     try:
@@ -302,6 +341,15 @@ def from_xgboost_json(path, version=None, feature_set="basic-v1") -> TreeEnsembl
     if weights.shape != (len(trees),) or not np.all(np.isfinite(weights)):
         raise ModelError(f"{where}: expected a finite weight_drop for each of the {len(trees)} trees, "
                          f"got {weights.size} values")
+    keep, rounds, best = _xgb_best_trees(learner, model, len(trees), where)
+    kept = f"{len(trees)} trees"
+    if keep < len(trees):
+        kept = f"{keep} of {len(trees)} trees, up to best_iteration {best}"
+        if notes is not None:
+            notes.append(f"{where}: kept the first {keep} of its {len(trees)} trees (rounds 0-{best} of {rounds}): "
+                         f"it was saved after early stopping with best_iteration {best}, and "
+                         f"XGBClassifier.predict_proba uses only those")
+        trees, weights = trees[:keep], weights[:keep]
 
     cols = {k: [] for k in ("split_feature", "threshold", "decision", "left_child", "right_child",
                             "value", "leaf_id")}
@@ -364,7 +412,7 @@ def from_xgboost_json(path, version=None, feature_set="basic-v1") -> TreeEnsembl
 
     version = version if version is not None else f"xgb-{_digest(text)}"
     xgb_version = ".".join(str(v) for v in d.get("version", ["?"]))
-    source = f"XGBoost {xgb_version} JSON model {where} ({len(trees)} trees)"
+    source = f"XGBoost {xgb_version} JSON model {where} ({kept})"
     try:
         return TreeEnsemble(features, tree_start=tree_start, base_score=math.log(base / (1.0 - base)),
                             version=version, feature_set=feature_set, source=source,
