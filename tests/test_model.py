@@ -281,3 +281,36 @@ def test_an_xgboost_model_saved_after_early_stopping_imports_the_trees_predict_p
     loaded.load_model(src)
     np.testing.assert_allclose(m.predict_proba(X), loaded.predict_proba(X)[:, 1], rtol=0, atol=1e-6)
     np.testing.assert_allclose(m.predict_proba(X), clf.predict_proba(X)[:, 1], rtol=0, atol=1e-6)
+
+
+def test_an_xgboost_model_not_in_json_says_only_json_is_supported_and_how_to_save_it(tmp_path):
+    """`model import xgboost m.ubj` said only 'not a text file'."""
+    xgb = pytest.importorskip("xgboost")
+    X = np.random.default_rng(0).random((200, 5)).astype(np.float32)
+    booster = xgb.train({"objective": "binary:logistic", "nthread": 1}, xgb.DMatrix(X, (X[:, 0] > 0.5).astype(int)), 3)
+    booster.save_model(str(tmp_path / "m.ubj"))
+    r = run_cli("model", "import", "xgboost", str(tmp_path / "m.ubj"), "-o", str(tmp_path / "o.json"))
+    assert r.returncode == 1 and not (tmp_path / "o.json").exists()
+    assert r.stderr.splitlines() == [
+        f"Error: {tmp_path / 'm.ubj'}: not a text file: only XGBoost's JSON model format is supported (not UBJSON, "
+        f"XGBoost's default, or the old binary format): save it with save_model(\"m.json\")"]
+
+
+def test_another_librarys_model_where_a_zfraud_model_is_expected_says_to_import_it(lgb_files, tmp_path):
+    """`worker --model` or `deploy --model` given a LightGBM text file said only 'not valid JSON'."""
+    raw = lgb_files / "named.txt"
+    hint = f"(a LightGBM text model? import it first with `zfraud model import lightgbm {raw} -o MODEL`)"
+    with pytest.raises(ModelError) as e:
+        load_model(raw)
+    assert str(e.value) == f"{raw}: not valid JSON: Expecting value: line 1 column 1 (char 0) {hint}"
+    r = run_cli("deploy", "--connect", "tcp://127.0.0.1:50994", "--model", str(raw), "--timeout", "1", timeout=30)
+    assert r.returncode == 1 and r.stderr.splitlines()[-1].endswith(f"(char 0) {hint}"), r.stderr
+    xgb = pytest.importorskip("xgboost")
+    X = np.random.default_rng(0).random((200, 5)).astype(np.float32)
+    booster = xgb.train({"objective": "binary:logistic", "nthread": 1}, xgb.DMatrix(X, (X[:, 0] > 0.5).astype(int)), 3)
+    booster.save_model(str(tmp_path / "x.json"))
+    with pytest.raises(ModelError) as e:
+        load_model(tmp_path / "x.json")
+    assert str(e.value) == (f"{tmp_path / 'x.json'}: not a zfraud model file (expected \"format\": \"zfraud-model\") "
+                            f"(an XGBoost JSON model? import it first with `zfraud model import xgboost "
+                            f"{tmp_path / 'x.json'} -o MODEL`)")

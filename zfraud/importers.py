@@ -47,8 +47,9 @@ def _f32_at_most(t: np.ndarray) -> np.ndarray:
     return f
 
 
-def _read(path_or_text, is_text) -> tuple[str, str]:
-    """(content, where) for a path or the content itself."""
+def _read(path_or_text, is_text, not_text: str = "") -> tuple[str, str]:
+    """(content, where) for a path or the content itself; `not_text` ends the error of a file
+    that is not text."""
     if isinstance(path_or_text, bytes):
         path_or_text = path_or_text.decode("utf-8", "replace")
     if isinstance(path_or_text, str) and is_text(path_or_text):
@@ -59,7 +60,7 @@ def _read(path_or_text, is_text) -> tuple[str, str]:
     except OSError as e:
         raise ModelError(f"cannot read model file {path}: {e.strerror}") from None
     except UnicodeDecodeError:
-        raise ModelError(f"{path}: not a text file") from None
+        raise ModelError(f"{path}: not a text file{not_text}") from None
 
 
 def _digest(content: str) -> str:
@@ -251,6 +252,10 @@ def from_lightgbm_text(path_or_text, version=None, feature_set="basic-v1") -> Tr
 
 # -- XGBoost --------------------------------------------------------------------------------
 
+_XGB_JSON_ONLY = (": only XGBoost's JSON model format is supported (not UBJSON, XGBoost's default, or the "
+                  "old binary format): save it with save_model(\"m.json\")")
+
+
 def _xgb_base_score(raw) -> float:
     s = str(raw).strip()
     if s.startswith("["):
@@ -300,9 +305,12 @@ def from_xgboost_json(path, version=None, feature_set="basic-v1", notes=None) ->
     stopping keeps only the trees up to its best_iteration, as XGBClassifier.predict_proba does;
     a line saying so is appended to the list `notes` if one is given.
     """
-    text, where = _read(path, lambda s: s.lstrip().startswith("{"))
+    text, where = _read(path, lambda s: s.lstrip().startswith("{"), _XGB_JSON_ONLY)
     try:
         d = json.loads(text)
+    except ValueError as e:
+        raise ModelError(f"{where}: not valid JSON ({e}){_XGB_JSON_ONLY}") from None
+    try:
         learner = d["learner"]
         objective = learner["objective"]["name"]
         mp = learner["learner_model_param"]

@@ -134,7 +134,9 @@ KINDS = {"logistic": LogisticModel}
 
 def model_from_dict(d: dict, where: str = "model"):
     if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise ModelError(f"{where}: not a zfraud model file (expected \"format\": \"{FORMAT}\")")
+        hint = (f" (an XGBoost JSON model? import it first with `zfraud model import xgboost {where} -o MODEL`)"
+                if isinstance(d, dict) and "learner" in d else "")
+        raise ModelError(f"{where}: not a zfraud model file (expected \"format\": \"{FORMAT}\"){hint}")
     if d.get("format_version") != FORMAT_VERSION:
         raise ModelError(f"{where}: format_version {d.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
     kind = d.get("kind")
@@ -169,8 +171,20 @@ def load_model(path=None):
     except OSError as e:
         raise ModelError(f"cannot read model file {path}: {e.strerror}") from None
     except ValueError as e:
-        raise ModelError(f"{path}: not valid JSON: {e}") from None
+        raise ModelError(f"{path}: not valid JSON: {e}{_import_hint(path)}") from None
     return model_from_dict(d, str(path))
+
+
+def _import_hint(path) -> str:
+    """A hint for a LightGBM text model given where a zfraud model file is expected."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return ""
+    if not (head.lstrip().startswith(b"tree\n") or b"\nTree=" in head):
+        return ""
+    return f" (a LightGBM text model? import it first with `zfraud model import lightgbm {path} -o MODEL`)"
 
 
 def save_model(model, path) -> None:
