@@ -314,3 +314,16 @@ def test_another_librarys_model_where_a_zfraud_model_is_expected_says_to_import_
     assert str(e.value) == (f"{tmp_path / 'x.json'}: not a zfraud model file (expected \"format\": \"zfraud-model\") "
                             f"(an XGBoost JSON model? import it first with `zfraud model import xgboost "
                             f"{tmp_path / 'x.json'} -o MODEL`)")
+
+
+def test_a_workers_refusal_of_a_model_with_other_features_names_at_most_64_of_them():
+    """The refusal goes into a deploy's ERROR reply header: 3,000 names of 128 characters listed in
+    full made it 390 KB, past the 65,536 bytes a client reads."""
+    from zfraud.scoring import Scorer
+
+    names = [f"{i:0128d}" for i in range(3000)]
+    m = LogisticModel(names, np.zeros(3000), np.zeros(3000), 0.0, version="wide-1")
+    with pytest.raises(ValueError) as e:
+        Scorer(m)
+    assert str(e.value) == (f"model wide-1 expects features {names[:3] + ['... 3,000 in all']}, the worker computes "
+                            f"['amount', 'log_amount', 'hour', 'is_night', 'is_weekend']")
