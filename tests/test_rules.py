@@ -135,3 +135,39 @@ def test_deploy_names_a_bad_rule_before_it_connects(tmp_path):
     assert r.stderr.strip().splitlines() == [
         f"Error: {bad}: rule 'ids' at column 20: 184467440737095516160 is too large: whole numbers in `in` lists "
         "go up to 2**64 - 1, the largest id"], r.stderr
+
+
+# --- `in` compares each number as `==` does -----------------------------------------------------
+
+F32 = {"amount": np.array([0.1, 250.3, 250.0, 16777217.0], dtype=np.float32),
+       "card": np.array([12345678901234567, 12345678901234568, 2**64 - 1, 6], dtype=np.uint64)}
+
+
+@pytest.mark.parametrize("expr, expected", [
+    # amount is a float32 feature in a worker; the list was compared in float64 and never matched it
+    ("amount in (0.1, 250.3)", [1, 1, 0, 0]),
+    ("amount in [16777217, 7]", [0, 0, 0, 1]),  # float32(16777217) == 16777216, as == has it
+    ("amount not in (250.3,)", [1, 0, 1, 1]),
+    # one negative or fractional number turned the whole list to float64, where
+    # 12345678901234568 == 12345678901234567
+    ("card in (12345678901234567, -1)", [1, 0, 0, 0]),
+    ("card in (12345678901234567, 0.5)", [1, 0, 0, 0]),
+    ("card in (18446744073709551615, -5, 6)", [0, 0, 1, 1]),
+    ("card % 4 in (3, -1, 2.0)", [1, 0, 1, 1]),
+])
+def test_in_lists_compare_each_number_as_eq_does(expr, expected):
+    op = " not in " if " not in " in expr else " in "
+    left, values = expr.split(op)
+    eq = " or ".join(f"{left} == {v.strip()}" for v in values.strip("()[]").split(",") if v.strip())
+    eq = f"not ({eq})" if op == " not in " else eq
+    rs = rules(("in", expr, "review"), ("eq", eq, "review"))
+    _, fired = rs.evaluate(F32, 4)
+    assert [int(m & 1) for m in fired.tolist()] == expected
+    assert [int(m >> 1) for m in fired.tolist()] == expected  # the same rows as the == form
+
+
+def test_in_list_whole_numbers_below_the_smallest_int64_are_refused():
+    with pytest.raises(RulesError) as e:
+        rules(("bad", "ts_ms in (1, -9223372036854775809)", "review"))
+    assert str(e.value) == ("rules: rule 'bad' at column 14: -9223372036854775809 is too small: whole numbers "
+                            "in `in` lists go down to -2**63")

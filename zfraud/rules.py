@@ -12,8 +12,9 @@ A rule set is TOML (conf/rules.toml is the example):
 
 Expressions: numbers, names (the model's features and the batch's columns: tx_id, card, terminal,
 ts_ms, amount), arithmetic (+ - * / % and unary -), comparisons (< <= > >= == !=, chained),
-`and` / `or` / `not`, `in` / `not in` with a list or tuple of numbers, and parentheses. The id
-columns (tx_id, card, terminal) take comparisons, `in` and `% N` (N a whole number) only (IDS).
+`and` / `or` / `not`, `in` / `not in` with a list or tuple of numbers (each compared as `==` would),
+and parentheses. The id columns (tx_id, card, terminal) take comparisons, `in` and `% N` (N a whole
+number) only (IDS).
 
 The text is parsed by Python's own parser into a syntax tree and every node is checked against a
 whitelist before anything runs; nothing is ever passed to eval. Each rule compiles to a closure that
@@ -112,23 +113,19 @@ def _compile(node, names: frozenset, rule: str):
             if isinstance(op, (ast.In, ast.NotIn)):
                 if not isinstance(right, (ast.List, ast.Tuple)) or not right.elts:
                     fail("`in` needs a non-empty list of numbers, e.g. terminal in (1, 2, 3)")
-                values = []
+                ints, floats = [], []
                 for elt in right.elts:
                     if isinstance(elt, ast.UnaryOp) and isinstance(elt.op, ast.USub) and isinstance(elt.operand, ast.Constant):
-                        elt = ast.Constant(-elt.operand.value)
+                        elt = ast.Constant(-elt.operand.value, col_offset=elt.col_offset)
                     if not isinstance(elt, ast.Constant) or type(elt.value) not in (int, float):
                         fail("`in` lists may hold numbers only")
-                    values.append(elt.value)
-                if all(type(v) is int for v in values) and min(values) >= 0:
-                    big = [e for e, v in zip(right.elts, values) if v >= 2 ** 64]
-                    if big:
-                        fail(f"{big[0].value} is too large: whole numbers in `in` lists go up to 2**64 - 1, "
-                             f"the largest id", at=big[0])
-                    values = np.array(values, dtype=np.uint64)  # exact for 64-bit ids
-                else:
-                    values = np.array(values, dtype=np.float64)
-                negate = isinstance(op, ast.NotIn)
-                steps.append(("in", values, negate))
+                    if type(elt.value) is int and elt.value >= 2 ** 64:
+                        fail(f"{elt.value} is too large: whole numbers in `in` lists go up to 2**64 - 1, "
+                             f"the largest id", at=elt)
+                    if type(elt.value) is int and elt.value < -2 ** 63:
+                        fail(f"{elt.value} is too small: whole numbers in `in` lists go down to -2**63", at=elt)
+                    (ints if type(elt.value) is int else floats).append(elt.value)
+                steps.append(("in", _member(ints, floats), isinstance(op, ast.NotIn)))
             elif type(op) in _COMPARE:
                 steps.append(("cmp", _COMPARE[type(op)], _compile(right, names, rule)))
             else:
@@ -139,9 +136,9 @@ def _compile(node, names: frozenset, rule: str):
             out = None
             for kind, x, y in steps:
                 if kind == "in":
-                    arr = np.asarray(a)
-                    vals = x if arr.dtype.kind == "u" or x.dtype.kind == "f" else x.astype(np.float64)
-                    r = np.isin(arr, vals, invert=y)
+                    r = x(a)
+                    if y:
+                        r = np.logical_not(r)
                     b = a
                 else:
                     b = y(env)
@@ -153,6 +150,43 @@ def _compile(node, names: frozenset, rule: str):
         return compare
     fail(f"{type(node).__name__} is not allowed in a rule (allowed: numbers, names, + - * / %, "
          f"comparisons, and/or/not, in lists)")
+
+
+def _member(ints: list, floats: list):
+    """`x in (v1, v2, ...)` as a function(x) -> bool array that is true where `x == v` is for some v,
+    with `==`'s own types: numpy compares an array with a Python number in the array's type (NEP 50),
+    so amount (float32) meets 250.3 as float32(250.3), and an id column (uint64) meets a whole number
+    exactly, a fraction in float64, and a negative number never. Comparing the whole list in one
+    type instead made `amount in (250.3,)` miss what `amount == 250.3` hits, and let
+    card 12345678901234568 match 12345678901234567 in float64 once the list held a -1. One np.isin per
+    kind of number, not one == per element: a blocklist may hold thousands."""
+    cache = {}  # the array's dtype -> [(the dtype to compare in, the values in it)]
+
+    def plan(dtype):
+        groups = []
+        if floats:
+            t = np.result_type(dtype, 0.0)  # the type `x == 0.5` compares in
+            groups.append((t, np.array(floats, dtype=np.float64).astype(t)))
+        if ints:
+            t = np.result_type(dtype, 0)  # the type `x == 5` compares in
+            if t.kind in "ui":  # exact; a number outside the type's range is never equal
+                info = np.iinfo(t)
+                groups.append((t, np.array([v for v in ints if info.min <= v <= info.max], dtype=t)))
+            else:  # float: each whole number rounded to the type, as == rounds it
+                groups.append((t, np.array([t.type(v) for v in ints], dtype=t)))
+        return groups
+
+    def member(x):
+        arr = np.asarray(x)
+        groups = cache.get(arr.dtype)
+        if groups is None:
+            groups = cache[arr.dtype] = plan(arr.dtype)
+        out = None
+        for t, values in groups:
+            hit = np.isin(arr.astype(t, copy=False), values)
+            out = hit if out is None else np.logical_or(out, hit)
+        return out
+    return member
 
 
 # The dtypes a rule sees in a worker: the batch's columns (protocol.TX_COLUMNS) and float32 features.
