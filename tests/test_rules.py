@@ -171,3 +171,60 @@ def test_in_list_whole_numbers_below_the_smallest_int64_are_refused():
         rules(("bad", "ts_ms in (1, -9223372036854775809)", "review"))
     assert str(e.value) == ("rules: rule 'bad' at column 14: -9223372036854775809 is too small: whole numbers "
                             "in `in` lists go down to -2**63")
+
+
+# --- limits on what travels in every verdict header ---------------------------------------------
+
+NAME_LIMIT = "a rule name is 1 to 64 characters of A-Z a-z 0-9 _ . -"
+VERSION_LIMIT = "a rules version is 1 to 128 printable characters (no newline or control characters)"
+
+
+def one_rule(name="r", version="v", when="amount > 1"):
+    return f'version = "{version}"\n[[rule]]\nname = "{name}"\nwhen = "{when}"\naction = "review"\n'
+
+
+@pytest.mark.parametrize("toml, message", [
+    (one_rule(name="r" + "n" * 2000), f"rules: rule #1 name 'rnnnnnnnnnnnnnnnnnnn'... is 2001 characters; {NAME_LIMIT}"),
+    (one_rule(name="x" * 65), f"rules: rule #1 name 'xxxxxxxxxxxxxxxxxxxx'... is 65 characters; {NAME_LIMIT}"),
+    (one_rule(name="large at night"), f"rules: rule #1 name 'large at night' has the character ' '; {NAME_LIMIT}"),
+    (one_rule(name="a,b"), f"rules: rule #1 name 'a,b' has the character ','; {NAME_LIMIT}"),
+    (one_rule(version="evil\\nworker2      model=fake"),
+     f"rules: version 'evil\\nworker2      mo'... has the character '\\n'; {VERSION_LIMIT}"),
+    (one_rule(version="x" * 100_000), f"rules: version 'xxxxxxxxxxxxxxxxxxxx'... is 100000 characters; {VERSION_LIMIT}"),
+    (one_rule(version="a\\u0007b"), f"rules: version 'a\\x07b' has the character '\\x07'; {VERSION_LIMIT}"),
+    (one_rule(version=""), f"rules: version is empty; {VERSION_LIMIT}"),
+], ids=["name-2001", "name-65", "name-space", "name-comma", "version-newline", "version-100000", "version-bel",
+        "version-empty"])
+def test_rule_names_and_the_version_are_limited_at_load(toml, message):
+    with pytest.raises(RulesError) as e:
+        RuleSet.from_toml(toml, NAMES)
+    assert str(e.value) == message
+
+
+def test_the_largest_rule_set_allowed_fits_well_inside_a_verdict_header():
+    """64 names of 64 characters and a version of 128 four-byte characters: the verdict header the
+    worker builds stays under an eighth of the 65 536 bytes a client accepts."""
+    body = "".join(f'[[rule]]\nname = "{i:02d}{"n" * 62}"\nwhen = "amount > {i}"\naction = "review"\n' for i in range(64))
+    card = "\U0001F4B3"  # four bytes in UTF-8
+    rs = RuleSet.from_toml(f'version = "{card * 128}"\n' + body, NAMES)
+    assert len(rs.names) == 64 and {len(n) for n in rs.names} == {64} and len(rs.version) == 128
+    scorer = Scorer(load_model(), rules=rs)
+    header = P.HeaderPrefix({"worker": "w" * 64, "boot": 2**48 - 1, "model": scorer.model_version,
+                             "rules": scorer.rules_version, "reasons": scorer.reasons, "rule_names": rs.names,
+                             "columns": P.schema(P.VERDICT_COLUMNS)}).pack({"batch": 2**64 - 1, "attempt": 1000,
+                                                                           "rows": P.MAX_ROWS, "seq": 2**63})
+    assert len(header) < P.MAX_HEADER_BYTES // 8, len(header)
+    assert P.unpack(header)["rule_names"] == rs.names
+
+
+def test_a_worker_and_deploy_refuse_long_rule_names_in_one_line(tmp_path):
+    """The tester's file: 40 rules named with some 2000 characters each. Deployed, it made every verdict
+    header too large for the clients, and every batch was dead-lettered."""
+    long = tmp_path / "longnames.toml"
+    long.write_text('version = "names"\n' + "".join(
+        f'[[rule]]\nname = "r{i}{"n" * 2000}"\nwhen = "amount > 1e9"\naction = "review"\n' for i in range(40)))
+    expected = [f"Error: {long}: rule #1 name 'r0nnnnnnnnnnnnnnnnnn'... is 2002 characters; {NAME_LIMIT}"]
+    r = run_cli("worker", "--rules", str(long), "--bind", "tcp://127.0.0.1:0", "--name", "w", timeout=30)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == expected, r.stderr
+    r = run_cli("deploy", "--rules", str(long), "--connect", "tcp://127.0.0.1:9", timeout=30)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == expected, r.stderr

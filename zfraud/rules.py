@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,19 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (a depend
 
 ACTIONS = ("review", "decline")  # in increasing severity; values match protocol.REVIEW/DECLINE
 MAX_RULES = 64  # fired rules travel as a 64-bit mask per verdict
+# Every verdict header (RESULT, verdict.*, shadow) carries the rule names and the rules version, and a
+# client drops a header over protocol.MAX_HEADER_BYTES (65 536): 40 rules named with 2000 characters
+# each made every batch a dead letter. The worst case allowed here, 64 names of 64 ASCII characters
+# (66 bytes each in msgpack: 64 + a 2-byte str8 prefix, so 4 227 bytes with the array's prefix) and a
+# version of 128 characters (at most 4 bytes each in UTF-8: 515 bytes), is under 5 KB, well inside
+# the limit next to the reason table, the model version and the worker's name.
+MAX_NAME = 64
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+NAME_RULE = f"a rule name is 1 to {MAX_NAME} characters of A-Z a-z 0-9 _ . -"
+# The version is printed in `status` and `deploy` lines and labels a Prometheus metric: a newline in
+# it forged extra lines there.
+MAX_VERSION = 128
+VERSION_RULE = f"a rules version is 1 to {MAX_VERSION} printable characters (no newline or control characters)"
 COLUMNS = ("tx_id", "card", "terminal", "ts_ms", "amount")
 # Identifiers, not quantities: unsigned 64-bit, where a subtraction or a minus sign wraps around
 # (terminal - 1000000 < 0 would never fire). A rule compares them, or takes them modulo a whole
@@ -51,6 +65,29 @@ _COMPARE = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.
 
 class RulesError(ValueError):
     """A rule set that cannot be loaded; the message names the rule and the problem."""
+
+
+def _short(text: str, keep: int = 20) -> str:
+    """`text` for an error message: its repr (one line, whatever it holds), cut after `keep` characters."""
+    return repr(text[:keep]) + ("..." if len(text) > keep else "")
+
+
+def _check_label(text: str, limit: int, ok, rule: str, what: str) -> None:
+    if not text:
+        raise RulesError(f"{what} is empty; {rule}")
+    if len(text) > limit:
+        raise RulesError(f"{what} {_short(text)} is {len(text)} characters; {rule}")
+    bad = next((c for c in text if not ok(c)), None)
+    if bad is not None:
+        raise RulesError(f"{what} {_short(text)} has the character {bad!r}; {rule}")
+
+
+def check_name(name: str, where: str, i: int) -> None:
+    _check_label(name, MAX_NAME, lambda c: NAME_RE.fullmatch(c) is not None, NAME_RULE, f"{where}: rule #{i} name")
+
+
+def check_version(version: str, where: str) -> None:
+    _check_label(version, MAX_VERSION, str.isprintable, VERSION_RULE, f"{where}: version")
 
 
 def _compile(node, names: frozenset, rule: str):
@@ -239,6 +276,7 @@ class RuleSet:
             raise RulesError(f"{where}: not valid TOML: {e}") from None
         allowed = frozenset(names) | frozenset(COLUMNS)
         version = str(doc.get("version", "unversioned"))
+        check_version(version, where)
         entries = doc.get("rule", [])
         if not isinstance(entries, list):
             raise RulesError(f"{where}: rules are written as [[rule]] tables")
@@ -251,6 +289,7 @@ class RuleSet:
             name = entry.get("name")
             if not isinstance(name, str) or not name:
                 raise RulesError(f"{where}: rule #{i} needs a name")
+            check_name(name, where, i)
             if name in seen:
                 raise RulesError(f"{where}: rule name {name!r} is used twice")
             seen.add(name)
