@@ -217,6 +217,19 @@ def test_the_largest_rule_set_allowed_fits_well_inside_a_verdict_header():
     assert P.unpack(header)["rule_names"] == rs.names
 
 
+# --- unknown top-level keys, deep expressions, files that are not UTF-8 -------------------------
+
+@pytest.mark.parametrize("toml, key", [
+    ('version = "typo"\n[[rules]]\nname = "b"\nwhen = "terminal in (9001, 9002)"\naction = "decline"\n', "rules"),
+    ('versoin = "x"\n', "versoin"),
+    ('version = "x"\nname = "a"\n[[rule]]\nname = "r"\nwhen = "amount > 1"\naction = "review"\n', "name"),
+], ids=["rules-table", "versoin", "stray-name"])
+def test_unknown_top_level_keys_are_refused(toml, key):
+    with pytest.raises(RulesError) as e:
+        RuleSet.from_toml(toml, NAMES)
+    assert str(e.value) == f"rules: unknown top-level keys [{key!r}]; known: version, rule (each rule a [[rule]] table)"
+
+
 def test_a_worker_and_deploy_refuse_long_rule_names_in_one_line(tmp_path):
     """The tester's file: 40 rules named with some 2000 characters each. Deployed, it made every verdict
     header too large for the clients, and every batch was dead-lettered."""

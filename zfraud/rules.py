@@ -274,6 +274,10 @@ class RuleSet:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise RulesError(f"{where}: not valid TOML: {e}") from None
+        unknown = set(doc) - {"version", "rule"}
+        if unknown:  # `[[rules]]` for `[[rule]]` deployed an empty rule set
+            raise RulesError(f"{where}: unknown top-level keys {sorted(unknown)}; known: version, rule "
+                             f"(each rule a [[rule]] table)")
         allowed = frozenset(names) | frozenset(COLUMNS)
         version = str(doc.get("version", "unversioned"))
         check_version(version, where)
