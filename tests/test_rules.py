@@ -230,6 +230,29 @@ def test_unknown_top_level_keys_are_refused(toml, key):
     assert str(e.value) == f"rules: unknown top-level keys [{key!r}]; known: version, rule (each rule a [[rule]] table)"
 
 
+TOO_DEEP = "expression too long or too deeply nested (limit 100 levels; a + b + c nests one level per operator)"
+
+
+@pytest.mark.parametrize("when", [
+    " + ".join(["amount"] * 1500) + " > 0",
+    "-" * 5000 + "amount > 0",
+    "not " * 3000 + "amount > 0",
+    " + ".join(["amount"] * 100) + " > 0",  # 101 levels: the comparison, 99 additions, a name
+], ids=["1500-terms", "5000-minus", "3000-not", "100-terms"])
+def test_a_too_deep_expression_is_one_error_not_a_recursion_error(when):
+    with pytest.raises(RulesError) as e:
+        rules(("deep", when, "review"))
+    assert str(e.value) == f"rules: rule 'deep': {TOO_DEEP}"
+
+
+def test_the_deepest_expression_allowed_loads_and_evaluates_far_down_the_stack():
+    rs = rules(("deep", " + ".join(["amount"] * 99) + " > 1000", "review"))
+
+    def down(k):  # a worker evaluates rules deeper in its stack than the check at load ran
+        return down(k - 1) if k else rs.evaluate(ENV, 4)
+    assert down(700)[1].tolist() == [0, 1, 1, 1]
+
+
 def test_a_worker_and_deploy_refuse_long_rule_names_in_one_line(tmp_path):
     """The tester's file: 40 rules named with some 2000 characters each. Deployed, it made every verdict
     header too large for the clients, and every batch was dead-lettered."""

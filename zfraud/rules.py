@@ -51,6 +51,11 @@ NAME_RULE = f"a rule name is 1 to {MAX_NAME} characters of A-Z a-z 0-9 _ . -"
 # it forged extra lines there.
 MAX_VERSION = 128
 VERSION_RULE = f"a rules version is 1 to {MAX_VERSION} printable characters (no newline or control characters)"
+# How deep a `when` may nest (a + b + c nests one level per +; and/or, chained comparisons and `in`
+# lists do not nest). Parsing, compiling and evaluating recurse once or twice per level: 1 500 terms
+# died with a RecursionError. Evaluation runs deeper in a worker's stack than the check at load, so
+# the limit is far below Python's recursion limit (1 000) rather than whatever happened to fit.
+MAX_DEPTH = 100
 COLUMNS = ("tx_id", "card", "terminal", "ts_ms", "amount")
 # Identifiers, not quantities: unsigned 64-bit, where a subtraction or a minus sign wraps around
 # (terminal - 1000000 < 0 would never fire). A rule compares them, or takes them modulo a whole
@@ -88,6 +93,17 @@ def check_name(name: str, where: str, i: int) -> None:
 
 def check_version(version: str, where: str) -> None:
     _check_label(version, MAX_VERSION, str.isprintable, VERSION_RULE, f"{where}: version")
+
+
+def _depth(tree: ast.AST) -> int:
+    """How deep the expressions of a syntax tree nest (`amount > 1`: 2), walked without recursion."""
+    deepest, todo = 0, [(tree, 0)]
+    while todo:
+        node, d = todo.pop()
+        d += isinstance(node, ast.expr)
+        deepest = max(deepest, d)
+        todo.extend((child, d) for child in ast.iter_child_nodes(node))
+    return deepest
 
 
 def _compile(node, names: frozenset, rule: str):
@@ -305,10 +321,16 @@ class RuleSet:
                 raise RulesError(f"{where}: rule {name!r} needs a `when` expression")
             if action not in ACTIONS:
                 raise RulesError(f"{where}: rule {name!r} has action {action!r}; use one of {', '.join(ACTIONS)}")
+            too_deep = RulesError(f"{where}: rule {name!r}: expression too long or too deeply nested "
+                                  f"(limit {MAX_DEPTH} levels; a + b + c nests one level per operator)")
             try:
                 tree = ast.parse(when.strip(), mode="eval")
             except SyntaxError as e:
                 raise RulesError(f"{where}: rule {name!r}: cannot parse {when!r}: {e.msg} at column {e.offset}") from None
+            except (RecursionError, MemoryError):  # the parser's own stack: 5 000 unary minus signs
+                raise too_deep from None
+            if _depth(tree) > MAX_DEPTH:
+                raise too_deep
             try:
                 test = _compile(tree, allowed, name)
                 _probe(test, allowed, name)
