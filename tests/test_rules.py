@@ -253,6 +253,16 @@ def test_the_deepest_expression_allowed_loads_and_evaluates_far_down_the_stack()
     assert down(700)[1].tolist() == [0, 1, 1, 1]
 
 
+def test_a_worker_and_deploy_name_a_rules_file_that_is_not_utf8(tmp_path):
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b'\xff\xfe version = "x"\n')
+    expected = [f"Error: {bad}: not UTF-8 text (byte 0xff at offset 0); save the rules file as UTF-8"]
+    r = run_cli("worker", "--rules", str(bad), "--bind", "tcp://127.0.0.1:0", "--name", "w", timeout=30)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == expected, r.stderr
+    r = run_cli("deploy", "--rules", str(bad), "--connect", "tcp://127.0.0.1:9", timeout=30)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == expected, r.stderr
+
+
 def test_a_worker_and_deploy_refuse_long_rule_names_in_one_line(tmp_path):
     """The tester's file: 40 rules named with some 2000 characters each. Deployed, it made every verdict
     header too large for the clients, and every batch was dead-lettered."""

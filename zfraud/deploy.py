@@ -8,12 +8,11 @@ one and publishes on the `shadow` topic without changing any decision.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from .client import Client, MeshError
 from .features import FEATURE_SETS
 from .model import load_model
-from .rules import RuleSet
+from .rules import RuleSet, read as read_rules
 from .scoring import Scorer
 
 
@@ -24,7 +23,7 @@ def artefact(model_path=None, rules_path=None, shadow: bool = False) -> list[byt
     if shadow and (model_path is None or rules_path is not None):
         raise ValueError("a shadow deploy takes a model and no rules")
     model = load_model(model_path) if model_path else None
-    rules_text = Path(rules_path).read_text() if rules_path else ""
+    rules_text = read_rules(rules_path) if rules_path else ""
     if model is not None:
         rules = RuleSet.from_toml(rules_text, model.features, str(rules_path)) if rules_path else None
         Scorer(model, rules=rules)  # refuses a model whose features the workers do not compute

@@ -106,6 +106,24 @@ def _depth(tree: ast.AST) -> int:
     return deepest
 
 
+def decode(data: bytes, where: str) -> str:
+    """A rules file's bytes -> text, or a RulesError naming the file."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RulesError(f"{where}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                         f"save the rules file as UTF-8") from None
+
+
+def read(path) -> str:
+    """The text of a rules file, or a RulesError naming the file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise RulesError(f"cannot read rules file {path}: {e.strerror}") from None
+    return decode(data, str(path))
+
+
 def _compile(node, names: frozenset, rule: str):
     """A syntax-tree node -> a function(env) -> numpy array (or scalar). Whitelist only."""
     def fail(msg, at=node):
@@ -341,11 +359,7 @@ class RuleSet:
 
     @classmethod
     def load(cls, path, names) -> "RuleSet":
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise RulesError(f"cannot read rules file {path}: {e.strerror}") from None
-        return cls.from_toml(text, names, str(path))
+        return cls.from_toml(read(path), names, str(path))
 
     def evaluate(self, env: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Returns (action per row: 0 none, 1 review, 2 decline; uint64 mask of the rules that fired)."""

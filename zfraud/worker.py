@@ -42,7 +42,7 @@ from .mesh import Member, Membership, check_endpoint, check_member
 from .features import TERMINAL_BUCKET_HOURS, FeatureEngine
 from .handover import ACK_S, Handover, take_over
 from .model import check_delay, load_model, model_from_dict
-from .rules import RuleSet
+from .rules import RuleSet, decode as rules_text
 from .scoring import MIN_TS_MS, Scorer, Thresholds, ahead_ts_ms
 from .security import Curve, SecurityError
 from .snapshots import BackgroundSave
@@ -1291,7 +1291,7 @@ class Worker:
             features = cur.features if model.feature_set == cur.features.feature_set else \
                 FeatureEngine(model.feature_set, *self.engine_args)  # a new feature set starts empty
             names = features.names if features else model.features
-            text = bytes(payload[1]).decode() if len(payload[1]) else cur.rules.source
+            text = rules_text(bytes(payload[1]), "deployed rules") if len(payload[1]) else cur.rules.source
             rules = RuleSet.from_toml(text, names, "deployed rules") if text else cur.rules  # re-checked
             return Scorer(model, cur.thresholds, rules, features=features)
         except (ValueError, UnicodeDecodeError) as e:  # ModelError and RulesError are ValueErrors
