@@ -2,13 +2,13 @@
 import numpy as np
 import pytest
 
-from zfraud import load_model
+from zfraud import Client, load_model
 from zfraud import protocol as P
 from zfraud.rules import RuleSet, RulesError
 from zfraud.scoring import Scorer
 from zfraud.synthetic import synthetic
 
-from conftest import run_cli
+from conftest import request, run_cli
 
 NAMES = ("amount", "log_amount", "hour", "is_night", "is_weekend")
 
@@ -274,3 +274,34 @@ def test_a_worker_and_deploy_refuse_long_rule_names_in_one_line(tmp_path):
     assert r.returncode == 1 and r.stderr.strip().splitlines() == expected, r.stderr
     r = run_cli("deploy", "--rules", str(long), "--connect", "tcp://127.0.0.1:9", timeout=30)
     assert r.returncode == 1 and r.stderr.strip().splitlines() == expected, r.stderr
+
+
+def mesh_versions(endpoint):
+    with Client(endpoint) as c:
+        return {n: c.control(n, "status")["status"]["rules"] for n in c.members}
+
+
+@pytest.mark.parametrize("payload, message", [
+    ('version = "names"\n' + "".join(f'[[rule]]\nname = "r{i}{"n" * 2000}"\nwhen = "amount > 1e9"\n'
+                                      f'action = "review"\n' for i in range(40)),
+     f"rule #1 name 'r0nnnnnnnnnnnnnnnnnn'... is 2002 characters; {NAME_LIMIT}"),
+    (one_rule(version="x" * 100_000), f"version 'xxxxxxxxxxxxxxxxxxxx'... is 100000 characters; {VERSION_LIMIT}"),
+    (one_rule(version="v\\nw2  rules=fake"), f"version 'v\\nw2  rules=fake' has the character '\\n'; {VERSION_LIMIT}"),
+    ('version = "typo"\n[[rules]]\nname = "b"\nwhen = "terminal in (9001,)"\naction = "decline"\n',
+     "unknown top-level keys ['rules']; known: version, rule (each rule a [[rule]] table)"),
+    (one_rule(name="deep", when="-" * 5000 + "amount > 0"), f"rule 'deep': {TOO_DEEP}"),
+    (b'\xff\xfe version = "x"\n', "not UTF-8 text (byte 0xff at offset 0); save the rules file as UTF-8"),
+], ids=["long-names", "long-version", "version-newline", "rules-typo", "deep", "not-utf8"])
+def test_workers_refuse_a_raw_deploy_of_rules_the_local_check_would_refuse(mesh2, ctx, payload, message):
+    """A deploy that skips `zfraud deploy`'s local check: each worker checks the rules itself, says why
+    in one line, and keeps scoring with what it ran."""
+    before = mesh_versions(mesh2.endpoint)
+    raw = payload if isinstance(payload, bytes) else payload.encode()
+    for endpoint in mesh2.routers.values():  # each worker, not only the one a client asks first
+        reply = request(ctx, endpoint, P.encode(P.CONTROL, {"op": "deploy"}, [b"", raw]))
+        assert reply.command == P.ERROR and reply.header["code"] == P.BAD_CONTROL
+        assert reply.header["message"] == f"deploy refused: deployed rules: {message}"
+    assert mesh_versions(mesh2.endpoint) == before
+    with Client(mesh2.endpoint) as c:
+        v = c.score(next(synthetic(500, batch=500, seed=5)))
+    assert len(v["decision"]) == 500
