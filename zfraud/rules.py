@@ -16,6 +16,11 @@ ts_ms, amount), arithmetic (+ - * / % and unary -), comparisons (< <= > >= == !=
 and parentheses. The id columns (tx_id, card, terminal) take comparisons, `in` and `% N` (N a whole
 number) only (IDS).
 
+Limits (every verdict header carries the rule names and the version): the file is UTF-8 with a
+top-level `version` and `[[rule]]` tables only; at most MAX_RULES rules, each `name` 1 to MAX_NAME
+characters of A-Z a-z 0-9 _ . -; a `version` of 1 to MAX_VERSION printable characters; a `when`
+nested at most MAX_DEPTH levels deep.
+
 The text is parsed by Python's own parser into a syntax tree and every node is checked against a
 whitelist before anything runs; nothing is ever passed to eval. Each rule compiles to a closure that
 takes the batch's columns (name -> numpy array) and returns a boolean array, so a rule costs a
