@@ -126,39 +126,44 @@ def test_a_stopped_worker_goes_down_and_one_whose_answers_wait_unread_does_not(t
 
 def test_new_rows_wait_up_to_the_deadline_for_a_worker_to_come_back(tmp_path):
     """Both workers stopped and marked down: a batch waits deadline_s for one to answer a probe,
-    and is dead-lettered saying so. The batches after it are dead-lettered at once (one wait per
-    outage, not per batch: a file sent to a mesh that is gone took one deadline per batch), until
-    a worker answers the client's per-second probe. The next outage gets its wait again: resumed
-    while a batch waits, the workers answer and take it."""
-    with LocalMesh(2, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint, deadline_s=1.0) as c:
+    and is dead-lettered saying so. Each batch waits so until the outage is OUTAGE_DEADLINES
+    deadlines old; the batches after that are dead-lettered at once (a file sent to a mesh that
+    is gone took one deadline per batch), until a worker answers. The next outage gets its waits
+    again: resumed while a batch waits, the workers answer and take it."""
+    from zfraud.client import OUTAGE_DEADLINES
+
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint, deadline_s=0.25) as c:
         answered = []
         c.on_result = lambda v, h: answered.extend(v["tx_id"].tolist())
-        first, second, third, fourth = synthetic(8000, batch=2000, seed=42, first_id=21 * 10**9)
-        reason = "no live workers: none of w1, w2 answered within 1 s"
-        resume = threading.Timer(0.3, lambda: [mesh.signal(n, signal.SIGCONT) for n in ("w1", "w2")])
+        batches = synthetic(10**8, batch=100, seed=42, first_id=21 * 10**9)
+        reason = "no live workers: none of w1, w2 answered within 0.25 s"
+        resume = threading.Timer(0.1, lambda: [mesh.signal(n, signal.SIGCONT) for n in ("w1", "w2")])
+        waits = []
         try:
             for name in ("w1", "w2"):
                 mesh.signal(name, signal.SIGSTOP)
             c.down.update(c.peers)  # (stopped, they would miss any deadline)
-            t0 = time.monotonic()
-            c.submit(first)
-            assert 1.0 <= time.monotonic() - t0 < 1.5
-            assert c.dead_letters == [{"reason": reason, "attempts": 1, "tx_id": first["tx_id"].tolist()}]
-            t0 = time.monotonic()
-            c.submit(second)
-            assert time.monotonic() - t0 < 0.2
-            assert c.dead_letters[1] == {"reason": reason, "attempts": 1, "tx_id": second["tx_id"].tolist()}
-            for name in ("w1", "w2"):  # (stopped 1.2 s in all: less than the 3 s after which they drop each other)
+            start = time.monotonic()
+            while time.monotonic() - start < OUTAGE_DEADLINES * 0.25 + 0.3:
+                t0 = time.monotonic()
+                c.submit(next(batches))
+                waits.append((t0 - start, time.monotonic() - t0))
+            assert all(0.25 <= w < 0.5 for t, w in waits if t < OUTAGE_DEADLINES * 0.25 - 0.3)
+            assert [w for t, w in waits if t > OUTAGE_DEADLINES * 0.25 + 0.05 and w < 0.05]  # at once
+            assert c.dead_lettered == 100 * len(waits) and {d["reason"] for d in c.dead_letters} == {reason}
+            for name in ("w1", "w2"):  # (stopped 1.8 s in all: less than the 3 s after which they drop each other)
                 mesh.signal(name, signal.SIGCONT)
             end = time.monotonic() + 5
             while not c.members and time.monotonic() < end:
                 c.poll(50)  # the client asks every worker once a second
+            third = next(batches)
             c.submit(third)
             assert c.drain(10)
             for name in ("w1", "w2"):
                 mesh.signal(name, signal.SIGSTOP)
             c.down.update(c.peers)
             resume.start()
+            fourth = next(batches)
             c.submit(fourth)
             assert c.members and c.pending
             assert c.drain(10)
@@ -166,8 +171,41 @@ def test_new_rows_wait_up_to_the_deadline_for_a_worker_to_come_back(tmp_path):
             resume.cancel()
             for name in ("w1", "w2"):
                 mesh.signal(name, signal.SIGCONT)
-        assert (len(c.dead_letters), c.resent) == (2, 0)
+        assert (c.dead_lettered, c.resent) == (100 * len(waits), 0)
         assert sorted(answered) == third["tx_id"].tolist() + fourth["tx_id"].tolist()
+
+
+def test_after_an_outage_a_client_finds_its_worker_back_within_a_second(tmp_path):
+    """Past its waits (OUTAGE_DEADLINES deadlines: 3 s here), the batches of an outage are
+    dead-lettered at once: then the client must find a worker that comes back at once, not when a
+    socket's reconnection backoff (up to 8 s) ends. It took 5-6 s, every call meanwhile
+    dead-lettered (a tester: 122 calls)."""
+    with LocalMesh(1, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint, deadline_s=0.5) as c:
+        batches = synthetic(200 * 1000, batch=200, seed=7, first_id=31 * 10**9)
+        assert (c.score(next(batches))["decision"] != P.REJECTED).all()
+        mesh.signal("w1", signal.SIGTERM)  # drains, says goodbye, exits
+        assert mesh.procs["w1"].wait(15) == 0
+        with pytest.raises(MeshError, match="no live workers"):
+            c.score(next(batches))  # one deadline's wait
+        end = time.monotonic() + 4  # an outage of 4 s: past the waits, and a reconnection backoff of 2-4 s
+        while time.monotonic() < end:
+            with pytest.raises(MeshError, match="no live workers"):
+                c.score(next(batches))
+            time.sleep(0.05)
+        mesh.start_worker("w1")  # the same name and endpoints
+        mesh.wait_members(["w1"], timeout_s=15)
+        with Client(mesh.endpoint) as fresh:
+            assert (fresh.score(next(batches))["decision"] != P.REJECTED).all()
+        back = time.monotonic()
+        while True:
+            try:
+                v = c.score(next(batches))
+                break
+            except MeshError:
+                assert time.monotonic() - back < 10
+                time.sleep(0.05)
+        assert time.monotonic() - back < 1.0
+        assert (v["decision"] != P.REJECTED).all() and c.resent == 0
 
 
 def test_a_send_whose_only_worker_leaves_dead_letters_the_rest_at_once(tmp_path):

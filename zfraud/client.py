@@ -74,6 +74,9 @@ class Pending:
 REMEMBER_IDS = 1 << 20  # a stream's `repeated` looks this many distinct ids back (a worker remembers as many)
 FOLD_ROWS = 1 << 18      # rows of RESULTs read before they are folded into a stream's counts
 DEAD_LETTER_IDS = 100_000  # Client.dead_letters keeps the latest entries, about this many ids (the file keeps all)
+OUTAGE_DEADLINES = 6  # with no worker live, batches wait up to a deadline each for this many deadlines (30 s)
+PROBE_EVERY_S = 0.25  # after that: how often a batch asks every worker again
+PROBE_WAIT_S = 0.1    # ... and how long it waits for an answer; the batches in between are dead-lettered at once
 
 
 class Sample:
@@ -267,8 +270,10 @@ class Client:
         self._awaiting: set[str] = set()     # workers asked for their member list, not answered yet
         self._seeds: list[str] = []          # the --connect endpoints
         self._former: dict[str, str] = {}    # worker dropped from the member list -> its ROUTER (the last 64)
-        self._unanswered: str | None = None  # while no worker answered the last probe: why (_await_member)
-        self._probes: list = []              # ... and its sockets to the dropped workers and the seeds
+        self._outage = None                  # with no worker live: (since when, the reason to dead-letter with)
+        self._unanswered: str | None = None  # ... once a wait went unanswered: that reason (_await_member)
+        self._probes: list = []              # ... its sockets to every worker known, dropped, or a seed
+        self._probe_at = 0.0                 # ... and when a batch asks them again (PROBE_EVERY_S)
         self.on_result = None  # callable(verdicts: dict, header: dict) for each RESULT
         self._call = None      # the score()/stream() call sending now: its tag for the ledger
         self._sinks = {}       # call -> its callable(verdicts, header), instead of on_result
@@ -390,13 +395,16 @@ class Client:
             while len(self._former) > 64:
                 self._former.pop(next(iter(self._former)))
         if sock is not None:
-            for monitor in [mon for mon, n in self.monitors.items() if n == name]:
-                self.poller.unregister(monitor)
-                del self.monitors[monitor]
-                sock.disable_monitor()
-                monitor.close()
-            self.poller.unregister(sock)
-            sock.close()
+            self._close_peer_socket(name, sock)
+
+    def _close_peer_socket(self, name: str, sock) -> None:
+        for monitor in [mon for mon, n in self.monitors.items() if n == name]:
+            self.poller.unregister(monitor)
+            del self.monitors[monitor]
+            sock.disable_monitor()
+            monitor.close()
+        self.poller.unregister(sock)
+        sock.close()
         self.routers.pop(name, None)
         self.pubs.pop(name, None)
         self.down.discard(name)
@@ -487,57 +495,66 @@ class Client:
         from the member list and the --connect endpoints are asked too, and the first list one
         answers with is taken. None once one is back; else the reason to dead-letter with.
 
-        When that wait ends with no answer, the mesh is taken to be unreachable: the batches
-        after it are dead-lettered at once with the same reason, not after a wait each (a file
-        sent to a mesh that is gone would take one deadline per batch: hours), while poll()'s
-        refresh goes on asking every second, the dropped workers and the seeds too. The first
-        worker that answers ends that (_reachable)."""
-        if self._unanswered is not None:
-            self.poll(0)  # replies, and the per-second refresh of every worker and probe
-            if not self.members:
-                return self._unanswered
-            self._reachable()
-            return None
-        asked = sorted(self.peers)
-        known = set(self.routers.values())
-        others = [ep for ep in dict.fromkeys([*self._former.values(), *self._seeds]) if ep not in known]
-        if not asked and not others:
-            return "no live workers"  # none known: nobody to ask
+        An outage gets OUTAGE_DEADLINES deadlines of such waits (30 s by default), one batch at
+        a time, which is what a restarted worker needs. After that the batches are dead-lettered
+        at once with the same reason: a file sent to a mesh that is gone took one deadline per
+        batch (hours). Then every PROBE_EVERY_S a batch asks again and waits PROBE_WAIT_S for
+        an answer. The probes are sockets of their own to every worker known, dropped or seed,
+        which reconnect every 100 ms (a peer's back off to 8 s), so a worker that comes back is
+        found within about 0.3 s of binding its port. The first answer ends the outage
+        (_reachable)."""
         now = time.monotonic()
-        end, self._next_refresh = now + self.deadline_s, now + 1.0
-        self._refresh()
-        # The workers dropped from the member list and the --connect endpoints, asked once: the
-        # first member list one answers with is taken (_on_members). A worker whose list the
-        # client followed may have been cut off from the others, which are still there.
-        try:
-            hello = P.encode(P.HELLO, {"role": "client"})
-            for ep in others:
+        if self._outage is None:  # it starts: whom to ask, and the reason to give if none answers
+            asked = sorted(self.peers)
+            known = set(self.routers.values())
+            others = [ep for ep in dict.fromkeys([*self._former.values(), *self._seeds]) if ep not in known]
+            if not asked and not others:
+                return "no live workers"  # none known: nobody to ask
+            also = f" (nor {len(others)} other endpoint{'s' * (len(others) > 1)})" if others else ""
+            whom = (f"none of {', '.join(asked)}{also}" if asked else
+                    f"none at {', '.join(others[:3])}{f' and {len(others) - 3} more' * (len(others) > 3)}")
+            self._outage = (now, f"no live workers: {whom} answered within {self.deadline_s:g} s")
+            # A worker whose list the client followed may have been cut off from the others, which
+            # are still there: the dropped workers and the seeds are asked too
+            for ep in [*others, *sorted(known)]:
                 sock = self._dealer()
+                sock.setsockopt(zmq.RECONNECT_IVL, 100)
+                sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
                 self._probes.append(sock)
                 sock.connect(ep)
                 self.poller.register(sock, zmq.POLLIN)
-                try:
-                    sock.send_multipart(hello, zmq.NOBLOCK)
-                except zmq.Again:
-                    pass
-            while not self.members:
-                left = end - time.monotonic()
-                if left <= 0:
-                    also = f" (nor {len(others)} other endpoint{'s' * (len(others) > 1)})" if others else ""
-                    whom = (f"none of {', '.join(asked)}{also}" if asked else
-                            f"none at {', '.join(others[:3])}{f' and {len(others) - 3} more' * (len(others) > 3)}")
-                    self._unanswered = f"no live workers: {whom} answered within {self.deadline_s:g} s"
-                    return self._unanswered
-                self.poll(min(100, math.ceil(left * 1000)))  # (poll() probes again every second)
-        finally:
-            if self._unanswered is None:
-                self._reachable()
+        since, reason = self._outage
+        if now - since < OUTAGE_DEADLINES * self.deadline_s:
+            wait_s = self.deadline_s
+        elif now >= self._probe_at:
+            wait_s = min(PROBE_WAIT_S, self.deadline_s)
+            self._probe_at = now + PROBE_EVERY_S
+        else:
+            wait_s = 0.0
+        if wait_s:
+            end, self._next_refresh = now + wait_s, now + 1.0
+            self._refresh()  # every worker known, and every probe
+            while not self.members and (left := end - time.monotonic()) > 0:
+                self.poll(max(1, min(100, math.ceil(left * 1000))))  # (poll() probes again every second)
+        else:
+            self.poll(0)  # replies (and poll()'s per-second refresh)
+        if not self.members:
+            self._unanswered = reason
+            return reason
+        self._reachable(recovered=True)
         return None
 
-    def _reachable(self) -> None:
-        """A worker answered after all (or the client closes): the next batch that finds none
-        live waits again."""
-        self._unanswered = None
+    def _reachable(self, recovered: bool = False) -> None:
+        """A worker answered after all (or the client closes): the outage is over. recovered:
+        after a wait that went unanswered (_unanswered), every worker's socket with nothing in
+        flight is made afresh: one that lost its connection may be waiting out its reconnection
+        backoff (up to 8 s), and what is sent to it would wait as long."""
+        if recovered and self._unanswered is not None:
+            for name in [n for n in self.peers if not self.inflight.get(n)]:
+                router = self.routers[name]
+                self._close_peer_socket(name, self.peers.pop(name))
+                self._add_peer(name, router)
+        self._outage = self._unanswered = None
         for sock in self._probes:
             self.poller.unregister(sock)
             sock.close()
@@ -564,8 +581,8 @@ class Client:
             if problem:
                 self._dead_letter(arrays, attempt, problem)
                 return
-        elif self._unanswered is not None:  # a worker answered poll()'s refresh
-            self._reachable()
+        elif self._outage is not None:  # a worker answered poll()'s refresh
+            self._reachable(recovered=True)
         names = self.members
         owner = owners(arrays["card"], names)
         order = np.argsort(owner, kind="stable")
