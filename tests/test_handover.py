@@ -327,12 +327,30 @@ def test_a_worker_from_before_the_handover_is_asked_again_every_30_s_with_one_wa
                                                             "status, deploy, intel_sync")])
                 assert h.socks["w2"].poll(5000)
                 h.on_reply("w2", e)
+        # It is upgraded: it leaves the member list, and comes back at the same endpoints. Its cards
+        # are offered within a second, not at the next regular sweep (t=93 s: a tester's 33 s without them).
+        h.tick(e, {}, ["w1"], now=70.2)
+        h.tick(e, {"w2": f"tcp://127.0.0.1:{port}"}, ["w1", "w2"], now=70.4)  # (a new socket: not connected yet)
+        deadline = time.monotonic() + 5
+        while h.socks["w2"].poll(0, zmq.POLLOUT) == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        h.tick(e, {"w2": f"tcp://127.0.0.1:{port}"}, ["w1", "w2"], now=71.4)  # the retry 1 s later
+        assert h.pending and old.poll(5000)
+        ident, *frames = old.recv_multipart()
+        asked.append(71.4)
+        old.send_multipart([ident, *P.encode(P.CONTROL, {"op": "cards", "ok": True, "seq": P.parse(frames).header["seq"],
+                                                         "added": 1, "merged": 0})])
+        assert h.socks["w2"].poll(5000)
+        h.on_reply("w2", e)
     finally:
         h.close()
         old.close(linger=0)
     # the settle sweep (3 s) passes it over; the regular ones, every 30 s from there, ask again
-    assert EVERY_S == 30.0 and asked == [0.0, 33.0, 63.0]
-    assert len(e.card_ids()) == 200 and not h.pending and h.taken_back == 3 * (owners(cards, ["w1", "w2"]) == 1).sum()
+    assert EVERY_S == 30.0 and asked == [0.0, 33.0, 63.0, 71.4]
+    assert h.handed == (owners(cards, ["w1", "w2"]) == 1).sum() and not h.refused
+    assert len(e.card_ids()) == 200 - h.handed and not h.pending
+    assert h.taken_back == 3 * (owners(cards, ["w1", "w2"]) == 1).sum()
     warnings = [r.getMessage() for r in caplog.records if "not taken by w2" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].endswith(
         "kept here: w2 is a worker of a zfraud from before the card handover; asked again every 30 s, in case it "

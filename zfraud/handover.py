@@ -93,6 +93,7 @@ class Handover:
     def _close(self, name: str) -> None:
         sock = self.socks.pop(name)
         del self.routers[name]
+        self.refused.pop(name, None)  # gone (an upgrade stops it) or moved: what comes back is asked at once
         if self.poller is not None:
             self.poller.unregister(sock)
         sock.close(linger=0)  # what it still holds comes back by timeout (expire)
