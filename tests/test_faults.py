@@ -208,6 +208,29 @@ def test_after_an_outage_a_client_finds_its_worker_back_within_a_second(tmp_path
         assert (v["decision"] != P.REJECTED).all() and c.resent == 0
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_stops_send_at_once_with_that_signals_status(tmp_path, sig):
+    """The first signal lets what was sent be answered (up to --deadline); a second stops at once.
+    Two SIGTERMs (a supervisor that repeats its stop) exited 130, Ctrl-C's status, not 143."""
+    with LocalMesh(1, log_dir=str(tmp_path)) as mesh:
+        send = start_send(mesh.endpoint, "--synthetic", "1000000", "--rate", "2000", "--deadline", "30")
+        time.sleep(2.0)
+        mesh.signal("w1", signal.SIGSTOP)  # what was sent stays unanswered: send waits for it
+        try:
+            time.sleep(0.3)
+            send.send_signal(sig)
+            time.sleep(0.5)
+            assert send.poll() is None  # still waiting for its answers
+            t0 = time.monotonic()
+            send.send_signal(sig)
+            out, err = send.communicate(timeout=20)
+        finally:
+            send.kill()
+            mesh.signal("w1", signal.SIGCONT)
+    assert send.returncode == 128 + sig and time.monotonic() - t0 < 5, err
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
+
+
 def test_a_send_whose_only_worker_leaves_dead_letters_the_rest_at_once(tmp_path):
     """The mesh's only worker stops for good mid-send: the rest of the input is dead-lettered
     after one --deadline, and send ends with status 1. It took one --deadline per batch (about

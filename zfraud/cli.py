@@ -58,9 +58,9 @@ def friendly_errors(fn):
             raise click.ClickException(str(e)) from None
         except MemoryError as e:  # numpy's message goes on to list the array's whole dtype
             raise click.ClickException(f"out of memory: {str(e).split(' for an array')[0] or 'an allocation failed'}") from None
-        except KeyboardInterrupt:  # Ctrl-C in a command without its own handling: click said "Aborted!", 1
+        except KeyboardInterrupt as e:  # Ctrl-C in a command without its own handling: click said "Aborted!", 1
             click.echo(("\n" if sys.stderr.isatty() else "") + "interrupted", err=True)
-            sys.exit(130)
+            sys.exit(getattr(e, "status", 130))
     return wrapper
 
 
@@ -428,8 +428,10 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
     interrupted, rejected = [], Counter()
 
     def interrupt(signum, _frame):
-        if interrupted:  # the second Ctrl-C: stop waiting
-            raise KeyboardInterrupt
+        if interrupted:  # the second Ctrl-C (or SIGTERM): stop waiting, with that signal's status
+            stop = KeyboardInterrupt()
+            stop.status = 128 + signum
+            raise stop
         interrupted.append(signum)
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
