@@ -339,8 +339,8 @@ def test_a_worker_from_before_the_handover_is_asked_again_every_30_s_with_one_wa
         assert h.pending and old.poll(5000)
         ident, *frames = old.recv_multipart()
         asked.append(71.4)
-        old.send_multipart([ident, *P.encode(P.CONTROL, {"op": "cards", "ok": True, "seq": P.parse(frames).header["seq"],
-                                                         "added": 1, "merged": 0})])
+        seq = P.parse(frames).header["seq"]
+        old.send_multipart([ident, *P.encode(P.CONTROL, {"op": "cards", "ok": True, "seq": seq, "added": 1, "merged": 0})])
         assert h.socks["w2"].poll(5000)
         h.on_reply("w2", e)
     finally:

@@ -253,14 +253,19 @@ def test_the_deepest_expression_allowed_loads_and_evaluates_far_down_the_stack()
     assert down(700)[1].tolist() == [0, 1, 1, 1]
 
 
+def refused_by_worker_and_deploy(path, line: str) -> None:
+    """`worker --rules PATH` and `deploy --rules PATH` both stop with status 1 and this one line."""
+    for args in (("worker", "--rules", str(path), "--bind", "tcp://127.0.0.1:0", "--name", "w"),
+                 ("deploy", "--rules", str(path), "--connect", "tcp://127.0.0.1:9")):
+        r = run_cli(*args, timeout=30)
+        assert r.returncode == 1 and r.stderr.strip().splitlines() == [line], (args[0], r.stderr)
+
+
 def test_a_worker_and_deploy_name_a_rules_file_that_is_not_utf8(tmp_path):
     bad = tmp_path / "latin1.toml"
     bad.write_bytes(b'\xff\xfe version = "x"\n')
-    expected = [f"Error: {bad}: not UTF-8 text (byte 0xff at offset 0); save the rules file as UTF-8"]
-    r = run_cli("worker", "--rules", str(bad), "--bind", "tcp://127.0.0.1:0", "--name", "w", timeout=30)
-    assert r.returncode == 1 and r.stderr.strip().splitlines() == expected, r.stderr
-    r = run_cli("deploy", "--rules", str(bad), "--connect", "tcp://127.0.0.1:9", timeout=30)
-    assert r.returncode == 1 and r.stderr.strip().splitlines() == expected, r.stderr
+    refused_by_worker_and_deploy(bad, f"Error: {bad}: not UTF-8 text (byte 0xff at offset 0); save the rules "
+                                      f"file as UTF-8")
 
 
 def test_a_worker_and_deploy_refuse_long_rule_names_in_one_line(tmp_path):
@@ -269,11 +274,8 @@ def test_a_worker_and_deploy_refuse_long_rule_names_in_one_line(tmp_path):
     long = tmp_path / "longnames.toml"
     long.write_text('version = "names"\n' + "".join(
         f'[[rule]]\nname = "r{i}{"n" * 2000}"\nwhen = "amount > 1e9"\naction = "review"\n' for i in range(40)))
-    expected = [f"Error: {long}: rule #1 name 'r0nnnnnnnnnnnnnnnnnn'... is 2002 characters; {NAME_LIMIT}"]
-    r = run_cli("worker", "--rules", str(long), "--bind", "tcp://127.0.0.1:0", "--name", "w", timeout=30)
-    assert r.returncode == 1 and r.stderr.strip().splitlines() == expected, r.stderr
-    r = run_cli("deploy", "--rules", str(long), "--connect", "tcp://127.0.0.1:9", timeout=30)
-    assert r.returncode == 1 and r.stderr.strip().splitlines() == expected, r.stderr
+    refused_by_worker_and_deploy(long, f"Error: {long}: rule #1 name 'r0nnnnnnnnnnnnnnnnnn'... is 2002 characters; "
+                                       f"{NAME_LIMIT}")
 
 
 def mesh_versions(endpoint):
