@@ -231,16 +231,23 @@ def test_a_second_signal_stops_send_at_once_with_that_signals_status(tmp_path, s
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
 
 
+def send_then_signal(mesh, dead, sig, *args):
+    """`zfraud send ARGS --dead-letter DEAD` to a one-worker mesh, and 1 s in, `sig` to the worker."""
+    send = start_send(mesh.endpoint, *args, "--dead-letter", str(dead))
+    time.sleep(1.0)
+    mesh.signal("w1", sig)
+    return send
+
+
 def test_a_send_whose_only_worker_leaves_dead_letters_the_rest_at_once(tmp_path):
     """The mesh's only worker stops for good mid-send: the rest of the input is dead-lettered
-    after one --deadline, and send ends with status 1. It took one --deadline per batch (about
-    190 s for these 200,000 rows; hours for a Handbook file), printing nothing."""
+    once the outage's waits are over (6 --deadlines), and send ends with status 1. It took one
+    --deadline per batch (about 190 s for these 200,000 rows; hours for a Handbook file),
+    printing nothing."""
     with LocalMesh(1, log_dir=str(tmp_path)) as mesh:
         dead = tmp_path / "dead.jsonl"
-        send = start_send(mesh.endpoint, "--synthetic", "200000", "--rate", "50000", "--deadline", "1",
-                          "--dead-letter", str(dead))
-        time.sleep(1.0)
-        mesh.signal("w1", signal.SIGTERM)
+        send = send_then_signal(mesh, dead, signal.SIGTERM, "--synthetic", "200000", "--rate", "50000",
+                                "--deadline", "1")
         assert mesh.procs["w1"].wait(15) == 0
         t0 = time.monotonic()
         rc, s, err = finish(send, timeout=60)
@@ -324,10 +331,8 @@ def test_a_killed_worker_restarted_rejoins_and_gets_traffic(tmp_path):
 def test_send_counts_dead_letters_and_exits_non_zero(tmp_path):
     with LocalMesh(1, log_dir=str(tmp_path)) as mesh:
         dead = tmp_path / "dead.jsonl"
-        send = start_send(mesh.endpoint, "--synthetic", "40000", "--rate", "20000", "--deadline", "0.5",
-                          "--dead-letter", str(dead))
-        time.sleep(1.0)
-        mesh.signal("w1", signal.SIGSTOP)
+        send = send_then_signal(mesh, dead, signal.SIGSTOP, "--synthetic", "40000", "--rate", "20000",
+                                "--deadline", "0.5")
         try:
             rc, s, err = finish(send, timeout=90)
         finally:
