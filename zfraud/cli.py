@@ -125,11 +125,12 @@ def _date(ctx, param, value):
 
 def _dates_in_order(date_from: int, date_to: int, what: str) -> None:
     """--from after --to is a usage error (status 2), found before the file is read."""
-    from .dataset import date_of
+    from .dataset import check_dates
 
-    if date_from > date_to:
-        raise click.UsageError(f"the {what} dates run backwards: --from {date_of(date_from)} is after --to "
-                               f"{date_of(date_to)}")
+    try:
+        check_dates(date_from, date_to, what)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
 
 
 def _connected(make, endpoint: str, *args, **kwargs):

@@ -271,7 +271,7 @@ class Client:
         self._seeds: list[str] = []          # the --connect endpoints
         self._former: dict[str, str] = {}    # worker dropped from the member list -> its ROUTER (the last 64)
         self._outage = None                  # with no worker live: (since when, the reason to dead-letter with)
-        self._unanswered: str | None = None  # ... once a wait went unanswered: that reason (_await_member)
+        self._waited_out = False             # ... and a wait went unanswered (_await_member)
         self._probes: list = []              # ... its sockets to every worker known, dropped, or a seed
         self._probe_at = 0.0                 # ... and when a batch asks them again (PROBE_EVERY_S)
         self.on_result = None  # callable(verdicts: dict, header: dict) for each RESULT
@@ -539,22 +539,22 @@ class Client:
         else:
             self.poll(0)  # replies (and poll()'s per-second refresh)
         if not self.members:
-            self._unanswered = reason
+            self._waited_out = True
             return reason
         self._reachable(recovered=True)
         return None
 
     def _reachable(self, recovered: bool = False) -> None:
         """A worker answered after all (or the client closes): the outage is over. recovered:
-        after a wait that went unanswered (_unanswered), every worker's socket with nothing in
+        after a wait that went unanswered (_waited_out), every worker's socket with nothing in
         flight is made afresh: one that lost its connection may be waiting out its reconnection
         backoff (up to 8 s), and what is sent to it would wait as long."""
-        if recovered and self._unanswered is not None:
+        if recovered and self._waited_out:
             for name in [n for n in self.peers if not self.inflight.get(n)]:
                 router = self.routers[name]
                 self._close_peer_socket(name, self.peers.pop(name))
                 self._add_peer(name, router)
-        self._outage = self._unanswered = None
+        self._outage, self._waited_out = None, False
         for sock in self._probes:
             self.poller.unregister(sock)
             sock.close()

@@ -119,11 +119,16 @@ def day_of(date: str) -> int:
         raise ValueError(f"expected a date as YYYY-MM-DD, got {date!r}") from None
 
 
+def check_dates(date_from: int, date_to: int, what: str) -> None:
+    """ValueError if [date_from, date_to] (days since the epoch) runs backwards."""
+    if date_from > date_to:
+        raise ValueError(f"the {what} dates run backwards: --from {date_of(date_from)} is after --to {date_of(date_to)}")
+
+
 def rows_between(data: dict, date_from: int, date_to: int, what: str) -> np.ndarray:
     """The mask of data's rows dated in [date_from, date_to] (days since the epoch, inclusive);
     ValueError saying why when there are none, e.g. the dates the file does hold."""
-    if date_from > date_to:
-        raise ValueError(f"the {what} dates run backwards: --from {date_of(date_from)} is after --to {date_of(date_to)}")
+    check_dates(date_from, date_to, what)
     keep = (data["day"] >= date_from) & (data["day"] <= date_to)
     if not keep.any():
         held = (f"the file holds {date_of(data['day'].min())} to {date_of(data['day'].max())}" if len(data["day"])
