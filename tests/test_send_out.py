@@ -108,3 +108,14 @@ def test_send_from_a_closed_standard_input_is_a_usage_error():
                        preexec_fn=lambda: os.close(0))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "standard input is closed: give a FILE, or pipe the transactions in" in r.stderr, r.stderr
+
+
+def test_a_closed_standard_output_is_a_usage_error_and_nothing_is_sent(mesh2):
+    """`zfraud send --json >&-` sent everything and exited 0: its summary, the one thing asked of it,
+    went nowhere (click.echo writes nothing when sys.stdout is None)."""
+    r = subprocess.run([sys.executable, "-m", "zfraud", "send", "--synthetic", "100", "--connect", mesh2.endpoint,
+                        "--json"], stderr=subprocess.PIPE, text=True, timeout=60, stdout=subprocess.DEVNULL,
+                       preexec_fn=lambda: os.close(1))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines()[-1] == ("Error: standard output is closed, and this command prints its result "
+                                         "there: redirect it instead (> FILE, or > /dev/null)"), r.stderr

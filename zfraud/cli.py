@@ -238,6 +238,10 @@ def main():
     """
     from .sockets import raise_descriptor_limit
 
+    if sys.stdout is None and click.get_current_context().invoked_subcommand != "worker":
+        # started with `>&-`: click.echo writes nothing then, so a summary or a status went nowhere, status 0
+        raise click.UsageError("standard output is closed, and this command prints its result there: "
+                               "redirect it instead (> FILE, or > /dev/null)")
     raise_descriptor_limit()  # each worker of the mesh costs a worker and a client a few descriptors
 
 
