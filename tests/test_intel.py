@@ -240,6 +240,23 @@ def test_label_command(data, model_path, tmp_path):
     assert labels == len(g["TRANSACTION_ID"])  # each label applied once, by its card's owner
 
 
+def test_a_fraud_label_after_a_genuine_one_counts_and_a_resent_fraud_does_not(model_path, tmp_path):
+    """A transaction cleared as genuine, then charged back as fraud: the fraud label was dropped as
+    a repeat of the genuine one (`1 labels sent; 0 frauds counted`), so the terminal never saw it."""
+    def label(tx_id, fraud):
+        return {"tx_id": np.array([tx_id], np.uint64), "card": np.array([7], np.uint64),
+                "terminal": np.array([3], np.uint64), "ts_ms": np.array([T0], np.int64),
+                "amount": np.array([50.0]), "fraud": np.array([fraud], np.uint8)}
+
+    extra = ["--model", str(model_path), "--cards", "4096", "--terminals", "4096"]
+    with LocalMesh(1, extra_args=extra, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint) as c:
+        counted = [sum(c.label(label(tx_id, fraud)).values())
+                   for tx_id, fraud in ((1, 0), (1, 1), (1, 1), (2, 1), (2, 0), (2, 1))]
+        labels = c.control("w1", "status")["status"]["labels"]
+    assert counted == [0, 1, 0, 1, 0, 0]
+    assert labels == 4  # the genuine labels (which count nothing) and the first fraud label of each id
+
+
 def test_counts_bigger_than_a_frame_travel_in_pieces_and_merge_whole(model_path, ctx, monkeypatch):
     """An export with more rows per table than INTEL_CHUNK_ROWS goes out in pieces, each a
     valid export: intel.terminal messages one after the other, and an intel_sync reply whose

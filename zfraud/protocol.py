@@ -56,7 +56,7 @@ VERDICT_COLUMNS = (
 
 # Confirmed labels (LABEL, client -> the card's owner): feed terminal risk once revealed.
 LABEL_COLUMNS = (
-    ("tx_id", "<u8"),     # the labelled transaction (labels are deduplicated by it)
+    ("tx_id", "<u8"),     # the labelled transaction (a fraud label counts once per tx_id)
     ("card", "<u8"),
     ("terminal", "<u8"),
     ("ts_ms", "<i8"),     # the transaction's event time: the label counts on that day

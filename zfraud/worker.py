@@ -913,8 +913,14 @@ class Worker:
             log.warning("refused %d of %d labels: ts_ms before 2000 or more than 1 day ahead of this worker's "
                         "clock (epoch milliseconds expected)", refused, rows)
             cols = {k: v[ok] for k, v in cols.items()}
-        fresh = np.empty(len(cols["tx_id"]), dtype=np.uint8)
-        self.labels_seen.check_and_add(cols["tx_id"], fresh)
+        # Only a fraud label counts (in the terminal's rings), so only fraud labels are remembered: a
+        # genuine label then a fraud one for the same transaction (a chargeback after it was cleared)
+        # counts the fraud; a resent fraud label counts once.
+        fraud = cols["fraud"] != 0
+        fresh = np.ones(len(fraud), dtype=np.uint8)
+        fresh_frauds = np.empty(int(fraud.sum()), dtype=np.uint8)
+        self.labels_seen.check_and_add(cols["tx_id"][fraud], fresh_frauds)
+        fresh[fraud] = fresh_frauds
         new = fresh.view(bool)
         frauds = self.scorer.features.apply_labels({k: v[new] for k, v in cols.items()})
         self.stats["labels"] += int(new.sum())
