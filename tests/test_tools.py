@@ -48,7 +48,9 @@ def test_gen_train_backtest(workdir, algo, kind):
     known = known_compromised_mask(d["day"], d["card"], d["day"][fraud], d["card"][fraud], 7, res["known_from_day"])
     assert (res["streamed_tx"], res["lost"]) == (len(d["tx_id"]), 0)
     assert (res["tx"], res["frauds"]) == ((test & ~known).sum(), (test & ~known & fraud).sum())
-    assert sum(res["decisions"].values()) == test.sum() and res["models"] == [algo]
+    # decisions count the rows the metrics are of (they counted the removed known-compromised cards' too)
+    assert sum(res["decisions"].values()) == (test & ~known).sum() and res["models"] == [algo]
+    assert res["resent"] == 0
     assert set(res["recall_by_scenario"]) == {str(s) for s in np.unique(d["scenario"][test & ~known & fraud])}
     # A model that learned something (on this small file the logistic regression gets AUC 0.72 and
     # AP 0.54, LightGBM more): chance is AUC 0.5 and AP the fraud share, about 0.13.
@@ -77,6 +79,73 @@ def test_ctrl_c_during_a_backtest_stops_its_workers_and_exits_130(workdir):
     assert out == "" and "Aborted" not in err and "Traceback" not in err, err
     for pid in workers:  # stopped and reaped by the back-test
         assert not os.path.exists(f"/proc/{pid}"), f"worker {pid} outlived the back-test"
+
+
+def test_a_worker_that_dies_during_a_backtest_fails_it_with_no_metrics(workdir):
+    """kill -9 of one of the two workers mid-stream: the client resent its batches to the other, and
+    the back-test printed metrics of a different run (the dead worker's card state gone) with status 0."""
+    import shutil
+
+    from zfraud.backtest import backtest
+    from zfraud.client import MeshError
+
+    r = run_cli("train", "data.csv", *TRAIN, "--algo", "logistic", "-o", "die.json", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    me, scored, killed = os.getpid(), [0], []
+
+    def kill_w2_once_scoring_is_under_way(rows):
+        scored[0] += rows
+        if killed or scored[0] < 5000:
+            return
+        with open(f"/proc/{me}/task/{me}/children") as f:
+            for pid in map(int, f.read().split()):
+                with open(f"/proc/{pid}/cmdline", "rb") as g:
+                    if b"\0--name\0w2\0" in g.read():
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+
+    with pytest.raises(MeshError) as e:
+        backtest(str(workdir / "data.csv"), str(workdir / "die.json"), day_of("2018-08-08"), day_of("2018-08-14"),
+                 progress=kill_w2_once_scoring_is_under_way)
+    assert killed and str(e.value).startswith("worker w2 of the back-test's mesh exited (status -9), and the state "
+                                              "of its cards with it"), e.value
+    log = str(e.value).split("Its log: ")[1]
+    assert os.path.exists(log)  # kept, to be read
+    shutil.rmtree(os.path.dirname(log))
+
+
+def test_a_test_week_left_empty_by_known_compromised_cards_says_so_before_any_worker_starts(tmp_path):
+    """One customer, whose card is known to be compromised from before the test days: every test row
+    is removed, and the back-test ended after the whole stream in "The weights and list don't have the
+    same length" (numpy's words, from auc of no rows)."""
+    from zfraud.evaluate import auc, evaluate
+
+    r = run_cli("gen", "one.csv", "--customers", "1", "--terminals", "10000", "--days", "90", "--seed", "2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "empty.json").write_text("")  # never read: the test set is checked first
+    # (awk: 90 rows have TX_TIME_DAYS 39 to 80; the card had a fraud on day 0)
+    r = run_cli("backtest", "one.csv", "--model", "empty.json", "--from", "2018-05-10", "--to", "2018-06-20",
+                cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "Error: no test transaction is left: all 90 on the test days are of cards known to be compromised (a fraud "
+        "on them from 2018-04-26 on, --known-from)"], r.stderr
+    assert np.isnan(auc([], [])) and evaluate([], [], [], [])["tx"] == 0
+
+
+def test_train_and_backtest_refuse_a_file_that_repeats_a_transaction_id(workdir, tmp_path):
+    """Workers count a repeated id once, the replay each time: train and backtest saw two different
+    files, and both went ahead without a word (59,546 of 64,489 scores differed from the replay)."""
+    lines = (workdir / "data.csv").read_text().splitlines(keepends=True)
+    (tmp_path / "dup.csv").write_text("".join(lines[:1] + [x for i, x in enumerate(lines[1:]) for _ in range(1 + (i % 10 == 3))]))
+    (tmp_path / "empty.json").write_text("")
+    repeated = len(range(3, len(lines) - 1, 10))
+    first = lines[4].split(",")[0]
+    for command, args in (("train", (*TRAIN, "-o", "m.json")), ("backtest", ("--model", "empty.json", *TEST))):
+        r = run_cli(command, "dup.csv", *args, cwd=tmp_path)
+        assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+            f"Error: dup.csv: {repeated:,} rows repeat the TRANSACTION_ID of another row ({repeated:,} ids, the first "
+            f"{first}); labelled history must hold each transaction once"], (command, r.stderr)
+    assert not (tmp_path / "m.json").exists()
 
 
 def test_a_bad_model_file_is_one_line_before_any_worker_starts(workdir):

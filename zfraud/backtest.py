@@ -16,8 +16,8 @@ import time
 import numpy as np
 
 from . import protocol as P
-from .client import Client
-from .dataset import read_labelled, rows_between
+from .client import Client, MeshError
+from .dataset import date_of, read_labelled, refuse_repeated_ids, rows_between
 from .evaluate import evaluate, known_compromised_mask
 from .local import LocalMesh
 from .model import check_delay, load_model
@@ -34,11 +34,12 @@ def known_from_default(test_from: int, delay_days: int) -> int:
 
 
 def stream_with_labels(client: Client, data: dict, delay_days: int, batch: int = 4096, progress=None,
-                       steps: slice = slice(None)):
+                       steps: slice = slice(None), check=None):
     """Send every transaction of `data` (time-sorted) bucket by bucket with labels revealed
     `delay_days` late; returns (score float32, decision uint8, model version per row or None).
     steps: only these steps of the schedule (zfraud.train.label_schedule), to stream a file in
-    parts; the rows of the others stay NaN / REJECTED."""
+    parts; the rows of the others stay NaN / REJECTED. check: called after each step is answered
+    (to raise if the mesh is no longer what the scores need)."""
     n = len(data["tx_id"])
     score = np.full(n, np.nan, dtype=np.float32)
     decision = np.full(n, P.REJECTED, dtype=np.uint8)
@@ -62,7 +63,9 @@ def stream_with_labels(client: Client, data: dict, delay_days: int, batch: int =
             client.poll(0)
         if not client.drain(120):
             when = np.datetime64(int(data["ts_ms"][s]), "ms")
-            raise RuntimeError(f"transactions from {when}: the mesh did not answer within 120 s")
+            raise MeshError(f"transactions from {when}: the mesh did not answer within 120 s")
+        if check is not None:
+            check()
     client.on_result = None
     return score, decision, models
 
@@ -78,12 +81,32 @@ def _check_not_ahead(ts_ms: np.ndarray) -> None:
                          f"history, not the future (`zfraud gen --start` an earlier date)")
 
 
+def _every_worker_running(mesh: LocalMesh) -> None:
+    """MeshError if a worker of the back-test's mesh has exited. The client resends its batches to
+    the others, so every row would still get a score, but the state of its cards (and its share
+    of the terminal counts) went with it: the metrics would be of another run than the replay's."""
+    for name, proc in mesh.procs.items():
+        if proc.poll() is not None:
+            raise MeshError(f"worker {name} of the back-test's mesh exited (status {proc.returncode}), and the "
+                            f"state of its cards with it: the scores would no longer be a replay of the file, so no "
+                            f"metric is given. Its log: {os.path.join(mesh.log_dir, name + '.log')}")
+
+
 def backtest(path, model_path, test_from: int, test_to: int, delay_days: int = 7, workers: int = 2,
              known_from: int | None = None, k: int = 100, progress=None, data: dict | None = None) -> dict:
     """Run the back-test; dates are days since the epoch (inclusive). Returns the metrics."""
     t0 = time.perf_counter()
     data = data if data is not None else read_labelled(path)
+    refuse_repeated_ids(data, path)
     test = rows_between(data, test_from, test_to, "test")
+    known_from = known_from if known_from is not None else known_from_default(test_from, delay_days)
+    fraud = data["fraud"] == 1
+    known = known_compromised_mask(data["day"], data["card"], data["day"][fraud], data["card"][fraud],
+                                   delay_days, known_from)
+    sel = test & ~known  # the rows the metrics are of: said now if there are none, not after the whole stream
+    if not sel.any():
+        raise ValueError(f"no test transaction is left: all {int(test.sum()):,} on the test days are of cards known "
+                         f"to be compromised (a fraud on them from {date_of(known_from)} on, --known-from)")
     model_path = os.path.abspath(model_path)  # the workers run in the mesh's own directory
     check_delay(load_model(model_path), delay_days, "this back-test")  # one clear error, not workers that fail to start
     _check_not_ahead(data["ts_ms"])
@@ -91,22 +114,23 @@ def backtest(path, model_path, test_from: int, test_to: int, delay_days: int = 7
              "--cards", str(_capacity(data["card"])), "--terminals", str(_capacity(data["terminal"]))]
     with LocalMesh(workers, extra_args=extra) as mesh, Client(mesh.endpoint, deadline_s=30) as client:
         t1 = time.perf_counter()
-        score, decision, models = stream_with_labels(client, data, delay_days, progress=progress)
+        score, decision, models = stream_with_labels(client, data, delay_days, progress=progress,
+                                                     check=lambda: _every_worker_running(mesh))
         stream_s = time.perf_counter() - t1
+        resent, dead = client.resent, client.dead_lettered
     lost = int(np.isnan(score).sum())
-    known_from = known_from if known_from is not None else known_from_default(test_from, delay_days)
-    fraud = data["fraud"] == 1
-    known = known_compromised_mask(data["day"], data["card"], data["day"][fraud], data["card"][fraud],
-                                   delay_days, known_from)
-    sel = test & ~known
+    if lost:  # dead-lettered: a NaN score (evaluate refuses those) or rows left out of the metrics
+        raise MeshError(f"{lost:,} of {len(score):,} transactions got no score ({dead:,} of them dead-lettered after "
+                        f"every attempt failed, the others rejected by the workers): no metric is given")
     result = evaluate(data["day"][sel], data["card"][sel], data["fraud"][sel], score[sel].astype(np.float64),
                       scenario=data["scenario"][sel], k=k)
-    counts = np.bincount(decision[test], minlength=len(P.DECISIONS))
+    counts = np.bincount(decision[sel], minlength=len(P.DECISIONS))  # of the rows scored, as the metrics
     result.update({
         "decisions": dict(zip(P.DECISIONS, counts.tolist())),
         "removed_known_tx": int((test & known).sum()),
         "known_from_day": known_from,
-        "streamed_tx": len(score), "lost": lost, "workers": workers, "models": sorted(m for m in models if m),
+        "streamed_tx": len(score), "lost": lost, "resent": resent, "workers": workers,
+        "models": sorted(m for m in models if m),
         "stream_tx_per_s": round(len(score) / stream_s, 1), "elapsed_s": round(time.perf_counter() - t0, 1),
     })
     return result

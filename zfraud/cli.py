@@ -923,7 +923,7 @@ def keys_init(directory, force):
 def train(data, date_from, date_to, delay_days, algo, out, version):
     """Replay DATA (Handbook CSV) through the workers' streaming features, labels revealed
     --delay days late, and fit a model on the rows dated in [--from, --to]."""
-    from .dataset import read_labelled
+    from .dataset import read_labelled, refuse_repeated_ids
     from .model import save_model
     from .train import train as fit
 
@@ -932,6 +932,7 @@ def train(data, date_from, date_to, delay_days, algo, out, version):
     version = _version_or_stem(version, out, "--out")
     t0 = time.perf_counter()
     d = read_labelled(data)
+    refuse_repeated_ids(d, data)
     bar = Progress(total=len(d["tx_id"]), label="replayed",
                    then=f"fitting {'LightGBM' if algo == 'gbdt' else 'the logistic regression'} (no progress shown) ...")
     model = fit(d, date_from, date_to, delay_days, algo, version, progress=bar)
@@ -972,6 +973,9 @@ def backtest(data, model_path, date_from, date_to, delay_days, workers, known_fr
     for sc, rec in sorted((r.get("recall_by_scenario") or {}).items()):
         click.echo(f"  recall at 100 cards/day, scenario {sc}: {rec:.3f}", file=out)
     click.echo(f"decisions {r['decisions']}; streamed {r['streamed_tx']:,} tx through {r['workers']} workers at "
-               f"{r['stream_tx_per_s']:,.0f} tx/s; lost {r['lost']}", file=out)
+               f"{r['stream_tx_per_s']:,.0f} tx/s; lost {r['lost']}; resent {r['resent']}", file=out)
+    if r["resent"]:
+        click.echo(f"{r['resent']:,} transactions were resent after a worker missed the 30 s deadline: the state of "
+                   f"their cards and terminals may count them twice, so the scores may differ from a replay's", err=True)
     if as_json:
         click.echo(json.dumps(r))

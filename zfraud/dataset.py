@@ -125,6 +125,18 @@ def check_dates(date_from: int, date_to: int, what: str) -> None:
         raise ValueError(f"the {what} dates run backwards: --from {date_of(date_from)} is after --to {date_of(date_to)}")
 
 
+def refuse_repeated_ids(data: dict, path) -> None:
+    """InputError if a TRANSACTION_ID appears on more than one row. Labelled history holds each
+    transaction once; a worker counts a repeated id once (zfraud.dedup) where a replay would count
+    each row, so `train` and `backtest` would each see another file."""
+    ids = np.sort(data["tx_id"])
+    repeated = ids[1:][ids[1:] == ids[:-1]]
+    if len(repeated):
+        distinct = np.unique(repeated)
+        raise InputError(f"{path}: {len(repeated):,} rows repeat the TRANSACTION_ID of another row ({len(distinct):,} "
+                         f"ids, the first {int(distinct[0])}); labelled history must hold each transaction once")
+
+
 def rows_between(data: dict, date_from: int, date_to: int, what: str) -> np.ndarray:
     """The mask of data's rows dated in [date_from, date_to] (days since the epoch, inclusive);
     ValueError saying why when there are none, e.g. the dates the file does hold."""

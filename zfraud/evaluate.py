@@ -49,6 +49,8 @@ def auc(y, score, weights=None) -> float:
     a bootstrap resample's counts), default 1.
     """
     y, s, w = _labels_scores(y, score, weights)
+    if y.size == 0:
+        return float("nan")
     order = np.argsort(s, kind="mergesort")
     ss, ys, ws = s[order], y[order], w[order]
     new = np.r_[True, ss[1:] != ss[:-1]]           # first element of each tie group
