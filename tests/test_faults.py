@@ -54,6 +54,23 @@ def test_a_hung_worker_is_detected_by_deadline_and_rejoins_after_sigcont(tmp_pat
         assert rows_of(mesh, "w2") - before > 5000  # given traffic again
 
 
+def test_a_stopped_worker_does_not_blame_its_healthy_peers_when_it_wakes(tmp_path):
+    """After SIGCONT, w2's first heartbeat ran before the peers' hellos of the stop had come in
+    (libzmq's I/O thread stood still too), so it logged w1 lost, then joined again, and for a moment
+    owned every card. The time it stood still is not the others' silence."""
+    with LocalMesh(2, extra_args=["--heartbeat", "0.3"], log_dir=str(tmp_path)) as mesh:
+        for _ in range(3):
+            mesh.signal("w2", signal.SIGSTOP)
+            time.sleep(2.0)  # over STALL_S (1 s) and three heartbeats (0.9 s)
+            mesh.signal("w2", signal.SIGCONT)
+            time.sleep(1.0)
+        mesh.wait_members(["w1", "w2"], timeout_s=15)
+    w1, w2 = mesh.log("w1"), mesh.log("w2")
+    assert w2.count("the loop stood still") == 3, w2
+    assert "member lost name=w1" not in w2, w2
+    assert w1.count("member lost name=w2") == 3, w1  # w2's silence was real: w1 saw it
+
+
 @pytest.mark.parametrize("load", [False, True])
 def test_a_worker_stopped_longer_than_the_liveness_window_rejoins_after_sigcont(tmp_path, load):
     """Stopped for 6 s (3 s is three missed heartbeats), w2 is dropped by w1 and w3, who stop

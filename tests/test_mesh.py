@@ -78,6 +78,19 @@ def test_open_loop_stream_answers_everything_and_times_each_transaction(mesh2):
     assert 0 < s.p50_ms <= s.p99_ms <= s.p999_ms and s.elapsed_s >= 0.29
 
 
+def test_uptime_and_snapshot_age_do_not_follow_a_wall_clock_step(ctx, monkeypatch):
+    """After the wall clock stepped back 2 days, `status` said `uptime -172788s` (time.time() - start)."""
+    import zfraud.worker as W
+
+    w = W.Worker("w1", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", context=ctx)
+    w.saved_at = w.started  # as a snapshot taken now sets it
+    wall = time.time
+    monkeypatch.setattr(W.time, "time", lambda: wall() - 2 * 86_400)
+    s = w.status()
+    monkeypatch.undo()
+    assert 0 <= s["uptime_s"] < 60 and 0 <= s["state"]["snapshot_age_s"] < 60, s
+
+
 def test_a_run_of_queued_batches_is_scored_in_one_pass_with_a_result_each(ctx):
     from zfraud.sockets import configure
     from zfraud.worker import Worker
@@ -105,7 +118,8 @@ def test_a_run_of_queued_batches_is_scored_in_one_pass_with_a_result_each(ctx):
         assert [e.header["batch"] for e in by_command[P.ERROR]] == [9] and len(by_command[P.MEMBERS]) == 1
         results = sorted(by_command[P.RESULT], key=lambda r: r.header["batch"])
         assert [r.header["rows"] for r in results] == [10, 10, 10]
-        assert w.stats["batches"] == 3 and len(w._batch_ms) == 1  # one scoring pass
+        # one scoring pass, whose time each of the three batches counts (docs: time to score one batch)
+        assert w.stats["batches"] == 3 and len(w._batch_ms) == 3 and len(set(w._batch_ms)) == 1
         expected, _ = Scorer(load_model()).score(b)
         for k, r in enumerate(results):
             got = P.read_columns(r.frames, 10, P.VERDICT_COLUMNS)

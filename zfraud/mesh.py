@@ -159,6 +159,12 @@ class Membership:
                 events.append((event, self.members[name]))
         return events
 
+    def pardon(self, gap: float, now: float) -> None:
+        """This worker stood still for `gap` seconds (stopped, paused): it heard no one then, so
+        that time does not count as the others' silence (each is moved `gap` later, up to `now`)."""
+        for m in self.members.values():
+            m.last_heard = min(now, m.last_heard + gap)
+
     def expire(self, now: float | None = None) -> list[Member]:
         """Drop members not heard from within the timeout; returns them."""
         now = time.monotonic() if now is None else now

@@ -33,7 +33,7 @@ NICE = 10  # the child yields the CPU to scoring (bench/RESULTS.md: on the busy 
 class Outcome:
     ok: bool
     error: str           # why it failed ("" if ok)
-    taken_at: float      # time.time() of the image that was saved
+    taken_at: float      # time.monotonic() of the image that was saved (ages survive a clock step)
     write_s: float       # from the fork to the end of the write (as the child measured it, if it succeeded)
     pause_ms: float      # how long the parent stopped: for the fork, or for the whole save in place
     in_place: str = ""   # why the save ran in the parent ("" when a child wrote it)
@@ -58,7 +58,7 @@ class BackgroundSave:
         as a failed save; anything else propagates)."""
         if self.pid is not None:
             return False
-        self._taken_at, t0 = time.time(), time.perf_counter()
+        self._taken_at, t0 = time.monotonic(), time.perf_counter()
         if not hasattr(os, "fork"):
             return self._in_place(save, t0, "this platform has no fork")
         try:

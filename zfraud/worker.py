@@ -267,17 +267,17 @@ class Worker:
         self._boots: dict[str, int] = {}  # member name -> the boot of its process, from its mesh.hello
         self._seq = defaultdict(int)  # topic -> last seq given (published or not), for gap detection
         self.boot = int.from_bytes(os.urandom(6), "big")  # this process, in its verdict messages: seq restarts with it
-        self.started = time.time()
+        self.started = time.monotonic()  # for uptime_s: a wall-clock step back made it negative
         self.stats = {"batches": 0, "rows": 0, "repeats": 0, "errors": 0, "undelivered": 0, "labels": 0,
                       "cards_taken_over": 0, "snapshot_failures": 0, "expired": 0, "decisions": [0] * len(P.DECISIONS)}
-        self.saved_at = None  # time.time() of the state in the last snapshot saved
+        self.saved_at = None  # time.monotonic() of the state in the last snapshot saved
         self.saver = BackgroundSave()
         self.saved = True  # False when the snapshot at the end failed: the CLI exits 1
         self.fatal: str | None = None  # why the worker stopped without joining (its name is taken): the CLI exits 1
         self._name_refused_at: float | None = None
         self.handover = Handover(name, lambda to: self._dealer(f"member {to}"))
         self._final_until = None  # set when the drain is over: the last handover's answers are awaited
-        self._batch_ms = deque(maxlen=2048)  # recent scoring times (a run of batches scores as one)
+        self._batch_ms = deque(maxlen=2048)  # recent batches' scoring times (a run of batches scored in one pass: its time each)
         self._header_of, self._header = None, None  # _verdict_header's scorer and its fields
         self._rows_at = deque(maxlen=6)  # (monotonic, rows) at recent heartbeats, for the rate
         self._backlog = 0       # most requests found queued in a row since the last heartbeat
@@ -347,6 +347,9 @@ class Worker:
         try:
             while True:
                 now = time.monotonic()
+                if now - last_poll > STALL_S + 0.1:  # stopped after the last poll: said before _beat drops anyone
+                    self._stalled(now - last_poll, now)
+                    last_poll = now
                 if self.fatal is not None or (self._stopping and self._drained(now) and self._handed_over(now)):
                     break
                 if now >= next_beat:
@@ -402,6 +405,9 @@ class Worker:
 
     def _stalled(self, gap: float, now: float) -> None:
         self._stale_until = now + STALE_S
+        # The peers' hellos of the stop are still on their way in (libzmq's I/O thread stood still
+        # too): without this, the next beat logged every healthy peer lost, then joined again.
+        self.members.pardon(gap, now)
         log.warning("the loop stood still for %.1f s (stopped or paused): batches found waiting past "
                     "their deadline are answered EXPIRED, not scored (their clients have sent them again)", gap)
 
@@ -662,7 +668,7 @@ class Worker:
         except OSError as e:
             self._snapshot_failed(e)
             return False
-        self.saved_at = time.time()
+        self.saved_at = time.monotonic()
         log.info("saved state to %s in %.0f ms", self.state_path, (time.perf_counter() - t0) * 1000)
         return True
 
@@ -1127,7 +1133,7 @@ class Worker:
         for d, c in enumerate(counts):
             stats["decisions"][d] += c
         elapsed = time.perf_counter() - t0
-        self._batch_ms.append(elapsed * 1000)
+        self._batch_ms.extend([elapsed * 1000] * len(batches))  # each batch of the pass waited for all of it
         if self.metrics is not None:
             self.metrics.batch(counts, elapsed, repeats, len(batches))
         results, lo = [], 0
@@ -1188,7 +1194,7 @@ class Worker:
         ms = np.array(self._batch_ms) if self._batch_ms else np.zeros(1)
         (t0, r0), (t1, r1) = (self._rows_at[0], self._rows_at[-1]) if self._rows_at else ((0, 0), (0, 0))
         return {"name": self.name, "router": self.members.me.router, "pub": self.members.me.pub,
-                "version": __version__, "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
+                "version": __version__, "pid": os.getpid(), "uptime_s": round(time.monotonic() - self.started, 3),
                 "model": self.scorer.model_version, "rules": self.scorer.rules_version,
                 "shadow": self.scorer.shadow_version,
                 "batches": self.stats["batches"], "rows": self.stats["rows"], "errors": self.stats["errors"],
@@ -1202,7 +1208,7 @@ class Worker:
                 "batch_ms_p99": round(float(np.percentile(ms, 99)), 4),
                 "state": self.scorer.features.state_info() | {
                     "remembered_tx_ids": len(self.seen), "snapshot_failures": self.stats["snapshot_failures"],
-                    "snapshot_age_s": round(time.time() - self.saved_at, 3) if self.saved_at else None},
+                    "snapshot_age_s": round(time.monotonic() - self.saved_at, 3) if self.saved_at else None},
                 "handover": {"cards_handed_over": self.handover.handed, "cards_taken_over": self.stats["cards_taken_over"],
                              "cards_taken_back": self.handover.taken_back,
                              "cards_in_flight": sum(len(p.records) for p in self.handover.pending.values())},
