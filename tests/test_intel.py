@@ -257,6 +257,22 @@ def test_a_fraud_label_after_a_genuine_one_counts_and_a_resent_fraud_does_not(mo
     assert labels == 4  # the genuine labels (which count nothing) and the first fraud label of each id
 
 
+def test_status_counts_the_cards_and_terminals_evicted_from_full_tables(model_path, tmp_path):
+    """--terminals 1024 under traffic at 3,000 terminals: status said `terminals: 1024` and nothing
+    else, so an undersized table, which loses terminals' history, showed nowhere."""
+    n = 3000
+    tx = {"tx_id": np.arange(1, n + 1, dtype=np.uint64), "card": np.arange(n, dtype=np.uint64),
+          "terminal": np.arange(n, dtype=np.uint64), "ts_ms": T0 + np.arange(n, dtype=np.int64) * 1000,
+          "amount": np.full(n, 20.0)}
+    extra = ["--model", str(model_path), "--cards", "1024", "--terminals", "1024"]
+    with LocalMesh(1, extra_args=extra, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint) as c:
+        c.score(tx)
+        state = c.control("w1", "status")["status"]["state"]
+    assert (state["card_capacity"], state["terminal_capacity"]) == (1024, 1024)
+    assert (state["cards"], state["terminals"]) == (1024, 1024)
+    assert (state["card_evictions"], state["terminal_evictions"]) == (n - 1024, n - 1024)  # one per newcomer
+
+
 def test_counts_bigger_than_a_frame_travel_in_pieces_and_merge_whole(model_path, ctx, monkeypatch):
     """An export with more rows per table than INTEL_CHUNK_ROWS goes out in pieces, each a
     valid export: intel.terminal messages one after the other, and an intel_sync reply whose

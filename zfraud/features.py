@@ -414,10 +414,16 @@ class FeatureEngine:
     def state_info(self) -> dict:
         """Size of the streaming state: cards and terminals tracked, bytes allocated."""
         if self.state is None:
-            return {"cards": 0, "terminals": 0, "peer_slots": 0, "retired_peers": 0, "bytes": 0, "bytes_per_card": 0}
+            return {"cards": 0, "terminals": 0, "peer_slots": 0, "retired_peers": 0, "bytes": 0, "bytes_per_card": 0,
+                    "card_capacity": 0, "card_evictions": 0, "terminal_capacity": 0, "terminal_evictions": 0}
         s = self.state
         tables = [table for _, table in self._shared()]
+        # Evictions: a table too small for the traffic (--cards, --terminals) evicts a held card
+        # or terminal with its history for each new one, and nothing else shows it.
+        cards, terminals = s.cards.stats(), s.terminals.stats()
         return {"cards": len(s.cards), "terminals": len(s.terminals), "peer_slots": len(self.sources),
+                "card_capacity": cards["capacity"], "card_evictions": cards["evictions"],
+                "terminal_capacity": terminals["capacity"], "terminal_evictions": terminals["evictions"],
                 "retired_peers": len(self.retired),
                 "bytes": int(s.bytes_per_card * s.cards.capacity
                              + sum(t.bytes_per_terminal * t.capacity for t in tables)),
