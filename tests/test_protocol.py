@@ -86,3 +86,15 @@ def test_send_frames_checks_every_frame_before_sending_any():
         a.close(0)
         b.close(0)
         ctx.term()
+
+
+@pytest.mark.parametrize("raw, why", [
+    (b"\xc1\xc1", "a byte that starts no msgpack value (e.g. 0xc1, reserved)"),  # FormatError()
+    (b"\x91" * 5000, "nested too deeply"),                                         # StackError()
+    (b"\xd9", "Unpack failed: incomplete input"),                                  # msgpack's own words
+], ids=["FormatError", "StackError", "incomplete"])
+def test_a_header_msgpack_refuses_says_why_after_the_colon(raw, why):
+    """msgpack's FormatError and StackError have an empty message: the reason ended at its colon."""
+    with pytest.raises(P.ProtocolError) as e:
+        P.unpack(raw)
+    assert e.value.code == P.BAD_HEADER and str(e.value) == f"header is not valid msgpack: {why}"

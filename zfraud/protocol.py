@@ -134,6 +134,16 @@ class HeaderPrefix:
                          *(p.pack(k) + p.pack(v) for k, v in extra.items())])
 
 
+# msgpack's FormatError and StackError carry no message: "header is not valid msgpack: " said nothing.
+_UNPACK_FAILURES = {msgpack.exceptions.FormatError: "a byte that starts no msgpack value (e.g. 0xc1, reserved)",
+                    msgpack.exceptions.StackError: "nested too deeply"}
+
+
+def _unpack_failure(e: Exception) -> str:
+    """Why msgpack refused a header, never empty."""
+    return str(e) or _UNPACK_FAILURES.get(type(e)) or type(e).__name__
+
+
 def unpack(raw: bytes) -> dict:
     """Decode a header frame, refusing anything that is not a small msgpack map."""
     if len(raw) > MAX_HEADER_BYTES:
@@ -141,7 +151,7 @@ def unpack(raw: bytes) -> dict:
     try:
         header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises several unrelated types for garbage
-        raise ProtocolError(BAD_HEADER, f"header is not valid msgpack: {e}") from None
+        raise ProtocolError(BAD_HEADER, f"header is not valid msgpack: {_unpack_failure(e)}") from None
     if not isinstance(header, dict):
         raise ProtocolError(BAD_HEADER, f"header must be a msgpack map, got {type(header).__name__}")
     return header
