@@ -124,6 +124,19 @@ def test_shadow_scores_beside_the_live_model_without_changing_decisions(mesh, tm
     assert not np.array_equal(got, live["score"])  # the live decisions came from the live model
 
 
+@pytest.mark.parametrize("model, rules, message", [
+    (b"{not json", b"", "deploy refused: deployed model is not valid JSON: Expecting property name enclosed in "
+                        "double quotes: line 1 column 2 (char 1)"),
+    (b"\xff\xfe", b"", "deploy refused: deployed model is not valid JSON: "),
+    (b"", b"\xff", "deploy refused: deployed rules: not UTF-8 text (byte 0xff at offset 0)"),
+])
+def test_a_deploy_refused_names_the_part_that_failed(mesh, ctx, model, rules, message):
+    """json's own message ("Expecting value: line 1 column 1 (char 0)") named neither the model nor the rules."""
+    reply = request(ctx, mesh.endpoint, P.encode(P.CONTROL, {"op": "deploy"}, [model, rules]))
+    assert reply.command == P.ERROR and reply.header["code"] == P.BAD_CONTROL
+    assert reply.header["message"].startswith(message), reply.header["message"]
+
+
 def test_a_bad_model_is_refused_locally_and_by_the_worker(mesh, tmp_path, ctx):
     bad = tmp_path / "bad.json"
     d = load_model().to_dict()

@@ -1289,7 +1289,11 @@ class Worker:
             raise P.ProtocolError(P.BAD_FRAMES, f"deploy carries 2 payload frames (model, rules), got {len(payload)}")
         cur = self.scorer
         try:
-            model = model_from_dict(json.loads(bytes(payload[0])), "deployed model") if len(payload[0]) else None
+            try:  # json's message alone ("Expecting value: line 1 ...") names neither part
+                spec = json.loads(bytes(payload[0])) if len(payload[0]) else None
+            except ValueError as e:  # UnicodeDecodeError too
+                raise ValueError(f"deployed model is not valid JSON: {e}") from None
+            model = model_from_dict(spec, "deployed model") if len(payload[0]) else None
             if model is not None:
                 check_delay(model, self.engine_args[0])
             if h.get("shadow"):
