@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from zfraud.dataset import read_labelled
-from zfraud.sources import InputError, open_source
+from zfraud.sources import InputError, open_source, parse_ts_ms
 
 from conftest import run_cli
 
@@ -478,3 +478,53 @@ def test_the_summary_has_no_latency_to_show_when_nothing_was_answered(mesh2, tmp
     r = run_cli("send", str(p), "--connect", mesh2.endpoint, timeout=60)  # one scored, one rejected by its worker
     assert r.returncode == 3 and re.search(r"^latency p50 / p99 / p99\.9 +\d+\.\d\d / \d+\.\d\d / \d+\.\d\d ms$",
                                            r.stdout, re.M), r.stdout
+
+
+def test_a_negative_epoch_among_date_strings_is_read_as_it_would_be_alone():
+    """A column of date strings and the number -1: -1 went through the strings' path as "-1", was
+    no date, and the whole column failed although each value alone passed."""
+    assert parse_ts_ms(["2026-11-01 00:00:31", -1, "1522540831000", 5]).tolist() == [
+        1793491231000, -1, 1522540831000, 5]
+    with pytest.raises(ValueError, match="ts_ms must be epoch milliseconds"):
+        parse_ts_ms(["2026-11-01 00:00:31", -1, "now"])
+
+
+def test_a_json_lines_file_of_date_strings_and_a_negative_epoch_is_read_row_by_row(tmp_path):
+    p = tmp_path / "neg.jsonl"
+    p.write_text("".join(json.dumps({"tx_id": i, "card": 1, "terminal": 2, "ts_ms": t, "amount": 10.0}) + "\n"
+                         for i, t in enumerate(["2026-11-01 00:00:31", "2026-11-01 00:01:31", -1], 1)))
+    reader = open_source(p)
+    (chunk,) = list(reader)
+    assert chunk["tx_id"].tolist() == [1, 2, 3] and chunk["ts_ms"].tolist() == [1793491231000, 1793491291000, -1]
+    assert reader.errors == []
+
+
+def test_records_that_convert_alone_but_not_together_do_not_stop_the_input(tmp_path, monkeypatch):
+    """Whatever a parser gets wrong about a mix of values, the rows are read (each on its own),
+    not the whole input stopped with 'ts_ms must be ...' and no line number."""
+    import zfraud.sources as S
+
+    real = S.parse_ts_ms
+
+    def mixed_fails(values):
+        if len({type(v) for v in values}) > 1:
+            raise ValueError("ts_ms must be epoch milliseconds or a date and time such as 2018-04-01 00:00:31")
+        return real(values)
+
+    monkeypatch.setattr(S, "parse_ts_ms", mixed_fails)
+    p = tmp_path / "mix.jsonl"
+    p.write_text("".join(json.dumps({"tx_id": i, "card": 1, "terminal": 2, "ts_ms": t, "amount": 1.0}) + "\n"
+                         for i, t in enumerate(["2026-11-01 00:00:31", 5, "x"], 1)))
+    reader = open_source(p)
+    (chunk,) = list(reader)
+    assert chunk["tx_id"].tolist() == [1, 2] and chunk["ts_ms"].tolist() == [1793491231000, 5]
+    assert [line for line, _ in reader.errors] == [3]
+
+
+def test_send_scores_date_strings_beside_a_negative_epoch_and_the_worker_rejects_it(mesh2, tmp_path):
+    p = tmp_path / "neg.jsonl"
+    p.write_text("".join(json.dumps({"tx_id": i, "card": 1, "terminal": 2, "ts_ms": t, "amount": 10.0}) + "\n"
+                         for i, t in enumerate(["2026-11-01 00:00:31", "2026-11-01 00:01:31", -1], 1)))
+    r, s = send(mesh2, p)
+    assert r.returncode == 3 and (s["sent"], s["verdicts"], s["errors"]) == (3, 2, 1), r.stderr
+    assert "ts_ms is outside 2000..2200" in r.stderr and "Error:" not in r.stderr, r.stderr

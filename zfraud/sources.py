@@ -183,9 +183,18 @@ def parse_ts_ms(values: list) -> np.ndarray:
     try:
         if kinds <= {int}:
             return np.array(values, dtype=np.int64)
-        if kinds <= {int, str}:
+        if kinds == {int, str}:
+            # each kind as it would be read alone: a number that was a string here ("-1") is not a
+            # time string, and one such record stopped the whole input (a number alone is taken
+            # as it is; the worker judges its time)
+            numbers = np.array([type(v) is int for v in values])
+            out = np.empty(len(values), dtype=np.int64)
+            out[numbers] = np.array([v for v in values if type(v) is int], dtype=np.int64)
+            out[~numbers] = parse_ts_ms([v for v in values if type(v) is str])
+            return out
+        if kinds <= {str}:
             # no time is that long: a garbled field must not size the array of the whole column
-            if max(map(len, values) if kinds == {str} else (len(v) for v in values if type(v) is str)) > MAX_TIME_CHARS:
+            if max(map(len, values)) > MAX_TIME_CHARS:
                 raise ValueError("too long")
             a = _strip(np.array(values, dtype=str))  # numpy reads " 1522540831000" as a year
             codes = _codes(a)
@@ -279,7 +288,15 @@ class Reader:
                 self._error(records[k][0], f"{e}")
         refused = set(bad)
         good = [r for k, r in enumerate(records) if k not in refused]
-        return convert(good) if good else None
+        if not good:
+            return None
+        try:
+            return convert(good)
+        except (ValueError, TypeError, OverflowError):
+            # records that each convert alone but not together (a parser misreading a value by the
+            # company it keeps) must not stop the whole input: each is converted on its own
+            parts = [convert([r]) for r in good]
+            return {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
 
     def _records(self, opener=None):
         """(line number, {column: raw value}) for each record, from the input opened by
