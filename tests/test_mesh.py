@@ -214,6 +214,24 @@ def test_tail_follows_verdicts_of_every_worker(mesh2):
     assert all(r["decision"] in P.DECISIONS and r["model"] == "default-1" for r in rows)
 
 
+def test_tail_into_a_reader_that_stops_exits_quietly_with_status_0(mesh2):
+    """`zfraud tail | head -3`: the reader had what it wanted; tail said "Error: Broken pipe", status 1."""
+    tail = subprocess.Popen(f"{sys.executable} -m zfraud tail --connect {mesh2.endpoint} --timeout 30 | head -3; "
+                            "exit ${PIPESTATUS[0]}", shell=True, executable="/bin/bash",
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)  # let the subscriptions reach both workers (PUB/SUB slow joiner)
+        for _ in range(3):  # the verdicts after head exited (each send is seconds apart at most) meet the closed pipe
+            assert run_cli("send", "--connect", mesh2.endpoint, "--synthetic", "3000").returncode == 0
+            if tail.poll() is not None:
+                break
+        out, err = tail.communicate(timeout=60)
+    finally:
+        tail.kill()
+    assert len(out.splitlines()) == 3 and all(json.loads(line)["worker"] for line in out.splitlines())
+    assert (tail.returncode, err) == (0, "")
+
+
 def test_tail_filters_by_decision(mesh2):
     tail = start_tail(mesh2.endpoint, "--count", "20", "--decision", "decline", "--format", "text")
     try:

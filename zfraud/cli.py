@@ -245,6 +245,14 @@ def main():
     raise_descriptor_limit()  # each worker of the mesh costs a worker and a client a few descriptors
 
 
+def _discard_stdout() -> None:
+    """After EPIPE on stdout: what is still buffered for it goes nowhere, so that flushing it as
+    Python exits does not fail again ("Exception ignored ... BrokenPipeError", status 120)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 @main.command()
 @click.option("--name", default=lambda: f"{socket.gethostname()}-{__import__('os').getpid()}",
               show_default="HOSTNAME-PID", help="Member name; unique in the mesh.")
@@ -507,7 +515,7 @@ def tail(connect, decision, fmt, count, timeout, curve_dir):
 
     Ctrl-C (SIGINT) stops it, with status 0 (saying how many of --count came, if given; status
     130 while still connecting); status 1 when --timeout passes without a verdict before --count
-    verdicts came."""
+    verdicts came. A reader that stops (`| head -3`) ends it quietly, with status 0."""
     from .tail import Tail
 
     decisions = [d.strip() for d in decision.split(",") if d.strip()]
@@ -535,7 +543,11 @@ def tail(connect, decision, fmt, count, timeout, curve_dir):
                     fired = f"  rules: {','.join(v['fired'])}" if v["fired"] else ""
                     line = f"{v['tx_id']:>12}  {v['decision']:<8} {score}  {v['worker']:<10} {v['reason']}{fired}"
                 printing[0] = True  # a Ctrl-C now waits until the line is out and counted
-                click.echo(line)
+                try:
+                    click.echo(line)
+                except BrokenPipeError:  # the reader stopped (`| head -3`): it had what it wanted
+                    _discard_stdout()
+                    return
                 seen += 1
                 printing[0] = False
                 if printing[1]:
