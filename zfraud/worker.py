@@ -92,6 +92,67 @@ MIN_DESCRIPTORS = 24
 NAME_WAIT_TIMEOUTS = 2
 
 
+# How often a kind of bad input from outside (error replies by code, malformed mesh messages by
+# topic) is logged at most; the kinds kept at once (a peer picks its topics: the rest share one).
+RECURRING_S = 10.0
+MAX_KINDS = 64
+
+
+class Recurring:
+    """The log of bad input that can come at any rate (a broken or hostile client or peer), one
+    sockets.Every per kind, as for the worker's out-of-descriptors lines: the first of a kind is
+    logged in full and those within every_s of a line are only counted. flush(), at each
+    heartbeat, writes one line for those counted once every_s has passed: "... and N more <what>
+    in the last 10 s; the last: <its line>" (at once with final=True, as the worker stops), so a
+    flood costs a line or two per kind per 10 s, not one per message, and no count is lost. A
+    kind silent for every_s is forgotten: its next one is logged in full again."""
+
+    def __init__(self, log_fn, every_s: float = RECURRING_S):
+        self.log_fn, self.every_s = log_fn, every_s
+        self.kinds: dict = {}  # kind -> [Every, what (a plural noun phrase), (fmt, args) of the last one]
+
+    def __call__(self, kind, what: str, fmt: str, *args) -> None:
+        k = self.kinds.get(kind)
+        if k is None:
+            if len(self.kinds) >= MAX_KINDS:
+                kind, what = "other", "lines of other kinds"
+                k = self.kinds.get(kind)
+            if k is None:
+                k = self.kinds[kind] = [Every(self.every_s), what, None]
+        else:
+            self._summarise(kind, k, time.monotonic())  # one that comes first after every_s counts on
+        k[2] = (fmt, args)
+        k[0](self.log_fn, fmt, *args)
+
+    def flush(self, final: bool = False) -> None:
+        now = time.monotonic()
+        for kind, k in list(self.kinds.items()):
+            self._summarise(kind, k, now, final)
+
+    def _summarise(self, kind, k: list, now: float, final: bool = False) -> None:
+        every, what, (fmt, args) = k
+        if now < every.next_at and not final:
+            return
+        if every.count:
+            self.log_fn("... and %d more %s in the last %.0f s; the last: " + fmt, every.count, what,
+                        now - (every.next_at - self.every_s), *args)
+            every.count, every.next_at = 0, now + self.every_s
+        else:
+            del self.kinds[kind]
+
+
+def _who(ident: bytes) -> str:
+    """A ROUTER routing id, short, for a log line: libzmq's own are 5 bytes (10 hex digits)."""
+    return ident.hex() if len(ident) <= 8 else ident[:8].hex() + "..."
+
+
+def _malformed(e: Exception) -> str:
+    """What was wrong with a mesh message, never a bare KeyError ("'name'")."""
+    if isinstance(e, KeyError):
+        return f"missing field {e.args[0]!r}" if e.args else "a missing field"
+    return f"{e}" or type(e).__name__
+
+
 def intel_chunks(deltas: dict, rows: int | None = None):
     """An export (FeatureEngine.export_intel) in pieces of at most `rows` rows per table, each a
     valid export: merging takes the max per bucket, so the pieces merge in any order."""
@@ -255,6 +316,7 @@ class Worker:
         # ROUTER endpoint -> (DEALER, the member expected there, or None for a seed): _ask
         self.asking: dict[str, tuple] = {}
         self._no_socket = Every(10.0)  # the log of sockets not made for want of descriptors (_dealer)
+        self._bad_input = Recurring(log.warning)  # the log of error replies and malformed mesh messages
         for seed in seeds:
             if seed != me.router:
                 self._ask(seed, retried=False)  # out of descriptors already: nothing would ask it again
@@ -462,6 +524,7 @@ class Worker:
             self.ctx.term()
         if self.metrics is not None:
             self.metrics.close()
+        self._bad_input.flush(final=True)
         log.info("stopped name=%s batches=%d rows=%d", self.name, self.stats["batches"], self.stats["rows"])
 
     @staticmethod
@@ -673,6 +736,7 @@ class Worker:
         return True
 
     def _beat(self, now: float) -> None:
+        self._bad_input.flush()
         for monitor, what in self.accept_monitors.items():  # not polled: see _on_accept_failed
             self._read_all(monitor, functools.partial(self._on_accept_failed, what), limit=1024)
         for name in [n for n, t in self._sync_sent.items() if now - t > 5.0 and n in self.sync_socks]:
@@ -938,6 +1002,7 @@ class Worker:
     def _on_mesh(self, frames) -> None:
         if len(frames) < 3 or frames[1] != P.VERSION:
             return  # not ours; PUB/SUB cannot answer, so it is dropped
+        h = None
         try:
             h = P.unpack(frames[2])
             if frames[0] == b"intel.terminal":
@@ -961,7 +1026,11 @@ class Worker:
                 if not any(isinstance(m, dict) and m.get("name") == self.name for m in members):
                     self._rejoin(name, str(h["router"]))  # it dropped us, or has not heard us yet
         except (P.ProtocolError, KeyError, TypeError, ValueError) as e:
-            log.warning("ignored a malformed mesh message: %s", e)
+            topic = frames[0].decode(errors="replace")
+            sender = h.get("name", h.get("source")) if isinstance(h, dict) else None
+            self._bad_input(("mesh", frames[0]), f"malformed {topic} messages",
+                            "ignored a malformed mesh message topic=%s from=%s: %s", topic,
+                            sender if isinstance(sender, str) else "unknown", _malformed(e))
 
     def _check_boot(self, name: str, boot) -> None:
         """A member whose process changed without leaving the member list (killed and started
@@ -1020,7 +1089,7 @@ class Worker:
             else:
                 raise P.ProtocolError(P.BAD_COMMAND, f"a worker does not accept {msg.command.decode()}")
         except P.ProtocolError as e:
-            reply = self._error_reply(e)
+            reply = self._error_reply(e, ident)
         except Exception as e:  # a bug must cost one reply, not the worker
             reply = self._internal_error_reply(e, batch)
         self._reply(ident, reply)
@@ -1039,7 +1108,7 @@ class Worker:
                 msg = P.parse(frames[1:])
                 item = P.parse_batch(msg)
             except P.ProtocolError as e:
-                replies.append((frames[0], self._error_reply(e)))
+                replies.append((frames[0], self._error_reply(e, frames[0])))
                 continue
             if self._expired(msg.header):
                 replies.append((frames[0], self._expired_reply(item[0])))
@@ -1055,9 +1124,10 @@ class Worker:
             self._reply(ident, reply)
         self._after_replies()
 
-    def _error_reply(self, e: P.ProtocolError) -> list:
+    def _error_reply(self, e: P.ProtocolError, ident: bytes) -> list:
         self.stats["errors"] += 1
-        log.warning("error reply code=%s batch=%s: %s", e.code, e.batch, e)
+        self._bad_input(("error", e.code), f"error replies of code {e.code}",
+                        "error reply code=%s client=%s batch=%s: %s", e.code, _who(ident), e.batch, e)
         return P.error_message(e.code, str(e), e.batch, self.name)
 
     def _internal_error_reply(self, e: Exception, batch) -> list:

@@ -1,0 +1,142 @@
+"""The worker's log under a flood of bad input: a client sending bad requests, a peer publishing
+malformed mesh messages. Each wrote one WARNING line per message (200 000 bad batches: 32 MB of
+log in 10 s); now the first of a kind is logged in full, naming who sent it, and the rest are
+counted into one line per 10 s, as the out-of-descriptors lines are."""
+import os
+import re
+import time
+
+import msgpack
+import pytest
+import zmq
+
+from zfraud import protocol as P
+from zfraud.local import LocalMesh, free_port
+from zfraud.sockets import configure
+
+from conftest import request
+
+BAD_BATCH = [P.VERSION, P.BATCH, msgpack.packb({"batch": 1, "attempt": 0, "rows": 2, "columns": [["tx_id", "<u8"]]}),
+             b"", b"", b"", b"", b""]
+BAD_HEADER = [P.VERSION, P.BATCH, b"\xc1\xc1"]
+
+
+def log_of(mesh, name="w1"):
+    with open(os.path.join(mesh.log_dir, f"{name}.log")) as f:
+        return f.read()
+
+
+def warnings_of(text):
+    return [line.split(" WARNING ", 1)[1] for line in text.splitlines() if " WARNING " in line]
+
+
+def test_a_client_flooding_bad_requests_gets_every_reply_and_a_few_log_lines(tmp_path, ctx):
+    n_schema, n_header = 3000, 500
+    with LocalMesh(1, log_dir=str(tmp_path)) as mesh:
+        sock = configure(ctx.socket(zmq.DEALER))
+        sock.setsockopt(zmq.ROUTING_ID, b"flooder1")
+        sock.connect(mesh.endpoint)
+        for frames in [BAD_BATCH] * n_schema + [BAD_HEADER] * n_header:
+            sock.send_multipart(frames)
+        codes, deadline = [], time.monotonic() + 60
+        while len(codes) < n_schema + n_header and time.monotonic() < deadline:
+            if sock.poll(1000):
+                codes.append(P.parse(sock.recv_multipart()).header["code"])
+        sock.close()
+        assert codes == [P.BAD_SCHEMA] * n_schema + [P.BAD_HEADER] * n_header
+        status = request(ctx, mesh.endpoint, P.encode(P.CONTROL, {"op": "status"})).header["status"]
+        assert status["errors"] == n_schema + n_header  # every one counted
+        assert mesh.stop_worker("w1") == 0
+        text = log_of(mesh)
+    lines = warnings_of(text)
+    # The first of each code in full, naming the client (its routing id in hex); the rest in one
+    # line as the worker stops (the flood took less than the 10 s between lines).
+    schema = ("error reply code=BAD_SCHEMA client=666c6f6f64657231 batch=1: columns must be "
+              "[['tx_id', '<u8'], ['card', '<u8'], ['terminal', '<u8'], ['ts_ms', '<i8'], ['amount', '<f8']], "
+              "got [['tx_id', '<u8']]")
+    header = ("error reply code=BAD_HEADER client=666c6f6f64657231 batch=None: header is not valid msgpack: "
+              "a byte that starts no msgpack value (e.g. 0xc1, reserved)")
+    assert lines[0] == schema and lines[1] == header, lines
+    assert len(lines) == 4, lines
+    more = {re.sub(r"in the last \d+ s", "in the last N s", line) for line in lines[2:]}
+    assert more == {f"... and {n_schema - 1} more error replies of code BAD_SCHEMA in the last N s; the last: {schema}",
+                    f"... and {n_header - 1} more error replies of code BAD_HEADER in the last N s; the last: {header}"}
+    assert len(text) < 3000  # was one ~230-byte line per request: 800 kB
+
+
+def test_a_peer_flooding_malformed_mesh_messages_is_named_once_and_counted(tmp_path, ctx):
+    """A joined peer's 2000 mesh.hello without a name: 2000 lines "ignored a malformed mesh
+    message: 'name'" (a bare KeyError, no topic, no sender)."""
+    pub_port = free_port()
+    me = {"name": "rogue", "router": f"tcp://127.0.0.1:{free_port()}", "pub": f"tcp://127.0.0.1:{pub_port}"}
+    with LocalMesh(1, log_dir=str(tmp_path)) as mesh:
+        pub = ctx.socket(zmq.XPUB)
+        pub.setsockopt(zmq.SNDHWM, 0)
+        pub.bind(me["pub"])
+        hello = request(ctx, mesh.endpoint, P.encode(P.HELLO, {"role": "worker", **me}))
+        assert hello.command == P.MEMBERS
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the worker follows our PUB: it subscribes to mesh.
+            if pub.poll(200) and pub.recv() == b"\x01mesh.":
+                break
+        else:
+            pytest.fail("the worker did not subscribe to the peer's mesh. topic")
+        time.sleep(0.3)
+        pub.send_multipart([b"mesh.hello", P.VERSION, P.pack({"name": "rogue"})])  # no router
+        for _ in range(2000):
+            pub.send_multipart([b"mesh.hello", P.VERSION, P.pack({"router": "x"})])  # no name
+        time.sleep(1.0)  # well within the member timeout (3 s): the worker still follows us
+        assert mesh.stop_worker("w1") == 0
+        pub.close()
+        text = log_of(mesh)
+    lines = [line for line in warnings_of(text) if "mesh" in line]
+    first = "ignored a malformed mesh message topic=mesh.hello from=rogue: missing field 'router'"
+    assert lines[0] == first, lines
+    assert len(lines) == 2, lines
+    assert re.fullmatch(r"\.\.\. and 2000 more malformed mesh\.hello messages in the last \d+ s; the last: "
+                        r"ignored a malformed mesh message topic=mesh\.hello from=unknown: missing field 'name'",
+                        lines[1]), lines
+
+
+def test_recurring_logs_the_first_of_each_kind_then_one_line_per_interval_with_the_count(monkeypatch):
+    from zfraud.worker import Recurring
+
+    now = [100.0]
+    monkeypatch.setattr("zfraud.sockets.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("zfraud.worker.time.monotonic", lambda: now[0])
+    out = []
+    r = Recurring(lambda fmt, *args: out.append(fmt % args), every_s=10.0)
+    for i in range(5):
+        r("a", "a things", "a %d", i)
+    r("b", "b things", "b %d", 0)
+    assert out == ["a 0", "b 0"]
+    now[0] += 5
+    r.flush()
+    assert out == ["a 0", "b 0"]  # within 10 s of their lines: counted only
+    now[0] += 5
+    r.flush()
+    assert out[2:] == ["... and 4 more a things in the last 10 s; the last: a 4"]  # b: none since, forgotten
+    assert list(r.kinds) == ["a"]
+    r("a", "a things", "a %d", 5)  # 1 s after the summary line: counted
+    now[0] += 11
+    r("a", "a things", "a %d", 6)  # the first after 10 s: the line for those before, this one counted
+    assert out[3:] == ["... and 1 more a things in the last 11 s; the last: a 5"]
+    r.flush(final=True)  # as the worker stops: what is counted, at once
+    assert out[4:] == ["... and 1 more a things in the last 0 s; the last: a 6"]
+    now[0] += 10
+    r.flush()
+    r("a", "a things", "a %d", 7)  # a kind silent for 10 s is logged in full again
+    assert out[5:] == ["a 7"]
+
+
+def test_recurring_keeps_at_most_max_kinds():
+    from zfraud.worker import MAX_KINDS, Recurring
+
+    out = []
+    r = Recurring(lambda fmt, *args: out.append(fmt % args))
+    for i in range(MAX_KINDS + 50):
+        r(("mesh", i), f"topic {i} things", "t %d", i)
+    assert len(r.kinds) == MAX_KINDS + 1  # the rest share "other": its first logged, then counted
+    assert out == [f"t {i}" for i in range(MAX_KINDS + 1)]
+    r.flush(final=True)
+    assert out[MAX_KINDS + 1:] == [f"... and 49 more lines of other kinds in the last 0 s; the last: t {MAX_KINDS + 49}"]
