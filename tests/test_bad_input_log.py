@@ -85,17 +85,20 @@ def test_a_peer_flooding_malformed_mesh_messages_is_named_once_and_counted(tmp_p
         pub.send_multipart([b"mesh.hello", P.VERSION, P.pack({"name": "rogue"})])  # no router
         for _ in range(2000):
             pub.send_multipart([b"mesh.hello", P.VERSION, P.pack({"router": "x"})])  # no name
+        pub.send_multipart([b"mesh.\nforged", P.VERSION, P.pack({"source": "a\nb"})])  # kept on one line
         time.sleep(1.0)  # well within the member timeout (3 s): the worker still follows us
         assert mesh.stop_worker("w1") == 0
         pub.close()
         text = log_of(mesh)
     lines = [line for line in warnings_of(text) if "mesh" in line]
     first = "ignored a malformed mesh message topic=mesh.hello from=rogue: missing field 'router'"
-    assert lines[0] == first, lines
-    assert len(lines) == 2, lines
+    assert lines[0] == first, text
+    assert lines[1] == "ignored a malformed mesh message topic=mesh.\\nforged from=a\\nb: missing field 'name'", text
+    assert len(lines) == 3, lines
     assert re.fullmatch(r"\.\.\. and 2000 more malformed mesh\.hello messages in the last \d+ s; the last: "
                         r"ignored a malformed mesh message topic=mesh\.hello from=unknown: missing field 'name'",
-                        lines[1]), lines
+                        lines[2]), lines
+    assert not any(line.startswith("forged") or line == "b: missing field 'name'" for line in text.splitlines())
 
 
 def test_recurring_logs_the_first_of_each_kind_then_one_line_per_interval_with_the_count(monkeypatch):

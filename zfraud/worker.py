@@ -146,6 +146,12 @@ def _who(ident: bytes) -> str:
     return ident.hex() if len(ident) <= 8 else ident[:8].hex() + "..."
 
 
+def _printable(text: str, limit: int = 64) -> str:
+    """A peer's string (a topic, a name) for a log line: short, on one line (escaped)."""
+    short = text[:limit].encode("unicode_escape").decode("ascii")
+    return short + "..." if len(text) > limit else short
+
+
 def _malformed(e: Exception) -> str:
     """What was wrong with a mesh message, never a bare KeyError ("'name'")."""
     if isinstance(e, KeyError):
@@ -1026,11 +1032,11 @@ class Worker:
                 if not any(isinstance(m, dict) and m.get("name") == self.name for m in members):
                     self._rejoin(name, str(h["router"]))  # it dropped us, or has not heard us yet
         except (P.ProtocolError, KeyError, TypeError, ValueError) as e:
-            topic = frames[0].decode(errors="replace")
+            topic = _printable(frames[0].decode(errors="replace"))  # any topic under mesh. or intel.
             sender = h.get("name", h.get("source")) if isinstance(h, dict) else None
-            self._bad_input(("mesh", frames[0]), f"malformed {topic} messages",
+            self._bad_input(("mesh", topic), f"malformed {topic} messages",
                             "ignored a malformed mesh message topic=%s from=%s: %s", topic,
-                            sender if isinstance(sender, str) else "unknown", _malformed(e))
+                            _printable(sender) if isinstance(sender, str) else "unknown", _malformed(e))
 
     def _check_boot(self, name: str, boot) -> None:
         """A member whose process changed without leaving the member list (killed and started
