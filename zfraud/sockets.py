@@ -1,8 +1,16 @@
 """Socket options set deliberately, in one place (../shared/reference/zeromq.md, section 6).
 
 - MAXMSGSIZE bounds what a peer can make us allocate (protocol.MAX_MESSAGE_BYTES).
-- ZMTP heartbeats (1 s interval, 3 s timeout and TTL) prove the link; the application
-  heartbeat (mesh.hello) and per-batch deadlines prove the scoring loop makes progress.
+- No ZMTP heartbeats (HEARTBEAT_IVL/TIMEOUT/TTL stay 0). The libzmq that pyzmq bundles (4.3.5)
+  aborts the whole process (`Assertion failed: !_io_error (src/stream_engine_base.cpp:310)`,
+  zeromq/libzmq#4841) when a heartbeat timer fires on a connection whose receive pipe was full
+  (RCVHWM reached, input stopped) and whose peer has since hung up: a client that floods a
+  worker's ROUTER and disconnects without reading its answers did that within seconds
+  (docs/OPERATIONS.md §6.1). The kernel watches the link instead: TCP keepalive (a probe after
+  1 s idle, every 1 s, 3 unanswered probes) and TCP_MAXRT (TCP_USER_TIMEOUT: 3 s without an
+  acknowledgement, or of a zero window, closes the connection) drop a dead or stalled
+  connection in about 3-4 s, as the 3 s ZMTP timeout did; the application heartbeat
+  (mesh.hello) and per-batch deadlines prove the scoring loop makes progress.
 - LINGER is short: a process that exits must not hang on unsent messages; sockets that carry
   replies get long enough to flush them.
 - RECONNECT_IVL starts at 250 ms and backs off to 8 s.
@@ -32,9 +40,12 @@ def configure(sock, sndhwm: int = 10_000, rcvhwm: int = 10_000, linger_ms: int =
     sock.setsockopt(zmq.LINGER, linger_ms)
     sock.setsockopt(zmq.RECONNECT_IVL, 250)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 8000)
-    sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, 3000)
+    # No ZMTP heartbeats (module docstring: libzmq#4841 aborts the process); the kernel's instead.
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+    sock.setsockopt(zmq.TCP_MAXRT, 3000)
     return sock
 
 
