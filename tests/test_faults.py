@@ -327,6 +327,36 @@ def test_a_draining_worker_that_stops_answering_has_its_batches_resent(tmp_path)
     assert status == 0, log[-2000:]
 
 
+def test_clients_that_flood_a_worker_and_hang_up_unanswered_do_not_kill_it(tmp_path, ctx):
+    """libzmq 4.3.5 aborts the process (`Assertion failed: !_io_error`, zeromq/libzmq#4841) when a
+    ZMTP heartbeat timer fires on a connection whose receive pipe is full (RCVHWM, 10 000) and
+    whose peer has hung up meanwhile. Four clients each queue more requests than that at a worker
+    without reading an answer and hang up together (LINGER 0: a reset), leaving it more than a
+    heartbeat interval (1 s) of requests to get through. With ZMTP heartbeats on its sockets the
+    worker died in the first round in 10 runs of 10 (OPERATIONS §6.1); without, it lives."""
+    status = P.encode(P.CONTROL, {"op": "status"})  # costs the worker more than it costs a client
+    with LocalMesh(1, log_dir=str(tmp_path)) as mesh:
+        for _ in range(3):
+            socks = []
+            for _ in range(4):
+                s = ctx.socket(zmq.DEALER)
+                s.setsockopt(zmq.SNDHWM, 0)
+                s.setsockopt(zmq.LINGER, 0)
+                s.connect(mesh.endpoint)
+                socks.append(s)
+            for _ in range(12_000):
+                for s in socks:
+                    s.send_multipart(status)
+            time.sleep(0.3)  # the worker's pipes fill up
+            for s in socks:
+                s.close()
+            time.sleep(1.5)  # a heartbeat interval passes while the worker works through them
+            assert mesh.procs["w1"].poll() is None, mesh.log("w1")[-2000:]
+        reply = request(ctx, mesh.endpoint, P.encode(P.HEARTBEAT, {"t": 1}), timeout_s=20)
+        assert reply.command == P.HEARTBEAT
+    assert "Assertion failed" not in mesh.log("w1")
+
+
 def test_a_killed_worker_restarted_rejoins_and_gets_traffic(tmp_path):
     with LocalMesh(2, log_dir=str(tmp_path)) as mesh:
         mesh.signal("w2", signal.SIGKILL)
