@@ -468,7 +468,7 @@ def test_counts_missed_across_a_healed_link_reach_an_idle_peer(model_path, tmp_p
                 stdout=log, stderr=subprocess.STDOUT, env=env))
         time.sleep(4)
         _ip("-n", nss["1"], "link", "set", f"{tag}12", "down")  # the cut
-        time.sleep(4)  # ZMQ heartbeats (3 s) drop the w1-w2 connections: what they publish now is lost
+        time.sleep(4)  # TCP_MAXRT (3 s unacknowledged) drops the w1-w2 connections: what they publish now is lost
         w3 = f"tcp://{addr['3']}:39101"
         for cmd in ("send", "label"):
             r = subprocess.run(["ip", "netns", "exec", nss["c"], sys.executable, "-m", "zfraud", cmd, str(csv),
