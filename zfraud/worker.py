@@ -1320,7 +1320,7 @@ class Worker:
         until they passed the old state's: a zfraud-v6 -> basic-v1 -> zfraud-v6 rollback)."""
         self._intel_since, self._intel_bucket = 0, None
         log.info("feature set %s -> %s: a new, empty streaming state; forgot the %d transaction ids and %d "
-                 "label ids remembered with the old one (sent again, they count in the new one)", was, now,
+                 "fraud label ids remembered with the old one (sent again, they count in the new one)", was, now,
                  len(self.seen), len(self.labels_seen))
         self.seen = SeenSet(self.seen.capacity)
         self.labels_seen = SeenSet(self.labels_seen.capacity)
