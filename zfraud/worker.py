@@ -69,6 +69,8 @@ DEPARTED_FOLLOW_S = 15.0
 # not counted twice (the backlog is read well within that; the ROUTER can look empty for a moment
 # after a resume, while the I/O thread reads what the kernel buffered). Only then is deadline_ms
 # read, so a worker whose clock is off by more than the clients' deadline still scores normally.
+# deadline_ms is compared with this worker's wall clock: a current client writes it in that clock,
+# from the clock_ms of this worker's HEARTBEAT replies (client._Clock); an older client, in its own.
 STALL_S = 1.0
 STALE_S = 5.0
 # A worker keeps saying HELLO to a member it dropped for silence (a stopped process, a partition,
@@ -1089,7 +1091,10 @@ class Worker:
             elif msg.command == P.LABEL:
                 reply = self._on_label(msg)
             elif msg.command == P.HEARTBEAT:
-                reply = P.encode(P.HEARTBEAT, {"worker": self.name, "t": msg.header.get("t"), "load": self._load()})
+                # clock_ms: the clock _expired reads deadline_ms in, so that a client can write
+                # deadlines in it, whatever its own clock says (client._Clock)
+                reply = P.encode(P.HEARTBEAT, {"worker": self.name, "t": msg.header.get("t"), "load": self._load(),
+                                               "clock_ms": int(time.time() * 1000), "boot": self.boot})
             elif msg.command == P.CONTROL:
                 reply = self._control(msg.header, msg.frames)
             else:
