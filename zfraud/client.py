@@ -79,6 +79,45 @@ PROBE_EVERY_S = 0.25  # after that: how often a batch asks every worker again
 PROBE_WAIT_S = 0.1    # ... and how long it waits for an answer; the batches in between are dead-lettered at once
 
 
+CLOCK_SAMPLES = 8     # a worker's clock offset: the sample with the smallest round trip of the last this many
+CLOCK_WAIT_S = 0.25   # a new client waits this long at most for its workers' clocks
+CLOCK_SLACK_S = 0.002  # ... and how far two samples may disagree beyond their round trips (clock_ms is whole ms)
+
+
+class _Clock:
+    """Where one worker's clock stands against this client's monotonic clock, so that a BATCH's
+    deadline_ms can be written in the clock the worker reads it in (its wall clock), whatever
+    this client's wall clock says. Measured as NTP does: a HEARTBEAT sent at monotonic `sent`,
+    answered with the worker's `clock_ms` and read at `received`, says that the worker's clock
+    read clock_ms at some moment in between, so offset = clock_ms - the midpoint, give or take
+    half the round trip. Of the last CLOCK_SAMPLES (one a second), the one with the smallest
+    round trip is used: on a loaded host a heartbeat waits behind batches, and only widens its
+    own margin. Samples that cannot all hold (their margins do not overlap: the worker's clock
+    was stepped, or a new process answers) or a new `boot` start the window afresh."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, float]] = []  # (round trip, offset), seconds, oldest first
+        self.boot = None
+        self.offset: float | None = None  # worker clock - our monotonic clock, seconds; None: not known
+
+    def add(self, sent: float, received: float, clock_ms, boot) -> None:
+        rtt = received - sent
+        if not isinstance(clock_ms, int) or isinstance(clock_ms, bool):
+            self.samples, self.boot, self.offset = [], boot, None  # a worker from before clock_ms answers
+            return
+        if rtt < 0:
+            return
+        offset = clock_ms / 1000 - (sent + received) / 2
+        if boot != self.boot:
+            self.samples, self.boot = [], boot
+        if self.samples:
+            best_rtt, best = min(self.samples)
+            if abs(offset - best) > (rtt + best_rtt) / 2 + CLOCK_SLACK_S:
+                self.samples = []  # stepped: the samples before it describe another clock
+        self.samples = [*self.samples[-(CLOCK_SAMPLES - 1):], (rtt, offset)]
+        self.offset = min(self.samples)[1]
+
+
 class Sample:
     """An evenly spaced sample of a sequence of numbers, bounded: every `stride`-th value, the
     stride doubling (and every other value kept dropped) whenever more than `capacity` are kept.
@@ -250,6 +289,7 @@ class Client:
         self._own_ctx = context is None
         self.curve = Curve.from_dir(curve_dir, "client") if curve_dir else None
         self.peers: dict[str, zmq.Socket] = {}       # worker name -> DEALER connected to its ROUTER
+        self.clocks: dict[str, _Clock] = {}          # worker name -> its clock, from its HEARTBEAT replies
         self.routers: dict[str, str] = {}            # worker name -> ROUTER endpoint
         self.pubs: dict[str, str] = {}               # worker name -> PUB endpoint
         self.monitors: dict[zmq.Socket, str] = {}    # monitor socket of a peer's DEALER -> worker name
@@ -304,6 +344,7 @@ class Client:
                         if msg.command != P.MEMBERS:
                             raise MeshError(f"expected MEMBERS from {ep}, got {msg.command.decode()}")
                         self._on_members(msg.header)
+                        self._await_clocks()
                         return
                     problem = f"no answer to HELLO within {timeout_s:g} s"
             except P.ProtocolError as e:
@@ -317,6 +358,14 @@ class Client:
             raise MeshError(f"cannot join the mesh at {problems[0]}")
         raise MeshError(f"no zfraud worker answered at {'; '.join(problems)}. Check that `zfraud worker` runs "
                         f"there and the endpoint is right")
+
+    def _await_clocks(self) -> None:
+        """Wait (CLOCK_WAIT_S at most: a worker stopped now does not hold the client up) for the
+        answers to the HEARTBEATs _add_peer sent, so that the first batches' deadlines are
+        already written in their workers' clocks (_deadline_ms)."""
+        end = time.monotonic() + CLOCK_WAIT_S
+        while any(n not in self.clocks for n in self.peers) and (left := end - time.monotonic()) > 0:
+            self.poll(max(1, min(10, math.ceil(left * 1000))))
 
     def _on_members(self, h: dict) -> None:
         """A worker's member list: record it, and route by the list the most workers not marked
@@ -385,9 +434,11 @@ class Client:
         self.monitors[monitor] = name
         self.poller.register(sock, zmq.POLLIN)
         self.poller.register(monitor, zmq.POLLIN)
+        self._probe(name)  # its clock, before the first batch if it answers in time (_send)
 
     def _drop_peer(self, name: str) -> None:
         sock = self.peers.pop(name, None)
+        self.clocks.pop(name, None)  # (a socket made afresh for it keeps it: _reachable)
         self._views.pop(name, None)
         if name in self.routers:
             self._former.pop(name, None)
@@ -456,10 +507,26 @@ class Client:
                 self.poll(10)  # every live worker's list: one alone may not be the one routed by
 
     def _probe(self, name: str) -> None:
+        """A HEARTBEAT: its answer says that the worker's loop runs, and where its clock stands
+        (_on_heartbeat). `t`, echoed, is our monotonic clock at the send."""
         try:
-            self.peers[name].send_multipart(P.encode(P.HEARTBEAT, {"t": time.time()}), zmq.NOBLOCK)
+            self.peers[name].send_multipart(P.encode(P.HEARTBEAT, {"t": time.monotonic()}), zmq.NOBLOCK)
         except zmq.Again:
             pass
+
+    def _on_heartbeat(self, h: dict) -> None:
+        name, sent = h.get("worker"), h.get("t")
+        if name in self.peers and isinstance(sent, float):
+            self.clocks.setdefault(name, _Clock()).add(sent, time.monotonic(), h.get("clock_ms"), h.get("boot"))
+
+    def _deadline_ms(self, name: str) -> int:
+        """deadline_s from now, in the clock the worker reads a BATCH's deadline_ms in (its wall
+        clock: _Clock). A worker that does not say what its clock reads (older than clock_ms), or
+        has not answered a HEARTBEAT yet, gets it in our wall clock, as before."""
+        clock = self.clocks.get(name)
+        if clock is None or clock.offset is None:
+            return int((time.time() + self.deadline_s) * 1000)
+        return int((time.monotonic() + self.deadline_s + clock.offset) * 1000)
 
     @property
     def members(self) -> list[str]:
@@ -481,6 +548,7 @@ class Client:
                 self._awaiting.add(name)
             except zmq.Again:
                 continue
+            self._probe(name)  # a sample of its clock a second
         for sock in self._probes:
             try:
                 sock.send_multipart(hello, zmq.NOBLOCK)
@@ -602,7 +670,7 @@ class Client:
             return
         batch = next(self._ids)
         now = time.monotonic()
-        deadline_ms = int((time.time() + self.deadline_s) * 1000)
+        deadline_ms = self._deadline_ms(name)
         try:
             send_frames(self.peers[name], P.batch_message(batch, attempt, part, deadline_ms))
         except zmq.Again:
@@ -679,6 +747,8 @@ class Client:
             return
         if msg.command == P.MEMBERS:
             self._on_members(msg.header)
+        elif msg.command == P.HEARTBEAT:
+            self._on_heartbeat(msg.header)
         self._on_answer(msg)
 
     def _on_answer(self, msg) -> None:
