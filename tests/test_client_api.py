@@ -290,3 +290,46 @@ def test_an_idle_client_catches_up_with_a_restart_and_a_join_before_it_routes(tm
         by_owner = np.bincount(owners(labels["card"], ["w1", "w2", "w3"]), minlength=3)
         assert dict(got) == {w: int(k) for w, k in zip(["w1", "w2", "w3"], by_owner) if k}, dict(got)
         assert by_owner[2] > 0
+
+
+# -- deadlines in each worker's clock --------------------------------------------------------------
+def test_a_workers_heartbeat_says_what_its_clock_reads_and_a_client_writes_deadlines_in_it(mesh2, ctx):
+    from conftest import request
+
+    t0 = time.time()
+    r = request(ctx, mesh2.routers["w1"], P.encode(P.HEARTBEAT, {"t": 1.5}))
+    assert r.header["t"] == 1.5 and r.header["worker"] == "w1" and isinstance(r.header["boot"], int)
+    assert t0 * 1000 - 1 <= r.header["clock_ms"] <= time.time() * 1000 + 1
+    with Client(mesh2.endpoint, deadline_s=2.0) as c:
+        assert all(c.clocks[w].offset is not None for w in ("w1", "w2"))  # known before the first batch
+        for w in ("w1", "w2"):
+            assert abs(c._deadline_ms(w) - (time.time() + 2.0) * 1000) < 50  # one machine, one clock
+
+
+def test_a_clock_offset_takes_the_tightest_sample_and_starts_afresh_when_the_clock_steps():
+    from zfraud.client import CLOCK_SAMPLES, _Clock
+
+    k = _Clock()
+    assert k.offset is None
+    k.add(10.0, 10.2, 1_000_000_000_000, boot=1)    # true offset 1e9 - 10.1 +- 0.1
+    k.add(11.0, 11.01, 1_000_000_001_000, boot=1)   # a tighter one: its midpoint 11.005
+    assert k.offset == pytest.approx(1e9 + 1 - 11.005)
+    k.add(12.0, 13.0, 1_000_000_002_500, boot=1)    # a loaded host: a wide sample does not move it
+    assert k.offset == pytest.approx(1e9 + 1 - 11.005)
+    k.add(14.0, 14.5, 1_000_000_000_000 + 4_250 - 60_000, boot=1)  # stepped back 60 s: only the new one holds
+    assert len(k.samples) == 1 and k.offset == pytest.approx(1e9 + 4.25 - 60 - 14.25)
+    k.add(15.0, 15.01, 1_000_000_000_000 + 5_005 - 60_000, boot=2)  # a new process of the worker
+    assert len(k.samples) == 1 and k.offset == pytest.approx(1e9 + 5.005 - 60 - 15.005)
+    for i in range(CLOCK_SAMPLES + 3):
+        k.add(20.0 + i, 20.0 + i + 0.02, 1_000_000_000_000 + 10_000 + i * 1000 - 60_000, boot=2)
+    assert len(k.samples) == CLOCK_SAMPLES
+    k.add(40.0, 40.02, None, boot=None)  # the worker replaced by one from before clock_ms: as before
+    assert k.offset is None and not k.samples
+
+
+def test_a_worker_that_does_not_say_what_its_clock_reads_gets_deadlines_in_the_clients_clock(mesh2):
+    """A worker from before clock_ms answers HEARTBEAT without it: deadlines as before."""
+    with Client(mesh2.endpoint, deadline_s=2.0) as c:
+        c.clocks["w1"].add(0.0, 0.001, None, None)
+        assert c.clocks["w1"].offset is None
+        assert abs(c._deadline_ms("w1") - (time.time() + 2.0) * 1000) < 50

@@ -120,6 +120,49 @@ def test_batches_a_stopped_worker_finds_past_their_deadline_are_expired_not_coun
     assert st["w2"]["expired"] > 0 and "answered EXPIRED" in mesh.log("w2")
 
 
+class _SkewedTime:
+    """The time module as a process whose wall clock is skew_s off the workers' sees it: time()
+    is off, the monotonic clocks are the machine's (as libfaketime's FAKETIME_DONT_FAKE_MONOTONIC
+    sets a process's clocks)."""
+
+    def __init__(self, skew_s: float):
+        self.skew_s = skew_s
+
+    def time(self) -> float:
+        return time.time() + self.skew_s
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+@pytest.mark.parametrize("skew_s", [-6.0, 60.0])
+def test_a_client_whose_clock_is_off_neither_loses_nor_double_counts_what_a_stopped_worker_finds(
+        tmp_path, monkeypatch, skew_s):
+    """The client's wall clock is skew_s off the workers'. w2 stops for 2.5 s while the client
+    sends for 5 s with 1 s deadlines; what it had in flight goes to w1 at its deadline, and it
+    gets batches again once it answers. It must answer EXPIRED exactly to the batches queued
+    past their deadline. Deadlines written in the client's clock got it wrong both ways: 6 s
+    behind, every batch w2 read in the 5 s after it resumed, fresh ones and resends too, looked
+    past its deadline (three EXPIRED answers, then dead-lettered); 60 s ahead, none did, and the
+    batches resent to w1 were counted twice."""
+    import zfraud.client
+    monkeypatch.setattr(zfraud.client, "time", _SkewedTime(skew_s))
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint, deadline_s=1.0) as c:
+        assert c.members == ["w1", "w2"]
+        resume = threading.Timer(2.5, mesh.signal, ("w2", signal.SIGCONT))
+        mesh.signal("w2", signal.SIGSTOP)
+        resume.start()
+        try:
+            s = c.stream(synthetic(20000, batch=500), rate=4000)
+        finally:
+            resume.cancel()
+            mesh.signal("w2", signal.SIGCONT)
+        st = {w: c.control(w, "status")["status"] for w in ("w1", "w2")}
+    assert (s.verdicts, s.lost, s.dead_letter) == (20000, 0, 0) and s.resent > 0, c.dead_letters[:1]
+    assert sum(st[w]["rows"] - st[w]["repeats"] for w in st) == 20000  # none counted twice
+    assert st["w2"]["expired"] > 0
+
+
 def test_a_stopped_worker_goes_down_and_one_whose_answers_wait_unread_does_not(tmp_path):
     """w2 is stopped; w1 answers in time, but the client reads nothing until the deadline has
     passed. Only w2, whose batches are unanswered, is marked down: its rows go to w1, and w1,
