@@ -362,10 +362,15 @@ class Client:
     def _await_clocks(self) -> None:
         """Wait (CLOCK_WAIT_S at most: a worker stopped now does not hold the client up) for the
         answers to the HEARTBEATs _add_peer sent, so that the first batches' deadlines are
-        already written in their workers' clocks (_deadline_ms)."""
-        end = time.monotonic() + CLOCK_WAIT_S
-        while any(n not in self.clocks for n in self.peers) and (left := end - time.monotonic()) > 0:
-            self.poll(max(1, min(10, math.ceil(left * 1000))))
+        already written in their workers' clocks (_deadline_ms). poll() does not ask for member
+        lists meanwhile: answers left unread would bring back a worker marked down later as if it
+        had answered then."""
+        end, refresh, self._next_refresh = time.monotonic() + CLOCK_WAIT_S, self._next_refresh, math.inf
+        try:
+            while any(n not in self.clocks for n in self.peers) and (left := end - time.monotonic()) > 0:
+                self.poll(max(1, min(10, math.ceil(left * 1000))))
+        finally:
+            self._next_refresh = refresh
 
     def _on_members(self, h: dict) -> None:
         """A worker's member list: record it, and route by the list the most workers not marked
