@@ -294,6 +294,7 @@ class Client:
         self.pubs: dict[str, str] = {}               # worker name -> PUB endpoint
         self.monitors: dict[zmq.Socket, str] = {}    # monitor socket of a peer's DEALER -> worker name
         self.down: set[str] = set()                  # workers that missed a deadline, until they answer again
+        self._down_at: dict[str, float] = {}         # ... and when (monotonic) they were marked down
         self.leaving: set[str] = set()               # workers that said goodbye: no new batches, answers awaited
         self.pending: dict[int, Pending] = {}        # batch id -> unanswered sub-batch
         self.inflight: dict[str, set] = {}           # worker name -> batch ids in flight there
@@ -754,6 +755,9 @@ class Client:
             self._on_members(msg.header)
         elif msg.command == P.HEARTBEAT:
             self._on_heartbeat(msg.header)
+            sent, name = msg.header.get("t"), msg.header.get("worker")
+            if name in self.down and isinstance(sent, float) and sent < self._down_at.get(name, -math.inf):
+                return  # a heartbeat (of those every second, for its clock) answered before it went down
         self._on_answer(msg)
 
     def _on_answer(self, msg) -> None:
@@ -816,6 +820,7 @@ class Client:
         if late is not None and late not in self.pending:
             return  # it answered in time; we read it late
         self.down.add(name)
+        self._down_at[name] = time.monotonic()
         stranded = [self.pending.pop(b) for b in sorted(self.inflight.get(name, ()))]
         self.inflight[name] = set()
         if name in self.leaving:
