@@ -102,11 +102,10 @@ def test_a_peer_flooding_malformed_mesh_messages_is_named_once_and_counted(tmp_p
 
 
 def test_recurring_logs_the_first_of_each_kind_then_one_line_per_interval_with_the_count(monkeypatch):
-    from zfraud.worker import Recurring
+    from zfraud.recurring import Recurring
 
     now = [100.0]
-    monkeypatch.setattr("zfraud.sockets.time.monotonic", lambda: now[0])
-    monkeypatch.setattr("zfraud.worker.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("zfraud.recurring.time.monotonic", lambda: now[0])
     out = []
     r = Recurring(lambda fmt, *args: out.append(fmt % args), every_s=10.0)
     for i in range(5):
@@ -133,7 +132,7 @@ def test_recurring_logs_the_first_of_each_kind_then_one_line_per_interval_with_t
 
 
 def test_recurring_keeps_at_most_max_kinds():
-    from zfraud.worker import MAX_KINDS, Recurring
+    from zfraud.recurring import MAX_KINDS, Recurring
 
     out = []
     r = Recurring(lambda fmt, *args: out.append(fmt % args))

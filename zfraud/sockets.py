@@ -23,7 +23,6 @@ that error apart and descriptor_limit() says the limit, for the message.
 """
 import errno
 import resource
-import time
 
 import numpy as np
 import zmq
@@ -71,26 +70,6 @@ def raise_descriptor_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         except (ValueError, OSError):
             pass  # e.g. a hard limit above what the kernel allows: keep the soft one
-
-
-class Every:
-    """A log line for a failure that recurs, at most one per `every_s`, saying how many there were
-    since the last line: call(log_fn, fmt, *args); the count comes after the message."""
-
-    def __init__(self, every_s: float = 10.0):
-        self.every_s = every_s
-        self.count = 0          # failures since the last line
-        self.next_at = 0.0      # monotonic time before which no line is written
-
-    def __call__(self, log_fn, fmt: str, *args) -> None:
-        self.count += 1
-        now = time.monotonic()
-        if now < self.next_at:
-            return
-        if self.count > 1:
-            fmt, args = fmt + " (seen %d times since the last line about it)", (*args, self.count)
-        log_fn(fmt, *args)
-        self.count, self.next_at = 0, now + self.every_s
 
 
 def send_frames(sock, frames, flags: int = 0) -> None:
