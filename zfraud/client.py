@@ -98,12 +98,11 @@ class _Clock:
     def __init__(self):
         self.samples: list[tuple[float, float]] = []  # (round trip, offset), seconds, oldest first
         self.boot = None
-        self.offset: float | None = None  # worker clock - our monotonic clock, seconds; None: not known
 
     def add(self, sent: float, received: float, clock_ms, boot) -> None:
         rtt = received - sent
         if not isinstance(clock_ms, int) or isinstance(clock_ms, bool):
-            self.samples, self.boot, self.offset = [], boot, None  # a worker from before clock_ms answers
+            self.samples, self.boot = [], boot  # a worker from before clock_ms answers: not known
             return
         if rtt < 0:
             return
@@ -115,7 +114,12 @@ class _Clock:
             if abs(offset - best) > (rtt + best_rtt) / 2 + CLOCK_SLACK_S:
                 self.samples = []  # stepped: the samples before it describe another clock
         self.samples = [*self.samples[-(CLOCK_SAMPLES - 1):], (rtt, offset)]
-        self.offset = min(self.samples)[1]
+
+    @property
+    def offset(self) -> float | None:
+        """Worker clock - our monotonic clock, seconds, from the sample with the smallest round
+        trip; None while not known."""
+        return min(self.samples)[1] if self.samples else None
 
 
 class Sample:
