@@ -159,8 +159,8 @@ class FeatureEngine:
     # -- shared state ------------------------------------------------------------------------
     def apply_labels(self, labels: dict) -> int:
         """Confirmed labels (LABEL_COLUMNS arrays: card, terminal, ts_ms, amount, fraud), each
-        fraud once (a worker skips the fraud labels of ids it counted before), applied here only (in a mesh: by the card's owner, which
-        holds the card's memory of its frauds). A fraud counts on its transaction's bucket, with
+        fraud once (a worker skips the fraud labels of ids it counted before), applied here only
+        (in a mesh: by the card's owner, which holds the card's memory of its frauds). A fraud counts on its transaction's bucket, with
         its amount (whole units; a negative or non-finite amount counts 0), and as card-linked
         when CardState.label_frauds says so. Returns the frauds counted."""
         if self.state is None:
