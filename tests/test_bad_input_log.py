@@ -64,28 +64,33 @@ def test_a_client_flooding_bad_requests_gets_every_reply_and_a_few_log_lines(tmp
     assert len(text) < 3000  # was one ~230-byte line per request: 800 kB
 
 
-def test_a_peer_flooding_malformed_mesh_messages_is_named_once_and_counted(tmp_path, ctx):
+def test_a_peer_flooding_malformed_mesh_messages_is_named_once_and_counted(tmp_path, ctx, model_path):
     """A joined peer's 2000 mesh.hello without a name: 2000 lines "ignored a malformed mesh
-    message: 'name'" (a bare KeyError, no topic, no sender)."""
+    message: 'name'" (a bare KeyError, no topic, no sender). Its 500 intel.terminal messages in
+    1-hour buckets: 500 lines "terminal counts from rogue not merged"."""
     pub_port = free_port()
     me = {"name": "rogue", "router": f"tcp://127.0.0.1:{free_port()}", "pub": f"tcp://127.0.0.1:{pub_port}"}
-    with LocalMesh(1, log_dir=str(tmp_path)) as mesh:
+    # a model on zfraud-v6's features: a worker with the default model keeps no terminal counts
+    with LocalMesh(1, extra_args=["--model", str(model_path)], log_dir=str(tmp_path)) as mesh:
         pub = ctx.socket(zmq.XPUB)
         pub.setsockopt(zmq.SNDHWM, 0)
         pub.bind(me["pub"])
         hello = request(ctx, mesh.endpoint, P.encode(P.HELLO, {"role": "worker", **me}))
         assert hello.command == P.MEMBERS
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # the worker follows our PUB: it subscribes to mesh.
-            if pub.poll(200) and pub.recv() == b"\x01mesh.":
-                break
-        else:
-            pytest.fail("the worker did not subscribe to the peer's mesh. topic")
+        deadline, wanted = time.monotonic() + 10, {b"\x01mesh.", b"\x01intel."}
+        while wanted and time.monotonic() < deadline:  # the worker follows our PUB: it subscribes
+            if pub.poll(200):
+                wanted.discard(pub.recv())
+        if wanted:
+            pytest.fail(f"the worker did not subscribe to the peer's {wanted}")
         time.sleep(0.3)
         pub.send_multipart([b"mesh.hello", P.VERSION, P.pack({"name": "rogue"})])  # no router
         for _ in range(2000):
             pub.send_multipart([b"mesh.hello", P.VERSION, P.pack({"router": "x"})])  # no name
         pub.send_multipart([b"mesh.\nforged", P.VERSION, P.pack({"source": "a\nb"})])  # kept on one line
+        for _ in range(500):  # counts in buckets of another size: each was one WARNING line
+            pub.send_multipart([b"intel.terminal", P.VERSION,
+                                P.pack({"source": "rogue", "bucket_hours": 1, "rows": 0, "fraud_rows": 0}), *[b""] * 6])
         time.sleep(1.0)  # well within the member timeout (3 s): the worker still follows us
         assert mesh.stop_worker("w1") == 0
         pub.close()
@@ -98,6 +103,11 @@ def test_a_peer_flooding_malformed_mesh_messages_is_named_once_and_counted(tmp_p
     assert re.fullmatch(r"\.\.\. and 2000 more malformed mesh\.hello messages in the last \d+ s; the last: "
                         r"ignored a malformed mesh message topic=mesh\.hello from=unknown: missing field 'name'",
                         lines[2]), lines
+    intel = [line for line in warnings_of(text) if "terminal counts" in line]
+    first = "terminal counts from rogue not merged: terminal counts in 1-hour buckets; this worker keeps 4-hour buckets"
+    assert len(intel) == 2 and intel[0] == first, intel
+    assert re.fullmatch(r"\.\.\. and 499 more unmerged terminal counts from rogue in the last \d+ s; the last: "
+                        + re.escape(first), intel[1]), intel
     assert not any(line.startswith("forged") or line == "b: missing field 'name'" for line in text.splitlines())
 
 
@@ -142,3 +152,45 @@ def test_recurring_keeps_at_most_max_kinds():
     assert out == [f"t {i}" for i in range(MAX_KINDS + 1)]
     r.flush(final=True)
     assert out[MAX_KINDS + 1:] == [f"... and 49 more lines of other kinds in the last 0 s; the last: t {MAX_KINDS + 49}"]
+
+
+def test_a_bug_hit_by_every_batch_costs_each_its_reply_and_the_log_one_traceback_per_interval(ctx, caplog):
+    """A request that trips a bug gets an INTERNAL error reply; its traceback was logged for every
+    request (log.exception), so a client resending it could flood the log as bad input could."""
+    from zfraud.synthetic import synthetic
+    from zfraud.worker import Worker
+
+    w = Worker("w1", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", context=ctx)
+    dealer = configure(ctx.socket(zmq.DEALER))
+    dealer.setsockopt(zmq.ROUTING_ID, b"buggy")
+
+    def bug(batches):
+        return 1 // 0
+
+    w._score = bug
+    try:
+        dealer.connect(w.endpoints[0])
+        for k, b in enumerate(synthetic(300, batch=10, seed=5)):
+            dealer.send_multipart(P.batch_message(k, 0, b))
+        replies, deadline = [], time.monotonic() + 30
+        with caplog.at_level("ERROR", logger="zfraud.worker"):
+            while len(replies) < 30 and time.monotonic() < deadline:
+                if w.router.poll(100):
+                    w._read_requests()
+                while dealer.poll(0):
+                    replies.append(P.parse(dealer.recv_multipart()))
+            w._internal.flush(final=True)
+        assert [(r.command, r.header["code"]) for r in replies] == [(P.ERROR, P.INTERNAL)] * 30
+        assert sorted(r.header["batch"] for r in replies) == list(range(30))
+        assert replies[0].header["message"] == "internal error: ZeroDivisionError: integer division or modulo by zero"
+        assert w.stats["errors"] == 30
+        lines = [r.getMessage() for r in caplog.records if r.name == "zfraud.worker"]
+        assert len(lines) == 2, lines
+        assert lines[0].startswith("internal error while handling a request client=6275676779 batch=")
+        assert "Traceback (most recent call last)" in lines[0] and "in bug" in lines[0]
+        assert lines[0].endswith("ZeroDivisionError: integer division or modulo by zero")
+        assert re.match(r"\.\.\. and 29 more internal errors \(ZeroDivisionError\) in the last \d+ s; the last: "
+                        r"internal error while handling a request client=6275676779 batch=\d+\n", lines[1]), lines[1]
+    finally:
+        dealer.close(linger=0)
+        w._close()

@@ -27,6 +27,7 @@ import resource
 import socket
 import tempfile
 import time
+import traceback
 from collections import defaultdict, deque
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -277,6 +278,7 @@ class Worker:
         self.asking: dict[str, tuple] = {}
         self._no_socket = Every(10.0)  # the log of sockets not made for want of descriptors (_dealer)
         self._bad_input = Recurring(log.warning)  # the log of error replies and malformed mesh messages
+        self._internal = Recurring(log.error)  # the log of bugs met while handling a request
         for seed in seeds:
             if seed != me.router:
                 self._ask(seed, retried=False)  # out of descriptors already: nothing would ask it again
@@ -485,6 +487,7 @@ class Worker:
         if self.metrics is not None:
             self.metrics.close()
         self._bad_input.flush(final=True)
+        self._internal.flush(final=True)
         log.info("stopped name=%s batches=%d rows=%d", self.name, self.stats["batches"], self.stats["rows"])
 
     @staticmethod
@@ -697,6 +700,7 @@ class Worker:
 
     def _beat(self, now: float) -> None:
         self._bad_input.flush()
+        self._internal.flush()
         for monitor, what in self.accept_monitors.items():  # not polled: see _on_accept_failed
             self._read_all(monitor, functools.partial(self._on_accept_failed, what), limit=1024)
         for name in [n for n, t in self._sync_sent.items() if now - t > 5.0 and n in self.sync_socks]:
@@ -862,8 +866,10 @@ class Worker:
         retired = features.retirements
         try:
             merged = features.merge_intel(source, deltas, live=self.members.members, relayed=relayed)
-        except ValueError as e:
-            log.warning("terminal counts from %s not merged: %s", source, e)
+        except ValueError as e:  # a peer can send these at any rate: said once, then counted
+            who = _printable(str(source))
+            self._bad_input(("intel", who), f"unmerged terminal counts from {who}",
+                            "terminal counts from %s not merged: %s", who, e)
             return
         if features.retirements != retired:
             log.info("peer slots full: retired %s (gone from the mesh; counts kept), %s took a slot",
@@ -1054,7 +1060,7 @@ class Worker:
         except P.ProtocolError as e:
             reply = self._error_reply(e, ident)
         except Exception as e:  # a bug must cost one reply, not the worker
-            reply = self._internal_error_reply(e, batch)
+            reply = self._internal_error_reply(e, batch, ident)
         self._reply(ident, reply)
         self._after_replies()
 
@@ -1081,7 +1087,7 @@ class Worker:
             try:
                 results = self._score([b for _, b in batches])
             except Exception as e:  # a bug must cost these replies, not the worker
-                results = [self._internal_error_reply(e, b[0]) for _, b in batches]
+                results = [self._internal_error_reply(e, b[0], ident) for ident, b in batches]
             replies += zip([ident for ident, _ in batches], results)
         for ident, reply in replies:
             self._reply(ident, reply)
@@ -1093,9 +1099,15 @@ class Worker:
                         "error reply code=%s client=%s batch=%s: %s", e.code, _who(ident), e.batch, e)
         return P.error_message(e.code, str(e), e.batch, self.name)
 
-    def _internal_error_reply(self, e: Exception, batch) -> list:
+    def _internal_error_reply(self, e: Exception, batch, ident: bytes) -> list:
+        """A bug's reply. Its traceback is logged in full once per kind (exception type and the
+        line that raised it) per 10 s, then counted: a request that trips it can come at any rate."""
         self.stats["errors"] += 1
-        log.exception("internal error while handling a request")
+        tb = traceback.extract_tb(e.__traceback__)
+        kind = ("internal", type(e).__name__, *((tb[-1].filename, tb[-1].lineno) if tb else ()))
+        self._internal(kind, f"internal errors ({type(e).__name__})",
+                       "internal error while handling a request client=%s batch=%s\n%s", _who(ident), batch,
+                       "".join(traceback.format_exception(e)).rstrip())
         return P.error_message(P.INTERNAL, f"internal error: {type(e).__name__}: {e}", batch, self.name)
 
     def _reply(self, ident: bytes, reply: list) -> None:
