@@ -385,7 +385,7 @@ def test_an_endpoint_that_cannot_be_one_is_a_usage_error(tmp_path, args):
     r = run_cli(*args, "--connect", "127.0.0.1:5555", cwd=tmp_path, timeout=30)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines()[-1] == ("Error: Invalid value for '--connect': endpoint '127.0.0.1:5555' is not "
-                                                 "tcp://HOST:PORT (PORT 1-65535), ipc://PATH or inproc://NAME")
+                                                 "tcp://HOST:PORT (PORT 1-65535) or ipc://PATH")
 
 
 @pytest.mark.parametrize("args, said", [
@@ -475,7 +475,7 @@ def test_ctrl_c_while_connecting_says_so_and_exits_130(command, tmp_path):
     (["--pub", "tcp://127.0.0.1:{busy}"], "cannot bind --pub tcp://127.0.0.1:{busy}: Address already in use"),
     (["--bind", "tcp://127.0.0.1:99999"], "--bind 'tcp://127.0.0.1:99999' is not tcp://HOST:PORT (PORT 1-65535, or *"),
     (["--bind", "127.0.0.1:5555"], "--bind '127.0.0.1:5555' is not tcp://HOST:PORT"),
-    (["--seed", "tcp://127.0.0.1:*"], "--seed 'tcp://127.0.0.1:*' is not tcp://HOST:PORT (PORT 1-65535), ipc://"),
+    (["--seed", "tcp://127.0.0.1:*"], "--seed 'tcp://127.0.0.1:*' is not tcp://HOST:PORT (PORT 1-65535) or ipc://"),
     (["--metrics-port", "{busy}"], "cannot serve metrics on 127.0.0.1:{busy} (--metrics-port): Address already in use"),
     (["--bind", "tcp://nohost.invalid:5555"], "cannot bind --bind tcp://nohost.invalid:5555: No such device: bind an IPv4 "
                                               "address or name of this machine, an interface name, or * for all (IPv6"),

@@ -22,7 +22,8 @@ from click.core import ParameterSource
 from . import __version__
 from . import protocol as P
 
-CONNECT_HELP = "Endpoint of any one worker's ROUTER, e.g. tcp://127.0.0.1:5555; the rest are found from it."
+CONNECT_HELP = ("Endpoint of any one worker's ROUTER, tcp://HOST:PORT (IPv4 or a name) or ipc://PATH, e.g. "
+                "tcp://127.0.0.1:5555; the rest are found from it.")
 
 curve_option = click.option(
     "--curve-dir", type=click.Path(file_okay=False), default=None,
@@ -256,10 +257,14 @@ def _discard_stdout() -> None:
 @main.command()
 @click.option("--name", default=lambda: f"{socket.gethostname()}-{__import__('os').getpid()}",
               show_default="HOSTNAME-PID", help="Member name; unique in the mesh.")
-@click.option("--bind", default="tcp://127.0.0.1:5555", help="ROUTER endpoint: batches and control requests.")
-@click.option("--pub", default="tcp://127.0.0.1:5556", help="PUB endpoint: verdicts and mesh gossip.")
+@click.option("--bind", default="tcp://127.0.0.1:5555",
+              help="ROUTER endpoint: batches and control requests. tcp://HOST:PORT (HOST an IPv4 address, a name, "
+                   "an interface, or * for all; PORT * or 0 for any free one) or ipc://PATH (at most 107 bytes; "
+                   "a path in use by a live process, or a file that is not a socket, is refused).")
+@click.option("--pub", default="tcp://127.0.0.1:5556", help="PUB endpoint: verdicts and mesh gossip. As --bind.")
 @click.option("--seed", "seeds", multiple=True, metavar="ENDPOINT",
-              help="ROUTER endpoint of any existing member (repeatable). Omit for the first worker.")
+              help="ROUTER endpoint of any existing member, tcp://HOST:PORT or ipc://PATH (repeatable). "
+                   "Omit for the first worker.")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
               help="Model file. Default: the model shipped with zfraud.")
 @click.option("--rules", "rules_path", type=click.Path(dir_okay=False), default=None,

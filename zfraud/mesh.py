@@ -58,12 +58,14 @@ def owners(cards: np.ndarray, names: list[str]) -> np.ndarray:
 
 ENDPOINT = re.compile(r"^(tcp://[A-Za-z0-9_.\-:\[\]*]+:(\d{1,5}|\*)|ipc://[^\s]+|inproc://[^\s]+)$")
 NAME = re.compile(r"^[A-Za-z0-9_.@:\-]{1,64}$")
+IPC_PATH_MAX = 107  # bytes in an ipc path: a Unix socket address holds 108, the closing NUL included
 
 
 def check_endpoint(what: str, ep: str, bind: bool = False) -> None:
-    """Refuse an endpoint libzmq would reject with a bare EINVAL, or silently change: it reads a
-    tcp port modulo 65536 (tcp://h:99999 binds port 34463). To bind, a host or port may be *
-    (any interface, any free port); to connect, both must be real."""
+    """Refuse an endpoint libzmq would reject with a bare EINVAL or ENAMETOOLONG, or silently
+    change: it reads a tcp port modulo 65536 (tcp://h:99999 binds port 34463). To bind, a host or
+    port may be * (any interface, any free port); to connect, both must be real. inproc:// is
+    refused: it reaches only sockets of the same process, and every worker and client is its own."""
     ok = isinstance(ep, str) and ENDPOINT.fullmatch(ep) is not None
     if ok and ep.startswith("tcp://"):
         host, port = ep[6:].rsplit(":", 1)
@@ -71,9 +73,18 @@ def check_endpoint(what: str, ep: str, bind: bool = False) -> None:
             ok = port == "*" or int(port) <= 65535
         else:
             ok = "*" not in host and port != "*" and 1 <= int(port) <= 65535
+            if ok and host.startswith("["):
+                raise ValueError(f"{what} {ep[:80]!r}: IPv6 is not enabled; give an IPv4 address or a host name")
+    elif ok and ep.startswith("ipc://") and len(ep[6:].encode()) > IPC_PATH_MAX:
+        raise ValueError(f"{what} {ep[:80]!r}...: an ipc path is at most {IPC_PATH_MAX} bytes (the system's "
+                         f"limit for a Unix socket), this one is {len(ep[6:].encode())}; use a shorter one")
+    elif ok and ep.startswith("inproc://"):
+        raise ValueError(f"{what} {ep[:80]!r}: inproc:// reaches only sockets of the same process, and each "
+                         f"worker and client is a process of its own; use ipc://PATH on one machine")
     if not ok:
         form = "tcp://HOST:PORT (PORT 1-65535, or * for any free one)" if bind else "tcp://HOST:PORT (PORT 1-65535)"
-        raise ValueError(f"{what} {str(ep)[:80]!r} is not {form}, ipc://PATH or inproc://NAME")
+        space = " (no spaces)" if isinstance(ep, str) and ep.startswith("ipc://") else ""
+        raise ValueError(f"{what} {str(ep)[:80]!r} is not {form} or ipc://PATH{space}")
 
 
 def check_member(name: str, router: str, pub: str) -> None:

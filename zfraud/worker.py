@@ -25,6 +25,7 @@ import logging
 import os
 import resource
 import socket
+import stat
 import tempfile
 import time
 import traceback
@@ -135,7 +136,11 @@ def _rows(frames) -> int:
 
 
 def _advertised(endpoint: str) -> str:
-    """The endpoint peers should connect to: a wildcard host becomes this machine's name."""
+    """The endpoint peers should connect to: a wildcard host becomes this machine's name, and a
+    relative ipc path (ipc://w1.sock, or the one ipc://* made) an absolute one: peers and clients
+    run in other directories."""
+    if endpoint.startswith("ipc://") and not endpoint.startswith(("ipc:///", "ipc://@")):
+        return "ipc://" + os.path.abspath(endpoint[6:])
     parts = urlsplit(endpoint)
     if parts.hostname in ("0.0.0.0", "*", "::"):
         return f"{parts.scheme}://{socket.getfqdn()}:{parts.port}"
@@ -154,15 +159,42 @@ def _check_writable(directory: Path) -> None:
         raise ValueError(f"cannot write snapshots in {directory} (--state-dir): {e.strerror or e}") from None
 
 
-def _bind(sock, endpoint: str, what: str, also=None) -> None:
-    """sock.bind(endpoint), or ValueError saying why (a port in use, an address not on this
-    machine), after closing sock and `also`: a worker that cannot bind cannot start."""
+def _ipc_taken(path: str) -> str | None:
+    """Why an ipc path must not be bound, or None. libzmq deletes whatever is at the path before
+    it binds: a file (a typo naming the model) would be lost, and a live worker's socket taken
+    over without a word (its clients then reach the newcomer). A socket nobody listens at (left
+    by a worker that stopped or was killed) is free."""
+    if path.startswith("@") or path == "*":  # the abstract namespace; a fresh temporary path
+        return None
     try:
+        st = os.lstat(path)
+    except OSError:
+        return None  # nothing there (or a directory missing: bind says so)
+    if not stat.S_ISSOCK(st.st_mode):
+        return "a file that is not a socket is there, and binding would delete it"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return None  # ECONNREFUSED: a stale socket file
+    return "another process (another worker?) listens there"
+
+
+def _bind(sock, endpoint: str, what: str, also=None) -> None:
+    """sock.bind(endpoint), or ValueError saying why (a port or ipc path in use, an address not
+    on this machine), after closing sock and `also`: a worker that cannot bind cannot start."""
+    try:
+        taken = _ipc_taken(endpoint[6:]) if endpoint.startswith("ipc://") else None
+        if taken:
+            raise ValueError(f"cannot bind {what} {endpoint}: {taken}")
         sock.bind(endpoint)
-    except zmq.ZMQError as e:
+    except (zmq.ZMQError, ValueError) as e:
         for s in (sock, also):
             if s is not None:
                 s.close(linger=0)
+        if isinstance(e, ValueError):
+            raise
         hint = {zmq.EADDRINUSE: ": another process (another worker?) listens there",
                 zmq.EADDRNOTAVAIL: ": that address is not one of this machine's",
                 errno.ENODEV: ": bind an IPv4 address or name of this machine, an interface name, or * for "
@@ -237,6 +269,8 @@ class Worker:
         self.scorer = Scorer(model, thresholds, rules, features=features)
         check_endpoint("--bind", bind, bind=True)
         check_endpoint("--pub", pub, bind=True)
+        if bind == pub and "*" not in bind and not bind.endswith(":0"):
+            raise ValueError(f"--bind and --pub are both {bind}: each needs an endpoint of its own")
         for seed in seeds:
             check_endpoint("--seed", seed)
         self.heartbeat = heartbeat
@@ -568,10 +602,10 @@ class Worker:
         sock = self._dealer(router if name is None else f"member {name} at {router}", retried)
         if sock is None:
             return
+        self.asking[router] = (sock, name)  # first: closed with the others if connect raises
         if name is not None:
             sock.setsockopt(zmq.IMMEDIATE, 1)  # no HELLOs queued for a member not there: one per heartbeat
         sock.connect(router)
-        self.asking[router] = (sock, name)
 
     def _rejoin(self, name: str, router: str) -> None:
         """Ask member `name` to rejoin (see MAX_REJOIN); not while leaving."""

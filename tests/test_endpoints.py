@@ -1,0 +1,109 @@
+"""The endpoints operators give workers and clients, and what each does when it is wrong: ipc
+paths (libzmq deletes whatever is at one before it binds), relative paths, a path too long for a
+Unix socket, inproc:// and IPv6, which no zfraud process can use."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import run_cli
+
+LONG = "ipc:///tmp/" + "x" * 100 + ".sock"  # 111 bytes of path: a Unix socket holds 107
+
+
+def start_worker(*args, cwd=None):
+    """A `zfraud worker` process, once it has logged ready (or has exited)."""
+    proc = subprocess.Popen([sys.executable, "-m", "zfraud", "worker", *args], stderr=subprocess.PIPE, text=True,
+                            cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line or "ready name=" in line:
+            return proc, line
+    proc.kill()
+    pytest.fail("the worker neither started nor exited within 30 s")
+
+
+def stop(proc, sig=signal.SIGTERM):
+    proc.send_signal(sig)
+    try:
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    return proc.returncode
+
+
+def test_binding_an_ipc_path_never_deletes_a_file_or_takes_a_live_workers_socket(tmp_path):
+    """A worker given --pub ipc://…/rules.toml turned the rules file into a socket; a second
+    worker on a live worker's ipc paths started, and the first could no longer be reached."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text("# the operator's rules\n")
+    r = run_cli("worker", "--name", "w", "--bind", f"ipc://{tmp_path}/r.sock", "--pub", f"ipc://{rules}", timeout=30)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert (f"cannot bind --pub ipc://{rules}: a file that is not a socket is there, and binding would delete it"
+            in r.stderr), r.stderr
+    assert rules.read_text() == "# the operator's rules\n"
+
+    router, pub = f"ipc://{tmp_path}/r.sock", f"ipc://{tmp_path}/p.sock"
+    first, ready = start_worker("--name", "a", "--bind", router, "--pub", pub)
+    assert "ready name=a" in ready, ready
+    try:
+        r = run_cli("worker", "--name", "b", "--bind", router, "--pub", f"ipc://{tmp_path}/p2.sock", timeout=30)
+        assert r.returncode == 1, r.stderr
+        assert f"cannot bind --bind {router}: another process (another worker?) listens there" in r.stderr, r.stderr
+        status = run_cli("status", "--connect", router, "--json", timeout=30)
+        assert status.returncode == 0 and '"name": "a"' in status.stdout, status.stdout + status.stderr
+    finally:
+        assert stop(first, signal.SIGKILL) == -signal.SIGKILL
+    # killed: its socket files stay, and nobody listens at them; a worker started there takes them
+    assert os.path.exists(f"{tmp_path}/r.sock")
+    again, ready = start_worker("--name", "a", "--bind", router, "--pub", pub)
+    assert "ready name=a" in ready, ready
+    assert stop(again) == 0
+
+
+def test_one_ipc_path_for_both_bind_and_pub_is_refused(tmp_path):
+    r = run_cli("worker", "--name", "w", "--bind", f"ipc://{tmp_path}/s", "--pub", f"ipc://{tmp_path}/s", timeout=30)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"--bind and --pub are both ipc://{tmp_path}/s: each needs an endpoint of its own" in r.stderr, r.stderr
+
+
+def test_a_relative_ipc_path_is_advertised_absolute(tmp_path):
+    """A worker started with --bind ipc://r.sock advertised ipc://r.sock: a client in another
+    directory connected by the absolute path, then found no worker at the relative one."""
+    (tmp_path / "w").mkdir()
+    proc, ready = start_worker("--name", "rel", "--bind", "ipc://r.sock", "--pub", "ipc://p.sock", cwd=tmp_path / "w")
+    try:
+        assert f"router=ipc://{tmp_path}/w/r.sock pub=ipc://{tmp_path}/w/p.sock" in ready, ready
+        r = run_cli("status", "--connect", f"ipc://{tmp_path}/w/r.sock", timeout=30, cwd="/")
+        assert r.returncode == 0 and "rel" in r.stdout and "unreachable" not in r.stdout + r.stderr, r.stdout + r.stderr
+    finally:
+        assert stop(proc) == 0
+
+
+def test_a_seed_whose_ipc_path_is_too_long_is_one_line_not_a_hang():
+    """The worker hung in Context.term(): the DEALER made for the seed was not closed."""
+    t0 = time.monotonic()
+    r = run_cli("worker", "--name", "w", "--bind", "tcp://127.0.0.1:0", "--pub", "tcp://127.0.0.1:0",
+                "--seed", LONG, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "--seed 'ipc:///tmp/xxx" in r.stderr and "an ipc path is at most 107 bytes" in r.stderr, r.stderr
+    assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.parametrize("endpoint, why", [
+    (LONG, "an ipc path is at most 107 bytes (the system's limit for a Unix socket), this one is 110"),
+    ("inproc://zfraud", "inproc:// reaches only sockets of the same process"),
+    ("tcp://[::1]:5555", "IPv6 is not enabled; give an IPv4 address or a host name"),
+    ("ipc:///tmp/a b", "is not tcp://HOST:PORT (PORT 1-65535) or ipc://PATH (no spaces)"),
+])
+@pytest.mark.parametrize("command", ["status", "tail"])
+def test_a_client_endpoint_no_process_can_reach_is_a_usage_error(command, endpoint, why):
+    """A long ipc path gave a traceback (ENAMETOOLONG); inproc:// and IPv6 passed the check and
+    then found no worker, whatever listened."""
+    r = run_cli(command, "--connect", endpoint, timeout=30)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert why in r.stderr, r.stderr
