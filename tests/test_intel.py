@@ -500,3 +500,33 @@ def test_counts_missed_across_a_healed_link_reach_an_idle_peer(model_path, tmp_p
         assert own["w1"] > 0 and own["w2"] > 0, (table, own)
         assert (held("w1", "w2", table), held("w2", "w1", table)) == (own["w2"], own["w1"]), table
         assert (held("w3", "w1", table), held("w3", "w2", table)) == (own["w1"], own["w2"]), table
+
+
+GROW_OUT_OF_MEMORY = r'''
+import resource, sys
+import numpy as np
+from zfraud.features import FULL, FeatureEngine
+e = FeatureEngine(FULL, card_capacity=1024, terminal_capacity=50_000)
+vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + 200 * 2**20, resource.RLIM_INFINITY))  # room for 4 slots, not 8
+peers = ["p1", "p2", "p3", "p4"]
+merged = [e.merge_intel(p, {"bucket_hours": 4}, live=peers) for p in peers]
+print(merged, e.frauds.max_sources, e.state.terminals.max_sources, e.slot_refusal("p4", peers))
+batch = {"tx_id": np.arange(3, dtype=np.uint64), "card": np.arange(3, dtype=np.uint64),
+         "terminal": np.arange(3, dtype=np.uint64), "ts_ms": np.full(3, 1_530_000_000_000, np.int64),
+         "amount": np.ones(3)}
+print(e.transform(batch).shape)
+'''
+
+
+def test_a_worker_whose_terminal_tables_cannot_grow_for_a_fifth_member_keeps_scoring():
+    """The tables start with 4 source slots and double as peers join. Out of memory for 8, the
+    worker died (`Error: out of memory: Unable to allocate 732. MiB`) as the 5th member joined,
+    and again at each restart while the peers were up: now that peer's counts wait, as at the
+    15-peer limit, and the reason names --terminals. A real allocation failure (RLIMIT_AS)."""
+    r = subprocess.run([sys.executable, "-c", GROW_OUT_OF_MEMORY], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == ("[True, True, True, False] 4 4 this worker's terminal tables could not grow to 8 peer "
+                        "slots: out of memory; restart it with a lower --terminals or with more memory"), lines
+    assert lines[1] == "(3, 28)", lines

@@ -107,3 +107,28 @@ def test_status_exits_1_when_a_member_does_not_answer(tmp_path):
     rows = {m["name"]: m for m in json.loads(r.stdout)["members"]}
     assert "did not answer status" in rows["w2"]["error"] and rows["w1"]["rows"] == 0
     assert top.returncode == 0 and "2 members (1 not answering)" in top.stdout, top.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ("worker", "--heartbeat", "nan"), ("worker", "--snapshot-every", "nan"), ("worker", "--review-at", "nan"),
+    ("send", "-", "--connect", "tcp://127.0.0.1:9", "--deadline", "nan"),
+    ("send", "-", "--connect", "tcp://127.0.0.1:9", "--rate", "NaN"),
+    ("tail", "--connect", "tcp://127.0.0.1:9", "--timeout", "nan"),
+    ("top", "--connect", "tcp://127.0.0.1:9", "--interval", "nan"),
+    ("deploy", "--connect", "tcp://127.0.0.1:9", "--rules", "r.toml", "--timeout", "nan"),
+])
+def test_nan_for_a_number_option_is_a_usage_error(args, tmp_path):
+    """NaN passes every range check's comparisons: `worker --heartbeat nan` gossiped once and
+    never again (its peers dropped and re-added it every 4 s), `--snapshot-every nan` never
+    snapshotted, `send --deadline nan` ended in "cannot convert float NaN to integer", exit 1."""
+    (tmp_path / "r.toml").write_text("")
+    r = run_cli(*args, cwd=tmp_path, timeout=30)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"Invalid value for '{args[-2]}': '{args[-1]}' is not a number" in r.stderr, r.stderr
+
+
+def test_a_heartbeat_below_a_fifth_of_a_second_is_refused():
+    """At 0.05 s (the old floor) the member timeout, 0.15 s, was shorter than one scoring pass on
+    a busy 2-core host: members were dropped and rejoined during an ordinary send."""
+    r = run_cli("worker", "--heartbeat", "0.1", timeout=30)
+    assert r.returncode == 2 and "0.1 is not in the range 0.2<=x<=60" in r.stderr, r.stderr

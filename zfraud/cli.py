@@ -9,6 +9,7 @@ import errno
 import functools
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -21,6 +22,17 @@ from click.core import ParameterSource
 
 from . import __version__
 from . import protocol as P
+
+class FloatRange(click.FloatRange):
+    """click.FloatRange, NaN refused: NaN passes every comparison's "not out of range", so
+    `--heartbeat nan` was taken, and that worker gossiped once and never again."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if math.isnan(rv):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return rv
+
 
 CONNECT_HELP = ("Endpoint of any one worker's ROUTER, tcp://HOST:PORT (IPv4 or a name) or ipc://PATH, e.g. "
                 "tcp://127.0.0.1:5555; the rest are found from it.")
@@ -269,19 +281,21 @@ def _discard_stdout() -> None:
               help="Model file. Default: the model shipped with zfraud.")
 @click.option("--rules", "rules_path", type=click.Path(dir_okay=False), default=None,
               help="Rules file (TOML; its syntax, with an example: `python -m pydoc zfraud.rules`; a fuller example: conf/rules.toml of the source tree). Default: no rules.")
-@click.option("--review-at", type=click.FloatRange(0, 1), default=0.2, help="Score at or above which to review.")
-@click.option("--decline-at", type=click.FloatRange(0, 1), default=0.8, help="Score at or above which to decline.")
-@click.option("--heartbeat", type=click.FloatRange(0.05, 60), default=1.0,
-              help="Seconds between gossip heartbeats; a member silent for 3 heartbeats is dropped.")
+@click.option("--review-at", type=FloatRange(0, 1), default=0.2, help="Score at or above which to review.")
+@click.option("--decline-at", type=FloatRange(0, 1), default=0.8, help="Score at or above which to decline.")
+@click.option("--heartbeat", type=FloatRange(0.2, 60), default=1.0,
+              help="Seconds between gossip heartbeats; a member silent for 3 heartbeats is dropped (below 0.2 s, "
+                   "one scoring pass on a busy host outlasts that and members come and go).")
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None,
               help="Snapshot the streaming state here on SIGTERM and every --snapshot-every seconds; "
                    "load it on start.")
-@click.option("--snapshot-every", type=click.FloatRange(1), default=60.0,
+@click.option("--snapshot-every", type=FloatRange(1), default=60.0,
               help="Seconds between snapshots. A forked child writes each one while scoring goes on.")
 @click.option("--cards", type=click.IntRange(1024, 1 << 31), default=1 << 18,
               help="Card table capacity (400 bytes each: a 384-byte record and its index).")
 @click.option("--terminals", type=click.IntRange(1024, 1 << 31), default=1 << 15,
-              help="Terminal table capacity (10.2 KB each at first: transaction and fraud counts in 4-hour buckets; up to 30.3 KB as peers join).")
+              help="Terminal table capacity (10.2 KB each at first with a --delay up to 9: transaction and fraud counts in "
+                   "4-hour buckets over 40 days, or --delay + 31; up to 30.3 KB as peers join).")
 @click.option("--delay", "delay_days", type=click.IntRange(0, 30), default=7,
               help="Label delay in days: terminal risk uses windows that end this long ago. With 0 the windows "
                    "take the current hours, which reach the other workers a heartbeat late: on a mesh of more "
@@ -303,7 +317,7 @@ def worker(name, bind, pub, seeds, model_path, rules_path, review_at, decline_at
     from .scoring import Thresholds
     from .worker import Worker
 
-    if not 0 <= review_at <= decline_at <= 1:  # (also NaN, which FloatRange lets through)
+    if not review_at <= decline_at:
         raise click.UsageError(f"--review-at {review_at:g} and --decline-at {decline_at:g} must satisfy "
                                f"0 <= review <= decline <= 1")
 
@@ -321,7 +335,7 @@ def worker(name, bind, pub, seeds, model_path, rules_path, review_at, decline_at
                    state_dir=state_dir, snapshot_every_s=snapshot_every, cards=cards, terminals=terminals,
                    delay_days=delay_days, curve_dir=curve_dir)
     except MemoryError:
-        need = (cards * 400 + terminals * 10_200) / 2**30
+        need = (cards * 400 + terminals * 10_200 * max(40, delay_days + 31) / 40) / 2**30  # --terminals' help
         raise click.ClickException(f"out of memory for the state tables: --cards {cards:,} and --terminals "
                                    f"{terminals:,} need about {need:.1f} GiB; lower them") from None
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # (SIGHUP: its terminal closed)
@@ -379,7 +393,7 @@ def nothing_scored(source, summary, rejected) -> str:
 @click.option("--batch", type=click.IntRange(1, P.MAX_ROWS), default=1024,
               help="Transactions per batch before partitioning by card owner. From standard input or "
                    "a pipe, a batch also goes once its oldest transaction has waited 10 ms.")
-@click.option("--rate", type=click.FloatRange(min=1), default=None, metavar="TX_PER_S",
+@click.option("--rate", type=FloatRange(min=1), default=None, metavar="TX_PER_S",
               help="Offered load in transactions per second. Default: as fast as the mesh answers.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
               help="Input format. Default: from the file name (.jsonl/.json/.ndjson, else CSV).")
@@ -388,7 +402,7 @@ def nothing_scored(source, summary, rejected) -> str:
                    "replaced when the send ends with its summary; a send that fails before leaves it as it was.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object (the last line).")
 @click.option("--window", type=click.IntRange(1, 1024), default=8, help="Batches in flight per worker (credit).")
-@click.option("--deadline", type=click.FloatRange(0.1), default=5.0,
+@click.option("--deadline", type=FloatRange(0.1), default=5.0,
               help="Seconds a worker has to answer a batch before it is resent elsewhere.")
 @click.option("--dead-letter", type=click.Path(dir_okay=False), default="zfraud-dead-letter.jsonl",
               callback=_writable,
@@ -511,7 +525,7 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "text"]), default="jsonl", show_default=True,
               help="jsonl: one JSON object per verdict, with its seq and boot; text: one aligned line per verdict.")
 @click.option("--count", type=click.IntRange(1), default=None, help="Exit after N verdicts.")
-@click.option("--timeout", type=click.FloatRange(0.1), default=None,
+@click.option("--timeout", type=FloatRange(0.1), default=None,
               help="Exit after this many seconds without a verdict.")
 @curve_option
 @friendly_errors
@@ -664,7 +678,7 @@ def gen(out, customers, terminals, days, seed, start):
               help="Rules file (TOML) to deploy.")
 @click.option("--shadow", is_flag=True, help="Score with the model beside the live one, publishing on the "
                                             "`shadow` topic, without changing any decision.")
-@click.option("--timeout", type=click.FloatRange(0.1), default=10.0,
+@click.option("--timeout", type=FloatRange(0.1), default=10.0,
               help="Seconds to wait for each worker, and for the first to answer at --connect.")
 @curve_option
 @friendly_errors
@@ -823,7 +837,7 @@ def status(connect, as_json, curve_dir):
 
 @main.command()
 @click.option("--connect", required=True, callback=_endpoint, help=CONNECT_HELP)
-@click.option("--interval", type=click.FloatRange(0.2), default=1.0, help="Seconds between refreshes.")
+@click.option("--interval", type=FloatRange(0.2), default=1.0, help="Seconds between refreshes.")
 @click.option("--iterations", type=click.IntRange(1), default=None, help="Stop after N refreshes.")
 @curve_option
 @friendly_errors

@@ -118,6 +118,7 @@ class FeatureEngine:
         self.sources: dict[str, int] = {}
         self.retired_slot = 0  # the slot holding departed peers' counts (0: none yet)
         self.retired: dict[str, None] = {}  # departed peers' names, oldest first (RETIRED_NAMES kept)
+        self.grow_failed: str | None = None  # why the tables could not grow for more peers (out of memory)
         self.retirements = 0  # peers retired by this process (not saved)
 
     def transform(self, columns: dict, update=None) -> np.ndarray:
@@ -282,7 +283,15 @@ class FeatureEngine:
         if used < MAX_SOURCES - 1:
             slot = used + 1
             if slot >= self.frauds.max_sources:
-                self._grow(min(MAX_SOURCES, 2 * self.frauds.max_sources))
+                if self.grow_failed:
+                    return None
+                try:
+                    self._grow(min(MAX_SOURCES, 2 * self.frauds.max_sources))
+                except MemoryError:  # the worker scores on; this peer's counts wait, as at 15 peers
+                    self.grow_failed = (f"this worker's terminal tables could not grow to "
+                                        f"{min(MAX_SOURCES, 2 * self.frauds.max_sources)} peer slots: out of "
+                                        f"memory; restart it with a lower --terminals or with more memory")
+                    return None
         else:
             gone = [n for n in self.sources if n not in live]  # least recently heard first
             if len(gone) < (1 if self.retired_slot else 2):
@@ -299,6 +308,8 @@ class FeatureEngine:
         """Why merge_intel(source, ..., live) found no slot for `source` (see _slot_for)."""
         if source in self.retired:
             return "its name was retired after it left the mesh; restart it (a new name gets a slot)"
+        if self.grow_failed and len(self.sources) + (self.retired_slot > 0) < MAX_SOURCES - 1:
+            return self.grow_failed
         gone = [n for n in self.sources if n not in live]
         if gone and not self.retired_slot:
             return (f"all {len(self.sources)} peer slots are taken and only {gone[0]} has left the mesh: "
@@ -317,16 +328,19 @@ class FeatureEngine:
         return self.sources.pop(name)
 
     def _grow(self, sources: int) -> None:
-        """Every terminal table with `sources` slots, counts kept (memory grows with the mesh)."""
+        """Every terminal table with `sources` slots, counts kept (memory grows with the mesh).
+        All or nothing: MemoryError leaves every table as it was."""
         def grown(table):
             snap = table.snapshot()
             snap["tx"] = np.pad(snap["tx"], ((0, 0), (0, 0), (0, sources - table.max_sources)))
             new = TerminalState(table.capacity, sources, table.days, table.bucket_hours)
             new.restore(snap)
             return new
-        self.state.terminals = grown(self.state.terminals)
-        for name, _ in self._LABEL_TABLES:
-            setattr(self, name, grown(getattr(self, name)))
+        names = [name for name, _ in self._LABEL_TABLES]
+        tables = [grown(self.state.terminals)] + [grown(getattr(self, name)) for name in names]
+        self.state.terminals = tables[0]
+        for name, table in zip(names, tables[1:]):
+            setattr(self, name, table)
 
     # -- card handover -----------------------------------------------------------------------
     def card_ids(self) -> np.ndarray:

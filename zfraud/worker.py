@@ -772,7 +772,7 @@ class Worker:
             self.metrics.cards(self.scorer.features.state_info()["cards"], self.handover.handed,
                                self.stats["cards_taken_over"])
         for m in self.members.expire(now):
-            log.warning("member lost name=%s (silent for over %.1fs)", m.name, self.members.timeout)
+            log.warning("member lost name=%s (silent for over %gs)", m.name, round(self.members.timeout, 3))
             self._rejoin(m.name, m.router)
         self._sync_subscriptions()
         self._tick_handover(now)
