@@ -47,10 +47,10 @@ def request(ctx, endpoint, frames, timeout_s=5.0):
         sock.close()
 
 
-def run_cli(*args, timeout=120, input=None, cwd=None):
-    """Run `python -m zfraud ARGS` in a subprocess; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, "-m", "zfraud", *args], capture_output=True, text=True,
-                          timeout=timeout, input=input, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+def run_cli(*args, timeout=120, input=None, cwd=None, env=None):
+    """Run `python -m zfraud ARGS` in a subprocess (env: variables to add); returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "zfraud", *args], capture_output=True, text=True, timeout=timeout,
+                          input=input, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
 
 def start_send(endpoint, *args):

@@ -85,11 +85,12 @@ def test_a_relative_ipc_path_is_advertised_absolute(tmp_path):
 
 
 def test_a_seed_whose_ipc_path_is_too_long_is_one_line_not_a_hang():
-    """The worker hung in Context.term(): the DEALER made for the seed was not closed."""
+    """The worker hung in Context.term(): the DEALER made for the seed was not closed. Now the
+    path is refused before anything opens, as a usage error."""
     t0 = time.monotonic()
     r = run_cli("worker", "--name", "w", "--bind", "tcp://127.0.0.1:0", "--pub", "tcp://127.0.0.1:0",
                 "--seed", LONG, timeout=60)
-    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "--seed 'ipc:///tmp/xxx" in r.stderr and "an ipc path is at most 107 bytes" in r.stderr, r.stderr
     assert time.monotonic() - t0 < 30
 
@@ -107,3 +108,17 @@ def test_a_client_endpoint_no_process_can_reach_is_a_usage_error(command, endpoi
     r = run_cli(command, "--connect", endpoint, timeout=30)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert why in r.stderr, r.stderr
+
+
+def test_a_second_connect_is_refused_not_taken_in_place_of_the_first():
+    """`status --connect LIVE --connect DEAD` said no worker answered at DEAD: click keeps the last."""
+    r = run_cli("status", "--connect", "tcp://127.0.0.1:5555", "--connect", "tcp://127.0.0.1:5556", timeout=30)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert ("Invalid value for '--connect': given 2 times (tcp://127.0.0.1:5555, tcp://127.0.0.1:5556): give one, "
+            "any worker's ROUTER; the rest of the mesh is found from it") in r.stderr, r.stderr
+
+
+def test_a_client_endpoint_from_the_environment_is_checked():
+    r = run_cli("status", timeout=30, env={"ZFRAUD_STATUS_CONNECT": "inproc://x"})
+    assert r.returncode == 2 and "inproc:// reaches only sockets of the same process" in r.stderr, r.stderr
+

@@ -470,19 +470,21 @@ def test_ctrl_c_while_connecting_says_so_and_exits_130(command, tmp_path):
     assert (proc.returncode, out, err) == (130, "", f"interrupted while connecting to {endpoint}\n")
 
 
-@pytest.mark.parametrize("args, why", [
-    (["--bind", "tcp://127.0.0.1:{busy}"], "cannot bind --bind tcp://127.0.0.1:{busy}: Address already in use: another"),
-    (["--pub", "tcp://127.0.0.1:{busy}"], "cannot bind --pub tcp://127.0.0.1:{busy}: Address already in use"),
-    (["--bind", "tcp://127.0.0.1:99999"], "--bind 'tcp://127.0.0.1:99999' is not tcp://HOST:PORT (PORT 1-65535, or *"),
-    (["--bind", "127.0.0.1:5555"], "--bind '127.0.0.1:5555' is not tcp://HOST:PORT"),
-    (["--seed", "tcp://127.0.0.1:*"], "--seed 'tcp://127.0.0.1:*' is not tcp://HOST:PORT (PORT 1-65535) or ipc://"),
-    (["--metrics-port", "{busy}"], "cannot serve metrics on 127.0.0.1:{busy} (--metrics-port): Address already in use"),
-    (["--bind", "tcp://nohost.invalid:5555"], "cannot bind --bind tcp://nohost.invalid:5555: No such device: bind an IPv4 "
-                                              "address or name of this machine, an interface name, or * for all (IPv6"),
+@pytest.mark.parametrize("args, status, why", [
+    (["--bind", "tcp://127.0.0.1:{busy}"], 1, "cannot bind --bind tcp://127.0.0.1:{busy}: Address already in use: another"),
+    (["--pub", "tcp://127.0.0.1:{busy}"], 1, "cannot bind --pub tcp://127.0.0.1:{busy}: Address already in use"),
+    (["--bind", "tcp://127.0.0.1:99999"], 2, "--bind 'tcp://127.0.0.1:99999' is not tcp://HOST:PORT (PORT 1-65535, or *"),
+    (["--bind", "127.0.0.1:5555"], 2, "--bind '127.0.0.1:5555' is not tcp://HOST:PORT"),
+    (["--seed", "tcp://127.0.0.1:*"], 2, "--seed 'tcp://127.0.0.1:*' is not tcp://HOST:PORT (PORT 1-65535) or ipc://"),
+    (["--metrics-port", "{busy}"], 1, "cannot serve metrics on 127.0.0.1:{busy} (--metrics-port): Address already in use"),
+    (["--bind", "tcp://nohost.invalid:5555"], 1, "cannot bind --bind tcp://nohost.invalid:5555: No such device: bind an "
+                                                 "IPv4 address or name of this machine, an interface name, or * for all (IPv6"),
 ])
-def test_a_worker_that_cannot_bind_or_reach_its_seed_says_why_in_one_line(args, why):
+def test_a_worker_that_cannot_bind_or_reach_its_seed_says_why_in_one_line(args, status, why):
     """libzmq raises a bare EINVAL for a malformed endpoint, and reads a tcp port modulo 65536
-    (tcp://127.0.0.1:99999 would bind port 34463): the worker checks first and names the option."""
+    (tcp://127.0.0.1:99999 would bind port 34463): the worker checks first and names the option.
+    A malformed endpoint is a usage error (status 2), as it is for --connect; one that cannot be
+    bound is status 1."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -493,7 +495,7 @@ def test_a_worker_that_cannot_bind_or_reach_its_seed_says_why_in_one_line(args, 
             if opt not in args:
                 args += [opt, ep]
         r = run_cli("worker", "--name", "w", *args, timeout=30)
-    assert r.returncode == 1 and "Traceback" not in r.stderr and "ready name" not in r.stderr
+    assert r.returncode == status and "Traceback" not in r.stderr and "ready name" not in r.stderr
     assert why.format(busy=busy) in r.stderr, r.stderr
 
 

@@ -101,3 +101,14 @@ def test_repeats_are_counted_alike_in_order_and_out_of_order_within_the_ids_reme
     assert sum(increasing(np.arange(k, k + 100, dtype=np.uint64)) for k in range(0, 10_000, 100)) == 0
     assert increasing.seen is None and increasing.count == 1000  # no hash set; a bounded ring
     assert increasing(np.array([9_950], np.uint64)) == 1 and increasing(np.array([8_999], np.uint64)) == 0
+
+
+def test_news_of_another_member_at_this_workers_own_endpoints_is_ignored():
+    """r3, started on killed r2's ports, listed r2 at its own endpoints (the others still did),
+    asked "r2" (itself) to rejoin, and clients sent r2's cards there for a member timeout."""
+    ms = Membership(Member("r3", "tcp://h:1", "tcp://h:2", 0.0), timeout=3.0)
+    assert ms.heard("r2", "tcp://h:1", "tcp://h:2", now=1.0) is None
+    assert ms.heard("r2", "tcp://h:1", "tcp://h:9", now=1.0) is None  # either endpoint is ours
+    assert ms.gossip([{"name": "r2", "router": "tcp://h:1", "pub": "tcp://h:2", "age_ms": 100},
+                      {"name": "r1", "router": "tcp://g:1", "pub": "tcp://g:2", "age_ms": 100}], now=1.0)[0][1].name == "r1"
+    assert sorted(ms.members) == ["r1", "r3"]

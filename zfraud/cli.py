@@ -159,11 +159,27 @@ def _connected(make, endpoint: str, *args, **kwargs):
 
 def _endpoint(ctx, param, value):
     """--connect: a usage error (status 2) for an endpoint that cannot be one, as for any bad
-    option, not status 1, which the commands give to what was lost or refused."""
+    option, not status 1, which the commands give to what was lost or refused; and for a second
+    --connect, which click would take in place of the first without a word (the rest of the mesh
+    is found from any one worker)."""
+    if len(value) > 1:
+        raise click.BadParameter(f"given {len(value)} times ({', '.join(value)}): give one, any worker's ROUTER; "
+                                 f"the rest of the mesh is found from it")
+    return _check(value[0], "endpoint") if value else None
+
+
+def _bind_endpoint(ctx, param, value):
+    """A worker's --bind, --pub and --seed: a malformed endpoint is a usage error (status 2)."""
+    if isinstance(value, tuple):
+        return tuple(_check(v, "--seed") for v in value)
+    return _check(value, f"--{param.name}", bind=True)
+
+
+def _check(value: str, what: str, bind: bool = False) -> str:
     from .mesh import check_endpoint
 
     try:
-        check_endpoint("endpoint", value)
+        check_endpoint(what, value, bind=bind)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     return value
@@ -269,12 +285,12 @@ def _discard_stdout() -> None:
 @main.command()
 @click.option("--name", default=lambda: f"{socket.gethostname()}-{__import__('os').getpid()}",
               show_default="HOSTNAME-PID", help="Member name; unique in the mesh.")
-@click.option("--bind", default="tcp://127.0.0.1:5555",
+@click.option("--bind", default="tcp://127.0.0.1:5555", callback=_bind_endpoint,
               help="ROUTER endpoint: batches and control requests. tcp://HOST:PORT (HOST an IPv4 address, a name, "
                    "an interface, or * for all; PORT * or 0 for any free one) or ipc://PATH (at most 107 bytes; "
                    "a path in use by a live process, or a file that is not a socket, is refused).")
-@click.option("--pub", default="tcp://127.0.0.1:5556", help="PUB endpoint: verdicts and mesh gossip. As --bind.")
-@click.option("--seed", "seeds", multiple=True, metavar="ENDPOINT",
+@click.option("--pub", default="tcp://127.0.0.1:5556", callback=_bind_endpoint, help="PUB endpoint: verdicts and mesh gossip. As --bind.")
+@click.option("--seed", "seeds", multiple=True, metavar="ENDPOINT", callback=_bind_endpoint,
               help="ROUTER endpoint of any existing member, tcp://HOST:PORT or ipc://PATH (repeatable). "
                    "Omit for the first worker.")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
@@ -387,7 +403,7 @@ def nothing_scored(source, summary, rejected) -> str:
 
 @main.command()
 @click.argument("file", required=False, type=click.Path(allow_dash=True, dir_okay=False))
-@click.option("--connect", required=True, callback=_endpoint, help=CONNECT_HELP)
+@click.option("--connect", required=True, multiple=True, callback=_endpoint, help=CONNECT_HELP)
 @click.option("--synthetic", type=click.IntRange(1), default=None, metavar="N",
               help="Generate N synthetic transactions instead of reading FILE.")
 @click.option("--batch", type=click.IntRange(1, P.MAX_ROWS), default=1024,
@@ -519,7 +535,7 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
 
 
 @main.command()
-@click.option("--connect", required=True, callback=_endpoint, help=CONNECT_HELP)
+@click.option("--connect", required=True, multiple=True, callback=_endpoint, help=CONNECT_HELP)
 @click.option("--decision", default="approve,review,decline,rejected",
               help="Comma-separated decisions to follow, from approve, review, decline and rejected.")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "text"]), default="jsonl", show_default=True,
@@ -671,7 +687,7 @@ def gen(out, customers, terminals, days, seed, start):
 
 
 @main.command()
-@click.option("--connect", required=True, callback=_endpoint, help=CONNECT_HELP)
+@click.option("--connect", required=True, multiple=True, callback=_endpoint, help=CONNECT_HELP)
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Model file to deploy (see `zfraud model import`).")
 @click.option("--rules", "rules_path", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -814,7 +830,7 @@ def _status_table(rows: list[dict], mix: bool = False) -> str:
 
 
 @main.command()
-@click.option("--connect", required=True, callback=_endpoint, help=CONNECT_HELP)
+@click.option("--connect", required=True, multiple=True, callback=_endpoint, help=CONNECT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: {\"members\": [...]}.")
 @curve_option
 @friendly_errors
@@ -836,7 +852,7 @@ def status(connect, as_json, curve_dir):
 
 
 @main.command()
-@click.option("--connect", required=True, callback=_endpoint, help=CONNECT_HELP)
+@click.option("--connect", required=True, multiple=True, callback=_endpoint, help=CONNECT_HELP)
 @click.option("--interval", type=FloatRange(0.2), default=1.0, help="Seconds between refreshes.")
 @click.option("--iterations", type=click.IntRange(1), default=None, help="Stop after N refreshes.")
 @curve_option
@@ -868,7 +884,7 @@ def top(connect, interval, iterations, curve_dir):
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--connect", required=True, callback=_endpoint, help=CONNECT_HELP)
+@click.option("--connect", required=True, multiple=True, callback=_endpoint, help=CONNECT_HELP)
 @click.option("--batch", type=click.IntRange(1, P.MAX_ROWS), default=65536, help="Labels per message.")
 @curve_option
 @friendly_errors

@@ -125,6 +125,8 @@ class Membership:
         now = time.monotonic() if now is None else now
         if name == self.me.name or age >= self.timeout:
             return None
+        if router == self.me.router or pub == self.me.pub:
+            return None  # a process gone from endpoints this worker holds now (killed; started anew under another name)
         heard_at = now - age
         if heard_at <= self.left.get(name, float("-inf")):
             return None  # news from before it left: it must speak for itself to come back
