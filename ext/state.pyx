@@ -26,7 +26,10 @@ Victims depend only on the stored keys and times, not on the index layout, so a 
 snapshot evicts what the original would have. Every loop is bounded; nothing grows or waits.
 
 CardState: per card an hourly ring of 24 buckets and a daily ring of 32 buckets (each bucket a
-uint16 count, saturating, and a float32 amount sum), the newest event time (which stamps both
+uint16 count, saturating at 65 535, and a float32 amount sum, which stops growing with the count
+so that the bucket's average is that of the transactions it counted; a handover merge past 65 535
+keeps the older record's transactions and the share of the newer's that fits, at their average),
+the newest event time (which stamps both
 rings: its hour and day are the newest buckets), the event time before it and the newest amount.
 - update_and_read processes rows in order: if update[i], add the transaction, then read. Rows
   with update[i] == 0 (duplicates already counted) only read. One loop in row order, so a batch
@@ -511,18 +514,20 @@ cdef inline void card_add(CardRec* c, CardStats* st, int64_t t, double amount) n
             nd = d
         else:
             st.late += 1
+    # A saturated bucket stops its sum with its count, so its average stays that of the
+    # transactions it counted (the sum of 70 000 spends of 1.00 over a count of 65 535 read 1.068).
     if h > nh - HOURS:
         j = pmod(h, HOURS)
         if c.hour_count[j] != UINT16_MAX:
             c.hour_count[j] += 1
-        c.hour_sum[j] = c.hour_sum[j] + a
+            c.hour_sum[j] = c.hour_sum[j] + a
     else:
         st.hour_dropped += 1
     if d > nd - DAYS:
         j = pmod(d, DAYS)
         if c.day_count[j] != UINT16_MAX:
             c.day_count[j] += 1
-        c.day_sum[j] = c.day_sum[j] + a
+            c.day_sum[j] = c.day_sum[j] + a
     else:
         st.too_old += 1
 
@@ -677,8 +682,18 @@ cdef inline void card_peak_add(CardRec* c, int64_t last, int64_t t, double peak,
     c.peak = <float>(ratio if ratio > peak else peak)
 
 
-cdef inline uint16_t sat_add16(uint16_t a, uint16_t b) noexcept nogil:
-    return UINT16_MAX if a > UINT16_MAX - b else a + b
+cdef inline void merge_bucket(uint16_t* cnt, float* sm, uint16_t oc, float os) noexcept nogil:
+    """Add an older record's bucket (count oc, sum os) into the newer one's *cnt, *sm, saturating
+    as card_add does: past 65 535 the older record's transactions count first (they are likely
+    the earlier ones), then the share of the newer's that fits, at their average amount, so the
+    bucket's average stays that of the transactions it counts."""
+    cdef uint16_t room = UINT16_MAX - oc
+    if cnt[0] <= room:
+        cnt[0] = cnt[0] + oc
+        sm[0] = sm[0] + os
+    else:   # cnt[0] > room >= 0
+        sm[0] = os + <float>(<double>sm[0] * room / cnt[0])
+        cnt[0] = UINT16_MAX
 
 
 cdef inline double card_ratio_at(const CardRec* c, int64_t t, double amount) noexcept nogil:
@@ -800,8 +815,9 @@ cdef void card_merge_peak(CardRec* c, const CardRec* n, const CardRec* o) noexce
 cdef void card_merge(CardRec* c, const CardRec* o) noexcept nogil:
     """Add record o's transactions into c, both of the same card (a handover: the two saw
     disjoint sets of its transactions). The rings are summed over the buckets both still hold,
-    aligned to the newer record's time; a bucket only the older record still holds is older than
-    every window of the newer one. Newest and previous times and amount come from the newer
+    aligned to the newer record's time (a bucket past 65 535 transactions saturates as
+    merge_bucket says); a bucket only the older record still holds is older than every window of
+    the newer one. Newest and previous times and amount come from the newer
     record, the peak from card_merge_peak; the fraud memory is the later of both. c keeps its
     key."""
     cdef CardRec old, new
@@ -822,12 +838,12 @@ cdef void card_merge(CardRec* c, const CardRec* o) noexcept nogil:
     oh, od = floor_div(old.last_ts, MS_PER_HOUR), floor_div(old.last_ts, MS_PER_DAY)
     lo = nh - HOURS + 1 if nh - HOURS > oh - HOURS else oh - HOURS + 1
     for k in range(lo, oh + 1):
-        c.hour_count[pmod(k, HOURS)] = sat_add16(c.hour_count[pmod(k, HOURS)], old.hour_count[pmod(k, HOURS)])
-        c.hour_sum[pmod(k, HOURS)] = c.hour_sum[pmod(k, HOURS)] + old.hour_sum[pmod(k, HOURS)]
+        merge_bucket(&c.hour_count[pmod(k, HOURS)], &c.hour_sum[pmod(k, HOURS)],
+                     old.hour_count[pmod(k, HOURS)], old.hour_sum[pmod(k, HOURS)])
     lo = nd - DAYS + 1 if nd - DAYS > od - DAYS else od - DAYS + 1
     for k in range(lo, od + 1):
-        c.day_count[pmod(k, DAYS)] = sat_add16(c.day_count[pmod(k, DAYS)], old.day_count[pmod(k, DAYS)])
-        c.day_sum[pmod(k, DAYS)] = c.day_sum[pmod(k, DAYS)] + old.day_sum[pmod(k, DAYS)]
+        merge_bucket(&c.day_count[pmod(k, DAYS)], &c.day_sum[pmod(k, DAYS)],
+                     old.day_count[pmod(k, DAYS)], old.day_sum[pmod(k, DAYS)])
     if old.last_ts > c.prev_ts:
         c.prev_ts = old.last_ts
     card_merge_peak(c, &new, &old)

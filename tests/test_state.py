@@ -31,8 +31,8 @@ OTHERS = [1, 3, 5, 6, 7, 8, 9]   # averages, ratios, log gap, peak ratio: sums m
 
 class RefCards:
     """CardState's semantics on dicts keyed by absolute hour / day: a bucket lives while it is
-    within 24 hours / 32 days of its card's newest event, counts saturate at 65535, sums are
-    float32 added in arrival order. The peak amount ratio is one float32 per card: the largest
+    within 24 hours / 32 days of its card's newest event, counts saturate at 65535 (and sums
+    with them), sums are float32 added in arrival order. The peak amount ratio is one float32 per card: the largest
     ratio of a counted amount to its card's average over days 8..30 back, decayed by
     exp(-age / 7 days) from the card's newest event. No capacity limit."""
 
@@ -89,7 +89,8 @@ class RefCards:
                                  (c["days"], t // DAY, t // DAY > nd - 32)):
             if keep:
                 n, s = buckets.get(k, (0, np.float32(0)))
-                buckets[k] = (min(n + 1, 65535), np.float32(s + np.float32(amount)))
+                if n < 65535:   # a saturated bucket's sum stops with its count
+                    buckets[k] = (n + 1, np.float32(s + np.float32(amount)))
 
     @staticmethod
     def read(c, t, amount, gap):
@@ -1702,3 +1703,26 @@ def test_counts_from_a_peer_without_the_newer_tables_still_merge():
     assert me.merge_intel("old-peer", full)  # the same peer, upgraded: its frauds count once
     x = me.transform(later)[0]
     assert x[names.index("terminal_fraud_avg_amount_30d")] == 80 and x[names.index("terminal_risk_1d")] == 0.5
+
+
+def test_a_saturated_bucket_keeps_the_average_of_the_transactions_it_counts():
+    """Counts stop at 65 535 per bucket; the sums stop with them, so an average stays right
+    (70 000 spends of 1.00 in an hour read an average of 1.068 and a ratio of 0.936), in a
+    handover merge too (the share of the other record that fits, at its average)."""
+    n = 70_000
+    st, key = CardState(4), mix_keys([3])
+    out = run_cards(st, np.full(n, key[0], np.uint64), T0 + np.arange(n, dtype=np.int64) * 10,
+                    np.ones(n), np.ones(n, np.uint8), [8192] * 9)
+    assert out[-1, 0] == 65535 and out[-1, 2] == 65535 and out[-1, 4] == 65535
+    assert out[-1, 1] == 1.0 and out[-1, 3] == 1.0 and out[-1, 5] == 1.0
+    assert out[-1, 6] == 1.0 and out[-1, 7] == 1.0
+    # Two owners, 40 000 spends each in one hour: 1.00 at one, 3.00 at the other.
+    a, b, m = CardState(4), CardState(4), 40_000
+    card_rows(a, T0 + np.arange(m, dtype=np.int64), np.ones(m))
+    card_rows(b, T0 + m + np.arange(m, dtype=np.int64), np.full(m, 3.0))
+    key = mix_keys(np.array([7], np.uint64))
+    assert a.put(b.take(key)) == (0, 1)
+    got = card_rows(a, [T0 + 2 * m], [0.0], update=0)[0]
+    want = (m * 1.0 + (65535 - m) * 3.0) / 65535    # the 25 535 that fit, at 3.00
+    assert got[0] == 65535 and got[4] == 65535
+    assert got[1] == np.float32(want) and got[3] == np.float32(want) and got[5] == np.float32(want)
