@@ -21,10 +21,6 @@ cdef enum:
     # 1970-01-01 was a Thursday; with Monday = 0 that is weekday 3.
     EPOCH_WEEKDAY = 3
 
-# Twice float32's relative rounding (2**-24): the error bound window_features allows when it
-# subtracts the 7-day sum from the 30-day one.
-cdef double ROUNDING = 2.0 ** -23
-
 # Column order of basic_features' output; zfraud.features.BASIC_FEATURES mirrors it and a test
 # checks the two agree.
 BASIC_NAMES = ("amount", "log_amount", "hour", "is_night", "is_weekend")
@@ -68,8 +64,7 @@ def basic_features(const int64_t[::1] ts_ms, const double[::1] amount, float[:, 
 def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const float[:, ::1] card,
                     const float[:, ::1] terminal, const float[:, ::1] frauds,
                     const float[:, ::1] runs, const float[:, ::1] fraud_amount,
-                    const float[:, ::1] linked, int n7, int avg7, int n30, int avg30,
-                    float[:, ::1] out):
+                    const float[:, ::1] linked, const double[::1] older, float[:, ::1] out):
     """The rows of the windowed feature set (zfraud-v6), assembled from the state's reads.
 
     ts_ms: (n,) int64; amount: (n,) float64;
@@ -79,19 +74,19 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
     runs: (n, 2) float32, TerminalState.read_runs;
     fraud_amount, linked: (n, 3) float32, TerminalState.read of the confirmed frauds' amounts and
     of the card-linked frauds (CardState.label_frauds); only the 30-day column is used;
-    n7, avg7, n30, avg30: the card columns holding the 7- and 30-day count and average amount;
+    older: (n,) float64, the card's average amount over days 8..30 back (CardState.update_and_read's
+    `older`: the exact sum over the count of those days' buckets, NaN when they hold no
+    transaction);
     out: (n, 5 + k + 6 + 2 + 2 + 3) float32, written as
       [0, 5)            basic_features;
       [5, 5 + k)        card, as is;
       then 6 columns    (count, risk) over 1, 7 and 30 days: count = terminal's, risk =
                         frauds' count / terminal's count in float64, 0 without transactions;
-      then 2 columns    the card's average amount over days 8..30 back,
-                        (n30 * avg30 - n7 * avg7) / (n30 - n7) in float64, NaN unless
-                        n30 - n7 > 0.5, and 0 when the difference of the two sums is within
-                        2**-23 of their sum (float32 rounding of an older sum of 0, which could
-                        come out negative); and amount / that average, within
-                        +-FLT_MAX (an average of 0 or 1e-40 gives FLT_MAX, not inf;
-                        0 / 0 is NaN);
+      then 2 columns    the card's average amount over days 8..30 back (older, as is; it is
+                        not derived from the float32 7- and 30-day columns, whose difference
+                        loses the older weeks after a large recent spend); and amount / that
+                        average, within +-FLT_MAX (an average of 1e-40 gives FLT_MAX, not inf;
+                        an average of 0 gives FLT_MAX, and 0 / 0 NaN);
       then 2 columns    runs, as is;
       then 3 columns    the 30-day window's mean fraud amount (fraud_amount / frauds' 30-day
                         count in float64, 0 without frauds), its card-linked frauds (linked) and
@@ -103,20 +98,18 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
             or frauds.shape[0] != n or terminal.shape[1] != 3 or frauds.shape[1] != 3
             or runs.shape[0] != n or runs.shape[1] != 2 or fraud_amount.shape[0] != n
             or fraud_amount.shape[1] != 3 or linked.shape[0] != n or linked.shape[1] != 3
-            or out.shape[0] != n or out.shape[1] != t + 7):
+            or older.shape[0] != n or out.shape[0] != n or out.shape[1] != t + 7):
         raise ValueError(f"expected amount ({n},), card ({n}, k), terminal and frauds ({n}, 3), "
-                         f"runs ({n}, 2), fraud_amount and linked ({n}, 3), out ({n}, k + 18); "
+                         f"runs ({n}, 2), fraud_amount and linked ({n}, 3), older ({n},), "
+                         f"out ({n}, k + 18); "
                          f"got amount ({amount.shape[0]},), card "
                          f"({card.shape[0]}, {k}), terminal ({terminal.shape[0]}, "
                          f"{terminal.shape[1]}), frauds ({frauds.shape[0]}, {frauds.shape[1]}), "
                          f"runs ({runs.shape[0]}, {runs.shape[1]}), fraud_amount "
                          f"({fraud_amount.shape[0]}, {fraud_amount.shape[1]}), linked "
-                         f"({linked.shape[0]}, {linked.shape[1]}), out "
+                         f"({linked.shape[0]}, {linked.shape[1]}), older ({older.shape[0]},), out "
                          f"({out.shape[0]}, {out.shape[1]})")
-    for j in (n7, avg7, n30, avg30):
-        if not 0 <= j < k:
-            raise ValueError(f"expected card columns in [0, {k}), got {j}")
-    cdef double tx, older, avg, f30, ratio, s30, s7
+    cdef double tx, avg, f30, ratio
     cdef float* o
     with nogil:
         for i in range(n):
@@ -128,16 +121,7 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
                 tx = terminal[i, j]
                 o[c + 2 * j] = terminal[i, j]
                 o[c + 2 * j + 1] = <float>(frauds[i, j] / tx) if tx > 0 else 0
-            older = <double>card[i, n30] - <double>card[i, n7]
-            if older > 0.5:
-                s30 = <double>card[i, n30] * card[i, avg30]
-                s7 = <double>card[i, n7] * card[i, avg7]
-                # Each float32 average is within 2**-24 of its exact value, so an older sum
-                # within 2**-23 of the two sums is zero (amounts are >= 0): spends of 0.00 gave
-                # -3.8e-06 and a ratio of -2.6e6, the opposite of "larger than ever before".
-                avg = (s30 - s7) / older if s30 - s7 > (s30 + s7) * ROUNDING else 0
-            else:
-                avg = NAN
+            avg = older[i]
             o[t] = <float>avg
             ratio = amount[i] / avg   # saturated: an average of 0 or 1e-40 gives FLT_MAX, not inf
             o[t + 1] = <float>(FLT_MAX if ratio > FLT_MAX else (-FLT_MAX if ratio < -FLT_MAX else ratio))

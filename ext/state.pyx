@@ -594,9 +594,10 @@ cdef inline double sat_f32(double x) noexcept nogil:
 
 
 cdef inline void card_read(const CardRec* c, int64_t t, double amount, int64_t gap,
-                           float* o, double* ratio_8_30) noexcept nogil:
+                           float* o, double* ratio_8_30, double* older) noexcept nogil:
     """The K_CARD features of a row at time t (after any add), from the buckets still in the
-    rings. The common case, a row in the card's newest hour (day), sums fixed sets of ring
+    rings; *older: the average amount over days 8..30 back (the exact float64 sum of those days'
+    buckets over their count; NaN without a transaction there), *ratio_8_30: amount / *older. The common case, a row in the card's newest hour (day), sums fixed sets of ring
     positions without branches; any other row clips its window to the ring's range first."""
     cdef int64_t nh = floor_div(c.last_ts, MS_PER_HOUR), nd = floor_div(c.last_ts, MS_PER_DAY)
     cdef int64_t rh = floor_div(t, MS_PER_HOUR), rd = floor_div(t, MS_PER_DAY), lo, hi, j
@@ -643,6 +644,7 @@ cdef inline void card_read(const CardRec* c, int64_t t, double amount, int64_t g
     o[7] = <float>sat_f32(amount / avg30) if avg30 > 0 else 0
     o[8] = <float>log1p(gap / 1000.0) if gap >= 0 else -1
     ratio_8_30[0] = sat_f32(amount / (sold / cold)) if cold > 0 and sold > 0 else 0
+    older[0] = sold / cold if cold > 0 else NAN
 
 
 cdef inline void card_missing(float* o) noexcept nogil:
@@ -909,24 +911,33 @@ cdef class CardState:
         return (self._recs.nbytes + self._slots.nbytes) / self.tb.capacity
 
     def update_and_read(self, const uint64_t[::1] keys, const int64_t[::1] ts_ms,
-                        const double[::1] amount, const uint8_t[::1] update, float[:, ::1] out):
+                        const double[::1] amount, const uint8_t[::1] update, float[:, ::1] out,
+                        double[::1] older=None):
         """Add (where update[i] != 0) then read each row, in row order.
 
         keys: (n,) uint64, mixed; ts_ms: (n,) int64 epoch ms; amount: (n,) float64, finite;
-        update: (n,) uint8, 0 = read only; out: (n, 10) float32, CARD_NAMES order.
+        update: (n,) uint8, 0 = read only; out: (n, 10) float32, CARD_NAMES order;
+        older: None, or (n,) float64 to receive the card's average amount over days 8..30 back
+        (the exact float64 sum of those days' buckets over their count, NaN when they hold no
+        transaction or the card is unknown): window_features' card_avg_amount_8_30d, which the
+        float32 7- and 30-day columns cannot give (their difference loses the older weeks after
+        a large recent spend).
         """
         cdef Py_ssize_t n = keys.shape[0], i
         if (ts_ms.shape[0] != n or amount.shape[0] != n or update.shape[0] != n
-                or out.shape[0] != n or out.shape[1] != K_CARD):
+                or out.shape[0] != n or out.shape[1] != K_CARD
+                or (older is not None and older.shape[0] != n)):
             raise ValueError(
-                f"expected keys, ts_ms, amount, update of length {n} and out ({n}, {K_CARD}); "
-                f"got {ts_ms.shape[0]}, {amount.shape[0]}, {update.shape[0]} and "
-                f"({out.shape[0]}, {out.shape[1]})")
+                f"expected keys, ts_ms, amount, update of length {n}, out ({n}, {K_CARD}) and "
+                f"older None or ({n},); got {ts_ms.shape[0]}, {amount.shape[0]}, "
+                f"{update.shape[0]}, ({out.shape[0]}, {out.shape[1]}) and "
+                f"{None if older is None else (older.shape[0],)}")
         if n == 0:
             return
         cdef uint64_t key
         cdef int64_t s, t, gap, last
-        cdef double peak, ratio
+        cdef double peak, ratio, avg_old
+        cdef double* old_out = NULL if older is None else &older[0]
         cdef bint upd
         cdef CardRec* c
         cdef float* o = &out[0, 0]
@@ -950,14 +961,18 @@ cdef class CardState:
                 else:
                     self.st.read_missing += 1
                     card_missing(o + i * K_CARD)
+                    if old_out != NULL:
+                        old_out[i] = NAN
                     continue
                 gap = card_gap(c, t, upd)
                 peak = sat_f32(card_peak(c, t, upd))   # finite even from a snapshot holding inf
                 last = c.last_ts
                 if upd:
                     card_add(c, &self.st, t, amount[i])
-                card_read(c, t, amount[i], gap, o + i * K_CARD, &ratio)
+                card_read(c, t, amount[i], gap, o + i * K_CARD, &ratio, &avg_old)
                 o[i * K_CARD + 9] = <float>peak
+                if old_out != NULL:
+                    old_out[i] = avg_old
                 if upd:
                     card_peak_add(c, last, t, peak, ratio)
 

@@ -59,23 +59,18 @@ def test_linear_sigmoid_is_stable_for_huge_logits():
     assert top.tolist() == [0, -1]
 
 
-def reference_windows(card, term, frauds, amount, n7, avg7, n30, avg30):
-    """The terminal (count, risk) pairs and 8-30-day card averages, as numpy computes them."""
+def reference_windows(term, frauds, amount, older):
+    """The terminal (count, risk) pairs and the 8-30-day card columns, as numpy computes them."""
     risk = np.empty((len(term), 6), np.float32)
     for j in range(3):
         tx, fr = term[:, j].astype(np.float64), frauds[:, j].astype(np.float64)
         risk[:, 2 * j] = term[:, j]
         risk[:, 2 * j + 1] = np.divide(fr, tx, out=np.zeros_like(tx), where=tx > 0)
-    c7, c30 = card[:, n7].astype(np.float64), card[:, n30].astype(np.float64)
-    older = c30 - c7
-    s30, s7 = c30 * card[:, avg30], c7 * card[:, avg7]
-    older_sum = np.where(s30 - s7 > (s30 + s7) * 2.0 ** -23, s30 - s7, 0)  # float32 rounding of 0
-    avg = np.divide(older_sum, older, out=np.full(len(card), np.nan), where=older > 0.5)
-    derived = np.empty((len(card), 2), np.float32)
-    derived[:, 0] = avg
+    derived = np.empty((len(older), 2), np.float32)
+    derived[:, 0] = older
     top = float(np.finfo(np.float32).max)
     with np.errstate(divide="ignore", invalid="ignore"):
-        derived[:, 1] = np.clip(amount / avg, -top, top)  # saturated, never inf; 0 / 0 is NaN
+        derived[:, 1] = np.clip(amount / older, -top, top)  # saturated, never inf; 0 / 0 is NaN
     return risk, derived
 
 
@@ -86,14 +81,11 @@ def test_window_features_match_numpy_bit_for_bit():
     amount = rng.uniform(0, 500, n)
     amount[:5] = 0
     card = rng.uniform(0, 300, (n, k)).astype(np.float32)
-    card[:, [2, 4]] = rng.integers(0, 40, (n, 2))  # counts over 7 and 30 days
-    card[::7, 4] = card[::7, 2]  # no transaction between 8 and 30 days back: NaN
-    card[:10, [3, 5]] = 0  # an older average of 0: amount / 0 (0 / 0 for the first 5)
-    card[:10, 4] = card[:10, 2] + 3
-    card[10:20, [3, 5]] = 0  # an older sum of +-1e-40 (float32 cancellation): within rounding of 0
-    card[10:15, 5] = 1e-40
-    card[15:20, 3] = 1e-40
-    card[10:20, 4] = card[10:20, 2] + 3
+    older = rng.uniform(0, 300, n)               # CardState's exact average over days 8..30 back
+    older[::7] = np.nan  # no transaction between 8 and 30 days back: NaN
+    older[:10] = 0       # an older average of 0: amount / 0 (0 / 0 for the first 5)
+    older[10:15] = 1e-40
+    older[15:20] = 1e-300  # positive in float64, 0 in float32: the ratio still saturates
     term = rng.integers(0, 50, (n, 3)).astype(np.float32)
     term[::5, :] = 0  # a terminal without transactions: risk 0
     frauds = np.minimum(rng.integers(0, 5, (n, 3)), term).astype(np.float32)
@@ -106,8 +98,8 @@ def test_window_features_match_numpy_bit_for_bit():
     fraud_amount, linked = amount_counts[:, 2], linked_counts[:, 2]
     out = np.empty((n, 5 + k + 13), np.float32)
     _features.window_features(ts, amount, card, term, frauds, runs, amount_counts, linked_counts,
-                              2, 3, 4, 5, out)
-    risk, derived = reference_windows(card, term, frauds, amount, 2, 3, 4, 5)
+                              older, out)
+    risk, derived = reference_windows(term, frauds, amount, older)
     basic = np.empty((n, 5), np.float32)
     _features.basic_features(ts, amount, basic)
     f30 = frauds[:, 2].astype(np.float64)
@@ -117,7 +109,7 @@ def test_window_features_match_numpy_bit_for_bit():
     expected = np.hstack([basic, card, risk, derived, runs, detail])
     top = np.finfo(np.float32).max
     assert np.isnan(expected[:, -7]).any() and np.isnan(expected[:, -6]).any()
-    assert (expected[5:20, -6] == top).all()  # were inf, and -inf where the older sum was -1e-40
+    assert (expected[5:20, -6] == top).all()  # never inf
     assert not np.isinf(out).any()
     assert (linked > f30).any() and (detail[:, 0] > 0).any()  # linked above the count: 0 others
     np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
@@ -127,12 +119,12 @@ def test_window_features_check_shapes():
     z = np.zeros
     good = dict(ts_ms=z(2, np.int64), amount=z(2), card=z((2, 9), np.float32), terminal=z((2, 3), np.float32),
                 frauds=z((2, 3), np.float32), runs=z((2, 2), np.float32), fraud_amount=z((2, 3), np.float32),
-                linked=z((2, 3), np.float32), cols=(2, 3, 4, 5), out=z((2, 27), np.float32))
+                linked=z((2, 3), np.float32), older=z(2), out=z((2, 27), np.float32))
 
     def call(**bad):
         a = {**good, **bad}
         _features.window_features(a["ts_ms"], a["amount"], a["card"], a["terminal"], a["frauds"], a["runs"],
-                                  a["fraud_amount"], a["linked"], *a["cols"], a["out"])
+                                  a["fraud_amount"], a["linked"], a["older"], a["out"])
 
     call()  # the shapes above are accepted
     for bad, match in [({"out": z((2, 26), np.float32)}, "expected"),
@@ -141,7 +133,7 @@ def test_window_features_check_shapes():
                         "terminal and frauds"),  # (count, risk) pairs: not any more
                        ({"linked": z((3, 3), np.float32)}, "linked"),
                        ({"fraud_amount": z((2, 1), np.float32)}, "fraud_amount"),
-                       ({"cols": (2, 3, 4, 9)}, "card columns")]:
+                       ({"older": z(3)}, "older")]:
         with pytest.raises(ValueError, match=match):
             call(**bad)
 

@@ -468,7 +468,7 @@ def terminal_features(tx_table, fraud_table, keys, ts, delay):
     fraud_table.read(keys, ts, delay, f)
     out = np.empty((n, 5 + 4 + 13), np.float32)
     _features.window_features(ts, np.ones(n), np.ones((n, 4), np.float32), t, f, np.zeros((n, 2), np.float32),
-                              np.zeros((n, 3), np.float32), np.zeros((n, 3), np.float32), 0, 1, 2, 3, out)
+                              np.zeros((n, 3), np.float32), np.zeros((n, 3), np.float32), np.ones(n), out)
     return out[:, 9:15]
 
 
@@ -1726,3 +1726,24 @@ def test_a_saturated_bucket_keeps_the_average_of_the_transactions_it_counts():
     want = (m * 1.0 + (65535 - m) * 3.0) / 65535    # the 25 535 that fit, at 3.00
     assert got[0] == 65535 and got[4] == 65535
     assert got[1] == np.float32(want) and got[3] == np.float32(want) and got[5] == np.float32(want)
+
+
+@pytest.mark.parametrize("big", [1e7, 1e8, 1e9])
+def test_the_8_30_day_average_survives_a_large_recent_spend(big):
+    """card_avg_amount_8_30d is the exact older sum over its count (CardState's float64 read of
+    days 8..30 back), not the difference of the float32 7- and 30-day sums, which lost the older
+    weeks after a large recent spend (3.00 on day 0, then 1e8 and 20.00 on day 10: an average of
+    0.0 and a ratio of FLT_MAX; 1.4 % off at 1e7). The peak ratio reads the same average."""
+    from zfraud.features import FEATURE_SETS, FULL, FeatureEngine
+    names = FEATURE_SETS[FULL]
+    j8, jr, jp = (names.index(n) for n in ("card_avg_amount_8_30d", "amount_over_card_avg_8_30d",
+                                           "card_peak_amount_ratio_7d"))
+    e = FeatureEngine(FULL, card_capacity=64, terminal_capacity=64)
+    ts = np.array([T0, T0 + 10 * DAY, T0 + 10 * DAY + 1000, T0 + 10 * DAY + 2000], np.int64)
+    X = e.transform({"tx_id": np.arange(4, dtype=np.uint64), "card": np.ones(4, np.uint64),
+                     "terminal": np.ones(4, np.uint64), "ts_ms": ts,
+                     "amount": np.array([3.0, big, 20.0, 1.0])})
+    assert np.isnan(X[0, j8]) and np.isnan(X[0, jr])       # no transaction 8-30 days back yet
+    assert (X[1:, j8] == 3.0).all()
+    assert X[1, jr] == np.float32(big / 3) and X[2, jr] == np.float32(20 / 3)
+    assert X[3, jp] == pytest.approx(big / 3 * math.exp(-2000 / (7 * DAY)), rel=1e-6)

@@ -45,10 +45,11 @@ from .state import (CARD_DTYPE, CARD_FEATURES, RUN_FEATURES, TERMINAL_FEATURES, 
 BASIC = "basic-v1"
 FULL = "zfraud-v6"
 BASIC_FEATURES = tuple(_features.BASIC_NAMES)
-# Derived from the card windows (in ext/features.pyx, window_features): the card's average amount
-# over days 8..30 back (before the most recent week, so a fresh compromise does not inflate it)
-# and the amount relative to it. NaN when the card has no transaction in that span (trees and the
-# logistic kernel handle NaN).
+# From the card windows (CardState.update_and_read's exact float64 read of the daily ring, put in
+# the row by ext/features.pyx's window_features): the card's average amount over days 8..30 back
+# (before the most recent week, so a fresh compromise does not inflate it) and the amount relative
+# to it. NaN when the card has no transaction in that span (trees and the logistic kernel handle
+# NaN).
 DERIVED_FEATURES = ("card_avg_amount_8_30d", "amount_over_card_avg_8_30d")
 # What the terminal's confirmed frauds in the 30-day risk window were (window_features): their
 # mean amount, and how many were card-linked (CardState.label_frauds: the card had another fraud
@@ -140,7 +141,8 @@ class FeatureEngine:
         terminals = mix_keys(columns["terminal"])
         s = self.state
         card = np.empty((n, len(CARD_FEATURES)), dtype=np.float32)
-        s.cards.update_and_read(cards, ts, amount, mask, card)
+        older = np.empty(n, dtype=np.float64)   # the card's exact average over days 8..30 back
+        s.cards.update_and_read(cards, ts, amount, mask, card, older)
         # Count each row, then read its windows and run, before the next row is counted: a batch
         # reads what one-row calls would (the worker joins queued batches into one pass).
         term = np.empty((n, 3), dtype=np.float32)  # counts over 1, 7 and 30 days
@@ -153,8 +155,7 @@ class FeatureEngine:
         linked = np.empty_like(term)
         self.linked.read(terminals, ts, self.delay_days, linked)
         # Terminal risk = frauds / transactions; the derived card averages: see window_features.
-        _features.window_features(ts, amount, card, term, frauds, runs, fraud_amount, linked,
-                                  _N7, _AVG7, _N30, _AVG30, out)
+        _features.window_features(ts, amount, card, term, frauds, runs, fraud_amount, linked, older, out)
         return out
 
     # -- shared state ------------------------------------------------------------------------
@@ -443,6 +444,3 @@ class FeatureEngine:
                              + sum(t.bytes_per_terminal * t.capacity for t in tables)),
                 "bytes_per_card": round(float(s.bytes_per_card), 1)}
 
-
-_N7, _AVG7, _N30, _AVG30 = (CARD_FEATURES.index(n) for n in (
-    "card_nb_tx_7d", "card_avg_amount_7d", "card_nb_tx_30d", "card_avg_amount_30d"))
