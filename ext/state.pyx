@@ -50,12 +50,18 @@ rings: its hour and day are the newest buckets), the event time before it and th
   card's newest (or at the same ms, when added) the gap to the newest; for a re-read of the
   newest (update 0, same time) the gap it had; for a late row the gap to the event before the
   newest if that one is older, else -1. Idle cards keep their last time until their row is reused.
-- Ratios are amount / window average, 0 when that average is not positive, and saturate at the
-  largest finite float32 (FLT_MAX) over a tiny average (e.g. 1e-40), so every feature is finite
-  or NaN; averages are 0 for an empty window (possible only for a read-only row). Amounts must be
-  finite (the caller checks).
+- Ratios (here and window_features' amount_over_card_avg_8_30d, one rule for all) are amount /
+  window average, 0 when that average is not positive (a window of 0.00 spends, or an empty
+  one), and saturate at the largest finite float32 (FLT_MAX) over a tiny positive average (e.g.
+  1e-40), so every feature is finite or NaN. NaN means only "no transaction in the span": the 8-30-day
+  average and ratio of a card without a transaction in days 8..30 back, the peak of a card's
+  first row. Averages are 0 for an empty window: a read-only row's, and a counted row's whose
+  own bucket the ring no longer holds (more than 23 hours older than the card's newest hour:
+  an empty 1-day window; more than 31 days older than its newest day: every window empty, the
+  row itself not added). Amounts must be finite (the caller checks).
 - Peak amount ratio (card_peak): one float per card, max over its counted rows of amount / the
-  card's average over days 8..30 back at the time (saturating at FLT_MAX), decayed by exp(-age / 7 days) from the card's
+  card's average over days 8..30 back at the time (0 over an average of 0 or no such day,
+  saturating at FLT_MAX), decayed by exp(-age / 7 days) from the card's
   newest event; a row reads it before its own ratio is folded in (NaN for a card's first row).
   A handover merge computes again the ratios of a record that began without the card's history
   (card_merge_peak says when that is exact).

@@ -297,9 +297,10 @@ def test_peak_ratio_remembers_a_large_spend_and_decays_over_seven_days():
 
 
 def test_ratios_over_a_tiny_or_zero_average_saturate_instead_of_becoming_infinite():
-    """Valid amounts (finite, >= 0) never make a feature infinite: a ratio over an average of 0
-    or 1e-40 saturates at the largest finite float32 (zfraud.model's bound assumes it), for the
-    card kernel's ratios and peak and for the 8-30-day ratio of window_features."""
+    """Valid amounts (finite, >= 0) never make a feature infinite: a ratio over an average of
+    1e-40 saturates at the largest finite float32 (zfraud.model's bound assumes it), for the
+    card kernel's ratios and peak and for the 8-30-day ratio of window_features; over an average
+    of 0 it is 0."""
     from zfraud.features import FEATURE_SETS, FULL, FeatureEngine
     top = np.finfo(np.float32).max
     names = FEATURE_SETS[FULL]
@@ -314,7 +315,7 @@ def test_ratios_over_a_tiny_or_zero_average_saturate_instead_of_becoming_infinit
                 "amount": np.array(amounts, np.float64)}
     e = FeatureEngine(FULL, card_capacity=64, terminal_capacity=64)
     X = e.transform(rows(1, [t0, t0 + 10 * DAY], [0.0, 25.0]))  # a 0.00 verification, then 25.00
-    assert X[1, j8] == 0 and X[1, jr] == top
+    assert X[1, j8] == 0 and X[1, jr] == 0                      # an average of 0: the ratio is 0
     X = e.transform(rows(3, [t0, t0 + 10 * DAY, t0 + 10 * DAY + 60_000], [1e-40, 50.0, 25.0]))
     assert (X[1:, jr] == top).all()
     assert X[2, jp] == pytest.approx(top * np.exp(-60_000 / (7 * DAY)), rel=1e-6)  # decays from top
@@ -331,9 +332,9 @@ def test_ratios_over_a_tiny_or_zero_average_saturate_instead_of_becoming_infinit
 
 def test_an_older_sum_of_zero_is_zero_not_float32_rounding_below_it():
     """A card whose spends 8-30 days back were all 0.00 (verifications) has an older average of
-    0, so a new spend is larger than anything before it (the largest ratio), whatever its recent
-    spends: the difference of the float32 7- and 30-day sums came out -3.8e-06 here, and the
-    ratio -2.6e6, the smallest there is. Real older spends keep their average."""
+    0, whatever its recent spends, and a ratio of 0 (every card ratio's rule over an average
+    that is not positive): the difference of the float32 7- and 30-day sums came out -3.8e-06
+    here, and the ratio -2.6e6. Real older spends keep their average."""
     from zfraud.features import FEATURE_SETS, FULL, FeatureEngine
     top = np.finfo(np.float32).max
     names = FEATURE_SETS[FULL]
@@ -351,7 +352,7 @@ def test_an_older_sum_of_zero_is_zero_not_float32_rounding_below_it():
                          "terminal": np.full(n, 9, np.uint64), "ts_ms": np.array(ts, np.int64),
                          "amount": np.array(amounts, np.float64)})
         if want == 0:
-            assert X[-1, j8] == 0 and X[-1, jr] == top, card
+            assert X[-1, j8] == 0 and X[-1, jr] == 0, card
         else:  # float32 averages of 98-ish amounts leave the 0.01 right to 2e-06
             assert X[-1, j8] == pytest.approx(want, rel=1e-3) and X[-1, jr] == pytest.approx(1000, rel=1e-3)
 
@@ -1747,3 +1748,22 @@ def test_the_8_30_day_average_survives_a_large_recent_spend(big):
     assert (X[1:, j8] == 3.0).all()
     assert X[1, jr] == np.float32(big / 3) and X[2, jr] == np.float32(20 / 3)
     assert X[3, jp] == pytest.approx(big / 3 * math.exp(-2000 / (7 * DAY)), rel=1e-6)
+
+
+def test_every_ratio_over_an_average_of_0_is_0_and_nan_means_no_transaction_in_the_span():
+    """One rule for every card ratio: 0 over an average that is not positive, NaN only when the
+    span holds no transaction. The 8-30-day ratio gave FLT_MAX over 0.00 history and NaN for 0 /
+    0, where the 7- and 30-day ratios and the peak gave 0."""
+    from zfraud.features import FEATURE_SETS, FULL, FeatureEngine
+    names = FEATURE_SETS[FULL]
+    cols = [names.index(n) for n in ("amount_over_card_avg_7d", "amount_over_card_avg_30d",
+                                     "card_avg_amount_8_30d", "amount_over_card_avg_8_30d")]
+    e = FeatureEngine(FULL, card_capacity=64, terminal_capacity=64)
+    ts = np.array([T0, T0 + 1000, T0 + 10 * DAY, T0 + 10 * DAY + 1000, T0 + 20 * DAY], np.int64)
+    X = e.transform({"tx_id": np.arange(5, dtype=np.uint64), "card": np.ones(5, np.uint64),
+                     "terminal": np.ones(5, np.uint64), "ts_ms": ts,
+                     "amount": np.array([0.0, 0.0, 0.0, 5.0, 5.0])})[:, cols]
+    np.testing.assert_array_equal(X[:2], [[0, 0, np.nan, np.nan]] * 2)  # nothing 8-30 days back
+    np.testing.assert_array_equal(X[2], [0, 0, 0, 0])          # 0.00 over 0.00 history: 0, not NaN
+    np.testing.assert_array_equal(X[3], [2, 4, 0, 0])          # 5.00 over 0.00 history: 0, not FLT_MAX
+    np.testing.assert_array_equal(X[4], [1, 2.5, 1.25, 4])
