@@ -63,6 +63,10 @@ rings: its hour and day are the newest buckets), the event time before it and th
   card's average over days 8..30 back at the time (0 over an average of 0 or no such day,
   saturating at FLT_MAX), decayed by exp(-age / 7 days) from the card's
   newest event; a row reads it before its own ratio is folded in (NaN for a card's first row).
+  A late row (older than the card's newest) reads the peak as of the newest (undecayed, its
+  later rows included), and its ratio goes in decayed by its lateness, exp(-(newest - t) / 7
+  days), into the peak and into what the newest read (peak_read), as in time order: the peak
+  does not depend on the order rows arrive in, within float32 rounding.
   A handover merge computes again the ratios of a record that began without the card's history
   (card_merge_peak says when that is exact).
 - Fraud memory (label_frauds): the card's latest confirmed fraud, its hour and terminal, and
@@ -669,8 +673,9 @@ cdef inline double card_peak(const CardRec* c, int64_t t, bint upd) noexcept nog
     average over days 8..30 back (at its time) among the card's earlier transactions, each
     decayed by exp(-age / 7 days); NaN for a card's first row. A compromised card's first large
     spend raises it for the spends that follow. Kept as one value updated per transaction
-    (peak = max(peak decayed to now, this ratio)), so a late row reads it undecayed and a re-read
-    of the newest row gets what that row read."""
+    (peak = max(peak decayed to now, this ratio); a late row's ratio decayed by its lateness, see
+    card_peak_add), so a late row reads it undecayed (as of the newest, later rows included) and
+    a re-read of the newest row gets what that row read, plus any late row's decayed ratio."""
     if c.last_ts == NONE:
         return NAN
     if not upd and t == c.last_ts:
@@ -682,9 +687,20 @@ cdef inline double card_peak(const CardRec* c, int64_t t, bint upd) noexcept nog
 
 cdef inline void card_peak_add(CardRec* c, int64_t last, int64_t t, double peak,
                                double ratio) noexcept nogil:
-    """Fold a counted row's ratio into the peak; last: the card's newest time before the row."""
-    if last == NONE or t >= last:
-        c.peak_read = <float>peak
+    """Fold a counted row's ratio into the peak; last: the card's newest time before the row.
+    A late row (t < last) enters decayed by its lateness, exp(-(last - t) / 7 days), into both
+    the peak and peak_read (what the newest read), where one engine that saw the rows in time
+    order has it (card_merge_peak folds a record's earlier rows the same way), so the peak does
+    not depend on the order rows arrive in (within float32 rounding of the decayed chain)."""
+    cdef double v
+    if last != NONE and t < last:
+        v = sat_f32(<float>ratio * exp(-<double>(last - t) / PEAK_TAU_MS))
+        if v > c.peak:
+            c.peak = <float>v
+        if v > c.peak_read or c.peak_read != c.peak_read:
+            c.peak_read = <float>v
+        return
+    c.peak_read = <float>peak
     if last == NONE:
         peak = 0
     c.peak = <float>(ratio if ratio > peak else peak)
@@ -771,7 +787,7 @@ cdef void card_merge_peak(CardRec* c, const CardRec* n, const CardRec* o) noexce
     into the other's peak as one engine that saw every transaction in time order puts them: one
     after the other's newest continues its chain (decay, then max, as card_peak and
     card_peak_add do), an earlier one (a stale client's transaction at the old owner) is added
-    decayed to the other's newest time. What this gives, against that one engine:
+    decayed to the other's newest time (what card_peak_add does with a late row). What this gives, against that one engine:
     - bit for bit when the record without history holds at most two transactions, all after the
       other's newest, with amounts float32 holds exactly, as whole units below 2**24 (their
       times are its newest and previous ones; amounts with cents: a ratio can differ in the

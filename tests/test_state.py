@@ -32,9 +32,10 @@ OTHERS = [1, 3, 5, 6, 7, 8, 9]   # averages, ratios, log gap, peak ratio: sums m
 class RefCards:
     """CardState's semantics on dicts keyed by absolute hour / day: a bucket lives while it is
     within 24 hours / 32 days of its card's newest event, counts saturate at 65535 (and sums
-    with them), sums are float32 added in arrival order. The peak amount ratio is one float32 per card: the largest
-    ratio of a counted amount to its card's average over days 8..30 back, decayed by
-    exp(-age / 7 days) from the card's newest event. No capacity limit."""
+    with them), sums are float32 added in arrival order. The peak amount ratio is one float32
+    per card: the largest ratio of a counted amount to its card's average over days 8..30 back,
+    decayed by exp(-age / 7 days) from the card's newest event (a late row's by its lateness when
+    it is folded in). No capacity limit."""
 
     def __init__(self):
         self.cards = {}
@@ -63,9 +64,14 @@ class RefCards:
             old = sorted(k for k in c["days"] if t // DAY - 29 <= k <= t // DAY - 7)
             n, s = sum(c["days"][k][0] for k in old), sum(float(c["days"][k][1]) for k in old)
             ratio = min(amount / (s / n), F32_MAX) if n and s > 0 else 0.0
-            if last is None or t >= last:
+            if last is not None and t < last:   # a late row: its ratio decayed by its lateness
+                v = np.float32(min(float(np.float32(ratio)) * math.exp(-(last - t) / (7 * DAY)), F32_MAX))
+                c["peak"] = max(c["peak"], v)
+                if v > c["peak_read"] or np.isnan(c["peak_read"]):
+                    c["peak_read"] = v
+            else:
                 c["peak_read"] = np.float32(peak)
-            c["peak"] = np.float32(max(0.0 if last is None else peak, ratio))
+                c["peak"] = np.float32(max(0.0 if last is None else peak, ratio))
         return row + [peak]
 
     @staticmethod
@@ -1767,3 +1773,49 @@ def test_every_ratio_over_an_average_of_0_is_0_and_nan_means_no_transaction_in_t
     np.testing.assert_array_equal(X[2], [0, 0, 0, 0])          # 0.00 over 0.00 history: 0, not NaN
     np.testing.assert_array_equal(X[3], [2, 4, 0, 0])          # 5.00 over 0.00 history: 0, not FLT_MAX
     np.testing.assert_array_equal(X[4], [1, 2.5, 1.25, 4])
+
+
+def test_a_late_rows_ratio_enters_the_peak_decayed_by_its_lateness():
+    """A late row's 8-30-day ratio is folded into the peak decayed by exp(-(newest - t) / 7 days),
+    as if it had come in time order: the peak does not depend on the order rows arrive in (a
+    spike arriving after a row 6 days newer read 9.99 here, in time order 4.24), and the newest's
+    re-read includes it as in time order."""
+    hist = [(T0, 10.0)]                                   # days 8-30 back: an average of 10
+    spike, later = (T0 + 10 * DAY, 100.0), (T0 + 16 * DAY, 10.0)
+    probe = [T0 + 16 * DAY + 1000], [10.0]
+    got = {}
+    for name, rows in (("in order", hist + [spike, later]), ("late", hist + [later, spike])):
+        st = CardState(4)
+        card_rows(st, [r[0] for r in rows], [r[1] for r in rows])
+        reread = card_rows(st, [later[0]], [later[1]], update=0)[0, 9]
+        got[name] = (reread, card_rows(st, *probe)[0, 9])
+    want = 10 * math.exp(-6 / 7)
+    assert got["in order"][1] == pytest.approx(want * math.exp(-1000 / (7 * DAY)), rel=1e-6)
+    assert got["late"][1] == pytest.approx(got["in order"][1], rel=1e-6)
+    assert got["late"][0] == pytest.approx(want, rel=1e-6) and got["in order"][0] == pytest.approx(want, rel=1e-6)
+
+
+def test_a_late_row_and_a_merged_stale_transaction_give_the_same_peak():
+    """The stale client's transaction of the handover test, once merged (card_merge_peak) and once
+    reaching the card's one engine late: the same peak and peak_read (within float32 rounding),
+    as one engine that saw every row in time order."""
+    hist_t, hist_a = card_history(2)
+    t = T0 + 20 * DAY + np.array([1, 5, 9, 13]) * HOUR
+    a = np.array([30.0, 250.0, 20.0, 41.5])
+    stale = np.arange(4) == 1
+    one, late, old, new = CardState(16), CardState(16), CardState(16), CardState(16)
+    key = mix_keys(np.array([7], np.uint64))
+    for st in (one, late, old):
+        card_rows(st, hist_t, hist_a)
+    card_rows(one, t, a)
+    card_rows(late, t[~stale], a[~stale])
+    card_rows(late, t[stale], a[stale])                     # 8 hours late
+    new.put(old.take(key))
+    card_rows(new, t[~stale], a[~stale])
+    card_rows(old, t[stale], a[stale])
+    new.put(old.take(key))
+    want, merged, got = card_record(one), card_record(new), card_record(late)
+    assert want["peak"] > 6
+    for field in ("peak", "peak_read"):
+        assert got[field] == pytest.approx(want[field], rel=1e-6), field
+        assert got[field] == pytest.approx(merged[field], rel=1e-6), field
