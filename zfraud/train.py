@@ -1,12 +1,14 @@
 """Training on labelled history through the same streaming feature code the workers run.
 
-`replay` walks a labelled file in event time, one terminal bucket (4 hours) at a time: before
-bucket b it reveals the labels of bucket b - delay (as `zfraud label` would, `delay` days late),
-then turns the bucket's transactions into features with a FeatureEngine, exactly as a worker's
-scorer does. A label revealed before bucket b is first read by bucket b + 1, whose terminal
-windows end at its start minus the delay, so every label a feature uses is at least `delay` days
-old (and a mesh has a whole bucket to share it). Training and serving features are
-therefore the same by construction (a test checks they are bit-identical).
+`replay` walks a labelled file in event time, one UTC hour at a time (`label_schedule`): before
+the transactions of hour h it reveals the labels of the rows more than `delay` days older than
+h's start not revealed yet (as `zfraud label` would, `delay` days late), then turns the hour's
+transactions into features with a FeatureEngine, exactly as a worker's scorer does. Since v6 a
+row's terminal windows (4-hour buckets) end with the bucket holding t - delay, so a label
+revealed before hour h is read by h's own rows already; every label a feature uses is more than
+`delay` days old, and the newest bucket of a window holds only the labels revealed so far (its
+rows younger than `delay` days at the step's start are still to come). Training and serving
+features are therefore the same by construction (a test checks they are bit-identical).
 
 `python -m zfraud.train` regenerates the default model shipped in zfraud/models/default.json:
 a logistic regression on the basic feature set, fitted to 400 000 synthetic transactions
