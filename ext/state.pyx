@@ -29,8 +29,8 @@ CardState: per card an hourly ring of 24 buckets and a daily ring of 32 buckets 
 uint16 count, saturating at 65 535, and a float32 amount sum, which stops growing with the count
 so that the bucket's average is that of the transactions it counted; a handover merge past 65 535
 keeps the older record's transactions and the share of the newer's that fits, at their average),
-the newest event time (which stamps both
-rings: its hour and day are the newest buckets), the event time before it and the newest amount.
+the newest event time (which stamps both rings: its hour and day are the newest buckets), the
+event time before it and the newest amount.
 - update_and_read processes rows in order: if update[i], add the transaction, then read. Rows
   with update[i] == 0 (duplicates already counted) only read. One loop in row order, so a batch
   gives exactly what one-row calls give.
@@ -53,16 +53,16 @@ rings: its hour and day are the newest buckets), the event time before it and th
 - Ratios (here and window_features' amount_over_card_avg_8_30d, one rule for all) are amount /
   window average, 0 when that average is not positive (a window of 0.00 spends, or an empty
   one), and saturate at the largest finite float32 (FLT_MAX) over a tiny positive average (e.g.
-  1e-40), so every feature is finite or NaN. NaN means only "no transaction in the span": the 8-30-day
-  average and ratio of a card without a transaction in days 8..30 back, the peak of a card's
-  first row. Averages are 0 for an empty window: a read-only row's, and a counted row's whose
+  1e-40), so every feature is finite or NaN. NaN means only "no transaction in the span": the
+  8-30-day average and ratio of a card without a transaction in days 8..30 back, the peak of a
+  card's first row. Averages are 0 for an empty window: a read-only row's, and a counted row's whose
   own bucket the ring no longer holds (more than 23 hours older than the card's newest hour:
   an empty 1-day window; more than 31 days older than its newest day: every window empty, the
   row itself not added). Amounts must be finite (the caller checks).
 - Peak amount ratio (card_peak): one float per card, max over its counted rows of amount / the
   card's average over days 8..30 back at the time (0 over an average of 0 or no such day,
-  saturating at FLT_MAX), decayed by exp(-age / 7 days) from the card's
-  newest event; a row reads it before its own ratio is folded in (NaN for a card's first row).
+  saturating at FLT_MAX), decayed by exp(-age / 7 days) from the card's newest event; a row
+  reads it before its own ratio is folded in (NaN for a card's first row).
   A late row (older than the card's newest) reads the peak as of the newest (undecayed, its
   later rows included), and its ratio goes in decayed by its lateness, exp(-(newest - t) / 7
   days), into the peak and into what the newest read (peak_read), as in time order: the peak
@@ -607,8 +607,10 @@ cdef inline void card_read(const CardRec* c, int64_t t, double amount, int64_t g
                            float* o, double* ratio_8_30, double* older) noexcept nogil:
     """The K_CARD features of a row at time t (after any add), from the buckets still in the
     rings; *older: the average amount over days 8..30 back (the exact float64 sum of those days'
-    buckets over their count; NaN without a transaction there), *ratio_8_30: amount / *older. The common case, a row in the card's newest hour (day), sums fixed sets of ring
-    positions without branches; any other row clips its window to the ring's range first."""
+    buckets over their count; NaN without a transaction there), *ratio_8_30: amount / *older
+    (0 unless *older > 0). The common case, a row in the card's newest hour (day), sums fixed
+    sets of ring positions without branches; any other row clips its window to the ring's range
+    first."""
     cdef int64_t nh = floor_div(c.last_ts, MS_PER_HOUR), nd = floor_div(c.last_ts, MS_PER_DAY)
     cdef int64_t rh = floor_div(t, MS_PER_HOUR), rd = floor_div(t, MS_PER_DAY), lo, hi, j
     cdef int64_t c1 = 0, c7 = 0, cold = 0, c30, c1b = 0
@@ -787,7 +789,8 @@ cdef void card_merge_peak(CardRec* c, const CardRec* n, const CardRec* o) noexce
     into the other's peak as one engine that saw every transaction in time order puts them: one
     after the other's newest continues its chain (decay, then max, as card_peak and
     card_peak_add do), an earlier one (a stale client's transaction at the old owner) is added
-    decayed to the other's newest time (what card_peak_add does with a late row). What this gives, against that one engine:
+    decayed to the other's newest time (what card_peak_add does with a late row). What this
+    gives, against that one engine:
     - bit for bit when the record without history holds at most two transactions, all after the
       other's newest, with amounts float32 holds exactly, as whole units below 2**24 (their
       times are its newest and previous ones; amounts with cents: a ratio can differ in the
@@ -841,9 +844,8 @@ cdef void card_merge(CardRec* c, const CardRec* o) noexcept nogil:
     disjoint sets of its transactions). The rings are summed over the buckets both still hold,
     aligned to the newer record's time (a bucket past 65 535 transactions saturates as
     merge_bucket says); a bucket only the older record still holds is older than every window of
-    the newer one. Newest and previous times and amount come from the newer
-    record, the peak from card_merge_peak; the fraud memory is the later of both. c keeps its
-    key."""
+    the newer one. Newest and previous times and amount come from the newer record, the peak
+    from card_merge_peak; the fraud memory is the later of both. c keeps its key."""
     cdef CardRec old, new
     cdef uint64_t key = c.key
     cdef int64_t nh, nd, oh, od, k, lo
