@@ -122,3 +122,57 @@ def test_a_client_endpoint_from_the_environment_is_checked():
     r = run_cli("status", timeout=30, env={"ZFRAUD_STATUS_CONNECT": "inproc://x"})
     assert r.returncode == 2 and "inproc:// reaches only sockets of the same process" in r.stderr, r.stderr
 
+
+
+def test_a_relative_ipc_path_too_long_once_absolute_is_refused_naming_the_option(tmp_path):
+    """libzmq bound the short relative path, then the absolute one it is advertised as failed the
+    107-byte check, blamed on "member a: router endpoint" after the bind had worked."""
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    r = run_cli("worker", "--name", "a", "--bind", "ipc://a.r", "--pub", "ipc://a.p", cwd=deep, timeout=30)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "--bind ipc://a.r, as an absolute path, 'ipc://" in r.stderr, r.stderr
+    assert "an ipc path is at most 107 bytes" in r.stderr, r.stderr
+
+
+def test_a_relative_ipc_path_through_a_symlink_is_advertised_where_the_socket_is(tmp_path):
+    """ipc://lnk/../r.sock with lnk -> ../run/a: the kernel follows the link, then "..", so the
+    socket is in run/; os.path.abspath dropped both and advertised w/r.sock."""
+    (tmp_path / "w").mkdir()
+    (tmp_path / "run" / "a").mkdir(parents=True)
+    (tmp_path / "w" / "lnk").symlink_to("../run/a")
+    proc, ready = start_worker("--name", "s", "--bind", "ipc://lnk/../r.sock", "--pub", "ipc://p.sock",
+                               cwd=tmp_path / "w")
+    try:
+        assert f"router=ipc://{tmp_path}/w/lnk/../r.sock" in ready, ready
+        assert (tmp_path / "run" / "r.sock").is_socket()
+        r = run_cli("status", "--connect", f"ipc://{tmp_path}/w/lnk/../r.sock", timeout=30, cwd="/")
+        assert r.returncode == 0 and "unreachable" not in r.stdout + r.stderr, r.stdout + r.stderr
+    finally:
+        assert stop(proc) == 0
+
+
+def test_an_empty_abstract_ipc_name_is_a_usage_error():
+    for args in (("worker", "--seed", "ipc://@"), ("worker", "--bind", "ipc://@"), ("status", "--connect", "ipc://@")):
+        r = run_cli(*args, timeout=30)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (args, r.stderr)
+        assert "an abstract ipc name needs at least one character after the @" in r.stderr, (args, r.stderr)
+
+
+def test_a_client_given_a_list_refuses_a_malformed_entry_at_once():
+    """It was refused only after the endpoints before it had timed out (5 s each)."""
+    from zfraud import Client
+
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="inproc:// reaches only sockets of the same process"):
+        Client(["tcp://127.0.0.1:9", "inproc://x"], hello_timeout_s=5)
+    assert time.monotonic() - t0 < 1
+
+
+def test_free_port_does_not_hand_out_a_port_twice_in_a_row():
+    """Two calls could return the same port: a LocalMesh worker's --bind and --pub were then
+    equal, which a worker now refuses (and LocalMesh retried only "Address already in use")."""
+    from zfraud.local import free_port
+
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == 200

@@ -46,7 +46,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol as P
 from ._dedup import SeenSet
-from .mesh import owners
+from .mesh import check_endpoint, owners
 from .security import HANDSHAKE_EVENTS, Curve, check_handshake, describe_handshake_failure
 from .sockets import configure, descriptor_limit, out_of_descriptors, recv_frames, send_frames
 from .sources import Reader
@@ -284,6 +284,9 @@ class Client:
     def __init__(self, connect, window: int = 8, deadline_s: float = 5.0, max_attempts: int = 3,
                  hello_timeout_s: float = 5.0, dead_letter_path=None, curve_dir=None,
                  context: zmq.Context | None = None):
+        endpoints = [connect] if isinstance(connect, str) else list(connect)
+        for ep in endpoints:  # each refused at once, not after those before it have timed out
+            check_endpoint("endpoint", ep)
         self._user = threading.RLock()  # held by the thread inside a call (_one_thread)
         self.window = window
         self.deadline_s = deadline_s
@@ -323,7 +326,7 @@ class Client:
         self._call = None      # the score()/stream() call sending now: its tag for the ledger
         self._sinks = {}       # call -> its callable(verdicts, header), instead of on_result
         self._closed = False
-        self._bootstrap([connect] if isinstance(connect, str) else list(connect), hello_timeout_s)
+        self._bootstrap(endpoints, hello_timeout_s)
 
     # -- membership -------------------------------------------------------------------------
     def _dealer(self, linger_ms: int = 0) -> zmq.Socket:

@@ -75,6 +75,8 @@ def check_endpoint(what: str, ep: str, bind: bool = False) -> None:
             ok = "*" not in host and port != "*" and 1 <= int(port) <= 65535
             if ok and host.startswith("["):
                 raise ValueError(f"{what} {ep[:80]!r}: IPv6 is not enabled; give an IPv4 address or a host name")
+    elif ok and ep == "ipc://@":
+        raise ValueError(f"{what} 'ipc://@': an abstract ipc name needs at least one character after the @")
     elif ok and ep.startswith("ipc://") and len(ep[6:].encode()) > IPC_PATH_MAX:
         raise ValueError(f"{what} {ep[:80]!r}...: an ipc path is at most {IPC_PATH_MAX} bytes (the system's "
                          f"limit for a Unix socket), this one is {len(ep[6:].encode())}; use a shorter one")

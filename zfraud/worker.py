@@ -135,12 +135,20 @@ def _rows(frames) -> int:
     return len(frames[4]) // 8 if len(frames) > 4 else 0
 
 
+def _absolute(endpoint: str) -> str:
+    """A relative ipc path (ipc://w1.sock, or the one ipc://* made) as the absolute path it names
+    from this directory: peers and clients run in other directories. Joined, not normalised: the
+    kernel follows a symlink before a "..", and os.path.abspath would drop both."""
+    if endpoint.startswith("ipc://") and not endpoint.startswith(("ipc:///", "ipc://@")) and endpoint != "ipc://*":
+        return "ipc://" + os.path.join(os.getcwd(), endpoint[6:])
+    return endpoint
+
+
 def _advertised(endpoint: str) -> str:
     """The endpoint peers should connect to: a wildcard host becomes this machine's name, and a
-    relative ipc path (ipc://w1.sock, or the one ipc://* made) an absolute one: peers and clients
-    run in other directories."""
-    if endpoint.startswith("ipc://") and not endpoint.startswith(("ipc:///", "ipc://@")):
-        return "ipc://" + os.path.abspath(endpoint[6:])
+    relative ipc path an absolute one (_absolute)."""
+    if endpoint.startswith("ipc://"):
+        return _absolute(endpoint)
     parts = urlsplit(endpoint)
     if parts.hostname in ("0.0.0.0", "*", "::"):
         return f"{parts.scheme}://{socket.getfqdn()}:{parts.port}"
@@ -271,6 +279,10 @@ class Worker:
         check_endpoint("--pub", pub, bind=True)
         if bind == pub and "*" not in bind and not bind.endswith(":0"):
             raise ValueError(f"--bind and --pub are both {bind}: each needs an endpoint of its own")
+        for what, ep in (("--bind", bind), ("--pub", pub)):
+            if _absolute(ep) != ep:  # advertised absolute: that path must fit in a Unix socket too
+                check_endpoint(f"{what} {ep}, as an absolute path,", _absolute(ep))
+        seeds = [_absolute(seed) for seed in seeds]  # as a member lists them, and compared with ours
         for seed in seeds:
             check_endpoint("--seed", seed)
         self.heartbeat = heartbeat
