@@ -289,7 +289,8 @@ def _discard_stdout() -> None:
               help="ROUTER endpoint: batches and control requests. tcp://HOST:PORT (HOST an IPv4 address, a name, "
                    "an interface, or * for all; PORT * or 0 for any free one) or ipc://PATH (at most 107 bytes; "
                    "a path in use by a live process, or a file that is not a socket, is refused).")
-@click.option("--pub", default="tcp://127.0.0.1:5556", callback=_bind_endpoint, help="PUB endpoint: verdicts and mesh gossip. As --bind.")
+@click.option("--pub", default="tcp://127.0.0.1:5556", callback=_bind_endpoint,
+              help="PUB endpoint: verdicts and mesh gossip. As --bind.")
 @click.option("--seed", "seeds", multiple=True, metavar="ENDPOINT", callback=_bind_endpoint,
               help="ROUTER endpoint of any existing member, tcp://HOST:PORT or ipc://PATH (repeatable). "
                    "Omit for the first worker.")
@@ -310,8 +311,8 @@ def _discard_stdout() -> None:
 @click.option("--cards", type=click.IntRange(1024, 1 << 31), default=1 << 18,
               help="Card table capacity (400 bytes each: a 384-byte record and its index).")
 @click.option("--terminals", type=click.IntRange(1024, 1 << 31), default=1 << 15,
-              help="Terminal table capacity (10.2 KB each at first with a --delay up to 9: transaction and fraud counts in "
-                   "4-hour buckets over 40 days, or --delay + 31; up to 30.3 KB as peers join).")
+              help="Terminal table capacity (10.2 KB each at first with a --delay up to 9: transaction and fraud "
+                   "counts in 4-hour buckets over 40 days, or --delay + 31; up to 30.3 KB as peers join).")
 @click.option("--delay", "delay_days", type=click.IntRange(0, 30), default=7,
               help="Label delay in days: terminal risk uses windows that end this long ago. With 0 the windows "
                    "take the current hours, which reach the other workers a heartbeat late: on a mesh of more "
