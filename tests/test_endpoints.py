@@ -176,3 +176,28 @@ def test_free_port_does_not_hand_out_a_port_twice_in_a_row():
 
     ports = [free_port() for _ in range(200)]
     assert len(set(ports)) == 200
+
+
+def test_a_seed_started_later_that_joins_through_us_is_not_reported_silent(tmp_path):
+    """o2 starts first, seeded with o1; o1 starts 4 s later, seeded with o2, and they form a mesh
+    at once. o2's DEALER to o1 was still in its reconnect backoff (up to 8 s), so 6 s after its
+    start o2 warned that its seed had not answered, with o1 a member: "start order does not
+    matter" (OPERATIONS §2.4)."""
+    from zfraud.local import free_port
+
+    o1, o2 = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
+    first, ready = start_worker("--name", "o2", "--bind", o2, "--pub", f"tcp://127.0.0.1:{free_port()}", "--seed", o1)
+    assert "ready name=o2" in ready, ready
+    t0 = time.monotonic()
+    try:
+        time.sleep(4)
+        second, ready = start_worker("--name", "o1", "--bind", o1, "--pub", f"tcp://127.0.0.1:{free_port()}",
+                                     "--seed", o2)
+        assert "ready name=o1" in ready, ready
+        time.sleep(max(0.0, 9 - (time.monotonic() - t0)))  # past the 6 s warning, within 8 s of backoff
+        assert stop(second) == 0
+    finally:
+        first.send_signal(signal.SIGTERM)
+        _, log = first.communicate(timeout=30)
+    assert "has not answered" not in log, log
+    assert f"member joined name=o1 router={o1}" in log and f"joined: seed {o1} is member o1" in log, log

@@ -632,9 +632,17 @@ class Worker:
 
     def _hello_asking(self) -> None:
         now = time.monotonic()
+        routers = {m.router: n for n, m in self.members.members.items() if n != self.name}
         for router, (sock, name) in list(self.asking.items()):
             if name is not None and self._draining_since is not None:
                 continue  # leaving: a rejoin would bring us back into its member list
+            if name is None and router in routers:
+                # the seed joined us (it started later, seeded with us) while our DEALER to it was
+                # in its reconnect backoff (up to 8 s): it is a member, and was not silent
+                self._stop_asking(router)
+                self._seeds_asked.pop(router, None)
+                log.info("joined: seed %s is member %s", router, routers[router])
+                continue
             silent = self._seed_silent(router, now) if name is None else None
             if silent is not None:
                 # A worker with --curve-dir and one without cannot connect, and nothing else says so:
