@@ -9,9 +9,8 @@ Time is event time: everything derives from the transaction's own timestamp (epo
 milliseconds, UTC), never from the wall clock.
 
 Every feature is finite or NaN (NaN: missing, e.g. no transaction in a span) for valid rows
-(amounts finite, in [0, 1e12]): a ratio over an average that is not positive is 0, and over a
-tiny positive one it saturates at the largest finite float32, which zfraud.model's MAX_MARGIN
-bound assumes.
+(amounts finite, in [0, 1e12]): ratios saturate at the largest finite float32, which
+zfraud.model's MAX_MARGIN bound assumes.
 """
 from libc.float cimport FLT_MAX
 from libc.math cimport NAN, log1p
@@ -87,10 +86,11 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
       then 2 columns    the card's average amount over days 8..30 back (older, as is; it is
                         not derived from the float32 7- and 30-day columns, whose difference
                         loses the older weeks after a large recent spend); and amount / that
-                        average as every card ratio is (ext/state.pyx): 0 when the average is
-                        not positive (spends of 0.00 only), within +-FLT_MAX over a tiny one
-                        (1e-40 gives FLT_MAX, not inf), NaN only when the average is (no
-                        transaction in days 8..30 back);
+                        average, within +-FLT_MAX: over an average of 0 (spends of 0.00 only)
+                        or a tiny one (1e-40) FLT_MAX, not inf, and 0 / 0 NaN, as zfraud-v6
+                        has always computed it (unlike the 7- and 30-day ratios, whose
+                        windows hold the row itself: see ext/state.pyx); NaN too without a
+                        transaction in days 8..30 back;
       then 2 columns    runs, as is;
       then 3 columns    the 30-day window's mean fraud amount (fraud_amount / frauds' 30-day
                         count in float64, 0 without frauds), its card-linked frauds (linked) and
@@ -127,11 +127,10 @@ def window_features(const int64_t[::1] ts_ms, const double[::1] amount, const fl
                 o[c + 2 * j + 1] = <float>(frauds[i, j] / tx) if tx > 0 else 0
             avg = older[i]
             o[t] = <float>avg
-            if avg > 0:   # saturated: an average of 1e-40 gives FLT_MAX, not inf
-                ratio = amount[i] / avg
-                o[t + 1] = <float>(FLT_MAX if ratio > FLT_MAX else (-FLT_MAX if ratio < -FLT_MAX else ratio))
-            else:         # NaN without a transaction in the span, else 0 (every card ratio's rule)
-                o[t + 1] = avg if avg != avg else 0
+            # saturated: an average of 0 or 1e-40 gives FLT_MAX, not inf (the amount is above every
+            # spend of those weeks, which models trained on zfraud-v6 learned); 0 / 0 is NaN
+            ratio = amount[i] / avg
+            o[t + 1] = <float>(FLT_MAX if ratio > FLT_MAX else (-FLT_MAX if ratio < -FLT_MAX else ratio))
             o[t + 2] = runs[i, 0]
             o[t + 3] = runs[i, 1]
             f30 = frauds[i, 2]

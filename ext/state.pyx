@@ -50,12 +50,12 @@ event time before it and the newest amount.
   card's newest (or at the same ms, when added) the gap to the newest; for a re-read of the
   newest (update 0, same time) the gap it had; for a late row the gap to the event before the
   newest if that one is older, else -1. Idle cards keep their last time until their row is reused.
-- Ratios (here and window_features' amount_over_card_avg_8_30d, one rule for all) are amount /
-  window average, 0 when that average is not positive (a window of 0.00 spends, or an empty
-  one), and saturate at the largest finite float32 (FLT_MAX) over a tiny positive average (e.g.
-  1e-40), so every feature is finite or NaN. NaN means only "no transaction in the span": the
-  8-30-day average and ratio of a card without a transaction in days 8..30 back, the peak of a
-  card's first row. Averages are 0 for an empty window: a read-only row's, and a counted row's whose
+- Ratios are amount / window average, 0 when that average is not positive (a window of 0.00
+  spends, which holds the row itself, so its amount is 0 too; or an empty one), and saturate at
+  the largest finite float32 (FLT_MAX) over a tiny positive average (e.g. 1e-40), so every
+  feature is finite or NaN (window_features' 8-30-day ratio, whose window does not hold the row,
+  is FLT_MAX over an average of 0 instead, and NaN for 0 / 0: see there). Averages are 0 for an
+  empty window: a read-only row's, and a counted row's whose
   own bucket the ring no longer holds (more than 23 hours older than the card's newest hour:
   an empty 1-day window; more than 31 days older than its newest day: every window empty, the
   row itself not added). Amounts must be finite (the caller checks).

@@ -303,10 +303,9 @@ def test_peak_ratio_remembers_a_large_spend_and_decays_over_seven_days():
 
 
 def test_ratios_over_a_tiny_or_zero_average_saturate_instead_of_becoming_infinite():
-    """Valid amounts (finite, >= 0) never make a feature infinite: a ratio over an average of
-    1e-40 saturates at the largest finite float32 (zfraud.model's bound assumes it), for the
-    card kernel's ratios and peak and for the 8-30-day ratio of window_features; over an average
-    of 0 it is 0."""
+    """Valid amounts (finite, >= 0) never make a feature infinite: a ratio over an average of 0
+    or 1e-40 saturates at the largest finite float32 (zfraud.model's bound assumes it), for the
+    card kernel's ratios and peak and for the 8-30-day ratio of window_features."""
     from zfraud.features import FEATURE_SETS, FULL, FeatureEngine
     top = np.finfo(np.float32).max
     names = FEATURE_SETS[FULL]
@@ -321,7 +320,7 @@ def test_ratios_over_a_tiny_or_zero_average_saturate_instead_of_becoming_infinit
                 "amount": np.array(amounts, np.float64)}
     e = FeatureEngine(FULL, card_capacity=64, terminal_capacity=64)
     X = e.transform(rows(1, [t0, t0 + 10 * DAY], [0.0, 25.0]))  # a 0.00 verification, then 25.00
-    assert X[1, j8] == 0 and X[1, jr] == 0                      # an average of 0: the ratio is 0
+    assert X[1, j8] == 0 and X[1, jr] == top
     X = e.transform(rows(3, [t0, t0 + 10 * DAY, t0 + 10 * DAY + 60_000], [1e-40, 50.0, 25.0]))
     assert (X[1:, jr] == top).all()
     assert X[2, jp] == pytest.approx(top * np.exp(-60_000 / (7 * DAY)), rel=1e-6)  # decays from top
@@ -338,9 +337,9 @@ def test_ratios_over_a_tiny_or_zero_average_saturate_instead_of_becoming_infinit
 
 def test_an_older_sum_of_zero_is_zero_not_float32_rounding_below_it():
     """A card whose spends 8-30 days back were all 0.00 (verifications) has an older average of
-    0, whatever its recent spends, and a ratio of 0 (every card ratio's rule over an average
-    that is not positive): the difference of the float32 7- and 30-day sums came out -3.8e-06
-    here, and the ratio -2.6e6. Real older spends keep their average."""
+    0, so a new spend is larger than anything before it (the largest ratio), whatever its recent
+    spends: the difference of the float32 7- and 30-day sums came out -3.8e-06 here, and the
+    ratio -2.6e6, the smallest there is. Real older spends keep their average."""
     from zfraud.features import FEATURE_SETS, FULL, FeatureEngine
     top = np.finfo(np.float32).max
     names = FEATURE_SETS[FULL]
@@ -358,7 +357,7 @@ def test_an_older_sum_of_zero_is_zero_not_float32_rounding_below_it():
                          "terminal": np.full(n, 9, np.uint64), "ts_ms": np.array(ts, np.int64),
                          "amount": np.array(amounts, np.float64)})
         if want == 0:
-            assert X[-1, j8] == 0 and X[-1, jr] == 0, card
+            assert X[-1, j8] == 0 and X[-1, jr] == top, card
         else:  # float32 averages of 98-ish amounts leave the 0.01 right to 2e-06
             assert X[-1, j8] == pytest.approx(want, rel=1e-3) and X[-1, jr] == pytest.approx(1000, rel=1e-3)
 
@@ -1756,11 +1755,15 @@ def test_the_8_30_day_average_survives_a_large_recent_spend(big):
     assert X[3, jp] == pytest.approx(big / 3 * math.exp(-2000 / (7 * DAY)), rel=1e-6)
 
 
-def test_every_ratio_over_an_average_of_0_is_0_and_nan_means_no_transaction_in_the_span():
-    """One rule for every card ratio: 0 over an average that is not positive, NaN only when the
-    span holds no transaction. The 8-30-day ratio gave FLT_MAX over 0.00 history and NaN for 0 /
-    0, where the 7- and 30-day ratios and the peak gave 0."""
+
+def test_the_8_30_day_ratio_over_0_00_history_is_what_zfraud_v6_models_learned():
+    """A card whose earlier spends were 0.00 (verifications), then 5.00: the 7- and 30-day
+    ratios, whose windows hold the row, are amount / average; the 8-30-day ratio over an average
+    of 0 is the largest finite float32, as zfraud-v6 has always computed it. A fix made it 0 for a
+    while: a model trained before then scored such a card 0.98 (decline) and after it 0.13
+    (approve), the same model on the same history (the rolling-upgrade tester, helper-70)."""
     from zfraud.features import FEATURE_SETS, FULL, FeatureEngine
+    top = np.finfo(np.float32).max
     names = FEATURE_SETS[FULL]
     cols = [names.index(n) for n in ("amount_over_card_avg_7d", "amount_over_card_avg_30d",
                                      "card_avg_amount_8_30d", "amount_over_card_avg_8_30d")]
@@ -1770,52 +1773,6 @@ def test_every_ratio_over_an_average_of_0_is_0_and_nan_means_no_transaction_in_t
                      "terminal": np.ones(5, np.uint64), "ts_ms": ts,
                      "amount": np.array([0.0, 0.0, 0.0, 5.0, 5.0])})[:, cols]
     np.testing.assert_array_equal(X[:2], [[0, 0, np.nan, np.nan]] * 2)  # nothing 8-30 days back
-    np.testing.assert_array_equal(X[2], [0, 0, 0, 0])          # 0.00 over 0.00 history: 0, not NaN
-    np.testing.assert_array_equal(X[3], [2, 4, 0, 0])          # 5.00 over 0.00 history: 0, not FLT_MAX
+    np.testing.assert_array_equal(X[2], [0, 0, 0, np.nan])     # 0.00 over 0.00 history: 0 / 0
+    np.testing.assert_array_equal(X[3], [2, 4, 0, top])        # 5.00 over 0.00 history: above all
     np.testing.assert_array_equal(X[4], [1, 2.5, 1.25, 4])
-
-
-def test_a_late_rows_ratio_enters_the_peak_decayed_by_its_lateness():
-    """A late row's 8-30-day ratio is folded into the peak decayed by exp(-(newest - t) / 7 days),
-    as if it had come in time order: the peak does not depend on the order rows arrive in (a
-    spike arriving after a row 6 days newer read 9.99 here, in time order 4.24), and the newest's
-    re-read includes it as in time order."""
-    hist = [(T0, 10.0)]                                   # days 8-30 back: an average of 10
-    spike, later = (T0 + 10 * DAY, 100.0), (T0 + 16 * DAY, 10.0)
-    probe = [T0 + 16 * DAY + 1000], [10.0]
-    got = {}
-    for name, rows in (("in order", hist + [spike, later]), ("late", hist + [later, spike])):
-        st = CardState(4)
-        card_rows(st, [r[0] for r in rows], [r[1] for r in rows])
-        reread = card_rows(st, [later[0]], [later[1]], update=0)[0, 9]
-        got[name] = (reread, card_rows(st, *probe)[0, 9])
-    want = 10 * math.exp(-6 / 7)
-    assert got["in order"][1] == pytest.approx(want * math.exp(-1000 / (7 * DAY)), rel=1e-6)
-    assert got["late"][1] == pytest.approx(got["in order"][1], rel=1e-6)
-    assert got["late"][0] == pytest.approx(want, rel=1e-6) and got["in order"][0] == pytest.approx(want, rel=1e-6)
-
-
-def test_a_late_row_and_a_merged_stale_transaction_give_the_same_peak():
-    """The stale client's transaction of the handover test, once merged (card_merge_peak) and once
-    reaching the card's one engine late: the same peak and peak_read (within float32 rounding),
-    as one engine that saw every row in time order."""
-    hist_t, hist_a = card_history(2)
-    t = T0 + 20 * DAY + np.array([1, 5, 9, 13]) * HOUR
-    a = np.array([30.0, 250.0, 20.0, 41.5])
-    stale = np.arange(4) == 1
-    one, late, old, new = CardState(16), CardState(16), CardState(16), CardState(16)
-    key = mix_keys(np.array([7], np.uint64))
-    for st in (one, late, old):
-        card_rows(st, hist_t, hist_a)
-    card_rows(one, t, a)
-    card_rows(late, t[~stale], a[~stale])
-    card_rows(late, t[stale], a[stale])                     # 8 hours late
-    new.put(old.take(key))
-    card_rows(new, t[~stale], a[~stale])
-    card_rows(old, t[stale], a[stale])
-    new.put(old.take(key))
-    want, merged, got = card_record(one), card_record(new), card_record(late)
-    assert want["peak"] > 6
-    for field in ("peak", "peak_read"):
-        assert got[field] == pytest.approx(want[field], rel=1e-6), field
-        assert got[field] == pytest.approx(merged[field], rel=1e-6), field

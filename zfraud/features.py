@@ -49,8 +49,8 @@ BASIC_FEATURES = tuple(_features.BASIC_NAMES)
 # the row by ext/features.pyx's window_features): the card's average amount over days 8..30 back
 # (before the most recent week, so a fresh compromise does not inflate it) and the amount relative
 # to it. NaN when the card has no transaction in that span (trees and the logistic kernel handle
-# NaN), and only then: as every card ratio, the amount over an average that is not positive (spends
-# of 0.00 only) is 0, and over a tiny positive one saturates at the largest finite float32.
+# NaN); over an average of 0 (spends of 0.00 only) the ratio is the largest finite float32 (0 / 0:
+# NaN), and over a tiny positive one it saturates there too.
 DERIVED_FEATURES = ("card_avg_amount_8_30d", "amount_over_card_avg_8_30d")
 # What the terminal's confirmed frauds in the 30-day risk window were (window_features): their
 # mean amount, and how many were card-linked (CardState.label_frauds: the card had another fraud
