@@ -327,3 +327,27 @@ def test_a_workers_refusal_of_a_model_with_other_features_names_at_most_64_of_th
         Scorer(m)
     assert str(e.value) == (f"model wide-1 expects features {names[:3] + ['... 3,000 in all']}, the worker computes "
                             f"['amount', 'log_amount', 'hour', 'is_night', 'is_weekend']")
+
+
+SAVE_UNDER_A_FILE_SIZE_LIMIT = r'''
+import resource, sys
+from zfraud.model import load_model, save_model
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))  # a disk that fills up
+try:
+    save_model(load_model(), sys.argv[1])
+except OSError as e:
+    print(e.strerror)
+'''
+
+
+def test_a_model_that_cannot_be_saved_whole_leaves_the_last_one_as_it_was(tmp_path):
+    """save_model wrote in place: a full disk (here a file-size limit) or a kill while saving left
+    a truncated file where the last good model was, for `train -o` and `model import -o`."""
+    path = tmp_path / "m.json"
+    save_model(load_model(), path)
+    good = path.read_bytes()
+    r = subprocess.run([sys.executable, "-c", SAVE_UNDER_A_FILE_SIZE_LIMIT, str(path), str(len(good) // 2)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "File too large", r.stdout + r.stderr
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # nor a temporary file beside it

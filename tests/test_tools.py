@@ -57,12 +57,18 @@ def test_gen_train_backtest(workdir, algo, kind):
     assert res["auc"] > 0.65 and res["ap"] > 3 * res["frauds"] / res["tx"], res
 
 
-def test_ctrl_c_during_a_backtest_stops_its_workers_and_exits_130(workdir):
-    """It printed click's bare "Aborted!" with status 1, unlike every other command."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"])
+def test_ctrl_c_during_a_backtest_stops_its_workers_and_exits_130(workdir, tmp_path, sig):
+    """It printed click's bare "Aborted!" with status 1, unlike every other command. SIGTERM (a
+    supervisor) and SIGHUP (the terminal closed) killed it outright, with nothing said and the
+    local mesh's directory left behind (the workers stopped only through PR_SET_PDEATHSIG)."""
     r = run_cli("train", "data.csv", *TRAIN, "--algo", "logistic", "-o", "int.json", cwd=workdir)
     assert r.returncode == 0, r.stderr
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     bt = subprocess.Popen([sys.executable, "-m", "zfraud", "backtest", "data.csv", "--model", "int.json", *TEST],
-                          cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "TMPDIR": str(tmp)})
     children = f"/proc/{bt.pid}/task/{bt.pid}/children"
     try:
         workers, deadline = [], time.monotonic() + 60
@@ -71,11 +77,13 @@ def test_ctrl_c_during_a_backtest_stops_its_workers_and_exits_130(workdir):
                 workers = [int(p) for p in f.read().split()]
             time.sleep(0.05)
         assert len(workers) == 2, "the back-test's two workers never started"
-        bt.send_signal(signal.SIGINT)
+        assert list(tmp.iterdir()), "the local mesh's directory is not under TMPDIR"
+        bt.send_signal(sig)
         out, err = bt.communicate(timeout=60)
     finally:
         bt.kill()
-    assert bt.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
+    assert bt.returncode == 128 + sig and err.strip().splitlines()[-1] == "interrupted", err
+    assert list(tmp.iterdir()) == [], "the local mesh's directory was left"
     assert out == "" and "Aborted" not in err and "Traceback" not in err, err
     for pid in workers:  # stopped and reaped by the back-test
         assert not os.path.exists(f"/proc/{pid}"), f"worker {pid} outlived the back-test"
@@ -386,10 +394,11 @@ def test_an_out_path_that_cannot_be_written_is_a_usage_error_before_any_work(tmp
     assert r.stderr.strip().splitlines()[-1] == f"Error: Invalid value for {option}: cannot use {out}: {why}"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_gen_interrupted_while_writing_leaves_out_as_it_was(tmp_path, sig):
-    """SIGINT or SIGTERM once the CSV's first rows are on disk: OUT keeps its old contents, nothing
-    else is left (SIGTERM used to leave the temporary file)."""
+    """SIGINT, SIGTERM or SIGHUP once the CSV's first rows are on disk: OUT keeps its old
+    contents, nothing else is left (SIGTERM, then SIGHUP, used to leave the temporary file), and
+    the status says which signal it was (128 + its number)."""
     out = tmp_path / "data.csv"
     out.write_text("old\n")
     gen = subprocess.Popen([sys.executable, "-m", "zfraud", "gen", str(out)], stderr=subprocess.PIPE, text=True)
@@ -409,7 +418,7 @@ def test_gen_interrupted_while_writing_leaves_out_as_it_was(tmp_path, sig):
     finally:
         gen.kill()
     assert [f.name for f in tmp_path.iterdir()] == ["data.csv"] and out.read_text() == "old\n"
-    assert gen.returncode == 130 and err.strip().splitlines()[-1] == f"interrupted: {out} was left as it was", err
+    assert gen.returncode == 128 + sig and err.strip().splitlines()[-1] == f"interrupted: {out} was left as it was", err
 
 
 @pytest.mark.parametrize("start, message", [

@@ -152,9 +152,9 @@ def _connected(make, endpoint: str, *args, **kwargs):
     "Aborted!" (status 1)."""
     try:
         return make(endpoint, *args, **kwargs)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         click.echo(f"interrupted while connecting to {endpoint}", err=True)
-        sys.exit(130)
+        sys.exit(getattr(e, "status", 130))
 
 
 def _endpoint(ctx, param, value):
@@ -186,8 +186,13 @@ def _check(value: str, what: str, bind: bool = False) -> str:
 
 
 def _interrupt(signum, frame):
-    """A signal handler that raises KeyboardInterrupt: SIGTERM then cleans up as Ctrl-C does."""
-    raise KeyboardInterrupt
+    """A signal handler that raises KeyboardInterrupt, to exit with 128 + signum: SIGTERM (a
+    supervisor, `timeout`) and SIGHUP (the terminal closed) then clean up as Ctrl-C does (the
+    local mesh of `demo` and `backtest` stopped and its directory removed, a half-written output
+    file removed), where they killed the command with nothing said and its files left."""
+    stop = KeyboardInterrupt()
+    stop.status = 128 + signum
+    raise stop
 
 
 def _writable(ctx, param, value):
@@ -272,6 +277,9 @@ def main():
         raise click.UsageError("standard output is closed, and this command prints its result there: "
                                "redirect it instead (> FILE, or > /dev/null)")
     raise_descriptor_limit()  # each worker of the mesh costs a worker and a client a few descriptors
+    if click.get_current_context().invoked_subcommand != "worker":  # a worker drains on them instead
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _interrupt)
 
 
 def _discard_stdout() -> None:
@@ -483,7 +491,7 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
             raise stop
         interrupted.append(signum)
 
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         # --out is replaced only by a send that gets to its summary (files.replacing)
         with _connected(Client, connect, window=window, deadline_s=deadline, dead_letter_path=dead_letter,
@@ -497,7 +505,7 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
                     for code, n in zip(*np.unique(refused, return_counts=True)):
                         rejected[reasons[code] if 0 <= code < len(reasons) else f"reason {code}"] += int(n)
 
-            for sig in previous:  # SIGTERM (a supervisor, `timeout`) as Ctrl-C: the summary, then 143
+            for sig in previous:  # SIGTERM (a supervisor, `timeout`), SIGHUP as Ctrl-C: the summary, then 128 + sig
                 signal.signal(sig, interrupt)
             summary = client.stream(source, rate=rate, progress=progress, on_verdicts=on_verdicts,
                                     input_errors=lambda: source.error_count, stop=lambda: bool(interrupted))
@@ -549,7 +557,7 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
 def tail(connect, decision, fmt, count, timeout, curve_dir):
     """Follow the verdict stream of every worker in the mesh.
 
-    Ctrl-C (SIGINT) stops it, with status 0 (saying how many of --count came, if given; status
+    Ctrl-C (SIGINT), SIGTERM or SIGHUP stops it, with status 0 (saying how many of --count came, if given; status
     130 while still connecting); status 1 when --timeout passes without a verdict before --count
     verdicts came. A reader that stops (`| head -3`) ends it quietly, with status 0."""
     from .tail import Tail
@@ -568,7 +576,7 @@ def tail(connect, decision, fmt, count, timeout, curve_dir):
             raise KeyboardInterrupt
         printing[1] = True
 
-    previous = signal.signal(signal.SIGINT, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     with t:
         try:
             for v in t.verdicts(timeout_s=timeout):
@@ -593,7 +601,8 @@ def tail(connect, decision, fmt, count, timeout, curve_dir):
         except KeyboardInterrupt:  # the way to stop following: not a failure
             interrupted = True
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         if t.gaps:
             click.echo(f"missed {t.gaps:,} verdict messages: their seq numbers never arrived (PUB/SUB drops "
                        f"what a subscriber is not connected for, e.g. a restarted worker's first ones)", err=True)
@@ -660,7 +669,6 @@ def gen(out, customers, terminals, days, seed, start):
     if start + days - 1 > day_of("9999-12-31"):  # the last date a TX_DATETIME can hold
         raise click.BadParameter(f"the {days} days from {date_of(start)} run past 9999-12-31", param_hint="'--start'")
 
-    signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl-C: the temporary file is removed, OUT left as it was
     bar = Progress(label="units of work done")
     state = {"done": 0}
 
@@ -679,9 +687,9 @@ def gen(out, customers, terminals, days, seed, start):
             rows = Progress(total=n, label="written")
             write_csv(columns, f, progress=lambda done, total: rows(done - rows.done))
             rows.close()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # (SIGTERM and SIGHUP too: main) the temporary file is removed
         click.echo(f"\ninterrupted: {out} was left as it was" if out != "-" else "\ninterrupted", err=True)
-        sys.exit(130)
+        sys.exit(getattr(e, "status", 130))
     frauds = int(columns["TX_FRAUD"].sum())
     click.echo(f"{n:,} transactions, {frauds:,} fraudulent ({frauds / max(n, 1):.3%}), "
                f"{time.perf_counter() - t0:.1f} s -> {out}", err=True)

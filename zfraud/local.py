@@ -216,7 +216,9 @@ class LocalMesh:
 
     def stop(self) -> None:
         codes = self._stop_all()
-        if self._own_dir and all(code == 0 for code in codes):  # else its logs are kept, to be read
+        # -SIGTERM: our SIGTERM reached a worker still starting (no handler yet), which has nothing
+        # to read (a Ctrl-C in the first second of `demo` or `backtest` left the directory behind)
+        if self._own_dir and all(code in (0, -signal.SIGTERM) for code in codes):  # else kept, to be read
             shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def __enter__(self) -> "LocalMesh":

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _linear
+from .files import replacing
 
 FORMAT = "zfraud-model"
 FORMAT_VERSION = 1
@@ -188,7 +189,11 @@ def _import_hint(path) -> str:
 
 
 def save_model(model, path) -> None:
-    Path(path).write_text(json.dumps(model.to_dict(), indent=1) + "\n")
+    """Write the model file whole or not at all (files.replacing): written in place, a full disk
+    or a kill while saving left a truncated file where the last good model was."""
+    text = json.dumps(model.to_dict(), indent=1) + "\n"
+    with replacing(path) as f:
+        f.write(text.encode())
 
 
 # Registered last: zfraud.trees imports ModelError, FORMAT, _check_matrix and check_margin from
