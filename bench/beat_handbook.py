@@ -26,25 +26,43 @@ SPLIT = {"train_from": "2018-07-04", "train_to": "2018-07-31", "test_from": "201
          "known_from": "2018-07-25", "delay": "7"}
 
 
-def _stop_with_us():
-    """In the child, before it runs: SIGTERM from Linux when this script dies (PR_SET_PDEATHSIG),
-    even by SIGKILL. A backtest and its workers outlived a killed script, for minutes."""
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+def _stop_with(parent: int):
+    """For the child, before it runs: SIGTERM from Linux when this script dies (PR_SET_PDEATHSIG),
+    even by SIGKILL, or at once if it already has. A backtest and its workers outlived a killed
+    script, for minutes."""
+    def arm():
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return arm
 
 
 def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM, SIGHUP as Ctrl-C: subprocess.run stops the child, tmp is removed
+    stop = KeyboardInterrupt()  # SIGTERM, SIGHUP as Ctrl-C: run() stops the child, tmp is removed
+    stop.status = 128 + signum
+    raise stop
 
 
 def run(cmd, cwd):
     """Run cmd in cwd (not the caller's: `python -m` puts its cwd first on sys.path, and from a
-    source checkout that would import the uncompiled source tree instead of the installed zfraud)."""
+    source checkout that would import the uncompiled source tree instead of the installed zfraud).
+    Interrupted, the child gets SIGTERM and up to 30 s to clean up (a backtest stops its workers
+    and removes its mesh's directory), not subprocess.run's SIGKILL after 0.25 s."""
     print("$", " ".join(cmd), file=sys.stderr, flush=True)
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd,
-                       preexec_fn=_stop_with_us if sys.platform == "linux" else None)
-    if r.returncode != 0:
-        sys.exit(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr[-2000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1]) if "--json" in cmd else r.stdout
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                             preexec_fn=_stop_with(os.getpid()) if sys.platform == "linux" else None)
+    try:
+        out, err = child.communicate()
+    except KeyboardInterrupt:
+        child.terminate()
+        try:
+            child.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        raise
+    if child.returncode != 0:
+        sys.exit(f"failed ({child.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
+    return json.loads(out.strip().splitlines()[-1]) if "--json" in cmd else out
 
 
 def main(argv=None) -> int:
@@ -94,5 +112,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit("interrupted")
+    except KeyboardInterrupt as e:
+        print("interrupted", file=sys.stderr)
+        sys.exit(getattr(e, "status", 130))

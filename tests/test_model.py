@@ -351,3 +351,20 @@ def test_a_model_that_cannot_be_saved_whole_leaves_the_last_one_as_it_was(tmp_pa
     assert r.returncode == 0 and r.stdout.strip() == "File too large", r.stdout + r.stderr
     assert path.read_bytes() == good
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # nor a temporary file beside it
+
+
+def test_a_model_file_in_a_directory_where_nothing_can_be_created_is_written_in_place(tmp_path):
+    """Written whole through a temporary file and a rename, a model in a read-only directory
+    (here an immutable one: root ignores modes) that could be written in place failed after all
+    of train's work: `cannot use m.json: Operation not permitted`."""
+    d = tmp_path / "ro"
+    d.mkdir()
+    save_model(LogisticModel(["a"], np.array([1.0]), np.array([0.0]), 0.5, version="old"), d / "m.json")
+    if subprocess.run(["chattr", "+i", str(d)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        save_model(load_model(), d / "m.json")
+        assert load_model(d / "m.json").version == "default-1"
+        assert [p.name for p in d.iterdir()] == ["m.json"]
+    finally:
+        subprocess.run(["chattr", "-i", str(d)])

@@ -132,3 +132,43 @@ def test_a_heartbeat_below_a_fifth_of_a_second_is_refused():
     a busy 2-core host: members were dropped and rejoined during an ordinary send."""
     r = run_cli("worker", "--heartbeat", "0.1", timeout=30)
     assert r.returncode == 2 and "0.1 is not in the range 0.2<=x<=60" in r.stderr, r.stderr
+
+
+def test_a_command_under_nohup_outlives_its_terminal(tmp_path):
+    """Every command but worker takes SIGHUP as Ctrl-C; one started with SIGHUP ignored (`nohup`)
+    was interrupted by it all the same (status 129, its output discarded)."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "g.csv"
+    gen = subprocess.Popen([sys.executable, "-m", "zfraud", "gen", str(out), "--days", "100"], stderr=subprocess.PIPE,
+                           text=True, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        time.sleep(1.5)  # imported, generating: about 1 M rows take a few seconds more
+        assert gen.poll() is None, "gen ended before the hangup"
+        gen.send_signal(signal.SIGHUP)
+        _, err = gen.communicate(timeout=120)
+    finally:
+        gen.kill()
+    assert gen.returncode == 0, err
+    assert out.read_text().startswith("TRANSACTION_ID") and "transactions" in err.splitlines()[-1], err
+
+
+def test_running_the_cli_in_process_leaves_the_signal_handlers_as_they_were_and_works_off_the_main_thread():
+    """main() installs SIGTERM/SIGHUP handlers for its command: a program running it in-process
+    kept them for good, and a call from another thread failed (signal only works in main thread)."""
+    import signal
+
+    from click.testing import CliRunner
+
+    from zfraud.cli import main
+
+    before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP))
+    assert CliRunner().invoke(main, ["keys", "--help"]).exit_code == 0
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == before
+    result = []
+    t = threading.Thread(target=lambda: result.append(CliRunner().invoke(main, ["keys", "--help"])))
+    t.start()
+    t.join(30)
+    assert result and result[0].exit_code == 0 and result[0].exception is None, result

@@ -4,6 +4,7 @@ relative to the working directory."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -172,13 +173,17 @@ def test_a_model_trained_with_another_delay_is_refused_by_backtest_workers_and_d
     said = "model d5 was trained with labels 5 days late, and {} runs with --delay 7"
     r = run_cli("backtest", "data.csv", "--model", "d5.json", *TEST, cwd=workdir)
     assert r.returncode == 1 and said.format("this back-test") in r.stderr and "Traceback" not in r.stderr, r.stderr
-    r = run_cli("worker", "--model", str(workdir / "d5.json"), "--bind", "tcp://127.0.0.1:99999")
-    assert r.returncode == 1 and said.format("this worker") in r.stderr and "Traceback" not in r.stderr, r.stderr
-    with LocalMesh(1, log_dir=str(tmp_path)) as mesh:
-        r = run_cli("deploy", "--connect", mesh.endpoint, "--model", str(workdir / "d5.json"))
-        assert r.returncode == 1 and said.format("this worker") in r.stderr, r.stderr
-    r = run_cli("worker", "--model", str(workdir / "d5.json"), "--delay", "5", "--bind", "tcp://127.0.0.1:99999")
-    assert r.returncode == 1 and "--bind" in r.stderr and "trained with" not in r.stderr, r.stderr  # on to the bind
+    with socket.socket() as taken:  # a port in use: a worker that got past the model check stops at its bind
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        r = run_cli("worker", "--model", str(workdir / "d5.json"), "--bind", busy)
+        assert r.returncode == 1 and said.format("this worker") in r.stderr and "Traceback" not in r.stderr, r.stderr
+        with LocalMesh(1, log_dir=str(tmp_path)) as mesh:
+            r = run_cli("deploy", "--connect", mesh.endpoint, "--model", str(workdir / "d5.json"))
+            assert r.returncode == 1 and said.format("this worker") in r.stderr, r.stderr
+        r = run_cli("worker", "--model", str(workdir / "d5.json"), "--delay", "5", "--bind", busy)
+        assert r.returncode == 1 and f"cannot bind --bind {busy}" in r.stderr and "trained with" not in r.stderr, r.stderr
 
 
 BAD_ROWS = [(3, "1.5", "CUSTOMER_ID '1.5' is not a whole number from 0 to 2**64 - 1"),
@@ -503,14 +508,19 @@ def test_dates_outside_the_file_say_which_dates_it_holds(workdir, command, dates
 @pytest.mark.parametrize("thresholds", [("--review-at", "nan"), ("--decline-at", "nan"),
                                         ("--review-at", "0.9", "--decline-at", "0.5")])
 def test_a_worker_with_thresholds_out_of_order_is_a_usage_error(thresholds):
-    """FloatRange(0, 1) lets NaN through, and review above decline was found by the worker: status
-    1 with no usage line. Both are usage errors now (2), before anything binds."""
+    """click.FloatRange(0, 1) lets NaN through, and review above decline was found by the worker:
+    status 1 with no usage line. Both are usage errors now (2), before anything binds (NaN as
+    for every number option: test_ops)."""
     r = run_cli("worker", *thresholds, "--bind", "tcp://127.0.0.1:9", timeout=60)
     review, decline = (dict(zip(thresholds[::2], thresholds[1::2])).get(k, d)
                        for k, d in (("--review-at", "0.2"), ("--decline-at", "0.8")))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert r.stderr.strip().splitlines()[-1] == (f"Error: --review-at {review} and --decline-at {decline} must "
-                                                 f"satisfy 0 <= review <= decline <= 1")
+    if "nan" in thresholds:
+        option = thresholds[thresholds.index("nan") - 1]
+        assert r.stderr.strip().splitlines()[-1] == f"Error: Invalid value for '{option}': 'nan' is not a number"
+    else:
+        assert r.stderr.strip().splitlines()[-1] == (f"Error: --review-at {review} and --decline-at {decline} must "
+                                                     f"satisfy 0 <= review <= decline <= 1")
 
 
 def test_a_progress_bar_finishes_at_its_total_says_what_comes_next_and_keeps_its_rate(capsys):

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from contextlib import nullcontext
 
@@ -277,9 +278,15 @@ def main():
         raise click.UsageError("standard output is closed, and this command prints its result there: "
                                "redirect it instead (> FILE, or > /dev/null)")
     raise_descriptor_limit()  # each worker of the mesh costs a worker and a client a few descriptors
-    if click.get_current_context().invoked_subcommand != "worker":  # a worker drains on them instead
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, _interrupt)
+    ctx = click.get_current_context()
+    if ctx.invoked_subcommand != "worker" and threading.current_thread() is threading.main_thread():
+        # (a worker drains on them instead). Not a signal ignored (`nohup`: the job outlives its
+        # terminal), and put back as it was when the command ends (a program that runs it in-process)
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+        for sig, handler in previous.items():
+            if handler is not signal.SIG_IGN:
+                signal.signal(sig, _interrupt)
+        ctx.call_on_close(lambda: [signal.signal(sig, handler) for sig, handler in previous.items()])
 
 
 def _discard_stdout() -> None:
@@ -558,7 +565,7 @@ def tail(connect, decision, fmt, count, timeout, curve_dir):
     """Follow the verdict stream of every worker in the mesh.
 
     Ctrl-C (SIGINT), SIGTERM or SIGHUP stops it, with status 0 (saying how many of --count came, if given; status
-    130 while still connecting); status 1 when --timeout passes without a verdict before --count
+    128 + the signal's number while still connecting); status 1 when --timeout passes without a verdict before --count
     verdicts came. A reader that stops (`| head -3`) ends it quietly, with status 0."""
     from .tail import Tail
 

@@ -1,6 +1,8 @@
 """Files written whole: a command's output is either complete or as it was before."""
 import contextlib
+import errno
 import os
+import shutil
 import stat
 
 
@@ -9,7 +11,10 @@ def replacing(path):
     """A binary file whose contents replace `path`'s: a temporary file in the same directory,
     flushed to disk and renamed over `path` when the block ends, removed if it raises (Ctrl-C
     too). So `path` is either complete or as it was. A path that is not a regular file (a
-    device, a pipe) is written directly. OSError names `path`, not the temporary file."""
+    device, a pipe) is written directly. So is a file that can be written where no file can be
+    created (a read-only directory), or renamed over (a file mounted alone, EBUSY): in place, as
+    a plain open would, not all-or-nothing, rather than failing after all the work. OSError names
+    `path`, not the temporary file."""
     path = os.fsdecode(path)
     if os.path.exists(path) and not os.path.isfile(path):
         with open(path, "wb") as f:
@@ -20,6 +25,11 @@ def replacing(path):
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the mode a plain open would give
     except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and os.path.isfile(target) \
+                and os.access(target, os.W_OK):
+            with open(target, "wb") as f:
+                yield f
+            return
         raise OSError(e.errno, e.strerror, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
@@ -28,7 +38,14 @@ def replacing(path):
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+            with open(tmp, "rb") as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.unlink(tmp)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -216,9 +216,11 @@ class LocalMesh:
 
     def stop(self) -> None:
         codes = self._stop_all()
-        # -SIGTERM: our SIGTERM reached a worker still starting (no handler yet), which has nothing
-        # to read (a Ctrl-C in the first second of `demo` or `backtest` left the directory behind)
-        if self._own_dir and all(code in (0, -signal.SIGTERM) for code in codes):  # else kept, to be read
+        # Killed by a stop signal (ours, or a hangup or Ctrl-C to the whole process group) while
+        # still starting, before its handlers: nothing to read (a Ctrl-C in the first second of
+        # `demo` or `backtest` left the directory behind)
+        stopped = (0, -signal.SIGTERM, -signal.SIGHUP, -signal.SIGINT)
+        if self._own_dir and all(code in stopped for code in codes):  # else its logs are kept, to be read
             shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def __enter__(self) -> "LocalMesh":
