@@ -172,3 +172,27 @@ def test_running_the_cli_in_process_leaves_the_signal_handlers_as_they_were_and_
     t.start()
     t.join(30)
     assert result and result[0].exit_code == 0 and result[0].exception is None, result
+
+
+def test_send_under_nohup_sends_everything_through_a_hangup(tmp_path):
+    """send takes SIGHUP as Ctrl-C while it streams; under `nohup` (SIGHUP ignored) it replaced
+    the ignored handler with its own and stopped at the hangup."""
+    import signal
+    import subprocess
+    import sys
+
+    with LocalMesh(1, log_dir=str(tmp_path)) as mesh:
+        send = subprocess.Popen([sys.executable, "-m", "zfraud", "send", "--connect", mesh.endpoint, "--synthetic",
+                                 "100000", "--rate", "25000", "--json"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+        try:
+            time.sleep(2.0)  # connected and streaming: the whole takes 4 s
+            assert send.poll() is None, "send ended before the hangup"
+            send.send_signal(signal.SIGHUP)
+            out, err = send.communicate(timeout=120)
+        finally:
+            send.kill()
+    assert send.returncode == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert (summary["sent"], summary["verdicts"], summary["lost"]) == (100_000, 100_000, 0), summary

@@ -512,8 +512,9 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
                     for code, n in zip(*np.unique(refused, return_counts=True)):
                         rejected[reasons[code] if 0 <= code < len(reasons) else f"reason {code}"] += int(n)
 
-            for sig in previous:  # SIGTERM (a supervisor, `timeout`), SIGHUP as Ctrl-C: the summary, then 128 + sig
-                signal.signal(sig, interrupt)
+            for sig, handler in previous.items():  # SIGTERM (a supervisor), SIGHUP as Ctrl-C: the summary,
+                if handler is not signal.SIG_IGN:      # then 128 + sig; one ignored (`nohup`) stays ignored
+                    signal.signal(sig, interrupt)
             summary = client.stream(source, rate=rate, progress=progress, on_verdicts=on_verdicts,
                                     input_errors=lambda: source.error_count, stop=lambda: bool(interrupted))
     finally:
@@ -564,9 +565,10 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
 def tail(connect, decision, fmt, count, timeout, curve_dir):
     """Follow the verdict stream of every worker in the mesh.
 
-    Ctrl-C (SIGINT), SIGTERM or SIGHUP stops it, with status 0 (saying how many of --count came, if given; status
-    128 + the signal's number while still connecting); status 1 when --timeout passes without a verdict before --count
-    verdicts came. A reader that stops (`| head -3`) ends it quietly, with status 0."""
+    Ctrl-C (SIGINT), SIGTERM or SIGHUP stops it, with status 0 (saying how many of --count came,
+    if given; 128 + the signal's number while still connecting); status 1 when --timeout passes
+    without a verdict before --count verdicts came. A reader that stops (`| head -3`) ends it
+    quietly, with status 0."""
     from .tail import Tail
 
     decisions = [d.strip() for d in decision.split(",") if d.strip()]
@@ -583,7 +585,10 @@ def tail(connect, decision, fmt, count, timeout, curve_dir):
             raise KeyboardInterrupt
         printing[1] = True
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    for sig, handler in previous.items():
+        if handler is not signal.SIG_IGN:  # one ignored (`nohup`) stays ignored
+            signal.signal(sig, interrupt)
     with t:
         try:
             for v in t.verdicts(timeout_s=timeout):
