@@ -1,12 +1,17 @@
 """Seeing the mesh: status, top and Prometheus metrics on a live three-worker mesh."""
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
 
 import pytest
+from click.testing import CliRunner
 
 from zfraud import Client
+from zfraud.cli import main
 from zfraud.local import LocalMesh, free_port
 from zfraud.synthetic import synthetic
 
@@ -94,8 +99,6 @@ def test_status_exits_1_when_a_member_does_not_answer(tmp_path):
     exit status says so too (it was 0, so a script could not tell a broken mesh from a healthy
     one). Heartbeats of 3 s: with 1 s, `status` and `top` (a Python start each, and 2 s waiting for
     the stopped member) took over 3 s on a loaded host, and the member was gone for `top`."""
-    import signal
-
     with LocalMesh(2, log_dir=str(tmp_path), extra_args=("--heartbeat", "3")) as mesh:
         mesh.signal("w2", signal.SIGSTOP)
         try:
@@ -134,23 +137,27 @@ def test_a_heartbeat_below_a_fifth_of_a_second_is_refused():
     assert r.returncode == 2 and "0.1 is not in the range 0.2<=x<=60" in r.stderr, r.stderr
 
 
+def hangup_under_nohup(args, after_s: float):
+    """`zfraud ARGS` started with SIGHUP ignored (as `nohup` starts it), sent SIGHUP after
+    `after_s` while still running; returns (the process, its stdout, its stderr) once it ends."""
+    proc = subprocess.Popen([sys.executable, "-m", "zfraud", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        time.sleep(after_s)
+        assert proc.poll() is None, f"zfraud {args[0]} ended before the hangup"
+        proc.send_signal(signal.SIGHUP)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc, out, err
+
+
 def test_a_command_under_nohup_outlives_its_terminal(tmp_path):
     """Every command but worker takes SIGHUP as Ctrl-C; one started with SIGHUP ignored (`nohup`)
     was interrupted by it all the same (status 129, its output discarded)."""
-    import signal
-    import subprocess
-    import sys
-
     out = tmp_path / "g.csv"
-    gen = subprocess.Popen([sys.executable, "-m", "zfraud", "gen", str(out), "--days", "100"], stderr=subprocess.PIPE,
-                           text=True, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
-    try:
-        time.sleep(1.5)  # imported, generating: about 1 M rows take a few seconds more
-        assert gen.poll() is None, "gen ended before the hangup"
-        gen.send_signal(signal.SIGHUP)
-        _, err = gen.communicate(timeout=120)
-    finally:
-        gen.kill()
+    # imported, generating after 1.5 s: about 1 M rows take a few seconds more
+    gen, _, err = hangup_under_nohup(["gen", str(out), "--days", "100"], after_s=1.5)
     assert gen.returncode == 0, err
     assert out.read_text().startswith("TRANSACTION_ID") and "transactions" in err.splitlines()[-1], err
 
@@ -158,12 +165,6 @@ def test_a_command_under_nohup_outlives_its_terminal(tmp_path):
 def test_running_the_cli_in_process_leaves_the_signal_handlers_as_they_were_and_works_off_the_main_thread():
     """main() installs SIGTERM/SIGHUP handlers for its command: a program running it in-process
     kept them for good, and a call from another thread failed (signal only works in main thread)."""
-    import signal
-
-    from click.testing import CliRunner
-
-    from zfraud.cli import main
-
     before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP))
     assert CliRunner().invoke(main, ["keys", "--help"]).exit_code == 0
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == before
@@ -177,22 +178,10 @@ def test_running_the_cli_in_process_leaves_the_signal_handlers_as_they_were_and_
 def test_send_under_nohup_sends_everything_through_a_hangup(tmp_path):
     """send takes SIGHUP as Ctrl-C while it streams; under `nohup` (SIGHUP ignored) it replaced
     the ignored handler with its own and stopped at the hangup."""
-    import signal
-    import subprocess
-    import sys
-
     with LocalMesh(1, log_dir=str(tmp_path)) as mesh:
-        send = subprocess.Popen([sys.executable, "-m", "zfraud", "send", "--connect", mesh.endpoint, "--synthetic",
-                                 "100000", "--rate", "25000", "--json"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
-        try:
-            time.sleep(2.0)  # connected and streaming: the whole takes 4 s
-            assert send.poll() is None, "send ended before the hangup"
-            send.send_signal(signal.SIGHUP)
-            out, err = send.communicate(timeout=120)
-        finally:
-            send.kill()
+        # connected and streaming after 2 s: the whole takes 4 s
+        send, out, err = hangup_under_nohup(["send", "--connect", mesh.endpoint, "--synthetic", "100000", "--rate",
+                                             "25000", "--json"], after_s=2.0)
     assert send.returncode == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert (summary["sent"], summary["verdicts"], summary["lost"]) == (100_000, 100_000, 0), summary

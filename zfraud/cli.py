@@ -170,10 +170,13 @@ def _endpoint(ctx, param, value):
 
 
 def _bind_endpoint(ctx, param, value):
-    """A worker's --bind, --pub and --seed: a malformed endpoint is a usage error (status 2)."""
-    if isinstance(value, tuple):
-        return tuple(_check(v, "--seed") for v in value)
+    """A worker's --bind and --pub: a malformed endpoint is a usage error (status 2)."""
     return _check(value, f"--{param.name}", bind=True)
+
+
+def _seed_endpoints(ctx, param, value):
+    """A worker's --seed endpoints: each malformed one is a usage error (status 2)."""
+    return tuple(_check(v, "--seed") for v in value)
 
 
 def _check(value: str, what: str, bind: bool = False) -> str:
@@ -184,6 +187,21 @@ def _check(value: str, what: str, bind: bool = False) -> str:
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     return value
+
+
+def _handle(signals, handler) -> dict:
+    """Set `handler` for each of `signals` that is not ignored (`nohup`: the job outlives its
+    terminal); returns the handlers before, for _restore."""
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    for sig, before in previous.items():
+        if before is not signal.SIG_IGN:
+            signal.signal(sig, handler)
+    return previous
+
+
+def _restore(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 def _interrupt(signum, frame):
@@ -280,13 +298,10 @@ def main():
     raise_descriptor_limit()  # each worker of the mesh costs a worker and a client a few descriptors
     ctx = click.get_current_context()
     if ctx.invoked_subcommand != "worker" and threading.current_thread() is threading.main_thread():
-        # (a worker drains on them instead). Not a signal ignored (`nohup`: the job outlives its
-        # terminal), and put back as it was when the command ends (a program that runs it in-process)
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
-        for sig, handler in previous.items():
-            if handler is not signal.SIG_IGN:
-                signal.signal(sig, _interrupt)
-        ctx.call_on_close(lambda: [signal.signal(sig, handler) for sig, handler in previous.items()])
+        # (a worker drains on them instead); put back as they were when the command ends (a
+        # program that runs it in-process)
+        previous = _handle((signal.SIGTERM, signal.SIGHUP), _interrupt)
+        ctx.call_on_close(lambda: _restore(previous))
 
 
 def _discard_stdout() -> None:
@@ -306,7 +321,7 @@ def _discard_stdout() -> None:
                    "a path in use by a live process, or a file that is not a socket, is refused).")
 @click.option("--pub", default="tcp://127.0.0.1:5556", callback=_bind_endpoint,
               help="PUB endpoint: verdicts and mesh gossip. As --bind.")
-@click.option("--seed", "seeds", multiple=True, metavar="ENDPOINT", callback=_bind_endpoint,
+@click.option("--seed", "seeds", multiple=True, metavar="ENDPOINT", callback=_seed_endpoints,
               help="ROUTER endpoint of any existing member, tcp://HOST:PORT or ipc://PATH (repeatable). "
                    "Omit for the first worker.")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
@@ -498,7 +513,7 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
             raise stop
         interrupted.append(signum)
 
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    previous = {}
     try:
         # --out is replaced only by a send that gets to its summary (files.replacing)
         with _connected(Client, connect, window=window, deadline_s=deadline, dead_letter_path=dead_letter,
@@ -512,14 +527,12 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
                     for code, n in zip(*np.unique(refused, return_counts=True)):
                         rejected[reasons[code] if 0 <= code < len(reasons) else f"reason {code}"] += int(n)
 
-            for sig, handler in previous.items():  # SIGTERM (a supervisor), SIGHUP as Ctrl-C: the summary,
-                if handler is not signal.SIG_IGN:      # then 128 + sig; one ignored (`nohup`) stays ignored
-                    signal.signal(sig, interrupt)
+            # SIGTERM (a supervisor), SIGHUP as Ctrl-C: the summary, then 128 + sig
+            previous = _handle((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), interrupt)
             summary = client.stream(source, rate=rate, progress=progress, on_verdicts=on_verdicts,
                                     input_errors=lambda: source.error_count, stop=lambda: bool(interrupted))
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _restore(previous)
         progress.close()
     if interrupted:
         click.echo("interrupted: the input was read no further; the summary counts what was sent", err=True)
@@ -585,10 +598,7 @@ def tail(connect, decision, fmt, count, timeout, curve_dir):
             raise KeyboardInterrupt
         printing[1] = True
 
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    for sig, handler in previous.items():
-        if handler is not signal.SIG_IGN:  # one ignored (`nohup`) stays ignored
-            signal.signal(sig, interrupt)
+    previous = _handle((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), interrupt)
     with t:
         try:
             for v in t.verdicts(timeout_s=timeout):
@@ -613,8 +623,7 @@ def tail(connect, decision, fmt, count, timeout, curve_dir):
         except KeyboardInterrupt:  # the way to stop following: not a failure
             interrupted = True
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            _restore(previous)
         if t.gaps:
             click.echo(f"missed {t.gaps:,} verdict messages: their seq numbers never arrived (PUB/SUB drops "
                        f"what a subscriber is not connected for, e.g. a restarted worker's first ones)", err=True)

@@ -192,22 +192,21 @@ def _ipc_taken(path: str) -> str | None:
 def _bind(sock, endpoint: str, what: str, also=None) -> None:
     """sock.bind(endpoint), or ValueError saying why (a port or ipc path in use, an address not
     on this machine), after closing sock and `also`: a worker that cannot bind cannot start."""
-    try:
-        taken = _ipc_taken(endpoint[6:]) if endpoint.startswith("ipc://") else None
-        if taken:
-            raise ValueError(f"cannot bind {what} {endpoint}: {taken}")
-        sock.bind(endpoint)
-    except (zmq.ZMQError, ValueError) as e:
-        for s in (sock, also):
-            if s is not None:
-                s.close(linger=0)
-        if isinstance(e, ValueError):
-            raise
-        hint = {zmq.EADDRINUSE: ": another process (another worker?) listens there",
+    why = _ipc_taken(endpoint[6:]) if endpoint.startswith("ipc://") else None
+    if why is None:
+        try:
+            sock.bind(endpoint)
+            return
+        except zmq.ZMQError as e:
+            why = zmq.strerror(e.errno) + {
+                zmq.EADDRINUSE: ": another process (another worker?) listens there",
                 zmq.EADDRNOTAVAIL: ": that address is not one of this machine's",
                 errno.ENODEV: ": bind an IPv4 address or name of this machine, an interface name, or * for "
                             "all (IPv6 is not enabled)"}.get(e.errno, "")
-        raise ValueError(f"cannot bind {what} {endpoint}: {zmq.strerror(e.errno)}{hint}") from None
+    for s in (sock, also):
+        if s is not None:
+            s.close(linger=0)
+    raise ValueError(f"cannot bind {what} {endpoint}: {why}")
 
 
 def _released_on_error(init):
