@@ -292,6 +292,28 @@ def test_an_idle_client_catches_up_with_a_restart_and_a_join_before_it_routes(tm
         assert by_owner[2] > 0
 
 
+def test_an_idle_client_reaches_a_restarted_worker_between_its_reconnection_retries(tmp_path):
+    """The race behind the test above's one failure in CI: w2 came back after the client's
+    connection had given up retrying for a while (its backoff retries at 0.25, 0.75, 1.75, 3.75
+    and 7.75 s), so when the idle client looked, the connection was down, it marked w2 down and
+    sent w2's rows to w1. Here w2 is down for 3 s and the client looks at about 5 s, in the gap
+    between two retries: it connects afresh before it routes, and w2 gets its own cards."""
+    from zfraud.local import LocalMesh
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint) as c:
+        c.score(next(synthetic(1000, batch=1000, seed=44, first_id=44 * 10**9)))
+        stopped = time.monotonic()
+        assert mesh.stop_worker("w2") == 0
+        time.sleep(3)
+        mesh.start_worker("w2", seed=mesh.routers["w1"])
+        mesh.wait_members(["w1", "w2"])
+        assert time.monotonic() - stopped < 7.0, "too slow a start to land before the 7.75 s retry"
+        b = next(synthetic(4000, batch=4000, seed=45, first_id=45 * 10**9))
+        v = c.score(b)
+        own = owners(b["card"], ["w1", "w2"])
+        assert c.resent == 0 and not c.dead_letters and c.members == ["w1", "w2"]
+        assert (v["worker"] == np.where(own == 0, "w1", "w2")).all()
+
+
 # -- deadlines in each worker's clock --------------------------------------------------------------
 def test_a_workers_heartbeat_says_what_its_clock_reads_and_a_client_writes_deadlines_in_it(mesh2, ctx):
     from conftest import request

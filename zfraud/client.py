@@ -507,16 +507,28 @@ class Client:
         worker's answer (up to 1 s).
         Else an idle client routes by what it knew at its last call: a worker that joined since
         got none of its cards, and a connection lost and made again since (a restart) was only
-        noticed after new rows had gone to it, which were then resent and counted twice."""
+        noticed after new rows had gone to it, which were then resent and counted twice.
+        A connection lost meanwhile and not made again yet, with nothing in flight, is made
+        afresh and waited for as long: its socket may be waiting out its reconnection backoff
+        (a retry at 3.75 s, the next at 7.75 s) while the worker, restarted, is back already.
+        Else its cards went to another worker until the next retry."""
         if time.monotonic() - self._polled_at < 0.5:
             return  # busy: poll() keeps up with both
         while self.poll(0):
             pass
-        if time.monotonic() - self._members_at > 1.0:
+        lost = [n for n in sorted(self.down) if n in self.peers and not self.inflight.get(n)]
+        for name in lost:
+            router = self.routers[name]
+            self._close_peer_socket(name, self.peers.pop(name))
+            self.down.add(name)  # until it answers the probe _add_peer sends
+            self._down_at[name] = time.monotonic()
+            self._add_peer(name, router)
+        if lost or time.monotonic() - self._members_at > 1.0:
             end = time.monotonic() + 1.0
             self._next_refresh = 0.0
             self.poll(0)  # asks every worker
-            while any(self._live(n) for n in self._awaiting) and time.monotonic() < end:
+            while ((any(self._live(n) for n in self._awaiting) or any(n in self.down for n in lost))
+                   and time.monotonic() < end):
                 self.poll(10)  # every live worker's list: one alone may not be the one routed by
 
     def _probe(self, name: str) -> None:
