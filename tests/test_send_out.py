@@ -119,3 +119,28 @@ def test_a_closed_standard_output_is_a_usage_error_and_nothing_is_sent(mesh2):
     assert r.returncode == 2, r.stderr
     assert r.stderr.splitlines()[-1] == ("Error: standard output is closed, and this command prints its result "
                                          "there: redirect it instead (> FILE, or > /dev/null)"), r.stderr
+
+
+def test_out_dash_writes_every_verdict_to_stdout_and_the_summary_to_stderr(mesh2, tmp_path):
+    """`--out -` wrote a file named "-" in the current directory (37 MB of it, in a tester's /tmp)."""
+    data = tmp_path / "tx.csv"
+    data.write_text(HEADER + ROWS)
+    r = subprocess.run([sys.executable, "-m", "zfraud", "send", str(data), "--connect", mesh2.endpoint, "--out", "-",
+                        "--json"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(json.loads(line)["tx_id"] for line in r.stdout.splitlines()) == list(range(20))
+    summary = json.loads(r.stderr.splitlines()[-1])
+    assert (summary["sent"], summary["verdicts"], summary["lost"]) == (20, 20, 0)
+    assert sorted(os.listdir(tmp_path)) == ["tx.csv"]
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly_with_sigpipes_status(mesh2, tmp_path):
+    """`zfraud send ... --out - | head -1` (and demo, status, gen): "Error: Broken pipe", status 1."""
+    cmd = [sys.executable, "-m", "zfraud", "send", "--synthetic", "200000", "--connect", mesh2.endpoint, "--out", "-"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    first = p.stdout.readline()
+    p.stdout.close()  # the reader goes away with most of the verdicts unread
+    _, err = p.communicate(timeout=60)
+    assert json.loads(first)["tx_id"] >= 0
+    assert p.returncode == 141, err
+    assert b"Error" not in err and b"Traceback" not in err, err

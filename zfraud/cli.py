@@ -58,6 +58,13 @@ def friendly_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except BrokenPipeError:
+            if not _stdout_unread():
+                raise click.ClickException("a pipe this command writes to was closed by its reader") from None
+            # The reader of our output stopped (`| head`): quietly, with the status of a command
+            # that SIGPIPE ended (141; a shell without pipefail looks only at head's)
+            _discard_stdout()
+            sys.exit(128 + signal.SIGPIPE)
         except (OSError, zmq.ZMQError) as e:
             if out_of_descriptors(e):  # whatever failed (a socket, a module's file), the limit is the cause
                 raise click.ClickException(
@@ -304,6 +311,17 @@ def main():
         ctx.call_on_close(lambda: _restore(previous))
 
 
+def _stdout_unread() -> bool:
+    """Whether standard output is a pipe that nobody reads any more (POLLERR on its write end)."""
+    import select
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
 def _discard_stdout() -> None:
     """After EPIPE on stdout: what is still buffered for it goes nowhere, so that flushing it as
     Python exits does not fail again ("Exception ignored ... BrokenPipeError", status 120)."""
@@ -446,7 +464,8 @@ def nothing_scored(source, summary, rejected) -> str:
               help="Input format. Default: from the file name (.jsonl/.json/.ndjson, else CSV).")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, callback=_writable,
               help="Write every verdict as a JSON line to this file (checked before sending). It is "
-                   "replaced when the send ends with its summary; a send that fails before leaves it as it was.")
+                   "replaced when the send ends with its summary; a send that fails before leaves it as it was. "
+                   "- writes them to standard output as they come, and the summary to standard error.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object (the last line).")
 @click.option("--window", type=click.IntRange(1, 1024), default=8, help="Batches in flight per worker (credit).")
 @click.option("--deadline", type=FloatRange(0.1), default=5.0,
@@ -517,10 +536,13 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
     try:
         # --out is replaced only by a send that gets to its summary (files.replacing)
         with _connected(Client, connect, window=window, deadline_s=deadline, dead_letter_path=dead_letter,
-                        curve_dir=curve_dir) as client, (replacing(out) if out else nullcontext()) as sink:
+                        curve_dir=curve_dir) as client, \
+                (nullcontext(sys.stdout.buffer) if out == "-" else replacing(out) if out else nullcontext()) as sink:
             def on_verdicts(v, h):
                 if sink:
                     sink.write("".join(json.dumps(r) + "\n" for r in records(v, h)).encode())
+                    if out == "-":
+                        sink.flush()  # each batch's verdicts as they come (a live feed's reader waits)
                 refused = v["reason"][v["decision"] == P.REJECTED]
                 if len(refused):  # tallied for the line that says no row was scored, if none was
                     reasons = h.get("reasons") or []
@@ -551,9 +573,9 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
         click.echo(f"{summary.dead_letter} transactions failed every attempt: see {dead_letter}", err=True)
     if as_json:
         print_summary(summary, out=sys.stderr)
-        click.echo(json.dumps(summary.to_dict()))
+        click.echo(json.dumps(summary.to_dict()), err=out == "-")
     else:
-        print_summary(summary)
+        print_summary(summary, out=sys.stderr if out == "-" else sys.stdout)
     if not summary.verdicts and summary.errors:  # every row answered was rejected
         click.echo(nothing_scored(source, summary, rejected), err=True)
     if interrupted:
@@ -910,6 +932,8 @@ def top(connect, interval, iterations, curve_dir):
                     time.sleep(interval)
         except KeyboardInterrupt:
             pass
+        except BrokenPipeError:  # the reader stopped (`| head`): as for Ctrl-C, and as tail does
+            _discard_stdout()
 
 
 @main.command()
