@@ -113,3 +113,14 @@ def test_news_of_another_member_at_this_workers_own_endpoints_is_ignored():
                         {"name": "r1", "router": "tcp://g:1", "pub": "tcp://g:2", "age_ms": 100}], now=1.0)
     assert [(e, m.name) for e, m in events] == [("joined", "r1")]
     assert sorted(ms.members) == ["r1", "r3"]
+
+
+def test_same_endpoint_looks_past_the_spelling_of_a_host_but_not_past_its_port():
+    from zfraud.mesh import same_endpoint
+
+    assert same_endpoint("tcp://localhost:5555", "tcp://127.0.0.1:5555")
+    assert not same_endpoint("tcp://localhost:5555", "tcp://127.0.0.1:5556")
+    assert not same_endpoint("tcp://127.0.0.2:5555", "tcp://127.0.0.1:5555")
+    assert not same_endpoint("tcp://no-such-host.invalid:5555", "tcp://127.0.0.1:5555")
+    assert same_endpoint("ipc:///tmp/a.sock", "ipc:///tmp/a.sock")
+    assert not same_endpoint("ipc:///tmp/a.sock", "tcp://127.0.0.1:5555")

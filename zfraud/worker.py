@@ -40,7 +40,7 @@ from zmq.utils.monitor import parse_monitor_message
 from . import __version__
 from . import protocol as P
 from ._dedup import SeenSet
-from .mesh import Member, Membership, check_endpoint, check_member
+from .mesh import Member, Membership, check_endpoint, check_member, same_endpoint
 from .features import TERMINAL_BUCKET_HOURS, FeatureEngine
 from .handover import ACK_S, Handover, take_over
 from .model import check_delay, load_model, model_from_dict
@@ -325,7 +325,7 @@ class Worker:
         self._bad_input = Recurring(log.warning)  # the log of error replies and malformed mesh messages
         self._internal = Recurring(log.error)  # the log of bugs met while handling a request
         for seed in seeds:
-            if seed != me.router:
+            if not same_endpoint(seed, me.router):
                 self._ask(seed, retried=False)  # out of descriptors already: nothing would ask it again
         self._stopping = False
         self._draining_since = None  # set when stop() is first noticed: leaving, still answering
@@ -635,12 +635,13 @@ class Worker:
         for router, (sock, name) in list(self.asking.items()):
             if name is not None and self._draining_since is not None:
                 continue  # leaving: a rejoin would bring us back into its member list
-            if name is None and router in routers:
+            member = next((n for r, n in routers.items() if same_endpoint(router, r)), None) if name is None else None
+            if member is not None:
                 # the seed joined us (it started later, seeded with us) while our DEALER to it was
                 # in its reconnect backoff (up to 8 s): it is a member, and was not silent
                 self._stop_asking(router)
                 self._seeds_asked.pop(router, None)
-                log.info("joined: seed %s is member %s", router, routers[router])
+                log.info("joined: seed %s is member %s", router, member)
                 continue
             silent = self._seed_silent(router, now) if name is None else None
             if silent is not None:
