@@ -150,6 +150,35 @@ def test_a_csv_path_that_is_a_pipe_or_a_link_stays_one(small, tmp_path):
 
 # ---------------------------------------------------------------------------- determinism
 
+def test_a_write_killed_mid_way_leaves_a_file_the_next_write_removes(tmp_path):
+    """`zfraud gen OUT` killed with SIGKILL (no handler runs) left .OUT.PID.RANDOM.tmp, and no
+    later run removed it: each killed run's partial CSV stayed, hidden. The next write of OUT
+    removes those of writers that are gone; one whose writer lives, and any other file, stay."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "tx.csv"
+    p = subprocess.Popen([sys.executable, "-m", "zfraud", "gen", str(out), "--seed", "1"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.monotonic() + 60
+    while time.monotonic() < end and not any(f.stat().st_size > 0 for f in tmp_path.glob(".tx.csv.*.tmp")):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait(10)
+    left = [f.name for f in tmp_path.glob(".tx.csv.*.tmp")]
+    assert len(left) == 1 and left[0].startswith(f".tx.csv.{p.pid}."), left
+    live, other = f".tx.csv.{os.getpid()}.abcd1234.tmp", ".tx.csv.notes.tmp"
+    (tmp_path / live).write_text("a write running now")
+    (tmp_path / other).write_text("someone else's")
+    r = subprocess.run([sys.executable, "-m", "zfraud", "gen", str(out), "--customers", "20", "--terminals", "40",
+                        "--days", "3"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted([live, other, "tx.csv"])
+    assert out.read_text().startswith(",".join(COLUMNS))
+
+
 def test_deterministic_for_a_seed(small):
     again = generate(**SMALL, seed=7)
     for name in COLUMNS:

@@ -2,6 +2,7 @@
 import contextlib
 import errno
 import os
+import re
 import shutil
 import stat
 
@@ -21,6 +22,7 @@ def replacing(path):
             yield f
         return
     target = os.path.realpath(path)  # through a symlink: replace the file, keep the link
+    remove_unfinished(target)  # an earlier writer's, killed mid-write (SIGKILL): nothing else would
     tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the mode a plain open would give
@@ -50,3 +52,38 @@ def replacing(path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, another user's
+        return True
+    return True
+
+
+def remove_unfinished(path) -> int:
+    """Remove the temporary files of writes of `path` that never finished (replacing's, and
+    state.save_npz's: `.NAME.PID.RANDOM.tmp` beside it): a writer killed mid-write (the OOM
+    killer, kill -9) leaves its file, and nothing else would remove it. A file whose writer (the
+    pid in its name) is alive is left: a write running now, maybe by a worker under the same name
+    that is about to be refused. Returns how many were removed."""
+    directory, base = os.path.split(os.path.abspath(os.fspath(path)))
+    ours = re.compile(re.escape(f".{base}.") + r"(\d+)\.[^.]+\.tmp")
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0  # the directory is gone or unreadable: the failed write says so, nothing to remove
+    for name in names:
+        m = ours.fullmatch(name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+            removed += 1
+        except OSError:
+            pass
+    return removed

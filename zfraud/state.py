@@ -27,6 +27,7 @@ import zipfile
 import numpy as np
 
 from . import _state
+from .files import remove_unfinished  # noqa: F401 (the worker's, and save_npz's files)
 from ._state import CARD_DTYPE, EVICTION_POLICY, CardState, TerminalState
 
 CARD_FEATURES = tuple(_state.CARD_NAMES)
@@ -212,40 +213,6 @@ def save_npz(path, arrays: dict) -> None:
         except FileNotFoundError:
             pass
         raise
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: it exists, another user's
-        return True
-    return True
-
-
-def remove_unfinished(path) -> int:
-    """Remove the temporary files of saves of `path` that never finished: a writer killed
-    mid-write (the OOM killer, kill -9) leaves its file, which save_npz would otherwise remove.
-    A file whose writer (the pid in its name) is alive is left: a save running now, maybe by a
-    process under the same name that is about to be refused. Returns how many were removed."""
-    directory, base = os.path.split(os.path.abspath(os.fspath(path)))
-    removed = 0
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return 0  # the directory is gone or unreadable: the failed save says so, nothing to remove
-    for name in names:
-        if name.startswith(f".{base}.") and name.endswith(".tmp"):
-            pid = name[len(base) + 2:].split(".", 1)[0]
-            if pid.isdigit() and _alive(int(pid)):
-                continue
-            try:
-                os.unlink(os.path.join(directory, name))
-                removed += 1
-            except OSError:
-                pass
-    return removed
 
 
 def load_npz(path) -> dict:
