@@ -242,7 +242,8 @@ def test_a_bad_handover_gets_a_clear_refusal_and_the_worker_carries_on(model_pat
 @pytest.mark.parametrize("answer", ["ok", "error", "silence"])
 def test_the_sender_keeps_cards_that_are_refused_or_not_answered(ctx, answer):
     """Handover against a real ROUTER playing the new owner: an acknowledgement drops the
-    records; an ERROR (a worker from before the op) or no answer within ACK_S puts them back."""
+    records; an ERROR (a worker from before the op) puts them back; no answer within ACK_S keeps
+    them aside, to be sent again as the same message (test below)."""
     import zmq
 
     from zfraud.handover import ACK_S, Handover
@@ -280,12 +281,134 @@ def test_the_sender_keeps_cards_that_are_refused_or_not_answered(ctx, answer):
         kept = len(e.card_ids())
         if answer == "ok":
             assert (h.handed, h.taken_back, kept) == (len(theirs), 0, 200 - len(theirs))
-        else:
+        elif answer == "error":
             assert (h.handed, h.taken_back, kept) == (0, len(theirs), 200)
+        else:
+            assert (h.handed, h.taken_back, kept) == (0, 0, 200 - len(theirs))
+            assert [len(p.records) for p in h.doubt.values()] == [len(theirs)]
         assert not h.pending
     finally:
         h.close()
         owner.close(linger=0)
+
+
+def test_a_message_answered_late_is_sent_again_as_it_was_and_taken_once(ctx):
+    """The owner stood still past ACK_S and then took the message; the sender had put the cards
+    back, and its next sweep sent them again, merged with what came meanwhile, under a new
+    number: the owner added them twice (every moved card's count doubled, in a reviewer's run).
+    Now the sender sends the same message again, and the owner (take_over with its Taken)
+    acknowledges the repeat without adding it. Against a real ROUTER playing the owner."""
+    import zmq
+
+    from zfraud.handover import ACK_S, Handover, Taken, take_over
+    from zfraud.sockets import configure
+
+    def engine():
+        return FeatureEngine(FULL, 7, 4096, 1024)
+
+    e, mine = engine(), engine()
+    cards = np.arange(1, 201, dtype=np.uint64)
+    e.transform({"tx_id": cards, "card": cards, "terminal": cards % 7, "amount": np.full(200, 12.0),
+                 "ts_ms": np.full(200, 17_800 * 86_400_000, np.int64)})
+    theirs = cards[owners(cards, ["w1", "w2"]) == 1]
+    owner = configure(ctx.socket(zmq.ROUTER))
+    port = owner.bind_to_random_port("tcp://127.0.0.1")
+    h, taken = Handover("w1", lambda name: configure(ctx.socket(zmq.DEALER)), boot=77), Taken()
+
+    def take(now):
+        """Sweep until the message is out, then take it as the owner does; its header."""
+        deadline = time.monotonic() + 5
+        while not h.pending:  # IMMEDIATE: refused until connected
+            assert time.monotonic() < deadline
+            h.follow({"w2": f"tcp://127.0.0.1:{port}"})
+            h.sweep(e, ["w1", "w2"], now)
+            time.sleep(0.05)
+        assert owner.poll(5000)
+        ident, *frames = owner.recv_multipart()
+        msg = P.parse(frames)
+        return ident, msg.header, take_over(mine, msg.header, msg.frames, taken)
+
+    try:
+        _, first, reply = take(now=0.0)
+        assert reply["ok"] and reply["added"] == len(theirs) and first["boot"] == 77
+        h.expire(e, now=ACK_S + 0.1)  # its answer came too late: never read, the socket is closed
+        assert not h.pending and len(h.doubt) == 1 and "w2" not in h.socks
+        ident, again, reply = take(now=ACK_S + 1.2)
+        assert (again["seq"], again["rows"]) == (first["seq"], first["rows"])
+        assert reply == {"op": "cards", "seq": first["seq"], "ok": True, "added": 0, "merged": 0, "repeat": True}
+        owner.send_multipart([ident, *P.encode(P.CONTROL, reply)])
+        assert h.socks["w2"].poll(5000)
+        h.on_reply("w2", e)
+        assert (h.handed, h.taken_back, len(h.doubt), len(h.pending)) == (len(theirs), 0, 0, 0)
+        got = mine.take_cards(theirs)
+        assert (got["day_count"].sum(axis=1) == 1).all()  # one transaction each, counted once
+        assert sorted(e.card_ids().tolist()) == sorted(set(cards.tolist()) - set(theirs.tolist()))
+    finally:
+        h.close()
+        owner.close(linger=0)
+
+
+def test_cards_handed_to_a_worker_that_stood_still_are_counted_once(model_path, tmp_path, ctx):
+    """w2 joins and gets its cards; a client with the old member list sends w1 new cards of
+    w2's; w2 stands still (SIGSTOP) for 8 s while w1's next sweep sends them. w1 had no answer
+    within ACK_S and kept them; w2, running again, took the message it found waiting, and w1
+    sent the cards again once w2 was back: each card counted 2 transactions where it had 1 (a
+    reviewer's run). Now a worker that stood still refuses the cards it reads in the next
+    seconds, and each card is held once, by its owner, with its one transaction."""
+    rng = np.random.default_rng(7)
+    day = 17_800 * 86_400_000
+    first = random_transactions(rng, 200, 200, day)
+    first["card"] = np.arange(1, 201, dtype=np.uint64)
+    stale = {k: v.copy() for k, v in first.items()}
+    stale["tx_id"] += 1000
+    stale["card"] += 1000
+    ids = np.concatenate([first["card"], stale["card"]])
+    w2_owns = owners(ids, ["w1", "w2"]) == 1
+    state = tmp_path / "s"
+    extra = ["--model", str(model_path), "--cards", "4096", "--terminals", "4096", "--heartbeat", "2",
+             "--state-dir", str(state), "--snapshot-every", "1"]
+    with LocalMesh(1, extra_args=extra, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint) as c:
+        c.score(first)
+        mesh.start_worker("w2", seed=mesh.routers["w1"])
+        mesh.wait_members(["w1", "w2"])
+        wait_for("w1 hands w2 its cards", lambda: status(c, "w1")["handover"]["cards_handed_over"] > 0)
+        r = request(ctx, mesh.routers["w1"], P.batch_message(1, 0, stale))  # the old member list
+        assert r.command == P.RESULT and r.header["rows"] == 200
+        mesh.signal("w2", signal.SIGSTOP)  # before the sweep SETTLE_S (3 s) after the join: w2 is still a member
+        try:
+            time.sleep(11)  # w1's sweep sends them, and has no answer within ACK_S (5 s)
+        finally:
+            mesh.signal("w2", signal.SIGCONT)
+        mesh.wait_members(["w1", "w2"])
+        wait_for("the client sees w2 again", lambda: c.poll(100) >= 0 and c.members == ["w1", "w2"])
+        wait_for("every card is with its owner",
+                 lambda: status(c, "w1")["state"]["cards"] == (~w2_owns).sum()
+                 and status(c, "w2")["state"]["cards"] == w2_owns.sum(), timeout_s=40)
+        time.sleep(2.5)  # a snapshot after the last handover
+        for w in ("w1", "w2"):
+            mesh.signal(w, signal.SIGKILL)
+            mesh.procs[w].wait(5)
+        logs = mesh.log("w1"), mesh.log("w2")
+    for w, own in (("w1", ~w2_owns), ("w2", w2_owns)):
+        e = FeatureEngine(FULL, 7, 4096, 4096)
+        e.load(state / f"{w}.state.npz")
+        assert sorted(e.card_ids().tolist()) == sorted(ids[own].tolist())
+        counts = e.take_cards(ids[own])["day_count"].sum(axis=1)
+        assert (counts == 1).all(), (w, np.bincount(counts))
+    assert "not acknowledged by w2 within 5 s" in logs[0] and "cards not taken: this worker stood still" in logs[1]
+
+
+def test_the_owner_takes_a_message_once_whoever_else_sends_that_number():
+    from zfraud.handover import Taken
+
+    t = Taken(capacity=2)
+    keys = [Taken.key({"worker": "w1", "boot": 5, "seq": s}) for s in (1, 2, 3)]
+    for k in keys:
+        t.add(k)
+    assert keys[0] not in t and keys[1] in t and keys[2] in t  # the last `capacity`
+    assert Taken.key({"worker": "w2", "boot": 5, "seq": 3}) not in t  # another sender
+    assert Taken.key({"worker": "w1", "boot": 6, "seq": 3}) not in t  # its next process: seq restarts
+    assert Taken.key({"worker": "w1", "seq": 3}) is None  # a sender from before boot: not remembered
 
 
 def test_a_worker_from_before_the_handover_is_asked_again_every_30_s_with_one_warning(ctx, caplog):

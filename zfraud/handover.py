@@ -11,8 +11,18 @@ them to their owners (CONTROL op "cards": a header and one frame of raw CardRec 
 bytes each), which add them, or merge them with the record each started for the card meanwhile
 (ext/state.pyx, card_merge: the rings are summed, so no transaction is lost or counted twice,
 and the peak amount ratios of the record started without the history are computed again).
-A record stays pending until its owner acknowledges it; a refusal, or no answer within ACK_S,
-puts it back into the sender's table (merged the same way) for a later sweep.
+A record stays pending until its owner acknowledges it; a refusal puts it back into the sender's
+table (merged the same way) for a later sweep. No answer within ACK_S does not say the owner did
+not take it: one that stood still (a pause, SIGSTOP, swapping) takes the message when it runs
+again, after the sender gave up. So an unanswered message is kept aside as it was and sent again,
+the same message under the same number, to the same owner at the next sweep; an owner takes a
+message once (Taken) and acknowledges a repeat without adding it again. Were it put back and
+sent anew, merged with what came meanwhile, the owner would add those cards' history twice. Only
+when its cards' owner has changed meanwhile (that member left) is it put back and swept anew;
+for that case a worker that stood still refuses the cards it reads in the next STALE_S seconds
+(worker._take_over): the sender gave up on them, or will, and they come again. What a member
+dropped for silence took, over a network that held the message (a partition longer than the
+member timeout), can still be counted twice: the sender cannot tell it from a member that died.
 
 Sweeps run at the first heartbeat after the member list changes, again SETTLE_S later (for what
 reached the old owner while clients were switching), every EVERY_S (for a client that kept a
@@ -29,7 +39,7 @@ import zmq
 
 from . import protocol as P
 from .mesh import owners
-from .state import CARD_DTYPE
+from .state import CARD_DTYPE, unmix_keys
 
 log = logging.getLogger("zfraud.worker")
 
@@ -46,14 +56,42 @@ class _Pending:
     to: str
     records: np.ndarray
     sent: float
+    seq: int = 0
+
+
+class Taken:
+    """The receiving side's memory of the messages it took: (sender, its boot, seq) of the last
+    `capacity`. A sender from before `boot` is not remembered: its seq restarts with it."""
+
+    def __init__(self, capacity: int = 4096):
+        self.capacity = capacity
+        self.keys: dict[tuple, None] = {}  # in insertion order: the oldest first
+
+    @staticmethod
+    def key(header: dict) -> tuple | None:
+        worker, boot, seq = header.get("worker"), header.get("boot"), header.get("seq")
+        if isinstance(worker, str) and type(boot) is int and type(seq) is int:
+            return worker, boot, seq
+        return None
+
+    def __contains__(self, key) -> bool:
+        return key is not None and key in self.keys
+
+    def add(self, key) -> None:
+        if key is None:
+            return
+        self.keys[key] = None
+        while len(self.keys) > self.capacity:
+            del self.keys[next(iter(self.keys))]
 
 
 class Handover:
     """The sending side: one DEALER per member (IMMEDIATE: nothing queues for a member not yet
     connected), the records in flight, and when the next sweep is due."""
 
-    def __init__(self, name: str, new_socket, poller: zmq.Poller | None = None):
+    def __init__(self, name: str, new_socket, poller: zmq.Poller | None = None, boot: int = 0):
         self.name = name
+        self.boot = boot  # with seq, names each message for the owner's Taken
         # (member name) -> a configured, secured DEALER, or None when none can be made now (out of
         # descriptors: the worker says so); follow() asks again at the next tick
         self.new_socket = new_socket
@@ -61,6 +99,7 @@ class Handover:
         self.socks: dict[str, zmq.Socket] = {}
         self.routers: dict[str, str] = {}
         self.pending: dict[int, _Pending] = {}
+        self.doubt: dict[int, _Pending] = {}  # unanswered within ACK_S: sent again as they were (expire)
         self.seq = 0
         self.view: list[str] | None = None  # the owners the last sweep placed cards by
         self.due: list[float] = []  # when further sweeps are due, in no order (retries are appended)
@@ -125,7 +164,9 @@ class Handover:
 
     def sweep(self, features, names: list[str], now: float) -> int:
         """Send every card held here whose owner among `names` is another worker; returns the
-        cards sent. A member not connected yet keeps its cards here, and is tried again 1 s later."""
+        cards sent. A member not connected yet keeps its cards here, and is tried again 1 s later.
+        First the messages in doubt go again, each as it was, if their owner is still the same."""
+        self._resend(features, names, now)
         ids = features.card_ids()
         if not len(ids):
             return 0
@@ -148,15 +189,33 @@ class Handover:
         if not len(records):
             return True
         self.seq += 1
-        header = {"op": "cards", "worker": self.name, "seq": self.seq, "record": RECORD,
-                  "itemsize": records.itemsize, "rows": len(records)}
-        try:
-            sock.send_multipart(P.encode(P.CONTROL, header, [records.view(np.uint8)]), zmq.NOBLOCK, copy=False)
-        except zmq.Again:  # not connected (yet), or its queue is full
-            features.put_cards(records)
+        if not self._transmit(sock, _Pending(name, records, now, self.seq)):
+            features.put_cards(records)  # not connected (yet), or its queue is full
             return False
-        self.pending[self.seq] = _Pending(name, records, now)
         return True
+
+    def _transmit(self, sock, p: _Pending) -> bool:
+        """Send p's message (again, for one in doubt: the same number, the same records)."""
+        header = {"op": "cards", "worker": self.name, "boot": self.boot, "seq": p.seq, "record": RECORD,
+                  "itemsize": p.records.itemsize, "rows": len(p.records)}
+        try:
+            sock.send_multipart(P.encode(P.CONTROL, header, [p.records.view(np.uint8)]), zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        self.pending[p.seq] = p
+        return True
+
+    def _resend(self, features, names: list[str], now: float) -> None:
+        for seq, p in list(self.doubt.items()):
+            if p.to in names and (owners(unmix_keys(p.records["key"]), names) == names.index(p.to)).all():
+                sock = self.socks.get(p.to)
+                if sock is not None and self._transmit(sock, _Pending(p.to, p.records, now, seq)):
+                    del self.doubt[seq]
+                else:
+                    self.due.append(now + 1.0)  # not connected yet: the next tick after 1 s
+            else:  # its owner changed (it left): the records go to their owners now, swept anew
+                del self.doubt[seq]
+                self._take_back(features, p, "it is no longer their owner")
 
     # -- answers ----------------------------------------------------------------------------
     def on_reply(self, name: str, features) -> None:
@@ -170,7 +229,7 @@ class Handover:
                 continue
             h = msg.header
             seq = h.get("seq")
-            if seq not in self.pending:  # an ERROR (a peer that does not know the op): the oldest
+            if type(seq) is not int or seq not in self.pending:  # an ERROR (a peer that does not know the op): the oldest
                 seq = min((s for s, p in self.pending.items() if p.to == name), default=None)
             p = self.pending.pop(seq, None)
             if p is None:
@@ -178,8 +237,12 @@ class Handover:
             if msg.command == P.CONTROL and h.get("ok"):
                 self.handed += len(p.records)
                 self.refused.pop(name, None)
-                log.info("handed over %d cards to %s, their owner now (%s of them merged with cards "
-                         "it had started)", len(p.records), name, h.get("merged", 0))
+                if h.get("repeat"):
+                    log.info("handed over %d cards to %s, their owner now: it had taken them already, from the "
+                             "same message sent before it answered", len(p.records), name)
+                else:
+                    log.info("handed over %d cards to %s, their owner now (%s of them merged with cards "
+                             "it had started)", len(p.records), name, h.get("merged", 0))
             elif msg.command == P.ERROR and h.get("code") == P.BAD_CONTROL and "'cards'" in str(h.get("message")):
                 again = name in self.refused
                 self.refused[name] = p.sent
@@ -188,12 +251,19 @@ class Handover:
                 self._take_back(features, p, h.get("error") or h.get("message") or "refused")
 
     def expire(self, features, now: float) -> None:
-        """Take back the records of a member that left one message unanswered for ACK_S, and
-        close its socket, so that nothing still queued in it reaches the member later and is
-        counted there too (the next tick connects afresh)."""
+        """Keep aside, as they were, the messages of a member that left one unanswered for
+        ACK_S (they go again at the next sweep: _resend), and close its socket (the next tick
+        connects afresh). Once this worker sweeps no more (it stops), they are put back here."""
         late = {p.to for p in self.pending.values() if now - p.sent > ACK_S}
         for seq in [s for s, p in self.pending.items() if p.to in late]:
-            self._take_back(features, self.pending.pop(seq), f"no answer within {ACK_S:g} s")
+            p = self.pending.pop(seq)
+            if self.fate != SWEEPING:
+                self._take_back(features, p, f"no answer within {ACK_S:g} s")
+                continue
+            self.doubt[seq] = p
+            log.warning("%d cards not acknowledged by %s within %g s: kept aside, and sent again at the next "
+                        "sweep as the same message, which it takes only once", len(p.records), p.to, ACK_S)
+            self.due.append(now + 1.0)
         for name in late & set(self.socks):
             self._close(name)
 
@@ -207,9 +277,11 @@ class Handover:
         return int((owners(ids, self.view) != mine).sum())
 
     def take_back_all(self, features) -> None:
-        """Put back every record still awaiting an answer (a worker about to stop)."""
+        """Put back every record still awaiting an answer, or kept aside (a worker about to stop)."""
         for seq in list(self.pending):
             self._take_back(features, self.pending.pop(seq), "the worker is stopping")
+        for seq in list(self.doubt):
+            self._take_back(features, self.doubt.pop(seq), "the worker is stopping")
 
     def _take_back(self, features, p: _Pending, why: str, quiet: bool = False, retry: bool = True) -> None:
         try:
@@ -227,9 +299,14 @@ class Handover:
             self.due.append(p.sent + ACK_S + 1.0)
 
 
-def take_over(features, header: dict, payload: list) -> dict:
-    """The receiving side of op "cards": add a peer's card records. Returns the reply header."""
+def take_over(features, header: dict, payload: list, taken: Taken | None = None) -> dict:
+    """The receiving side of op "cards": add a peer's card records, unless `taken` says this
+    message was taken already (sent again by a sender that had no answer in time: acknowledged,
+    not added twice). Returns the reply header."""
     reply = {"op": "cards", "seq": header.get("seq")}
+    key = Taken.key(header)
+    if taken is not None and key in taken:
+        return {**reply, "ok": True, "added": 0, "merged": 0, "repeat": True}
     rows, itemsize = header.get("rows"), header.get("itemsize")
     size = memoryview(payload[0]).nbytes if len(payload) == 1 else None
     if header.get("record") != RECORD or itemsize != CARD_DTYPE.itemsize:
@@ -240,6 +317,8 @@ def take_over(features, header: dict, payload: list) -> dict:
     else:
         try:
             added, merged = features.put_cards(np.frombuffer(payload[0], CARD_DTYPE))
+            if taken is not None:
+                taken.add(key)
             return {**reply, "ok": True, "added": added, "merged": merged}
         except ValueError as e:
             why = str(e)

@@ -42,7 +42,7 @@ from . import protocol as P
 from ._dedup import SeenSet
 from .mesh import Member, Membership, check_endpoint, check_member, same_endpoint
 from .features import TERMINAL_BUCKET_HOURS, FeatureEngine
-from .handover import ACK_S, Handover, take_over
+from .handover import ACK_S, Handover, Taken, take_over
 from .model import check_delay, load_model, model_from_dict
 from .rules import RuleSet, decode as rules_text
 from .scoring import MIN_TS_MS, Scorer, Thresholds, ahead_ts_ms
@@ -344,7 +344,8 @@ class Worker:
         self.saved = True  # False when the snapshot at the end failed: the CLI exits 1
         self.fatal: str | None = None  # why the worker stopped without joining (its name is taken): the CLI exits 1
         self._name_refused_at: float | None = None
-        self.handover = Handover(name, lambda to: self._dealer(f"member {to}"))
+        self.handover = Handover(name, lambda to: self._dealer(f"member {to}"), boot=self.boot)
+        self.taken = Taken()  # the card messages taken, so that one sent again is not added twice
         self._final_until = None  # set when the drain is over: the last handover's answers are awaited
         self._batch_ms = deque(maxlen=2048)  # recent batches' scoring times (a run of batches scored in one pass: its time each)
         self._header_of, self._header = None, None  # _verdict_header's scorer and its fields
@@ -1310,7 +1311,8 @@ class Worker:
                     "snapshot_age_s": round(time.monotonic() - self.saved_at, 3) if self.saved_at else None},
                 "handover": {"cards_handed_over": self.handover.handed, "cards_taken_over": self.stats["cards_taken_over"],
                              "cards_taken_back": self.handover.taken_back,
-                             "cards_in_flight": sum(len(p.records) for p in self.handover.pending.values())},
+                             "cards_in_flight": sum(len(p.records) for p in (*self.handover.pending.values(),
+                                                                             *self.handover.doubt.values()))},
                 "members": [m["name"] for m in self.members.public()]}
 
     def _control(self, h: dict, payload: list) -> list:
@@ -1349,9 +1351,21 @@ class Worker:
         self.labels_seen = SeenSet(self.labels_seen.capacity)
 
     def _take_over(self, h: dict, payload: list) -> list:
-        """Cards a peer hands over: this worker owns them now (zfraud.handover)."""
-        reply = take_over(self.scorer.features, h, payload)
-        if reply["ok"]:
+        """Cards a peer hands over: this worker owns them now (zfraud.handover). Not just after
+        this worker stood still: the message may have waited longer than the sender waits for an
+        answer (ACK_S), and a sender that gave up has kept the cards and sends them again; had
+        we taken them too, their history would count twice."""
+        if time.monotonic() < self._stale_until:
+            reply = {"op": "cards", "seq": h.get("seq"), "ok": False,
+                     "error": "cards not taken: this worker stood still (stopped or paused) a moment ago, and "
+                              "their sender may have given up waiting for its answer; send them again"}
+            log.warning("%s from %s", reply["error"], h.get("worker"))
+            return P.encode(P.CONTROL, {**reply, "worker": self.name})
+        reply = take_over(self.scorer.features, h, payload, self.taken)
+        if reply.get("repeat"):
+            log.info("cards from %s: message %s again, taken already (it had no answer in time); not added twice",
+                     h.get("worker"), h.get("seq"))
+        elif reply["ok"]:
             self.stats["cards_taken_over"] += reply["added"] + reply["merged"]
             log.info("took over %d cards from %s (%d merged with cards already here)",
                      reply["added"] + reply["merged"], h.get("worker"), reply["merged"])
