@@ -530,3 +530,64 @@ def test_a_worker_whose_terminal_tables_cannot_grow_for_a_fifth_member_keeps_sco
     assert lines[0] == ("[True, True, True, False] 4 4 this worker's terminal tables could not grow to 8 peer "
                         "slots: out of memory; restart it with a lower --terminals or with more memory"), lines
     assert lines[1] == "(3, 28)", lines
+
+
+BAD_INTS = (float("inf"), float("nan"), 2**64 - 1, -1, [4], "4", None)
+
+
+def test_header_values_a_peer_sends_in_terminal_counts_never_stop_a_worker(model_path, tmp_path, ctx):
+    """A peer's intel.terminal, and its intel_sync replies, with rows or bucket_hours of inf (int()
+    raised OverflowError, which left the loop: the worker exited 1), nan, a huge int, a list, a
+    string: each is logged (one line per kind) and ignored, and the worker keeps scoring."""
+    from conftest import request
+    from zfraud.local import free_port
+
+    me = {"name": "rogue", "router": f"tcp://127.0.0.1:{free_port()}", "pub": f"tcp://127.0.0.1:{free_port()}"}
+    empty = {"source": "rogue", "rows": 0, "fraud_rows": 0, "bucket_hours": 4}
+    bad = [{**empty, key: v} for key in ("rows", "fraud_rows", "bucket_hours") for v in BAD_INTS]
+    with LocalMesh(1, extra_args=["--model", str(model_path)], log_dir=str(tmp_path)) as mesh:
+        pub = ctx.socket(zmq.XPUB)
+        pub.setsockopt(zmq.SNDHWM, 0)
+        pub.bind(me["pub"])
+        router = ctx.socket(zmq.ROUTER)
+        router.bind(me["router"])
+        assert request(ctx, mesh.endpoint, P.encode(P.HELLO, {"role": "worker", **me})).command == P.MEMBERS
+        deadline, wanted = time.monotonic() + 10, {b"\x01mesh.", b"\x01intel."}
+        while wanted and time.monotonic() < deadline:  # the worker follows our PUB
+            if pub.poll(200):
+                wanted.discard(pub.recv())
+        assert not wanted, f"the worker did not subscribe to the peer's {wanted}"
+        time.sleep(0.3)
+        # Its replies to intel_sync (asked at the join, then at each gap in seq): the same bad
+        # values, in our own counts and in those held for w1 itself (merged into its own slot)
+        replies = [{**h, "more": []} for h in bad] + [{**empty, "more": [{**h, "source": "w1"}]} for h in bad]
+        sent, answered, seq = 0, 0, 0
+        deadline = time.monotonic() + 30
+        while (sent < len(bad) or answered < len(replies)) and time.monotonic() < deadline:
+            assert mesh.procs["w1"].poll() is None, "the worker stopped"
+            seq += 2  # a gap: the worker asks for intel_sync again
+            pub.send_multipart([b"mesh.hello", P.VERSION, P.pack({**me, "members": [], "seq": seq})])
+            pub.send_multipart([b"intel.terminal", P.VERSION, P.pack({**bad[sent % len(bad)], "seq": seq}),
+                                *[b""] * 6])
+            sent += 1
+            while router.poll(50):
+                ident, *frames = router.recv_multipart()
+                if P.parse(frames).header.get("op") == "intel_sync":
+                    h = {"op": "intel_sync", "ok": True, **replies[answered % len(replies)]}
+                    router.send_multipart([ident, *P.encode(P.CONTROL, h, [b""] * (6 + 6 * len(h["more"])))])
+                    answered += 1
+        assert sent >= len(bad) and answered >= len(replies), (sent, answered)
+        time.sleep(0.5)
+        assert mesh.procs["w1"].poll() is None, "the worker stopped"
+        tx = terminal_stream(50, seed=3)
+        reply = request(ctx, mesh.endpoint, P.batch_message(1, 0, tx))
+        assert reply.command == P.RESULT and reply.header["rows"] == 50
+        assert mesh.stop_worker("w1") == 0
+        pub.close()
+        router.close()
+        with open(os.path.join(mesh.log_dir, "w1.log")) as f:
+            text = f.read()
+    assert "Traceback" not in text and "Error" not in text.replace("ProtocolError", ""), text
+    assert "ignored a malformed mesh message topic=intel.terminal from=rogue: header field 'rows' must be" in text
+    assert "bad intel sync reply from rogue: header field 'rows' must be" in text
+    assert "terminal counts from rogue not merged: terminal counts in inf-hour buckets" in text

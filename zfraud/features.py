@@ -230,7 +230,8 @@ class FeatureEngine:
             self._merge(0, deltas)
 
     def _check_buckets(self, deltas: dict) -> None:
-        if int(deltas.get("bucket_hours", 0)) != self.frauds.bucket_hours:
+        """Compared as it is, not through int(): a peer's inf would raise OverflowError."""
+        if deltas.get("bucket_hours", 0) != self.frauds.bucket_hours:
             raise ValueError(f"terminal counts in {deltas.get('bucket_hours')}-hour buckets; "
                              f"this worker keeps {self.frauds.bucket_hours}-hour buckets")
 

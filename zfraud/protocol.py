@@ -191,7 +191,9 @@ def read_columns(frames, rows: int, columns, batch: int | None = None) -> dict:
     return out
 
 
-def _int_field(header: dict, key: str, lo: int, hi: int, batch: int | None = None) -> int:
+def int_field(header: dict, key: str, lo: int, hi: int, batch: int | None = None) -> int:
+    """A header's integer, checked as it is read: a peer's inf, nan, list or string would raise
+    something else from int() (OverflowError for inf), which no caller expects."""
     value = header.get(key)
     if type(value) is not int or not lo <= value <= hi:
         raise ProtocolError(BAD_HEADER, f"header field {key!r} must be an integer in [{lo}, {hi}], got {value!r}", batch)
@@ -220,9 +222,9 @@ def parse(frames) -> Message:
 def parse_batch(msg: Message) -> tuple[int, int, dict]:
     """Validate a BATCH: returns (batch id, attempt, columns as numpy views)."""
     h = msg.header
-    batch = _int_field(h, "batch", 0, 2**64 - 1)
-    attempt = _int_field(h, "attempt", 0, 1000, batch)
-    rows = _int_field(h, "rows", 1, MAX_ROWS, batch)
+    batch = int_field(h, "batch", 0, 2**64 - 1)
+    attempt = int_field(h, "attempt", 0, 1000, batch)
+    rows = int_field(h, "rows", 1, MAX_ROWS, batch)
     if h.get("columns") != schema(TX_COLUMNS):
         raise ProtocolError(BAD_SCHEMA, f"columns must be {schema(TX_COLUMNS)}, got {h.get('columns')!r}", batch)
     return batch, attempt, read_columns(msg.frames, rows, TX_COLUMNS, batch)
@@ -230,7 +232,7 @@ def parse_batch(msg: Message) -> tuple[int, int, dict]:
 
 def parse_columns(msg: Message, columns) -> dict:
     """Validate a message whose header says rows and columns, e.g. LABEL: returns the arrays."""
-    rows = _int_field(msg.header, "rows", 0, MAX_LABEL_ROWS)
+    rows = int_field(msg.header, "rows", 0, MAX_LABEL_ROWS)
     if msg.header.get("columns") != schema(columns):
         raise ProtocolError(BAD_SCHEMA, f"columns must be {schema(columns)}, got {msg.header.get('columns')!r}")
     return read_columns(msg.frames, rows, columns)

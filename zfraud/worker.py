@@ -942,7 +942,8 @@ class Worker:
     def _intel_deltas(h: dict, frames) -> dict:
         deltas = {"bucket_hours": h.get("bucket_hours")}
         for k, (rows, columns) in enumerate(P.INTEL_SETS[:len(frames) // 3]):
-            deltas.update(P.read_columns(frames[3 * k:3 * k + 3], int(h[rows]), columns))
+            n = P.int_field(h, rows, 0, P.MAX_MESSAGE_BYTES)  # a frame holds no more rows than bytes
+            deltas.update(P.read_columns(frames[3 * k:3 * k + 3], n, columns))
         return deltas
 
     def _request_sync(self, name: str) -> None:
@@ -967,9 +968,15 @@ class Worker:
         try:
             self._merge_sync(name, P.parse(sock.recv_multipart(zmq.NOBLOCK)))
         except (zmq.Again, P.ProtocolError) as e:
-            log.warning("bad intel sync reply from %s: %s", name, e)
+            self._bad_sync_reply(name, e)
         finally:
             sock.close()
+
+    def _bad_sync_reply(self, name: str, e: Exception) -> None:
+        """A peer answers as often as its gaps make us ask: said once, then counted."""
+        who = _printable(name)
+        self._bad_input(("sync", who), f"bad intel sync replies from {who}", "bad intel sync reply from %s: %s",
+                        who, _malformed(e))
 
     def _merge_sync(self, name: str, msg) -> None:
         """Merge an intel_sync reply: the peer's own counts (the main frames, then any further
@@ -985,11 +992,12 @@ class Worker:
                                    msg.frames[first + k * per:first + (k + 1) * per], seq_checked=False,
                                    relayed=True)
                 others = sorted({str(e.get("source")) for e in more} - {name})
+                buckets = sum(P.int_field(e, "rows", 0, P.MAX_MESSAGE_BYTES) if "rows" in e else 0
+                              for e in [h, *(e for e in more if e.get("source") == name)])
                 log.info("synced terminal counts from %s (%d buckets; and those it held for %s)", name,
-                         h.get("rows", 0) + sum(e.get("rows", 0) for e in more if e.get("source") == name),
-                         ", ".join(others) or "no other")
+                         buckets, ", ".join(others) or "no other")
         except (P.ProtocolError, KeyError, TypeError, ValueError) as e:
-            log.warning("bad intel sync reply from %s: %s", name, e)
+            self._bad_sync_reply(name, e)
 
     def _on_label(self, msg) -> list:
         cols = P.parse_columns(msg, P.LABEL_COLUMNS)
