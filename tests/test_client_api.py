@@ -355,3 +355,58 @@ def test_a_worker_that_does_not_say_what_its_clock_reads_gets_deadlines_in_the_c
         c.clocks["w1"].add(0.0, 0.001, None, None)
         assert c.clocks["w1"].offset is None
         assert abs(c._deadline_ms("w1") - (time.time() + 2.0) * 1000) < 50
+
+
+def test_header_values_a_worker_sends_never_raise_out_of_poll(ctx):
+    """A RESULT whose rows is inf raised OverflowError out of poll() (int(h["rows"])), and a
+    reply whose batch or worker is a list raised TypeError (unhashable). Each is ignored, or
+    for a batch of ours with bad rows dead-lettered as an unreadable RESULT; the client goes on."""
+    import threading
+
+    import zmq
+
+    from zfraud.local import free_port
+
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    router.bind(ep)
+    bad_rows = [float("inf"), float("nan"), 2**64 - 1, -1, [1], "1", None]
+    stop = threading.Event()
+
+    def worker():  # answers each batch with junk first, then a RESULT of that batch with bad rows
+        k = 0
+        while not stop.is_set():
+            if not router.poll(50):
+                continue
+            ident, *body = router.recv_multipart()
+            msg = P.parse(body)
+            if msg.command == P.HELLO:
+                router.send_multipart([ident, *P.encode(P.MEMBERS, {"worker": "w1", "members": [
+                    {"name": "w1", "router": ep, "pub": "tcp://127.0.0.1:1"}]})])
+            elif msg.command == P.HEARTBEAT:
+                router.send_multipart([ident, *P.encode(P.HEARTBEAT, {"worker": "w1", "t": msg.header["t"]})])
+            elif msg.command == P.BATCH:
+                batch, cols = msg.header["batch"], P.VERDICT_COLUMNS
+                for junk in ({"batch": [batch]}, {"batch": {"a": 1}}, {"batch": batch, "worker": ["w1"]}):
+                    for command in (P.RESULT, P.ERROR, P.HEARTBEAT, P.MEMBERS):
+                        router.send_multipart([ident, *P.encode(command, {"worker": "w1", "rows": 1, **junk})])
+                h = {"worker": "w1", "batch": batch, "rows": bad_rows[k % len(bad_rows)], "columns": P.schema(cols)}
+                router.send_multipart([ident, *P.encode(P.RESULT, h, [b""] * len(cols))])
+                k += 1
+
+    t = threading.Thread(target=worker, daemon=True)
+    t.start()
+    try:
+        with Client(ep, deadline_s=5.0, context=ctx) as c:
+            for k in range(len(bad_rows)):
+                c.submit({"tx_id": [k + 1], "card": [1], "terminal": [1], "ts_ms": [1_700_000_000_000],
+                          "amount": [1.0]})
+                assert c.drain(10)
+            assert c.members == ["w1"] and c.resent == 0
+            assert [d["tx_id"] for d in c.dead_letters] == [[k + 1] for k in range(len(bad_rows))]
+            assert all(d["reason"].startswith("unreadable RESULT from w1: header field 'rows'") for d in c.dead_letters)
+    finally:
+        stop.set()
+        t.join(5)
+        router.close()

@@ -276,6 +276,12 @@ def _one_thread(method):
     return guarded
 
 
+def _not_a_workers(h: dict) -> bool:
+    """A reply whose worker or batch no worker sends (a list, say: as a key it would raise
+    TypeError, unhashable, out of poll()): ignored, as a reply that does not parse is."""
+    return not isinstance(h.get("worker"), (str, type(None))) or isinstance(h.get("batch"), (list, dict))
+
+
 class Client:
     """A connection to the mesh (see the module docstring). Not thread-safe: its sockets and its
     ledger belong to one thread at a time, so use one Client per thread (a call while another
@@ -770,6 +776,8 @@ class Client:
             msg = P.parse(frames)
         except P.ProtocolError:
             return
+        if _not_a_workers(msg.header):
+            return
         if msg.command == P.MEMBERS:
             self._on_members(msg.header)
         elif msg.command == P.HEARTBEAT:
@@ -782,6 +790,8 @@ class Client:
     def _on_answer(self, msg) -> None:
         """A RESULT or ERROR for a batch (anything else is ignored)."""
         h = msg.header
+        if _not_a_workers(h):
+            return
         worker = h.get("worker")
         if worker in self.down:
             self.down.discard(worker)  # it answered: it is alive again
@@ -793,7 +803,7 @@ class Client:
             try:
                 if h.get("columns") != P.schema(P.VERDICT_COLUMNS):
                     raise P.ProtocolError(P.BAD_SCHEMA, f"verdict columns {h.get('columns')!r} are not this client's")
-                v = P.read_columns(msg.frames, int(h["rows"]), P.VERDICT_COLUMNS)
+                v = P.read_columns(msg.frames, P.int_field(h, "rows", 0, P.MAX_ROWS), P.VERDICT_COLUMNS)
             except (P.ProtocolError, KeyError, TypeError, ValueError) as e:
                 self._dead_letter(p.arrays, p.attempt, f"unreadable RESULT from {worker}: {e}")
                 return
