@@ -591,3 +591,55 @@ def test_header_values_a_peer_sends_in_terminal_counts_never_stop_a_worker(model
     assert "ignored a malformed mesh message topic=intel.terminal from=rogue: header field 'rows' must be" in text
     assert "bad intel sync reply from rogue: header field 'rows' must be" in text
     assert "terminal counts from rogue not merged: terminal counts in inf-hour buckets" in text
+
+
+def test_a_peer_that_came_and_went_leaves_no_entry_behind(model_path, tmp_path):
+    """Peers restarted under new names (--name HOSTNAME-PID) came and went for as long as a worker
+    and a client lived, and each left an entry in the worker's _sync_sent and _unmerged (counts
+    that found no slot) and the client's inflight and _down_at, never removed."""
+    import threading
+
+    from zfraud.local import free_port
+    from zfraud.model import load_model
+    from zfraud.worker import Worker
+
+    router, pub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    w = Worker("a", router, pub, model=load_model(model_path), cards=4096, terminals=4096, heartbeat=0.2,
+               drain_quiet_s=0.3, drain_max_s=2.0)
+    w.scorer.features.merge_intel = lambda *args, **kwargs: False  # no slot for anyone: each is unmerged
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    client = Client(router, deadline_s=2.0)
+
+    def wait(cond):
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            client.poll(20)
+            if cond():
+                return True
+        return False
+
+    try:
+        for k in range(2):
+            name = f"b-{k}"
+            with open(tmp_path / f"{name}.log", "w") as log:
+                p = subprocess.Popen([sys.executable, "-m", "zfraud", "worker", "--name", name, "--bind",
+                                      f"tcp://127.0.0.1:{free_port()}", "--pub", f"tcp://127.0.0.1:{free_port()}",
+                                      "--model", str(model_path), "--heartbeat", "0.2", "--seed", router],
+                                     stdout=log, stderr=subprocess.STDOUT)
+            try:
+                assert wait(lambda: name in w.members.members and name in client.peers and name in w._unmerged)
+                p.send_signal(signal.SIGTERM)
+                assert p.wait(20) == 0
+            finally:
+                p.kill()
+                p.wait()
+            assert wait(lambda: name not in w.members.members and name not in client.peers)
+            time.sleep(0.5)  # a heartbeat or two of a's
+            for gone in ("b-0", "b-1")[:k + 1]:  # (w's thread changes these: membership tests only)
+                assert gone not in w._sync_sent and gone not in w._unmerged
+                assert gone not in client.inflight and gone not in client._down_at
+    finally:
+        client.close()
+        w.stop()
+        t.join(20)

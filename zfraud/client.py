@@ -457,6 +457,9 @@ class Client:
 
     def _drop_peer(self, name: str) -> None:
         sock = self.peers.pop(name, None)
+        self._down_at.pop(name, None)  # a client outlives many workers' names (restarts under new ones)
+        if not self.inflight.get(name):
+            self.inflight.pop(name, None)
         self.clocks.pop(name, None)  # (a socket made afresh for it keeps it: _reachable)
         self._views.pop(name, None)
         if name in self.routers:

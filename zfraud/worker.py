@@ -760,6 +760,7 @@ class Worker:
             self._read_all(monitor, functools.partial(self._on_accept_failed, what), limit=1024)
         for name in [n for n, t in self._sync_sent.items() if now - t > 5.0 and n in self.sync_socks]:
             sock = self.sync_socks.pop(name)  # unanswered: drop it, the next gap or message asks again
+            del self._sync_sent[name]
             self.poller.unregister(sock)
             sock.close()
             self._intel_seq.pop(name, None)
@@ -821,10 +822,12 @@ class Worker:
                      **want}
         for name in [n for n in self.sync_socks if n not in want]:
             sock = self.sync_socks.pop(name)
+            del self._sync_sent[name]
             self.poller.unregister(sock)
             sock.close()
         for name in [n for n in self._intel_seq if n not in want]:
             del self._intel_seq[name]  # if it comes back, its first message triggers a full sync
+        self._unmerged &= want.keys()  # if it comes back, it joins: warned again, synced in full
         for name in [n for n in self._boots if n not in want]:
             del self._boots[name]  # if it comes back, it joins: that is not a restart
         # One connection per endpoint: disconnect(pub) cuts every connection to it.
@@ -964,7 +967,7 @@ class Worker:
 
     def _on_sync_reply(self, name: str, sock) -> None:
         self.poller.unregister(sock)
-        del self.sync_socks[name]
+        del self.sync_socks[name], self._sync_sent[name]  # one entry per request outstanding
         try:
             self._merge_sync(name, P.parse(sock.recv_multipart(zmq.NOBLOCK)))
         except (zmq.Again, P.ProtocolError) as e:
