@@ -52,6 +52,8 @@ BASIC_FEATURES = tuple(_features.BASIC_NAMES)
 # NaN); over an average of 0 (spends of 0.00 only) the ratio is the largest finite float32 (0 / 0:
 # NaN), and over a tiny positive one it saturates there too.
 DERIVED_FEATURES = ("card_avg_amount_8_30d", "amount_over_card_avg_8_30d")
+MAX_FRAUD_UNITS = 2**32 - 1  # the most a confirmed fraud's amount counts for, and a bucket's sum (apply_labels)
+
 # What the terminal's confirmed frauds in the 30-day risk window were (window_features): their
 # mean amount, and how many were card-linked (CardState.label_frauds: the card had another fraud
 # at another terminal within 7 days) or not. A compromised terminal's frauds are ordinary
@@ -164,7 +166,8 @@ class FeatureEngine:
         """Confirmed labels (LABEL_COLUMNS arrays: card, terminal, ts_ms, amount, fraud), each
         fraud once (a worker skips the fraud labels of ids it counted before), applied here only
         (in a mesh: by the card's owner, which holds the card's memory of its frauds). A fraud counts on its transaction's bucket, with
-        its amount (whole units; a negative or non-finite amount counts 0), and as card-linked
+        its amount (whole units; a negative or non-finite amount counts 0, one over MAX_FRAUD_UNITS
+        counts MAX_FRAUD_UNITS), and as card-linked
         when CardState.label_frauds says so. Returns the frauds counted."""
         if self.state is None:
             return 0
@@ -174,7 +177,10 @@ class FeatureEngine:
         terminals = mix_keys(np.asarray(labels["terminal"])[hit])
         ts = np.ascontiguousarray(np.asarray(labels["ts_ms"])[hit], dtype=np.int64)
         amount = np.asarray(labels["amount"], dtype=np.float64)[hit]
-        units = np.rint(np.clip(np.nan_to_num(amount, nan=0.0, posinf=0.0, neginf=0.0), 0, 2**32 - 1))
+        # The fraud-amount table holds uint32 counts (AMOUNT's `<u4` on intel.terminal, the
+        # snapshot's tables): a fraud's amount counts at most 2**32 - 1 units, and a bucket's sum
+        # saturates there, though MAX_AMOUNT (1e12) is valid. Widening it is a protocol change.
+        units = np.rint(np.clip(np.nan_to_num(amount, nan=0.0, posinf=0.0, neginf=0.0), 0, MAX_FRAUD_UNITS))
         self.frauds.add_tx(terminals, ts, 0)
         self.fraud_amounts.add_tx(terminals, ts, 0, None, units.astype(np.uint32))
         n = len(ts)
