@@ -162,6 +162,27 @@ def test_a_command_under_nohup_outlives_its_terminal(tmp_path):
     assert out.read_text().startswith("TRANSACTION_ID") and "transactions" in err.splitlines()[-1], err
 
 
+def test_a_worker_under_nohup_outlives_its_terminal(tmp_path):
+    """`nohup zfraud worker ... &` stopped when its terminal closed: the worker set its SIGHUP
+    handler whether or not SIGHUP was ignored (a docs tester's run). It keeps it ignored now, and
+    still stops on SIGTERM."""
+    router = f"tcp://127.0.0.1:{free_port()}"
+    args = ["worker", "--name", "nh", "--bind", router, "--pub", f"tcp://127.0.0.1:{free_port()}"]
+    proc = subprocess.Popen([sys.executable, "-m", "zfraud", *args], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        assert "ready name=nh" in proc.stderr.readline()
+        proc.send_signal(signal.SIGHUP)
+        r = run_cli("send", "--connect", router, "--synthetic", "1000", "--json", timeout=60, cwd=tmp_path)
+        assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["verdicts"] == 1000, r.stderr
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "stopped name=nh" in err, err
+
+
 def test_running_the_cli_in_process_leaves_the_signal_handlers_as_they_were_and_works_off_the_main_thread():
     """main() installs SIGTERM/SIGHUP handlers for its command: a program running it in-process
     kept them for good, and a call from another thread failed (signal only works in main thread)."""

@@ -403,8 +403,9 @@ def worker(name, bind, pub, seeds, model_path, rules_path, review_at, decline_at
         need = (cards * 400 + terminals * 10_200 * max(40, delay_days + 31) / 40) / 2**30  # --terminals' help
         raise click.ClickException(f"out of memory for the state tables: --cards {cards:,} and --terminals "
                                    f"{terminals:,} need about {need:.1f} GiB; lower them") from None
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # (SIGHUP: its terminal closed)
+    for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: w.stop())
+    _handle((signal.SIGHUP,), lambda *_: w.stop())  # its terminal closed; unless ignored (nohup)
     w.run()
     if w.fatal is not None:
         raise click.ClickException(w.fatal)
