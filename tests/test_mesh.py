@@ -875,6 +875,29 @@ def test_a_worker_whose_seed_never_answers_says_so(tmp_path):
     assert text.count("has not answered") == 1  # said once
 
 
+def test_a_worker_that_joined_through_one_seed_says_the_other_is_silent_not_that_it_is_alone(tmp_path):
+    """With a dead seed and a live one, the warning for the dead one said "A worker that reaches
+    no seed scores alone, as a mesh of its own" after "joined via seed=... members=2"."""
+    dead = f"tcp://127.0.0.1:{free_port()}"
+    with LocalMesh(1, log_dir=str(tmp_path)) as mesh:
+        log = tmp_path / "w.log"
+        with open(log, "w") as f:
+            w = subprocess.Popen([sys.executable, "-m", "zfraud", "worker", "--name", "w", "--bind",
+                                  f"tcp://127.0.0.1:{free_port()}", "--pub", f"tcp://127.0.0.1:{free_port()}",
+                                  "--seed", dead, "--seed", mesh.routers["w1"], "--heartbeat", "0.5"], stderr=f)
+        try:
+            end = time.monotonic() + 20
+            while time.monotonic() < end and "has not answered" not in log.read_text():
+                time.sleep(0.1)
+        finally:
+            w.terminate()
+            w.wait(10)
+    text = log.read_text()
+    assert re.search(rf"WARNING seed {dead} has not answered for [3-9] s; still asking. This worker joined a mesh "
+                     r"of 2 members through another seed: check that this one runs", text), text
+    assert "scores alone" not in text
+
+
 def test_a_worker_that_left_and_is_back_within_seconds_is_logged_as_joined(tmp_path):
     """Its peers still follow a departed worker's PUB for 15 s (what it scored while draining);
     a restart inside that window joined without the log line, so the log showed it leave for good."""

@@ -650,10 +650,16 @@ class Worker:
                 # the failed handshake shows only on socket monitors, which these DEALERs do not keep.
                 curve = (f"with CURVE, as this worker does (--curve-dir {self.curve.directory})"
                          if self.curve is not None else "without CURVE, as this worker does (no --curve-dir)")
-                log.warning("seed %s has not answered for %.0f s (members: %d); still asking. A worker that "
-                            "reaches no seed scores alone, as a mesh of its own: check --seed, and that the "
-                            "seed runs %s: a worker with --curve-dir and one without cannot connect, nor can "
-                            "two with different worker keys", router, silent, len(self.members.members), curve)
+                members = len(self.members.members)
+                if members == 1:
+                    log.warning("seed %s has not answered for %.0f s (members: 1); still asking. A worker that "
+                                "reaches no seed scores alone, as a mesh of its own: check --seed, and that the "
+                                "seed runs %s: a worker with --curve-dir and one without cannot connect, nor can "
+                                "two with different worker keys", router, silent, curve)
+                else:  # joined through another seed: this one is down, misspelt, or keyed otherwise
+                    log.warning("seed %s has not answered for %.0f s; still asking. This worker joined a mesh of "
+                                "%d members through another seed: check that this one runs, at that endpoint, "
+                                "%s", router, silent, members, curve)
             try:
                 sock.send_multipart(self._hello_message(to=name), zmq.NOBLOCK)
             except zmq.Again:
