@@ -54,7 +54,8 @@ def test_a_header_with_spaces_after_the_commas_is_read(tmp_path, fmt):
     assert cols["ts_ms"].tolist() == [1522540831000, 1522540930000] and cols["amount"].tolist() == [57.16, 81.51]
 
 
-@pytest.mark.parametrize("first", ['{"tx_id": 1, "card": 2}', '  {"tx_id": 1}', '\ufeff{"tx_id": 1}'])
+@pytest.mark.parametrize("first", ['{"tx_id": 1, "card": 2}', '  {"tx_id": 1}', '\ufeff{"tx_id": 1}',
+                                   '{"tx_id":1,"card":2}', '{"a":"x,y"}'])  # compact: the csv module failed first
 def test_json_lines_read_as_csv_say_to_use_format_jsonl(tmp_path, first):
     p = tmp_path / "tx.csv"
     p.write_text(first + "\n")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -644,7 +645,11 @@ class CsvReader(_FileReader):
 
     def _records(self, opener=None):
         with (opener or open_text)(self.path) as f:
-            rows = csv_rows(f)
+            first = f.readline()  # (open_text drops a byte-order mark)
+            if first.lstrip().startswith("{"):  # before the csv module: '{"tx_id":1,...' fails there first
+                raise InputError(f"{self.path}: the first line looks like JSON lines, not a CSV header: "
+                                 "use --format jsonl")
+            rows = csv_rows(itertools.chain([first], f) if first else f)
             _, header, why = next(rows, (1, None, None))
             if why:
                 raise InputError(f"{self.path}, line 1: {why}")
@@ -655,9 +660,6 @@ class CsvReader(_FileReader):
             for col, names in FIELDS.items():
                 found = [header.index(n) for n in names if n in header]
                 if not found:
-                    if header and header[0].startswith("{"):  # stripped above, and open_text drops a byte-order mark
-                        raise InputError(f"{self.path}: the first line looks like JSON lines, not a CSV header: "
-                                         "use --format jsonl")
                     raise InputError(f"{self.path}: no column {' or '.join(names)} in the header {header}")
                 index[col] = found[0]
             width = max(index.values()) + 1
