@@ -12,7 +12,8 @@ features are therefore the same by construction (a test checks they are bit-iden
 
 `python -m zfraud.train` regenerates the default model shipped in zfraud/models/default.json:
 a logistic regression on the basic feature set, fitted to 400 000 synthetic transactions
-(zfraud.synthetic, seed 0). The result is deterministic.
+(zfraud.synthetic, seed 0). The result is deterministic on one machine; another numpy build or
+CPU may change the coefficients' last digits (the order of floating-point sums).
 """
 from __future__ import annotations
 
