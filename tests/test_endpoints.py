@@ -67,8 +67,15 @@ def test_binding_an_ipc_path_never_deletes_a_file_or_takes_a_live_workers_socket
 
 def test_one_ipc_path_for_both_bind_and_pub_is_refused(tmp_path):
     r = run_cli("worker", "--name", "w", "--bind", f"ipc://{tmp_path}/s", "--pub", f"ipc://{tmp_path}/s", timeout=30)
-    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr  # a usage error, as OPERATIONS §10 lists it
     assert f"--bind and --pub are both ipc://{tmp_path}/s: each needs an endpoint of its own" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("name", ["a b", "", "x" * 65, "w/1"])
+def test_a_member_name_peers_would_refuse_is_a_usage_error(name):
+    r = run_cli("worker", "--name", name, "--bind", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*", timeout=30)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "must be 1-64 characters of letters, digits, _ . @ : -" in r.stderr, r.stderr
 
 
 def test_a_relative_ipc_path_is_advertised_absolute(tmp_path):

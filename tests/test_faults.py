@@ -318,7 +318,7 @@ def test_a_send_whose_only_worker_leaves_dead_letters_the_rest_at_once(tmp_path)
     assert (s["sent"], s["verdicts"] + s["dead_letter"], s["errors"], s["lost"]) == (200000, 200000, 0, 0)
     reasons = {json.loads(line)["reason"] for line in dead.read_text().splitlines()}
     assert reasons == {f"no live workers: none at {mesh.endpoint} answered within 1 s"}  # w1 said goodbye
-    assert f"failed every attempt: see {dead}" in err
+    assert f"transactions were given up on (dead-lettered): {dead} has each with the reason" in err
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
@@ -430,7 +430,7 @@ def test_send_counts_dead_letters_and_exits_non_zero(tmp_path):
     assert s["dead_letter"] > 0 and s["verdicts"] > 0 and s["lost"] == 0
     # every transaction is counted once: a dead letter is not an error (no worker gave a reason)
     assert (s["errors"], s["verdicts"] + s["dead_letter"]) == (0, 40000)
-    assert f"failed every attempt: see {dead}" in err
+    assert f"transactions were given up on (dead-lettered): {dead} has each with the reason" in err
     assert sum(len(json.loads(line)["tx_id"]) for line in dead.read_text().splitlines()) == s["dead_letter"]
 
 

@@ -385,6 +385,12 @@ def worker(name, bind, pub, seeds, model_path, rules_path, review_at, decline_at
     if not review_at <= decline_at:
         raise click.UsageError(f"--review-at {review_at:g} and --decline-at {decline_at:g} must satisfy "
                                f"0 <= review <= decline <= 1")
+    from .mesh import NAME
+    if not NAME.fullmatch(name):
+        raise click.BadParameter(f"{name[:80]!r} must be 1-64 characters of letters, digits, _ . @ : -",
+                                 param_hint="'--name'")
+    if bind == pub and "*" not in bind and not bind.endswith(":0"):
+        raise click.UsageError(f"--bind and --pub are both {bind}: each needs an endpoint of its own")
 
     stop_with_parent()  # a no-op unless LocalMesh started it
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
@@ -501,7 +507,7 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
     command failed (no worker answered, say); 3 all were answered but some were rejected as
     invalid (stderr gives the lines that could not be read and the workers' reasons; when
     none was scored, the last line says so, with the most common reason and the input expected);
-    2 a usage error, before anything was sent; 130 interrupted (143 by SIGTERM).
+    2 a usage error, before anything was sent; 130 interrupted (143 by SIGTERM, 129 by SIGHUP).
     """
     from collections import Counter
 
@@ -571,7 +577,8 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
                    + ("; ..." if len(rejected) > 3 else "") + ("" if out else " (--out FILE writes each with its reason)"),
                    err=True)
     if summary.dead_letter:
-        click.echo(f"{summary.dead_letter} transactions failed every attempt: see {dead_letter}", err=True)
+        click.echo(f"{summary.dead_letter} transactions were given up on (dead-lettered): {dead_letter} has "
+                   f"each with the reason", err=True)
     if as_json:
         print_summary(summary, out=sys.stderr)
         click.echo(json.dumps(summary.to_dict()), err=out == "-")
