@@ -183,6 +183,25 @@ def test_a_worker_under_nohup_outlives_its_terminal(tmp_path):
     assert proc.returncode == 0 and "stopped name=nh" in err, err
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_while_the_command_imports_is_one_line_and_its_status(sig):
+    """A Ctrl-C in a command's first half second (importing numpy, pyzmq, the kernels) printed a
+    30-line traceback, and a SIGTERM or SIGHUP killed it silently (-15, -1). The signal comes
+    here as numpy is imported, as the command line (zfraud.__main__) starts."""
+    code = (
+        "import builtins, os, sys\n"
+        "import zfraud.__main__ as entry\n"
+        "real = builtins.__import__\n"
+        "def spy(name, *args, **kwargs):\n"
+        f"    if name == 'numpy': os.kill(os.getpid(), {int(sig)})\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = spy\n"
+        "sys.argv = ['zfraud', 'status', '--connect', 'tcp://127.0.0.1:9']\n"
+        "entry.main()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stderr, r.stdout) == (128 + sig, "interrupted\n", "")
+
+
 def test_running_the_cli_in_process_leaves_the_signal_handlers_as_they_were_and_works_off_the_main_thread():
     """main() installs SIGTERM/SIGHUP handlers for its command: a program running it in-process
     kept them for good, and a call from another thread failed (signal only works in main thread)."""

@@ -217,9 +217,10 @@ class LocalMesh:
     def stop(self) -> None:
         codes = self._stop_all()
         # Killed by a stop signal (ours, or a hangup or Ctrl-C to the whole process group) while
-        # still starting, before its handlers: nothing to read (a Ctrl-C in the first second of
-        # `demo` or `backtest` left the directory behind)
-        stopped = (0, -signal.SIGTERM, -signal.SIGHUP, -signal.SIGINT)
+        # still starting, before its handlers (or stopped by zfraud.__main__'s, as it imports, with
+        # 128 + the signal's number): nothing to read (a Ctrl-C in the first second of `demo` or
+        # `backtest` left the directory behind)
+        stopped = (0, *(s for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT) for s in (-sig, 128 + sig)))
         if self._own_dir and all(code in stopped for code in codes):  # else its logs are kept, to be read
             shutil.rmtree(self.log_dir, ignore_errors=True)
 
