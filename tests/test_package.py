@@ -27,3 +27,19 @@ def test_the_sdist_carries_the_kernel_sources_and_no_build_outputs(tmp_path):
             "zfraud/models/default.json"} <= names
     generated = [n for n in names if n.endswith((".c", ".so", ".pyc"))]
     assert not generated, generated
+
+
+def test_import_zfraud_is_light_and_still_gives_the_api_and_its_modules():
+    """The package imports its API when first asked for (so a Ctrl-C in the command's first half
+    second is zfraud.__main__'s): `zfraud.client` and dir() still work as when __init__ imported
+    everything (a regression tester found both broken by the first version of this)."""
+    code = ("import sys, zfraud\n"
+            "heavy = sorted(m for m in ('numpy', 'zmq', 'zfraud.client') if m in sys.modules)\n"
+            "print(heavy, zfraud.client.Client is zfraud.Client, zfraud.protocol.MAX_ROWS > 0,\n"
+            "      {'Client', 'Summary', 'Worker', 'load_model'} <= set(dir(zfraud)))\n"
+            "try:\n"
+            "    zfraud.no_such_thing\n"
+            "except AttributeError as e:\n"
+            "    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.splitlines() == ["[] True True True", "module 'zfraud' has no attribute 'no_such_thing'"], r.stderr

@@ -64,6 +64,14 @@ def test_json_lines_read_as_csv_say_to_use_format_jsonl(tmp_path, first):
     assert str(e.value) == f"{p}: the first line looks like JSON lines, not a CSV header: use --format jsonl"
 
 
+def test_a_csv_header_whose_first_column_starts_with_a_brace_is_read_as_csv(tmp_path):
+    p = tmp_path / "tx.csv"
+    p.write_text("{meta},TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT\n"
+                 "x,1,2018-04-01 00:00:31,7,3,12.5\n")
+    chunks = list(open_source(p))
+    assert [c["tx_id"].tolist() for c in chunks] == [[1]] and chunks[0]["amount"].tolist() == [12.5]
+
+
 def test_send_says_json_lines_on_standard_input_need_format_jsonl(mesh2):
     r = run_cli("send", "-", "--connect", mesh2.endpoint, input='{"tx_id": 1, "ts_ms": 1522540831000}\n')
     assert r.returncode == 1

@@ -1222,9 +1222,10 @@ def test_unfinished_saves_of_a_path_are_removed_and_no_one_elses(tmp_path):
     dead.wait()  # a writer killed mid-write: its pid names no process now
     alive = f".w1.state.npz.{os.getpid()}.x9.tmp"  # a save running now (a namesake's, about to be refused)
     for name in (f".w1.state.npz.{dead.pid}.k3j4.tmp", ".w1.state.npz.a.tmp", alive,
-                 f".w10.state.npz.{dead.pid}.b.tmp", f".w2.state.npz.{dead.pid}.c.tmp"):
+                 f".w10.state.npz.{dead.pid}.b.tmp", f".w2.state.npz.{dead.pid}.c.tmp",
+                 ".w1.state.npz.99999999999999999999.x.tmp"):  # no pid is that large (os.kill: OverflowError)
         (tmp_path / name).write_bytes(b"PK partial")
-    assert remove_unfinished(path) == 1  # not .w1.state.npz.a.tmp: no writer names its files so
+    assert remove_unfinished(path) == 2  # not .w1.state.npz.a.tmp: no writer names its files so
     assert sorted(os.listdir(tmp_path)) == sorted([alive, ".w1.state.npz.a.tmp", f".w10.state.npz.{dead.pid}.b.tmp",
                                                    f".w2.state.npz.{dead.pid}.c.tmp", "w1.state.npz"])
     assert remove_unfinished(path) == 0

@@ -11,12 +11,22 @@ _FROM = {"Client": "client", "Summary": "client", "Worker": "worker", "load_mode
 
 
 def __getattr__(name):
-    """The API, imported when first asked for: `import zfraud` (as the `zfraud` command does
-    before anything else) then costs nothing, and a Ctrl-C in the command's first half second
-    is its own (zfraud.__main__), not a traceback from here."""
+    """The API, and the modules (zfraud.client, ...), imported when first asked for: `import
+    zfraud` (as the `zfraud` command does before anything else) then costs nothing, and a Ctrl-C
+    in the command's first half second is its own (zfraud.__main__), not a traceback from here."""
+    import importlib
     if name in _FROM:
-        import importlib
         value = getattr(importlib.import_module(f".{_FROM[name]}", __name__), name)
         globals()[name] = value
         return value
+    if not name.startswith("__"):
+        try:
+            return importlib.import_module(f".{name}", __name__)  # (it sets itself as our attribute)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise  # the module exists, and something it imports does not
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})

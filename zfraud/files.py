@@ -57,7 +57,7 @@ def replacing(path):
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # (no pid is that large)
         return False
     except OSError:  # EPERM: it exists, another user's
         return True

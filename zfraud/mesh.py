@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-import socket
 import time
 from dataclasses import dataclass, field
 
@@ -90,25 +89,19 @@ def check_endpoint(what: str, ep: str, bind: bool = False) -> None:
         raise ValueError(f"{what} {str(ep)[:80]!r} is not {form} or ipc://PATH{space}")
 
 
-@functools.lru_cache(maxsize=256)
-def _addresses(host: str) -> frozenset:
-    """host's IPv4 addresses (itself for an address: no lookup), none if it does not resolve."""
-    try:
-        return frozenset(a[4][0] for a in socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM))
-    except (OSError, UnicodeError):
-        return frozenset()
-
-
 def same_endpoint(a: str, b: str) -> bool:
-    """Whether two endpoints name one socket: the same string, or tcp on one port at host names
-    with an IPv4 address in common (a seed written tcp://localhost:P, a member advertised as
-    tcp://127.0.0.1:P). A name is looked up once (cached), and only when the ports agree."""
+    """Whether two endpoints name one socket as far as can be told without a name lookup: the
+    same string, or tcp on one port at hosts that are the same once `localhost` is read as
+    127.0.0.1 (a seed written tcp://localhost:P, a member advertised as tcp://127.0.0.1:P). No
+    lookup: a name can stand for many machines (round-robin DNS, one seed name for a whole
+    mesh), and a slow one would hold up the worker's loop."""
     if a == b:
         return True
     if not (a.startswith("tcp://") and b.startswith("tcp://")):
         return False
     (host_a, port_a), (host_b, port_b) = a[6:].rsplit(":", 1), b[6:].rsplit(":", 1)
-    return port_a == port_b and bool(_addresses(host_a) & _addresses(host_b))
+    loopback = {"localhost": "127.0.0.1"}
+    return port_a == port_b and loopback.get(host_a.lower(), host_a) == loopback.get(host_b.lower(), host_b)
 
 
 def check_member(name: str, router: str, pub: str) -> None:

@@ -639,6 +639,13 @@ class _FileReader(Reader):
         return live_input(self.path)
 
 
+def _json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
 class CsvReader(_FileReader):
     expected = ("a CSV file with the Handbook's header (TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID, TERMINAL_ID, "
                 "TX_AMOUNT, ...) and times as YYYY-MM-DD HH:MM:SS in UTC")
@@ -646,7 +653,7 @@ class CsvReader(_FileReader):
     def _records(self, opener=None):
         with (opener or open_text)(self.path) as f:
             first = f.readline()  # (open_text drops a byte-order mark)
-            if first.lstrip().startswith("{"):  # before the csv module: '{"tx_id":1,...' fails there first
+            if first.lstrip().startswith("{") and _json_object(first):  # '{"tx_id":1,...' fails in csv first
                 raise InputError(f"{self.path}: the first line looks like JSON lines, not a CSV header: "
                                  "use --format jsonl")
             rows = csv_rows(itertools.chain([first], f) if first else f)

@@ -498,7 +498,7 @@ class Worker:
             self._final_until = now + ACK_S
             self.handover.fate = self._fate_of_cards_kept()  # the last sweep: what comes back stays here
             self._tick_handover(now, force=True)
-        return not self.handover.pending or now >= self._final_until
+        return not (self.handover.pending or self.handover.doubt) or now >= self._final_until
 
     def _fate_of_cards_kept(self) -> str:
         return (f"kept here and saved in the snapshot {self.state_path} as this worker stops"
