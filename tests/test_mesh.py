@@ -834,11 +834,13 @@ def start_and_stop(tmp_path, *args):
 def test_a_worker_removes_the_files_of_its_saves_killed_mid_write(model_path, tmp_path):
     state = tmp_path / "state"
     state.mkdir()
-    (state / ".w.state.npz.x1y2.tmp").write_bytes(b"PK half a snapshot")  # its child was killed writing
-    (state / ".w2.state.npz.x1y2.tmp").write_bytes(b"PK")                # another worker's
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid names no process now: a save's child, killed writing (save_npz names its file so)
+    (state / f".w.state.npz.{dead.pid}.x1y2.tmp").write_bytes(b"PK half a snapshot")
+    (state / f".w2.state.npz.{dead.pid}.x1y2.tmp").write_bytes(b"PK")  # another worker's
     text = start_and_stop(tmp_path, "--model", str(model_path), "--state-dir", str(state))
     assert f"removed the unfinished snapshot files of {state / 'w.state.npz'}" in text, text
-    assert sorted(os.listdir(state)) == [".w2.state.npz.x1y2.tmp", "w.state.npz"]
+    assert sorted(os.listdir(state)) == [f".w2.state.npz.{dead.pid}.x1y2.tmp", "w.state.npz"]
 
 
 def test_a_stateless_model_does_not_claim_to_restore_a_snapshot_and_leaves_it(model_path, tmp_path):
