@@ -32,6 +32,7 @@ to ACK_S for the answers before it saves what is left in its snapshot.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +48,8 @@ RECORD = "zfraud.CardState/1"  # the record layout: CardRec, as in a snapshot of
 CHUNK = 32_768       # records per message: 12.6 MB, well under the 64 MB message limit
 SETTLE_S = 3.0       # a second sweep this long after a change of members
 EVERY_S = 30.0       # and one this often in any case
-ACK_S = 5.0          # a message unanswered this long is taken back
+ACK_S = 5.0          # a message unanswered this long is kept aside, to be sent again (expire)
+STALE_S = 5.0        # how long a worker that stood still refuses cards, and expires late batches (worker)
 SWEEPING = "kept here, sent again at the next sweep"  # Handover.fate while the worker runs
 
 
@@ -57,6 +59,7 @@ class _Pending:
     records: np.ndarray
     sent: float
     seq: int = 0
+    not_before: float = 0.0  # kept aside: not sent again before (an owner that stood still said when)
 
 
 class Taken:
@@ -100,6 +103,7 @@ class Handover:
         self.routers: dict[str, str] = {}
         self.pending: dict[int, _Pending] = {}
         self.doubt: dict[int, _Pending] = {}  # unanswered within ACK_S: sent again as they were (expire)
+        self.hold_until = 0.0  # a drain waits until then at most for what an owner refused for now
         self.seq = 0
         self.view: list[str] | None = None  # the owners the last sweep placed cards by
         self.due: list[float] = []  # when further sweeps are due, in no order (retries are appended)
@@ -206,16 +210,21 @@ class Handover:
         return True
 
     def _resend(self, features, names: list[str], now: float) -> None:
+        """Each message kept aside goes again, as it was, to the member it went to while that one
+        is a member (owner of its cards or not: it took the message already, or takes it now, and
+        passes on what it does not own); put back here only once that member has left."""
         for seq, p in list(self.doubt.items()):
-            if p.to in names and (owners(unmix_keys(p.records["key"]), names) == names.index(p.to)).all():
+            if now < p.not_before:
+                self.due.append(p.not_before)
+            elif p.to in names:
                 sock = self.socks.get(p.to)
                 if sock is not None and self._transmit(sock, _Pending(p.to, p.records, now, seq)):
                     del self.doubt[seq]
                 else:
                     self.due.append(now + 1.0)  # not connected yet: the next tick after 1 s
-            else:  # its owner changed (it left): the records go to their owners now, swept anew
+            else:  # it left: the records go to their owners now, swept anew
                 del self.doubt[seq]
-                self._take_back(features, p, "it is no longer their owner")
+                self._take_back(features, p, "it left the mesh")
 
     # -- answers ----------------------------------------------------------------------------
     def on_reply(self, name: str, features) -> None:
@@ -243,6 +252,17 @@ class Handover:
                 else:
                     log.info("handed over %d cards to %s, their owner now (%s of them merged with cards "
                              "it had started)", len(p.records), name, h.get("merged", 0))
+            elif msg.command == P.CONTROL and h.get("stood_still") is True:
+                # Refused for now (zfraud.worker._take_over): the same message goes again once the
+                # owner takes cards again; a drain waits for it (hold_until), up to a bound
+                wait = h.get("retry_after_s")
+                wait = float(wait) if isinstance(wait, (int, float)) and 0 <= wait <= STALE_S else STALE_S
+                p.not_before = time.monotonic() + wait
+                self.doubt[seq] = p
+                self.due.append(p.not_before)
+                self.hold_until = max(self.hold_until, p.not_before + ACK_S)
+                log.info("%d cards refused by %s for %.1f s (it stood still a moment ago): kept aside, and sent "
+                         "again then as the same message", len(p.records), name, wait)
             elif msg.command == P.ERROR and h.get("code") == P.BAD_CONTROL and "'cards'" in str(h.get("message")):
                 again = name in self.refused
                 self.refused[name] = p.sent

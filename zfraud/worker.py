@@ -42,7 +42,7 @@ from . import protocol as P
 from ._dedup import SeenSet
 from .mesh import Member, Membership, check_endpoint, check_member, same_endpoint
 from .features import TERMINAL_BUCKET_HOURS, FeatureEngine
-from .handover import ACK_S, Handover, Taken, take_over
+from .handover import ACK_S, STALE_S, Handover, Taken, take_over
 from .model import check_delay, load_model, model_from_dict
 from .rules import RuleSet, decode as rules_text
 from .scoring import MIN_TS_MS, Scorer, Thresholds, ahead_ts_ms
@@ -74,8 +74,8 @@ DEPARTED_FOLLOW_S = 15.0
 # read, so a worker whose clock is off by more than the clients' deadline still scores normally.
 # deadline_ms is compared with this worker's wall clock: a current client writes it in that clock,
 # from the clock_ms of this worker's HEARTBEAT replies (client._Clock); an older client, in its own.
+# Card handovers read in that time are refused too (_take_over). STALE_S is handover's.
 STALL_S = 1.0
-STALE_S = 5.0
 # A worker keeps saying HELLO to a member it dropped for silence (a stopped process, a partition,
 # a long pause), and to one whose member list no longer names it: that member drops this worker
 # too, or already has, and then neither follows the other's PUB; only a HELLO to the ROUTER brings
@@ -498,7 +498,14 @@ class Worker:
             self._final_until = now + ACK_S
             self.handover.fate = self._fate_of_cards_kept()  # the last sweep: what comes back stays here
             self._tick_handover(now, force=True)
-        return not (self.handover.pending or self.handover.doubt) or now >= self._final_until
+        if now >= self._final_until + STALE_S + ACK_S:
+            return True
+        if self.handover.pending or self.handover.doubt:
+            return now >= max(self._final_until, self.handover.hold_until)
+        # Cards still held for others: an owner not connected yet (back in the member list a
+        # moment ago) gets them at a retry 1 s later, and an owner that stood still refuses them
+        # for STALE_S; the drain waits for either, up to STALE_S + ACK_S after the first wait
+        return not self.handover.held_for_others(self.scorer.features)
 
     def _fate_of_cards_kept(self) -> str:
         return (f"kept here and saved in the snapshot {self.state_path} as this worker stops"
@@ -1372,8 +1379,10 @@ class Worker:
         this worker stood still: the message may have waited longer than the sender waits for an
         answer (ACK_S), and a sender that gave up has kept the cards and sends them again; had
         we taken them too, their history would count twice."""
-        if time.monotonic() < self._stale_until:
-            reply = {"op": "cards", "seq": h.get("seq"), "ok": False,
+        now = time.monotonic()
+        if now < self._stale_until:
+            reply = {"op": "cards", "seq": h.get("seq"), "ok": False, "stood_still": True,
+                     "retry_after_s": round(self._stale_until - now, 3),
                      "error": "cards not taken: this worker stood still (stopped or paused) a moment ago, and "
                               "their sender may have given up waiting for its answer; send them again"}
             log.warning("%s from %s", reply["error"], h.get("worker"))
