@@ -239,6 +239,15 @@ def test_a_bad_handover_gets_a_clear_refusal_and_the_worker_carries_on(model_pat
     assert st["state"]["cards"] == 2 and st["handover"]["cards_taken_over"] == 2
 
 
+def two_hundred_cards():
+    """A sender's engine holding cards 1..200 (one transaction each), the cards, and w2's share."""
+    e = FeatureEngine(FULL, 7, 4096, 1024)
+    cards = np.arange(1, 201, dtype=np.uint64)
+    e.transform({"tx_id": cards, "card": cards, "terminal": cards % 7, "amount": np.full(200, 12.0),
+                 "ts_ms": np.full(200, 17_800 * 86_400_000, np.int64)})
+    return e, cards, cards[owners(cards, ["w1", "w2"]) == 1]
+
+
 @pytest.mark.parametrize("answer", ["ok", "error", "silence"])
 def test_the_sender_keeps_cards_that_are_refused_or_not_answered(ctx, answer):
     """Handover against a real ROUTER playing the new owner: an acknowledgement drops the
@@ -249,11 +258,7 @@ def test_the_sender_keeps_cards_that_are_refused_or_not_answered(ctx, answer):
     from zfraud.handover import ACK_S, Handover
     from zfraud.sockets import configure
 
-    e = FeatureEngine(FULL, 7, 4096, 1024)
-    cards = np.arange(1, 201, dtype=np.uint64)
-    e.transform({"tx_id": cards, "card": cards, "terminal": cards % 7, "amount": np.full(200, 12.0),
-                 "ts_ms": np.full(200, 17_800 * 86_400_000, np.int64)})
-    theirs = cards[owners(cards, ["w1", "w2"]) == 1]
+    e, cards, theirs = two_hundred_cards()
     owner = configure(ctx.socket(zmq.ROUTER))
     port = owner.bind_to_random_port("tcp://127.0.0.1")
     h = Handover("w1", lambda name: configure(ctx.socket(zmq.DEALER)))
@@ -303,14 +308,8 @@ def test_a_message_answered_late_is_sent_again_as_it_was_and_taken_once(ctx):
     from zfraud.handover import ACK_S, Handover, Taken, take_over
     from zfraud.sockets import configure
 
-    def engine():
-        return FeatureEngine(FULL, 7, 4096, 1024)
-
-    e, mine = engine(), engine()
-    cards = np.arange(1, 201, dtype=np.uint64)
-    e.transform({"tx_id": cards, "card": cards, "terminal": cards % 7, "amount": np.full(200, 12.0),
-                 "ts_ms": np.full(200, 17_800 * 86_400_000, np.int64)})
-    theirs = cards[owners(cards, ["w1", "w2"]) == 1]
+    e, cards, theirs = two_hundred_cards()
+    mine = FeatureEngine(FULL, 7, 4096, 1024)
     owner = configure(ctx.socket(zmq.ROUTER))
     port = owner.bind_to_random_port("tcp://127.0.0.1")
     h, taken = Handover("w1", lambda name: configure(ctx.socket(zmq.DEALER)), boot=77), Taken()
@@ -409,11 +408,8 @@ def test_a_message_kept_aside_goes_again_to_the_member_it_went_to_even_after_a_j
     from zfraud.handover import ACK_S, Handover, Taken, take_over
     from zfraud.sockets import configure
 
-    e, w2 = FeatureEngine(FULL, 7, 4096, 1024), FeatureEngine(FULL, 7, 4096, 1024)
-    cards = np.arange(1, 201, dtype=np.uint64)
-    e.transform({"tx_id": cards, "card": cards, "terminal": cards % 7, "amount": np.full(200, 12.0),
-                 "ts_ms": np.full(200, 17_800 * 86_400_000, np.int64)})
-    theirs = cards[owners(cards, ["w1", "w2"]) == 1]
+    e, cards, theirs = two_hundred_cards()
+    w2 = FeatureEngine(FULL, 7, 4096, 1024)
     routers = {}
     for name in ("w2", "w3"):
         sock = configure(ctx.socket(zmq.ROUTER))
@@ -421,8 +417,9 @@ def test_a_message_kept_aside_goes_again_to_the_member_it_went_to_even_after_a_j
     h, taken = Handover("w1", lambda name: configure(ctx.socket(zmq.DEALER)), boot=3), Taken()
 
     def sweep_until_sent(names, now):
+        """Sweep until a message is out to each other member (IMMEDIATE: refused until connected)."""
         deadline = time.monotonic() + 5
-        while not h.pending:  # IMMEDIATE: refused until connected
+        while h.doubt or {p.to for p in h.pending.values()} != set(names) - {"w1"}:
             assert time.monotonic() < deadline
             h.follow({n: routers[n][1] for n in names if n != "w1"})
             h.sweep(e, names, now)

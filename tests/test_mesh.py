@@ -856,14 +856,13 @@ def test_a_stateless_model_does_not_claim_to_restore_a_snapshot_and_leaves_it(mo
     assert (state / "w.state.npz").read_bytes() == before
 
 
-def test_a_worker_whose_seed_never_answers_says_so(tmp_path):
-    """It runs as a mesh of its own, and used to say nothing about it."""
-    seed = f"tcp://127.0.0.1:{free_port()}"
+def log_until_a_seed_is_silent(tmp_path, *seeds) -> str:
+    """The log of a worker started with these seeds, once it says one has not answered (or 20 s)."""
     log = tmp_path / "w.log"
     with open(log, "w") as f:
         w = subprocess.Popen([sys.executable, "-m", "zfraud", "worker", "--name", "w", "--bind",
                               f"tcp://127.0.0.1:{free_port()}", "--pub", f"tcp://127.0.0.1:{free_port()}",
-                              "--seed", seed, "--heartbeat", "0.5"], stderr=f)
+                              *(a for seed in seeds for a in ("--seed", seed)), "--heartbeat", "0.5"], stderr=f)
     try:
         end = time.monotonic() + 20
         while time.monotonic() < end and "has not answered" not in log.read_text():
@@ -871,7 +870,13 @@ def test_a_worker_whose_seed_never_answers_says_so(tmp_path):
     finally:
         w.terminate()
         w.wait(10)
-    text = log.read_text()
+    return log.read_text()
+
+
+def test_a_worker_whose_seed_never_answers_says_so(tmp_path):
+    """It runs as a mesh of its own, and used to say nothing about it."""
+    seed = f"tcp://127.0.0.1:{free_port()}"
+    text = log_until_a_seed_is_silent(tmp_path, seed)
     assert re.search(rf"WARNING seed {seed} has not answered for [3-9] s \(members: 1\); still asking. A worker that "
                      r"reaches no seed scores alone, as a mesh of its own: check --seed", text), text
     assert text.count("has not answered") == 1  # said once
@@ -882,19 +887,7 @@ def test_a_worker_that_joined_through_one_seed_says_the_other_is_silent_not_that
     no seed scores alone, as a mesh of its own" after "joined via seed=... members=2"."""
     dead = f"tcp://127.0.0.1:{free_port()}"
     with LocalMesh(1, log_dir=str(tmp_path)) as mesh:
-        log = tmp_path / "w.log"
-        with open(log, "w") as f:
-            w = subprocess.Popen([sys.executable, "-m", "zfraud", "worker", "--name", "w", "--bind",
-                                  f"tcp://127.0.0.1:{free_port()}", "--pub", f"tcp://127.0.0.1:{free_port()}",
-                                  "--seed", dead, "--seed", mesh.routers["w1"], "--heartbeat", "0.5"], stderr=f)
-        try:
-            end = time.monotonic() + 20
-            while time.monotonic() < end and "has not answered" not in log.read_text():
-                time.sleep(0.1)
-        finally:
-            w.terminate()
-            w.wait(10)
-    text = log.read_text()
+        text = log_until_a_seed_is_silent(tmp_path, dead, mesh.routers["w1"])
     assert re.search(rf"WARNING seed {dead} has not answered for [3-9] s; still asking. This worker joined a mesh "
                      r"of 2 members through another seed: check that this one runs", text), text
     assert "scores alone" not in text
