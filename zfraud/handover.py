@@ -18,16 +18,18 @@ again, after the sender gave up. So an unanswered message is kept aside as it wa
 the same message under the same number, to the same owner at the next sweep; an owner takes a
 message once (Taken) and acknowledges a repeat without adding it again. Were it put back and
 sent anew, merged with what came meanwhile, the owner would add those cards' history twice. Only
-when its cards' owner has changed meanwhile (that member left) is it put back and swept anew;
-for that case a worker that stood still refuses the cards it reads in the next STALE_S seconds
-(worker._take_over): the sender gave up on them, or will, and they come again. What a member
+when that member has left the mesh is it put back and swept anew; for that case (a member paused
+past the member timeout is dropped) a worker that stood still refuses the cards it reads in the
+next STALE_S seconds (worker._take_over): the sender gave up on them, or will, and keeps them
+aside until then. What a member
 dropped for silence took, over a network that held the message (a partition longer than the
 member timeout), can still be counted twice: the sender cannot tell it from a member that died.
 
 Sweeps run at the first heartbeat after the member list changes, again SETTLE_S later (for what
 reached the old owner while clients were switching), every EVERY_S (for a client that kept a
 stale list), and when a worker leaves: at the start of its drain and at its end, when it waits up
-to ACK_S for the answers before it saves what is left in its snapshot.
+to ACK_S for the answers (up to STALE_S + ACK_S more for an owner that refused them for now or is
+not connected yet) before it saves what is left in its snapshot.
 """
 from __future__ import annotations
 
@@ -169,7 +171,7 @@ class Handover:
     def sweep(self, features, names: list[str], now: float) -> int:
         """Send every card held here whose owner among `names` is another worker; returns the
         cards sent. A member not connected yet keeps its cards here, and is tried again 1 s later.
-        First the messages in doubt go again, each as it was, if their owner is still the same."""
+        First the messages kept aside go again, each as it was (_resend)."""
         self._resend(features, names, now)
         ids = features.card_ids()
         if not len(ids):
