@@ -22,6 +22,7 @@ import click
 from click.core import ParameterSource
 
 from . import __version__
+from .__main__ import _handle, _interrupt, _restore  # (the entry point's: it needs them before this imports)
 from . import protocol as P
 
 class FloatRange(click.FloatRange):
@@ -196,31 +197,6 @@ def _check(value: str, what: str, bind: bool = False) -> str:
     return value
 
 
-def _handle(signals, handler) -> dict:
-    """Set `handler` for each of `signals` that is not ignored (`nohup`: the job outlives its
-    terminal); returns the handlers before, for _restore."""
-    previous = {sig: signal.getsignal(sig) for sig in signals}
-    for sig, before in previous.items():
-        if before is not signal.SIG_IGN:
-            signal.signal(sig, handler)
-    return previous
-
-
-def _restore(previous: dict) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
-
-
-def _interrupt(signum, frame):
-    """A signal handler that raises KeyboardInterrupt, to exit with 128 + signum: SIGTERM (a
-    supervisor, `timeout`) and SIGHUP (the terminal closed) then clean up as Ctrl-C does (the
-    local mesh of `demo` and `backtest` stopped and its directory removed, a half-written output
-    file removed), where they killed the command with nothing said and its files left."""
-    stop = KeyboardInterrupt()
-    stop.status = 128 + signum
-    raise stop
-
-
 def _writable(ctx, param, value):
     """A file to be written (or only appended to if need be), checked now without creating it: a
     usage error (status 2) if it could not be written, rather than after all the work."""
@@ -385,12 +361,12 @@ def worker(name, bind, pub, seeds, model_path, rules_path, review_at, decline_at
     if not review_at <= decline_at:
         raise click.UsageError(f"--review-at {review_at:g} and --decline-at {decline_at:g} must satisfy "
                                f"0 <= review <= decline <= 1")
-    from .mesh import NAME
-    if not NAME.fullmatch(name):
-        raise click.BadParameter(f"{name[:80]!r} must be 1-64 characters of letters, digits, _ . @ : -",
-                                 param_hint="'--name'")
-    if bind == pub and "*" not in bind and not bind.endswith(":0"):
-        raise click.UsageError(f"--bind and --pub are both {bind}: each needs an endpoint of its own")
+    from .mesh import check_binds, check_name
+    try:
+        check_name(name)
+        check_binds(bind, pub)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
 
     stop_with_parent()  # a no-op unless LocalMesh started it
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,

@@ -455,6 +455,12 @@ class Client:
         self.poller.register(monitor, zmq.POLLIN)
         self._probe(name)  # its clock, before the first batch if it answers in time (_send)
 
+    def _connect_afresh(self, name: str) -> None:
+        """A new socket to `name` at once, not after the old one's reconnection backoff (up to 8 s)."""
+        router = self.routers[name]
+        self._close_peer_socket(name, self.peers.pop(name))
+        self._add_peer(name, router)
+
     def _drop_peer(self, name: str) -> None:
         sock = self.peers.pop(name, None)
         self._down_at.pop(name, None)  # a client outlives many workers' names (restarts under new ones)
@@ -527,11 +533,9 @@ class Client:
             pass
         lost = [n for n in sorted(self.down) if n in self.peers and not self.inflight.get(n)]
         for name in lost:
-            router = self.routers[name]
-            self._close_peer_socket(name, self.peers.pop(name))
-            self.down.add(name)  # until it answers the probe _add_peer sends
             self._down_at[name] = time.monotonic()
-            self._add_peer(name, router)
+            self._connect_afresh(name)
+            self.down.add(name)  # until it answers the probe _add_peer sent
         if lost or time.monotonic() - self._members_at > 1.0:
             end = time.monotonic() + 1.0
             self._next_refresh = 0.0
@@ -653,9 +657,7 @@ class Client:
         backoff (up to 8 s), and what is sent to it would wait as long."""
         if recovered and self._waited_out:
             for name in [n for n in self.peers if not self.inflight.get(n)]:
-                router = self.routers[name]
-                self._close_peer_socket(name, self.peers.pop(name))
-                self._add_peer(name, router)
+                self._connect_afresh(name)
         self._outage, self._waited_out = None, False
         for sock in self._probes:
             self.poller.unregister(sock)

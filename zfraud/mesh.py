@@ -104,10 +104,20 @@ def same_endpoint(a: str, b: str) -> bool:
     return port_a == port_b and loopback.get(host_a.lower(), host_a) == loopback.get(host_b.lower(), host_b)
 
 
-def check_member(name: str, router: str, pub: str) -> None:
-    """Refuse names and endpoints that cannot be real before anything connects to them."""
+def check_name(name: str) -> None:
     if not NAME.fullmatch(name):
         raise ValueError(f"member name {name[:80]!r} must be 1-64 characters of letters, digits, _ . @ : -")
+
+
+def check_binds(bind: str, pub: str) -> None:
+    """A worker's ROUTER and PUB need endpoints of their own (a wildcard port picks two)."""
+    if bind == pub and "*" not in bind and not bind.endswith(":0"):
+        raise ValueError(f"--bind and --pub are both {bind}: each needs an endpoint of its own")
+
+
+def check_member(name: str, router: str, pub: str) -> None:
+    """Refuse names and endpoints that cannot be real before anything connects to them."""
+    check_name(name)
     for what, ep in (("router", router), ("pub", pub)):
         check_endpoint(f"member {name}: {what} endpoint", ep)
 

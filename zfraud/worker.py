@@ -40,7 +40,7 @@ from zmq.utils.monitor import parse_monitor_message
 from . import __version__
 from . import protocol as P
 from ._dedup import SeenSet
-from .mesh import Member, Membership, check_endpoint, check_member, same_endpoint
+from .mesh import Member, Membership, check_binds, check_endpoint, check_member, same_endpoint
 from .features import TERMINAL_BUCKET_HOURS, FeatureEngine
 from .handover import ACK_S, STALE_S, Handover, Taken, take_over
 from .model import check_delay, load_model, model_from_dict
@@ -276,8 +276,7 @@ class Worker:
         self.scorer = Scorer(model, thresholds, rules, features=features)
         check_endpoint("--bind", bind, bind=True)
         check_endpoint("--pub", pub, bind=True)
-        if bind == pub and "*" not in bind and not bind.endswith(":0"):
-            raise ValueError(f"--bind and --pub are both {bind}: each needs an endpoint of its own")
+        check_binds(bind, pub)
         for what, ep in (("--bind", bind), ("--pub", pub)):
             if _absolute(ep) != ep:  # advertised absolute: that path must fit in a Unix socket too
                 check_endpoint(f"{what} {ep}, as an absolute path,", _absolute(ep))
