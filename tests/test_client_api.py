@@ -240,6 +240,35 @@ def test_answers_read_after_their_deadline_do_not_mark_their_worker_down(mesh2):
         assert (c.members, c.resent, c.dead_letters) == (["w1", "w2"], 0, [])
 
 
+def test_a_member_list_read_while_looking_at_a_late_batch_is_not_lost(tmp_path):
+    """A batch's deadline passes with its answer waiting unread behind w1's member list (which
+    names w2, just joined) and a heartbeat. Looking at the late batch reads all three: the list and
+    the heartbeat were dropped there, so the client went on routing w2's cards to w1 until its next
+    refresh (a code reviewer's repro: 40 of 40 cards to w1, 20 of them w2's)."""
+    from zfraud.local import LocalMesh
+    with LocalMesh(1, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint, deadline_s=0.5) as c:
+        _settle(c, 0.2)
+        c._next_refresh = math.inf  # no member-list refresh while w2 joins: the one below is the first
+        mesh.start_worker("w2", seed=mesh.routers["w1"])
+        mesh.wait_members(["w1", "w2"])
+        c.poll(0)  # a busy client: submit() does not catch up first
+        samples = len(c.clocks["w1"].samples)
+        batches = list(synthetic(400, batch=200, seed=34, first_id=16 * 10**9))
+        c.submit(batches[0])  # poll() reads this answer, one per socket, before it looks at deadlines
+        c._next_refresh = 0.0
+        c.poll(0)  # asks w1 for its member list and its clock
+        c.submit(batches[1])  # this answer comes behind the list and the heartbeat
+        time.sleep(1.0)  # its deadline passes unread
+        c._next_refresh = math.inf
+        for _ in range(5):
+            c.poll(0)
+        assert (c.members, len(c.pending), c.resent, c.dead_letters) == (["w1", "w2"], 0, 0, [])
+        assert len(c.clocks["w1"].samples) == samples + 1  # the heartbeat's answer, read there too
+        b = next(synthetic(2000, batch=2000, seed=35, first_id=17 * 10**9))
+        v = c.score(b)
+        assert v["worker"].tolist() == [["w1", "w2"][k] for k in owners(b["card"], ["w1", "w2"])]
+
+
 def test_with_every_worker_marked_down_new_rows_wait_for_a_probe_answer(mesh2):
     """Every worker is marked down (a deadline missed by all, or a moment's hiccup) while they are
     alive: new rows are not dead-lettered at their first attempt; the client probes the workers at

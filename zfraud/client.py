@@ -793,10 +793,8 @@ class Client:
         self._on_answer(msg)
 
     def _on_answer(self, msg) -> None:
-        """A RESULT or ERROR for a batch (anything else is ignored)."""
+        """A RESULT or ERROR for a batch (anything else is ignored). _on_reply checked its header."""
         h = msg.header
-        if _not_a_workers(h):
-            return
         worker = h.get("worker")
         if worker in self.down:
             self.down.discard(worker)  # it answered: it is alive again
@@ -843,12 +841,10 @@ class Client:
         sock = self.peers.get(name)
         while sock is not None and not sock.closed and self.inflight.get(name):
             try:
-                msg = P.parse(recv_frames(sock, zmq.NOBLOCK))
+                frames = recv_frames(sock, zmq.NOBLOCK)
             except zmq.Again:
                 break
-            except P.ProtocolError:
-                continue
-            self._on_answer(msg)
+            self._on_reply(frames)  # a member list or a heartbeat read here counts as well
         if name not in self.peers:
             return  # it was leaving, and that was its last answer: nothing is stranded
         if late is not None and late not in self.pending:
