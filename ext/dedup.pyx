@@ -97,3 +97,16 @@ cdef class SeenSet:
                 self.ring[self.head] = key
                 self.head = (self.head + 1) % self.capacity
                 self.count += 1
+
+    def forget_newest(self, Py_ssize_t k):
+        """Forget the k ids added last (all of them if fewer are remembered): the undo of a
+        check_and_add whose ids were not counted after all. Ids that add forgot to make room stay
+        forgotten."""
+        if k < 0:
+            raise ValueError(f"k must be at least 0, got {k}")
+        with nogil:
+            while k > 0 and self.count > 0:
+                self.head = (self.head - 1 + self.capacity) % self.capacity
+                self._remove(self.ring[self.head])
+                self.count -= 1
+                k -= 1

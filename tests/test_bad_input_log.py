@@ -154,6 +154,70 @@ def test_recurring_keeps_at_most_max_kinds():
     assert out[MAX_KINDS + 1:] == [f"... and 49 more lines of other kinds in the last 0 s; the last: t {MAX_KINDS + 49}"]
 
 
+def test_rows_and_labels_a_bug_refused_before_counting_them_are_counted_when_sent_again(ctx, model_path):
+    """An INTERNAL reply asks for the request again. Its ids were remembered before the bug struck,
+    so the resend was taken for a repeat: a code reviewer's repro had 3 of 3 rows never counted in
+    their card's windows, and a fraud label never counted anywhere. A bug that strikes after the
+    state counted the rows (here in the model) still makes the resend a repeat: counted once."""
+    import numpy as np
+
+    from zfraud.model import load_model
+    from zfraud.worker import Worker
+
+    w = Worker("w1", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", model=load_model(model_path), cards=4096,
+               terminals=4096, context=ctx)
+    dealer = configure(ctx.socket(zmq.DEALER))
+    features = w.scorer.features
+
+    def once(obj, name):
+        real = getattr(obj, name)
+
+        def fails_once(*args, **kwargs):
+            setattr(obj, name, real)
+            raise MemoryError("injected")
+        setattr(obj, name, fails_once)
+
+    def ask(frames):
+        dealer.send_multipart(frames)
+        end = time.monotonic() + 10
+        while not dealer.poll(0) and time.monotonic() < end:
+            if w.router.poll(50):
+                w._read_requests()
+        return P.parse(dealer.recv_multipart(zmq.NOBLOCK))
+
+    def rows(card, first_id, n):
+        ts = 1_530_000_000_000 + 60_000 * np.arange(n, dtype=np.int64)
+        return {"tx_id": np.arange(first_id, first_id + n, dtype=np.uint64), "card": np.full(n, card, np.uint64),
+                "terminal": np.full(n, 9, np.uint64), "ts_ms": ts, "amount": np.full(n, 20.0)}
+
+    def card_count(card):  # card_nb_tx_1d of one more transaction of the card, read without counting it
+        probe = rows(card, 10**9, 1)
+        probe["ts_ms"] += 3_600_000
+        return int(features.transform(probe, np.zeros(1, bool))[0, features.names.index("card_nb_tx_1d")])
+
+    try:
+        dealer.connect(w.endpoints[0])
+        for where, name, card in ((features, "transform", 7), (w.scorer.model, "score", 8)):
+            b = rows(card, 100 * card, 3)
+            once(where, name)
+            first = ask(P.batch_message(card, 0, b))
+            assert (first.command, first.header["code"]) == (P.ERROR, P.INTERNAL)
+            again = ask(P.batch_message(card, 1, b))
+            assert again.command == P.RESULT and again.header["rows"] == 3
+            assert card_count(card) == 3, name  # counted once (the probe is read, not counted)
+        labels = {**rows(7, 700, 1), "fraud": np.ones(1, np.uint8)}
+        message = P.encode(P.LABEL, {"rows": 1, "columns": P.schema(P.LABEL_COLUMNS)},
+                           P.column_frames(labels, P.LABEL_COLUMNS))
+        once(features, "apply_labels")
+        assert ask(message).command == P.ERROR
+        again = ask(message)
+        assert (again.command, again.header["applied"], again.header["frauds"]) == (P.LABEL, 1, 1)
+        assert ask(message).header["frauds"] == 0  # counted once
+    finally:
+        dealer.close(linger=0)
+        w._close()
+
+
 def test_a_bug_hit_by_every_batch_costs_each_its_reply_and_the_log_one_traceback_per_interval(ctx, caplog):
     """A request that trips a bug gets an INTERNAL error reply; its traceback was logged for every
     request (log.exception), so a client resending it could flood the log as bad input could."""

@@ -1,5 +1,6 @@
 """Ownership by rendezvous hashing and membership by gossip, in one process."""
 import numpy as np
+import pytest
 
 from zfraud.mesh import Member, Membership, mix64, name_seed, owners
 
@@ -101,6 +102,31 @@ def test_repeats_are_counted_alike_in_order_and_out_of_order_within_the_ids_reme
     assert sum(increasing(np.arange(k, k + 100, dtype=np.uint64)) for k in range(0, 10_000, 100)) == 0
     assert increasing.seen is None and increasing.count == 1000  # no hash set; a bounded ring
     assert increasing(np.array([9_950], np.uint64)) == 1 and increasing(np.array([8_999], np.uint64)) == 0
+
+
+def test_a_seen_set_forgets_the_ids_added_last_and_keeps_the_others():
+    """SeenSet.forget_newest undoes a check_and_add whose rows were not counted (a bug's INTERNAL
+    reply), also when the add had made room by forgetting the oldest ids, which stay forgotten."""
+    from zfraud._dedup import SeenSet
+
+    def add(s, ids):
+        new = np.empty(len(ids), np.uint8)
+        s.check_and_add(np.array(ids, np.uint64), new)
+        return new.tolist()
+
+    s = SeenSet(4)
+    assert add(s, [1, 2, 3]) == [1, 1, 1]
+    s.forget_newest(2)
+    assert s.ids().tolist() == [1] and add(s, [2, 3, 1]) == [1, 1, 0]
+    assert add(s, [4, 5, 5]) == [1, 1, 0]  # full at 5: 1 made room
+    s.forget_newest(2)
+    assert s.ids().tolist() == [2, 3] and len(s) == 2
+    assert add(s, [1, 2, 4, 5, 3]) == [1, 0, 1, 1, 0]  # 2 made room for 5
+    assert s.ids().tolist() == [3, 1, 4, 5]
+    s.forget_newest(10)
+    assert len(s) == 0 and add(s, [3]) == [1]
+    with pytest.raises(ValueError, match="k must be at least 0"):
+        s.forget_newest(-1)
 
 
 def test_news_of_another_member_at_this_workers_own_endpoints_is_ignored():

@@ -124,6 +124,9 @@ class FeatureEngine:
         self.retired: dict[str, None] = {}  # departed peers' names, oldest first (RETIRED_NAMES kept)
         self.grow_failed: str | None = None  # why the tables could not grow for more peers (out of memory)
         self.retirements = 0  # peers retired by this process (not saved)
+        # Calls that began to change the streaming state (transform, apply_labels): a caller whose
+        # call raised tells from it whether the rows were counted (then a resend is a repeat).
+        self.changes = 0
 
     def transform(self, columns: dict, update=None) -> np.ndarray:
         """columns: TX_COLUMNS arrays of one batch (rows valid, in event-time order within a card)
@@ -145,6 +148,7 @@ class FeatureEngine:
         s = self.state
         card = np.empty((n, len(CARD_FEATURES)), dtype=np.float32)
         older = np.empty(n, dtype=np.float64)   # the card's exact average over days 8..30 back
+        self.changes += 1
         s.cards.update_and_read(cards, ts, amount, mask, card, older)
         # Count each row, then read its windows and run, before the next row is counted: a batch
         # reads what one-row calls would (the worker joins queued batches into one pass).
@@ -181,6 +185,7 @@ class FeatureEngine:
         # snapshot's tables): a fraud's amount counts at most 2**32 - 1 units, and a bucket's sum
         # saturates there, though MAX_AMOUNT (1e12) is valid. Widening it is a protocol change.
         units = np.rint(np.clip(np.nan_to_num(amount, nan=0.0, posinf=0.0, neginf=0.0), 0, MAX_FRAUD_UNITS))
+        self.changes += 1
         self.frauds.add_tx(terminals, ts, 0)
         self.fraud_amounts.add_tx(terminals, ts, 0, None, units.astype(np.uint32))
         n = len(ts)

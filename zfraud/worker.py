@@ -18,6 +18,7 @@ means a resend and a repeated verdict, never a lost one.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
@@ -95,6 +96,20 @@ MIN_DESCRIPTORS = 24
 # a member may still list this worker's own previous process (killed, restarted on new ports) for
 # up to one timeout.
 NAME_WAIT_TIMEOUTS = 2
+
+
+@contextlib.contextmanager
+def _forgotten_unless_counted(seen: SeenSet, added: int, features: FeatureEngine):
+    """Undo the `added` ids just remembered in `seen` if the block raises before the streaming
+    state began to count them (features.changes did not move): the error reply asks for the rows
+    again, and a resend must be counted then, not taken for a repeat of what was never counted."""
+    changes = features.changes
+    try:
+        yield
+    except BaseException:
+        if features.changes == changes:
+            seen.forget_newest(added)
+        raise
 
 
 def _who(ident: bytes) -> str:
@@ -1036,7 +1051,9 @@ class Worker:
         self.labels_seen.check_and_add(cols["tx_id"][fraud], fresh_frauds)
         fresh[fraud] = fresh_frauds
         new = fresh.view(bool)
-        frauds = self.scorer.features.apply_labels({k: v[new] for k, v in cols.items()})
+        features = self.scorer.features
+        with _forgotten_unless_counted(self.labels_seen, int(fresh_frauds.sum()), features):
+            frauds = features.apply_labels({k: v[new] for k, v in cols.items()})
         self.stats["labels"] += int(new.sum())
         if frauds:
             self._publish_intel()  # before the acknowledgement: the sender may rely on it
@@ -1217,9 +1234,12 @@ class Worker:
             part = np.empty(len(good), dtype=np.uint8)
             self.seen.check_and_add(cols["tx_id"][good], part)
             fresh[good] = part
+            added = int(part.sum())
         else:
             self.seen.check_and_add(cols["tx_id"], fresh)
-        v, shadow = scorer.score(cols, update=fresh.view(bool), error=error)
+            added = int(fresh.sum())
+        with _forgotten_unless_counted(self.seen, added, scorer.features):
+            v, shadow = scorer.score(cols, update=fresh.view(bool), error=error)
         counts = np.bincount(v["decision"], minlength=len(P.DECISIONS)).tolist()
         base = self._verdict_header(scorer)
         frames = P.column_frames(v, P.VERDICT_COLUMNS)
