@@ -194,6 +194,34 @@ def test_after_a_deploy_and_its_rollback_the_new_state_is_shared_with_peers(mode
         saved_counts_equal_the_stream(state / f"{w}.state.npz", tx)
 
 
+def test_a_new_state_gets_the_terminal_counts_of_a_member_the_deploy_did_not_reset(model_path, tmp_path):
+    """basic-v1 reached w1 only (w2 refused or timed out: OPERATIONS says deploy again), then
+    zfraud-v6 went to both: w1's new state read the terminals without w2's counts (a code
+    reviewer's repro: 20 of 220 transactions), and w2, max-merging w1's counts started again from
+    zero under its old ones, missed w1's news. Each snapshot must hold every transaction."""
+    from test_intel import saved_counts_equal_the_stream, state_args, terminal_stream
+
+    from zfraud.deploy import artefact
+    from zfraud.model import DEFAULT_MODEL
+
+    state = tmp_path / "s"
+    with LocalMesh(2, extra_args=state_args(model_path, state), log_dir=str(tmp_path)) as mesh:
+        with Client(mesh.endpoint) as c:
+            tx = terminal_stream(3000, seed=3)
+            first = {k: v[:2000] for k, v in tx.items()}
+            c.score(first)
+            time.sleep(1.0)  # a few heartbeats (0.2 s): the counts go out
+            assert c.control("w1", "deploy", payload=artefact(DEFAULT_MODEL))["model"] == "default-1"
+            assert {w: a["model"] for w, a in deploy(c, model_path=model_path).items()} == {"w1": "probe-1",
+                                                                                           "w2": "probe-1"}
+            time.sleep(1.0)  # w1 asks w2 for its counts
+            c.score({k: v[2000:] for k, v in tx.items()})  # in the same terminal buckets as the first
+            time.sleep(1.5)
+    assert "feature set zfraud-v6 -> basic-v1" in mesh.log("w1") and "feature set" not in mesh.log("w2")
+    for w in ("w1", "w2"):
+        saved_counts_equal_the_stream(state / f"{w}.state.npz", tx)
+
+
 def test_a_deploy_that_changes_the_feature_set_forgets_the_ids_it_had_remembered(data, model_path, tmp_path):
     """basic-v1 -> zfraud-v6 starts a new, empty state, but the worker used to keep its memory of
     the transaction and label ids it had seen: history sent again to warm the new state was all

@@ -1385,13 +1385,22 @@ class Worker:
         sent again to warm the new state would count as repeats and leave it empty (and the next
         snapshot would save, with the new state, ids it never counted). The new state's export
         versions start again, so its counts are published from the first (else none went out
-        until they passed the old state's: a zfraud-v6 -> basic-v1 -> zfraud-v6 rollback)."""
+        until they passed the old state's: a zfraud-v6 -> basic-v1 -> zfraud-v6 rollback).
+        Terminal counts are the mesh's, and the members keep theirs and ours under this worker's
+        name (a member the deploy did not reach, or reached later): so, as a worker restarted
+        without its snapshot does, the new state asks every member for all of its counts, ours
+        included (else it read the terminal's traffic without theirs, and they, max-merging our
+        counts started again from zero under the old ones, without our news)."""
         self._intel_since, self._intel_bucket = 0, None
         log.info("feature set %s -> %s: a new, empty streaming state; forgot the %d transaction ids and %d "
                  "fraud label ids remembered with the old one (sent again, they count in the new one)", was, now,
                  len(self.seen), len(self.labels_seen))
         self.seen = SeenSet(self.seen.capacity)
         self.labels_seen = SeenSet(self.labels_seen.capacity)
+        if self.scorer.features.state is not None:
+            for name in sorted(self.members.members):
+                if name != self.name:
+                    self._request_sync(name)
 
     def _take_over(self, h: dict, payload: list) -> list:
         """Cards a peer hands over: this worker owns them now (zfraud.handover). Not just after
