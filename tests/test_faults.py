@@ -293,9 +293,15 @@ def test_a_second_signal_stops_send_at_once_with_that_signals_status(tmp_path, s
 
 
 def send_then_signal(mesh, dead, sig, *args):
-    """`zfraud send ARGS --dead-letter DEAD` to a one-worker mesh, and 1 s in, `sig` to the worker."""
+    """`zfraud send ARGS --dead-letter DEAD` to a one-worker mesh, and `sig` to the worker mid-send:
+    1 s in, once the worker has scored some of it. On a busy machine the send can take more than
+    a second to start (its imports alone took 1.3 s): signalled 1 s in, the worker had scored
+    nothing, and the test's `verdicts > 0` failed."""
     send = start_send(mesh.endpoint, *args, "--dead-letter", str(dead))
     time.sleep(1.0)
+    end = time.monotonic() + 30
+    while rows_of(mesh, "w1") == 0 and send.poll() is None and time.monotonic() < end:
+        time.sleep(0.05)
     mesh.signal("w1", sig)
     return send
 

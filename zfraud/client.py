@@ -611,9 +611,13 @@ class Client:
         (_reachable)."""
         now = time.monotonic()
         if self._outage is None:  # it starts: whom to ask, and the reason to give if none answers
-            asked = sorted(self.peers)
-            known = set(self.routers.values())
-            others = [ep for ep in dict.fromkeys([*self._former.values(), *self._seeds]) if ep not in known]
+            # A leaving worker said goodbye: it is asked at its endpoint, as a dropped one is, not
+            # named. Its last answers may still be on their way (it stays a peer until then), and
+            # the reason, which lasts the outage, must not depend on whether they came first.
+            asked = sorted(n for n in self.peers if n not in self.leaving)
+            known = {self.routers[n] for n in asked}
+            leaving = [self.routers[n] for n in sorted(self.leaving) if n in self.routers]
+            others = [ep for ep in dict.fromkeys([*self._former.values(), *leaving, *self._seeds]) if ep not in known]
             if not asked and not others:
                 return "no live workers"  # none known: nobody to ask
             also = f" (nor {len(others)} other endpoint{'s' * (len(others) > 1)})" if others else ""
