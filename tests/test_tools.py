@@ -141,6 +141,33 @@ def test_a_test_week_left_empty_by_known_compromised_cards_says_so_before_any_wo
     assert np.isnan(auc([], [])) and evaluate([], [], [], [])["tx"] == 0
 
 
+@pytest.mark.parametrize("fraud, missing", [("0", "no frauds"), ("1", "no genuine transactions")])
+def test_a_backtest_whose_test_days_hold_one_class_prints_json_null_and_says_the_auc_is_undefined(tmp_path, fraud,
+                                                                                                  missing):
+    """AUC ROC needs a fraud and a genuine transaction in the test days. Without one, `backtest --json`
+    printed a bare NaN, which is not JSON (jq and most parsers refuse the line), exited 0 and said
+    "AUC ROC nan"."""
+    from zfraud.model import DEFAULT_MODEL
+
+    r = run_cli("gen", "g.csv", "--customers", "20", "--terminals", "40", "--days", "20", "--seed", "1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = (tmp_path / "g.csv").read_text().splitlines()
+    at = lines[0].split(",").index("TX_FRAUD")
+    rows = [x.split(",") for x in lines[1:]]
+    for row in rows:
+        row[at] = fraud  # every row one class; TX_FRAUD_SCENARIO is left as it was (not read for the AUC)
+    (tmp_path / "one.csv").write_text("\n".join([lines[0], *(",".join(x) for x in rows)]) + "\n")
+    # --known-from after the test days: no card is removed as known-compromised, even when every row is a fraud
+    r = run_cli("backtest", "one.csv", "--model", str(DEFAULT_MODEL), "--from", "2018-04-15", "--to", "2018-04-20",
+                "--known-from", "2018-04-21", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1], parse_constant=lambda c: pytest.fail(f"bare {c} in the JSON"))
+    d = read_labelled(str(tmp_path / "one.csv"))
+    test = int(((d["day"] >= day_of("2018-04-15")) & (d["day"] <= day_of("2018-04-20"))).sum())
+    assert res["auc"] is None and (res["tx"], res["frauds"]) == (test, test * int(fraud)), res
+    assert f"AUC ROC undefined ({missing} in the test days)" in r.stderr, r.stderr
+
+
 def test_train_and_backtest_refuse_a_file_that_repeats_a_transaction_id(workdir, tmp_path):
     """Workers count a repeated id once, the replay each time: train and backtest saw two different
     files, and both went ahead without a word (59,546 of 64,489 scores differed from the replay)."""

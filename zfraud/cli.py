@@ -1026,6 +1026,18 @@ def train(data, date_from, date_to, delay_days, algo, out, version):
     click.echo(f"wrote {out}: {describe(model)}; {model.source}; {time.perf_counter() - t0:.1f} s")
 
 
+def _finite_or_null(value):
+    """`value` (dicts and lists of numbers) with every NaN or infinity as None: JSON has no NaN, and
+    json.dumps would write a bare `NaN` that other readers refuse (the AUC of one class is NaN)."""
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 @main.command()
 @click.argument("data", type=click.Path(exists=True, dir_okay=False))
 @click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False),
@@ -1037,7 +1049,8 @@ def train(data, date_from, date_to, delay_days, algo, out, version):
 @click.option("--known-from", callback=_date, default=None,
               help="Frauds from this day on make a card known-compromised. Default: the Handbook's split, "
                    "a 7-day training week ending --delay days before --from.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object (the last line).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object (the last line); an undefined metric is null "
+                   "(AUC ROC when the test days hold no fraud, or no genuine transaction).")
 @friendly_errors
 def backtest(data, model_path, date_from, date_to, delay_days, workers, known_from, as_json):
     """Stream DATA through a local mesh with labels fed back --delay days late; score the verdicts
@@ -1054,7 +1067,10 @@ def backtest(data, model_path, date_from, date_to, delay_days, workers, known_fr
     out = sys.stderr if as_json else sys.stdout
     click.echo(f"test transactions {r['tx']:,} ({r['frauds']:,} frauds; {r['removed_known_tx']:,} of known-compromised "
                f"cards removed)", file=out)
-    click.echo(f"AUC ROC {r['auc']:.4f}   average precision {r['ap']:.4f}   card precision@100 {r['cp100']:.4f}", file=out)
+    auc = f"{r['auc']:.4f}"
+    if not math.isfinite(r["auc"]):  # NaN: the test days hold one class only (zfraud.evaluate.auc)
+        auc = f"undefined ({'no frauds' if r['frauds'] == 0 else 'no genuine transactions'} in the test days)"
+    click.echo(f"AUC ROC {auc}   average precision {r['ap']:.4f}   card precision@100 {r['cp100']:.4f}", file=out)
     for sc, rec in sorted((r.get("recall_by_scenario") or {}).items()):
         click.echo(f"  recall at 100 cards/day, scenario {sc}: {rec:.3f}", file=out)
     click.echo(f"decisions {r['decisions']}; streamed {r['streamed_tx']:,} tx through {r['workers']} workers at "
@@ -1063,4 +1079,4 @@ def backtest(data, model_path, date_from, date_to, delay_days, workers, known_fr
         click.echo(f"{r['resent']:,} transactions were resent after a worker missed the 30 s deadline: the state of "
                    f"their cards and terminals may count them twice, so the scores may differ from a replay's", err=True)
     if as_json:
-        click.echo(json.dumps(r))
+        click.echo(json.dumps(_finite_or_null(r), allow_nan=False))
