@@ -410,6 +410,26 @@ def test_a_time_with_spaces_around_it_is_read_without_a_warning(tmp_path):
     assert d["ts_ms"].tolist() == want and errors == []  # train reads times as send does
 
 
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_an_empty_line_is_skipped_by_train_backtest_and_label_as_by_send(tmp_path, newline):
+    """send skipped an empty line, but the labelled reader took it for a row of 0 fields: `train`
+    and `backtest` refused the whole file ("expected 6 fields, got 0") for a trailing empty line,
+    and `zfraud label` exited 3 for it."""
+    lines = ["TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD",
+             "1,2018-04-01 00:00:01,1,2,10.0,0", "", "2,2018-04-02 00:00:01,1,2,10.0,1",
+             "3,2018-04-02 00:00:02,x,2,10.0,0", "4,2018-04-02 00:00:03,1,2,10.0,0", ""]
+    p = tmp_path / "blank.csv"
+    p.write_bytes((newline.join(lines) + newline).encode())
+    chunk, reader, d, errors, caught = read_both(p)
+    assert chunk["tx_id"].tolist() == [1, 2, 4] and reader.errors == [(5, "card must be a whole number from 0 to "
+                                                                           "2**64 - 1, got 'x'")] and caught == []
+    assert d["tx_id"].tolist() == [1, 2, 4] and errors == [(5, "CUSTOMER_ID 'x' is not a whole number from 0 to "
+                                                              "2**64 - 1")]
+    del lines[4]  # without the bad row, train and backtest read the file (they stop at a bad row)
+    p.write_bytes((newline.join(lines) + newline).encode())
+    assert read_labelled(p)["tx_id"].tolist() == [1, 2, 4]
+
+
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_now_and_today_are_not_times(tmp_path, fmt):
     """numpy reads "now" and "today" as the clock's time and date (and "NaT" as -2**63 ms)."""
