@@ -85,6 +85,58 @@ def test_bad_expressions_are_named_at_load(expr, message):
     assert message in str(e.value)
 
 
+@pytest.mark.parametrize("expr, part, column", [
+    ("amount * 2", "amount * 2", 1),
+    ("amount", "amount", 1),
+    ("1", "1", 1),
+    ("hour", "hour", 1),  # hours 1 to 23 fired, hour 0 did not
+    ("is_night == 1 and amount", "amount", 19),
+    ("amount > 1000 or not hour - 12", "hour - 12", 22),
+    ("-is_night", "-is_night", 1),
+])
+def test_a_when_that_is_not_a_condition_is_refused_at_load(expr, part, column):
+    """`amount * 2` loaded (a deploy took it too) and then fired on every transaction of a non-zero
+    amount: numpy took the number for a truth value."""
+    with pytest.raises(RulesError) as e:
+        rules(("bad", expr, "review"))
+    assert str(e.value) == (f"rules: rule 'bad' at column {column}: {part!r} is not a condition (it would fire "
+                            f"wherever it is not 0): compare it, as in amount * 2 > 100, or use and / or / not "
+                            f"on comparisons or on the 0/1 features is_night, is_weekend")
+
+
+@pytest.mark.parametrize("expr, expected", [
+    ("is_night", [1, 1, 0, 0]),
+    ("not is_night", [0, 0, 1, 1]),
+    ("is_night and amount > 500", [0, 1, 0, 0]),
+    ("not is_night and amount > 2000", [0, 0, 0, 1]),
+])
+def test_a_0_1_feature_alone_is_a_condition(expr, expected):
+    assert rules(("r", expr, "review")).evaluate(ENV, 4)[1].tolist() == expected
+
+
+def test_the_0_1_features_rules_take_as_conditions_are_0_or_1():
+    from zfraud import _features
+    from zfraud.rules import FLAGS
+
+    ts = np.arange(0, 14 * 86_400_000, 600_000, dtype=np.int64)  # two weeks, every 10 minutes
+    out = np.empty((len(ts), len(_features.BASIC_NAMES)), dtype=np.float32)
+    _features.basic_features(ts, np.full(len(ts), 10.0), out)
+    for name in FLAGS:
+        assert set(out[:, _features.BASIC_NAMES.index(name)].tolist()) == {0.0, 1.0}, name
+
+
+@pytest.mark.parametrize("expr, where", [
+    ("amount >", "at the end (column 9)"),
+    ("amount > 1 and", "at the end (column 15)"),
+    ("amount 5", "at column 8"),
+])
+def test_a_when_that_cannot_be_parsed_says_where(expr, where):
+    """An error at the end of the expression said "at column 0"."""
+    with pytest.raises(RulesError) as e:
+        rules(("bad", expr, "review"))
+    assert str(e.value) == f"rules: rule 'bad': cannot parse {expr!r}: invalid syntax {where}"
+
+
 @pytest.mark.parametrize("toml, message", [
     ('[[rule]]\nname = "a"\nwhen = "amount > 1"\naction = "block"\n', "action 'block'"),
     ('[[rule]]\nwhen = "amount > 1"\naction = "review"\n', "needs a name"),

@@ -14,7 +14,8 @@ Expressions: numbers, names (the model's features and the batch's columns: tx_id
 ts_ms, amount), arithmetic (+ - * / % and unary -), comparisons (< <= > >= == !=, chained),
 `and` / `or` / `not`, `in` / `not in` with a list or tuple of numbers (each compared as `==` would),
 and parentheses. The id columns (tx_id, card, terminal) take comparisons, `in` and `% N` (N a whole
-number) only (IDS).
+number) only (IDS). A `when` is a condition: a comparison, a 0/1 feature (FLAGS), or and / or / not
+of those; a number alone is refused (numpy would take it as true wherever it is not 0).
 
 Limits (every verdict header carries the rule names and the version): the file is UTF-8 with a
 top-level `version` and `[[rule]]` tables only; at most MAX_RULES rules, each `name` 1 to MAX_NAME
@@ -66,6 +67,11 @@ COLUMNS = ("tx_id", "card", "terminal", "ts_ms", "amount")
 # (terminal - 1000000 < 0 would never fire). A rule compares them, or takes them modulo a whole
 # number (to sample cards, say), exactly; any other arithmetic on them is refused.
 IDS = ("tx_id", "card", "terminal")
+# The features that are 0 or 1 (ext/features.pyx basic_row): a `when` may name one alone, as a
+# condition. Any other number alone is not one: numpy would take it as true wherever it is not 0.
+FLAGS = ("is_night", "is_weekend")
+CONDITION = (f"compare it, as in amount * 2 > 100, or use and / or / not on comparisons or on the 0/1 "
+             f"features {', '.join(FLAGS)}")
 
 _ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: np.true_divide,
           ast.Mod: np.mod}
@@ -265,6 +271,32 @@ def _member(ints: list, floats: list):
     return member
 
 
+def _syntax_error_at(e: SyntaxError, text: str) -> str:
+    """Where in `text` the parser stopped: "at column 8", or "at the end (column 9)" when the text
+    ended before the expression did (the parser's offset is then 0); 1-based, as _compile's columns.
+    The line too when `text` has several (a TOML string may hold newlines)."""
+    lines = text.split("\n")
+    line, column = (e.lineno or 1, e.offset) if e.offset else (len(lines), len(lines[-1]) + 1)
+    where = (f"line {line}, " if len(lines) > 1 else "") + f"column {column}"
+    return f"at {where}" if e.offset else f"at the end ({where})"
+
+
+def _not_a_condition(tree: ast.Expression):
+    """The first part of a `when` that should be a truth value and is not (`amount * 2`, or the
+    `amount` of `is_night == 1 and amount`), or None: a `when` is a comparison, a 0/1 feature
+    (FLAGS), or and / or / not of those."""
+    todo = [tree.body]
+    while todo:  # no recursion: 3 000 `not`s are refused as too deep only after this runs
+        node = todo.pop()
+        if isinstance(node, ast.BoolOp):
+            todo.extend(reversed(node.values))
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            todo.append(node.operand)
+        elif not (isinstance(node, ast.Compare) or isinstance(node, ast.Name) and node.id in FLAGS):
+            return node
+    return None
+
+
 # The dtypes a rule sees in a worker: the batch's columns (protocol.TX_COLUMNS) and float32 features.
 _DTYPES = {"tx_id": np.uint64, "card": np.uint64, "terminal": np.uint64, "ts_ms": np.int64, "amount": np.float64}
 
@@ -349,13 +381,19 @@ class RuleSet:
             try:
                 tree = ast.parse(when.strip(), mode="eval")
             except SyntaxError as e:
-                raise RulesError(f"{where}: rule {name!r}: cannot parse {when!r}: {e.msg} at column {e.offset}") from None
+                raise RulesError(f"{where}: rule {name!r}: cannot parse {when!r}: {e.msg} "
+                                 f"{_syntax_error_at(e, when.strip())}") from None
             except (RecursionError, MemoryError):  # the parser's own stack: 5 000 unary minus signs
                 raise too_deep from None
             if _depth(tree) > MAX_DEPTH:
                 raise too_deep
             try:
                 test = _compile(tree, allowed, name)
+                loose = _not_a_condition(tree)
+                if loose is not None:
+                    raise RulesError(f"rule {name!r} at column {loose.col_offset + 1}: "
+                                     f"{ast.get_source_segment(when.strip(), loose)!r} is not a condition (it "
+                                     f"would fire wherever it is not 0): {CONDITION}")
                 _probe(test, allowed, name)
             except RulesError as e:
                 raise RulesError(f"{where}: {e}") from None
