@@ -93,6 +93,7 @@ def test_bad_expressions_are_named_at_load(expr, message):
     ("is_night == 1 and amount", "amount", 19),
     ("amount > 1000 or not hour - 12", "hour - 12", 22),
     ("-is_night", "-is_night", 1),
+    ("(amount > 5) * amount", "(amount > 5) * amount", 1),
 ])
 def test_a_when_that_is_not_a_condition_is_refused_at_load(expr, part, column):
     """`amount * 2` loaded (a deploy took it too) and then fired on every transaction of a non-zero
@@ -109,6 +110,8 @@ def test_a_when_that_is_not_a_condition_is_refused_at_load(expr, part, column):
     ("not is_night", [0, 0, 1, 1]),
     ("is_night and amount > 500", [0, 1, 0, 0]),
     ("not is_night and amount > 2000", [0, 0, 0, 1]),
+    ("(amount > 500) * (is_night == 1)", [0, 1, 0, 0]),  # conditions multiplied: and (it loaded before)
+    ("(amount > 2000) + is_night", [1, 1, 0, 1]),  # added: or
 ])
 def test_a_0_1_feature_alone_is_a_condition(expr, expected):
     assert rules(("r", expr, "review")).evaluate(ENV, 4)[1].tolist() == expected

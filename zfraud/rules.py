@@ -15,7 +15,7 @@ ts_ms, amount), arithmetic (+ - * / % and unary -), comparisons (< <= > >= == !=
 `and` / `or` / `not`, `in` / `not in` with a list or tuple of numbers (each compared as `==` would),
 and parentheses. The id columns (tx_id, card, terminal) take comparisons, `in` and `% N` (N a whole
 number) only (IDS). A `when` is a condition: a comparison, a 0/1 feature (FLAGS), or and / or / not
-of those; a number alone is refused (numpy would take it as true wherever it is not 0).
+of those (or their product or sum); a number alone is refused (numpy would take it as true wherever it is not 0).
 
 Limits (every verdict header carries the rule names and the version): the file is UTF-8 with a
 top-level `version` and `[[rule]]` tables only; at most MAX_RULES rules, each `name` 1 to MAX_NAME
@@ -284,16 +284,20 @@ def _syntax_error_at(e: SyntaxError, text: str) -> str:
 def _not_a_condition(tree: ast.Expression):
     """The first part of a `when` that should be a truth value and is not (`amount * 2`, or the
     `amount` of `is_night == 1 and amount`), or None: a `when` is a comparison, a 0/1 feature
-    (FLAGS), or and / or / not of those."""
-    todo = [tree.body]
+    (FLAGS), or and / or / not of those, or their product (and) or sum (or). A product or sum
+    with a number in it is named whole (`amount * 2`, not its `amount`)."""
+    todo = [(tree.body, None)]  # (node, the outermost product or sum it is in)
     while todo:  # no recursion: 3 000 `not`s are refused as too deep only after this runs
-        node = todo.pop()
+        node, whole = todo.pop()
         if isinstance(node, ast.BoolOp):
-            todo.extend(reversed(node.values))
+            todo.extend((v, whole) for v in reversed(node.values))
         elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-            todo.append(node.operand)
+            todo.append((node.operand, whole))
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mult, ast.Add)):
+            # conditions multiplied (and) or added (or): still true or false
+            todo.extend(((node.right, whole or node), (node.left, whole or node)))
         elif not (isinstance(node, ast.Compare) or isinstance(node, ast.Name) and node.id in FLAGS):
-            return node
+            return whole or node
     return None
 
 
