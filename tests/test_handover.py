@@ -347,6 +347,119 @@ def test_a_message_answered_late_is_sent_again_as_it_was_and_taken_once(ctx):
         owner.close(linger=0)
 
 
+def test_an_owner_restored_from_its_snapshot_still_knows_the_messages_it_took(model_path, tmp_path, ctx):
+    """The owner's memory of the messages it took lived in its process only: restarted from its
+    snapshot (which held the cards), it added a message sent again by a sender that had had no
+    answer a second time (a reviewer's run: 65,536 cards at 2 transactions for 1)."""
+    from zfraud.handover import CHUNK, RECORD, Taken
+    from zfraud.model import load_model
+    from zfraud.worker import Worker
+
+    e, cards, theirs = two_hundred_cards()
+    records = e.take_cards(theirs)
+    header = {"op": "cards", "worker": "w1", "boot": 77, "seq": 3, "record": RECORD,
+              "itemsize": records.itemsize, "rows": len(records)}
+    state = tmp_path / "state"
+
+    def owner():
+        return Worker("w2", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", model=load_model(model_path), cards=4096,
+                      terminals=4096, state_dir=state, context=ctx)
+
+    w = owner()
+    try:
+        first = P.parse(w._control(header, [records.view(np.uint8)]))
+        w._save()
+    finally:
+        w._close()
+    w = owner()
+    try:
+        again = P.parse(w._control(header, [records.view(np.uint8)]))
+        got = w.scorer.features.take_cards(theirs)
+    finally:
+        w._close()
+    assert (first.header["ok"], first.header["added"]) == (True, len(theirs)) and len(theirs) < CHUNK
+    assert (again.header["ok"], again.header.get("repeat"), again.header["added"]) == (True, True, 0)
+    assert (got["day_count"].sum(axis=1) == 1).all()  # one transaction each, counted once
+
+    t = Taken(capacity=3)
+    for seq in range(5):
+        t.add(("w1", 77, seq))
+    t.add(("w-\u00e9", 2**47, 9))
+    back = Taken(capacity=3)
+    back.restore(t.arrays())
+    assert list(back.keys) == list(t.keys) == [("w1", 77, 3), ("w1", 77, 4), ("w-\u00e9", 2**47, 9)]
+    empty = Taken()
+    empty.restore(Taken().arrays())
+    empty.restore({})  # a snapshot from before the memory was saved
+    assert not empty.keys
+    with pytest.raises(ValueError, match="card messages taken"):
+        empty.restore({**t.arrays(), "taken_seq": np.zeros(2, np.int64)})
+
+
+def test_answers_waiting_unread_are_read_before_a_message_is_given_up_on(ctx):
+    """A sender that stood still found its messages older than ACK_S: it kept them aside and
+    closed their sockets with the owners' answers unread in them, and once an owner had left (it
+    took the cards and passed them on as it drained), put the cards back here: their next owner
+    got them twice (a reviewer's run: 17,021 cards). Now the time it stood still does not count
+    (pardon), answers already queued are read before a message is given up on (expire), and a
+    member that left keeps its socket while a message to it is unanswered (follow). Against a
+    real ROUTER playing the owner."""
+    import zmq
+
+    from zfraud.handover import ACK_S, Handover
+    from zfraud.sockets import configure
+
+    e, cards, theirs = two_hundred_cards()
+    owner = configure(ctx.socket(zmq.ROUTER))
+    port = owner.bind_to_random_port("tcp://127.0.0.1")
+    h = Handover("w1", lambda name: configure(ctx.socket(zmq.DEALER)), boot=77)
+    routers = {"w2": f"tcp://127.0.0.1:{port}"}
+
+    def send(now):
+        deadline = time.monotonic() + 5
+        while not h.pending:  # IMMEDIATE: refused until connected
+            assert time.monotonic() < deadline
+            h.follow(routers)
+            h.sweep(e, ["w1", "w2"], now)
+            time.sleep(0.05)
+        assert owner.poll(5000)
+        ident, *frames = owner.recv_multipart()
+        return ident, P.parse(frames).header
+
+    def answer(ident, header):
+        owner.send_multipart([ident, *P.encode(P.CONTROL, {"op": "cards", "seq": header["seq"], "ok": True,
+                                                           "added": header["rows"], "merged": 0})])
+        time.sleep(0.3)  # in the sender's socket, unread
+
+    try:
+        ident, header = send(now=0.0)
+        h.pardon(100.0)  # it stood still for 100 s
+        h.expire(e, now=100.0)
+        assert len(h.pending) == 1 and not h.doubt  # 100 s of standing still are not 100 s of waiting
+        answer(ident, header)
+        h.expire(e, now=100.0 + ACK_S + 1)
+        assert (h.handed, len(h.pending), len(h.doubt), h.taken_back) == (len(theirs), 0, 0, 0)
+
+        e, _, theirs2 = two_hundred_cards()
+        ident, header = send(now=200.0)
+        h.follow({})  # w2 left the member list: its socket stays while its message is unanswered
+        assert "w2" in h.socks
+        answer(ident, header)
+        h.on_reply("w2", e)
+        h.follow({})
+        assert "w2" not in h.socks and h.handed == len(theirs) + len(theirs2) and not h.pending
+
+        e = two_hundred_cards()[0]
+        ident, header = send(now=300.0)
+        owner.send_multipart([ident, *P.encode(P.CONTROL, {"op": "cards", "seq": header["seq"] + 1, "ok": True})])
+        time.sleep(0.3)
+        h.on_reply("w2", e)  # an answer to no message of ours settles none
+        assert len(h.pending) == 1
+    finally:
+        h.close()
+        owner.close(linger=0)
+
+
 def test_cards_handed_to_a_worker_that_stood_still_are_counted_once(model_path, tmp_path, ctx):
     """w2 joins and gets its cards; a client with the old member list sends w1 new cards of
     w2's; w2 stands still (SIGSTOP) for 8 s while w1's next sweep sends them. w1 had no answer

@@ -21,9 +21,12 @@ sent anew, merged with what came meanwhile, the owner would add those cards' his
 when that member has left the mesh is it put back and swept anew; for that case (a member paused
 past the member timeout is dropped) a worker that stood still refuses the cards it reads in the
 next STALE_S seconds (worker._take_over): the sender gave up on them, or will, and keeps them
-aside until then. What a member
-dropped for silence took, over a network that held the message (a partition longer than the
-member timeout), can still be counted twice: the sender cannot tell it from a member that died.
+aside until then. The owner's memory
+of what it took is saved in its snapshot with the cards. What a member dropped for silence took,
+over a network that held the message (a partition longer than the member timeout), can still be
+counted twice: the sender cannot tell it from a member that died. So can what a member took and
+passed on as it drained while the sender stood still for the whole drain: the sender's socket
+(IMMEDIATE) drops the unread answer when that connection closes.
 
 Sweeps run at the first heartbeat after the member list changes, again SETTLE_S later (for what
 reached the old owner while clients were switching), every EVERY_S (for a client that kept a
@@ -89,6 +92,29 @@ class Taken:
         while len(self.keys) > self.capacity:
             del self.keys[next(iter(self.keys))]
 
+    def arrays(self) -> dict:
+        """The memory as snapshot arrays (oldest first). A snapshot holds the cards of the messages
+        taken, so it holds their keys too: a restored owner acknowledges a message it took before
+        its restart, which a sender with no answer sends again, instead of adding it twice."""
+        keys = list(self.keys)
+        return {"taken_worker": np.array([k[0] for k in keys], dtype=str),
+                "taken_boot": np.array([k[1] for k in keys], dtype=np.int64),
+                "taken_seq": np.array([k[2] for k in keys], dtype=np.int64)}
+
+    def restore(self, arrays: dict) -> None:
+        """Remember the keys of arrays() (a snapshot from before them holds none). ValueError if
+        they are malformed."""
+        worker, boot, seq = (arrays.get(f"taken_{k}") for k in ("worker", "boot", "seq"))
+        if worker is None and boot is None and seq is None:
+            return
+        if (worker is None or boot is None or seq is None or worker.dtype.kind != "U"
+                or boot.dtype.kind != "i" or seq.dtype.kind != "i" or worker.ndim != 1
+                or not worker.shape == boot.shape == seq.shape):
+            raise ValueError("state: the card messages taken (taken_worker, taken_boot, taken_seq) are not "
+                             "three arrays of names and numbers of one length")
+        for key in zip(worker.tolist(), boot.tolist(), seq.tolist()):
+            self.add(key)
+
 
 class Handover:
     """The sending side: one DEALER per member (IMMEDIATE: nothing queues for a member not yet
@@ -121,8 +147,12 @@ class Handover:
 
     # -- sockets ----------------------------------------------------------------------------
     def follow(self, routers: dict[str, str]) -> None:
-        """Keep one socket per other member (name -> ROUTER endpoint)."""
+        """Keep one socket per other member (name -> ROUTER endpoint). A member that left with
+        messages unanswered keeps its socket until they are answered or expire: its answers may
+        be on their way (this worker stood still, say), and closed, the socket lost them."""
         for name in [n for n, r in self.routers.items() if routers.get(n) != r]:
+            if name not in routers and any(p.to == name for p in self.pending.values()):
+                continue
             self._close(name)
         for name, router in routers.items():
             if name not in self.socks:
@@ -240,11 +270,11 @@ class Handover:
                 continue
             h = msg.header
             seq = h.get("seq")
-            if type(seq) is not int or seq not in self.pending:  # an ERROR (a peer that does not know the op): the oldest
+            if type(seq) is not int:  # an ERROR (a peer that does not know the op): the oldest
                 seq = min((s for s, p in self.pending.items() if p.to == name), default=None)
-            p = self.pending.pop(seq, None)
-            if p is None:
-                continue
+            if self.pending.get(seq) is None or self.pending[seq].to != name:
+                continue  # a message answered already, or another member's: not this answer's to settle
+            p = self.pending.pop(seq)
             if msg.command == P.CONTROL and h.get("ok"):
                 self.handed += len(p.records)
                 self.refused.pop(name, None)
@@ -275,7 +305,12 @@ class Handover:
     def expire(self, features, now: float) -> None:
         """Keep aside, as they were, the messages of a member that left one unanswered for
         ACK_S (they go again at the next sweep: _resend), and close its socket (the next tick
-        connects afresh). Once this worker sweeps no more (it stops), they are put back here."""
+        connects afresh). Once this worker sweeps no more (it stops), they are put back here.
+        Answers already queued on a late member's socket are read first: closed unread, they were
+        lost, and a member that took the message and then left had its cards put back here,
+        though it had passed them on as it drained (their next owner then counted them twice)."""
+        for name in {p.to for p in self.pending.values() if now - p.sent > ACK_S} & set(self.socks):
+            self.on_reply(name, features)
         late = {p.to for p in self.pending.values() if now - p.sent > ACK_S}
         for seq in [s for s, p in self.pending.items() if p.to in late]:
             p = self.pending.pop(seq)
@@ -288,6 +323,14 @@ class Handover:
             self.due.append(now + 1.0)
         for name in late & set(self.socks):
             self._close(name)
+
+    def pardon(self, gap: float) -> None:
+        """This worker stood still for `gap` seconds: that time does not count as waiting for an
+        answer. The owners' answers may still be in the kernel, for libzmq's I/O thread, which
+        stood still too, to read: expired at once, such a message was kept aside with its answer
+        unread (and put back here once its owner had left, though it had taken the cards)."""
+        for p in self.pending.values():
+            p.sent += gap
 
     def held_for_others(self, features) -> int:
         """Cards held here whose owner, by the last sweep's view, is another worker: those its

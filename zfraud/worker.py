@@ -254,6 +254,7 @@ class Worker:
         self.name = name
         self.seen = SeenSet(remember)  # recent transaction ids: a resent one never updates state twice
         self.labels_seen = SeenSet(remember)  # labels already applied here (a resent label counts once)
+        self.taken = Taken()  # the card messages taken, so that one sent again is not added twice
         self.engine_args = (delay_days, cards, terminals)
         model = model if model is not None else load_model()
         check_delay(model, delay_days)
@@ -270,10 +271,14 @@ class Worker:
                 try:
                     # The ids counted into that state: a resend of one after the restart is a
                     # repeat, as it would have been without it.
-                    for key, ids in features.load(self.state_path).items():
+                    extra = features.load(self.state_path)
+                    for key, ids in extra.items():
                         if key in ("seen", "labels_seen"):
                             ids = np.ascontiguousarray(ids, dtype=np.uint64)
                             getattr(self, key).check_and_add(ids, np.empty(len(ids), np.uint8))
+                    # and the card messages taken into it: a sender that had no answer sends one
+                    # again, and a restored owner must not add it a second time
+                    self.taken.restore(extra)
                 except ValueError as e:
                     raise ValueError(f"cannot restore {self.state_path}: {e} (move it away to start empty)") from None
                 log.info("restored state from %s: %s", self.state_path, features.state_info())
@@ -359,7 +364,6 @@ class Worker:
         self.fatal: str | None = None  # why the worker stopped without joining (its name is taken): the CLI exits 1
         self._name_refused_at: float | None = None
         self.handover = Handover(name, lambda to: self._dealer(f"member {to}"), boot=self.boot)
-        self.taken = Taken()  # the card messages taken, so that one sent again is not added twice
         self._final_until = None  # set when the drain is over: the last handover's answers are awaited
         self._batch_ms = deque(maxlen=2048)  # recent batches' scoring times (a run of batches scored in one pass: its time each)
         self._header_of, self._header = None, None  # _verdict_header's scorer and its fields
@@ -492,6 +496,7 @@ class Worker:
         # The peers' hellos of the stop are still on their way in (libzmq's I/O thread stood still
         # too): without this, the next beat logged every healthy peer lost, then joined again.
         self.members.pardon(gap, now)
+        self.handover.pardon(gap)  # and the answers to its card messages are still coming in
         log.warning("the loop stood still for %.1f s (stopped or paused): batches found waiting past "
                     "their deadline are answered EXPIRED, not scored (their clients have sent them again)", gap)
 
@@ -734,7 +739,8 @@ class Worker:
         self.asking.pop(router)[0].close()
 
     def _save(self) -> None:
-        self.scorer.features.save(self.state_path, {"seen": self.seen.ids(), "labels_seen": self.labels_seen.ids()})
+        self.scorer.features.save(self.state_path, {"seen": self.seen.ids(), "labels_seen": self.labels_seen.ids(),
+                                                    **self.taken.arrays()})
 
     def _has_state(self) -> bool:
         return self.state_path is not None and self.scorer.features.state is not None
