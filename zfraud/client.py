@@ -797,7 +797,7 @@ class Client:
         self._on_answer(msg)
 
     def _on_answer(self, msg) -> None:
-        """A RESULT or ERROR for a batch (anything else is ignored). _on_reply checked its header."""
+        """A RESULT or ERROR for a batch (anything else is ignored). Its caller checked its header."""
         h = msg.header
         worker = h.get("worker")
         if worker in self.down:
@@ -841,14 +841,33 @@ class Client:
         caller that did not poll for a while (a stream waiting for its input) finds deadlines
         passed whose answers came in time and are waiting unread: if that batch's answer is among
         them, the worker is not down (one of its batches still unanswered past its own deadline
-        makes it down, when poll() gets to that one)."""
-        sock = self.peers.get(name)
+        makes it down, when poll() gets to that one). A heartbeat read there counts for its clock,
+        and a member list once its batches are settled (_settle_down): one that moved another
+        worker resends that one's batches, which must not go to this one before it is decided."""
+        sock, lists = self.peers.get(name), []
         while sock is not None and not sock.closed and self.inflight.get(name):
             try:
-                frames = recv_frames(sock, zmq.NOBLOCK)
+                msg = P.parse(recv_frames(sock, zmq.NOBLOCK))
             except zmq.Again:
                 break
-            self._on_reply(frames)  # a member list or a heartbeat read here counts as well
+            except P.ProtocolError:
+                continue
+            if _not_a_workers(msg.header):
+                continue
+            if msg.command == P.MEMBERS:
+                lists.append(msg.header)
+            elif msg.command == P.HEARTBEAT:
+                self._on_heartbeat(msg.header)
+            else:
+                self._on_answer(msg)
+        try:
+            self._settle_down(name, reason, late)
+        finally:
+            for h in lists:
+                if name in self.peers:  # (dropped: it was leaving, and its list with it)
+                    self._on_members(h)
+
+    def _settle_down(self, name: str, reason: str, late: int | None) -> None:
         if name not in self.peers:
             return  # it was leaving, and that was its last answer: nothing is stranded
         if late is not None and late not in self.pending:
