@@ -351,21 +351,33 @@ def test_a_draining_worker_that_stops_answering_has_its_batches_resent(tmp_path)
     """The client leaves a draining worker's batches with it, but not forever: when it stops
     answering (here SIGSTOP right after its goodbye) their deadline sends them elsewhere."""
     with LocalMesh(3, log_dir=str(tmp_path)) as mesh:
-        # Unpaced, with a deep window: w2 always holds a queue of batches, so it still holds some
-        # when it is stopped just after it starts draining (a paced send left it one or two, which
-        # it could answer first under load).
+        # Unpaced, with a deep window: the client keeps w2 busy until it learns (at its next
+        # member-list refresh, within 1 s) that w2 left, so w2 still holds batches when it is
+        # stopped just after its goodbye.
         send = start_send(mesh.endpoint, "--synthetic", "1000000", "--window", "64", "--deadline", "1")
-        time.sleep(0.5)
-        mesh.signal("w2", signal.SIGTERM)
-        end = time.monotonic() + 10
-        while "draining name=w2" not in mesh.log("w2") and time.monotonic() < end:
-            time.sleep(0.01)
-        mesh.signal("w2", signal.SIGSTOP)
+        # Not after a fixed time: under load the client process took up to 1 s to start, and
+        # asked for the member list after w2's goodbye (nothing was ever sent to w2), or after it
+        # was stopped before it could say it (a hung worker, not a draining one). First the
+        # client must be scoring on w2.
+        end = time.monotonic() + 30
+        while (scored := rows_of(mesh, "w2")) == 0 and send.poll() is None and time.monotonic() < end:
+            time.sleep(0.05)
+        if scored:
+            mesh.signal("w2", signal.SIGTERM)
+            # Stopped once it drains and the mesh has its goodbye (w1 dropped it as having left).
+            end = time.monotonic() + 10
+            while not ("draining name=w2" in mesh.log("w2") and "member left name=w2" in mesh.log("w1")) \
+                    and time.monotonic() < end:
+                time.sleep(0.01)
+            mesh.signal("w2", signal.SIGSTOP)
+        said_bye = "member left name=w2" in mesh.log("w1")
         try:
             rc, s, err = finish(send)
         finally:
             mesh.signal("w2", signal.SIGCONT)
         status, log = mesh.procs["w2"].wait(15), mesh.log("w2")
+    assert scored > 0, "the client sent w2 nothing"
+    assert said_bye, log[-2000:]  # stopped while draining, not before its goodbye (a hung worker)
     assert rc == 0, err
     assert (s["verdicts"], s["lost"], s["dead_letter"]) == (1000000, 0, 0)
     assert s["resent"] > 0  # what w2 held when it stopped went to w1 and w3
