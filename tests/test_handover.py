@@ -605,17 +605,20 @@ def test_the_owner_takes_a_message_once_whoever_else_sends_that_number():
     assert Taken.key({"worker": "w1", "seq": 3}) is None  # a sender from before boot: not remembered
 
 
-def test_a_worker_from_before_the_handover_is_asked_again_every_30_s_with_one_warning(ctx, caplog):
+@pytest.mark.parametrize("refusal", ["old", "stateless"])
+def test_a_worker_from_before_the_handover_is_asked_again_every_30_s_with_one_warning(ctx, caplog, refusal):
     """A member that answers op "cards" with BAD_CONTROL (a zfraud from before the handover) keeps
     refusing while it runs. Each refusal was a retry about 6 s later and one more warning "not
     taken ... sent again at the next sweep" (a tester's old worker: 10 in 30 s). Now its cards stay
     here, with one warning, and it is asked again every EVERY_S (30 s), in case it was upgraded in
-    place, quietly. On a fake clock ticking every 0.2 s for 70 s, against a real ROUTER."""
+    place, quietly. On a fake clock ticking every 0.2 s for 70 s, against a real ROUTER. So for a
+    member running basic-v1 (a deploy that reached it and not the sender): every refusal was a
+    warning, a retry and a snapshot (cards taken back) every 6 s, for as long as it ran so."""
     import logging
 
     import zmq
 
-    from zfraud.handover import EVERY_S, Handover
+    from zfraud.handover import EVERY_S, Handover, take_over
     from zfraud.sockets import configure
 
     e = FeatureEngine(FULL, 7, 4096, 1024)
@@ -640,8 +643,13 @@ def test_a_worker_from_before_the_handover_is_asked_again_every_30_s_with_one_wa
                 assert old.poll(5000)
                 ident, *frames = old.recv_multipart()
                 asked.append(now)
-                old.send_multipart([ident, *P.error_message(P.BAD_CONTROL, "unknown control op 'cards'; known: "
-                                                            "status, deploy, intel_sync")])
+                if refusal == "old":
+                    old.send_multipart([ident, *P.error_message(P.BAD_CONTROL, "unknown control op 'cards'; known: "
+                                                                "status, deploy, intel_sync")])
+                else:  # what a basic-v1 worker answers
+                    reply = take_over(FeatureEngine("basic-v1"), P.parse(frames).header, P.parse(frames).frames)
+                    assert reply["keeps_no_cards"] is True
+                    old.send_multipart([ident, *P.encode(P.CONTROL, {**reply, "worker": "w2"})])
                 assert h.socks["w2"].poll(5000)
                 h.on_reply("w2", e)
         # It is upgraded: it leaves the member list, and comes back at the same endpoints. Its cards
@@ -671,7 +679,9 @@ def test_a_worker_from_before_the_handover_is_asked_again_every_30_s_with_one_wa
     warnings = [r.getMessage() for r in caplog.records if "not taken by w2" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].endswith(
         "kept here: w2 is a worker of a zfraud from before the card handover; asked again every 30 s, in case it "
-        "is upgraded")
+        "is upgraded" if refusal == "old" else
+        "(cards not taken: feature set basic-v1 keeps no card state): kept here: w2 runs a feature set without "
+        "card state; asked again every 30 s, in case a deploy changes it")
 
 
 def test_a_member_not_connected_yet_is_tried_again_a_second_later_not_at_the_settle_sweep(ctx):

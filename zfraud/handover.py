@@ -295,10 +295,14 @@ class Handover:
                 self.hold_until = max(self.hold_until, p.not_before + ACK_S)
                 log.info("%d cards refused by %s for %.1f s (it stood still a moment ago): kept aside, and sent "
                          "again then as the same message", len(p.records), name, wait)
-            elif msg.command == P.ERROR and h.get("code") == P.BAD_CONTROL and "'cards'" in str(h.get("message")):
+            elif ((msg.command == P.ERROR and h.get("code") == P.BAD_CONTROL and "'cards'" in str(h.get("message")))
+                  or (msg.command == P.CONTROL and h.get("keeps_no_cards") is True)):
+                # A worker of a zfraud from before the handover, or of a feature set without card
+                # state (a deploy that reached it and not us): refuses while it runs as it is
                 again = name in self.refused
                 self.refused[name] = p.sent
-                self._take_back(features, p, h.get("message"), quiet=again, retry=False)
+                self._take_back(features, p, h.get("error") or h.get("message"), quiet=again,
+                                retry=False, stateless=msg.command == P.CONTROL)
             else:
                 self._take_back(features, p, h.get("error") or h.get("message") or "refused")
 
@@ -348,7 +352,8 @@ class Handover:
         for seq in list(self.doubt):
             self._take_back(features, self.doubt.pop(seq), "the worker is stopping")
 
-    def _take_back(self, features, p: _Pending, why: str, quiet: bool = False, retry: bool = True) -> None:
+    def _take_back(self, features, p: _Pending, why: str, quiet: bool = False, retry: bool = True,
+                   stateless: bool = False) -> None:
         try:
             features.put_cards(p.records)
         except ValueError as e:  # a deploy changed the feature set meanwhile: nothing to keep them in
@@ -357,7 +362,9 @@ class Handover:
         self.taken_back += len(p.records)
         fate = self.fate
         if not retry and fate == SWEEPING:
-            fate = (f"kept here: {p.to} is a worker of a zfraud from before the card handover; asked again "
+            fate = (f"kept here: {p.to} runs a feature set without card state; asked again every {EVERY_S:g} s, "
+                    f"in case a deploy changes it" if stateless else
+                    f"kept here: {p.to} is a worker of a zfraud from before the card handover; asked again "
                     f"every {EVERY_S:g} s, in case it is upgraded")
         (log.debug if quiet else log.warning)("%d cards not taken by %s (%s): %s", len(p.records), p.to, why, fate)
         if retry:
@@ -380,6 +387,9 @@ def take_over(features, header: dict, payload: list, taken: Taken | None = None)
     elif not isinstance(rows, int) or size != rows * CARD_DTYPE.itemsize:
         why = f"expected one frame of {rows!r} records, got {len(payload)} frame(s) of {size} bytes"
     else:
+        if features.state is None:  # basic-v1: refused while it runs so (the sender asks again now and then)
+            return {**reply, "ok": False, "keeps_no_cards": True,
+                    "error": f"cards not taken: feature set {features.feature_set} keeps no card state"}
         try:
             added, merged = features.put_cards(np.frombuffer(payload[0], CARD_DTYPE))
             if taken is not None:
