@@ -6,6 +6,7 @@ import signal
 import time
 import urllib.request
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -455,6 +456,54 @@ def test_answers_waiting_unread_are_read_before_a_message_is_given_up_on(ctx):
         time.sleep(0.3)
         h.on_reply("w2", e)  # an answer to no message of ours settles none
         assert len(h.pending) == 1
+    finally:
+        h.close()
+        owner.close(linger=0)
+
+
+def test_a_goodbye_naming_a_message_settles_it_where_its_answer_was_lost(ctx):
+    """w2 took w1's message and left, passing the cards on as it drained, while w1 stood still:
+    w1's socket (IMMEDIATE) dropped the unread answer when w2's connection closed, so w1 put the
+    cards back and swept them again, and their next owner counted them twice (a reviewer's run:
+    17,021 cards). w2's goodbye names the messages it took; w1 counts those as handed over."""
+    import zmq
+
+    from zfraud.handover import ACK_S, Handover, Taken
+    from zfraud.sockets import configure
+
+    e, cards, theirs = two_hundred_cards()
+    owner = configure(ctx.socket(zmq.ROUTER))
+    port = owner.bind_to_random_port("tcp://127.0.0.1")
+    h = Handover("w1", lambda name: configure(ctx.socket(zmq.DEALER)), boot=77)
+    try:
+        deadline = time.monotonic() + 5
+        while not h.pending:  # IMMEDIATE: refused until connected
+            assert time.monotonic() < deadline
+            h.follow({"w2": f"tcp://127.0.0.1:{port}"})
+            h.sweep(e, ["w1", "w2"], 0.0)
+            time.sleep(0.05)
+        assert owner.poll(5000)
+        ident, *frames = owner.recv_multipart()
+        taken = Taken()
+        taken.add(Taken.key(P.parse(frames).header))
+        taken.add(("w3", 77, 1))
+        owner.send_multipart([ident, *P.encode(P.CONTROL, {"op": "cards", "seq": 1, "ok": True})])
+        owner.close(linger=0)
+        time.sleep(0.3)  # the connection closed: the answer is gone
+        assert not h.socks["w2"].poll(0)
+        h.on_goodbye("w2", {"w1": [[76, 1]], "w3": [[77, 1]]})  # another process's, another sender's
+        h.on_goodbye("w2", {"w1": "junk"})
+        h.on_goodbye("w2", [1, 2])
+        assert len(h.pending) == 1
+        h.on_goodbye("w2", taken.recent())
+        h.tick(e, {}, ["w1"], now=ACK_S + 1)
+        h.tick(e, {}, ["w1"], now=ACK_S + 3)
+        assert (h.handed, h.taken_back, len(h.pending), len(h.doubt)) == (len(theirs), 0, 0, 0)
+        assert sorted(e.card_ids().tolist()) == sorted(set(cards.tolist()) - set(theirs.tolist()))
+        assert taken.recent(1) == {"w3": [[77, 1]]}
+        for seq in range(5000):
+            taken.add((f"w{seq % 900:03d}" + "x" * 60, 2**47, seq))
+        assert len(msgpack.packb(taken.recent())) < 20_000 and len(msgpack.packb(Taken().recent())) == 1
     finally:
         h.close()
         owner.close(linger=0)

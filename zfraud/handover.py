@@ -24,9 +24,10 @@ next STALE_S seconds (worker._take_over): the sender gave up on them, or will, a
 aside until then. The owner's memory
 of what it took is saved in its snapshot with the cards. What a member dropped for silence took,
 over a network that held the message (a partition longer than the member timeout), can still be
-counted twice: the sender cannot tell it from a member that died. So can what a member took and
-passed on as it drained while the sender stood still for the whole drain: the sender's socket
-(IMMEDIATE) drops the unread answer when that connection closes.
+counted twice: the sender cannot tell it from a member that died. A member that leaves names in
+its goodbye (mesh.bye) the last messages it took (Taken.recent): a sender that stood still for
+its whole drain has lost the answer (its socket, IMMEDIATE, drops an unread answer when that
+connection closes), and learns it there.
 
 Sweeps run at the first heartbeat after the member list changes, again SETTLE_S later (for what
 reached the old owner while clients were switching), every EVERY_S (for a client that kept a
@@ -91,6 +92,18 @@ class Taken:
         self.keys[key] = None
         while len(self.keys) > self.capacity:
             del self.keys[next(iter(self.keys))]
+
+    def recent(self, n: int = 1024, budget: int = 16384) -> dict:
+        """The last `n` keys by sender, {sender: [[boot, seq], ...]}, newest first, in about
+        `budget` bytes of msgpack (a header holds 64 KB), for this worker's goodbye (mesh.bye): a
+        sender that has not read our answers yet learns there what we took."""
+        out: dict[str, list] = {}
+        for worker, boot, seq in list(reversed(self.keys))[:n]:
+            budget -= 16 + (len(worker) + 3) * (worker not in out)  # a pair of ints; a name once
+            if budget < 0:
+                break
+            out.setdefault(worker, []).append([boot, seq])
+        return out
 
     def arrays(self) -> dict:
         """The memory as snapshot arrays (oldest first). A snapshot holds the cards of the messages
@@ -305,6 +318,24 @@ class Handover:
                                 retry=False, stateless=msg.command == P.CONTROL)
             else:
                 self._take_back(features, p, h.get("error") or h.get("message") or "refused")
+
+    def on_goodbye(self, name: str, taken) -> None:
+        """A member's goodbye (mesh.bye) names the messages it took (Taken.recent): those of ours
+        to it still unanswered, or kept aside, are handed over. Their answers may be lost: this
+        socket (IMMEDIATE) drops an unread answer when the member's connection closes, and had
+        we put the cards back, the member having passed them on as it drained, their next owner
+        counted them twice."""
+        mine = taken.get(self.name) if isinstance(taken, dict) else None
+        if not isinstance(mine, list):
+            return
+        seqs = {k[1] for k in mine if isinstance(k, list) and len(k) == 2 and k[0] == self.boot
+                and type(k[0]) is int and type(k[1]) is int}
+        for box in (self.pending, self.doubt):
+            for seq in [s for s, p in box.items() if p.to == name and s in seqs]:
+                p = box.pop(seq)
+                self.handed += len(p.records)
+                log.info("handed over %d cards to %s, their owner until it left: its goodbye says it took them "
+                         "(their answer did not come)", len(p.records), name)
 
     def expire(self, features, now: float) -> None:
         """Keep aside, as they were, the messages of a member that left one unanswered for

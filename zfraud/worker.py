@@ -417,7 +417,7 @@ class Worker:
             self._draining_since = now
             log.info("draining name=%s: leaving the mesh, answering what is in flight", self.name)
             self._publish_intel()  # what we counted since the last heartbeat, before the goodbye
-            self._publish(b"mesh.bye", {"name": self.name})
+            self._publish(b"mesh.bye", self._goodbye())
             self._tick_handover(now, force=True)  # the cards go now; what comes meanwhile, at the end
         return now - self._last_request > self.drain_quiet_s or now - self._draining_since > self.drain_max_s
 
@@ -537,10 +537,14 @@ class Worker:
         routers = {m.name: m.router for m in self.members.members.values() if m is not self.members.me}
         self.handover.tick(self.scorer.features, routers, names, now, force)
 
+    def _goodbye(self) -> dict:
+        """mesh.bye: the name, and the card messages taken lately (Handover.on_goodbye)."""
+        return {"name": self.name, "taken": self.taken.recent()}
+
     def _close(self) -> None:
         if self.fatal is None:  # else the name is another process's: no goodbye, no snapshot under it
             self._publish_intel()  # what we counted while draining: the peers still follow us a while
-            self._publish(b"mesh.bye", {"name": self.name})
+            self._publish(b"mesh.bye", self._goodbye())  # again: what it took while draining
             unsent = self.handover.held_for_others(self.scorer.features)
             if unsent:  # the last sweep could not send them (an owner not connected yet)
                 log.warning("%d cards owned by other members were not handed over: %s", unsent,
@@ -1077,6 +1081,7 @@ class Worker:
                 return
             name = str(h["name"])
             if frames[0] == b"mesh.bye":
+                self.handover.on_goodbye(name, h.get("taken"))
                 m = self.members.leave(name)
                 if m is not None:
                     log.info("member left name=%s", name)
