@@ -434,11 +434,14 @@ def test_answers_waiting_unread_are_read_before_a_message_is_given_up_on(ctx):
 
     try:
         ident, header = send(now=0.0)
-        h.pardon(100.0)  # it stood still for 100 s
+        h.pardon(100.0, now=100.0)  # it stood still for 100 s
         h.expire(e, now=100.0)
         assert len(h.pending) == 1 and not h.doubt  # 100 s of standing still are not 100 s of waiting
+        assert [p.sent for p in h.pending.values()] == [100.0]
+        h.pardon(100.0, now=150.0)  # a gap counted from before it was sent does not move it past now
+        assert [p.sent for p in h.pending.values()] == [150.0]
         answer(ident, header)
-        h.expire(e, now=100.0 + ACK_S + 1)
+        h.expire(e, now=150.0 + ACK_S + 1)
         assert (h.handed, len(h.pending), len(h.doubt), h.taken_back) == (len(theirs), 0, 0, 0)
 
         e, _, theirs2 = two_hundred_cards()

@@ -359,13 +359,13 @@ class Handover:
         for name in late & set(self.socks):
             self._close(name)
 
-    def pardon(self, gap: float) -> None:
+    def pardon(self, gap: float, now: float) -> None:
         """This worker stood still for `gap` seconds: that time does not count as waiting for an
         answer. The owners' answers may still be in the kernel, for libzmq's I/O thread, which
         stood still too, to read: expired at once, such a message was kept aside with its answer
         unread (and put back here once its owner had left, though it had taken the cards)."""
         for p in self.pending.values():
-            p.sent += gap
+            p.sent = min(p.sent + gap, now)  # (one sent in the turn that stood still: not later than now)
 
     def held_for_others(self, features) -> int:
         """Cards held here whose owner, by the last sweep's view, is another worker: those its

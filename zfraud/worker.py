@@ -496,7 +496,7 @@ class Worker:
         # The peers' hellos of the stop are still on their way in (libzmq's I/O thread stood still
         # too): without this, the next beat logged every healthy peer lost, then joined again.
         self.members.pardon(gap, now)
-        self.handover.pardon(gap)  # and the answers to its card messages are still coming in
+        self.handover.pardon(gap, now)  # and the answers to its card messages are still coming in
         log.warning("the loop stood still for %.1f s (stopped or paused): batches found waiting past "
                     "their deadline are answered EXPIRED, not scored (their clients have sent them again)", gap)
 
