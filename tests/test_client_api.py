@@ -16,6 +16,14 @@ def _clean(c: Client) -> bool:
     return not c.pending and not any(c.inflight.values())
 
 
+def _requests(router, stop):
+    """(routing id, message) of each request a fake worker's ROUTER reads, until `stop` is set."""
+    while not stop.is_set():
+        if router.poll(50):
+            ident, *body = router.recv_multipart()
+            yield ident, P.parse(body)
+
+
 def _settle(c: Client, s: float = 0.5) -> None:
     """Read whatever late replies arrive within s seconds."""
     end = time.monotonic() + s
@@ -305,11 +313,7 @@ def test_an_outage_that_starts_while_the_only_worker_drains_names_its_endpoint(c
     stop, state = threading.Event(), {"held": None, "goodbyes": 0}
 
     def worker():  # w1 takes one batch and says goodbye; it answers that batch once the outage asks it
-        while not stop.is_set():
-            if not router.poll(50):
-                continue
-            ident, *body = router.recv_multipart()
-            msg = P.parse(body)
+        for ident, msg in _requests(router, stop):
             if msg.command == P.HELLO:
                 members = [] if state["held"] else [{"name": "w1", "router": ep, "pub": "tcp://127.0.0.1:1"}]
                 router.send_multipart([ident, *P.encode(P.MEMBERS, {"worker": "w1", "members": members})])
@@ -469,11 +473,7 @@ def test_header_values_a_worker_sends_never_raise_out_of_poll(ctx):
 
     def worker():  # answers each batch with junk first, then a RESULT of that batch with bad rows
         k = 0
-        while not stop.is_set():
-            if not router.poll(50):
-                continue
-            ident, *body = router.recv_multipart()
-            msg = P.parse(body)
+        for ident, msg in _requests(router, stop):
             if msg.command == P.HELLO:
                 router.send_multipart([ident, *P.encode(P.MEMBERS, {"worker": "w1", "members": [
                     {"name": "w1", "router": ep, "pub": "tcp://127.0.0.1:1"}]})])
