@@ -780,7 +780,8 @@ class Client:
         if self.wait(timeout_s, (fd,)):
             self.poll(0)
 
-    def _on_reply(self, frames) -> None:
+    def _on_reply(self, frames, lists: list | None = None) -> None:
+        """A worker's reply. lists: where to put a member list, to be taken later, not at once."""
         try:
             msg = P.parse(frames)
         except P.ProtocolError:
@@ -788,6 +789,9 @@ class Client:
         if _not_a_workers(msg.header):
             return
         if msg.command == P.MEMBERS:
+            if lists is not None:
+                lists.append(msg.header)
+                return
             self._on_members(msg.header)
         elif msg.command == P.HEARTBEAT:
             self._on_heartbeat(msg.header)
@@ -797,7 +801,7 @@ class Client:
         self._on_answer(msg)
 
     def _on_answer(self, msg) -> None:
-        """A RESULT or ERROR for a batch (anything else is ignored). Its caller checked its header."""
+        """A RESULT or ERROR for a batch (anything else is ignored). _on_reply checked its header."""
         h = msg.header
         worker = h.get("worker")
         if worker in self.down:
@@ -847,19 +851,10 @@ class Client:
         sock, lists = self.peers.get(name), []
         while sock is not None and not sock.closed and self.inflight.get(name):
             try:
-                msg = P.parse(recv_frames(sock, zmq.NOBLOCK))
+                frames = recv_frames(sock, zmq.NOBLOCK)
             except zmq.Again:
                 break
-            except P.ProtocolError:
-                continue
-            if _not_a_workers(msg.header):
-                continue
-            if msg.command == P.MEMBERS:
-                lists.append(msg.header)
-            elif msg.command == P.HEARTBEAT:
-                self._on_heartbeat(msg.header)
-            else:
-                self._on_answer(msg)
+            self._on_reply(frames, lists)
         try:
             self._settle_down(name, reason, late)
         finally:
