@@ -397,6 +397,34 @@ def test_an_owner_restored_from_its_snapshot_still_knows_the_messages_it_took(mo
         empty.restore({**t.arrays(), "taken_seq": np.zeros(2, np.int64)})
 
 
+def test_a_state_replaced_by_a_deploy_takes_a_message_it_took_into_the_old_one(model_path, ctx):
+    """The memory of the messages taken outlived a deploy that replaced the state (zfraud-v6 ->
+    basic-v1 -> zfraud-v6) while the cards did not: a message sent again was acknowledged as a
+    repeat and its cards were in no state (a regression hunt's reading). It goes with the state,
+    as the remembered transaction ids do."""
+    from zfraud.deploy import artefact
+    from zfraud.handover import RECORD
+    from zfraud.model import DEFAULT_MODEL, load_model
+    from zfraud.worker import Worker
+
+    e, cards, theirs = two_hundred_cards()
+    records = e.take_cards(theirs)
+    header = {"op": "cards", "worker": "w1", "boot": 77, "seq": 3, "record": RECORD,
+              "itemsize": records.itemsize, "rows": len(records)}
+    w = Worker("w2", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", model=load_model(model_path), cards=4096,
+               terminals=4096, context=ctx)
+    try:
+        assert P.parse(w._control(header, [records.view(np.uint8)])).header["added"] == len(theirs)
+        for model in (DEFAULT_MODEL, model_path):
+            assert P.parse(w._control({"op": "deploy"}, artefact(model))).header["ok"]
+        again = P.parse(w._control(header, [records.view(np.uint8)])).header
+        got = w.scorer.features.take_cards(theirs)
+    finally:
+        w._close()
+    assert (again["ok"], again.get("repeat"), again["added"]) == (True, None, len(theirs))
+    assert (got["day_count"].sum(axis=1) == 1).all()
+
+
 def test_answers_waiting_unread_are_read_before_a_message_is_given_up_on(ctx):
     """A sender that stood still found its messages older than ACK_S: it kept them aside and
     closed their sockets with the owners' answers unread in them, and once an owner had left (it
@@ -663,14 +691,16 @@ def test_a_worker_from_before_the_handover_is_asked_again_every_30_s_with_one_wa
     refusing while it runs. Each refusal was a retry about 6 s later and one more warning "not
     taken ... sent again at the next sweep" (a tester's old worker: 10 in 30 s). Now its cards stay
     here, with one warning, and it is asked again every EVERY_S (30 s), in case it was upgraded in
-    place, quietly. On a fake clock ticking every 0.2 s for 70 s, against a real ROUTER. So for a
+    place, quietly (30 s after each refusal: a change of members just before that, which moves the
+    regular sweep on, made it wait a minute, as a regression hunt showed). On a fake clock ticking
+    every 0.2 s for 70 s, against a real ROUTER. So for a
     member running basic-v1 (a deploy that reached it and not the sender): every refusal was a
     warning, a retry and a snapshot (cards taken back) every 6 s, for as long as it ran so."""
     import logging
 
     import zmq
 
-    from zfraud.handover import EVERY_S, Handover, take_over
+    from zfraud.handover import EVERY_S, SETTLE_S, Handover, take_over
     from zfraud.sockets import configure
 
     e = FeatureEngine(FULL, 7, 4096, 1024)
@@ -690,6 +720,8 @@ def test_a_worker_from_before_the_handover_is_asked_again_every_30_s_with_one_wa
             time.sleep(0.02)
         for i in range(351):
             now = i / 5
+            if i == 125:
+                h.soon(now)  # a change of members at 25 s: it asked the regular sweep to wait till 58 s
             h.tick(e, {"w2": f"tcp://127.0.0.1:{port}"}, ["w1", "w2"], now=now)
             if h.pending:
                 assert old.poll(5000)
@@ -723,8 +755,9 @@ def test_a_worker_from_before_the_handover_is_asked_again_every_30_s_with_one_wa
     finally:
         h.close()
         old.close(linger=0)
-    # the settle sweep (3 s) passes it over; the regular ones, every 30 s from there, ask again
-    assert EVERY_S == 30.0 and asked == [0.0, 33.0, 63.0, 71.4]
+    # the settle sweep (3 s) and those of the change at 25 s pass it over; it is asked again 30 s
+    # after each refusal
+    assert EVERY_S == 30.0 and asked == [0.0, 30.0, 60.0, 71.4]
     assert h.handed == (owners(cards, ["w1", "w2"]) == 1).sum() and not h.refused
     assert len(e.card_ids()) == 200 - h.handed and not h.pending
     assert h.taken_back == 3 * (owners(cards, ["w1", "w2"]) == 1).sum()
@@ -734,6 +767,9 @@ def test_a_worker_from_before_the_handover_is_asked_again_every_30_s_with_one_wa
         "is upgraded" if refusal == "old" else
         "(cards not taken: feature set basic-v1 keeps no card state): kept here: w2 runs a feature set without "
         "card state; asked again every 30 s, in case a deploy changes it")
+    h.refused["w2"] = 75.0  # it refused again; then its process changed (an upgrade, a restart as zfraud-v6)
+    h.restarted("w2", 76.0)
+    assert "w2" not in h.refused and h.due == [76.0, 76.0 + SETTLE_S]  # its cards go at once
 
 
 def test_a_member_not_connected_yet_is_tried_again_a_second_later_not_at_the_settle_sweep(ctx):

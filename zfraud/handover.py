@@ -211,6 +211,12 @@ class Handover:
         """Sweep at the next tick, and SETTLE_S later, as after a change of members."""
         self.due = [now, now + SETTLE_S]
 
+    def restarted(self, name: str, now: float) -> None:
+        """A member's process changed (worker._check_boot): what it refused, it may take now (an
+        upgrade, or a feature set with card state); its cards go at once."""
+        self.refused.pop(name, None)
+        self.soon(now)
+
     def sweep(self, features, names: list[str], now: float) -> int:
         """Send every card held here whose owner among `names` is another worker; returns the
         cards sent. A member not connected yet keeps its cards here, and is tried again 1 s later.
@@ -225,6 +231,9 @@ class Handover:
         for k in np.unique(owner[owner != mine]).tolist():
             name, todo = names[k], ids[owner == k]
             if now - self.refused.get(name, -EVERY_S) < EVERY_S:
+                # asked again EVERY_S after it refused, not at the regular sweep after that (a
+                # change of members moves that one on: a refusal just before a join waited a minute)
+                self.due.append(self.refused[name] + EVERY_S)
                 continue
             sock = self.socks.get(name)
             for lo in range(0, len(todo), CHUNK):

@@ -1116,7 +1116,7 @@ class Worker:
             return
         log.info("member restarted name=%s (a new process at the same endpoints)", name)
         self._exchange_counts(name)
-        self.handover.soon(time.monotonic())
+        self.handover.restarted(name, time.monotonic())
 
     def _check_intel_seq(self, name: str, seq) -> None:
         """A member's mesh.hello names the seq of its last intel.terminal: one beyond the last we
@@ -1408,6 +1408,7 @@ class Worker:
                  len(self.seen), len(self.labels_seen))
         self.seen = SeenSet(self.seen.capacity)
         self.labels_seen = SeenSet(self.labels_seen.capacity)
+        self.taken = Taken()  # the card messages taken into the old state: sent again, they count in the new one
         if self.scorer.features.state is not None:
             for name in sorted(self.members.members):
                 if name != self.name:
