@@ -323,8 +323,11 @@ class Handover:
                 # state (a deploy that reached it and not us): refuses while it runs as it is
                 again = name in self.refused
                 self.refused[name] = p.sent
-                self._take_back(features, p, h.get("error") or h.get("message"), quiet=again,
-                                retry=False, stateless=msg.command == P.CONTROL)
+                kept = (f"{name} runs a feature set without card state; asked again every {EVERY_S:g} s, in case "
+                        f"a deploy changes it" if msg.command == P.CONTROL else
+                        f"{name} is a worker of a zfraud from before the card handover; asked again every "
+                        f"{EVERY_S:g} s, in case it is upgraded")
+                self._take_back(features, p, h.get("error") or h.get("message"), quiet=again, kept=kept)
             else:
                 self._take_back(features, p, h.get("error") or h.get("message") or "refused")
 
@@ -392,22 +395,18 @@ class Handover:
         for seq in list(self.doubt):
             self._take_back(features, self.doubt.pop(seq), "the worker is stopping")
 
-    def _take_back(self, features, p: _Pending, why: str, quiet: bool = False, retry: bool = True,
-                   stateless: bool = False) -> None:
+    def _take_back(self, features, p: _Pending, why: str, quiet: bool = False, kept: str | None = None) -> None:
+        """Put p's records back here. kept: why they stay (a member that refuses while it runs as
+        it is: no retry, the sweeps ask again); else another sweep soon."""
         try:
             features.put_cards(p.records)
         except ValueError as e:  # a deploy changed the feature set meanwhile: nothing to keep them in
             log.warning("%d cards handed to %s came back (%s) and were dropped: %s", len(p.records), p.to, why, e)
             return
         self.taken_back += len(p.records)
-        fate = self.fate
-        if not retry and fate == SWEEPING:
-            fate = (f"kept here: {p.to} runs a feature set without card state; asked again every {EVERY_S:g} s, "
-                    f"in case a deploy changes it" if stateless else
-                    f"kept here: {p.to} is a worker of a zfraud from before the card handover; asked again "
-                    f"every {EVERY_S:g} s, in case it is upgraded")
+        fate = f"kept here: {kept}" if kept is not None and self.fate == SWEEPING else self.fate
         (log.debug if quiet else log.warning)("%d cards not taken by %s (%s): %s", len(p.records), p.to, why, fate)
-        if retry:
+        if kept is None:
             self.due.append(p.sent + ACK_S + 1.0)
 
 

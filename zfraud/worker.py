@@ -99,16 +99,17 @@ NAME_WAIT_TIMEOUTS = 2
 
 
 @contextlib.contextmanager
-def _forgotten_unless_counted(seen: SeenSet, added: int, features: FeatureEngine):
-    """Undo the `added` ids just remembered in `seen` if the block raises before the streaming
-    state began to count them (features.changes did not move): the error reply asks for the rows
-    again, and a resend must be counted then, not taken for a repeat of what was never counted."""
+def _forgotten_unless_counted(seen: SeenSet, added: np.ndarray, features: FeatureEngine):
+    """Undo the ids just remembered in `seen` (added: check_and_add's out_new) if the block raises
+    before the streaming state began to count them (features.changes did not move): the error
+    reply asks for the rows again, and a resend must be counted then, not taken for a repeat of
+    what was never counted."""
     changes = features.changes
     try:
         yield
     except BaseException:
         if features.changes == changes:
-            seen.forget_newest(added)
+            seen.forget_newest(int(added.sum()))
         raise
 
 
@@ -1062,7 +1063,7 @@ class Worker:
         fresh[fraud] = fresh_frauds
         new = fresh.view(bool)
         features = self.scorer.features
-        with _forgotten_unless_counted(self.labels_seen, int(fresh_frauds.sum()), features):
+        with _forgotten_unless_counted(self.labels_seen, fresh_frauds, features):
             frauds = features.apply_labels({k: v[new] for k, v in cols.items()})
         self.stats["labels"] += int(new.sum())
         if frauds:
@@ -1245,10 +1246,10 @@ class Worker:
             part = np.empty(len(good), dtype=np.uint8)
             self.seen.check_and_add(cols["tx_id"][good], part)
             fresh[good] = part
-            added = int(part.sum())
+            added = part
         else:
             self.seen.check_and_add(cols["tx_id"], fresh)
-            added = int(fresh.sum())
+            added = fresh
         with _forgotten_unless_counted(self.seen, added, scorer.features):
             v, shadow = scorer.score(cols, update=fresh.view(bool), error=error)
         counts = np.bincount(v["decision"], minlength=len(P.DECISIONS)).tolist()
