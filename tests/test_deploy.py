@@ -26,7 +26,7 @@ def mesh(tmp_path_factory):
         yield m
 
 
-def second_model(tmp_path, version="default-2", scale=1.1, shift=0.5):
+def second_model(tmp_path, version="default-3", scale=1.1, shift=0.5):
     m = load_model()
     m2 = LogisticModel(m.features, m.coef * scale, m.center, m.intercept + shift, version=version)
     path = tmp_path / f"{version}.json"
@@ -50,7 +50,7 @@ def test_deploy_during_a_send_loses_nothing_and_switches_cleanly(mesh, tmp_path)
         time.sleep(1.2)
         r = run_cli("deploy", "--connect", mesh.endpoint, "--model", str(path))
         assert r.returncode == 0, r.stderr
-        assert r.stdout.count("model=default-2") == 2 and r.stdout.count("shadow=none") == 2  # as status says it
+        assert r.stdout.count("model=default-3") == 2 and r.stdout.count("shadow=none") == 2  # as status says it
         stdout, stderr = send.communicate(timeout=60)
     finally:
         send.kill()
@@ -58,21 +58,21 @@ def test_deploy_during_a_send_loses_nothing_and_switches_cleanly(mesh, tmp_path)
     assert send.returncode == 0, stderr
     assert (summary["verdicts"], summary["lost"]) == (150000, 0)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert {r["model"] for r in rows} == {"default-1", "default-2"}
+    assert {r["model"] for r in rows} == {"default-2", "default-3"}
     for worker in ("w1", "w2"):  # per worker, answers arrive in order: old, then new, never back
         seq = [r["model"] for r in rows if r["worker"] == worker]
-        switch = seq.index("default-2")
-        assert set(seq[switch:]) == {"default-2"} and set(seq[:switch]) == {"default-1"}
+        switch = seq.index("default-3")
+        assert set(seq[switch:]) == {"default-3"} and set(seq[:switch]) == {"default-2"}
     # every score is exactly the one the model it names would give: nothing half-loaded
     b = {k: np.concatenate(v) for k, v in _columns(150000).items()}
     old, _ = Scorer(load_model()).score(b)
     new, _ = Scorer(m2).score(b)
     got = np.array([r["score"] for r in rows])
     ids = np.array([r["tx_id"] for r in rows])
-    is_new = np.array([r["model"] == "default-2" for r in rows])
+    is_new = np.array([r["model"] == "default-3" for r in rows])
     np.testing.assert_allclose(got[~is_new], old["score"][ids[~is_new]], rtol=0, atol=1e-6)
     np.testing.assert_allclose(got[is_new], new["score"][ids[is_new]], rtol=0, atol=1e-6)
-    assert versions(mesh) == {"w1": ("default-2", "none", None), "w2": ("default-2", "none", None)}
+    assert versions(mesh) == {"w1": ("default-3", "none", None), "w2": ("default-3", "none", None)}
 
 
 def _columns(n):
@@ -211,7 +211,7 @@ def test_a_new_state_gets_the_terminal_counts_of_a_member_the_deploy_did_not_res
             first = {k: v[:2000] for k, v in tx.items()}
             c.score(first)
             time.sleep(1.0)  # a few heartbeats (0.2 s): the counts go out
-            assert c.control("w1", "deploy", payload=artefact(DEFAULT_MODEL))["model"] == "default-1"
+            assert c.control("w1", "deploy", payload=artefact(DEFAULT_MODEL))["model"] == "default-2"
             assert {w: a["model"] for w, a in deploy(c, model_path=model_path).items()} == {"w1": "probe-1",
                                                                                            "w2": "probe-1"}
             time.sleep(1.0)  # w1 asks w2 for its counts
@@ -237,7 +237,7 @@ def test_a_deploy_that_changes_the_feature_set_forgets_the_ids_it_had_remembered
     extra = ["--cards", "4096", "--terminals", "4096", "--state-dir", str(state)]
     with LocalMesh(1, extra_args=extra, log_dir=str(tmp_path)) as mesh:
         with Client(mesh.endpoint) as c:
-            c.score(tx)  # default-1: basic-v1, no streaming state
+            c.score(tx)  # default-2: basic-v1, no streaming state
             c.label(labels)
             assert c.control("w1", "status")["status"]["state"]["remembered_tx_ids"] == n
             assert deploy(c, model_path=model_path)["w1"]["model"] == "probe-1"  # zfraud-v6

@@ -211,7 +211,7 @@ def test_tail_follows_verdicts_of_every_worker(mesh2):
     rows = [json.loads(line) for line in out.splitlines()]
     assert sorted(r["tx_id"] for r in rows) == list(range(5000))  # every verdict, once
     assert {r["worker"] for r in rows} == {"w1", "w2"}
-    assert all(r["decision"] in P.DECISIONS and r["model"] == "default-1" for r in rows)
+    assert all(r["decision"] in P.DECISIONS and r["model"] == "default-2" for r in rows)
 
 
 def test_tail_into_a_reader_that_stops_exits_quietly_with_status_0(mesh2):
@@ -851,7 +851,7 @@ def test_a_stateless_model_does_not_claim_to_restore_a_snapshot_and_leaves_it(mo
     before = (state / "w.state.npz").read_bytes()
     text = start_and_stop(tmp_path, "--state-dir", str(state))  # the default model: basic-v1
     assert "restored state" not in text
-    assert (f"state in {state / 'w.state.npz'} not restored: model default-1 (feature set basic-v1) keeps no "
+    assert (f"state in {state / 'w.state.npz'} not restored: model default-2 (feature set basic-v1) keeps no "
             f"streaming state; the file is left as it is") in text, text
     assert (state / "w.state.npz").read_bytes() == before
 

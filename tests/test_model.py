@@ -29,7 +29,7 @@ def same_model(a: dict, b: dict) -> bool:
 
 def test_default_model_loads_and_scores():
     m = load_model()
-    assert m.kind == "logistic" and m.version == "default-1"
+    assert m.kind == "logistic" and m.version == "default-2"
     X = np.array([[20.0, np.log1p(20.0), 12, 0, 0], [900.0, np.log1p(900.0), 3, 1, 0]], dtype=np.float32)
     p = m.predict_proba(X)
     assert p.shape == (2,) and p[0] < 0.05 < 0.9 < p[1]
@@ -379,7 +379,7 @@ def test_a_model_file_in_a_directory_where_nothing_can_be_created_is_written_in_
         pytest.skip("chattr +i is not available here")
     try:
         save_model(load_model(), d / "m.json")
-        assert load_model(d / "m.json").version == "default-1"
+        assert load_model(d / "m.json").version == "default-2"
         assert [p.name for p in d.iterdir()] == ["m.json"]
     finally:
         subprocess.run(["chattr", "-i", str(d)])

@@ -40,7 +40,7 @@ def test_status_json_has_a_row_per_member(mesh3):
     assert [m["name"] for m in rows] == ["w1", "w2", "w3"]
     assert sum(m["rows"] for m in rows) == 30000
     for m in rows:
-        assert m["model"] == "default-1" and m["rules"] == "none" and m["uptime_s"] > 0
+        assert m["model"] == "default-2" and m["rules"] == "none" and m["uptime_s"] > 0
         assert m["batch_ms_p50"] > 0 and m["batch_ms_p99"] >= m["batch_ms_p50"]
         assert sum(m["decisions"].values()) == m["rows"] and m["in_flight"] >= 0
 
@@ -89,7 +89,7 @@ def test_prometheus_metrics(mesh3):
         rows = c.control("w3", "status")["status"]["rows"]
     assert sum(v for k, v in values.items() if k.startswith("zfraud_transactions_total")) == rows > 0
     assert values["zfraud_members"] == 3
-    assert values['zfraud_info{model="default-1",rules="none",worker="w3"}'] == 1
+    assert values['zfraud_info{model="default-2",rules="none",worker="w3"}'] == 1
     # one time per batch, as documented: batches queued together were one observation (7,149 batches, 4,008 times)
     assert values["zfraud_batch_seconds_count"] == values["zfraud_batches_total"] > 0
 

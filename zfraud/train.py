@@ -10,10 +10,13 @@ revealed before hour h is read by h's own rows already; every label a feature us
 rows younger than `delay` days at the step's start are still to come). Training and serving
 features are therefore the same by construction (a test checks they are bit-identical).
 
-`python -m zfraud.train` regenerates the default model shipped in zfraud/models/default.json:
-a logistic regression on the basic feature set, fitted to 400 000 synthetic transactions
-(zfraud.synthetic, seed 0). The result is deterministic on one machine; another numpy build or
-CPU may change the coefficients' last digits (the order of floating-point sums).
+`python -m zfraud.train` regenerates the default model shipped in zfraud/models/default.json
+(version default-2): a logistic regression on the basic feature set, fitted to 400 000 synthetic
+transactions (zfraud.synthetic, seed 0: in event-time order across batches, and the same rows
+whatever the batch size, so the batch of 65 536 used here does not shape the model). default-1 was
+fitted to the generator's earlier stream, whose rows depended on the batch size and went back in
+time at each batch. The result is deterministic on one machine; another numpy build or CPU may
+change the coefficients' last digits (the order of floating-point sums).
 """
 from __future__ import annotations
 
@@ -159,7 +162,7 @@ def default_model(n: int = 400_000) -> LogisticModel:
     X = np.vstack([engine.transform(c) for c in chunks])
     y = np.concatenate([c["label"] for c in chunks])
     coef, center, intercept = fit_logistic(X, y)
-    return LogisticModel(engine.names, coef, center, intercept, version="default-1", feature_set=BASIC,
+    return LogisticModel(engine.names, coef, center, intercept, version="default-2", feature_set=BASIC,
                          source=f"python -m zfraud.train: logistic regression on {n} synthetic transactions, seed 0")
 
 
