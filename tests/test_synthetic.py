@@ -42,3 +42,9 @@ def test_more_days_than_one_batch_holds_do_not_depend_on_the_batch_size():
     rows = joined(n, 7, seed=1)
     assert all(np.array_equal(rows[k], ref[k]) for k in ref)
     assert (np.diff(ref["ts_ms"]) >= 0).all()
+
+
+@pytest.mark.parametrize("batch", [0, -5])
+def test_a_batch_under_one_row_is_refused_not_looped_on_forever(batch):
+    with pytest.raises(ValueError, match="at least 1 row"):
+        next(synthetic(10, batch=batch))

@@ -26,6 +26,8 @@ def synthetic(n: int, batch: int = 1024, seed: int = 0, customers: int = 5000, t
     """Yield dicts of TX_COLUMNS arrays (plus "label" uint8), `batch` rows each (the last may be
     shorter), n rows in all, in event-time order across batches. The rows do not depend on `batch`:
     they are made a day at a time and cut into batches."""
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1 row, not {batch}")
     rng = np.random.default_rng(seed)
     mean = rng.uniform(5, 100, customers)
     days = (_day(rng, mean, d, min(TX_PER_DAY, n - d * TX_PER_DAY), terminals, start_ms, compromised_share, first_id)
