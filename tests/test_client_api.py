@@ -411,6 +411,80 @@ def test_an_idle_client_reaches_a_restarted_worker_between_its_reconnection_retr
         assert (v["worker"] == np.where(own == 0, "w1", "w2")).all()
 
 
+def test_an_idle_client_asks_again_for_a_member_list_whose_answers_came_before_its_idle_spell(ctx):
+    """The test above's failures under load: the refresh of the first score() was answered as w2
+    stopped, by w1 without w2 (it had said goodbye) and by w2 without itself (draining). The
+    idle client read those answers when it caught up, took them as news (w2 left), and did not
+    ask again, as its member list had just been read: all 4,000 rows went to w1, w2's 1,959 with
+    them, with no resend, and the next refresh brought w2 back. Here two fake workers answer a
+    refresh so, then the mesh is whole again while the client is idle: it asks before it routes."""
+    import threading
+
+    import zmq
+
+    from zfraud.local import free_port
+
+    eps = {n: f"tcp://127.0.0.1:{free_port()}" for n in ("w1", "w2")}
+    routers = {}
+    for n, ep in eps.items():
+        routers[n] = ctx.socket(zmq.ROUTER)
+        routers[n].setsockopt(zmq.LINGER, 0)
+        routers[n].bind(ep)
+    member = {n: {"name": n, "router": ep, "pub": "tcp://127.0.0.1:1"} for n, ep in eps.items()}
+    state = {"lists": {"w1": ["w1", "w2"], "w2": ["w1", "w2"]}, "answered": {"w1": 0, "w2": 0}}
+    stop = threading.Event()
+
+    def workers():  # both answer the member list they are given, a heartbeat, and every batch
+        poller = zmq.Poller()
+        for r in routers.values():
+            poller.register(r, zmq.POLLIN)
+        while not stop.is_set():
+            for r, _ in poller.poll(50):
+                name = next(n for n, x in routers.items() if x is r)
+                ident, *body = r.recv_multipart()
+                msg = P.parse(body)
+                if msg.command == P.HELLO:
+                    members = [member[m] for m in state["lists"][name]]
+                    r.send_multipart([ident, *P.encode(P.MEMBERS, {"worker": name, "members": members})])
+                    state["answered"][name] += 1
+                elif msg.command == P.HEARTBEAT:
+                    r.send_multipart([ident, *P.encode(P.HEARTBEAT, {"worker": name, "t": msg.header["t"]})])
+                elif msg.command == P.BATCH:
+                    batch, _, cols = P.parse_batch(msg)
+                    k = len(cols["tx_id"])
+                    v = {"tx_id": cols["tx_id"], "score": np.full(k, 0.1), "decision": np.zeros(k),
+                         "reason": np.full(k, -1), "rules": np.zeros(k)}
+                    h = {"worker": name, "batch": batch, "rows": k, "columns": P.schema(P.VERDICT_COLUMNS)}
+                    r.send_multipart([ident, *P.encode(P.RESULT, h, P.column_frames(v, P.VERDICT_COLUMNS))])
+
+    t = threading.Thread(target=workers, daemon=True)
+    t.start()
+    try:
+        with Client(eps["w1"], context=ctx) as c:
+            _settle(c, 0.3)
+            assert c.members == ["w1", "w2"]
+            state["lists"] = {"w1": ["w1"], "w2": ["w1"]}  # w2 stopping: gone from w1's list, draining
+            before = dict(state["answered"])
+            c._next_refresh = 0.0
+            c.poll(0)  # the last call's refresh; the answers wait unread
+            end = time.monotonic() + 5
+            while any(state["answered"][n] == before[n] for n in before) and time.monotonic() < end:
+                time.sleep(0.01)
+            assert all(state["answered"][n] > before[n] for n in before)
+            state["lists"] = {"w1": ["w1", "w2"], "w2": ["w1", "w2"]}  # w2 restarted and joined again
+            time.sleep(1.2)  # idle
+            b = next(synthetic(2000, batch=2000, seed=46, first_id=46 * 10**9))
+            v = c.score(b)
+            own = owners(b["card"], ["w1", "w2"])
+            assert c.resent == 0 and not c.dead_letters and c.members == ["w1", "w2"]
+            assert (v["worker"] == np.where(own == 0, "w1", "w2")).all()
+    finally:
+        stop.set()
+        t.join(5)
+        for r in routers.values():
+            r.close()
+
+
 # -- deadlines in each worker's clock --------------------------------------------------------------
 def test_a_workers_heartbeat_says_what_its_clock_reads_and_a_client_writes_deadlines_in_it(mesh2, ctx):
     from conftest import request

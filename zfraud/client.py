@@ -526,9 +526,13 @@ class Client:
         A connection lost meanwhile and not made again yet, with nothing in flight, is made
         afresh and waited for as long: its socket may be waiting out its reconnection backoff
         (a retry at 3.75 s, the next at 7.75 s) while the worker, restarted, is back already.
-        Else its cards went to another worker until the next retry."""
+        Else its cards went to another worker until the next retry.
+        The list's age is taken before what came meanwhile is read: those member lists answer
+        the refresh of the last call, and say how the mesh was then (a worker that restarts
+        leaves itself out of its list while it drains, and the others drop it), not now."""
         if time.monotonic() - self._polled_at < 0.5:
             return  # busy: poll() keeps up with both
+        stale = time.monotonic() - self._members_at > 1.0
         while self.poll(0):
             pass
         lost = [n for n in sorted(self.down) if n in self.peers and not self.inflight.get(n)]
@@ -536,7 +540,7 @@ class Client:
             self._down_at[name] = time.monotonic()
             self._connect_afresh(name)
             self.down.add(name)  # until it answers the probe _add_peer sent
-        if lost or time.monotonic() - self._members_at > 1.0:
+        if lost or stale:
             end = time.monotonic() + 1.0
             self._next_refresh = 0.0
             self.poll(0)  # asks every worker
