@@ -3,6 +3,7 @@ owner take their state with them (zfraud.handover), so the mesh scores as if it 
 import json
 import re
 import signal
+import subprocess
 import time
 import urllib.request
 
@@ -862,3 +863,77 @@ def test_cards_a_stopping_worker_could_not_hand_over_are_said_to_be_saved_or_los
         e = FeatureEngine(FULL, 7, 4096, 4096)
         e.load(state / "w1.state.npz")
         assert len(e.card_ids()) == held
+
+
+@pytest.mark.parametrize("via", ["batch", "cards"])
+def test_cards_a_draining_worker_gets_after_its_last_sweep_go_to_their_owner(model_path, tmp_path, ctx, via):
+    """w2 drains; a sender with a stale member list brings it card Y (w1's) after its last sweep,
+    while that sweep's message to w1 awaits its answer (w1 stopped 0.8 s: under the second after
+    which it would refuse cards). Nothing swept again: w2 waited out its 15 s bound and kept Y in
+    its snapshot, so w1, Y's owner, had none of its 3 transactions (a reviewer's run). Now a sweep
+    a second later hands Y over, and w2 stops within a few seconds. Y comes as a BATCH (a client)
+    or as a peer's handover (CONTROL "cards" from a peer whose view still names w2 its owner)."""
+    day = 17_800 * 86_400_000
+    cand = np.arange(10_000, 10_200, dtype=np.uint64)
+    X, Y = cand[owners(cand, ["w1", "w2"]) == 0][:2].tolist()
+
+    def tx(card, n, first):
+        return {"tx_id": np.arange(first, first + n, dtype=np.uint64), "card": np.full(n, card, np.uint64),
+                "terminal": np.full(n, 7, np.uint64), "ts_ms": day + (first % 1000) * 60_000
+                + np.arange(n, dtype=np.int64) * 60_000, "amount": np.full(n, 20.0)}
+
+    def score(router, batch, columns):
+        r = request(ctx, router, P.batch_message(batch, 0, columns))
+        assert r.command == P.RESULT and r.header["worker"] == "w2", r.header
+
+    state = tmp_path / "s"
+    extra = ["--model", str(model_path), "--cards", "4096", "--terminals", "4096", "--state-dir", str(state),
+             "--snapshot-every", "60"]  # the default heartbeat: w1's 0.8 s stop is within the member timeout
+    with LocalMesh(2, extra_args=extra, log_dir=str(tmp_path)) as mesh:
+        w1, w2 = mesh.procs["w1"], mesh.procs["w2"]
+        time.sleep(4)  # past the sweeps that follow the mesh's forming
+        score(mesh.routers["w2"], 1, tx(X, 1, 100))
+        t0 = time.monotonic()
+        mesh.signal("w2", signal.SIGTERM)
+        # X's batches keep w2 draining (only requests do) past the sweep SETTLE_S (3 s) after the
+        # drain began (at the heartbeat after it), so that its last sweep is the one at the end
+        for k, at in enumerate((1.0, 2.0, 3.0, 4.0, 5.0)):
+            time.sleep(max(0.0, t0 + at - time.monotonic()))
+            score(mesh.routers["w2"], 2 + k, tx(X, 1, 101 + k))
+        r = time.monotonic()  # the last request: the last sweep comes 1.5 s later (drain_quiet_s)
+        try:
+            time.sleep(max(0.0, r + 1.2 - time.monotonic()))
+            mesh.signal("w1", signal.SIGSTOP)
+            time.sleep(max(0.0, r + 1.8 - time.monotonic()))
+            if via == "batch":
+                score(mesh.routers["w2"], 9, tx(Y, 3, 200))
+            else:
+                peer = FeatureEngine(FULL, 7, 1024, 1024)
+                peer.transform(tx(Y, 3, 200))
+                rec = peer.take_cards(np.array([Y], np.uint64))
+                h = {"op": "cards", "worker": "wZ", "boot": 123, "seq": 1, "record": "zfraud.CardState/1",
+                     "itemsize": rec.itemsize, "rows": 1}
+                reply = request(ctx, mesh.routers["w2"], P.encode(P.CONTROL, h, [rec.view(np.uint8)]))
+                assert reply.header["ok"] and reply.header["added"] == 1, reply.header
+            time.sleep(max(0.0, r + 2.0 - time.monotonic()))
+        finally:
+            mesh.signal("w1", signal.SIGCONT)
+        try:
+            code = w2.wait(max(0.0, r + 12.0 - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            code = None
+        took = time.monotonic() - r
+        assert mesh.stop_worker("w2", timeout_s=20) == 0
+        assert mesh.stop_worker("w1", timeout_s=20) == 0
+        logs = mesh.log("w1"), mesh.log("w2")
+    # it used to stop 1.5 + 15 s after its last request (the bound of the wait for its owners)
+    assert code == 0 and took < 10.0, f"w2 stopped {took:.1f} s after its last request: {logs[1][-3000:]}"
+    assert "not handed over" not in logs[1] and "took over" in logs[0]
+    counts = {}
+    for w in ("w1", "w2"):
+        e = FeatureEngine(FULL, 7, 4096, 4096)
+        e.load(state / f"{w}.state.npz")
+        ids = e.card_ids()
+        counts[w] = dict(zip(ids.tolist(), e.take_cards(ids)["day_count"].sum(axis=1).tolist()))
+    assert counts["w2"] == {}  # the leaver holds nothing
+    assert (counts["w1"].get(X), counts["w1"].get(Y)) == (6, 3)  # the owner holds both, each transaction once

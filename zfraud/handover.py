@@ -33,7 +33,8 @@ Sweeps run at the first heartbeat after the member list changes, again SETTLE_S 
 reached the old owner while clients were switching), every EVERY_S (for a client that kept a
 stale list), and when a worker leaves: at the start of its drain and at its end, when it waits up
 to ACK_S for the answers (up to STALE_S + ACK_S more for an owner that refused them for now or is
-not connected yet) before it saves what is left in its snapshot.
+not connected yet, or for cards that came in meanwhile, swept a second later: worker._handed_over)
+before it saves what is left in its snapshot.
 """
 from __future__ import annotations
 

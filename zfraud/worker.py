@@ -43,7 +43,7 @@ from . import protocol as P
 from ._dedup import SeenSet
 from .mesh import Member, Membership, check_binds, check_endpoint, check_member, same_endpoint
 from .features import TERMINAL_BUCKET_HOURS, FeatureEngine
-from .handover import ACK_S, STALE_S, Handover, Taken, take_over
+from .handover import ACK_S, EVERY_S, STALE_S, Handover, Taken, take_over
 from .model import check_delay, load_model, model_from_dict
 from .rules import RuleSet, decode as rules_text
 from .scoring import MIN_TS_MS, Scorer, Thresholds, ahead_ts_ms
@@ -521,11 +521,19 @@ class Worker:
         if now >= self._final_until + STALE_S + ACK_S:
             return True
         if self.handover.pending or self.handover.doubt:
-            return now >= max(self._final_until, self.handover.hold_until)
+            # ACK_S for the oldest message unanswered (one of a later sweep, below, as for the last one's)
+            oldest = min((p.sent for p in self.handover.pending.values()), default=0.0)
+            return now >= max(self._final_until, self.handover.hold_until, oldest + ACK_S)
         # Cards still held for others: an owner not connected yet (back in the member list a
         # moment ago) gets them at a retry 1 s later, and an owner that stood still refuses them
-        # for STALE_S; the drain waits for either, up to STALE_S + ACK_S after the first wait
-        return not self.handover.held_for_others(self.scorer.features)
+        # for STALE_S; cards that came after the last sweep (the drain still answers a BATCH or a
+        # `cards` message: a sender with a stale member list) go at a sweep 1 s later, nothing
+        # else would sweep them before the end. The drain waits for these, up to STALE_S + ACK_S
+        # after the first wait
+        held = self.handover.held_for_others(self.scorer.features)
+        if held and min(self.handover.due, default=now + EVERY_S) > now + 1.0:
+            self.handover.due.append(now + 1.0)
+        return not held
 
     def _fate_of_cards_kept(self) -> str:
         return (f"kept here and saved in the snapshot {self.state_path} as this worker stops"
