@@ -1184,6 +1184,8 @@ def test_feature_state_load_rejects_other_files(tmp_path):
     ("meta.sources", np.array([f"w{k}" for k in range(20)]), r"20 peer slots \(retired: slot 0\) do not fit its 4 "
                                                               r"source slots"),
     ("meta.retired_slot", np.array(3), r"1 peer slots \(retired: slot 3\) do not fit"),
+    ("meta.retired_bucket", np.array([1, 2]), r"meta.retired_bucket is not one bucket number per retired name"),
+    ("meta.retired_bucket", np.array(["x"]), r"meta.retired_bucket is not one bucket number per retired name"),
 ])
 def test_engine_load_names_a_malformed_peer_list(tmp_path, key, value, why):
     """A 0-d name list or a vector slot was a TypeError traceback at the worker's start (it turns
@@ -1507,6 +1509,83 @@ def test_peer_slots_hold_15_live_peers_until_the_first_retirement_and_14_after()
     assert total() == before + 17 + 18
     assert sum(1 for n in me.sources if n in live) == 14
     assert me.slot_refusal("p01", live).startswith("its name was retired")
+
+
+def test_a_retired_name_is_remembered_until_every_bucket_it_held_has_left_the_ring(tmp_path):
+    """N counted 10 transactions at terminal 777 and left; 4,200 more departed names each take a
+    slot and retire the least recent, N first. N's counts come back unchanged (a G-counter: N
+    restored from its snapshot publishes its slot again, or a peer relays it). A worker forgot
+    the oldest names past 4,096 retirements, and merged them again: 10 -> 20 (a reviewer's run
+    on a real worker). Now a retired name is forgotten only once the newest bucket is a whole
+    ring past the one it was retired at; its old counts are then too old for the ring, and what
+    it counts from then on is merged. Snapshots keep each name's bucket (one from before them
+    keeps its names a whole ring from its load)."""
+    from zfraud.features import FULL, FeatureEngine
+
+    day = 17_800 * DAY
+
+    def engine():
+        return FeatureEngine(FULL, card_capacity=1024, terminal_capacity=1024)
+
+    def counts(terminal, k, at):
+        e = engine()
+        e.transform({"tx_id": np.arange(k, dtype=np.uint64), "card": np.arange(k, dtype=np.uint64),
+                     "terminal": np.full(k, terminal, np.uint64), "ts_ms": np.full(k, at, np.int64),
+                     "amount": np.full(k, 10.0)})
+        return e.export_intel(0)
+
+    def total(e, at):
+        probe = {"tx_id": np.array([999], np.uint64), "card": np.array([999], np.uint64),
+                 "terminal": np.array([777], np.uint64), "ts_ms": np.array([at], np.int64),
+                 "amount": np.array([20.0])}
+        return e.transform(probe, update=np.zeros(1, bool))[0][e.names.index("terminal_nb_tx_30d")]
+
+    me = engine()
+    n_old = counts(777, 10, day)
+    assert me.merge_intel("N", n_old)
+    other = counts(778, 1, day)
+    for i in range(4200):  # every name departed (live: none): each newcomer retires the least recent
+        assert me.merge_intel(f"P{i}", other)
+    assert total(me, day + 8 * DAY) == 10
+    merged = me.merge_intel("N", n_old)
+    assert total(me, day + 8 * DAY) == 10 and not merged  # it was 20
+    assert list(me.retired)[0] == "N" and len(me.retired) == 4200 - 14 + 1
+    assert me.slot_refusal("N", ()).startswith("its name was retired")
+
+    me.save(tmp_path / "s.npz")
+    again = engine()
+    again.load(tmp_path / "s.npz")
+    assert again.retired == me.retired and not again.merge_intel("N", n_old)
+    # A snapshot from before the buckets, saved when the newest was 10 days later: its names are
+    # kept a whole ring from that
+    me.transform({"tx_id": np.array([4000], np.uint64), "card": np.array([4000], np.uint64),
+                  "terminal": np.array([779], np.uint64), "ts_ms": np.array([day + 10 * DAY], np.int64),
+                  "amount": np.array([1.0])})
+    me.save(tmp_path / "later.npz")
+    arrays = dict(np.load(tmp_path / "later.npz"))
+    del arrays["meta.retired_bucket"]
+    np.savez(tmp_path / "old.npz", **arrays)
+    old = engine()
+    old.load(tmp_path / "old.npz")
+    assert list(old.retired) == list(me.retired) and not old.merge_intel("N", n_old)
+    assert set(old.retired.values()) == {(day + 10 * DAY) // (4 * HOUR)} == {me._newest_bucket()}
+
+    # A ring later (40 days at delay 7: 240 buckets of 4 hours), N is forgotten; its old counts
+    # are too old to be stored, its new ones count.
+    ring = me.frauds.buckets * 4 * HOUR
+    for e in (me, old):
+        e.transform({"tx_id": np.array([5000], np.uint64), "card": np.array([5000], np.uint64),
+                     "terminal": np.array([777], np.uint64), "ts_ms": np.array([day + ring - 4 * HOUR], np.int64),
+                     "amount": np.array([1.0])})
+        assert not e.merge_intel("N", n_old)  # its bucket is still one ring back: not forgotten yet
+        e.transform({"tx_id": np.array([5001], np.uint64), "card": np.array([5001], np.uint64),
+                     "terminal": np.array([777], np.uint64), "ts_ms": np.array([day + ring], np.int64),
+                     "amount": np.array([1.0])})
+    assert me.merge_intel("N", n_old) and "N" not in me.retired
+    assert total(me, day + ring + 8 * DAY) == 2  # the ring's two newest; N's old 10 not stored
+    assert me.merge_intel("N", counts(777, 3, day + ring + 7 * DAY))
+    assert total(me, day + ring + 14 * DAY) == 5
+    assert not old.merge_intel("N", n_old)  # kept a whole ring from its load's newest bucket, 10 days later
 
 
 def test_a_restarted_engine_continues_its_counter_from_what_a_peer_held_for_it():

@@ -67,8 +67,8 @@ FEATURE_SETS = {
 }
 TERMINAL_BUCKET_HOURS = 4
 MAX_SOURCES = 16   # source slots per terminal table: this worker and 15 peer slots (_slot_for)
+NO_BUCKET = -(2**62)  # a retired name's newest bucket when the tables held none (forgotten at the first)
 FIRST_SOURCES = 4  # slots allocated at first; doubled (up to MAX_SOURCES) when peers need more
-RETIRED_NAMES = 4096  # departed peers' names remembered, so that they are never merged again
 
 
 def _names(arrays: dict, key: str) -> list[str]:
@@ -121,7 +121,9 @@ class FeatureEngine:
         # peer name -> local terminal slot (1..MAX_SOURCES-1), least recently heard first
         self.sources: dict[str, int] = {}
         self.retired_slot = 0  # the slot holding departed peers' counts (0: none yet)
-        self.retired: dict[str, None] = {}  # departed peers' names, oldest first (RETIRED_NAMES kept)
+        # departed peers' names -> the newest bucket any terminal table held when each was retired
+        # (retired first, first): not merged again while their counts can be in a ring (_forget_retired)
+        self.retired: dict[str, int] = {}
         self.grow_failed: str | None = None  # why the tables could not grow for more peers (out of memory)
         self.retirements = 0  # peers retired by this process (not saved)
         # Calls that began to change the streaming state (transform, apply_labels): a caller whose
@@ -287,12 +289,16 @@ class FeatureEngine:
         leaves (nor can a departed peer's counts go into slot 0, which is exported as this
         worker's own, or into a live peer's slot, whose max-merge would hide them). From then on
         the retired slot takes one of the 15: at most MAX_SOURCES - 2 (14) live peers hold slots,
-        and one departed peer is enough to make room. A retired name is never merged again: its
-        counts up to then are already in the retired slot, and whatever it sends later would be
-        counted twice against them."""
+        and one departed peer is enough to make room. A retired name is not merged again while
+        any bucket it held can still be in a ring: its counts up to then are in the retired slot,
+        and what it sends again would be counted twice against them (_forget_retired)."""
         slot = self.sources.get(source)
-        if slot is not None or source in self.retired:
+        if slot is not None:
             return slot
+        if source in self.retired:
+            self._forget_retired()
+            if source in self.retired:
+                return None
         used = len(self.sources) + (self.retired_slot > 0)
         if used < MAX_SOURCES - 1:
             slot = used + 1
@@ -336,10 +342,38 @@ class FeatureEngine:
 
     def _retire(self, name: str) -> int:
         self.retirements += 1
-        self.retired[name] = None
-        while len(self.retired) > RETIRED_NAMES:
-            del self.retired[next(iter(self.retired))]
+        self._forget_retired()
+        newest = self._newest_bucket()
+        self.retired[name] = NO_BUCKET if newest is None else newest  # None: it held nothing
         return self.sources.pop(name)
+
+    def _newest_bucket(self) -> int | None:
+        """The newest bucket any terminal table has seen (None: none yet); no slot holds a later one."""
+        newest = [t.stats()["newest_bucket"] for _, t in self._shared()]
+        return max((b for b in newest if b is not None), default=None)
+
+    def _forget_retired(self) -> None:
+        """Forget the retired names whose every bucket has left the ring: those retired when the
+        newest bucket was a whole ring (self.frauds.buckets: 40 days at the default delay) or more
+        before today's newest. Their old counts, should they come back, are older than the ring
+        of every terminal that has moved on since (not stored; the retired slot's copy went the
+        same way), so nothing is counted twice, and their new ones were never counted. Pruned by
+        event time, not by count: a mesh retiring names faster than a fixed count in one ring
+        merged old counts again (4,096 did). So the memory is the names retired within one ring
+        of event time, about 150 bytes each: a worker replaced by a new name every minute for 40
+        days makes about 58,000 (under 11 MB). A terminal with no transaction since keeps the
+        retired slot's copy, and would take the old counts again, until its next transaction;
+        only a row dated ring - delay - 30 days (3 at the defaults) or more before the newest
+        reads them there. Names are in retirement order, so the oldest bucket first."""
+        newest = self._newest_bucket()
+        if newest is None:
+            return
+        horizon = newest - self.frauds.buckets
+        while self.retired:
+            name, bucket = next(iter(self.retired.items()))
+            if bucket > horizon:
+                break
+            del self.retired[name]
 
     def _grow(self, sources: int) -> None:
         """Every terminal table with `sources` slots, counts kept (memory grows with the mesh).
@@ -392,6 +426,7 @@ class FeatureEngine:
             arrays["meta.sources"] = np.array(by_slot or [""])
             arrays["meta.retired_slot"] = np.array(self.retired_slot, np.int64)
             arrays["meta.retired"] = np.array(list(self.retired) or [""])
+            arrays["meta.retired_bucket"] = np.array(list(self.retired.values()) or [NO_BUCKET], np.int64)
             save_npz(path, arrays)
 
     def load(self, path) -> dict:
@@ -422,6 +457,11 @@ class FeatureEngine:
         if len(names["meta.sources"]) > sources - 1 or not 0 <= retired_slot <= len(names["meta.sources"]):
             raise ValueError(f"state: {len(names['meta.sources'])} peer slots (retired: slot {retired_slot}) "
                              f"do not fit its {sources} source slots (the first is the worker's own)")
+        retired_buckets = arrays.get("meta.retired_bucket")  # None: a snapshot from before them
+        if retired_buckets is not None and (np.ndim(retired_buckets) != 1 or retired_buckets.dtype.kind not in "iu"
+                                            or len(retired_buckets) != len(names["meta.retired"])):
+            raise ValueError(f"state: meta.retired_bucket is not one bucket number per retired name "
+                             f"({np.shape(retired_buckets)} {retired_buckets.dtype}, {len(names['meta.retired'])} names)")
         if sources != t.max_sources:  # the snapshot was taken after the tables grew
             self.state.terminals = TerminalState(t.capacity, sources, t.days, t.bucket_hours)
             t = self.state.terminals
@@ -436,7 +476,10 @@ class FeatureEngine:
             setattr(self, name, table)
         self.sources = {name: k + 1 for k, name in enumerate(names["meta.sources"]) if name}
         self.retired_slot = retired_slot
-        self.retired = {name: None for name in names["meta.retired"] if name}
+        if retired_buckets is None:  # kept a whole ring from now: their own buckets are not known
+            newest = self._newest_bucket()
+            retired_buckets = [NO_BUCKET if newest is None else newest] * len(names["meta.retired"])
+        self.retired = {name: int(bucket) for name, bucket in zip(names["meta.retired"], retired_buckets) if name}
         return {k[6:]: v for k, v in arrays.items() if k.startswith("extra.")}
 
     def state_info(self) -> dict:
