@@ -29,6 +29,7 @@ ignored, as those of a batch resent elsewhere are.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -36,6 +37,7 @@ import numbers
 import os
 import random
 import select
+import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -53,6 +55,25 @@ from .sources import Reader
 
 
 _FD_SETSIZE = 1024  # select() watches descriptors below this
+_STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each a KeyboardInterrupt in the CLI (zfraud.__main__)
+
+
+@contextlib.contextmanager
+def _stops_held():
+    """Hold Ctrl-C, SIGTERM and SIGHUP while pyzmq makes a socket. One raised inside
+    zmq.Context.socket, after the socket exists and before the context lists it, left a socket
+    that Client.close could not close (ctx.destroy closes what the context lists), and term()
+    waited for it forever: `zfraud backtest` hung on a Ctrl-C about 3 % of the time. A signal
+    that comes meanwhile is raised as the block ends, once the context lists the socket. The
+    main thread only: Python raises KeyboardInterrupt there alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 class MeshError(RuntimeError):
@@ -337,7 +358,9 @@ class Client:
     # -- membership -------------------------------------------------------------------------
     def _dealer(self, linger_ms: int = 0) -> zmq.Socket:
         """A DEALER with our options, and our CURVE keys when the mesh uses them."""
-        sock = configure(self.ctx.socket(zmq.DEALER), linger_ms=linger_ms)
+        with _stops_held():
+            sock = self.ctx.socket(zmq.DEALER)
+        sock = configure(sock, linger_ms=linger_ms)
         sock.setsockopt(zmq.SNDTIMEO, 2000)  # a send never blocks forever, even with no peer
         return self.curve.client(sock) if self.curve is not None else sock
 
@@ -438,7 +461,8 @@ class Client:
             sock = self._dealer()
             # Connection events tell us at once when a worker's process dies (the kernel closes its
             # sockets), long before a deadline would.
-            monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | HANDSHAKE_EVENTS)
+            with _stops_held():  # a socket pyzmq makes too (_stops_held)
+                monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | HANDSHAKE_EVENTS)
         except zmq.ZMQError as e:
             if sock is not None:
                 sock.close()
@@ -1207,7 +1231,14 @@ class Client:
     @_one_thread
     def close(self) -> None:
         """Close the sockets (and the context, if the client made it). Closing twice is fine;
-        every other method then raises MeshError("the client is closed")."""
+        every other method then raises MeshError("the client is closed").
+
+        The client's sockets linger 0 (sockets.configure): a close drops what they have not sent,
+        and loses nothing by it (a batch is in the ledger until answered, a label or a CONTROL
+        call waits for its answer), where a lingering socket held the close up for a worker that
+        is gone. The context is then destroyed, not just terminated: a socket made but not yet
+        kept by the client when a Ctrl-C struck (a label's or a call's, in _dealer's caller)
+        is closed with it, where term() waited for it forever."""
         if self._closed:
             return
         self._closed = True
@@ -1215,7 +1246,7 @@ class Client:
             self._drop_peer(name)
         self._reachable()
         if self._own_ctx:
-            self.ctx.term()
+            self.ctx.destroy(linger=0)  # after the sockets above: only what nothing kept is left
 
     def __enter__(self):
         self._check_open()
