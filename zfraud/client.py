@@ -63,17 +63,27 @@ def _stops_held():
     """Hold Ctrl-C, SIGTERM and SIGHUP while pyzmq makes a socket. One raised inside
     zmq.Context.socket, after the socket exists and before the context lists it, left a socket
     that Client.close could not close (ctx.destroy closes what the context lists), and term()
-    waited for it forever: `zfraud backtest` hung on a Ctrl-C about 3 % of the time. A signal
-    that comes meanwhile is raised as the block ends, once the context lists the socket. The
-    main thread only: Python raises KeyboardInterrupt there alone."""
+    waited for it forever: `zfraud backtest` hung on a Ctrl-C about 3 % of the time. Their
+    Python handlers are swapped for one that notes them, and the ones noted are raised again
+    as the block ends, once the context lists the socket. (Blocking them with pthread_sigmask
+    held them in this thread only: the kernel gave a signal to another thread, pyzmq's or a
+    reader's, and Python still raised it here.) The main thread only: Python runs handlers
+    there alone, and sets them there alone."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    came = []
+    held = {sig: signal.getsignal(sig) for sig in _STOPS}
+    held = {sig: h for sig, h in held.items() if h is not None}  # None: not set from Python, left as is
+    for sig in held:
+        signal.signal(sig, lambda sig, frame: came.append(sig))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(came):
+            signal.raise_signal(sig)
 
 
 class MeshError(RuntimeError):
