@@ -612,10 +612,10 @@ except KeyboardInterrupt:
 
 @pytest.mark.parametrize("where", ["configure", "context"])
 def test_a_ctrl_c_while_the_client_makes_a_socket_does_not_hang_its_close(mesh2, where):
-    """The socket a Ctrl-C left half made was open and held by no one: Client.close's ctx.term()
-    waited for it forever (`zfraud backtest` hung on about 3 % of Ctrl-Cs, and every time on one
-    that came as it made a label's socket). Now close destroys the context after closing its own
-    sockets, and Ctrl-C waits while pyzmq makes a socket, until the context lists it."""
+    """The socket a Ctrl-C left half made was open and held only by the exception's traceback:
+    Client.close's ctx.term() waited for it forever (`zfraud backtest` hung on about 3 % of
+    Ctrl-Cs, and every time on one that came as it made a label's socket). Now close waits for the
+    term a second, in a thread, which ends once the traceback goes and pyzmq closes the socket."""
     try:
         r = subprocess.run([sys.executable, "-c", CTRL_C_AT_A_SOCKET, mesh2.endpoint, where],
                            capture_output=True, text=True, timeout=30)

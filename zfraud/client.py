@@ -29,7 +29,6 @@ ignored, as those of a batch resent elsewhere are.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
@@ -37,7 +36,6 @@ import numbers
 import os
 import random
 import select
-import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -55,35 +53,6 @@ from .sources import Reader
 
 
 _FD_SETSIZE = 1024  # select() watches descriptors below this
-_STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each a KeyboardInterrupt in the CLI (zfraud.__main__)
-
-
-@contextlib.contextmanager
-def _stops_held():
-    """Hold Ctrl-C, SIGTERM and SIGHUP while pyzmq makes a socket. One raised inside
-    zmq.Context.socket, after the socket exists and before the context lists it, left a socket
-    that Client.close could not close (ctx.destroy closes what the context lists), and term()
-    waited for it forever: `zfraud backtest` hung on a Ctrl-C about 3 % of the time. Their
-    Python handlers are swapped for one that notes them, and the ones noted are raised again
-    as the block ends, once the context lists the socket. (Blocking them with pthread_sigmask
-    held them in this thread only: the kernel gave a signal to another thread, pyzmq's or a
-    reader's, and Python still raised it here.) The main thread only: Python runs handlers
-    there alone, and sets them there alone."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    came = []
-    held = {sig: signal.getsignal(sig) for sig in _STOPS}
-    held = {sig: h for sig, h in held.items() if h is not None}  # None: not set from Python, left as is
-    for sig in held:
-        signal.signal(sig, lambda sig, frame: came.append(sig))
-    try:
-        yield
-    finally:
-        for sig, handler in held.items():
-            signal.signal(sig, handler)
-        for sig in dict.fromkeys(came):
-            signal.raise_signal(sig)
 
 
 class MeshError(RuntimeError):
@@ -368,9 +337,7 @@ class Client:
     # -- membership -------------------------------------------------------------------------
     def _dealer(self, linger_ms: int = 0) -> zmq.Socket:
         """A DEALER with our options, and our CURVE keys when the mesh uses them."""
-        with _stops_held():
-            sock = self.ctx.socket(zmq.DEALER)
-        sock = configure(sock, linger_ms=linger_ms)
+        sock = configure(self.ctx.socket(zmq.DEALER), linger_ms=linger_ms)
         sock.setsockopt(zmq.SNDTIMEO, 2000)  # a send never blocks forever, even with no peer
         return self.curve.client(sock) if self.curve is not None else sock
 
@@ -471,8 +438,7 @@ class Client:
             sock = self._dealer()
             # Connection events tell us at once when a worker's process dies (the kernel closes its
             # sockets), long before a deadline would.
-            with _stops_held():  # a socket pyzmq makes too (_stops_held)
-                monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | HANDSHAKE_EVENTS)
+            monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | HANDSHAKE_EVENTS)
         except zmq.ZMQError as e:
             if sock is not None:
                 sock.close()
@@ -1246,9 +1212,12 @@ class Client:
         The client's sockets linger 0 (sockets.configure): a close drops what they have not sent,
         and loses nothing by it (a batch is in the ledger until answered, a label or a CONTROL
         call waits for its answer), where a lingering socket held the close up for a worker that
-        is gone. The context is then destroyed, not just terminated: a socket made but not yet
-        kept by the client when a Ctrl-C struck (a label's or a call's, in _dealer's caller)
-        is closed with it, where term() waited for it forever."""
+        is gone. Then the context's term is waited for up to a second, in a thread: a Ctrl-C that
+        struck as the client made a socket (inside pyzmq's Context.socket, or before the client
+        kept it) left one that only the exception's traceback holds, and term waits for every
+        socket. That one closes itself once the traceback goes (pyzmq closes a socket nothing
+        holds), and the term ends then; in this thread it had waited forever (`zfraud backtest`
+        hung on about 3 % of Ctrl-Cs)."""
         if self._closed:
             return
         self._closed = True
@@ -1256,7 +1225,9 @@ class Client:
             self._drop_peer(name)
         self._reachable()
         if self._own_ctx:
-            self.ctx.destroy(linger=0)  # after the sockets above: only what nothing kept is left
+            term = threading.Thread(target=self.ctx.term, name="zfraud-client-term", daemon=True)
+            term.start()
+            term.join(1.0)
 
     def __enter__(self):
         self._check_open()
