@@ -1,6 +1,8 @@
 """CURVE on a live mesh: served with the right keys, refused without or with a foreign key, with a
 one-line message and no hang."""
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -102,6 +104,48 @@ def test_keys_added_at_run_time_are_admitted_and_a_malformed_one_is_logged_not_f
         r = status_with_new_key()
     assert r.returncode == 0, r.stderr
     assert [m["name"] for m in json.loads(r.stdout)["members"]] == ["w1"]
+
+
+def test_a_running_worker_keeps_its_keys_when_its_key_directory_cannot_be_read(keys, tmp_path):
+    """OPERATIONS §4.2: a key problem makes a running worker log `keys not reloaded` and keep its
+    keys; it never stops for it. A --curve-dir made unreadable (chmod 000) stopped it at the next
+    reload, status 1 and undrained (`Error: cannot use DIR: Permission denied`): os.listdir's
+    PermissionError is not the SecurityError that a reload catches."""
+    from zfraud.local import free_port
+
+    mesh_keys = tmp_path / "mesh"
+    shutil.copytree(keys, mesh_keys)
+    run_as = []
+    if os.geteuid() == 0:  # root reads through any mode: run the worker as root without that power
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root, and no setpriv to drop CAP_DAC_OVERRIDE: chmod 000 would not bite")
+        run_as = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+    router, pub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    log = tmp_path / "w1.log"
+    with open(log, "wb") as out:
+        w = subprocess.Popen([*run_as, sys.executable, "-m", "zfraud", "worker", "--name", "w1", "--bind", router,
+                              "--pub", pub, "--curve-dir", str(mesh_keys)], stdout=out, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        end = time.monotonic() + 30
+        while "ready name=w1" not in log.read_text() and w.poll() is None and time.monotonic() < end:
+            time.sleep(0.1)
+        assert "ready name=w1" in log.read_text(), log.read_text()
+        mesh_keys.chmod(0)
+        time.sleep(6.5)  # a reload (every 5 s) that cannot read the directory
+        alive = w.poll() is None
+        mesh_keys.chmod(0o700)
+        assert alive, log.read_text()
+        assert f"keys not reloaded: cannot read {mesh_keys}: Permission denied" in log.read_text(), log.read_text()
+        r = run_cli("status", "--connect", router, "--curve-dir", str(mesh_keys), "--json", timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert [m["name"] for m in json.loads(r.stdout)["members"]] == ["w1"]
+        w.terminate()
+        assert w.wait(30) == 0, log.read_text()  # drained and stopped as usual
+    finally:
+        mesh_keys.chmod(0o700)
+        w.kill()
+        w.wait(10)
 
 
 def test_a_hidden_key_file_is_ignored_by_a_worker(keys, tmp_path):

@@ -153,16 +153,33 @@ def _z85_key(raw, path: str, what: str, directory: str) -> bytes:
     return bytes(raw)
 
 
+def _unreadable(path: str, e: OSError) -> SecurityError:
+    """A key file or directory there but not ours to read (its mode, a disk error): a
+    SecurityError, which a running worker's reload logs while it keeps its keys (an OSError
+    stopped the worker)."""
+    return SecurityError(f"cannot read {path}: {e.strerror or e}")
+
+
 def public_key_files(directory: str) -> list[str]:
     """The names of the public key files in `directory`, sorted: `*.key`, hidden files excluded.
     The rule of pyzmq's loader (zmq.auth.load_certificates globs `*.key`, and a glob skips
     names that start with a dot), so that what zfraud checks is what pyzmq loads."""
-    return sorted(f for f in os.listdir(directory) if f.endswith(".key") and not f.startswith("."))
+    try:
+        names = os.listdir(directory)
+    except OSError as e:
+        raise _unreadable(directory, e) from None
+    return sorted(f for f in names if f.endswith(".key") and not f.startswith("."))
 
 
 def load_public(path: str, directory: str) -> bytes:
     """The Z85 public key in a certificate file, checked; SecurityError naming the file if not."""
-    if not os.path.isfile(path):
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        regular = False
+    except OSError as e:  # not "missing": there, but not ours to read (a directory without x, say)
+        raise _unreadable(path, e) from None
+    if not regular:
         raise _missing(path, directory)
     try:
         public, _ = zmq.auth.load_certificate(path)
@@ -177,12 +194,15 @@ def load_public(path: str, directory: str) -> bytes:
 def load_keypair(path: str, directory: str) -> tuple[bytes, bytes]:
     """(public, secret), Z85, from a *.key_secret file; checks that the two belong together."""
     public = load_public(path, directory)
-    _, secret = zmq.auth.load_certificate(path)
+    try:
+        _, secret = zmq.auth.load_certificate(path)
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError as e:
+        raise _unreadable(path, e) from None
     secret = _z85_key(secret, path, "secret key", directory)
     if zmq.curve_public(secret) != public:
         raise SecurityError(f"{path}: the public key does not match the secret key; "
                             f"rewrite it with `zfraud keys init --force {directory}`")
-    mode = stat.S_IMODE(os.stat(path).st_mode)
     if mode & 0o077:
         log.warning("%s is readable by others (mode %o); run `chmod 600 %s`", path, mode, path)
     return public, secret
