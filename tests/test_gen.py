@@ -356,3 +356,23 @@ def test_default_scale_matches_book(default_scale, tmp_path):
     assert write_csv(c, path) == n
     with open(path, "rb") as f:
         assert sum(1 for _ in f) == n + 1
+
+
+def test_gen_to_a_reader_that_stops_early_ends_quietly_with_sigpipes_status():
+    """README: a command whose reader stops early (`zfraud gen - | head`) ends quietly as SIGPIPE
+    would, status 141. gen exited 0 with its success line: under PYTHONUNBUFFERED its raw standard
+    output's write returned short when the reader went, and the rest was never tried (no EPIPE)."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "zfraud", "gen", "-", "--days", "20", "--customers", "500",
+                          "--terminals", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    head = [p.stdout.readline() for _ in range(2)]
+    p.stdout.close()
+    try:
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert head[0].decode().rstrip("\n") == HEADER and head[1].count(b",") == len(COLUMNS) - 1
+    assert (p.returncode, err) == (141, b"")

@@ -490,7 +490,7 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
     import numpy as np
 
     from .client import Client
-    from .files import replacing
+    from .files import replacing, write_all
     from .sources import open_source
     from .tail import records
 
@@ -523,7 +523,7 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
                 (nullcontext(sys.stdout.buffer) if out == "-" else replacing(out) if out else nullcontext()) as sink:
             def on_verdicts(v, h):
                 if sink:
-                    sink.write("".join(json.dumps(r) + "\n" for r in records(v, h)).encode())
+                    write_all(sink, "".join(json.dumps(r) + "\n" for r in records(v, h)).encode())
                     if out == "-":
                         sink.flush()  # each batch's verdicts as they come (a live feed's reader waits)
                 refused = v["reason"][v["decision"] == P.REJECTED]

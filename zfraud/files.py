@@ -54,6 +54,16 @@ def replacing(path):
         raise
 
 
+def write_all(f, data: bytes) -> None:
+    """Write every byte of `data` to the binary file `f`. A raw file (standard output under
+    `python -u` or PYTHONUNBUFFERED, whose binary layer is unbuffered) writes part of it and says
+    how much when a signal interrupts a write blocked on a slow reader and its handler returns
+    (one that only notes the signal, as `send`'s does): the rest was lost, a line cut short."""
+    view = memoryview(data)
+    while view:
+        view = view[f.write(view):]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

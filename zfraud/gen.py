@@ -56,7 +56,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .files import replacing
+from .files import replacing, write_all
 
 COLUMNS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT",
            "TX_TIME_SECONDS", "TX_TIME_DAYS", "TX_FRAUD", "TX_FRAUD_SCENARIO")
@@ -371,7 +371,10 @@ def write_csv(columns: dict, path_or_file, progress: Progress = None) -> int:
     f = path_or_file
     text = isinstance(f, io.TextIOBase)
     def put(b: bytes):
-        f.write(b.decode("ascii") if text else b)
+        if text:
+            f.write(b.decode("ascii"))
+        else:
+            write_all(f, b)  # a raw file (stdout, unbuffered) may take only part of it
     put((HEADER + "\n").encode())
     for lo in range(0, n, _CSV_CHUNK):
         hi = min(n, lo + _CSV_CHUNK)
