@@ -130,6 +130,41 @@ def test_nan_for_a_number_option_is_a_usage_error(args, tmp_path):
     assert f"Invalid value for '{args[-2]}': '{args[-1]}' is not a number" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("args", [
+    ("send", "-", "--connect", "tcp://127.0.0.1:9", "--deadline", "inf"),
+    ("send", "-", "--connect", "tcp://127.0.0.1:9", "--deadline", "1e20"),
+    ("send", "-", "--connect", "tcp://127.0.0.1:9", "--rate", "inf"),
+    ("deploy", "--connect", "tcp://127.0.0.1:9", "--rules", "r.toml", "--timeout", "inf"),
+    ("deploy", "--connect", "tcp://127.0.0.1:9", "--rules", "r.toml", "--timeout", "1e12"),
+    ("top", "--connect", "tcp://127.0.0.1:9", "--interval", "inf"),
+    ("tail", "--connect", "tcp://127.0.0.1:9", "--timeout", "inf"),
+    ("worker", "--snapshot-every", "inf"),
+])
+def test_an_infinite_or_huge_number_option_is_a_usage_error(args, tmp_path):
+    """The options of seconds had no maximum: `send --deadline inf` (or 1e20), `deploy --timeout
+    inf` (or 1e12) and `top --interval inf` ended in an OverflowError's traceback, status 1, and
+    `send --rate inf` in status 1. Each is a usage error now (2), with the range it takes."""
+    from zfraud.cli import DAY_S
+
+    (tmp_path / "r.toml").write_text("")
+    r = run_cli(*args, cwd=tmp_path, timeout=30)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    most = 1e9 if args[-2] == "--rate" else DAY_S
+    assert f"Invalid value for '{args[-2]}': {float(args[-1])} is not in the range" in r.stderr, r.stderr
+    assert f"<=x<={most}" in r.stderr, r.stderr
+
+
+def test_float_range_refuses_infinity_also_without_a_maximum():
+    import click
+
+    from zfraud.cli import FloatRange
+
+    assert FloatRange(0).convert("1e300", None, None) == 1e300
+    for value in ("inf", "-inf", "Infinity"):
+        with pytest.raises(click.BadParameter, match=f"'{value}' is not a finite number"):
+            FloatRange().convert(value, None, None)
+
+
 def test_a_heartbeat_below_a_fifth_of_a_second_is_refused():
     """At 0.05 s (the old floor) the member timeout, 0.15 s, was shorter than one scoring pass on
     a busy 2-core host: members were dropped and rejoined during an ordinary send."""

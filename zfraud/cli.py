@@ -26,14 +26,21 @@ from .__main__ import _handle, _interrupt, _restore  # (the entry point's: it ne
 from . import protocol as P
 
 class FloatRange(click.FloatRange):
-    """click.FloatRange, NaN refused: NaN passes every comparison's "not out of range", so
-    `--heartbeat nan` was taken, and that worker gossiped once and never again."""
+    """click.FloatRange, NaN and infinity refused: NaN passes every comparison's "not out of
+    range", so `--heartbeat nan` was taken, and that worker gossiped once and never again; and
+    infinity passes a range with no maximum, as `send --deadline inf` did, to end in a traceback
+    (OverflowError). Every option of seconds has a maximum too: 1e20 s overflowed the same way."""
 
     def convert(self, value, param, ctx):
         rv = super().convert(value, param, ctx)
         if math.isnan(rv):
             self.fail(f"{value!r} is not a number", param, ctx)
+        if math.isinf(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
         return rv
+
+
+DAY_S = 86_400.0  # the most an option of seconds takes: a deadline, timeout or interval of a day
 
 
 CONNECT_HELP = ("Endpoint of any one worker's ROUTER, tcp://HOST:PORT (IPv4 or a name) or ipc://PATH, e.g. "
@@ -330,8 +337,8 @@ def _discard_stdout() -> None:
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None,
               help="Snapshot the streaming state here on SIGTERM and every --snapshot-every seconds; "
                    "load it on start.")
-@click.option("--snapshot-every", type=FloatRange(1), default=60.0,
-              help="Seconds between snapshots. A forked child writes each one while scoring goes on.")
+@click.option("--snapshot-every", type=FloatRange(1, DAY_S), default=60.0,
+              help="Seconds between snapshots, at most a day. A forked child writes each one while scoring goes on.")
 @click.option("--cards", type=click.IntRange(1024, 1 << 31), default=1 << 18,
               help="Card table capacity (400 bytes each: a 384-byte record and its index).")
 @click.option("--terminals", type=click.IntRange(1024, 1 << 31), default=1 << 15,
@@ -441,8 +448,8 @@ def nothing_scored(source, summary, rejected) -> str:
 @click.option("--batch", type=click.IntRange(1, P.MAX_ROWS), default=1024,
               help="Transactions per batch before partitioning by card owner. From standard input or "
                    "a pipe, a batch also goes once its oldest transaction has waited 10 ms.")
-@click.option("--rate", type=FloatRange(min=1), default=None, metavar="TX_PER_S",
-              help="Offered load in transactions per second. Default: as fast as the mesh answers.")
+@click.option("--rate", type=FloatRange(1, 1e9), default=None, metavar="TX_PER_S",
+              help="Offered load in transactions per second (at most 1e9). Default: as fast as the mesh answers.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
               help="Input format. Default: from the file name (.jsonl/.json/.ndjson, else CSV).")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, callback=_writable,
@@ -451,8 +458,8 @@ def nothing_scored(source, summary, rejected) -> str:
                    "- writes them to standard output as they come, and the summary to standard error.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object (the last line).")
 @click.option("--window", type=click.IntRange(1, 1024), default=8, help="Batches in flight per worker (credit).")
-@click.option("--deadline", type=FloatRange(0.1), default=5.0,
-              help="Seconds a worker has to answer a batch before it is resent elsewhere.")
+@click.option("--deadline", type=FloatRange(0.1, DAY_S), default=5.0,
+              help="Seconds a worker has to answer a batch before it is resent elsewhere, at most a day.")
 @click.option("--dead-letter", type=click.Path(dir_okay=False), default="zfraud-dead-letter.jsonl",
               callback=_writable,
               help="Where batches that failed every attempt are appended, with the reason (checked before sending).")
@@ -577,8 +584,8 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "text"]), default="jsonl", show_default=True,
               help="jsonl: one JSON object per verdict, with its seq and boot; text: one aligned line per verdict.")
 @click.option("--count", type=click.IntRange(1), default=None, help="Exit after N verdicts.")
-@click.option("--timeout", type=FloatRange(0.1), default=None,
-              help="Exit after this many seconds without a verdict.")
+@click.option("--timeout", type=FloatRange(0.1, DAY_S), default=None,
+              help="Exit after this many seconds without a verdict (at most a day).")
 @curve_option
 @friendly_errors
 def tail(connect, decision, fmt, count, timeout, curve_dir):
@@ -730,8 +737,8 @@ def gen(out, customers, terminals, days, seed, start):
               help="Rules file (TOML) to deploy.")
 @click.option("--shadow", is_flag=True, help="Score with the model beside the live one, publishing on the "
                                             "`shadow` topic, without changing any decision.")
-@click.option("--timeout", type=FloatRange(0.1), default=10.0,
-              help="Seconds to wait for each worker, and for the first to answer at --connect.")
+@click.option("--timeout", type=FloatRange(0.1, DAY_S), default=10.0,
+              help="Seconds to wait for each worker, and for the first to answer at --connect (at most a day).")
 @curve_option
 @friendly_errors
 def deploy(connect, model_path, rules_path, shadow, timeout, curve_dir):
@@ -889,7 +896,7 @@ def status(connect, as_json, curve_dir):
 
 @main.command()
 @click.option("--connect", required=True, multiple=True, callback=_endpoint, help=CONNECT_HELP)
-@click.option("--interval", type=FloatRange(0.2), default=1.0, help="Seconds between refreshes.")
+@click.option("--interval", type=FloatRange(0.2, DAY_S), default=1.0, help="Seconds between refreshes, at most a day.")
 @click.option("--iterations", type=click.IntRange(1), default=None, help="Stop after N refreshes.")
 @curve_option
 @friendly_errors
