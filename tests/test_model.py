@@ -311,6 +311,34 @@ def test_an_xgboost_model_not_in_json_says_only_json_is_supported_and_how_to_sav
         f"XGBoost's default, or the old binary format): save it with save_model(\"m.json\")"]
 
 
+def test_malformed_model_files_are_one_line_errors_in_every_command(tmp_path):
+    """`model import xgboost` of a file with `"gradient_booster": []`, and `model info` or `worker
+    --model` of a zfraud model with `"kind": []`, printed a traceback (AttributeError, TypeError:
+    unhashable type). An XGBoost file named `{xgb}.json` was read as JSON text."""
+    xgb = pytest.importorskip("xgboost")
+    X = np.random.default_rng(0).random((200, 5)).astype(np.float32)
+    booster = xgb.train({"objective": "binary:logistic", "nthread": 1}, xgb.DMatrix(X, (X[:, 0] > 0.5).astype(int)), 3)
+    booster.save_model(str(tmp_path / "{xgb}.json"))
+    r = run_cli("model", "import", "xgboost", "{xgb}.json", "-o", "imported.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "wrote imported.json: trees, 3 trees, 5 features, version {xgb}\n"
+    d = json.loads((tmp_path / "{xgb}.json").read_text())
+    d["learner"]["gradient_booster"] = []
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    r = run_cli("model", "import", "xgboost", str(tmp_path / "bad.json"), "-o", str(tmp_path / "o.json"))
+    assert (r.returncode, r.stderr) == (1, f"Error: {tmp_path / 'bad.json'}: learner.gradient_booster: expected an "
+                                           f"object, got an array\n")
+    m = json.loads(DEFAULT_MODEL.read_text())
+    m["kind"] = []
+    (tmp_path / "kind.json").write_text(json.dumps(m))
+    line = f"Error: {tmp_path / 'kind.json'}: unknown model kind []; known: logistic, trees\n"
+    r = run_cli("model", "info", str(tmp_path / "kind.json"))
+    assert (r.returncode, r.stderr) == (1, line)
+    r = run_cli("worker", "--model", str(tmp_path / "kind.json"), "--bind", "tcp://127.0.0.1:9", "--pub",
+                "tcp://127.0.0.1:10", timeout=60)
+    assert (r.returncode, r.stderr) == (1, line)
+
+
 def test_another_librarys_model_where_a_zfraud_model_is_expected_says_to_import_it(lgb_files, tmp_path):
     """`worker --model` or `deploy --model` given a LightGBM text file said only 'not valid JSON'."""
     raw = lgb_files / "named.txt"

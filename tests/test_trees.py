@@ -562,6 +562,85 @@ def test_lightgbm_malformed_header_numbers_name_the_field(lgb_five_trees, tmp_pa
     with pytest.raises(ModelError, match=message):
         from_lightgbm_text(bad)
 
+def _mutations(doc, path=()):
+    """Every place in a JSON document (lists: their first 3 items), as key paths."""
+    yield path
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield from _mutations(v, path + (k,))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc[:3]):
+            yield from _mutations(v, path + (i,))
+
+
+def test_xgboost_importer_refuses_every_malformed_value_with_a_model_error(tmp_path):
+    """A value of the wrong type anywhere in an XGBoost JSON model, or a number past int64, ended
+    in AttributeError, TypeError or OverflowError (11 kinds; a traceback in `zfraud model import`).
+    Each place of a small model set to each of these values imports or is a ModelError."""
+    X, y = training_data(300, seed=3, inf=False)
+    xgb.train(dict(objective="binary:logistic", max_depth=2, nthread=1), xgb.DMatrix(X, y), 3).save_model(
+        str(tmp_path / "x.json"))
+    base = json.loads((tmp_path / "x.json").read_text())
+    uncaught = {}
+    for path in list(_mutations(base))[1:]:
+        for value in ([], {}, "x", None, 1.5, -1, 10**30, [None], ["a"], float("nan")):
+            d = json.loads(json.dumps(base))
+            target = d
+            for k in path[:-1]:
+                target = target[k]
+            target[path[-1]] = value
+            try:
+                from_xgboost_json(json.dumps(d))
+            except ModelError:
+                pass
+            except Exception as e:  # noqa: BLE001 (what the test looks for)
+                uncaught.setdefault(type(e).__name__, ("/".join(map(str, path)), repr(value), str(e)))
+    assert uncaught == {}
+
+    def refusal(edit):
+        d = json.loads(json.dumps(base))
+        edit(d)
+        with pytest.raises(ModelError) as e:
+            from_xgboost_json(json.dumps(d))
+        return str(e.value)
+
+    learner = "learner"
+    assert refusal(lambda d: d[learner].__setitem__("gradient_booster", [])) == (
+        "<text>: learner.gradient_booster: expected an object, got an array")
+    assert refusal(lambda d: d[learner].__setitem__("learner_model_param", [])) == (
+        "<text>: learner.learner_model_param: expected an object, got an array")
+    assert refusal(lambda d: d[learner].__setitem__("feature_names", 1.5)) == (
+        "<text>: learner.feature_names: expected an array, got a number")
+    assert refusal(lambda d: d[learner]["objective"].__setitem__("name", None)) == (
+        "<text>: expected an XGBoost JSON model, got no learner.objective.name")
+    assert refusal(lambda d: d[learner]["gradient_booster"]["model"].__setitem__("trees", {})) == (
+        "<text>: learner.gradient_booster.model.trees: expected an array, got an object")
+    assert refusal(lambda d: d[learner]["gradient_booster"]["model"]["trees"][0]["left_children"].__setitem__(
+        0, 10**30)).startswith("<text>: tree 0: malformed: OverflowError")
+    assert refusal(lambda d: d[learner]["gradient_booster"]["model"]["trees"][1].__setitem__("tree_param", [])) == (
+        "<text>: tree 1: malformed: AttributeError: 'list' object has no attribute 'get'")
+
+    def unnamed(d):  # f0, f1, ... would be made up for each: a list of 10**12 names
+        del d[learner]["feature_names"]
+        d[learner]["learner_model_param"]["num_feature"] = str(10**12)
+    assert refusal(unnamed) == "<text>: num_feature is 1000000000000, expected 0 to 65536"
+    base["version"] = None  # (only named in the model's source)
+    assert from_xgboost_json(json.dumps(base)).source == "XGBoost ? JSON model <text> (3 trees)"
+
+
+def test_an_xgboost_file_whose_name_looks_like_json_is_read_as_a_file(tmp_path, monkeypatch):
+    """A str that starts with "{" was taken for the JSON text itself: `{xgb}.json` failed with
+    "<text>: not valid JSON". A str naming an existing file is that file."""
+    X, y = training_data(300, seed=3, inf=False)
+    booster = xgb.train(dict(objective="binary:logistic", max_depth=2, nthread=1), xgb.DMatrix(X, y), 3)
+    monkeypatch.chdir(tmp_path)
+    booster.save_model("{xgb}.json")
+    m = from_xgboost_json("{xgb}.json", version="v")
+    text = (tmp_path / "{xgb}.json").read_text()
+    assert m.source == f"XGBoost {'.'.join(map(str, json.loads(text)['version']))} JSON model {{xgb}}.json (3 trees)"
+    assert m.n_trees == 3 and from_xgboost_json(text, version="v").source.endswith(" JSON model <text> (3 trees)")
+
+
 def test_xgboost_importer_refusals(tmp_path):
     X, y = training_data(600, seed=7, inf=False)
     multi = xgb.train(dict(objective="multi:softprob", num_class=3, nthread=1), xgb.DMatrix(X, y + (X[:, 0] > 1)), 2)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from .model import ModelError
 from .trees import CATEGORICAL, MISSING_LEFT, ZERO_MISSING, TreeEnsemble
 
 ZERO_THRESHOLD = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (a float constant)
+MAX_UNNAMED = 1 << 16  # features an XGBoost model without feature_names may declare (num_feature)
 
 
 def _f32_at_most(t: np.ndarray) -> np.ndarray:
@@ -48,11 +50,12 @@ def _f32_at_most(t: np.ndarray) -> np.ndarray:
 
 
 def _read(path_or_text, is_text, not_text: str = "") -> tuple[str, str]:
-    """(content, where) for a path or the content itself; `not_text` ends the error of a file
-    that is not text."""
+    """(content, where) for a path or the content itself: a str that names an existing file is
+    that file (`{xgb}.json` looks like JSON text), else it is the content if is_text(it) says so.
+    `not_text` ends the error of a file that is not text."""
     if isinstance(path_or_text, bytes):
         path_or_text = path_or_text.decode("utf-8", "replace")
-    if isinstance(path_or_text, str) and is_text(path_or_text):
+    if isinstance(path_or_text, str) and is_text(path_or_text) and not os.path.exists(path_or_text):
         return path_or_text, "<text>"
     path = Path(path_or_text)
     try:
@@ -120,7 +123,7 @@ def _scalar(section: dict, key: str, default: str, where: str, kind=int):
     raw = "" if raw is True else raw  # a `key` line without '='
     try:
         return kind(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (OverflowError: int() of an infinity)
         what = "an integer" if kind is int else "a number"
         raise ModelError(f"{where}: {key} is {raw!r}, expected {what}") from None
 
@@ -254,6 +257,33 @@ def from_lightgbm_text(path_or_text, version=None, feature_set="basic-v1") -> Tr
 
 _XGB_JSON_ONLY = (": only XGBoost's JSON model format is supported (not UBJSON, XGBoost's default, or the "
                   "old binary format): save it with save_model(\"m.json\")")
+_REQUIRED = object()
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string"}
+
+
+def _json_type(value) -> str:
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return _JSON_TYPES.get(type(value), "a number")
+
+
+def _at(doc: dict, path: str, kind: type, where: str, default=_REQUIRED):
+    """The value at `path` (keys joined by dots) in an XGBoost JSON model, checked to be a `kind`
+    (dict, list or str); ModelError naming the place in the file if it is missing (without a
+    `default`, which null gives too) or of another type."""
+    value, keys = doc, path.split(".")
+    for i, key in enumerate(keys):
+        if not isinstance(value, dict):
+            raise ModelError(f"{where}: expected an XGBoost JSON model, got {'.'.join(keys[:i]) or 'the file'} "
+                             f"as {_json_type(value)}, not an object")
+        value = value.get(key)
+        if value is None:
+            if default is _REQUIRED:
+                raise ModelError(f"{where}: expected an XGBoost JSON model, got no {path}")
+            return default
+    if not isinstance(value, kind):
+        raise ModelError(f"{where}: {path}: expected {_JSON_TYPES[kind]}, got {_json_type(value)}")
+    return value
 
 
 def _xgb_base_score(raw) -> float:
@@ -310,13 +340,10 @@ def from_xgboost_json(path, version=None, feature_set="basic-v1", notes=None) ->
         d = json.loads(text)
     except ValueError as e:
         raise ModelError(f"{where}: not valid JSON ({e}){_XGB_JSON_ONLY}") from None
-    try:
-        learner = d["learner"]
-        objective = learner["objective"]["name"]
-        mp = learner["learner_model_param"]
-        booster = learner["gradient_booster"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ModelError(f"{where}: expected an XGBoost JSON model, got {type(e).__name__}: {e}") from None
+    learner = _at(d, "learner", dict, where)
+    objective = _at(d, "learner.objective.name", str, where)
+    mp = _at(d, "learner.learner_model_param", dict, where)
+    booster = _at(d, "learner.gradient_booster", dict, where)
     if objective != "binary:logistic":
         raise ModelError(f"{where}: expected objective 'binary:logistic', got {objective!r}")
     if _scalar(mp, "num_class", "0", where) > 1 or _scalar(mp, "num_target", "1", where) != 1:
@@ -332,18 +359,21 @@ def from_xgboost_json(path, version=None, feature_set="basic-v1", notes=None) ->
     if not 0.0 < base < 1.0:
         raise ModelError(f"{where}: expected a base_score in (0, 1) for binary:logistic, got {base}")
     n_features = _scalar(mp, "num_feature", "0", where)
-    features = list(learner.get("feature_names") or [f"f{i}" for i in range(n_features)])
+    names = _at(d, "learner.feature_names", list, where, default=[])
+    if not names and not 0 <= n_features <= MAX_UNNAMED:  # (f0, f1, ... are made up for an unnamed matrix)
+        raise ModelError(f"{where}: num_feature is {n_features}, expected 0 to {MAX_UNNAMED}")
+    features = names or [f"f{i}" for i in range(n_features)]
     if len(features) != n_features:
         raise ModelError(f"{where}: expected {n_features} feature names, got {len(features)}")
-    if any(ft == "c" for ft in learner.get("feature_types") or []):
+    if any(ft == "c" for ft in _at(d, "learner.feature_types", list, where, default=[])):
         raise ModelError(f"{where}: categorical features are not supported for XGBoost models")
+    at = "learner.gradient_booster." + ("gbtree.model" if booster["name"] == "dart" else "model")
+    model, trees = _at(d, at, dict, where), _at(d, at + ".trees", list, where)
     try:
-        model = booster["gbtree"]["model"] if booster["name"] == "dart" else booster["model"]
-        trees = model["trees"]
         weights = booster.get("weight_drop") if booster["name"] == "dart" else model.get("weight_drop")
         weights = np.ones(len(trees)) if weights is None else np.asarray(weights, np.float64)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ModelError(f"{where}: expected an XGBoost JSON model, got {type(e).__name__}: {e}") from None
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ModelError(f"{where}: weight_drop: expected an array of numbers, got {type(e).__name__}: {e}") from None
     if not trees:
         raise ModelError(f"{where}: expected at least one tree, got none")
     if weights.shape != (len(trees),) or not np.all(np.isfinite(weights)):
@@ -372,7 +402,8 @@ def from_xgboost_json(path, version=None, feature_set="basic-v1", notes=None) ->
             hess = np.asarray(tree["sum_hessian"], np.float64)
             stype = np.asarray(tree.get("split_type", np.zeros(lc.size)), np.int64)
             leaf_size = int(tree.get("tree_param", {}).get("size_leaf_vector", "1"))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as e:  # (OverflowError: a
+            # number past int64; AttributeError: a tree or its tree_param that is not an object)
             raise ModelError(f"{where}: tree {t}: malformed: {type(e).__name__}: {e}") from None
         n = lc.size
         if n < 1 or any(a.shape != (n,) for a in (rc, feat, cond, dleft, hess, stype)):
@@ -419,7 +450,8 @@ def from_xgboost_json(path, version=None, feature_set="basic-v1", notes=None) ->
         tree_start.append(tree_start[-1] + order.size)
 
     version = version if version is not None else f"xgb-{_digest(text)}"
-    xgb_version = ".".join(str(v) for v in d.get("version", ["?"]))
+    xgb_version = d.get("version")
+    xgb_version = ".".join(str(v) for v in xgb_version) if isinstance(xgb_version, list) else "?"
     source = f"XGBoost {xgb_version} JSON model {where} ({kept})"
     try:
         return TreeEnsemble(features, tree_start=tree_start, base_score=math.log(base / (1.0 - base)),

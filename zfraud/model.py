@@ -141,7 +141,7 @@ def model_from_dict(d: dict, where: str = "model"):
     if d.get("format_version") != FORMAT_VERSION:
         raise ModelError(f"{where}: format_version {d.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
     kind = d.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:  # (a list is no dict key: TypeError)
         raise ModelError(f"{where}: unknown model kind {kind!r}; known: {', '.join(sorted(KINDS))}")
     try:
         model = KINDS[kind].from_dict(d)
