@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,6 +74,26 @@ def test_deploy_during_a_send_loses_nothing_and_switches_cleanly(mesh, tmp_path)
     np.testing.assert_allclose(got[~is_new], old["score"][ids[~is_new]], rtol=0, atol=1e-6)
     np.testing.assert_allclose(got[is_new], new["score"][ids[is_new]], rtol=0, atol=1e-6)
     assert versions(mesh) == {"w1": ("default-3", "none", None), "w2": ("default-3", "none", None)}
+
+
+def test_deploy_of_an_empty_rules_file_removes_the_rules_as_a_worker_started_with_it_has_none(tmp_path):
+    """`deploy --rules empty.toml` (0 bytes) was checked here as no rules and reported a success,
+    but went out as the empty frame, which means "keep the current rules" on the wire: every worker
+    kept its rules. A file of one newline removed them, and `worker --rules empty.toml` starts
+    with none; `deploy --rules FILE` now deploys FILE's rules, none for an empty one."""
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    example = Path(__file__).parents[1] / "conf" / "rules.toml"
+    with LocalMesh(1, extra_args=["--rules", str(example)], log_dir=str(tmp_path / "a")) as mesh:
+        assert versions(mesh) == {"w1": ("default-2", "example-1", None)}
+        r = run_cli("deploy", "--connect", mesh.endpoint, "--rules", str(empty))
+        assert (r.returncode, r.stdout) == (0, "w1           model=default-2  rules=unversioned  shadow=none\n"), r.stderr
+        assert versions(mesh) == {"w1": ("default-2", "unversioned", None)}
+        with Client(mesh.endpoint) as c:  # a blocked terminal's transaction: no rule declines it now
+            v = c.score({"tx_id": [1], "card": [7], "terminal": [9001], "ts_ms": [1_522_540_800_000], "amount": [10.0]})
+        assert (v["decision"].tolist(), v["rules"].tolist()) == ([P.APPROVE], [0])
+    with LocalMesh(1, extra_args=["--rules", str(empty)], log_dir=str(tmp_path / "b")) as mesh:
+        assert versions(mesh) == {"w1": ("default-2", "unversioned", None)}
 
 
 def _columns(n):

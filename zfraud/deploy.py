@@ -29,7 +29,10 @@ def artefact(model_path=None, rules_path=None, shadow: bool = False) -> list[byt
         Scorer(model, rules=rules)  # refuses a model whose features the workers do not compute
     elif rules_path:  # the workers check names against their own features; here, against any known
         RuleSet.from_toml(rules_text, {n for names in FEATURE_SETS.values() for n in names}, str(rules_path))
-    return [json.dumps(model.to_dict()).encode() if model else b"", rules_text.encode()]
+    # An empty rules frame keeps a worker's rules (PROTOCOL §4.7); an empty file holds none, as for
+    # `worker --rules`: it goes as the same TOML document, one newline, so that it removes them.
+    rules = (rules_text or "\n").encode() if rules_path else b""
+    return [json.dumps(model.to_dict()).encode() if model else b"", rules]
 
 
 def deploy(client: Client, model_path=None, rules_path=None, shadow: bool = False,
