@@ -557,3 +557,99 @@ def test_send_scores_date_strings_beside_a_negative_epoch_and_the_worker_rejects
     r, s = send(mesh2, p)
     assert r.returncode == 3 and (s["sent"], s["verdicts"], s["errors"]) == (3, 2, 1), r.stderr
     assert "ts_ms is outside 2000..2200" in r.stderr and "Error:" not in r.stderr, r.stderr
+
+
+LONG_LINE = "the line is longer than 1 MiB (1,048,576 characters)"
+MIB = 1 << 20
+
+
+def _with_long_lines(fmt: str, big: int) -> tuple[str, list]:
+    """An input of 5 good rows (tx_id 0-4) and two lines of `big` characters between them, and
+    the lines of those two: one a single number or array, one with a quote open over its whole length."""
+    if fmt == "csv":
+        good = rows(5)
+        lines = [HEADER.strip(), *good[:2], "5,2018-04-01 00:00:05,1,2," + "1" * big, *good[2:4],
+                 '6,"' + "z" * big + '",1,2,3.5,0,0,0,0', good[4]]
+        return "\n".join(lines) + "\n", [4, 7]
+    good = [json.dumps({"tx_id": i, "ts_ms": "2018-04-01 00:00:31", "card": 7, "terminal": 3, "amount": 1.5})
+            for i in range(5)]
+    lines = [*good[:2], "[" + "1," * (big // 2) + "1]", *good[2:4], '{"tx_id": "' + "z" * big + '"}', good[4]]
+    return "\n".join(lines) + "\n", [3, 6]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.parametrize("live", [False, True], ids=["file", "fifo"])
+def test_a_line_longer_than_1_mib_is_that_lines_error_and_the_rows_around_it_are_read(tmp_path, fmt, live):
+    """A line was read whole before it was judged, so `send` took memory in proportion to the
+    longest line (a 191 MB one-line JSON array: 965 MB; /dev/zero: without end). A line is read
+    1 MiB at a time now: a longer one is its line's error, the rest of it read and dropped, and
+    the next line is read as usual; from a file, and from a live input (a FIFO) alike."""
+    import os
+    import threading
+    import time
+
+    text, long_at = _with_long_lines(fmt, 3 * MIB)
+    p = tmp_path / f"tx.{fmt}"
+    if live:
+        os.mkfifo(p)
+        writer = threading.Thread(target=p.write_text, args=(text,), daemon=True)
+        writer.start()
+    else:
+        p.write_text(text)
+    reader = open_source(p, batch=2, fmt=fmt)
+    ids, end = [], time.monotonic() + 60
+    for chunk in reader:
+        ids += chunk["tx_id"].tolist()
+        if time.monotonic() > end:
+            break
+    assert ids == [0, 1, 2, 3, 4]
+    assert reader.errors == [(n, LONG_LINE) for n in long_at]
+    if fmt == "csv" and not live:  # train, backtest (which stop there) and label (which skips it) read it alike
+        errors = []
+        assert read_labelled(p, errors)["tx_id"].tolist() == [0, 1, 2, 3, 4]
+        assert errors == [(n, LONG_LINE) for n in long_at]
+        with pytest.raises(InputError, match=f"line 4: {re.escape(LONG_LINE)}$"):
+            read_labelled(p)
+
+
+def test_a_long_line_inside_a_quoted_field_stops_the_read_as_an_open_quote_does(tmp_path):
+    p = tmp_path / "tx.csv"
+    p.write_text("\n".join([HEADER.strip(), *rows(2), '2,"2018-04-01', "x" * (2 * MIB), '",1,2,3.5,0,0,0,0',
+                            *rows(2, 3)]) + "\n")
+    reader = open_source(p)
+    assert np.concatenate([c["tx_id"] for c in reader]).tolist() == [0, 1]
+    assert reader.errors == [(4, OPEN_QUOTE.format(LONG_LINE))]
+
+
+def test_a_first_line_longer_than_1_mib_is_no_csv_header(tmp_path):
+    p = tmp_path / "tx.csv"
+    p.write_text("x" * (MIB + 1) + "\n" + "\n".join(rows(2)) + "\n")
+    with pytest.raises(InputError) as e:
+        list(open_source(p))
+    assert str(e.value) == f"{p}, line 1: {LONG_LINE}"
+
+
+def test_send_scores_the_rows_around_a_100_mb_line_in_bounded_memory(mesh2, tmp_path):
+    """README: `send` runs in bounded memory on any input. The line is reported with its number,
+    the rows around it are scored, and the peak memory stays that of a send of two rows."""
+    import subprocess
+    import sys
+
+    p = tmp_path / "tx.jsonl"
+    good = [json.dumps({"tx_id": i, "ts_ms": "2018-04-01 00:00:31", "card": 7, "terminal": 3, "amount": 1.5})
+            for i in range(2)]
+    with open(p, "w") as f:
+        f.write(good[0] + "\n[")
+        for _ in range(50):
+            f.write("1," * (1 << 20))
+        f.write("1]\n" + good[1] + "\n")
+    peak = ("import resource, runpy, sys\nsys.argv[0] = 'zfraud'\ntry:\n    runpy.run_module('zfraud', run_name='__main__')\n"
+            "finally:\n    print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+    r = subprocess.run([sys.executable, "-c", peak, "send", str(p), "--connect", mesh2.endpoint, "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3, r.stderr
+    assert f"input line 2: {LONG_LINE}" in r.stderr.splitlines()
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (s["sent"], s["verdicts"], s["errors"], s["lost"]) == (3, 2, 1, 0)
+    peak_kb = int(r.stderr.strip().splitlines()[-1].split()[-1])
+    assert peak_kb < 150_000, f"{peak_kb} kB for a file of {p.stat().st_size:,} bytes"

@@ -22,7 +22,6 @@ from __future__ import annotations
 import bisect
 import csv
 import io
-import itertools
 import json
 import math
 import os
@@ -48,6 +47,7 @@ FIELDS = {  # zfraud column -> accepted field names, in order of preference
 }
 MAX_REPORTED = 1000
 MAX_TIME_CHARS = 40  # a longer value is no time ("2018-04-01T00:00:31.123456+05:30" has 32)
+MAX_LINE = 1 << 20  # characters a line may hold (a transaction takes about 100): a longer one is skipped
 LINGER_S = 0.01  # a live input's records wait at most this long after the oldest was read to be yielded
 TICK_S = 0.1     # an idle live input yields an empty chunk this often
 FEED_BATCHES = 8  # converted batches a live input's thread may hold ahead of its caller (40 bytes a row)
@@ -603,23 +603,62 @@ def not_utf8(text: str) -> str | None:
     return None
 
 
-def csv_rows(f):
+class LongLine(ValueError):
+    """A line longer than MAX_LINE characters (Lines)."""
+
+    def __init__(self):
+        super().__init__(f"the line is longer than 1 MiB ({MAX_LINE:,} characters)")
+
+
+class Lines:
+    """The lines of a text file opened by open_text, as iterating the file gives them, but read
+    at most MAX_LINE characters at a time: a longer line raises LongLine once that much of it is
+    read, and the next line read is the one after its newline (what lies between is read and
+    dropped, MAX_LINE at a time), so that memory stays bounded whatever the input: a JSON array
+    on one line, /dev/zero. Iteration goes on after a LongLine. `line`: the last line's number.
+    `first`: the first line, if the caller has read it already (f.readline(MAX_LINE + 1))."""
+
+    def __init__(self, f, first: str = ""):
+        self.f, self.line, self._first, self._skipping = f, 0, first, False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        text, self._first = self._first, ""
+        while self._skipping:  # the rest of a long line
+            rest = self.f.readline(MAX_LINE)
+            self._skipping = rest[-1:] not in ("", "\n", "\r")
+        text = text or self.f.readline(MAX_LINE + 1)
+        if not text:
+            raise StopIteration
+        self.line += 1
+        if len(text) > MAX_LINE and text[-1] not in "\n\r":
+            self._skipping = True
+            raise LongLine
+        return text
+
+
+def csv_rows(f, first: str = ""):
     """(line number, fields, None) for each row of a CSV file opened by open_text, the header
     first; (line number, None, why) for a row that cannot be read. A quote left open takes the
     lines after it into its field, up to the end of the file or the csv module's field limit: it
     is reported at its line and nothing after it is read, as which lines it took cannot be told.
     strict, or the end of the file would close such a quote without a word; a quote out of place
-    within a line ("a"b) is then that line's error."""
-    rows = csv.reader(f, strict=True)
+    within a line ("a"b) is then that line's error. A line longer than MAX_LINE (Lines) is its
+    row's error; within a quoted field over several lines, as a quote left open. `first`: the
+    first line, if read already (Lines)."""
+    lines = Lines(f, first)
+    rows = csv.reader(lines, strict=True)
     while True:
-        line = rows.line_num + 1
+        line = lines.line + 1
         try:
             row = next(rows)
         except StopIteration:
             return
-        except csv.Error as e:
-            if rows.line_num == line:  # a quote out of place within the line: go on at the next
-                yield line, None, f"cannot split the line into fields: {e}"
+        except (csv.Error, LongLine) as e:
+            if lines.line == line:  # a quote out of place within the line, or a long line: go on at the next
+                yield line, None, str(e) if isinstance(e, LongLine) else f"cannot split the line into fields: {e}"
                 continue
             yield line, None, (f"a quote opened on this line runs on over the lines after it ({e}): "
                                "the rest of the file is not read")
@@ -652,11 +691,11 @@ class CsvReader(_FileReader):
 
     def _records(self, opener=None):
         with (opener or open_text)(self.path) as f:
-            first = f.readline()  # (open_text drops a byte-order mark)
+            first = f.readline(MAX_LINE + 1)  # (open_text drops a byte-order mark)
             if first.lstrip().startswith("{") and _json_object(first):  # '{"tx_id":1,...' fails in csv first
                 raise InputError(f"{self.path}: the first line looks like JSON lines, not a CSV header: "
                                  "use --format jsonl")
-            rows = csv_rows(itertools.chain([first], f) if first else f)
+            rows = csv_rows(f, first)
             _, header, why = next(rows, (1, None, None))
             if why:
                 raise InputError(f"{self.path}, line 1: {why}")
@@ -687,7 +726,16 @@ class JsonLinesReader(_FileReader):
 
     def _records(self, opener=None):
         with (opener or open_text)(self.path) as f:
-            for line, text in enumerate(f, start=1):
+            lines = Lines(f)
+            while True:
+                try:
+                    text = next(lines, "")
+                except LongLine as e:
+                    self._error(lines.line, str(e))
+                    continue
+                if not text:
+                    return
+                line = lines.line
                 if not text.strip():
                     continue
                 try:
