@@ -44,11 +44,39 @@ def test_score_returns_verdicts_in_input_order_equal_to_in_process_scoring(mesh2
     with Client(mesh2.endpoint) as c:
         assert c.members == ["w1", "w2"]
         v = c.score(b)
-    expected, _ = Scorer(load_model()).score(b)
+    scorer = Scorer(load_model())
+    expected, _ = scorer.score(b)
     np.testing.assert_array_equal(v["tx_id"], b["tx_id"])
-    for col in ("score", "decision", "reason"):
+    for col in ("score", "decision"):
         np.testing.assert_array_equal(v[col], expected[col])
+    # the reason as the text the index names in the scorer's table (-1, none: None)
+    np.testing.assert_array_equal(v["reason"], np.array([*scorer.reasons, None], dtype=object)[expected["reason"]])
     assert (v["decision"] == P.DECLINE).sum() > 0
+
+
+def test_score_returns_each_rows_reason_as_text_whatever_the_model(mesh2, tmp_path):
+    """score() returned `reason` as a bare index into the RESULT's `reasons` table, which it
+    dropped: the caller could not tell what [7, 28, 29, 7] meant, and the same index means another
+    thing under another model (PROTOCOL §5.4: a receiver MUST resolve it through that table): a
+    NaN amount is reason 5 under the default model, 28 under a zfraud-v6 one."""
+    from zfraud.features import FEATURE_SETS
+    from zfraud.model import LogisticModel, save_model
+
+    b = next(synthetic(6, batch=6, seed=4))
+    b["amount"] = b["amount"].astype(float)
+    b["amount"][[1, 2]] = [np.nan, -5.0]
+    v6 = FEATURE_SETS["zfraud-v6"]
+    save_model(LogisticModel(v6, np.linspace(0.1, 1, len(v6)), np.zeros(len(v6)), -3.0, version="v6-1",
+                             feature_set="zfraud-v6"), tmp_path / "v6.json")
+    with LocalMesh(1, extra_args=["--model", str(tmp_path / "v6.json"), "--cards", "1024", "--terminals", "1024"],
+                   log_dir=str(tmp_path)) as mesh:
+        for endpoint, features in ((mesh2.endpoint, load_model().features), (mesh.endpoint, v6)):
+            with Client(endpoint) as c:
+                v = c.score(b)
+            assert v["reason"].dtype == object
+            assert v["reason"][[1, 2]].tolist() == ["error: amount is NaN or infinite", "error: amount is negative"]
+            scored = v["reason"][[0, 3, 4, 5]].tolist()
+            assert all(r is None or r in features for r in scored) and set(scored) != {None}, scored
 
 
 def test_wait_returns_when_a_reply_arrives_or_after_the_timeout(mesh2):

@@ -930,7 +930,10 @@ class Client:
     @_one_thread
     def score(self, arrays: dict, timeout_s: float = 30.0) -> dict:
         """Score one batch; returns VERDICT_COLUMNS arrays, plus "worker" (the name of the worker
-        that scored each row), in input order. If it raises, the rows it sent and had no answer
+        that scored each row), in input order. "reason" holds text (an object array): the
+        feature that pushed a row's score up most, the check a rejected row failed ("error: ..."),
+        or None. (On the wire it is an index into each RESULT's own `reasons` table, which
+        changes with the model: PROTOCOL §5.4.) If it raises, the rows it sent and had no answer
         for are forgotten (see the module docstring); the workers may still score them."""
         self._check_open()
         arrays = P.as_columns(arrays, P.TX_COLUMNS)
@@ -938,12 +941,17 @@ class Client:
         out = {name: np.zeros(n, dtype=dt) for name, dt in P.VERDICT_COLUMNS}
         out["score"][:] = np.nan
         out["decision"][:] = P.REJECTED
+        out["reason"] = np.full(n, None, dtype=object)
         out["worker"] = np.full(n, "", dtype=object)
         answered = np.zeros(n, dtype=bool)
 
         def collect(v, h):
             for name, _ in P.VERDICT_COLUMNS:
-                out[name][h["origin"]] = v[name]
+                if name != "reason":
+                    out[name][h["origin"]] = v[name]
+            table = np.array([*(h.get("reasons") or []), None], dtype=object)  # -1, or past it: None
+            r = v["reason"].astype(np.intp)
+            out["reason"][h["origin"]] = table[np.where((r >= 0) & (r < len(table) - 1), r, len(table) - 1)]
             out["worker"][h["origin"]] = str(h.get("worker", ""))
             answered[h["origin"]] = True
 
