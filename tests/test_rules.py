@@ -172,6 +172,23 @@ def test_rules_change_decisions_in_the_scorer():
     assert (v["decision"][rest] >= plain["decision"][rest]).all()
 
 
+def test_a_rule_has_no_reason_a_verdict_it_decided_keeps_the_models_and_names_the_rule():
+    """conf/rules.toml gave each rule a `reason` that nothing read (a row declined by the blocklist
+    alone went out with the model's top feature as its reason). The field is gone; the key is still
+    taken from older files and ignored, and the verdict says which rules decided it."""
+    text = 'version = "r-1"\n[[rule]]\nname = "blocked"\nwhen = "terminal == 9001"\naction = "decline"\nreason = "x"\n'
+    rs = RuleSet.from_toml(text, NAMES)
+    assert [(r.name, r.action) for r in rs.rules] == [("blocked", "decline")] and not hasattr(rs.rules[0], "reason")
+    b = next(synthetic(4, batch=4, seed=4))
+    b["terminal"][0] = 9001
+    scorer = Scorer(load_model(), rules=rs)
+    v, _ = scorer.score(b)
+    plain, _ = Scorer(load_model()).score(b)
+    assert v["decision"][0] == P.DECLINE and plain["decision"][0] != P.DECLINE and v["rules"].tolist() == [1, 0, 0, 0]
+    np.testing.assert_array_equal(v["reason"], plain["reason"])  # the model's, for every row
+    assert "reason" not in open("conf/rules.toml").read().replace("`reason`", "")
+
+
 def test_a_worker_refuses_a_rule_it_could_not_evaluate_in_one_line(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[[rule]]\nname = "over"\nwhen = "ts_ms + 100000000000000000000 > 0"\naction = "review"\n')

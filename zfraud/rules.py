@@ -5,10 +5,13 @@ A rule set is TOML (conf/rules.toml is the example):
     version = "2026-11-28.1"
 
     [[rule]]
-    name = "very_large_amount"
+    name = "very_large_amount"         # what a verdict names when the rule fires
     when = "amount > 5000"
     action = "decline"                 # or "review"
-    reason = "amount above 5000"
+
+A rule has no reason text: a verdict carries the model's reason (its top feature), and the names
+of the rules that fired (the `rules` bits, resolved through `rule_names`), which say why a rule
+decided it. A `reason` key, which the example rules once had and nothing read, is taken and ignored.
 
 Expressions: numbers, names (the model's features and the batch's columns: tx_id, card, terminal,
 ts_ms, amount), arithmetic (+ - * / % and unary -), comparisons (< <= > >= == !=, chained),
@@ -325,7 +328,6 @@ class Rule:
     name: str
     when: str
     action: str
-    reason: str
     test: object  # compiled: function(env) -> bool array
 
 
@@ -372,7 +374,7 @@ class RuleSet:
             if name in seen:
                 raise RulesError(f"{where}: rule name {name!r} is used twice")
             seen.add(name)
-            unknown = set(entry) - {"name", "when", "action", "reason"}
+            unknown = set(entry) - {"name", "when", "action", "reason"}  # (reason: ignored, see the docstring)
             if unknown:
                 raise RulesError(f"{where}: rule {name!r} has unknown keys {sorted(unknown)}")
             when, action = entry.get("when"), entry.get("action")
@@ -401,7 +403,7 @@ class RuleSet:
                 _probe(test, allowed, name)
             except RulesError as e:
                 raise RulesError(f"{where}: {e}") from None
-            rules.append(Rule(name, when.strip(), action, str(entry.get("reason", name)), test))
+            rules.append(Rule(name, when.strip(), action, test))
         return cls(rules, version, text)
 
     @classmethod
