@@ -949,9 +949,7 @@ class Client:
             for name, _ in P.VERDICT_COLUMNS:
                 if name != "reason":
                     out[name][h["origin"]] = v[name]
-            table = np.array([*(h.get("reasons") or []), None], dtype=object)  # -1, or past it: None
-            r = v["reason"].astype(np.intp)
-            out["reason"][h["origin"]] = table[np.where((r >= 0) & (r < len(table) - 1), r, len(table) - 1)]
+            out["reason"][h["origin"]] = P.reason_texts(v["reason"], h)
             out["worker"][h["origin"]] = str(h.get("worker", ""))
             answered[h["origin"]] = True
 

@@ -207,6 +207,15 @@ class Message:
     frames: list  # the column frames, still raw
 
 
+def reason_texts(codes: np.ndarray, header: dict) -> np.ndarray:
+    """A verdict message's reason column as text: each index resolved through the same message's
+    `reasons` table (§5.4: an index means another thing under another model); -1, or an index
+    past the table, is None. An object array, made without per-row Python."""
+    table = np.array([*(header.get("reasons") or []), None], dtype=object)
+    r = np.asarray(codes).astype(np.intp)
+    return table[np.where((r >= 0) & (r < len(table) - 1), r, len(table) - 1)]
+
+
 def parse(frames) -> Message:
     """Check version, command and header of a DEALER/ROUTER message (routing id already removed)."""
     if len(frames) < 3:
