@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import click
 import numpy as np
 import pytest
 
@@ -88,6 +89,31 @@ def test_ctrl_c_during_a_backtest_stops_its_workers_and_exits_130(workdir, tmp_p
     assert out == "" and "Aborted" not in err and "Traceback" not in err, err
     for pid in workers:  # stopped and reaped by the back-test
         assert not os.path.exists(f"/proc/{pid}"), f"worker {pid} outlived the back-test"
+
+
+@pytest.mark.parametrize("status", [130, 128 + signal.SIGTERM])
+def test_a_ctrl_c_while_click_reads_the_command_line_says_interrupted(status):
+    """A backtest interrupted about half a second after it started (the imports done, its options
+    being read) said click's "Aborted!" with status 1: 2 of 9 Ctrl-Cs sent at 0.1-1.5 s. An option
+    whose check is interrupted stands in for that moment here."""
+    from click.testing import CliRunner
+
+    from zfraud.cli import main
+
+    def interrupted(ctx, param, value):
+        stop = KeyboardInterrupt()
+        if status != 130:
+            stop.status = status  # as zfraud's SIGTERM handler raises it
+        raise stop
+
+    cmd = click.Command("slow-to-parse", params=[click.Option(["--x"], default="1", callback=interrupted)],
+                        callback=lambda x: None)
+    main.add_command(cmd)
+    try:
+        r = CliRunner().invoke(main, ["slow-to-parse"])
+    finally:
+        del main.commands["slow-to-parse"]
+    assert (r.exit_code, r.stderr) == (status, "interrupted\n"), (r.exit_code, r.output)
 
 
 def test_a_worker_that_dies_during_a_backtest_fails_it_with_no_metrics(workdir):
