@@ -98,3 +98,30 @@ def test_a_header_msgpack_refuses_says_why_after_the_colon(raw, why):
     with pytest.raises(P.ProtocolError) as e:
         P.unpack(raw)
     assert e.value.code == P.BAD_HEADER and str(e.value) == f"header is not valid msgpack: {why}"
+
+
+def test_fired_names_reads_each_rows_bits_through_the_messages_own_rule_table():
+    """A verdict's `rules` column is a bitmask over its header's `rule_names` (bit k: name k), and
+    which rule a bit means changes with the rule set deployed: Client.score and tail name the
+    fired rules through this one lookup, a tuple per row, () when none fired."""
+    h = {"rule_names": ["big", "night", "blocked"]}
+    masks = np.array([0, 0b001, 0b101, 0b110, 0b101, 0b1000, 2**63 | 0b010], dtype="<u8")
+    got = P.fired_names(masks, h)
+    assert got.dtype == object and got.tolist() == [(), ("big",), ("big", "blocked"), ("night", "blocked"),
+                                                    ("big", "blocked"), (), ("night",)]  # bits past the table: left out
+    assert got[2] is got[4]  # one tuple per distinct mask
+    assert P.fired_names(np.array([0b11], "<u8"), {"rule_names": ["blocked", "big"]}).tolist() == [("blocked", "big")]
+    assert P.fired_names(masks[:2], {}).tolist() == [(), ()]  # no table: no names
+    assert P.fired_names(np.zeros(0, "<u8"), h).tolist() == []
+    # many rows, up to 64 rules: the same as naming them row by row
+    names = [f"r{k}" for k in range(64)]
+    many = np.random.default_rng(3).integers(0, 2**64, 5000, dtype=np.uint64)
+    many[::3] = many[1::3][:len(many[::3])]  # repeated masks
+    many[::7] = 0
+    assert P.fired_names(many, {"rule_names": names}).tolist() == [
+        tuple(n for k, n in enumerate(names) if m >> k & 1) for m in many.tolist()]
+    # tail's records (and send --out) name them from the same lookup, as JSON lists
+    from zfraud.tail import records
+    cols = {"tx_id": np.arange(7, dtype="<u8"), "score": np.zeros(7, "<f4"), "decision": np.zeros(7, "u1"),
+            "reason": np.full(7, -1, "<i2"), "rules": masks}
+    assert [r["fired"] for r in records(cols, h)] == [list(t) for t in got.tolist()]

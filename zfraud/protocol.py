@@ -216,6 +216,27 @@ def reason_texts(codes: np.ndarray, header: dict) -> np.ndarray:
     return table[np.where((r >= 0) & (r < len(table) - 1), r, len(table) - 1)]
 
 
+def fired_names(masks: np.ndarray, header: dict) -> np.ndarray:
+    """A verdict message's rules column as the names of the rules that fired: per row a tuple of
+    names, in the order of the same message's `rule_names` table (bit k is its name k; which rule
+    a bit means changes with each rule set deployed, §4.4, §5.4), () when none fired; a bit past
+    the table is left out, and a table that is not a list names nothing. An object array; the
+    tuples are made once per distinct mask (rows that fired the same rules share one), not per row."""
+    names = header.get("rule_names")
+    names = names if isinstance(names, list) else []  # a peer's junk: no names, and nothing raised
+    m = np.asarray(masks, dtype=np.uint64)
+    out = np.empty(len(m), dtype=object)
+    if not m.any():  # no rules, or none fired: the usual case
+        out.fill(())
+        return out
+    distinct, inverse = np.unique(m, return_inverse=True)
+    table = np.empty(len(distinct), dtype=object)
+    for i, mask in enumerate(distinct.tolist()):  # (a list of tuples would be read as a 2-d array)
+        table[i] = tuple(name for k, name in enumerate(names) if mask >> k & 1)
+    out[:] = table[inverse.reshape(-1)]
+    return out
+
+
 def parse(frames) -> Message:
     """Check version, command and header of a DEALER/ROUTER message (routing id already removed)."""
     if len(frames) < 3:

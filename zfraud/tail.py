@@ -28,19 +28,17 @@ from .sockets import configure
 
 
 def records(cols: dict, h: dict):
-    """One dict per verdict: tx_id, score, decision, reason, fired (rule names), worker, model, rules,
+    """One dict per verdict: tx_id, score, decision, reason (text), fired (a list of the names of the
+    rules that fired), worker, model, rules (the rule set's version),
     seq (the number of the message it came in, per worker process and decision) and boot (the worker
     process; see the module's docstring)."""
-    rule_names = h.get("rule_names") or []
-    fired = cols["rules"]
-    for i, (tx, score, d, r) in enumerate(zip(cols["tx_id"].tolist(), cols["score"].tolist(),
-                                              cols["decision"].tolist(),
-                                              P.reason_texts(cols["reason"], h).tolist())):
-        mask = int(fired[i])
+    for tx, score, d, r, fired in zip(cols["tx_id"].tolist(), cols["score"].tolist(), cols["decision"].tolist(),
+                                      P.reason_texts(cols["reason"], h).tolist(),
+                                      P.fired_names(cols["rules"], h).tolist()):
         yield {"tx_id": tx, "score": round(score, 6) if score == score else None,
                "decision": P.DECISIONS[d] if d < len(P.DECISIONS) else str(d),
                "reason": r,
-               "fired": [n for k, n in enumerate(rule_names) if mask >> k & 1] if mask else [],
+               "fired": list(fired),
                "worker": h.get("worker"), "model": h.get("model"), "rules": h.get("rules"), "seq": h.get("seq"),
                "boot": h.get("boot")}
 
