@@ -224,6 +224,44 @@ def test_stream_checks_each_chunk_as_score_does(mesh2):
         assert _clean(c)
 
 
+# -- 5b. what score() returns: the fired rules by name -------------------------------------------------
+RULES = (("very_large_amount", "amount >= 5000", "decline"), ("large_at_night", "is_night == 1 and amount > 1000", "review"),
+         ("blocked_terminals", "terminal in (9001, 9002)", "decline"))
+
+
+def test_score_names_the_rules_that_fired_through_each_results_own_rule_table(tmp_path):
+    """score() returned each row's `rules` bitmask and dropped the RESULT's `rule_names`: a caller
+    could not tell which rule a bit meant, and that changes with each rule set deployed. Here w1
+    and w2 run the same three rules in opposite orders, so bit 0 is another rule on each, and one
+    score() gets RESULTs of both."""
+    from zfraud.deploy import artefact
+    from zfraud.local import LocalMesh
+
+    order = {"w1": RULES, "w2": RULES[::-1]}
+    noon, night = 1_709_640_000_000, 1_709_604_000_000  # 2024-03-05 12:00 and 02:00 UTC
+    # per row pattern: (terminal, amount, ts_ms, the rules that fire)
+    patterns = [(5, 10.0, noon, set()), (9001, 10.0, noon, {"blocked_terminals"}),
+                (5, 6000.0, noon, {"very_large_amount"}), (9002, 2000.0, night, {"large_at_night", "blocked_terminals"}),
+                (5, 6000.0, night, {"very_large_amount", "large_at_night"}),
+                (9001, -5.0, noon, set())]  # rejected (a negative amount): no rule is evaluated
+    n = 120
+    rows = [patterns[i % len(patterns)] for i in range(n)]
+    b = {"tx_id": np.arange(n) + 15 * 10**9, "card": np.arange(n), "terminal": [r[0] for r in rows],
+         "amount": [r[1] for r in rows], "ts_ms": [r[2] for r in rows]}
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint) as c:
+        for name, rules in order.items():
+            path = tmp_path / f"{name}.toml"
+            path.write_text(f'version = "{name}-order"\n' + "".join(
+                f'[[rule]]\nname = "{r}"\nwhen = "{w}"\naction = "{a}"\n' for r, w, a in rules))
+            assert c.control(name, "deploy", 10.0, payload=artefact(rules_path=path))["rules"] == f"{name}-order"
+        v = c.score(b)
+    assert "rules" not in v and set(v["worker"]) == {"w1", "w2"}, set(v["worker"])
+    assert v["fired"].dtype == object and all(type(f) is tuple for f in v["fired"])
+    expected = [tuple(r for r, _, _ in order[w] if r in fires) for w, (_, _, _, fires) in zip(v["worker"], rows)]
+    assert v["fired"].tolist() == expected
+    assert (v["decision"][5::6] == P.REJECTED).all() and (v["decision"][1::6] == P.DECLINE).all()
+
+
 # -- 6. answers read late, no live member ------------------------------------------------------------
 def test_answers_read_after_their_deadline_do_not_mark_their_worker_down(mesh2):
     """Both workers answer in time, but the caller reads the answers only after their deadline

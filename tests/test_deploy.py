@@ -91,7 +91,7 @@ def test_deploy_of_an_empty_rules_file_removes_the_rules_as_a_worker_started_wit
         assert versions(mesh) == {"w1": ("default-2", "unversioned", None)}
         with Client(mesh.endpoint) as c:  # a blocked terminal's transaction: no rule declines it now
             v = c.score({"tx_id": [1], "card": [7], "terminal": [9001], "ts_ms": [1_522_540_800_000], "amount": [10.0]})
-        assert (v["decision"].tolist(), v["rules"].tolist()) == ([P.APPROVE], [0])
+        assert (v["decision"].tolist(), v["fired"].tolist()) == ([P.APPROVE], [()])
     with LocalMesh(1, extra_args=["--rules", str(empty)], log_dir=str(tmp_path / "b")) as mesh:
         assert versions(mesh) == {"w1": ("default-2", "unversioned", None)}
 
@@ -112,7 +112,7 @@ def test_rules_deploy_changes_decisions_and_names_the_rule(mesh):
         b["terminal"][:50] = 9002
         v = c.score(b)
     assert (v["decision"][:50] == P.DECLINE).all()
-    assert (v["rules"][:50] == 0b100).all()
+    assert v["fired"][:50].tolist() == [("blocked_terminals",)] * 50
 
 
 def test_shadow_scores_beside_the_live_model_without_changing_decisions(mesh, tmp_path, ctx):

@@ -73,6 +73,7 @@ class Pending:
 
 REMEMBER_IDS = 1 << 20  # a stream's `repeated` looks this many distinct ids back (a worker remembers as many)
 FOLD_ROWS = 1 << 18      # rows of RESULTs read before they are folded into a stream's counts
+_AS_SENT = ("tx_id", "score", "decision")  # the VERDICT columns score() returns as they came
 DEAD_LETTER_IDS = 100_000  # Client.dead_letters keeps the latest entries, about this many ids (the file keeps all)
 OUTAGE_DEADLINES = 6  # with no worker live, batches wait up to a deadline each for this many deadlines (30 s)
 PROBE_EVERY_S = 0.25  # after that: how often a batch asks every worker again
@@ -929,27 +930,37 @@ class Client:
     # -- convenience APIs -------------------------------------------------------------------
     @_one_thread
     def score(self, arrays: dict, timeout_s: float = 30.0) -> dict:
-        """Score one batch; returns VERDICT_COLUMNS arrays, plus "worker" (the name of the worker
-        that scored each row), in input order. "reason" holds text (an object array): the
-        feature that pushed a row's score up most, the check a rejected row failed ("error: ..."),
-        or None. (On the wire it is an index into each RESULT's own `reasons` table, which
-        changes with the model: PROTOCOL §5.4.) If it raises, the rows it sent and had no answer
-        for are forgotten (see the module docstring); the workers may still score them."""
+        """Score one batch; returns, in input order, a dict of arrays: "tx_id", "score" and
+        "decision" as the VERDICT columns (PROTOCOL §5.2), and three object arrays:
+
+        - "reason": text, the feature that pushed a row's score up most, the check a rejected row
+          failed ("error: ..."), or None;
+        - "fired": a tuple of the names of the rules that fired for the row, in the rule set's
+          order, () when none did (always for a rejected row);
+        - "worker": the name of the worker that scored the row.
+
+        On the wire, reason is an index into each RESULT's own `reasons` table, which changes with
+        the model, and the fired rules a bitmask over its `rule_names`, which changes with the rule
+        set deployed (PROTOCOL §5.4); both are resolved per RESULT (protocol.reason_texts,
+        fired_names). (Earlier versions returned the index as "reason" and the bitmask as "rules",
+        with nothing to read them by.) If it raises, the rows it sent and had no answer for are forgotten (see
+        the module docstring); the workers may still score them."""
         self._check_open()
         arrays = P.as_columns(arrays, P.TX_COLUMNS)
         n = len(arrays["tx_id"])
-        out = {name: np.zeros(n, dtype=dt) for name, dt in P.VERDICT_COLUMNS}
+        out = {name: np.zeros(n, dtype=dt) for name, dt in P.VERDICT_COLUMNS if name in _AS_SENT}
         out["score"][:] = np.nan
         out["decision"][:] = P.REJECTED
         out["reason"] = np.full(n, None, dtype=object)
+        out["fired"] = np.full(n, None, dtype=object)
         out["worker"] = np.full(n, "", dtype=object)
         answered = np.zeros(n, dtype=bool)
 
         def collect(v, h):
-            for name, _ in P.VERDICT_COLUMNS:
-                if name != "reason":
-                    out[name][h["origin"]] = v[name]
+            for name in _AS_SENT:
+                out[name][h["origin"]] = v[name]
             out["reason"][h["origin"]] = P.reason_texts(v["reason"], h)
+            out["fired"][h["origin"]] = P.fired_names(v["rules"], h)
             out["worker"][h["origin"]] = str(h.get("worker", ""))
             answered[h["origin"]] = True
 
