@@ -4,7 +4,8 @@ import pytest
 
 from zfraud import Client, load_model
 from zfraud import protocol as P
-from zfraud.rules import RuleSet, RulesError
+from zfraud.local import LocalMesh
+from zfraud.rules import RuleSet, RulesError, tomllib  # (tomli before Python 3.11)
 from zfraud.scoring import Scorer
 from zfraud.synthetic import synthetic
 
@@ -172,21 +173,31 @@ def test_rules_change_decisions_in_the_scorer():
     assert (v["decision"][rest] >= plain["decision"][rest]).all()
 
 
-def test_a_rule_has_no_reason_a_verdict_it_decided_keeps_the_models_and_names_the_rule():
-    """conf/rules.toml gave each rule a `reason` that nothing read (a row declined by the blocklist
-    alone went out with the model's top feature as its reason). The field is gone; the key is still
-    taken from older files and ignored, and the verdict says which rules decided it."""
-    text = 'version = "r-1"\n[[rule]]\nname = "blocked"\nwhen = "terminal == 9001"\naction = "decline"\nreason = "x"\n'
-    rs = RuleSet.from_toml(text, NAMES)
-    assert [(r.name, r.action) for r in rs.rules] == [("blocked", "decline")] and not hasattr(rs.rules[0], "reason")
+def test_an_old_rules_file_with_a_reason_starts_a_worker_whose_rule_verdicts_name_the_rule(tmp_path):
+    """conf/rules.toml gave each rule a `reason` that nothing read; the field is gone. A file that
+    still has the key must load, with the key ignored (refusing it would stop a worker at its next
+    start), and a row its rule declines goes out naming the rule in `fired`, with the model's
+    reason, not the rule's text (a reason, PROTOCOL §5.4, is the model's top feature)."""
+    rule = 'version = "r-1"\n[[rule]]\nname = "blocked"\nwhen = "terminal == 9001"\naction = "decline"\n'
+    old = rule + 'reason = "terminal on the blocklist"\n'
+    with_key, without = RuleSet.from_toml(old, NAMES), RuleSet.from_toml(rule, NAMES)
+    assert [(r.name, r.when, r.action) for r in with_key.rules] == [(r.name, r.when, r.action) for r in without.rules]
+    assert [a.tolist() for a in with_key.evaluate(ENV, 4)] == [a.tolist() for a in without.evaluate(ENV, 4)]
+    path = tmp_path / "old.toml"
+    path.write_text(old)
     b = next(synthetic(4, batch=4, seed=4))
     b["terminal"][0] = 9001
-    scorer = Scorer(load_model(), rules=rs)
-    v, _ = scorer.score(b)
-    plain, _ = Scorer(load_model()).score(b)
-    assert v["decision"][0] == P.DECLINE and plain["decision"][0] != P.DECLINE and v["rules"].tolist() == [1, 0, 0, 0]
-    np.testing.assert_array_equal(v["reason"], plain["reason"])  # the model's, for every row
-    assert "reason" not in open("conf/rules.toml").read().replace("`reason`", "")
+    plain = Scorer(load_model())
+    expected, _ = plain.score(b)
+    with LocalMesh(1, extra_args=["--rules", str(path)], log_dir=str(tmp_path)) as mesh, Client(mesh.endpoint) as c:
+        v = c.score(b)
+    assert v["decision"][0] == P.DECLINE and expected["decision"][0] != P.DECLINE
+    assert v["fired"].tolist() == [("blocked",), (), (), ()]
+    models = P.reason_texts(expected["reason"], {"reasons": plain.reasons}).tolist()  # the model's, every row
+    assert v["reason"].tolist() == models and models[0] in NAMES, (v["reason"], models)
+    # and the example file promises no reason text
+    with open("conf/rules.toml", "rb") as f:
+        assert [sorted(r) for r in tomllib.load(f)["rule"]] == [["action", "name", "when"]] * 3
 
 
 def test_a_worker_refuses_a_rule_it_could_not_evaluate_in_one_line(tmp_path):
