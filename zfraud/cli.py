@@ -556,9 +556,9 @@ def send(file, connect, synthetic, batch, rate, fmt, out, as_json, window, deadl
                         sink.flush()  # each batch's verdicts as they come (a live feed's reader waits)
                 refused = v["reason"][v["decision"] == P.REJECTED]
                 if len(refused):  # tallied for the line that says no row was scored, if none was
-                    reasons = h.get("reasons") or []
-                    for code, n in zip(*np.unique(refused, return_counts=True)):
-                        rejected[reasons[code] if 0 <= code < len(reasons) else f"reason {code}"] += int(n)
+                    codes, counts = np.unique(refused, return_counts=True)
+                    for code, text, n in zip(codes.tolist(), P.reason_texts(codes, h).tolist(), counts.tolist()):
+                        rejected[f"reason {code}" if text is None else text] += n  # (an index the table lacks)
 
             # SIGTERM (a supervisor), SIGHUP as Ctrl-C: the summary, then 128 + sig
             previous = _handle((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), interrupt)
