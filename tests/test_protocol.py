@@ -125,3 +125,17 @@ def test_fired_names_reads_each_rows_bits_through_the_messages_own_rule_table():
     cols = {"tx_id": np.arange(7, dtype="<u8"), "score": np.zeros(7, "<f4"), "decision": np.zeros(7, "u1"),
             "reason": np.full(7, -1, "<i2"), "rules": masks}
     assert [r["fired"] for r in records(cols, h)] == [list(t) for t in got.tolist()]
+
+
+@pytest.mark.parametrize("reasons", [5, "amount", {"a": 1}, None], ids=["int", "str", "dict", "absent"])
+def test_reason_texts_names_nothing_through_a_reasons_table_that_is_not_a_list(reasons):
+    """A peer's `reasons` of 5 raised TypeError (`[*5]`) out of Client.score's poll, and a string
+    was read letter by letter ("a", "m", ...); as fired_names does with its table, nothing is named."""
+    h = {} if reasons is None else {"reasons": reasons}
+    got = P.reason_texts(np.array([-1, 0, 1, 9], "<i2"), h)
+    assert got.dtype == object and got.tolist() == [None, None, None, None]
+
+
+def test_reason_texts_resolves_each_index_through_the_messages_own_table():
+    got = P.reason_texts(np.array([0, 2, -1, 3, 1, 2], "<i2"), {"reasons": ["amount", "terminal_risk_7d", "night"]})
+    assert got.tolist() == ["amount", "night", None, None, "terminal_risk_7d", "night"]

@@ -210,8 +210,13 @@ class Message:
 def reason_texts(codes: np.ndarray, header: dict) -> np.ndarray:
     """A verdict message's reason column as text: each index resolved through the same message's
     `reasons` table (§5.4: an index means another thing under another model); -1, or an index
-    past the table, is None. An object array, made without per-row Python."""
-    table = np.array([*(header.get("reasons") or []), None], dtype=object)
+    past the table, is None, and a table that is not a list names nothing. An object array, made
+    without per-row Python."""
+    reasons = header.get("reasons")
+    reasons = reasons if isinstance(reasons, list) else []  # a peer's junk: TypeError out of Client.score's poll
+    table = np.empty(len(reasons) + 1, dtype=object)  # None past the table
+    for i, text in enumerate(reasons):  # (one entry per reason of the model, not per row)
+        table[i] = text
     r = np.asarray(codes).astype(np.intp)
     return table[np.where((r >= 0) & (r < len(table) - 1), r, len(table) - 1)]
 
