@@ -194,7 +194,8 @@ def test_deploy_waits_for_the_mesh_as_long_as_its_timeout():
 def test_after_a_deploy_and_its_rollback_the_new_state_is_shared_with_peers(model_path, tmp_path):
     """zfraud-v6 -> basic-v1 -> zfraud-v6 on both workers: the new state's terminal counts went to
     no peer, because the worker kept the old state's export cursor, which the new one's versions
-    had yet to pass. Each worker's snapshot must hold every transaction of the stream sent after."""
+    had yet to pass. Each worker's snapshot must hold every transaction of the stream sent after,
+    and of the one sent before: the rollback saved that state, and the deploy back restored it."""
     from test_intel import saved_counts_equal_the_stream, state_args, terminal_stream
 
     from zfraud.model import DEFAULT_MODEL
@@ -211,8 +212,11 @@ def test_after_a_deploy_and_its_rollback_the_new_state_is_shared_with_peers(mode
             tx = terminal_stream(2000, seed=2)
             c.score(tx)
             time.sleep(1.5)  # a few heartbeats (0.2 s): the counts go out
+    both = {k: np.concatenate([before[k], tx[k]]) for k in tx}
     for w in ("w1", "w2"):
-        saved_counts_equal_the_stream(state / f"{w}.state.npz", tx)
+        saved_counts_equal_the_stream(state / f"{w}.state.npz", both)
+        assert "feature set zfraud-v6 -> basic-v1: the zfraud-v6 state is saved to" in mesh.log(w)
+        assert "feature set basic-v1 -> zfraud-v6: restored state from" in mesh.log(w)
 
 
 def test_a_new_state_gets_the_terminal_counts_of_a_member_the_deploy_did_not_reset(model_path, tmp_path):
@@ -285,3 +289,50 @@ def test_a_deploy_that_changes_the_feature_set_forgets_the_ids_it_had_remembered
     np.testing.assert_array_equal(np.sort(snap["extra.seen"]), np.sort(data["tx_id"][:half]))
     np.testing.assert_array_equal(np.sort(snap["extra.labels_seen"]), np.sort(data["tx_id"][:half][frauds[:half]]))
     assert again["repeats"] == half and again["state"]["cards"] == len(np.unique(data["card"]))
+
+
+def _engine_scores(model_path, parts):
+    """The probe model's scores of the last of `parts` (column dicts) after an engine of the
+    workers' sizes counted the others: what a worker that kept all their history scores."""
+    from zfraud.features import FULL, FeatureEngine
+
+    e, m = FeatureEngine(FULL, 7, 4096, 4096), load_model(model_path)
+    for part in parts:
+        X = e.transform(part)
+    return m.predict_proba(X).astype(np.float32)
+
+
+def test_a_deploy_back_to_a_stateful_feature_set_restores_the_snapshot_it_finds(data, model_path, tmp_path):
+    """A worker deployed to zfraud-v6 saved its state at its stop, came back on the basic-v1
+    model of its command line (the file `left as it is`), and was deployed zfraud-v6 again: it
+    started empty (cards 0, no ids remembered) and its next save overwrote the snapshot, though
+    that matched the new feature set. The deploy restores it now, as a start-up would."""
+    state = tmp_path / "state"
+    n = len(data["tx_id"])
+    half = n // 2
+    tx = {k: data[k] for k, _ in P.TX_COLUMNS}
+    first, second = ({k: v[s] for k, v in tx.items()} for s in (slice(None, half), slice(half, None)))
+    extra = ["--cards", "4096", "--terminals", "4096", "--state-dir", str(state)]
+    with LocalMesh(1, extra_args=extra, log_dir=str(tmp_path)) as mesh:
+        with Client(mesh.endpoint) as c:
+            assert deploy(c, model_path=model_path)["w1"]["model"] == "probe-1"
+            c.score(first)
+            before = c.control("w1", "status")["status"]["state"]
+        assert mesh.stop_worker("w1") == 0  # SIGTERM: saves the state
+        mesh.start_worker("w1")  # the command line's model: default-2, basic-v1
+        mesh.wait_members(["w1"])
+        with Client(mesh.endpoint) as c:
+            assert deploy(c, model_path=model_path)["w1"]["model"] == "probe-1"
+            after = c.control("w1", "status")["status"]["state"]
+            scored = c.score(second)
+            again = c.score(first)  # counted before the stop: repeats, as the snapshot remembers them
+            end = c.control("w1", "status")["status"]
+        log = mesh.log("w1")
+    assert before["cards"] == len(np.unique(data["card"][:half])) > 0
+    assert {k: after[k] for k in ("cards", "terminals", "remembered_tx_ids")} == \
+        {"cards": before["cards"], "terminals": before["terminals"], "remembered_tx_ids": half}, log
+    np.testing.assert_array_equal(scored["score"], _engine_scores(model_path, (first, second)))
+    assert end["repeats"] == half and not np.isnan(again["score"]).any()
+    assert f"state in {state / 'w1.state.npz'} not restored: model default-2" in log
+    assert f"feature set basic-v1 -> zfraud-v6: restored state from {state / 'w1.state.npz'} in " in log, log
+    assert f"remembers the {half} and 0 counted into the restored one" in log, log
