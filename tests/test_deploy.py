@@ -336,3 +336,67 @@ def test_a_deploy_back_to_a_stateful_feature_set_restores_the_snapshot_it_finds(
     assert f"state in {state / 'w1.state.npz'} not restored: model default-2" in log
     assert f"feature set basic-v1 -> zfraud-v6: restored state from {state / 'w1.state.npz'} in " in log, log
     assert f"remembers the {half} and 0 counted into the restored one" in log, log
+
+
+def _wait_for_log(mesh, name, text, timeout_s=15.0):
+    end = time.monotonic() + timeout_s
+    while text not in mesh.log(name):
+        assert time.monotonic() < end, f"{text!r} not logged by {name} within {timeout_s} s:\n{mesh.log(name)}"
+        time.sleep(0.1)
+
+
+def test_a_snapshot_a_deploy_cannot_restore_is_moved_aside_not_overwritten(data, model_path, tmp_path):
+    """The start-up leaves a snapshot it does not restore as it is; a deploy to zfraud-v6 must not
+    let its first save overwrite one that does not fit (here: not a snapshot at all)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "w1.state.npz").write_bytes(b"not a snapshot")
+    tx = {k: data[k][:5000] for k, _ in P.TX_COLUMNS}
+    extra = ["--cards", "4096", "--terminals", "4096", "--state-dir", str(state)]
+    with LocalMesh(1, extra_args=extra, log_dir=str(tmp_path)) as mesh:
+        with Client(mesh.endpoint) as c:
+            assert deploy(c, model_path=model_path)["w1"]["model"] == "probe-1"
+            c.score(tx)
+            st = c.control("w1", "status")["status"]["state"]
+        assert mesh.stop_worker("w1") == 0
+        log = mesh.log("w1")
+    aside = [p for p in state.iterdir() if p.name.startswith("w1.state.npz.not-restored-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == b"not a snapshot", sorted(state.iterdir())
+    assert (f"feature set basic-v1 -> zfraud-v6: state in {state / 'w1.state.npz'} not restored: state file "
+            f"{str(state / 'w1.state.npz')!r}: not a zfraud snapshot (not an .npz archive); moved to {aside[0]} "
+            f"(not overwritten), and a new, empty streaming state") in log, log
+    assert st["cards"] == len(np.unique(tx["card"])) and st["remembered_tx_ids"] == 5000  # empty, then counted
+    from zfraud.state import load_npz
+    assert len(load_npz(state / "w1.state.npz")["extra.seen"]) == 5000
+
+
+def test_a_deploy_away_from_zfraud_v6_saves_the_state_as_it_is_then(data, model_path, tmp_path):
+    """Rolled back to basic-v1 by a deploy, a worker stopped saving, and its last periodic
+    snapshot stayed: restored at its next start on zfraud-v6, it lacked what came after that
+    save. The deploy saves the state as it is at the switch; a restart restores all of it."""
+    from zfraud.model import DEFAULT_MODEL
+    from zfraud.state import load_npz
+
+    state = tmp_path / "state"
+    tx = {k: data[k][:9000] for k, _ in P.TX_COLUMNS}
+    parts = [{k: v[s] for k, v in tx.items()} for s in (slice(0, 3000), slice(3000, 6000), slice(6000, None))]
+    extra = ["--cards", "4096", "--terminals", "4096", "--state-dir", str(state), "--model", str(model_path),
+             "--snapshot-every", "1"]
+    with LocalMesh(1, extra_args=extra, log_dir=str(tmp_path)) as mesh:
+        with Client(mesh.endpoint) as c:
+            c.score(parts[0])
+            _wait_for_log(mesh, "w1", "in the background")  # a periodic save, of the first part
+            c.score(parts[1])
+            assert deploy(c, model_path=DEFAULT_MODEL)["w1"]["model"] == "default-2"  # at once: no save between
+            c.score(parts[2])  # scored with no state: in no snapshot
+        assert mesh.stop_worker("w1") == 0
+        saved = load_npz(state / "w1.state.npz")
+        mesh.start_worker("w1")  # zfraud-v6 again, from its command line
+        mesh.wait_members(["w1"])
+        with Client(mesh.endpoint) as c:
+            st = c.control("w1", "status")["status"]["state"]
+        log = mesh.log("w1")
+    np.testing.assert_array_equal(np.sort(saved["extra.seen"]), np.sort(tx["tx_id"][:6000]))
+    assert st["cards"] == len(np.unique(tx["card"][:6000])) and st["remembered_tx_ids"] == 6000, log
+    assert (f"feature set zfraud-v6 -> basic-v1: the zfraud-v6 state is saved to {state / 'w1.state.npz'} as it "
+            f"is now") in log, log
