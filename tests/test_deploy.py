@@ -1,5 +1,6 @@
 """Hot reload and shadow on a live mesh of real worker processes."""
 import json
+import re
 import subprocess
 import sys
 import time
@@ -400,3 +401,36 @@ def test_a_deploy_away_from_zfraud_v6_saves_the_state_as_it_is_then(data, model_
     assert st["cards"] == len(np.unique(tx["card"][:6000])) and st["remembered_tx_ids"] == 6000, log
     assert (f"feature set zfraud-v6 -> basic-v1: the zfraud-v6 state is saved to {state / 'w1.state.npz'} as it "
             f"is now") in log, log
+
+
+def test_a_model_too_big_for_one_message_is_refused_at_once(mesh, tmp_path, monkeypatch):
+    """A valid model whose deploy frame is over MAX_MESSAGE_BYTES went out anyway: libzmq drops
+    such a frame without a word, and `deploy` said 'did not answer deploy within 10 s' (after
+    31 s, for 77 MiB). It is refused before anything is sent, naming the size, the limit, and the
+    way that works (a worker's --model)."""
+    from zfraud import deploy as deploy_mod
+
+    _, small = second_model(tmp_path, "small-1")
+    size = len(json.dumps(load_model(small).to_dict()).encode())
+    monkeypatch.setattr(deploy_mod, "MAX_MESSAGE_BYTES", size - 1)
+    with pytest.raises(ValueError) as e:
+        deploy_mod.artefact(small)
+    assert str(e.value) == (f"{small}: the model is 0.0 MiB ({size} bytes) as a deploy message, over the 0 MiB "
+                            f"({size - 1} bytes) a worker accepts in one frame: it cannot be deployed. Start the "
+                            f"workers with --model {small} instead (one at a time)")
+    monkeypatch.setattr(deploy_mod, "MAX_MESSAGE_BYTES", size)
+    assert len(deploy_mod.artefact(small)[0]) == size  # the limit itself is allowed (libzmq: > max)
+    # One real file over 64 MiB: the cheapest valid one is a logistic model with a long `source`
+    big = tmp_path / "big.json"
+    d = load_model().to_dict() | {"version": "big-1", "source": "x" * P.MAX_MESSAGE_BYTES}
+    big.write_text(json.dumps(d))
+    before = versions(mesh)
+    t0 = time.monotonic()
+    r = run_cli("deploy", "--connect", mesh.endpoint, "--model", str(big), "--timeout", "20")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    said = re.search(r"the model is 64\.0 MiB \((\d+) bytes\) as a deploy message, over the 64 MiB "
+                     r"\((\d+) bytes\) a worker accepts in one frame", r.stderr)
+    assert said and int(said[1]) > int(said[2]) == P.MAX_MESSAGE_BYTES, r.stderr
+    assert f"Start the workers with --model {big} instead" in r.stderr and r.stdout == ""
+    assert time.monotonic() - t0 < 15  # before any worker was asked (it never answers: 20 s)
+    assert versions(mesh) == before

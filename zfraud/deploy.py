@@ -12,12 +12,14 @@ import json
 from .client import Client, MeshError
 from .features import FEATURE_SETS
 from .model import load_model
+from .protocol import MAX_MESSAGE_BYTES
 from .rules import RuleSet, read as read_rules
 from .scoring import Scorer
 
 
 def artefact(model_path=None, rules_path=None, shadow: bool = False) -> list[bytes]:
-    """Validate locally and return the CONTROL payload frames [model JSON, rules TOML]."""
+    """Validate locally and return the CONTROL payload frames [model JSON, rules TOML]. Raises
+    ValueError for a bad file, or a model too big for one message frame (MAX_MESSAGE_BYTES)."""
     if model_path is None and rules_path is None:
         raise ValueError("nothing to deploy: give a model, rules, or both")
     if shadow and (model_path is None or rules_path is not None):
@@ -29,10 +31,16 @@ def artefact(model_path=None, rules_path=None, shadow: bool = False) -> list[byt
         Scorer(model, rules=rules)  # refuses a model whose features the workers do not compute
     elif rules_path:  # the workers check names against their own features; here, against any known
         RuleSet.from_toml(rules_text, {n for names in FEATURE_SETS.values() for n in names}, str(rules_path))
+    model_frame = json.dumps(model.to_dict()).encode() if model else b""
+    if len(model_frame) > MAX_MESSAGE_BYTES:  # libzmq drops a bigger frame without a word: no answer, ever
+        raise ValueError(
+            f"{model_path}: the model is {len(model_frame) / 2**20:.1f} MiB ({len(model_frame)} bytes) as a deploy "
+            f"message, over the {MAX_MESSAGE_BYTES // 2**20} MiB ({MAX_MESSAGE_BYTES} bytes) a worker accepts in one "
+            f"frame: it cannot be deployed. Start the workers with --model {model_path} instead (one at a time)")
     # An empty rules frame keeps a worker's rules (PROTOCOL §4.7); an empty file holds none, as for
     # `worker --rules`: it goes as the same TOML document, one newline, so that it removes them.
     rules = (rules_text or "\n").encode() if rules_path else b""
-    return [json.dumps(model.to_dict()).encode() if model else b"", rules]
+    return [model_frame, rules]
 
 
 def deploy(client: Client, model_path=None, rules_path=None, shadow: bool = False,
