@@ -1,6 +1,7 @@
 """Hot reload and shadow on a live mesh of real worker processes."""
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -403,6 +404,86 @@ def test_a_deploy_away_from_zfraud_v6_saves_the_state_as_it_is_then(data, model_
             f"is now") in log, log
 
 
+# -- what a deploy reaches, and what it reports ------------------------------------------------
+def _wait(cond, timeout_s=15.0, what="a condition"):
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no {what} within {timeout_s:g} s")
+
+
+def _start_deploy(endpoint, *args):
+    return subprocess.Popen([sys.executable, "-m", "zfraud", "deploy", "--connect", endpoint, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _rules_of(mesh, name):
+    with Client(mesh.endpoint) as c:
+        return c.control(name, "status")["status"]["rules"]
+
+
+@pytest.mark.parametrize("how", ["joins", "comes back"])
+def test_a_worker_that_joins_or_comes_back_during_a_deploy_gets_it(tmp_path, how):
+    """The deploy went to the members as of its start only: w3, starting (a scale-out) or back from
+    a pause that had dropped it from the member list while the deploy waited on a slow w2, kept its
+    rules, and `deploy` exited 0 naming w1 and w2 (a third of the next send: no rules)."""
+    names = ["w1", "w2", "w3"] if how == "comes back" else ["w1", "w2"]
+    with LocalMesh(len(names), log_dir=str(tmp_path), names=names) as mesh:
+        if how == "comes back":
+            mesh.signal("w3", signal.SIGSTOP)  # dropped after 3 s of silence
+            _wait(lambda: "w3" not in (mesh.members_of("w1") or ["w3"]), what="w3 dropped")
+        mesh.signal("w2", signal.SIGSTOP)  # slow to answer: the deploy waits on it
+        d = _start_deploy(mesh.endpoint, "--rules", "conf/rules.toml")
+        try:
+            time.sleep(0.5)
+            if how == "comes back":
+                mesh.signal("w3", signal.SIGCONT)
+            else:
+                mesh.start_worker("w3", seed=mesh.endpoint)
+            _wait(lambda: "w3" in (mesh.members_of("w1") or []), what="w3 in w1's member list")
+        finally:
+            mesh.signal("w2", signal.SIGCONT)
+            if how == "comes back":
+                mesh.signal("w3", signal.SIGCONT)
+        out, err = d.communicate(timeout=60)
+        assert (d.returncode, out) == (0, "".join(f"{w:<12} model=default-2  rules=example-1  shadow=none\n"
+                                                  for w in ("w1", "w2", "w3"))), err
+        assert {w: _rules_of(mesh, w) for w in ("w1", "w2", "w3")} == dict.fromkeys(("w1", "w2", "w3"), "example-1")
+
+
+def test_two_deploys_at_once_each_report_what_the_workers_run(tmp_path):
+    """Two deploys at once both exited 0, each printing every worker on its own model, while the
+    mesh ended as the last writer to each worker left it. Here mA reaches w1 first, then mB does:
+    w1 runs mB, and the deploy of mA must say so and fail."""
+    _, a = second_model(tmp_path, "mA")
+    _, b = second_model(tmp_path, "mB", scale=1.2)
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh:
+        def model_of(name):
+            with Client(mesh.endpoint) as c:
+                return c.control(name, "status")["status"]["model"]
+
+        mesh.signal("w2", signal.SIGSTOP)  # both deploys wait on w2, after w1
+        try:
+            da = _start_deploy(mesh.endpoint, "--model", str(a))
+            _wait(lambda: model_of("w1") == "mA", what="mA on w1")
+            db = _start_deploy(mesh.endpoint, "--model", str(b))
+            _wait(lambda: model_of("w1") == "mB", what="mB on w1")
+        finally:
+            mesh.signal("w2", signal.SIGCONT)
+        out_a, err_a = da.communicate(timeout=60)
+        out_b, err_b = db.communicate(timeout=60)
+        final = {w: model_of(w) for w in ("w1", "w2")}
+    assert da.returncode == 1 and "Traceback" not in err_a, err_a
+    assert out_a.splitlines()[0] == "w1           model=mB  rules=none  shadow=none  <- not deployed", out_a
+    assert "w1 took the deploy, but runs model=mB (not mA) now: another deploy since, or a restart" in err_a
+    # the deploy that ended last read the mesh as it stays: its lines are `zfraud status`'s models
+    got_b = dict(line.split()[:2] for line in out_b.splitlines())
+    assert got_b == {w: f"model={m}" for w, m in final.items()}, (out_b, final)
+    assert db.returncode == (0 if set(final.values()) == {"mB"} else 1), err_b
+
+
 def test_a_model_too_big_for_one_message_is_refused_at_once(mesh, tmp_path, monkeypatch):
     """A valid model whose deploy frame is over MAX_MESSAGE_BYTES went out anyway: libzmq drops
     such a frame without a word, and `deploy` said 'did not answer deploy within 10 s' (after
@@ -434,3 +515,22 @@ def test_a_model_too_big_for_one_message_is_refused_at_once(mesh, tmp_path, monk
     assert f"Start the workers with --model {big} instead" in r.stderr and r.stdout == ""
     assert time.monotonic() - t0 < 15  # before any worker was asked (it never answers: 20 s)
     assert versions(mesh) == before
+
+
+def test_a_deploy_that_some_workers_missed_prints_those_that_switched(tmp_path):
+    """w2 did not answer in time: `deploy` exited 1 with w2's error only, not saying that w1 had
+    switched. It prints every worker with what it runs, marks those that do not run the deploy,
+    and names why."""
+    _, a = second_model(tmp_path, "dA")
+    with LocalMesh(2, log_dir=str(tmp_path)) as mesh:
+        mesh.signal("w2", signal.SIGSTOP)
+        try:
+            r = run_cli("deploy", "--connect", mesh.endpoint, "--model", str(a), "--timeout", "1")
+        finally:
+            mesh.signal("w2", signal.SIGCONT)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stdout == ("w1           model=dA  rules=none  shadow=none\n"
+                        "w2           (no answer)  <- not deployed\n"), r.stdout
+    assert r.stderr == ("Error: 1 of 2 workers do not run what was deployed: w2 did not answer deploy within 1 s; "
+                        "and did not answer status within 1 s after it: check `zfraud status`, it may still apply or "
+                        "lose it\n"), r.stderr

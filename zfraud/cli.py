@@ -759,13 +759,14 @@ def gen(out, customers, terminals, days, seed, start):
 @click.option("--shadow", is_flag=True, help="Score with the model beside the live one, publishing on the "
                                             "`shadow` topic, without changing any decision.")
 @click.option("--timeout", type=FloatRange(0.1, DAY_S), default=10.0,
-              help="Seconds to wait for each worker, and for the first to answer at --connect (at most a day).")
+              help="Seconds to wait for each worker, for the first to answer at --connect, and for workers "
+                   "joining after the first round (at most a day).")
 @curve_option
 @friendly_errors
 def deploy(connect, model_path, rules_path, shadow, timeout, curve_dir):
     """Validate a model and/or rules here, then swap them in on every worker without a restart."""
     from .client import Client
-    from .deploy import artefact
+    from .deploy import DeployError, artefact
     from .deploy import deploy as ship
 
     if model_path is None and rules_path is None:
@@ -774,9 +775,15 @@ def deploy(connect, model_path, rules_path, shadow, timeout, curve_dir):
         raise click.UsageError("--shadow takes a --model and no --rules")
     artefact(model_path, rules_path, shadow)  # a bad file is the error, whether or not the mesh answers
     with _connected(Client, connect, curve_dir=curve_dir, hello_timeout_s=timeout) as client:
-        answers = ship(client, model_path, rules_path, shadow, timeout)
-    for name, a in sorted(answers.items()):
-        click.echo(f"{name:<12} model={a['model']}  rules={a['rules']}  shadow={a['shadow'] or 'none'}")
+        try:
+            running, failed = ship(client, model_path, rules_path, shadow, timeout), None
+        except DeployError as e:  # what each runs, then what failed: some workers may have switched
+            running, failed = e.running, e
+    for name, a in sorted(running.items()):
+        line = "(no answer)" if a is None else f"model={a['model']}  rules={a['rules']}  shadow={a['shadow'] or 'none'}"
+        click.echo(f"{name:<12} {line}{'  <- not deployed' * (failed is not None and name in failed.failures)}")
+    if failed is not None:
+        raise click.ClickException(str(failed))
 
 
 @main.group()

@@ -576,6 +576,19 @@ class Client:
         """Live workers, sorted: the order every client uses for rendezvous hashing."""
         return sorted(n for n in self.peers if n not in self.down and n not in self.leaving)
 
+    @_one_thread
+    def refresh_members(self, timeout_s: float = 1.0) -> list[str]:
+        """Ask every worker for its member list now, wait for every live worker's answer (up to
+        timeout_s), and return the members then. Between calls the list is only as fresh as the
+        last poll(): a worker that joined since, or came back, is not in it yet."""
+        self._check_open()
+        end = time.monotonic() + timeout_s
+        self._next_refresh = 0.0
+        self.poll(0)  # what came meanwhile, then asks every worker
+        while any(self._live(n) for n in self._awaiting) and (left := end - time.monotonic()) > 0:
+            self.poll(max(1, min(10, math.ceil(left * 1000))))
+        return self.members
+
     def _live(self, name: str) -> bool:
         """name in self.members, without building the list."""
         return name in self.peers and name not in self.down and name not in self.leaving
