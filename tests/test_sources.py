@@ -654,3 +654,37 @@ def test_send_scores_the_rows_around_a_100_mb_line_in_bounded_memory(mesh2, tmp_
     assert (s["sent"], s["verdicts"], s["errors"], s["lost"]) == (3, 2, 1, 0)
     peak_kb = int(r.stderr.strip().splitlines()[-1].split()[-1])
     assert peak_kb < 150_000, f"{peak_kb} kB for a file of {p.stat().st_size:,} bytes"
+
+
+def test_lines_are_a_text_files_lines_whatever_the_chunks(monkeypatch):
+    """sources.lines reads CHUNK bytes at a time and splits them in bulk: a line, a \\r\\n, a
+    UTF-8 character or a line longer than MAX_LINE cut by a chunk's end comes out as a text file
+    opened with newline="" gives it (a long line as LONG); characters str.splitlines would also
+    break at (\\x1c, \\u2028, ...) do not end a line."""
+    import io
+    import random
+
+    from zfraud import sources
+
+    monkeypatch.setattr(sources, "MAX_LINE", 5)
+    rng = random.Random(0)
+    pieces = ["a", "bb", "aaaa", "\r", "\n", "\r\n", "\x1c", "\u2028", "\x85", "é", "\ufeff"]
+    for chunk in (1, 2, 3, 7, 64):
+        monkeypatch.setattr(sources, "CHUNK", chunk)
+        for _ in range(500):
+            data = "".join(rng.choice(pieces) for _ in range(rng.randrange(30))).encode() + rng.choice([b"", b"\xff"])
+            text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", errors="surrogateescape", newline="")
+            want = [sources.LONG if len(line.rstrip("\r\n")) > 5 else line for line in text]
+            assert list(sources.lines(io.BytesIO(data))) == want, (chunk, data)
+
+
+def test_a_crlf_line_of_exactly_1_mib_is_one_line(tmp_path):
+    """Read 1 MiB + 1 characters at a time, a line of exactly 1 MiB ending in \\r\\n was split
+    between its \\r and its \\n: every line number after it was one too many."""
+    good = [json.dumps({"tx_id": i, "ts_ms": "2018-04-01 00:00:31", "card": 7, "terminal": 3, "amount": 1.5})
+            for i in (1, 2)]
+    p = tmp_path / "tx.jsonl"
+    p.write_bytes("\r\n".join([good[0].ljust(MIB), "{broken", good[1], ""]).encode())
+    reader = open_source(p)
+    assert [c["tx_id"].tolist() for c in reader] == [[1, 2]]
+    assert reader.errors == [(2, "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)")]

@@ -12,7 +12,7 @@ import datetime as dt
 import numpy as np
 
 from .scoring import MAX_AMOUNT, MAX_TS_MS, MIN_TS_MS
-from .sources import InputError, csv_rows, failing, open_text, parse_ids, parse_ts_ms
+from .sources import InputError, csv_rows, failing, lines as text_lines, open_input, parse_ids, parse_ts_ms
 
 DAY_MS = 86_400_000
 REQUIRED = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD")
@@ -59,11 +59,11 @@ def read_labelled(path, errors: list | None = None) -> dict:
     raises InputError naming the line, the column and the value; with `errors` (a list) such rows
     are left out instead and reported there as (line, message)."""
     try:
-        f = open_text(path)
+        f = open_input(path)
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}") from None
     with f:
-        rows = csv_rows(f)
+        rows = csv_rows(text_lines(f))
         _, header, why = next(rows, (1, [], None))
         if why:
             raise InputError(f"{path}, line 1: {why}")

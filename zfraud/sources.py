@@ -20,8 +20,10 @@ caller can read its replies and see a Ctrl-C.
 from __future__ import annotations
 
 import bisect
+import codecs
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -301,7 +303,7 @@ class Reader:
 
     def _records(self, opener=None):
         """(line number, {column: raw value}) for each record, from the input opened by
-        opener(path) (default open_text)."""
+        opener(path) (default open_input)."""
         raise NotImplementedError
 
     def __iter__(self):
@@ -539,6 +541,10 @@ class _LiveInput(io.RawIOBase):
     def fileno(self) -> int:
         return self._fd
 
+    def read1(self, size: int = -1) -> bytes:
+        """What one read gives (lines() reads a file's bytes with read1)."""
+        return self.read(size)
+
     def readinto(self, b) -> int:
         if self._poller is not None and not self._poller.poll(0):
             self._before_wait()
@@ -571,29 +577,23 @@ def live_input(path):
 
 
 def _open_live(source, before_wait, feed: _Feed):
-    """A live input (a descriptor of standard input, dup'd, or a path) as open_text opens a file."""
+    """A live input (a descriptor of standard input, dup'd, or a path) as open_input opens a file."""
     fd = os.dup(source) if isinstance(source, int) else os.open(source, os.O_RDONLY)
     feed.opened = True
-    f = io.TextIOWrapper(_LiveInput(fd, before_wait, feed), encoding="utf-8-sig", errors="surrogateescape",
-                         newline="")
-    f._CHUNK_SIZE = 1 << 16  # as much as a pipe holds, in one read
-    return f
+    return _LiveInput(fd, before_wait, feed)
 
 
-def open_text(path):
-    """The file (- or None: standard input) as UTF-8 text, without the byte-order mark Excel puts
-    first, which would otherwise be read as part of the first column's name. A byte that is not
-    UTF-8 is kept as a surrogate escape for not_utf8 to find in its line: decoding strictly would
-    stop the whole read at it, with no line number, in the middle of the file."""
+def open_input(path):
+    """The file (- or None: standard input) as bytes, for lines() to read."""
     if path in (None, "-"):
         if sys.stdin is None:
             raise InputError("standard input is closed: nothing to read")
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="surrogateescape", newline="")
-    return open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
+        return sys.stdin.buffer
+    return open(path, "rb")
 
 
 def not_utf8(text: str) -> str | None:
-    """Why text read by open_text is not UTF-8 (its first byte that is not), or None."""
+    """Why text read by lines() is not UTF-8 (its first byte that is not), or None."""
     if text.isascii():
         return None
     try:
@@ -603,68 +603,83 @@ def not_utf8(text: str) -> str | None:
     return None
 
 
-class LongLine(ValueError):
-    """A line longer than MAX_LINE characters (Lines)."""
-
-    def __init__(self):
-        super().__init__(f"the line is longer than 1 MiB ({MAX_LINE:,} characters)")
-
-
-class Lines:
-    """The lines of a text file opened by open_text, as iterating the file gives them, but read
-    at most MAX_LINE characters at a time: a longer line raises LongLine once that much of it is
-    read, and the next line read is the one after its newline (what lies between is read and
-    dropped, MAX_LINE at a time), so that memory stays bounded whatever the input: a JSON array
-    on one line, /dev/zero. Iteration goes on after a LongLine. `line`: the last line's number.
-    `first`: the first line, if the caller has read it already (f.readline(MAX_LINE + 1))."""
-
-    def __init__(self, f, first: str = ""):
-        self.f, self.line, self._first, self._skipping = f, 0, first, False
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> str:
-        text, self._first = self._first, ""
-        while self._skipping:  # the rest of a long line
-            rest = self.f.readline(MAX_LINE)
-            self._skipping = rest[-1:] not in ("", "\n", "\r")
-        text = text or self.f.readline(MAX_LINE + 1)
-        if not text:
-            raise StopIteration
-        self.line += 1
-        if len(text) > MAX_LINE and text[-1] not in "\n\r":
-            self._skipping = True
-            raise LongLine
-        return text
+CHUNK = 1 << 16  # bytes lines() reads at a time: what a pipe holds
+LONG_LINE = f"the line is longer than 1 MiB ({MAX_LINE:,} characters)"
+CUT = "\ud800"  # lines() puts it for a line cut short: decoding never gives a lone U+D800
+LONG = CUT + "\n"  # what lines() gives for a line longer than MAX_LINE
+ODD_BREAKS = "\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # str.splitlines ends a line at these too; a file does not
+BREAK = re.compile(r"(?<=\n)|(?<=\r)(?!\n)")  # after \n, \r\n or a \r alone
 
 
-def csv_rows(f, first: str = ""):
-    """(line number, fields, None) for each row of a CSV file opened by open_text, the header
-    first; (line number, None, why) for a row that cannot be read. A quote left open takes the
-    lines after it into its field, up to the end of the file or the csv module's field limit: it
-    is reported at its line and nothing after it is read, as which lines it took cannot be told.
-    strict, or the end of the file would close such a quote without a word; a quote out of place
-    within a line ("a"b) is then that line's error. A line longer than MAX_LINE (Lines) is its
-    row's error; within a quoted field over several lines, as a quote left open. `first`: the
-    first line, if read already (Lines)."""
-    lines = Lines(f, first)
-    rows = csv.reader(lines, strict=True)
+def _split(text: str) -> list[str]:
+    """text's lines, each with its \n, \r\n or \r; the last may have none."""
+    if not any(c in text for c in ODD_BREAKS):
+        return text.splitlines(True)
+    return [part for part in BREAK.split(text) if part]
+
+
+def lines(f):
+    """The lines of a file opened by open_input, as text: UTF-8 without the byte-order mark
+    Excel puts first (it would be read as part of the first column's name), each line with its
+    \n, \r\n or \r, as a text file opened with newline="" gives them. A byte that is not UTF-8
+    is kept as a surrogate escape for not_utf8 to find in its line: decoding strictly would stop
+    the whole read at it, with no line number, in the middle of the file.
+
+    Read CHUNK bytes at a time (a live input: what one read gives) and split in bulk; a line
+    longer than MAX_LINE characters is given as LONG, and no more than MAX_LINE of it is held at
+    a time (the rest is read and dropped), so that memory stays bounded whatever the input: a
+    JSON array on one line, /dev/zero."""
+    decode = codecs.getincrementaldecoder("utf-8-sig")(errors="surrogateescape").decode
+    tail = ""  # the last line read, if its end has not been: CUT + its last character once it is too long
     while True:
-        line = lines.line + 1
-        try:
-            row = next(rows)
-        except StopIteration:
+        data = f.read1(CHUNK)
+        parts = _split(tail + decode(data, final=not data))
+        # a line whose end is not read yet, or a \r that may be the first half of a \r\n
+        tail = parts.pop() if data and parts and parts[-1][-1] != "\n" else ""
+        if len(tail) - (tail[-1:] == "\r") > MAX_LINE or tail[:1] == CUT:
+            tail = CUT + tail[-1]  # its last character: a \r that a \n may follow
+        if parts and (parts[0][:1] == CUT or max(map(len, parts)) > MAX_LINE):
+            parts = [LONG if p[:1] == CUT or len(p.rstrip("\r\n")) > MAX_LINE else p for p in parts]
+        yield from parts
+        if not data:
             return
-        except (csv.Error, LongLine) as e:
-            if lines.line == line:  # a quote out of place within the line, or a long line: go on at the next
-                yield line, None, str(e) if isinstance(e, LongLine) else f"cannot split the line into fields: {e}"
+
+
+def csv_rows(lines):
+    """(line number, fields, None) for each row of CSV text (lines()), the header first; (line
+    number, None, why) for a row that cannot be read. A quote left open takes the lines after it
+    into its field, up to the end of the file or the csv module's field limit: it is reported at
+    its line and nothing after it is read, as which lines it took cannot be told. strict, or the
+    end of the file would close such a quote without a word; a quote out of place within a line
+    ("a"b) is then that line's error. A line longer than MAX_LINE is its row's error; within a
+    quoted field over several lines, as a quote left open."""
+    rows = csv.reader(lines, strict=True)
+    line = 1  # where the next row starts
+    while True:
+        try:
+            for row in rows:
+                text = "".join(row)
+                if text.isascii():
+                    yield line, row, None
+                elif CUT not in text:
+                    why = not_utf8(text)
+                    yield line, (None if why else row), why
+                elif rows.line_num == line:
+                    yield line, None, LONG_LINE
+                else:
+                    yield line, None, (f"a quote opened on this line runs on over the lines after it ({LONG_LINE}): "
+                                       "the rest of the file is not read")
+                    return
+                line = rows.line_num + 1
+            return
+        except csv.Error as e:
+            if rows.line_num == line:  # a quote out of place within the line: go on at the next
+                yield line, None, f"cannot split the line into fields: {e}"
+                line += 1
                 continue
             yield line, None, (f"a quote opened on this line runs on over the lines after it ({e}): "
                                "the rest of the file is not read")
             return
-        why = not_utf8("".join(row))
-        yield line, (None if why else row), why
 
 
 class _FileReader(Reader):
@@ -690,12 +705,13 @@ class CsvReader(_FileReader):
                 "TX_AMOUNT, ...) and times as YYYY-MM-DD HH:MM:SS in UTC")
 
     def _records(self, opener=None):
-        with (opener or open_text)(self.path) as f:
-            first = f.readline(MAX_LINE + 1)  # (open_text drops a byte-order mark)
+        with (opener or open_input)(self.path) as f:
+            text = lines(f)
+            first = next(text, "")  # (lines() drops a byte-order mark)
             if first.lstrip().startswith("{") and _json_object(first):  # '{"tx_id":1,...' fails in csv first
                 raise InputError(f"{self.path}: the first line looks like JSON lines, not a CSV header: "
                                  "use --format jsonl")
-            rows = csv_rows(f, first)
+            rows = csv_rows(itertools.chain([first], text) if first else text)
             _, header, why = next(rows, (1, None, None))
             if why:
                 raise InputError(f"{self.path}, line 1: {why}")
@@ -725,17 +741,11 @@ class JsonLinesReader(_FileReader):
                 '"card": 7, "terminal": 3, "amount": 12.5} (or the Handbook\'s field names)')
 
     def _records(self, opener=None):
-        with (opener or open_text)(self.path) as f:
-            lines = Lines(f)
-            while True:
-                try:
-                    text = next(lines, "")
-                except LongLine as e:
-                    self._error(lines.line, str(e))
+        with (opener or open_input)(self.path) as f:
+            for line, text in enumerate(lines(f), start=1):
+                if text == LONG:
+                    self._error(line, LONG_LINE)
                     continue
-                if not text:
-                    return
-                line = lines.line
                 if not text.strip():
                     continue
                 try:
