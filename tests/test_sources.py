@@ -688,3 +688,30 @@ def test_a_crlf_line_of_exactly_1_mib_is_one_line(tmp_path):
     reader = open_source(p)
     assert [c["tx_id"].tolist() for c in reader] == [[1, 2]]
     assert reader.errors == [(2, "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)")]
+
+
+def test_a_batch_of_bad_rows_costs_a_parse_per_column_not_a_conversion_per_row(tmp_path, monkeypatch):
+    """Bad rows were found by converting records whole, halving, then one by one, twice for
+    each bad one: 200,000 rows with a bad amount took 15.7 s through `send`, good ones 0.9 s.
+    Columns are parsed each on its own now, and only a column that fails is searched: the
+    times of a batch whose every amount is bad are parsed once. Every row still gets its own
+    error, and the good rows beside bad ones are read."""
+    import zfraud.sources as S
+
+    calls = []
+    real = S.parse_ts_ms
+    monkeypatch.setattr(S, "parse_ts_ms", lambda values: calls.append(len(values)) or real(values))
+    amounts = ["n/a", "", "1,5", "x"] * 250 + ["7.5"]
+    p = tmp_path / "bad.csv"
+    p.write_text(HEADER + "".join(f"{i},2018-04-01 00:00:{i % 60:02d},{i % 7},3,{a},0,0,0,0\n"
+                                  if "," not in a else f'{i},2018-04-01 00:00:{i % 60:02d},{i % 7},3,"{a}",0,0,0,0\n'
+                                  for i, a in enumerate(amounts)))
+    reader = open_source(p, batch=2000)
+    (chunk,) = list(reader)
+    assert calls == [1001]
+    assert chunk["tx_id"].tolist() == [1000] and chunk["amount"].tolist() == [7.5]
+    assert reader.error_count == 1000 and len(reader.errors) == 1000
+    assert reader.errors[:4] == [(2, "amount must be a number, got 'n/a'"), (3, "amount must be a number, got ''"),
+                                 (4, "amount must be a number, got '1,5'"), (5, "amount must be a number, got 'x'")]
+    assert reader.reasons == {"amount must be a number": 1000}
+

@@ -366,7 +366,7 @@ def test_failing_finds_every_refused_item_in_order():
     for n in (0, 1, 2, 17, 1000, 5000):
         for share in (0.0, 0.001, 0.1, 1.0):
             items = (rng.random(n) < share).tolist()
-            assert failing(items, check) == [k for k, x in enumerate(items) if x], (n, share)
+            assert list(failing(items, check)) == [k for k, x in enumerate(items) if x], (n, share)
 
 
 OUT_OF_RANGE = [("TX_AMOUNT", "-5", "TX_AMOUNT '-5' is not a number from 0 to 1e+12"),

@@ -55,17 +55,25 @@ TICK_S = 0.1     # an idle live input yields an empty chunk this often
 FEED_BATCHES = 8  # converted batches a live input's thread may hold ahead of its caller (40 bytes a row)
 
 
+BYTE = re.compile(r" \(byte 0x[0-9a-f]+\)")
+VALUE = re.compile(r"(, got .*|: line \d+ column \d+ \(char \d+\))$")
+
+
 def _reason(message: str) -> str:
     """An error message without the value, byte or JSON position it names: what rows share."""
-    message = re.sub(r" \(byte 0x[0-9a-f]+\)", "", message)
-    return re.sub(r"(, got .*|: line \d+ column \d+ \(char \d+\))$", "", message)
+    head, got, _ = message.partition(", got ")
+    if got and "(byte 0x" not in head:  # (a bad value's: a regex per row cost more than the rest of it)
+        return head
+    return VALUE.sub("", BYTE.sub("", message))
 
 
-def failing(items: list, check) -> list[int]:
-    """The indices, in order, of the items that check([item]) refuses (ValueError, TypeError or
-    OverflowError), found by halving: a part that check() passes is cleared at once, so a few
-    bad items among millions cost a few dozen checks of large parts, not one check per item."""
-    bad, todo = [], [(0, len(items))]
+def failing(items: list, check) -> dict[int, str]:
+    """{index: why} for the items that check([item]) refuses (ValueError, TypeError or
+    OverflowError), in order, found by splitting a part that check() refuses in up to 16: a part
+    that it passes is cleared at once, so a few bad items among millions cost a few dozen checks
+    of large parts, not one check per item, and items that are all bad are checked in bulk about
+    three times each (halving took seven for 1,024), then one by one."""
+    bad, todo = {}, [(0, len(items))]
     while todo:
         lo, hi = todo.pop()
         try:
@@ -73,14 +81,14 @@ def failing(items: list, check) -> list[int]:
             continue
         except (ValueError, TypeError, OverflowError):
             if hi - lo > 16:
-                mid = (lo + hi) // 2
-                todo += [(mid, hi), (lo, mid)]
+                step = max(16, -(-(hi - lo) // 16))
+                todo += [(k, min(k + step, hi)) for k in range(lo, hi, step)][::-1]
                 continue
         for k in range(lo, hi):  # a small part that failed: item by item
             try:
                 check(items[k:k + 1])
-            except (ValueError, TypeError, OverflowError):
-                bad.append(k)
+            except (ValueError, TypeError, OverflowError) as e:
+                bad[k] = str(e)
     return bad
 
 
@@ -239,15 +247,53 @@ def parse_ids(values: list, name: str) -> np.ndarray:
     return _array(values, kinds, {int, str}, np.uint64, f"{name} must be a whole number from 0 to 2**64 - 1")
 
 
+def parse_column(column: str, values: list) -> np.ndarray:
+    """One TX_COLUMNS column from its raw values; ValueError (TypeError, OverflowError) if any is bad."""
+    if column == "ts_ms":
+        return parse_ts_ms(values)
+    if column == "amount":
+        return parse_amounts(values)
+    return parse_ids(values, column)
+
+
 def _convert(cols: dict) -> dict:
     """Lists of raw values -> TX_COLUMNS arrays; raises ValueError if any value is bad."""
-    return {
-        "tx_id": parse_ids(cols["tx_id"], "tx_id"),
-        "card": parse_ids(cols["card"], "card"),
-        "terminal": parse_ids(cols["terminal"], "terminal"),
-        "ts_ms": parse_ts_ms(cols["ts_ms"]),
-        "amount": parse_amounts(cols["amount"]),
-    }
+    return {c: parse_column(c, cols[c]) for c in FIELDS}
+
+
+def convert_rows(cols: dict) -> tuple[dict, dict[int, str]]:
+    """Lists of raw values -> the TX_COLUMNS arrays of the rows whose values are all good, and
+    {row: why} for the others (the first bad column's why, in FIELDS order). Column by column: a
+    column that parses whole costs one call, and only a column that does not is searched, by
+    halving (failing), so a batch of bad rows costs about what a good batch does."""
+    n = len(cols["tx_id"])
+    out, bad = {}, {}
+    for c in FIELDS:
+        values = cols[c]
+        try:
+            out[c] = parse_column(c, values)
+            continue
+        except (ValueError, TypeError, OverflowError):
+            pass
+        refused = failing(values, lambda part: parse_column(c, part))
+        for k, why in refused.items():
+            bad.setdefault(k, why)
+        keep = np.ones(n, bool)
+        keep[list(refused)] = False
+        good = [v for v, ok in zip(values, keep) if ok]
+        try:
+            parsed = parse_column(c, good)
+        except (ValueError, TypeError, OverflowError):
+            # values that each parse alone but not together (a parser misreading a value by the
+            # company it keeps) must not stop the whole input: each is parsed on its own
+            parsed = np.concatenate([parse_column(c, [v]) for v in good] or [parse_column(c, [])])
+        out[c] = np.zeros(n, parsed.dtype)
+        out[c][keep] = parsed
+    if bad:
+        keep = np.ones(n, bool)
+        keep[list(bad)] = False
+        out = {c: a[keep] for c, a in out.items()}
+    return out, dict(sorted(bad.items()))
 
 
 class Reader:
@@ -276,30 +322,10 @@ class Reader:
         """records: (line number, {column: raw value}). Returns the arrays of the good ones."""
         if not records:
             return None
-        try:
-            return _convert({c: [r[c] for _, r in records] for c in FIELDS})
-        except (ValueError, TypeError, OverflowError):
-            pass
-        def convert(part):
-            return _convert({c: [r[c] for _, r in part] for c in FIELDS})
-
-        bad = failing(records, convert)  # the fast path failed: find the bad records
-        for k in bad:
-            try:
-                convert(records[k:k + 1])
-            except (ValueError, TypeError, OverflowError) as e:
-                self._error(records[k][0], f"{e}")
-        refused = set(bad)
-        good = [r for k, r in enumerate(records) if k not in refused]
-        if not good:
-            return None
-        try:
-            return convert(good)
-        except (ValueError, TypeError, OverflowError):
-            # records that each convert alone but not together (a parser misreading a value by the
-            # company it keeps) must not stop the whole input: each is converted on its own
-            parts = [convert([r]) for r in good]
-            return {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+        out, bad = convert_rows({c: [r[c] for _, r in records] for c in FIELDS})
+        for k, why in bad.items():
+            self._error(records[k][0], why)
+        return out if len(out["tx_id"]) else None
 
     def _records(self, opener=None):
         """(line number, {column: raw value}) for each record, from the input opened by
