@@ -715,3 +715,40 @@ def test_a_batch_of_bad_rows_costs_a_parse_per_column_not_a_conversion_per_row(t
                                  (4, "amount must be a number, got '1,5'"), (5, "amount must be a number, got 'x'")]
     assert reader.reasons == {"amount must be a number": 1000}
 
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_numbers_are_digits_not_what_python_int_and_float_take(tmp_path, fmt):
+    """int() and float() take 1_000, +7 and the digits of other scripts (٣, ５): an id of '1_000'
+    was card 1000, '+7' card 7. An id is the digits 0-9; an amount may have a + (CSV writers
+    put one), not a _ or other digits. A JSON string is read as a CSV field is."""
+    cards = ["5", "1_000", "+7", "٣", " 8 "]
+    amounts = ["1.5", "1_000", "+2.5", "５", "-1"]
+    cols = list(zip(cards + ["6"] * 5, ["1.0"] * 5 + amounts))
+    if fmt == "csv":
+        text = HEADER + "".join(f"{i},2018-04-01 00:00:31,{c},3,{a},0,0,0,0\n" for i, (c, a) in enumerate(cols))
+    else:
+        text = "".join(json.dumps({"tx_id": i, "ts_ms": "2018-04-01 00:00:31", "card": c, "terminal": 3, "amount": a})
+                       + "\n" for i, (c, a) in enumerate(cols))
+    p = tmp_path / f"tx.{fmt}"
+    p.write_text(text)
+    reader = open_source(p)
+    (chunk,) = list(reader)
+    assert chunk["tx_id"].tolist() == [0, 4, 5, 7, 9]
+    assert chunk["card"].tolist() == [5, 8, 6, 6, 6] and chunk["amount"].tolist() == [1.0, 1.0, 1.5, 2.5, -1.0]
+    first = 2 if fmt == "csv" else 1
+    whole = "card must be a whole number from 0 to 2**64 - 1, got "
+    assert reader.errors == [(first + 1, whole + "'1_000' (_ is no digit separator here)"),
+                             (first + 2, whole + "'+7' (no sign)"),
+                             (first + 3, whole + "'٣' (only the digits 0-9)"),
+                             (first + 6, "amount must be a number, got '1_000' (_ is no digit separator here)"),
+                             (first + 8, "amount must be a number, got '５' (only the digits 0-9)")]
+
+
+def test_train_reads_numbers_as_send_does(tmp_path):
+    p = tmp_path / "l.csv"
+    p.write_text("TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n"
+                 "1,2018-04-01 00:00:01,1,2,+10.5,0\n2,2018-04-01 00:00:02,1_0,2,10.0,0\n3,2018-04-01 00:00:03,1,2,1_0,0\n")
+    errors = []
+    assert read_labelled(p, errors)["amount"].tolist() == [10.5]
+    assert errors == [(3, "CUSTOMER_ID '1_0' is not a whole number from 0 to 2**64 - 1"),
+                      (4, "TX_AMOUNT '1_0' is not a number from 0 to 1e+12")]

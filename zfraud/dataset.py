@@ -12,7 +12,8 @@ import datetime as dt
 import numpy as np
 
 from .scoring import MAX_AMOUNT, MAX_TS_MS, MIN_TS_MS
-from .sources import InputError, csv_rows, failing, lines as text_lines, open_input, parse_ids, parse_ts_ms
+from .sources import (InputError, csv_rows, failing, lines as text_lines, open_input, parse_amounts, parse_ids,
+                      parse_ts_ms)
 
 DAY_MS = 86_400_000
 REQUIRED = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD")
@@ -48,7 +49,7 @@ def _parse(values: list, column: str) -> np.ndarray:
         if ((a < MIN_TS_MS) | (a >= MAX_TS_MS)).any():
             raise ValueError("out of range")
         return a
-    a = np.array(values, dtype=dtype)
+    a = parse_amounts(values) if column == "amount" else np.array(values, dtype=dtype)  # amounts as send reads them
     if (column == "amount" and not ((a >= 0) & (a <= MAX_AMOUNT)).all()) or (column == "fraud" and (a > 1).any()):
         raise ValueError("out of range")
     return a

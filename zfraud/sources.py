@@ -233,18 +233,63 @@ def parse_ts_ms(values: list) -> np.ndarray:
     raise ValueError(f"ts_ms must be epoch milliseconds or a date and time such as 2018-04-01 00:00:31{got}")
 
 
+def _note(value: str) -> str:
+    """What makes a number string that Python's int() or float() would take no number here: a
+    digit separator (1_000), a digit of another script (٣, ５), or a + (an id's; a - says itself)."""
+    if "_" in value:
+        return " (_ is no digit separator here)"
+    if not value.isascii():
+        return " (only the digits 0-9)"
+    if "+" in value:
+        return " (no sign)"
+    return ""
+
+
+def _refused(why: str, values: list, strings: list, signs: str) -> None:
+    """ValueError(why) if a number string holds _, a character that is not ASCII, or a sign from
+    `signs`: checked on them joined, once for the whole column."""
+    text = "".join(strings)
+    if not text.isascii() or "_" in text or any(c in text for c in signs):
+        raise ValueError(why + (f", got {values[0]!r}{_note(values[0])}" if len(values) == 1 else ""))
+
+
 def parse_amounts(values: list) -> np.ndarray:
-    """float64 amounts from numbers or numeric strings. ValueError naming the column for anything
-    else: numpy alone would take true as 1.0 and null as NaN, or stop at a list."""
-    return _array(values, {type(v) for v in values}, {int, float, str}, np.float64, "amount must be a number")
+    """float64 amounts from numbers or numeric strings. A string is what a number in CSV is: digits
+    0-9, an optional point and exponent, white space around it and a leading + or - (CSV writers
+    put a +; the worker rejects a negative amount), and nan or inf, which the worker rejects with
+    its reason; not Python's 1_000 or digits of other scripts. ValueError naming the column for
+    anything else: numpy alone would take true as 1.0 and null as NaN, or stop at a list."""
+    why = "amount must be a number"
+    if len(values) == 1 and type(values[0]) is str:  # one by one (failing()): without numpy's fixed costs
+        _refused(why, values, values, "")
+        try:
+            return np.array([float(values[0])])
+        except ValueError:
+            raise ValueError(f"{why}, got {values[0]!r}") from None
+    kinds = {type(v) for v in values}
+    if str in kinds:
+        _refused(why, values, values if kinds == {str} else [v for v in values if type(v) is str], "")
+    return _array(values, kinds, {int, float, str}, np.float64, why)
 
 
 def parse_ids(values: list, name: str) -> np.ndarray:
-    """Unsigned 64-bit ids from whole numbers or digit strings (all of 0 .. 2**64 - 1). ValueError
-    naming the column for anything else: numpy alone would truncate 1.5 to 1, wrap -1 to
-    2**64 - 1, take true as 1, or say only "Python int too large to convert to C long"."""
+    """Unsigned 64-bit ids from whole numbers or digit strings (all of 0 .. 2**64 - 1): the digits
+    0-9 only, with white space around them: no sign (+7, -0), no 1_000, no digits of other scripts,
+    all of which Python's int() takes. ValueError naming the column for anything else: numpy alone
+    would truncate 1.5 to 1, wrap -1 to 2**64 - 1, take true as 1, or say only "Python int too
+    large to convert to C long"."""
+    why = f"{name} must be a whole number from 0 to 2**64 - 1"
+    if len(values) == 1 and type(values[0]) is str:  # one by one (failing()): without numpy's fixed costs
+        _refused(why, values, values, "+-")
+        v = values[0].strip()
+        digits = v.lstrip("0") or "0"
+        if v.isdigit() and len(digits) <= 20 and int(digits) < 2**64:
+            return np.array([int(digits)], dtype=np.uint64)
+        raise ValueError(f"{why}, got {values[0]!r}")
     values, kinds = _whole_floats(values, 0)  # CSV gives digit strings, JSON ints: numpy parses and range-checks them
-    return _array(values, kinds, {int, str}, np.uint64, f"{name} must be a whole number from 0 to 2**64 - 1")
+    if str in kinds:
+        _refused(why, values, values if kinds == {str} else [v for v in values if type(v) is str], "+-")
+    return _array(values, kinds, {int, str}, np.uint64, why)
 
 
 def parse_column(column: str, values: list) -> np.ndarray:
