@@ -752,3 +752,27 @@ def test_train_reads_numbers_as_send_does(tmp_path):
     assert read_labelled(p, errors)["amount"].tolist() == [10.5]
     assert errors == [(3, "CUSTOMER_ID '1_0' is not a whole number from 0 to 2**64 - 1"),
                       (4, "TX_AMOUNT '1_0' is not a number from 0 to 1e+12")]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "labelled"])
+def test_a_line_of_white_space_is_no_row_in_either_format(tmp_path, fmt):
+    """JSON lines skipped a line of white space; CSV counted it as a row of one field, an error
+    ("expected at least 5 fields, got 1"), and train refused the file for it."""
+    blank = ["   ", "\t", " \t \r"]
+    if fmt == "jsonl":
+        good = [json.dumps({"tx_id": i, "ts_ms": 1522540831000, "card": 1, "terminal": 2, "amount": 1.0}) for i in (1, 2)]
+        text = "\n".join([good[0], *blank, good[1], "x"]) + "\n"
+    else:
+        good = ["1,2018-04-01 00:00:01,1,2,10.0,0", "2,2018-04-01 00:00:02,1,2,10.0,0"]
+        text = "\n".join(["TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD", good[0], *blank,
+                          good[1], "x"]) + "\n"
+    p = tmp_path / ("tx.jsonl" if fmt == "jsonl" else "tx.csv")
+    p.write_text(text)
+    if fmt == "labelled":
+        errors = []
+        assert read_labelled(p, errors)["tx_id"].tolist() == [1, 2]
+        assert errors == [(7, "expected 6 fields, got 1")]
+        return
+    reader = open_source(p)
+    assert [c["tx_id"].tolist() for c in reader] == [[1, 2]]
+    assert [line for line, _ in reader.errors] == ([6] if fmt == "jsonl" else [7]) and reader.error_count == 1

@@ -78,8 +78,6 @@ def read_labelled(path, errors: list | None = None) -> dict:
         lines = []
         width = max(i for i in idx if i is not None) + 1
         for line, row, why in rows:
-            if row == []:  # an empty line (one at the end, say): skipped, as zfraud send skips it
-                continue
             if why is None and len(row) < width:
                 why = f"expected {len(header)} fields, got {len(row)}"
             if why:

@@ -723,13 +723,17 @@ def csv_rows(lines):
     its line and nothing after it is read, as which lines it took cannot be told. strict, or the
     end of the file would close such a quote without a word; a quote out of place within a line
     ("a"b) is then that line's error. A line longer than MAX_LINE is its row's error; within a
-    quoted field over several lines, as a quote left open."""
+    quoted field over several lines, as a quote left open. A line that is empty or white space
+    is no row, as in JSON lines: it is skipped, not counted."""
     rows = csv.reader(lines, strict=True)
     line = 1  # where the next row starts
     while True:
         try:
             for row in rows:
                 text = "".join(row)
+                if len(row) <= 1 and not text.strip():  # a line of white space, or none: no row
+                    line = rows.line_num + 1
+                    continue
                 if text.isascii():
                     yield line, row, None
                 elif CUT not in text:
@@ -801,8 +805,7 @@ class CsvReader(_FileReader):
                     self._error(line, why)
                     continue
                 if len(row) < width:
-                    if row:
-                        self._error(line, f"expected at least {width} fields, got {len(row)}")
+                    self._error(line, f"expected at least {width} fields, got {len(row)}")
                     continue
                 yield line, {c: row[i] for c, i in index.items()}
 
