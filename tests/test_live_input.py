@@ -205,3 +205,41 @@ def test_with_rate_a_live_input_s_rows_are_due_when_read_not_during_a_pause_of_i
     s = json.loads(out.strip().splitlines()[-1])
     assert send.returncode == 0 and (s["sent"], s["verdicts"], s["lost"]) == (600, 600, 0), err
     assert s["p99_ms"] < 100, s  # milliseconds of the mesh, not the writer's 1.5 s
+
+
+def reset_socket(rows: int):
+    """A socket whose peer wrote `rows` JSON lines, then reset the connection (it closed with
+    data for it unread): reading it gives the lines, then ConnectionResetError."""
+    import socket
+
+    ours, peer = socket.socketpair()
+    peer.sendall("".join(line(i) for i in range(rows)).encode())
+    ours.sendall(b"x")
+    peer.close()
+    return ours
+
+
+def test_the_rows_a_live_input_read_before_a_read_error_are_yielded_before_it(monkeypatch):
+    """The reader thread kept up to a batch of rows until its next hand-over, and the iterator
+    up to a batch until it had enough: an error reading the input dropped both, and the rows
+    before it were never sent."""
+    ours = reset_socket(5)
+    monkeypatch.setattr(sys, "stdin", open(ours.fileno(), closefd=False))
+    ids, end = [], time.monotonic() + 10
+    with pytest.raises(ConnectionResetError):
+        for chunk in open_source("-", fmt="jsonl"):
+            ids += chunk["tx_id"].tolist()
+            assert time.monotonic() < end
+    ours.close()
+    assert ids == [7_000_000 + i for i in range(5)]
+
+
+def test_send_scores_the_rows_read_before_its_input_fails_then_says_why(mesh1):
+    ours = reset_socket(5)
+    r = subprocess.run([sys.executable, "-m", "zfraud", "send", "-", "--format", "jsonl", "--connect", mesh1.endpoint,
+                        "--out", "-"], stdin=ours.fileno(), capture_output=True, text=True, timeout=60)
+    ours.close()
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == "Error: Connection reset by peer", r.stderr
+    verdicts = [json.loads(text) for text in r.stdout.splitlines()]
+    assert sorted(v["tx_id"] for v in verdicts) == [7_000_000 + i for i in range(5)]
+    assert {v["decision"] for v in verdicts} <= {"approve", "review", "decline"}

@@ -1045,9 +1045,19 @@ class Client:
         if isinstance(chunks, Reader) and type(chunks).__iter__ is Reader.__iter__:  # (not a subclass's own)
             live = chunks._live_path() is not None
             chunks = own = chunks.chunks(idle=self._idle)  # a live input waits reading the replies
+        read_error = []
+
+        def reading(chunks):
+            """The chunks, up to an error reading them: what was read before it is still sent and
+            answered (drained), and the error raised after."""
+            try:
+                yield from chunks
+            except Exception as e:
+                read_error.append(e)
+
         try:
             waited_from = time.perf_counter()
-            for chunk in chunks:
+            for chunk in reading(chunks):
                 chunk = P.as_columns(chunk, P.TX_COLUMNS)  # as score() checks its batch
                 n = len(chunk["tx_id"])
                 if not n:  # a live input's tick: it has nothing to send now
@@ -1091,6 +1101,8 @@ class Client:
             if own is not None:
                 own.close()
             self.drain(drain_timeout_s, stop)
+            if read_error:
+                raise read_error[0]
         finally:
             if own is not None:
                 own.close()

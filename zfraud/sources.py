@@ -397,13 +397,18 @@ class Reader:
 
     def _file_chunks(self):
         buf = []
-        for rec in self._records():
-            buf.append(rec)
-            if len(buf) >= self.batch:
-                chunk = self._chunk(buf)
-                buf = []
-                if chunk is not None:
-                    yield chunk
+        try:
+            for rec in self._records():
+                buf.append(rec)
+                if len(buf) >= self.batch:
+                    chunk, buf = self._chunk(buf), []
+                    if chunk is not None:
+                        yield chunk
+        except Exception:  # a read error: the rows read before it go first
+            chunk = self._chunk(buf)
+            if chunk is not None:
+                yield chunk
+            raise
         chunk = self._chunk(buf)
         if chunk is not None:
             yield chunk
@@ -412,9 +417,8 @@ class Reader:
         """chunks() of a live input, read and converted by a thread into a _Feed: the chunks it
         hands over, joined up to `batch` rows, go when they hold `batch` rows or the oldest has
         waited linger_s; an empty one each tick_s without either. An exception that ends the
-        thread's reading is raised here, where reading the file would have raised it (after the
-        chunks handed over before it; the records read since the last hand-over are dropped, as
-        a partial batch was). Closing the iterator stops the thread."""
+        thread's reading is raised here, where reading the file would have raised it, after every
+        row read before it. Closing the iterator stops the thread."""
         feed = _Feed(FEED_BATCHES * self.batch)
         thread = threading.Thread(target=self._feed, args=(feed, source), name="zfraud-input", daemon=True)
         thread.start()
@@ -439,7 +443,9 @@ class Reader:
                     if rows >= self.batch:
                         yield _join(pending)
                         pending, rows, last = [], 0, time.monotonic()
-                if error is not None:
+                if error is not None:  # after the rows read before it
+                    if pending:
+                        yield _join(pending)
                     raise error
                 if done:
                     if pending:
@@ -491,8 +497,12 @@ class Reader:
             hand_over()
         except _Stopped:
             pass
-        except BaseException as e:  # the iterator raises it
+        except BaseException as e:  # the iterator raises it, after the rows read before it
             error = e
+            try:
+                hand_over()
+            except _Stopped:
+                pass
         finally:
             feed.finish(error)
 
